@@ -1,0 +1,44 @@
+# The two commands a newcomer needs: `make demo` (the real thing, in a local sandbox) and
+# `make test` (the whole suite against real servers). Both set up what is missing first.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+UDF_SO := udf/build/gearman_udf.so
+
+.PHONY: setup test lint udf udf-test install-udf bench clean sandbox-up sandbox-down
+
+setup:
+	@scripts/setup.sh
+
+udf: setup
+	@$(MAKE) --no-print-directory -C udf
+
+udf-test: udf
+	@$(MAKE) --no-print-directory -C udf test
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(PY) -m mypy --strict
+	$(PY) -m ruff check workerhost tests
+
+# For a real server: copies the library into @@plugin_dir and creates the functions.
+# Needs root on the host (to write plugin_dir) and INSERT on mysql.func (e.g. the root account).
+# MYSQL="mariadb -uroot" by default; mysqld must have GEARMAN_UDF_CONFIG in its environment
+# (or use the default /etc/mysql/gearman_udf.conf).
+MYSQL ?= mariadb -uroot
+install-udf: udf
+	@plugin_dir=$$($(MYSQL) -N -B -e 'SELECT @@plugin_dir'); \
+	  test -n "$$plugin_dir" || { echo "install-udf: cannot read @@plugin_dir via: $(MYSQL)"; exit 1; }; \
+	  install -m 0755 $(UDF_SO) "$$plugin_dir/gearman_udf.so.new" && \
+	  mv -f "$$plugin_dir/gearman_udf.so.new" "$$plugin_dir/gearman_udf.so" && \
+	  $(MYSQL) < sql/install.sql && echo "install-udf: installed into $$plugin_dir"
+
+sandbox-up: udf
+	$(VENV)/bin/workerhost sandbox up --dir .sandbox --install-udf $(UDF_SO)
+
+sandbox-down: setup
+	$(VENV)/bin/workerhost sandbox down --dir .sandbox
+
+clean:
+	rm -rf build udf/build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,170 @@
+"""The sandbox against the real gearmand and mariadbd, driven the way a user drives it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import gearman
+import pytest
+
+from workerhost import gearadmin
+from workerhost.sandbox import Sandbox
+
+CLI = [sys.executable, "-m", "workerhost.cli"]
+
+
+def workerhost(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *map(str, args)], capture_output=True, text=True, timeout=180, check=False
+    )
+
+
+def processes_of(directory: Path) -> list[int]:
+    """Pids of live (non-zombie) processes whose command line names `directory`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            state = Path(f"/proc/{entry}/stat").read_bytes().rsplit(b")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if str(directory).encode() in cmdline and state != b"Z":
+            found.append(int(entry))
+    return found
+
+
+def test_up_status_down_from_the_cli(tmp_path: Path) -> None:
+    box_dir = tmp_path / "box"
+    up = workerhost("sandbox", "up", "--dir", box_dir)
+    try:
+        assert up.returncode == 0, up.stderr
+        assert "sandbox up in" in up.stdout
+        info = json.loads((box_dir / "sandbox.json").read_text())
+        assert info["gearman"]["host"] == "127.0.0.1"
+        assert info["mysql"]["unix_socket"].startswith(str(box_dir))
+        assert info["plugin_dir"].startswith(str(box_dir))
+        assert set(info["pids"]) == {"gearmand", "mariadbd"}
+
+        status = workerhost("sandbox", "status", "--dir", box_dir, "--json")
+        assert status.returncode == 0
+        assert json.loads(status.stdout)["running"] == {"gearmand": True, "mariadbd": True}
+
+        again = workerhost("sandbox", "up", "--dir", box_dir)
+        assert again.returncode == 0
+        assert "already runs; nothing changed" in again.stdout
+        assert json.loads((box_dir / "sandbox.json").read_text()) == info
+
+        conn = Sandbox(box_dir).connect()
+        cursor = conn.cursor()
+        cursor.execute("SELECT @@plugin_dir, @@port")
+        plugin_dir, port = cursor.fetchone()
+        assert plugin_dir.rstrip("/") == info["plugin_dir"]
+        assert port == info["mysql"]["port"]
+        assert gearadmin.version("127.0.0.1", info["gearman"]["port"])
+        conn.close()
+    finally:
+        down = workerhost("sandbox", "down", "--dir", box_dir)
+    assert down.returncode == 0
+    assert "stopped gearmand, mariadbd" in down.stdout
+    assert processes_of(box_dir) == []
+    status = workerhost("sandbox", "status", "--dir", box_dir)
+    assert status.returncode == 1
+    assert "gearmand  stopped" in status.stdout
+
+
+def test_two_sandboxes_run_side_by_side(sandbox: Sandbox, tmp_path: Path) -> None:
+    other = Sandbox(tmp_path / "other")
+    try:
+        other.up()
+        assert {other.gearman_port, other.mysql_port}.isdisjoint(
+            {sandbox.gearman_port, sandbox.mysql_port}
+        )
+        for box in (sandbox, other):
+            conn = box.connect()
+            cursor = conn.cursor()
+            cursor.execute("SELECT @@datadir")
+            assert cursor.fetchone()[0].startswith(str(box.dir))
+            assert gearadmin.version("127.0.0.1", box.gearman_port)
+            conn.close()
+    finally:
+        other.down()
+    assert processes_of(other.dir) == []
+    assert sandbox.status() == {"gearmand": True, "mariadbd": True}
+
+
+def test_background_job_survives_a_gearmand_restart(sandbox: Sandbox) -> None:
+    function = "persist_" + uuid.uuid4().hex[:8]
+    client = gearman.GearmanClient([sandbox.gearman_server])
+    request = client.submit_job(function, "payload", background=True, wait_until_complete=False)
+    assert request.job.handle
+    client.shutdown()
+    assert sandbox.gearman_status()[function].queued == 1
+
+    sandbox.stop_gearmand()
+    sandbox.start_gearmand()
+
+    assert sandbox.gearman_status()[function].queued == 1
+
+
+def test_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = workerhost("sandbox", "up", "--dir", tmp_path / "box", "--gearman-port", port)
+    assert result.returncode == 5
+    assert f"port {port} on 127.0.0.1 is taken, so gearmand cannot listen there" in result.stderr
+    assert processes_of(tmp_path / "box") == []
+
+
+def test_a_directory_that_cannot_be_written_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = workerhost("sandbox", "up", "--dir", blocker / "box")
+    assert result.returncode == 5
+    assert f"cannot use {blocker / 'box'} as a sandbox directory" in result.stderr
+    assert "pass a writable directory with --dir" in result.stderr
+
+
+def test_a_corrupt_datadir_quotes_the_server_log(tmp_path: Path) -> None:
+    box = Sandbox(tmp_path / "box")
+    box.up()
+    box.down()
+    (box.datadir / "ibdata1").write_bytes(b"\0" * 4096)
+    (box.datadir / "aria_log_control").write_bytes(b"garbage")
+    result = workerhost("sandbox", "up", "--dir", box.dir)
+    assert result.returncode == 5
+    assert "mariadbd exited during start; the end of" in result.stderr
+    assert "[ERROR]" in result.stderr  # the server's own words, quoted
+    assert processes_of(box.dir) == []
+
+
+def test_status_of_an_empty_directory(tmp_path: Path) -> None:
+    result = workerhost("sandbox", "status", "--dir", tmp_path)
+    assert result.returncode == 1
+    assert f"no sandbox in {tmp_path}" in result.stdout
+
+
+def test_down_is_forceful_after_the_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workerhost import sandbox as module
+
+    box = Sandbox(tmp_path / "box")
+    box.up(servers=("gearmand",))
+    pid = box.info.pids["gearmand"] if box.info else 0
+    os.kill(pid, 19)  # SIGSTOP: it can no longer act on SIGTERM
+    monkeypatch.setattr(module, "STOP_TIMEOUT", 0.5)
+    started = time.monotonic()
+    assert box.down() == ["gearmand"]
+    assert time.monotonic() - started < 10
+    assert processes_of(box.dir) == []

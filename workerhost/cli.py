@@ -1,0 +1,141 @@
+"""The `workerhost` command line: each verb maps errors to a documented exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from workerhost import __version__
+from workerhost.errors import ConfigError, ConnectError, SandboxError, WorkerHostError
+
+# Exit codes, documented in the README.
+RET_OK = 0
+RET_ERROR = 1  # any other failure the message explains
+RET_USAGE = 2  # bad command line (argparse's own code)
+RET_CONFIG = 3  # the configuration file is invalid
+RET_CONNECT = 4  # gearmand or the database could not be reached
+RET_SANDBOX = 5  # the sandbox could not be started, stopped or read
+
+EXIT_CODES: dict[type[WorkerHostError], int] = {
+    ConfigError: RET_CONFIG,
+    ConnectError: RET_CONNECT,
+    SandboxError: RET_SANDBOX,
+}
+
+DEFAULT_SANDBOX_DIR = ".sandbox"
+
+
+def _sandbox_up(args: argparse.Namespace) -> int:
+    from workerhost.sandbox import Sandbox
+
+    box = Sandbox(args.dir)
+    started = box.up(gearman_port=args.gearman_port, mysql_port=args.mysql_port)
+    if args.install_udf:
+        box.install_udf(args.install_udf)
+    info = box.info
+    assert info is not None
+    if not started:
+        print(f"sandbox in {box.dir} already runs; nothing changed")
+    else:
+        print(f"sandbox up in {box.dir}")
+    print(f"  gearmand  {box.gearman_server}")
+    print(f"  mariadbd  127.0.0.1:{box.mysql_port}  socket {box.unix_socket}")
+    print(f"  logs      {box.gearmand_log}  {box.mysql_log}")
+    print(f"  user {info.mysql.user}, password in {box.dir / 'sandbox.json'}")
+    return RET_OK
+
+
+def _sandbox_down(args: argparse.Namespace) -> int:
+    from workerhost.sandbox import Sandbox
+
+    box = Sandbox(args.dir)
+    stopped = box.down()
+    print(f"stopped {', '.join(stopped)}" if stopped else f"nothing runs in {box.dir}")
+    return RET_OK
+
+
+def _sandbox_status(args: argparse.Namespace) -> int:
+    from workerhost.sandbox import Sandbox
+
+    box = Sandbox(args.dir)
+    state = box.status()
+    if args.json:
+        info = asdict(box.info) if box.info else None
+        print(json.dumps({"dir": str(box.dir), "running": state, "info": info}, indent=2))
+    elif box.info is None:
+        print(f"no sandbox in {box.dir}")
+    else:
+        for name, running in state.items():
+            port = box.gearman_port if name == "gearmand" else box.mysql_port
+            pid = box.info.pids.get(name, "-")
+            where = f"127.0.0.1:{port}, pid {pid}" if running else f"port {port}"
+            print(f"{name:9} {'running' if running else 'stopped':8} {where}")
+    # Scripts can ask "is it up?" with the exit status alone.
+    return RET_OK if box.info is not None and all(state.values()) else RET_ERROR
+
+
+def _sandbox_install_udf(args: argparse.Namespace) -> int:
+    from workerhost.sandbox import Sandbox
+
+    box = Sandbox(args.dir)
+    box.install_udf(args.so)
+    print(f"UDF installed into {box.plugin_dir} and its functions created")
+    return RET_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="workerhost",
+        description="Run Gearman jobs fired by MySQL/MariaDB triggers and write results back.",
+    )
+    parser.add_argument("--version", action="version", version=f"workerhost {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    sandbox = verbs.add_parser("sandbox", help="a throwaway local gearmand + mariadbd")
+    sandbox_verbs = sandbox.add_subparsers(dest="sandbox_verb", required=True, metavar="ACTION")
+
+    def with_dir(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--dir", type=Path, default=Path(DEFAULT_SANDBOX_DIR),
+                       help=f"where the sandbox lives (default {DEFAULT_SANDBOX_DIR})")
+        return p
+
+    up = with_dir(sandbox_verbs.add_parser("up", help="start gearmand and mariadbd under DIR"))
+    up.add_argument("--gearman-port", type=int, help="default: a free port")
+    up.add_argument("--mysql-port", type=int, help="default: a free port")
+    up.add_argument("--install-udf", metavar="SO", type=Path,
+                    help="also install this UDF library (e.g. udf/build/gearman_udf.so)")
+    up.set_defaults(func=_sandbox_up)
+
+    down = with_dir(sandbox_verbs.add_parser("down", help="stop the sandbox's servers"))
+    down.set_defaults(func=_sandbox_down)
+
+    status = with_dir(sandbox_verbs.add_parser("status", help="say what runs (exit 0 if all)"))
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=_sandbox_status)
+
+    install = with_dir(sandbox_verbs.add_parser("install-udf", help="install the UDF library"))
+    install.add_argument("--so", type=Path, default=Path("udf/build/gearman_udf.so"))
+    install.set_defaults(func=_sandbox_install_udf)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except WorkerHostError as exc:
+        print(f"workerhost: error: {exc}", file=sys.stderr)
+        return next((c for t, c in EXIT_CODES.items() if isinstance(exc, t)), RET_ERROR)
+    except KeyboardInterrupt:
+        print("workerhost: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,480 @@
+"""A throwaway gearmand + mariadbd that live entirely under one directory.
+
+The sandbox is the project's embedded default stack: the demo, the tests and the benchmarks run
+against it. Everything it owns sits under DIR (data, sockets, logs, pid files, MariaDB's
+plugin_dir, gearmand's persistent queue), its TCP ports are picked free on 127.0.0.1, and
+`DIR/sandbox.json` tells clients where to connect. Two sandboxes in two directories never clash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workerhost import gearadmin
+from workerhost.errors import SandboxError
+
+HOST = "127.0.0.1"
+INFO_FILE = "sandbox.json"
+UDF_CONFIG_FILE = "gearman_udf.conf"
+# How long a server may take to answer after start, and to exit after SIGTERM before SIGKILL.
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 20.0
+# The UDF's network wait bound in the sandbox; tests that need another one rewrite the file.
+SANDBOX_UDF_TIMEOUT_MS = 1000
+LOG_LINES_QUOTED = 15
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+
+SERVERS = ("gearmand", "mariadbd")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+def tail(path: Path, lines: int = LOG_LINES_QUOTED) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"    (no log at {path})"
+    picked = [line for line in text.splitlines() if line.strip()][-lines:]
+    return "\n".join("    " + line for line in picked) or f"    ({path} is empty)"
+
+
+def process_alive(pid: int, marker: str) -> bool:
+    """True when `pid` runs and its command line mentions `marker` (guards against pid reuse)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            if stat.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
+                _reap(pid)
+                return False
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return marker.encode() in cmdline.read()
+    except (OSError, IndexError):
+        return False
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+@dataclass
+class MysqlInfo:
+    host: str
+    port: int
+    unix_socket: str
+    user: str
+    password: str
+
+
+@dataclass
+class SandboxInfo:
+    """The content of DIR/sandbox.json."""
+
+    gearman: dict[str, Any]
+    mysql: MysqlInfo
+    plugin_dir: str
+    udf_config: str
+    pids: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SandboxInfo:
+        return cls(
+            gearman=dict(data["gearman"]),
+            mysql=MysqlInfo(**data["mysql"]),
+            plugin_dir=str(data["plugin_dir"]),
+            udf_config=str(data["udf_config"]),
+            pids={str(k): int(v) for k, v in data.get("pids", {}).items()},
+        )
+
+
+class Sandbox:
+    """One sandbox directory; `up()` creates or restarts it, `down()` stops it."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory).resolve()
+        self.info: SandboxInfo | None = None
+        if (self.dir / INFO_FILE).exists():
+            self._load()
+
+    # -- where things live -------------------------------------------------------------
+    @property
+    def datadir(self) -> Path:
+        return self.dir / "mysql" / "data"
+
+    @property
+    def plugin_dir(self) -> Path:
+        return self.dir / "mysql" / "plugin"
+
+    @property
+    def unix_socket(self) -> str:
+        return str(self.dir / "mysql" / "mysqld.sock")
+
+    @property
+    def udf_config_path(self) -> Path:
+        return self.dir / UDF_CONFIG_FILE
+
+    @property
+    def mysql_log(self) -> Path:
+        return self.dir / "mysql" / "mysqld.log"
+
+    @property
+    def gearmand_log(self) -> Path:
+        return self.dir / "gearmand" / "gearmand.log"
+
+    def _need_info(self) -> SandboxInfo:
+        if self.info is None:
+            raise SandboxError(
+                f"{self.dir} holds no sandbox ({INFO_FILE} is missing); "
+                f"start one with: workerhost sandbox up --dir {self.dir}"
+            )
+        return self.info
+
+    @property
+    def gearman_port(self) -> int:
+        return int(self._need_info().gearman["port"])
+
+    @property
+    def mysql_port(self) -> int:
+        return self._need_info().mysql.port
+
+    @property
+    def user(self) -> str:
+        return self._need_info().mysql.user
+
+    @property
+    def password(self) -> str:
+        return self._need_info().mysql.password
+
+    @property
+    def gearman_server(self) -> str:
+        return f"{HOST}:{self.gearman_port}"
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def up(
+        self,
+        *,
+        gearman_port: int | None = None,
+        mysql_port: int | None = None,
+        servers: Sequence[str] = SERVERS,
+    ) -> bool:
+        """Start those of `servers` that are not running; False when all ran (nothing changed)."""
+        state = self.status()
+        if self.info is not None and all(state[name] for name in servers):
+            return False
+        self._make_dirs()
+        if self.info is None:
+            self.info = SandboxInfo(
+                gearman={"host": HOST, "port": self._pick_port(gearman_port, "gearmand")},
+                mysql=MysqlInfo(
+                    host=HOST,
+                    port=self._pick_port(mysql_port, "mariadbd"),
+                    unix_socket=self.unix_socket,
+                    user="workerhost",
+                    password=secrets.token_hex(12),
+                ),
+                plugin_dir=str(self.plugin_dir),
+                udf_config=str(self.udf_config_path),
+            )
+            self.write_udf_config()
+        try:
+            if "gearmand" in servers and not state["gearmand"]:
+                self.start_gearmand()
+            if "mariadbd" in servers and not state["mariadbd"]:
+                self.start_mysql()
+        except BaseException:
+            self.down()
+            raise
+        return True
+
+    def down(self) -> list[str]:
+        """Stop both servers (SIGTERM, then SIGKILL after STOP_TIMEOUT); the names stopped."""
+        stopped = []
+        for name in SERVERS:
+            if self._stop(name):
+                stopped.append(name)
+        return stopped
+
+    def status(self) -> dict[str, bool]:
+        pids = self.info.pids if self.info else {}
+        return {name: name in pids and process_alive(pids[name], str(self.dir)) for name in SERVERS}
+
+    def start_gearmand(self) -> None:
+        info = self._need_info()
+        self._check_port(self.gearman_port, "gearmand")
+        queue = self.dir / "gearmand" / "queue.sqlite"
+        argv = [
+            _binary("gearmand", "gearman-job-server"),
+            f"--listen={HOST}",
+            f"--port={self.gearman_port}",
+            "--queue-type=libsqlite3",
+            f"--libsqlite3-db={queue}",
+            f"--log-file={self.gearmand_log}",
+            f"--pid-file={self.dir / 'gearmand' / 'gearmand.pid'}",
+            "--verbose=WARNING",
+            "--threads=2",
+        ]
+        info.pids["gearmand"] = self._spawn(argv, self.gearmand_log, "gearmand")
+        self._save()
+        self._wait("gearmand", self.gearmand_log, self._gearmand_answers)
+
+    def stop_gearmand(self) -> None:
+        self._stop("gearmand")
+
+    def start_mysql(self) -> None:
+        info = self._need_info()
+        self._check_port(self.mysql_port, "mariadbd")
+        fresh = not (self.datadir / "mysql").is_dir()
+        if fresh:
+            self._install_db()
+        argv = [
+            _binary("mariadbd", "mariadb-server"),
+            "--no-defaults",
+            f"--datadir={self.datadir}",
+            f"--socket={self.unix_socket}",
+            f"--port={self.mysql_port}",
+            f"--bind-address={HOST}",
+            f"--pid-file={self.dir / 'mysql' / 'mysqld.pid'}",
+            f"--log-error={self.mysql_log}",
+            f"--plugin-dir={self.plugin_dir}",
+            # The sandbox runs as whoever started it; as root mariadbd refuses without this.
+            f"--user={_current_user()}",
+            "--skip-name-resolve",
+            "--innodb-buffer-pool-size=128M",
+            "--innodb-log-file-size=96M",
+            "--max-connections=400",
+            "--max-allowed-packet=64M",
+            "--character-set-server=utf8mb4",
+        ]
+        env = dict(os.environ, GEARMAN_UDF_CONFIG=str(self.udf_config_path))
+        info.pids["mariadbd"] = self._spawn(argv, self.mysql_log, "mariadbd", env=env)
+        self._save()
+        self._wait("mariadbd", self.mysql_log, self._mysql_answers)
+        if fresh:
+            self._create_user()
+
+    def stop_mysql(self) -> None:
+        self._stop("mariadbd")
+
+    # -- clients -----------------------------------------------------------------------
+    def connect(self, database: str | None = None, **kwargs: Any) -> Any:
+        """A mysql.connector connection over TCP as the sandbox user (autocommit on)."""
+        import mysql.connector
+
+        params: dict[str, Any] = dict(
+            host=HOST, port=self.mysql_port, user=self.user, password=self.password,
+            autocommit=True, connection_timeout=10,
+        )
+        if database:
+            params["database"] = database
+        params.update(kwargs)
+        return mysql.connector.connect(**params)
+
+    def gearman_status(self) -> dict[str, gearadmin.FunctionStatus]:
+        return gearadmin.status(HOST, self.gearman_port)
+
+    def run_sql_file(self, path: Path, database: str | None = None) -> None:
+        """Run a SQL script with the mariadb client (it understands DELIMITER and comments)."""
+        argv = [
+            _binary("mariadb", "mariadb-client"), "--no-defaults", f"--socket={self.unix_socket}",
+            "-uroot", "--batch",
+        ]
+        if database:
+            argv.append(database)
+        with open(path, "rb") as script:
+            done = subprocess.run(argv, stdin=script, capture_output=True, check=False)
+        if done.returncode != 0:
+            raise SandboxError(f"{path} failed: {done.stderr.decode(errors='replace').strip()}")
+
+    def install_udf(self, so_path: str | Path) -> None:
+        """Copy the UDF library into this sandbox's plugin_dir and create its functions."""
+        source = Path(so_path)
+        if not source.is_file():
+            raise SandboxError(f"no UDF library at {source}; build it with: make udf")
+        target = self.plugin_dir / "gearman_udf.so"
+        # A new inode via rename: overwriting a library that mariadbd has mapped would crash it.
+        staging = target.with_suffix(".so.new")
+        shutil.copyfile(source, staging)
+        os.replace(staging, target)
+        self.run_sql_file(SQL_DIR / "install.sql")
+
+    def write_udf_config(self, **settings: object) -> None:
+        """Write the UDF's key=value file; the defaults point it at this sandbox's gearmand."""
+        values: dict[str, object] = {
+            "servers": self.gearman_server,
+            "timeout_ms": SANDBOX_UDF_TIMEOUT_MS,
+        }
+        values.update(settings)
+        text = "".join(f"{key}={value}\n" for key, value in values.items() if value is not None)
+        staging = self.udf_config_path.with_suffix(".new")
+        staging.write_text(text)
+        os.replace(staging, self.udf_config_path)
+
+    # -- internals ---------------------------------------------------------------------
+    def _load(self) -> None:
+        path = self.dir / INFO_FILE
+        try:
+            self.info = SandboxInfo.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SandboxError(
+                f"{path} is unreadable ({exc}); remove {self.dir} and run up again"
+            ) from exc
+
+    def _save(self) -> None:
+        info = self._need_info()
+        staging = self.dir / (INFO_FILE + ".new")
+        staging.write_text(json.dumps(asdict(info), indent=2) + "\n")
+        os.replace(staging, self.dir / INFO_FILE)
+
+    def _make_dirs(self) -> None:
+        try:
+            for sub in ("mysql/data", "mysql/plugin", "gearmand"):
+                (self.dir / sub).mkdir(parents=True, exist_ok=True)
+            probe = self.dir / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise SandboxError(
+                f"cannot use {self.dir} as a sandbox directory: {exc.strerror or exc}; "
+                "pass a writable directory with --dir"
+            ) from exc
+
+    def _pick_port(self, wanted: int | None, server: str) -> int:
+        if wanted is None:
+            return free_port()
+        self._check_port(wanted, server)
+        return wanted
+
+    def _check_port(self, port: int, server: str) -> None:
+        if not port_is_free(port):
+            raise SandboxError(
+                f"port {port} on {HOST} is taken, so {server} cannot listen there; stop what "
+                f"uses it (ss -ltnp 'sport = :{port}') or give the sandbox another directory"
+            )
+
+    def _spawn(
+        self, argv: Sequence[str], log: Path, name: str, env: dict[str, str] | None = None
+    ) -> int:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            # A session of its own: the servers outlive `sandbox up` and ignore the caller's ^C.
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, env=env, cwd=self.dir,
+            )
+        return proc.pid
+
+    def _wait(self, name: str, log: Path, answers: Callable[[], bool]) -> None:
+        pid = self._need_info().pids[name]
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if not process_alive(pid, str(self.dir)):
+                raise SandboxError(f"{name} exited during start; the end of {log}:\n{tail(log)}")
+            if answers():
+                return
+            time.sleep(0.05)
+        self._stop(name)
+        raise SandboxError(
+            f"{name} did not answer within {START_TIMEOUT:.0f}s; the end of {log}:\n{tail(log)}"
+        )
+
+    def _gearmand_answers(self) -> bool:
+        try:
+            gearadmin.version(HOST, self.gearman_port, timeout=0.5)
+        except OSError:
+            return False
+        return True
+
+    def _mysql_answers(self) -> bool:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.5)
+            try:
+                sock.connect(self.unix_socket)
+                return bool(sock.recv(1))  # the server greets first
+            except OSError:
+                return False
+
+    def _install_db(self) -> None:
+        argv = [
+            _binary("mariadb-install-db", "mariadb-server"), "--no-defaults",
+            f"--datadir={self.datadir}", f"--user={_current_user()}",
+            "--auth-root-authentication-method=normal", "--skip-test-db",
+        ]
+        log = self.dir / "mysql" / "install-db.log"
+        with open(log, "wb") as out:
+            done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False)
+        if done.returncode != 0:
+            raise SandboxError(f"mariadb-install-db failed; the end of {log}:\n{tail(log)}")
+
+    def _create_user(self) -> None:
+        info = self._need_info().mysql
+        script = self.dir / "mysql" / "create-user.sql"
+        script.write_text(
+            f"CREATE USER IF NOT EXISTS '{info.user}'@'%' IDENTIFIED BY '{info.password}';\n"
+            f"GRANT ALL PRIVILEGES ON *.* TO '{info.user}'@'%' WITH GRANT OPTION;\n"
+        )
+        try:
+            self.run_sql_file(script)
+        finally:
+            script.unlink()
+
+    def _stop(self, name: str) -> bool:
+        if self.info is None or name not in self.info.pids:
+            return False
+        pid = self.info.pids[name]
+        if not process_alive(pid, str(self.dir)):
+            return False
+        _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while process_alive(pid, str(self.dir)):
+            if time.monotonic() > deadline:
+                _signal(pid, signal.SIGKILL)
+                deadline = time.monotonic() + STOP_TIMEOUT
+            time.sleep(0.05)
+        _reap(pid)
+        return True
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _binary(name: str, package: str) -> str:
+    for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise SandboxError(f"{name} is not installed; run: make setup (or apt-get install {package})")
+
+
+def _current_user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
