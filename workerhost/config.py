@@ -1,0 +1,451 @@
+"""Load ``workerhost.yaml`` into frozen dataclasses.
+
+Every raw value passes through a named converter from ``converters.py``; every error is a
+``ConfigError`` naming the file and the dotted key path. Unknown keys are errors.
+
+``${VAR}`` and ``${VAR:-default}`` are replaced from the environment in every string value
+(not in keys) before anything else is checked; ``$${`` writes a literal ``${``. Top-level keys
+starting with ``x-`` are ignored, to hold YAML anchors (``<<: *handler_defaults``).
+
+Python handlers (``python: package.module:callable``) are imported while the file is loaded, so
+``workerhost check`` catches a typo before any job arrives. To let handler modules live next
+to the YAML file, ``load_config`` puts the file's directory at the front of ``sys.path`` and
+leaves it there, as ``python script.py`` does for the script's directory: imports the handler
+makes later, inside a job, must keep working.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import sys
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal, TypeVar, cast
+
+import yaml
+
+from workerhost import converters as conv
+from workerhost.converters import Server as Server  # re-exported: part of GearmanConfig
+from workerhost.converters import show
+from workerhost.errors import ConfigError
+
+DEFAULT_GEARMAN_PORT = 4730  # gearmand's registered port, used when a server omits one
+DEFAULT_RECONNECT_BACKOFF = 1.0  # seconds before the first reconnect; doubles, with jitter
+DEFAULT_MAX_RECONNECT_BACKOFF = 30.0  # cap, so a restarted gearmand is found within 30s
+DEFAULT_DB_HOST = "127.0.0.1"
+DEFAULT_DB_PORT = 3306
+DEFAULT_CONNECT_TIMEOUT = 5.0  # seconds; a dead database should fail a job, not hang it
+DEFAULT_SHUTDOWN_TIMEOUT = 30.0  # seconds running jobs get to finish after SIGTERM
+# The relay ships delayed retries and trigger-written jobs; relays on many hosts share the outbox
+# safely (SKIP LOCKED), so every host runs one unless told otherwise.
+DEFAULT_RELAY_ENABLED = True
+DEFAULT_RELAY_BATCH = 500  # outbox rows submitted per round trip
+DEFAULT_RELAY_INTERVAL = 0.2  # seconds between polls of an empty outbox
+DEFAULT_PROCESSES = 1  # worker processes per handler
+DEFAULT_TIMEOUT = 60.0  # seconds one job may run before its worker is killed
+DEFAULT_RETRY_ATTEMPTS = 3  # total tries including the first; 1 means never retry
+DEFAULT_RETRY_BACKOFF = 1.0  # seconds before the first retry; doubles each time
+DEFAULT_RETRY_MAX_BACKOFF = 300.0  # cap on the delay between retries
+DEFAULT_MAX_JOBS = 0  # recycle a worker after this many jobs; 0 means never
+DEFAULT_ON_NO_ROWS = "ignore"
+DEFAULT_DELIVERY = "immediate"
+ON_NO_ROWS = ("ignore", "retry", "dead_letter")  # what to do when a write-back matched no row
+TRIGGER_EVENTS = ("insert", "update", "delete")
+DELIVERIES = ("immediate", "outbox")  # submit from the trigger, or via the outbox table
+
+OnNoRows = Literal["ignore", "retry", "dead_letter"]
+Delivery = Literal["immediate", "outbox"]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GearmanConfig:
+    """Where gearmand runs and how hard to retry reaching it."""
+
+    servers: tuple[Server, ...]
+    reconnect_backoff: float = DEFAULT_RECONNECT_BACKOFF
+    max_reconnect_backoff: float = DEFAULT_MAX_RECONNECT_BACKOFF
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatabaseConfig:
+    """The database results are written to; TCP (host, port) or a unix socket."""
+
+    user: str
+    database: str
+    password: str = field(default="", repr=False)
+    host: str | None = DEFAULT_DB_HOST
+    port: int | None = DEFAULT_DB_PORT
+    unix_socket: str | None = None
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+
+    def connect_kwargs(self) -> dict[str, str | int | bool]:
+        """Keyword arguments for ``mysql.connector.connect``."""
+        kwargs: dict[str, str | int | bool] = {}
+        if self.unix_socket is not None:
+            kwargs["unix_socket"] = self.unix_socket
+        else:
+            kwargs["host"] = self.host or DEFAULT_DB_HOST
+            kwargs["port"] = self.port or DEFAULT_DB_PORT
+        kwargs.update(
+            user=self.user,
+            password=self.password,
+            database=self.database,
+            # The connector wants whole seconds; round up so 500ms does not become 0 (no limit).
+            connection_timeout=max(1, math.ceil(self.connect_timeout)),
+            autocommit=False,
+        )
+        return kwargs
+
+
+@dataclass(frozen=True, kw_only=True)
+class RelayConfig:
+    """The outbox relay: moves rows from the outbox table to gearmand."""
+
+    enabled: bool = DEFAULT_RELAY_ENABLED
+    batch: int = DEFAULT_RELAY_BATCH
+    interval: float = DEFAULT_RELAY_INTERVAL
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostConfig:
+    """Settings of the host process itself."""
+
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    metrics: Server | None = None  # listen address for metrics and health; None = off
+    relay: RelayConfig = field(default_factory=RelayConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """How often and how far apart a failed job is tried again."""
+
+    attempts: int = DEFAULT_RETRY_ATTEMPTS
+    backoff: float = DEFAULT_RETRY_BACKOFF
+    max_backoff: float = DEFAULT_RETRY_MAX_BACKOFF
+
+
+@dataclass(frozen=True, kw_only=True)
+class HandlerConfig:
+    """One Gearman function and how its workers run: a Python callable or SQL statements."""
+
+    name: str
+    python: str | None = None  # "package.module:callable" as written
+    callable: Callable[..., object] | None = None  # the imported object; None for sql
+    sql: tuple[str, ...] = ()
+    params: tuple[str, ...] = ()  # %(name)s placeholders of all statements, first use first
+    processes: int = DEFAULT_PROCESSES
+    timeout: float = DEFAULT_TIMEOUT
+    retries: RetryPolicy = field(default_factory=RetryPolicy)
+    max_jobs: int = DEFAULT_MAX_JOBS
+    max_lifetime: float | None = None  # seconds; None means never recycle by age
+    on_no_rows: OnNoRows = "ignore"
+
+    @property
+    def kind(self) -> Literal["python", "sql"]:
+        return "python" if self.python is not None else "sql"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TriggerConfig:
+    """A table trigger that submits a job (installed by a later feature)."""
+
+    table: str
+    events: tuple[str, ...]
+    function: str
+    columns: tuple[str, ...]
+    delivery: Delivery = "immediate"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """The whole file."""
+
+    file: str
+    gearman: GearmanConfig
+    database: DatabaseConfig
+    host: HostConfig
+    handlers: Mapping[str, HandlerConfig]  # read-only, in file order
+    triggers: tuple[TriggerConfig, ...] = ()
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read, check and resolve a config file; ``env`` defaults to ``os.environ``."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("file not found", file=file) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", file=file) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read file: {exc.strerror}", file=file) from exc
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as exc:
+        message = f"invalid YAML{_at(exc.problem_mark)}: {exc.problem}"
+        if exc.context and exc.context_mark:  # where the unclosed thing began
+            message += f" ({exc.context}{_at(exc.context_mark)})"
+        raise ConfigError(message, file=file) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}", file=file) from exc
+    return parse_config(data, file=file, env=env, base_dir=Path(path).resolve().parent)
+
+
+def parse_config(
+    data: object,
+    *,
+    file: str,
+    env: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+) -> Config:
+    """Check already-parsed YAML ``data``; ``file`` is only used in messages.
+
+    ``base_dir``, if given, goes at the front of ``sys.path`` before handlers are imported.
+    """
+    data = _expand(data, "", file, os.environ if env is None else env)
+    if data is None:
+        raise ConfigError("the file is empty; it needs gearman, database and handlers", file=file)
+    if isinstance(data, dict):  # "x-" keys hold YAML anchors for reuse, as in docker compose
+        data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
+    top = _Section(data, "", file, _TOP_KEYS, required=("gearman", "database", "handlers"))
+    handlers = top.section("handlers", None)
+    if not handlers.data:
+        raise handlers.error("no handlers defined; add at least one under handlers:")
+    if base_dir is not None and str(base_dir) not in sys.path:
+        sys.path.insert(0, str(base_dir))
+    return Config(
+        file=file,
+        gearman=_gearman(top.section("gearman", _GEARMAN_KEYS, required=("servers",))),
+        database=_database(top.section("database", _DATABASE_KEYS, ("user", "database"))),
+        host=_host(top.section("host", _HOST_KEYS)),
+        handlers=MappingProxyType({
+            handlers.convert(name, conv.function_name, name):
+                _handler(handlers.section(name, _HANDLER_KEYS), name)
+            for name in handlers.data
+        }),
+        triggers=_triggers(top) if top.data.get("triggers") is not None else (),
+    )  # fmt: skip
+
+
+_TOP_KEYS = ("gearman", "database", "host", "handlers", "triggers")
+_GEARMAN_KEYS = ("servers", "reconnect_backoff", "max_reconnect_backoff")
+_DATABASE_KEYS = ("host", "port", "unix_socket", "user", "password", "database", "connect_timeout")
+_HOST_KEYS = ("shutdown_timeout", "metrics", "relay")
+_RELAY_KEYS = ("enabled", "batch", "interval")
+_HANDLER_KEYS = ("python", "sql", "processes", "timeout", "retries", "max_jobs", "max_lifetime",
+                 "on_no_rows")  # fmt: skip
+_RETRY_KEYS = ("attempts", "backoff", "max_backoff")
+_TRIGGER_KEYS = ("table", "events", "function", "columns", "delivery")
+
+
+class _Section:
+    """One mapping of the file: checks its keys and converts its values, naming their path."""
+
+    def __init__(self, data: object, path: str, file: str, allowed: Sequence[str] | None,
+                 required: Sequence[str] = ()) -> None:  # fmt: skip
+        self.path, self.file = path, file
+        if data is None:  # a section whose entries are all commented out
+            data = {}
+        if not isinstance(data, dict):
+            raise self.error(f"expected a mapping, got {show(data)}")
+        self.data: dict[str, object] = data
+        for key in data:
+            if not isinstance(key, str):
+                raise self.error(f"keys must be strings, got {show(key)}; quote it")
+            if allowed is not None and key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise self.error(f"unknown key {key!r}{hint}; allowed: {', '.join(allowed)}")
+        for key in required:
+            if key not in data:
+                raise self.error(f"missing required key {key!r}")
+
+    def child(self, key: str | int) -> str:
+        if isinstance(key, int):
+            return f"{self.path}[{key}]"
+        return f"{self.path}.{key}" if self.path else key
+
+    def error(self, message: str, key: str | int | None = None) -> ConfigError:
+        path = self.path if key is None else self.child(key)
+        return ConfigError(message, file=self.file, path=path or None)
+
+    def convert(self, key: str | int, convert: Callable[[object], T], value: object) -> T:
+        try:
+            return convert(value)
+        except ValueError as exc:
+            raise self.error(str(exc), key) from exc
+
+    def get(self, key: str, convert: Callable[[object], T], default: T) -> T:
+        return self.convert(key, convert, self.data[key]) if key in self.data else default
+
+    def optional(self, key: str, convert: Callable[[object], T]) -> T | None:
+        value = self.data.get(key)
+        return None if value is None else self.convert(key, convert, value)
+
+    def section(self, key: str, allowed: Sequence[str] | None,
+                required: Sequence[str] = ()) -> _Section:  # fmt: skip
+        return _Section(self.data.get(key), self.child(key), self.file, allowed, required)
+
+    def values(
+        self, key: str, convert: Callable[[object], T], *, single: bool = False
+    ) -> tuple[T, ...]:
+        """Convert a non-empty list of distinct values; with ``single`` a lone string will do."""
+        value = self.data.get(key)
+        if single and isinstance(value, str):
+            return (self.convert(key, convert, value),)
+        if not isinstance(value, list) or not value:
+            raise self.error(f"expected a non-empty list, got {show(value)}", key)
+        items = _Section(None, self.child(key), self.file, None)
+        converted: list[T] = []
+        for index, item in enumerate(value):
+            converted.append(items.convert(index, convert, item))
+            if converted[-1] in converted[:-1]:
+                raise items.error(f"{show(item)} is listed twice", index)
+        return tuple(converted)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses duplicate keys instead of keeping the last one silently."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: list[object] = []
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *defaults" may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.append(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _at(mark: yaml.Mark | None) -> str:
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+
+
+def _expand(value: object, path: str, file: str, env: Mapping[str, str]) -> object:
+    """Substitute environment variables in every string value below ``value``."""
+    if isinstance(value, str):
+        try:
+            return conv.expand_env(value, env)
+        except ValueError as exc:
+            raise ConfigError(str(exc), file=file, path=path or None) from exc
+    if isinstance(value, dict):
+        return {
+            key: _expand(item, f"{path}.{key}" if path else str(key), file, env)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_expand(item, f"{path}[{i}]", file, env) for i, item in enumerate(value)]
+    return value
+
+
+def _at_least(section: _Section, cap_key: str, cap: float, base_key: str, base: float) -> None:
+    if cap < base:
+        raise section.error(f"{cap:g}s is less than {base_key} ({base:g}s)", cap_key)
+
+
+def _gearman(section: _Section) -> GearmanConfig:
+    backoff = section.get("reconnect_backoff", conv.positive_duration, DEFAULT_RECONNECT_BACKOFF)
+    cap = section.get("max_reconnect_backoff", conv.positive_duration,
+                      max(backoff, DEFAULT_MAX_RECONNECT_BACKOFF))  # fmt: skip
+    _at_least(section, "max_reconnect_backoff", cap, "reconnect_backoff", backoff)
+    servers = section.values(
+        "servers", partial(conv.server, default_port=DEFAULT_GEARMAN_PORT), single=True
+    )
+    return GearmanConfig(servers=servers, reconnect_backoff=backoff, max_reconnect_backoff=cap)
+
+
+def _database(section: _Section) -> DatabaseConfig:
+    socket = section.optional("unix_socket", conv.string)
+    for key in ("host", "port"):
+        if socket is not None and key in section.data:
+            raise section.error(f"{key} cannot be combined with unix_socket", key)
+    return DatabaseConfig(
+        user=section.get("user", conv.string, ""),
+        database=section.get("database", conv.string, ""),
+        password=section.get("password", conv.secret, ""),
+        host=None if socket else section.get("host", conv.string, DEFAULT_DB_HOST),
+        port=None if socket else section.get("port", conv.port, DEFAULT_DB_PORT),
+        unix_socket=socket,
+        connect_timeout=section.get("connect_timeout", conv.positive_duration,
+                                    DEFAULT_CONNECT_TIMEOUT),
+    )  # fmt: skip
+
+
+def _host(section: _Section) -> HostConfig:
+    relay = section.section("relay", _RELAY_KEYS)
+    return HostConfig(
+        shutdown_timeout=section.get("shutdown_timeout", conv.duration, DEFAULT_SHUTDOWN_TIMEOUT),
+        metrics=section.optional("metrics", conv.server),
+        relay=RelayConfig(
+            enabled=relay.get("enabled", conv.boolean, DEFAULT_RELAY_ENABLED),
+            batch=relay.get("batch", conv.positive_int, DEFAULT_RELAY_BATCH),
+            interval=relay.get("interval", conv.positive_duration, DEFAULT_RELAY_INTERVAL),
+        ),
+    )
+
+
+def _handler(section: _Section, name: str) -> HandlerConfig:
+    if ("python" in section.data) == ("sql" in section.data):
+        both = "python" in section.data
+        raise section.error(
+            "has both python: and sql:; keep one" if both else "needs python or sql"
+        )
+    retries = section.section("retries", _RETRY_KEYS)
+    policy = RetryPolicy(
+        attempts=retries.get("attempts", conv.positive_int, DEFAULT_RETRY_ATTEMPTS),
+        backoff=retries.get("backoff", conv.duration, DEFAULT_RETRY_BACKOFF),
+        max_backoff=retries.get("max_backoff", conv.duration, DEFAULT_RETRY_MAX_BACKOFF),
+    )
+    _at_least(retries, "max_backoff", policy.max_backoff, "backoff", policy.backoff)
+    python = section.optional("python", conv.python_ref)
+    sql = section.values("sql", conv.sql_statement, single=True) if python is None else ()
+    params = dict.fromkeys(name for statement in sql for name in conv.sql_params(statement))
+    return HandlerConfig(
+        name=name,
+        python=python,
+        callable=section.convert("python", conv.import_callable, python) if python else None,
+        sql=sql,
+        params=tuple(params),
+        processes=section.get("processes", conv.positive_int, DEFAULT_PROCESSES),
+        timeout=section.get("timeout", conv.positive_duration, DEFAULT_TIMEOUT),
+        retries=policy,
+        max_jobs=section.get("max_jobs", conv.non_negative_int, DEFAULT_MAX_JOBS),
+        max_lifetime=section.optional("max_lifetime", conv.positive_duration),
+        on_no_rows=cast(OnNoRows, section.get("on_no_rows", conv.one_of(*ON_NO_ROWS),
+                                              DEFAULT_ON_NO_ROWS)),
+    )  # fmt: skip
+
+
+def _triggers(top: _Section) -> tuple[TriggerConfig, ...]:
+    triggers: list[TriggerConfig] = []
+    items = top.data["triggers"]
+    if not isinstance(items, list):
+        raise top.error(f"expected a list, got {show(items)}", "triggers")
+    for index, item in enumerate(items):
+        section = _Section(item, f"triggers[{index}]", top.file, _TRIGGER_KEYS,
+                           required=("table", "events", "function", "columns"))  # fmt: skip
+        trigger = TriggerConfig(
+            table=section.get("table", conv.identifier, ""),
+            events=section.values("events", conv.one_of(*TRIGGER_EVENTS)),
+            function=section.get("function", conv.function_name, ""),
+            columns=section.values("columns", conv.identifier),
+            delivery=cast(Delivery, section.get("delivery", conv.one_of(*DELIVERIES),
+                                                DEFAULT_DELIVERY)),
+        )  # fmt: skip
+        for earlier, other in enumerate(triggers):
+            shared = [event for event in trigger.events if event in other.events]
+            if shared and (other.table, other.function) == (trigger.table, trigger.function):
+                message = f"{shared[0]} on {trigger.table} already submits {trigger.function}"
+                raise section.error(f"repeats triggers[{earlier}]: {message}")
+        triggers.append(trigger)
+    return tuple(triggers)

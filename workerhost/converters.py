@@ -1,0 +1,350 @@
+"""Tiny named converters from raw YAML values to typed values.
+
+Each converter takes the raw value (whatever YAML produced, or a string after ``${VAR}``
+substitution) and returns the typed value, or raises ``ValueError`` with a message that quotes
+the bad value. ``config.py`` adds the file name and the key path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+# Duration units in seconds; a bare number means seconds.
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?")
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_$]{1,64}")
+_ENV_REFERENCE = re.compile(r"\$(\$?)\{([^}]*)(\}?)")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PYTHON_REF = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+_PLACEHOLDER = re.compile(r"%\(([A-Za-z_][A-Za-z0-9_]*)\)s")
+_BAD_PLACEHOLDER = re.compile(r"%\([^)]{0,40}\)?\w?")
+_MAX_FUNCTION_NAME_BYTES = 255  # gearmand's limit on a function name
+
+
+@dataclass(frozen=True)
+class Server:
+    """A ``host:port`` address: a gearmand server, or a listen address."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def show(value: object) -> str:
+    """Spell a raw value the way the user wrote it in YAML, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return f"'{value}'"
+
+
+def _number(value: object) -> float | None:
+    """The finite number in ``value`` (int, float or numeric string), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _integer(value: object) -> int | None:
+    """The integer in ``value`` (int or decimal string), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
+        return int(value)
+    return None
+
+
+def duration(value: object) -> float:
+    """``"30s"`` -> 30.0 seconds. Units ms, s, m, h, d; a plain number means seconds."""
+    number = _number(value)
+    if number is None and isinstance(value, str):
+        match = _DURATION.fullmatch(value.strip())
+        if match:
+            number = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    if number is None or number < 0:
+        raise ValueError(f"expected a duration like 30s, got {show(value)}")
+    return number
+
+
+def positive_duration(value: object) -> float:
+    """Like :func:`duration`, but zero is refused (a zero timeout or poll interval)."""
+    seconds = duration(value)
+    if seconds == 0:
+        raise ValueError(f"expected a duration greater than zero like 30s, got {show(value)}")
+    return seconds
+
+
+def positive_int(value: object) -> int:
+    """An integer of at least 1."""
+    number = _integer(value)
+    if number is None or number < 1:
+        raise ValueError(f"expected a whole number of at least 1, got {show(value)}")
+    return number
+
+
+def non_negative_int(value: object) -> int:
+    """An integer of at least 0."""
+    number = _integer(value)
+    if number is None or number < 0:
+        raise ValueError(f"expected a whole number of at least 0, got {show(value)}")
+    return number
+
+
+def port(value: object) -> int:
+    """A TCP port, 1-65535."""
+    number = _integer(value)
+    if number is None or not 1 <= number <= 65535:
+        raise ValueError(f"expected a port number 1-65535, got {show(value)}")
+    return number
+
+
+def boolean(value: object) -> bool:
+    """true/false, also yes/no, on/off, 1/0 as strings (as ``${VAR}`` substitution gives)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("true", "yes", "on", "1"):
+            return True
+        if word in ("false", "no", "off", "0"):
+            return False
+    raise ValueError(f"expected true or false, got {show(value)}")
+
+
+def string(value: object) -> str:
+    """A non-empty string."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a non-empty string, got {show(value)}")
+    return value
+
+
+def one_of(*choices: str) -> Callable[[object], str]:
+    """A converter accepting exactly one of ``choices``."""
+
+    def convert(value: object) -> str:
+        if isinstance(value, str) and value in choices:
+            return value
+        raise ValueError(f"expected one of {', '.join(choices)}, got {show(value)}")
+
+    convert.__name__ = f"one_of{choices}"
+    return convert
+
+
+def identifier(value: object) -> str:
+    """An unquoted SQL table or column name: letters, digits, _ and $, at most 64 characters."""
+    if (
+        not isinstance(value, str)
+        or not _IDENTIFIER.fullmatch(value)
+        or value.isdigit()  # MySQL reads an all-digit name as a number
+    ):
+        raise ValueError(
+            "expected a table or column name (letters, digits, _ or $, at most 64),"
+            f" got {show(value)}"
+        )
+    return value
+
+
+def function_name(value: object) -> str:
+    """A Gearman function name: non-empty, no whitespace, at most 255 bytes of UTF-8."""
+    if (
+        not isinstance(value, str)
+        or not value
+        or any(char.isspace() for char in value)
+        or len(value.encode("utf-8")) > _MAX_FUNCTION_NAME_BYTES
+    ):
+        raise ValueError(
+            "expected a Gearman function name (no whitespace, at most 255 bytes),"
+            f" got {show(value)}"
+        )
+    return value
+
+
+def python_ref(value: object) -> str:
+    """A ``"package.module:callable"`` reference (the callable may be dotted: ``Class.run``)."""
+    if not isinstance(value, str) or not _PYTHON_REF.fullmatch(value):
+        raise ValueError(f'expected "package.module:callable", got {show(value)}')
+    return value
+
+
+def secret(value: object) -> str:
+    """A password: any string. The message never shows the value, which is a secret."""
+    if not isinstance(value, str):
+        raise ValueError("expected a string; put the password in quotes")
+    return value
+
+
+def server(value: object, *, default_port: int | None = None) -> Server:
+    """``"host:port"``, ``"[::1]:4730"`` -> Server. Without ``default_port`` a port is required.
+
+    A bare IPv6 address (``"::1"``) is taken as a host without a port.
+    """
+    bad = ValueError(f"expected host:port like 127.0.0.1:4730, got {show(value)}")
+    if not isinstance(value, str) or not value or any(char.isspace() for char in value):
+        raise bad
+    host, port_text = value, ""
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise bad
+        port_text = rest[1:] if rest else ""
+        if rest == ":":
+            raise bad
+    elif value.count(":") == 1:
+        host, _, port_text = value.partition(":")
+        if not port_text:
+            raise bad
+    if not host:
+        raise bad
+    if not port_text:
+        if default_port is None:
+            raise bad
+        return Server(host, default_port)
+    try:
+        return Server(host, port(port_text))
+    except ValueError:
+        raise bad from None
+
+
+def import_callable(ref: object) -> Callable[..., object]:
+    """Import "package.module:callable" and check it can be called as callable(job, db)."""
+    ref = python_ref(ref)
+    module_name, _, attr_path = ref.partition(":")
+    try:
+        obj: object = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r}: {exc}") from exc
+    except Exception as exc:  # the module itself raised while being imported
+        message = f"cannot import module {module_name!r}: {type(exc).__name__}: {exc}"
+        raise ValueError(message) from exc
+    for attr in attr_path.split("."):
+        if not hasattr(obj, attr):
+            raise ValueError(f"module {module_name!r} has no attribute {attr_path!r}")
+        obj = getattr(obj, attr)
+    if not callable(obj):
+        raise ValueError(f"{ref} is not callable (it is {type(obj).__name__})")
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):  # some builtins have no signature to check
+        return obj
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        message = f"{ref} must accept two arguments (job, db), but its signature is {signature}"
+        raise ValueError(message) from None
+    return obj
+
+
+def expand_env(text: str, env: Mapping[str, str]) -> str:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` from ``env``; ``$${`` gives a literal ``${``.
+
+    ``${VAR:-default}`` uses the default when VAR is unset or empty, as the shell does.
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        escaped, body, closed = match.groups()
+        if escaped:
+            return match.group(0)[1:]
+        if not closed:
+            raise ValueError(f"unterminated environment reference {match.group(0)!r}: missing '}}'")
+        name, sep, default = body.partition(":-")
+        if not _ENV_NAME.fullmatch(name):
+            raise ValueError(
+                f"bad environment reference {match.group(0)!r}:"
+                " write ${NAME} or ${NAME:-default}"
+            )
+        found = env.get(name, "")
+        if found or sep:
+            return found or default
+        if name in env:
+            return found
+        raise ValueError(
+            f"environment variable {name!r} is not set"
+            f" (write ${{{name}:-default}} to give a default)"
+        )
+
+    return _ENV_REFERENCE.sub(replace, text)
+
+
+def sql_params(statement: str) -> tuple[str, ...]:
+    """The ``%(name)s`` placeholder names of ``statement``, in order of first use.
+
+    mysql-connector only rewrites ``%(name)X`` when it gets a dict of parameters; it leaves
+    ``%%``, ``%s`` and every other ``%`` alone. So anything that looks like parameter
+    formatting but is not ``%(name)s`` would reach MySQL as written: refuse it here. A ``%``
+    inside a quoted string is left alone (``LIKE 'a%'``, ``DATE_FORMAT(d, '%Y-%m-%d')``);
+    a placeholder inside one is refused, because the value arrives already quoted.
+    """
+    names: list[str] = []
+    quote = ""
+    i = 0
+    while i < len(statement):
+        char = statement[i]
+        if quote:
+            if char == "\\" and quote != "`":
+                i += 2
+                continue
+            if char == quote:
+                quote = ""
+        elif char in "'\"`":
+            quote = char
+        if char == "%":
+            following = statement[i + 1 : i + 2]
+            placeholder = _PLACEHOLDER.match(statement, i)
+            if following == "(" and not placeholder:
+                bad = _BAD_PLACEHOLDER.match(statement, i)
+                shown = bad.group(0) if bad else "%("
+                raise ValueError(f"malformed placeholder {shown!r}: write %(name)s")
+            if placeholder and quote:
+                raise ValueError(
+                    f"placeholder {placeholder.group(0)!r} is inside a quoted string;"
+                    " remove the quotes, the value is quoted for you"
+                )
+            if placeholder:
+                if placeholder.group(1) not in names:
+                    names.append(placeholder.group(1))
+                i = placeholder.end()
+                continue
+            if following == "%":
+                raise ValueError(
+                    "'%%' reaches MySQL unchanged with named parameters; write a single %"
+                )
+            if following in ("s", "d") and not quote:
+                raise ValueError(
+                    f"positional placeholder '%{following}' is not supported; write %(name)s"
+                    " with a key of the JSON payload"
+                )
+        i += 1
+    return tuple(names)
+
+
+def sql_statement(value: object) -> str:
+    """A non-empty SQL statement whose ``%`` formatting :func:`sql_params` accepts."""
+    statement = string(value)
+    sql_params(statement)
+    return statement
