@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import atexit
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import mysql.connector
 import pytest
+import yaml
 
 from workerhost.sandbox import Sandbox
 
@@ -38,7 +45,10 @@ def db(sandbox: Sandbox) -> Iterator[Any]:
     try:
         yield conn
     finally:
-        conn.close()
+        try:
+            conn.close()
+        except mysql.connector.Error:
+            pass  # the test restarted mariadbd under it
         if not admin.is_connected():
             admin = sandbox.connect()
         admin.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
@@ -76,3 +86,117 @@ def gearmand_factory(
     yield start
     for server in started:
         server.box.down()
+
+
+class RunningHost:
+    """`workerhost run` as a subprocess, with its log in a file."""
+
+    def __init__(self, config_path: Path, log_path: Path, env: dict[str, str]) -> None:
+        self.config_path = config_path
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "workerhost.cli", "run", "-c", str(config_path)],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 30.0, count: int = 1) -> None:
+        deadline = time.monotonic() + timeout
+        while self.log().count(text) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not logged {count}x in {timeout}s:\n{self.log()}")
+            if self.process.poll() is not None:
+                raise AssertionError(f"host exited ({self.process.returncode}):\n{self.log()}")
+            time.sleep(0.05)
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.process.pid, signum)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.process.poll() is None:
+            self.signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def worker_pids(self) -> list[int]:
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        try:
+            return [int(p) for p in children.read_text().split()]
+        except OSError:
+            return []
+
+
+def host_config(
+    sandbox: Sandbox, database: str, handlers: dict[str, Any], **sections: Any
+) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "gearman": {"servers": [sandbox.gearman_server], "reconnect_backoff": "100ms",
+                    "max_reconnect_backoff": "1s"},
+        "database": {"host": "127.0.0.1", "port": sandbox.mysql_port, "user": sandbox.user,
+                     "password": "${SANDBOX_DB_PASSWORD}", "database": database},
+        "host": {"shutdown_timeout": "20s", "relay": {"enabled": True, "interval": "50ms"}},
+        "handlers": handlers,
+    }
+    for name, value in sections.items():
+        if isinstance(value, dict) and isinstance(config.get(name), dict):
+            config[name] = {**config[name], **value}
+        else:
+            config[name] = value
+    return config
+
+
+def host_env(sandbox: Sandbox) -> dict[str, str]:
+    """The environment a host (or a CLI verb on its config) runs with in the tests."""
+    return dict(os.environ, SANDBOX_DB_PASSWORD=sandbox.password,
+                PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]))
+
+
+@pytest.fixture
+def host_factory(
+    sandbox: Sandbox, tmp_path: Path
+) -> Iterator[Callable[..., RunningHost]]:
+    """Start `workerhost run` with a config (a dict); every host is killed at teardown."""
+    started: list[RunningHost] = []
+
+    def start(config: dict[str, Any], *, wait: bool = True) -> RunningHost:
+        n = len(started)
+        path = tmp_path / f"workerhost-{n}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        host = RunningHost(path, tmp_path / f"workerhost-{n}.log", host_env(sandbox))
+        started.append(host)
+        if wait:
+            host.wait_for_log("starting:")
+            expected = sum(int(h.get("processes", 1)) for h in config["handlers"].values())
+            host.wait_for_log("worker for", count=expected)
+        return host
+
+    yield start
+    for host in started:
+        host.kill()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
+    """Poll `predicate` until it returns something true; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(0.05)

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from workerhost import __version__
 from workerhost.errors import ConfigError, ConnectError, SandboxError, WorkerHostError
@@ -25,6 +26,9 @@ EXIT_CODES: dict[type[WorkerHostError], int] = {
     ConnectError: RET_CONNECT,
     SandboxError: RET_SANDBOX,
 }
+
+if TYPE_CHECKING:
+    from workerhost.config import Config
 
 DEFAULT_SANDBOX_DIR = ".sandbox"
 
@@ -87,6 +91,86 @@ def _sandbox_install_udf(args: argparse.Namespace) -> int:
     return RET_OK
 
 
+def _load(args: argparse.Namespace) -> Config:
+    from workerhost.config import load_config
+
+    return load_config(args.config)
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print(f"{args.config}: valid; handlers: {', '.join(config.handlers)}")
+    if args.connect:
+        from workerhost import gearadmin
+        from workerhost.db import Database
+
+        for server in config.gearman.servers:
+            try:
+                version = gearadmin.version(server.host, server.port)
+            except OSError as exc:
+                raise ConnectError(f"gearmand at {server} does not answer: {exc}") from exc
+            print(f"gearmand {server}: reachable (version {version})")
+        db = Database(config.database.connect_kwargs())
+        db.ensure_schema()
+        db.close()
+        print(f"{db.describe()}: reachable; the host's tables are in place")
+    return RET_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from workerhost import logs
+    from workerhost.db import Database
+    from workerhost.supervisor import Supervisor
+
+    logs.setup(args.log_format, args.log_level)
+    config = _load(args)
+    db = Database(config.database.connect_kwargs())
+    db.ensure_schema()
+    db.close()
+    return Supervisor(config, args.config).run()
+
+
+def _dead_letters(args: argparse.Namespace) -> int:
+    from workerhost import deadletters
+    from workerhost.db import Database
+
+    db = Database(_load(args).database.connect_kwargs())
+    action = args.dl_verb
+    if action == "list":
+        letters = deadletters.list_letters(db, args.function, args.limit)
+        print(f"{'ID':>6}  {'FUNCTION':20} {'ATTEMPTS':>8}  {'FAILED AT':26} ERROR")
+        for dl in letters:
+            print(f"{dl.id:>6}  {dl.function:20} {dl.attempts:>8}  {dl.failed_at!s:26} "
+                  f"{dl.error.splitlines()[0][:80] if dl.error else ''}")
+        print(f"{len(letters)} dead letters")
+    elif action == "show":
+        letter = deadletters.get(db, args.id)
+        if letter is None:
+            print(f"no dead letter with id {args.id}", file=sys.stderr)
+            return RET_ERROR
+        for name in ("id", "function", "unique", "attempts", "first_failed_at", "failed_at",
+                     "error"):
+            print(f"{name:16} {getattr(letter, name)}")
+        print(f"{'payload':16} {letter.payload[:4096]!r}")
+        if letter.traceback:
+            print("traceback:\n" + letter.traceback)
+    elif action == "retry":
+        if not args.all and not args.ids:
+            print("name dead letter ids, or --all", file=sys.stderr)
+            return RET_USAGE
+        moved = deadletters.retry(db, None if args.all else args.ids)
+        print(f"{moved} dead letters queued again")
+        if args.ids and moved < len(args.ids):
+            return RET_ERROR
+    elif action == "purge":
+        if not args.all and not args.ids and not args.function:
+            print("name dead letter ids, --function NAME, or --all", file=sys.stderr)
+            return RET_USAGE
+        print(f"{deadletters.purge(db, args.ids, args.function)} dead letters deleted")
+    db.close()
+    return RET_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="workerhost",
@@ -120,6 +204,37 @@ def build_parser() -> argparse.ArgumentParser:
     install = with_dir(sandbox_verbs.add_parser("install-udf", help="install the UDF library"))
     install.add_argument("--so", type=Path, default=Path("udf/build/gearman_udf.so"))
     install.set_defaults(func=_sandbox_install_udf)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("-c", "--config", type=Path, required=True, help="the YAML file")
+        return p
+
+    check = with_config(verbs.add_parser("check", help="validate a configuration file"))
+    check.add_argument("--connect", action="store_true",
+                       help="also reach every gearmand and the database")
+    check.set_defaults(func=_check)
+
+    run = with_config(verbs.add_parser("run", help="run the worker host"))
+    run.add_argument("--log-format", choices=("text", "json"), default="text")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                     default="info")
+    run.set_defaults(func=_run)
+
+    dead = with_config(verbs.add_parser("dead-letters", help="inspect and replay dead letters"))
+    dead_verbs = dead.add_subparsers(dest="dl_verb", required=True, metavar="ACTION")
+    dl_list = dead_verbs.add_parser("list", help="list dead letters")
+    dl_list.add_argument("--function", help="only this function")
+    dl_list.add_argument("--limit", type=int, default=100)
+    dl_show = dead_verbs.add_parser("show", help="one dead letter, with payload and traceback")
+    dl_show.add_argument("id", type=int)
+    dl_retry = dead_verbs.add_parser("retry", help="queue dead letters again")
+    dl_retry.add_argument("ids", type=int, nargs="*")
+    dl_retry.add_argument("--all", action="store_true")
+    dl_purge = dead_verbs.add_parser("purge", help="delete dead letters")
+    dl_purge.add_argument("ids", type=int, nargs="*")
+    dl_purge.add_argument("--function", help="all of this function")
+    dl_purge.add_argument("--all", action="store_true")
+    dead.set_defaults(func=_dead_letters, function=None, all=False, ids=[])
 
     return parser
 

@@ -1,0 +1,41 @@
+-- The tables the worker host uses, in the application's database. Re-runnable.
+-- `workerhost run` creates them when they are missing; run this by hand where the host's
+-- database user may not create tables.
+
+-- Jobs waiting to be shipped to gearmand: rows written by triggers (delivery: outbox, or
+-- immediate when gearmand was down) and delayed retries. The relay ships due rows in id order
+-- and deletes each one only after gearmand has accepted its job.
+CREATE TABLE IF NOT EXISTS workerhost_outbox (
+    id          BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    function    VARCHAR(255) NOT NULL,
+    payload     LONGBLOB NOT NULL,
+    unique_key  VARCHAR(255) NULL,
+    priority    ENUM('normal', 'high', 'low') NOT NULL DEFAULT 'normal',
+    not_before  DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    created_at  DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    KEY due (not_before, id)
+) ENGINE=InnoDB;
+
+-- Failed attempts of jobs still in play, keyed by function and unique: a handler exception,
+-- a timeout or a worker process that died. Cleared when the job succeeds or is dead-lettered.
+CREATE TABLE IF NOT EXISTS workerhost_attempts (
+    job_key     VARBINARY(520) NOT NULL PRIMARY KEY,
+    failures    INT UNSIGNED NOT NULL,
+    first_at    DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    last_error  TEXT NULL,
+    traceback   MEDIUMTEXT NULL
+) ENGINE=InnoDB;
+
+-- Jobs that used up their attempts; `workerhost dead-letters retry` ships them again.
+CREATE TABLE IF NOT EXISTS workerhost_dead_letters (
+    id               BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    function         VARCHAR(255) NOT NULL,
+    payload          LONGBLOB NOT NULL,
+    unique_key       VARCHAR(255) NULL,
+    attempts         INT UNSIGNED NOT NULL,
+    error            TEXT NOT NULL,
+    traceback        MEDIUMTEXT NULL,
+    first_failed_at  DATETIME(6) NULL,
+    failed_at        DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    KEY by_function (function, id)
+) ENGINE=InnoDB;

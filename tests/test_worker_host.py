@@ -1,0 +1,294 @@
+"""`workerhost run` against the sandbox's real gearmand and mariadbd."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import gearman
+import pytest
+from conftest import RunningHost, host_config, host_env, wait_until
+
+from workerhost.sandbox import Sandbox
+
+RESULTS = """CREATE TABLE results (
+    id BIGINT PRIMARY KEY, attempt INT, unique_key VARCHAR(255), runs INT NOT NULL DEFAULT 1,
+    created_at DATETIME(6) NOT NULL DEFAULT NOW(6))"""
+
+
+@pytest.fixture
+def tables(db: Any) -> Any:
+    cursor = db.cursor()
+    cursor.execute(RESULTS)
+    cursor.execute("CREATE TABLE items (id BIGINT PRIMARY KEY, note VARCHAR(255), "
+                   "seen_at DATETIME(6))")
+    cursor.execute("INSERT INTO items (id) SELECT seq FROM seq_1_to_500")
+    cursor.execute("CREATE TABLE flags (name VARCHAR(32) PRIMARY KEY, broken BOOL)")
+    return db
+
+
+def submit(sandbox: Sandbox, function: str, payloads: list[Any], **kw: Any) -> list[Any]:
+    client = gearman.GearmanClient([sandbox.gearman_server])
+    jobs = [{"task": function, "data": p if isinstance(p, bytes) else json.dumps(p)}
+            for p in payloads]
+    background = kw.pop("background", True)
+    requests = client.submit_multiple_jobs(
+        jobs, background=background, wait_until_complete=not background, **kw)
+    client.shutdown()
+    return list(requests)
+
+
+def scalar(db: Any, sql: str, *args: Any) -> Any:
+    cursor = db.cursor()
+    cursor.execute(sql, args)
+    row = cursor.fetchone()
+    cursor.close()
+    return row[0] if row else None
+
+
+def count_results(db: Any) -> int:
+    return int(scalar(db, "SELECT COUNT(*) FROM results"))
+
+
+def dead_letters(db: Any) -> list[tuple[Any, ...]]:
+    cursor = db.cursor()
+    cursor.execute("SELECT id, function, attempts, error, traceback, payload "
+                   "FROM workerhost_dead_letters ORDER BY id")
+    return list(cursor.fetchall())
+
+
+def cli(sandbox: Sandbox, host: RunningHost, verb: str, *args: str) -> Any:
+    """Run `workerhost VERB -c <the host's config> ARGS...` as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "workerhost.cli", verb, "-c", str(host.config_path), *args],
+        capture_output=True, text=True, env=host_env(sandbox), timeout=60, check=False,
+    )
+
+
+def test_sql_and_python_handlers_write_back(
+    sandbox: Sandbox, tables: Any, host_factory: Any
+) -> None:
+    host_factory(host_config(sandbox, tables.database, {
+        "mark_seen": {"sql": "UPDATE items SET seen_at = NOW(6) WHERE id = %(id)s",
+                      "processes": 2},
+        "record": {"python": "sample_handlers:record"},
+    }))
+    submit(sandbox, "mark_seen", [{"id": i} for i in range(1, 201)])
+    submit(sandbox, "record", [{"id": i} for i in range(1, 101)])
+    wait_until(lambda: scalar(tables, "SELECT COUNT(seen_at) FROM items") == 200, what="sql")
+    wait_until(lambda: count_results(tables) == 100, what="python write-back")
+    assert scalar(tables, "SELECT COUNT(seen_at) FROM items WHERE id > 200") == 0
+    assert scalar(tables, "SELECT MAX(runs) FROM results") == 1
+
+
+def test_the_write_is_committed_before_gearmand_hears_complete(
+    sandbox: Sandbox, tables: Any, host_factory: Any
+) -> None:
+    host_factory(host_config(sandbox, tables.database, {
+        "slow_record": {"python": "sample_handlers:slow_record"},
+    }))
+    client = gearman.GearmanClient([sandbox.gearman_server])
+    request = client.submit_job("slow_record", json.dumps({"id": 7, "seconds": 1.5}),
+                                background=False, wait_until_complete=False)
+    # While the handler runs, its write exists only inside its transaction.
+    wait_until(lambda: sandbox.gearman_status()["slow_record"].running == 1, what="running")
+    assert count_results(tables) == 0
+    client.wait_until_jobs_completed([request], poll_timeout=30)
+    # The client has WORK_COMPLETE: the row is already visible to everyone.
+    assert request.state == "COMPLETE"
+    assert json.loads(request.result) == {"id": 7, "attempt": 1}
+    assert count_results(tables) == 1
+    client.shutdown()
+
+
+def test_a_failing_handler_is_retried_then_succeeds(
+    sandbox: Sandbox, tables: Any, host_factory: Any
+) -> None:
+    host = host_factory(host_config(sandbox, tables.database, {
+        "flaky": {"python": "sample_handlers:fail_until_third",
+                  "retries": {"attempts": 3, "backoff": "100ms"}},
+    }))
+    submit(sandbox, "flaky", [{"id": 1}])
+    wait_until(lambda: count_results(tables) == 1, what="third attempt")
+    assert scalar(tables, "SELECT attempt FROM results") == 3
+    assert "attempt=1 failed and will be retried: RuntimeError: flaky failure on attempt 1" \
+        in host.log()
+    assert scalar(tables, "SELECT COUNT(*) FROM workerhost_attempts") == 0
+    assert dead_letters(tables) == []
+
+
+def test_exception_is_dead_lettered_then_replayed(
+    sandbox: Sandbox, tables: Any, host_factory: Any
+) -> None:
+    tables.cursor().execute("INSERT INTO flags VALUES ('handler', TRUE)")
+    host = host_factory(host_config(sandbox, tables.database, {
+        "fragile": {"python": "sample_handlers:fails_until_flag",
+                    "retries": {"attempts": 2, "backoff": "50ms"}},
+    }))
+    submit(sandbox, "fragile", [{"id": 5}])
+    letters = wait_until(lambda: dead_letters(tables), what="a dead letter")
+    ident, function, attempts, error, tb, payload = letters[0]
+    assert (function, attempts, error) == ("fragile", 2, "RuntimeError: the flag says broken")
+    assert 'raise RuntimeError("the flag says broken")' in tb
+    assert json.loads(payload) == {"id": 5}
+    assert count_results(tables) == 0
+
+    listed = cli(sandbox, host, "dead-letters", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "fragile" in listed.stdout and "1 dead letters" in listed.stdout
+    shown = cli(sandbox, host, "dead-letters", "show", str(ident))
+    assert "the flag says broken" in shown.stdout and "traceback:" in shown.stdout
+
+    tables.cursor().execute("UPDATE flags SET broken = FALSE")
+    replay = cli(sandbox, host, "dead-letters", "retry", str(ident))
+    assert replay.returncode == 0 and "1 dead letters queued again" in replay.stdout
+    wait_until(lambda: count_results(tables) == 1, what="the replayed job")
+    assert dead_letters(tables) == []
+
+
+@pytest.mark.parametrize("handler, payload, expected", [
+    ("sleeps", {"id": 1, "seconds": 60}, "timed out after 1s; its worker process was killed"),
+    ("exits", {"id": 2}, "its worker process died while running it (exit status 17)"),
+    ("segfaults", {"id": 3}, "its worker process died while running it (killed by SIGSEGV)"),
+])
+def test_a_job_that_kills_or_hangs_its_worker_is_dead_lettered(
+    sandbox: Sandbox, tables: Any, host_factory: Any, handler: str, payload: Any, expected: str
+) -> None:
+    host = host_factory(host_config(sandbox, tables.database, {
+        handler: {"python": f"sample_handlers:{handler}", "timeout": "1s",
+                  "retries": {"attempts": 2, "backoff": "50ms"}},
+        "record": {"python": "sample_handlers:record"},
+    }))
+    submit(sandbox, handler, [payload])
+    letters = wait_until(lambda: dead_letters(tables), timeout=60, what="a dead letter")
+    assert letters[0][1:4] == (handler, 2, expected)
+    # Exactly `attempts` runs, then the job is gone from gearmand: no endless re-queue.
+    assert host.log().count(expected) == 2
+    wait_until(lambda: sandbox.gearman_status()[handler].queued == 0, what="queue empty")
+    # The pool is healthy afterwards.
+    submit(sandbox, "record", [{"id": 10}])
+    wait_until(lambda: count_results(tables) == 1, what="a job after the crashes")
+
+
+def test_bad_payloads_fail_with_a_clear_reason(
+    sandbox: Sandbox, tables: Any, host_factory: Any
+) -> None:
+    host_factory(host_config(sandbox, tables.database, {
+        "mark_seen": {"sql": "UPDATE items SET seen_at = NOW(6) WHERE id = %(id)s",
+                      "retries": {"attempts": 1}, "on_no_rows": "dead_letter"},
+    }))
+    submit(sandbox, "mark_seen", [b"not json", {"other": 1}, {"id": 100000}])
+    letters = wait_until(lambda: len(dead_letters(tables)) == 3 and dead_letters(tables),
+                         what="three dead letters")
+    errors = sorted(row[3] for row in letters)
+    assert errors[0].startswith("payload is not JSON")
+    assert errors[1] == "payload lacks 'id' needed by the handler's SQL; it has ['other']"
+    assert errors[2].startswith("the write matched no row (params {'id': 100000})")
+
+
+def test_a_payload_cannot_inject_sql(sandbox: Sandbox, tables: Any, host_factory: Any) -> None:
+    host_factory(host_config(sandbox, tables.database, {
+        "note": {"sql": "UPDATE items SET note = %(note)s WHERE id = %(id)s"},
+    }))
+    evil = "x'; DROP TABLE items; UPDATE items SET note='pwned' WHERE '1'='1"
+    submit(sandbox, "note", [{"id": 3, "note": evil}, {"id": "4 OR 1=1", "note": "wide"}])
+    wait_until(lambda: scalar(tables, "SELECT note FROM items WHERE id = 3"), what="write")
+    assert scalar(tables, "SELECT note FROM items WHERE id = 3") == evil
+    assert scalar(tables, "SELECT COUNT(*) FROM items") == 500
+    assert scalar(tables, "SELECT COUNT(note) FROM items") in (1, 2)
+    assert scalar(tables, "SELECT COUNT(*) FROM items WHERE note = 'pwned'") == 0
+
+
+def test_sigterm_finishes_running_jobs_and_loses_none(
+    sandbox: Sandbox, tables: Any, host_factory: Any
+) -> None:
+    config = host_config(sandbox, tables.database, {
+        "slow_record": {"python": "sample_handlers:slow_record", "processes": 2},
+    })
+    host = host_factory(config)
+    submit(sandbox, "slow_record", [{"id": i, "seconds": 0.05} for i in range(200)])
+    wait_until(lambda: count_results(tables) >= 20, what="some progress")
+    assert host.stop() == 0
+    done = count_results(tables)
+    assert done < 200, "stopped too late to show anything"
+    assert "stopping: workers finish their current job" in host.log()
+    # Nothing was lost: the rest is still queued in gearmand, and a new host finishes it.
+    host_factory(config)
+    wait_until(lambda: count_results(tables) == 200, timeout=60, what="all 200")
+    assert scalar(tables, "SELECT MAX(runs) FROM results") == 1
+
+
+def test_sighup_adds_a_handler_and_refuses_a_broken_config(
+    sandbox: Sandbox, tables: Any, host_factory: Any
+) -> None:
+    config = host_config(sandbox, tables.database, {
+        "record": {"python": "sample_handlers:record"},
+    })
+    host = host_factory(config)
+    submit(sandbox, "mark_seen", [{"id": i} for i in range(1, 51)])
+
+    good = host.config_path.read_text()
+    host.config_path.write_text(good + "\nunknown_section: true\n")
+    host.signal(signal.SIGHUP)
+    host.wait_for_log("reload refused, the running configuration stays")
+    assert "unknown_section" in host.log()
+
+    import yaml
+
+    config["handlers"]["mark_seen"] = {"sql": "UPDATE items SET seen_at = NOW(6) "
+                                              "WHERE id = %(id)s"}
+    host.config_path.write_text(yaml.safe_dump(config))
+    host.signal(signal.SIGHUP)
+    host.wait_for_log("configuration reloaded")
+    wait_until(lambda: scalar(tables, "SELECT COUNT(seen_at) FROM items") == 50, what="new")
+    submit(sandbox, "record", [{"id": 1}])
+    wait_until(lambda: count_results(tables) == 1, what="the old handler still works")
+
+
+def _stream(sandbox: Sandbox, function: str, ids: range) -> None:
+    for start in range(ids.start, ids.stop, 100):
+        submit(sandbox, function, [{"id": i} for i in range(start, min(start + 100, ids.stop))])
+
+
+def test_gearmand_restart_mid_stream_loses_nothing(
+    sandbox: Sandbox, tables: Any, host_factory: Any
+) -> None:
+    host_factory(host_config(sandbox, tables.database, {
+        "record": {"python": "sample_handlers:record", "processes": 2},
+    }))
+    _stream(sandbox, "record", range(0, 500))
+    sandbox.stop_gearmand()
+    sandbox.start_gearmand()
+    _stream(sandbox, "record", range(500, 1000))
+    wait_until(lambda: count_results(tables) == 1000, timeout=60, what="all 1000")
+
+
+def test_mariadbd_restart_mid_stream_loses_nothing(
+    sandbox: Sandbox, tables: Any, host_factory: Any
+) -> None:
+    database = tables.database  # asked of the server: ask before it goes away
+    host = host_factory(host_config(sandbox, database, {
+        "record": {"python": "sample_handlers:record", "processes": 2},
+    }))
+    _stream(sandbox, "record", range(0, 300))
+    sandbox.stop_mysql()
+    _stream(sandbox, "record", range(300, 600))
+    sandbox.start_mysql()
+    probe = sandbox.connect(database=database)
+    wait_until(lambda: count_results(probe) == 600, timeout=90, what="all 600")
+    assert dead_letters(probe) == []
+    assert host.process.poll() is None
+    probe.close()
+
+
+def test_check_reports_config_errors_with_exit_code_3(tmp_path: Path) -> None:
+    bad = tmp_path / "workerhost.yaml"
+    bad.write_text("gearman: {servers: []}\n")
+    result = subprocess.run([sys.executable, "-m", "workerhost.cli", "check", "-c", str(bad)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 3
+    assert result.stderr.startswith(f"workerhost: error: {bad}")

@@ -1,0 +1,144 @@
+"""The database seam: one connection, re-opened when lost, and the transient-error rules."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import mysql.connector
+from mysql.connector import errorcode
+
+from workerhost.errors import ConnectError
+
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "sql" / "workerhost.sql"
+
+# Errors after which the same work can simply run again: deadlock, lock wait timeout, and a lost
+# or unreachable server. They never count against a handler's attempts.
+TRANSIENT_ERRNOS = frozenset({
+    errorcode.ER_LOCK_DEADLOCK,  # 1213
+    errorcode.ER_LOCK_WAIT_TIMEOUT,  # 1205
+    errorcode.CR_SERVER_GONE_ERROR,  # 2006
+    errorcode.CR_SERVER_LOST,  # 2013
+    errorcode.CR_CONN_HOST_ERROR,  # 2003
+    errorcode.CR_CONNECTION_ERROR,  # 2002
+    2055,  # lost connection (mysql-connector's own code)
+    errorcode.ER_SERVER_SHUTDOWN,  # 1053
+    errorcode.ER_CON_COUNT_ERROR,  # 1040
+})
+# Back-off between tries of transient failures: doubled each time, with jitter, up to the cap.
+TRANSIENT_BACKOFF = 0.05
+TRANSIENT_BACKOFF_MAX = 2.0
+
+Connection = Any  # mysql.connector's connection classes carry no usable type information
+Connector = Callable[[], Connection]
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, mysql.connector.Error):
+        return exc.errno in TRANSIENT_ERRNOS or (
+            exc.errno is None and isinstance(exc, mysql.connector.OperationalError)
+        )
+    return False
+
+
+def backoff_delays(first: float = TRANSIENT_BACKOFF, cap: float = TRANSIENT_BACKOFF_MAX) -> Any:
+    """An endless iterator of jittered, doubling delays."""
+    delay = first
+    while True:
+        yield random.uniform(delay / 2, delay)
+        delay = min(delay * 2, cap)
+
+
+class Database:
+    """A lazily opened connection that is re-opened after a transient failure."""
+
+    def __init__(self, params: Mapping[str, Any], *, connect: Connector | None = None) -> None:
+        self._params = dict(params)
+        self._connect = connect or (lambda: mysql.connector.connect(**self._params))
+        self._conn: Any = None
+
+    def describe(self) -> str:
+        where = self._params.get("unix_socket") or (
+            f"{self._params.get('host', 'localhost')}:{self._params.get('port', 3306)}"
+        )
+        return f"database {self._params.get('database', '')!r} at {where}"
+
+    @property
+    def conn(self) -> Connection:
+        if self._conn is None:
+            try:
+                self._conn = self._connect()
+            except mysql.connector.Error as exc:
+                raise ConnectError(f"cannot connect to {self.describe()}: {exc}") from exc
+            self._conn.autocommit = False
+        return self._conn
+
+    def reset(self) -> None:
+        """Forget the connection (after an error); the next use opens a new one."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
+
+    def rollback(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.rollback()
+            except mysql.connector.Error:
+                self.reset()
+
+    def run(self, work: Callable[[Connection], Any], *, deadline: float | None = None) -> Any:
+        """Run `work(conn)` in a transaction and commit; retry it on transient errors.
+
+        Gives up with the last error once `deadline` (a time.monotonic() value) has passed.
+        """
+        delays = backoff_delays()
+        while True:
+            try:
+                conn = self.conn
+                result = work(conn)
+                conn.commit()
+                return result
+            except (mysql.connector.Error, ConnectError) as exc:
+                cause = exc.__cause__ if isinstance(exc, ConnectError) else exc
+                self.rollback()
+                if not (cause is not None and is_transient(cause)):
+                    raise
+                if _connection_lost(cause):
+                    self.reset()
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                time.sleep(next(delays))
+            except BaseException:
+                self.rollback()
+                raise
+
+    def ensure_schema(self) -> None:
+        """Create the host's tables when they are missing (sql/workerhost.sql)."""
+        statements = [s.strip() for s in _strip_comments(SCHEMA_FILE.read_text()).split(";")]
+
+        def create(conn: Connection) -> None:
+            cursor = conn.cursor()
+            for statement in statements:
+                if statement:
+                    cursor.execute(statement)
+
+        self.run(create)
+
+    def close(self) -> None:
+        self.reset()
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    return isinstance(exc, mysql.connector.Error) and exc.errno not in (
+        errorcode.ER_LOCK_DEADLOCK, errorcode.ER_LOCK_WAIT_TIMEOUT,
+    )
+
+
+def _strip_comments(sql: str) -> str:
+    return "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))

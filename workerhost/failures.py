@@ -1,0 +1,114 @@
+"""Failed attempts, delayed retries and dead letters, all in the application's database.
+
+gearmand never retries a failed job, and re-queues the job of a dead worker forever; both caps
+are kept here. A failure is counted in `workerhost_attempts` under the job's key (function and
+unique). While attempts remain, the job goes back through `workerhost_outbox` with a
+`not_before` in the future, and the relay ships it when due; after the last attempt it becomes
+a row in `workerhost_dead_letters`. Each of these steps is one transaction.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+from workerhost.config import RetryPolicy
+from workerhost.db import Connection
+from workerhost.job import Job
+
+ATTEMPTS_TABLE = "workerhost_attempts"
+OUTBOX_TABLE = "workerhost_outbox"
+DEAD_LETTERS_TABLE = "workerhost_dead_letters"
+
+Verdict = Literal["retry", "dead"]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an attempt failed, as it is stored and logged."""
+
+    error: str
+    traceback: str | None = None
+
+
+def retry_delay(policy: RetryPolicy, failures: int) -> float:
+    """Exponential back-off with full jitter in its upper half: 2^(n-1) * backoff, capped."""
+    ceiling = min(policy.backoff * 2 ** max(failures - 1, 0), policy.max_backoff)
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def failures_so_far(conn: Connection, key: bytes) -> int:
+    cursor = conn.cursor()
+    cursor.execute(f"SELECT failures FROM {ATTEMPTS_TABLE} WHERE job_key = %s", (key,))
+    row = cursor.fetchone()
+    cursor.close()
+    return int(row[0]) if row else 0
+
+
+def count_failure(conn: Connection, key: bytes, failure: Failure) -> int:
+    """Add one failed attempt for `key`; returns the failures counted so far."""
+    cursor = conn.cursor()
+    cursor.execute(
+        f"INSERT INTO {ATTEMPTS_TABLE} (job_key, failures, last_error, traceback) "
+        "VALUES (%s, 1, %s, %s) ON DUPLICATE KEY UPDATE failures = failures + 1, "
+        "last_error = VALUES(last_error), traceback = VALUES(traceback)",
+        (key, failure.error, failure.traceback),
+    )
+    cursor.execute(f"SELECT failures FROM {ATTEMPTS_TABLE} WHERE job_key = %s", (key,))
+    (failures,) = cursor.fetchone()
+    cursor.close()
+    return int(failures)
+
+
+def forget(conn: Connection, key: bytes) -> None:
+    """The job is done (or dead-lettered): its failure count goes."""
+    cursor = conn.cursor()
+    cursor.execute(f"DELETE FROM {ATTEMPTS_TABLE} WHERE job_key = %s", (key,))
+    cursor.close()
+
+
+def handle_failure(conn: Connection, job: Job, policy: RetryPolicy, failure: Failure) -> Verdict:
+    """Count the failure, then schedule a retry or write a dead letter. Caller commits."""
+    failures = count_failure(conn, job.key, failure)
+    if failures >= policy.attempts:
+        dead_letter(conn, job, failures, failure)
+        return "dead"
+    delay = retry_delay(policy, failures)
+    enqueue(conn, job.function, job.payload, stable_unique(job), delay=delay)
+    return "retry"
+
+
+def dead_letter(conn: Connection, job: Job, attempts: int, failure: Failure) -> None:
+    cursor = conn.cursor()
+    cursor.execute(
+        f"INSERT INTO {DEAD_LETTERS_TABLE} (function, payload, unique_key, attempts, error, "
+        f"traceback, first_failed_at) SELECT %s, %s, %s, %s, %s, %s, "
+        f"(SELECT first_at FROM {ATTEMPTS_TABLE} WHERE job_key = %s)",
+        (job.function, job.payload, stable_unique(job) or None, attempts, failure.error,
+         failure.traceback, job.key),
+    )
+    cursor.close()
+    forget(conn, job.key)
+
+
+def enqueue(
+    conn: Connection, function: str, payload: bytes, unique: str | None, *, delay: float = 0.0
+) -> None:
+    """Put a job in the outbox, due `delay` seconds from now."""
+    cursor = conn.cursor()
+    cursor.execute(
+        f"INSERT INTO {OUTBOX_TABLE} (function, payload, unique_key, not_before) "
+        "VALUES (%s, %s, %s, NOW(6) + INTERVAL %s MICROSECOND)",
+        (function, payload, unique or None, int(delay * 1_000_000)),
+    )
+    cursor.close()
+
+
+def stable_unique(job: Job) -> str:
+    """The unique a retry is submitted with, so that it keeps the job's key.
+
+    A job submitted without a unique is known by its handle; the retry carries that handle
+    as its unique, so its failures keep adding up under the same key.
+    """
+    return job.unique or job.handle

@@ -1,0 +1,68 @@
+"""Running one job through its handler: a Python callable, or SQL with bound parameters."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from workerhost.config import HandlerConfig
+from workerhost.db import Connection
+from workerhost.errors import JobError
+from workerhost.job import Job
+
+
+class NoRowsMatched(JobError):
+    """An `sql:` write-back matched no row (the row was rolled back, or never existed)."""
+
+
+def run(handler: HandlerConfig, job: Job, conn: Connection) -> bytes:
+    """Run the handler inside the caller's transaction; the result goes back to gearmand."""
+    if handler.callable is not None:
+        return to_bytes(handler.callable(job, conn))
+    return run_sql(handler, job, conn)
+
+
+def run_sql(handler: HandlerConfig, job: Job, conn: Connection) -> bytes:
+    params = sql_params(handler, job)
+    cursor = conn.cursor()
+    matched = 0
+    for statement in handler.sql:
+        # Bound parameters only: the payload can never change the statement's text.
+        cursor.execute(statement, params)
+        matched += max(cursor.rowcount, 0)
+    cursor.close()
+    if matched == 0 and handler.on_no_rows != "ignore":
+        raise NoRowsMatched(
+            f"the write matched no row (params {params!r}); the row may not be committed yet, "
+            f"or never existed"
+        )
+    return json.dumps({"rows": matched}).encode()
+
+
+def sql_params(handler: HandlerConfig, job: Job) -> dict[str, Any]:
+    payload = job.json()
+    if not isinstance(payload, dict):
+        raise JobError(f"payload must be a JSON object for an sql: handler, got {payload!r:.80}")
+    missing = [name for name in handler.params if name not in payload]
+    if missing:
+        raise JobError(
+            f"payload lacks {', '.join(map(repr, missing))} needed by the handler's SQL; "
+            f"it has {sorted(payload)!r}"
+        )
+    params = {}
+    for name in handler.params:
+        value = payload[name]
+        # JSON containers are passed as their JSON text; scalars as themselves.
+        params[name] = json.dumps(value) if isinstance(value, (dict, list)) else value
+    return params
+
+
+def to_bytes(result: object) -> bytes:
+    """A handler's return value as the bytes gearmand hands the client."""
+    if result is None:
+        return b""
+    if isinstance(result, bytes):
+        return result
+    if isinstance(result, str):
+        return result.encode()
+    return json.dumps(result, default=str).encode()
