@@ -179,11 +179,13 @@ def test_bad_payloads_fail_with_a_clear_reason(
 ) -> None:
     host_factory(host_config(sandbox, tables.database, {
         "mark_seen": {"sql": "UPDATE items SET seen_at = NOW(6) WHERE id = %(id)s",
-                      "retries": {"attempts": 1}, "on_no_rows": "dead_letter"},
+                      "retries": {"attempts": 5}, "on_no_rows": "dead_letter"},
     }))
     submit(sandbox, "mark_seen", [b"not json", {"other": 1}, {"id": 100000}])
     letters = wait_until(lambda: len(dead_letters(tables)) == 3 and dead_letters(tables),
                          what="three dead letters")
+    # None of these can be fixed by running again: one attempt each, not five.
+    assert [row[2] for row in letters] == [1, 1, 1]
     errors = sorted(row[3] for row in letters)
     assert errors[0].startswith("payload is not JSON")
     assert errors[1] == "payload lacks 'id' needed by the handler's SQL; it has ['other']"
@@ -292,3 +294,89 @@ def test_check_reports_config_errors_with_exit_code_3(tmp_path: Path) -> None:
                             capture_output=True, text=True, check=False)
     assert result.returncode == 3
     assert result.stderr.startswith(f"workerhost: error: {bad}")
+
+
+def test_no_rows_with_retry_policy_waits_for_the_row(
+    sandbox: Sandbox, tables: Any, host_factory: Any
+) -> None:
+    host = host_factory(host_config(sandbox, tables.database, {
+        "mark_seen": {"sql": "UPDATE items SET seen_at = NOW(6) WHERE id = %(id)s",
+                      "retries": {"attempts": 5, "backoff": "200ms"}, "on_no_rows": "retry"},
+    }))
+    submit(sandbox, "mark_seen", [{"id": 9000}])
+    host.wait_for_log("attempt=1 failed and will be retried: the write matched no row")
+    tables.cursor().execute("INSERT INTO items (id) VALUES (9000)")
+    wait_until(lambda: scalar(tables, "SELECT seen_at FROM items WHERE id = 9000"), what="row")
+    assert dead_letters(tables) == []
+
+
+def test_lock_waits_are_retried_without_counting_against_the_handler(
+    sandbox: Sandbox, tables: Any, host_factory: Any
+) -> None:
+    admin = sandbox.connect()
+    admin.cursor().execute("SET GLOBAL innodb_lock_wait_timeout = 1")
+    try:
+        host = host_factory(host_config(sandbox, tables.database, {
+            "mark_seen": {"sql": "UPDATE items SET seen_at = NOW(6) WHERE id = %(id)s",
+                          "retries": {"attempts": 1}},
+        }))
+        blocker = sandbox.connect(database=tables.database, autocommit=False)
+        blocker.cursor().execute("SELECT * FROM items WHERE id = 1 FOR UPDATE")
+        submit(sandbox, "mark_seen", [{"id": 1}])
+        wait_until(lambda: sandbox.gearman_status()["mark_seen"].running == 1, what="running")
+        import time
+
+        time.sleep(2.5)  # at least two lock wait timeouts (1205) in the worker
+        blocker.rollback()
+        blocker.close()
+        wait_until(lambda: scalar(tables, "SELECT seen_at FROM items WHERE id = 1"), what="row")
+        assert dead_letters(tables) == []
+        assert "failed" not in host.log()
+    finally:
+        admin.cursor().execute("SET GLOBAL innodb_lock_wait_timeout = 50")
+        admin.close()
+
+
+def test_two_gearmand_servers_are_served_at_once(
+    sandbox: Sandbox, tables: Any, host_factory: Any, gearmand_factory: Any
+) -> None:
+    second = gearmand_factory()
+    host_factory(host_config(sandbox, tables.database, {
+        "record": {"python": "sample_handlers:record"},
+    }, gearman={"servers": [sandbox.gearman_server, second.server]}))
+    submit(sandbox, "record", [{"id": i} for i in range(50)])
+    client = gearman.GearmanClient([second.server])
+    client.submit_multiple_jobs([{"task": "record", "data": json.dumps({"id": i})}
+                                 for i in range(50, 100)], background=True,
+                                wait_until_complete=False)
+    client.shutdown()
+    wait_until(lambda: count_results(tables) == 100, what="jobs from both servers")
+
+
+def test_a_second_sigterm_stops_at_once(
+    sandbox: Sandbox, tables: Any, host_factory: Any
+) -> None:
+    host = host_factory(host_config(sandbox, tables.database, {
+        "sleeps": {"python": "sample_handlers:sleeps", "timeout": "1h"},
+    }))
+    submit(sandbox, "sleeps", [{"id": 1, "seconds": 3600}])
+    wait_until(lambda: sandbox.gearman_status()["sleeps"].running == 1, what="running")
+    host.signal(signal.SIGTERM)
+    host.wait_for_log("stopping: workers finish their current job")
+    host.signal(signal.SIGTERM)
+    assert host.process.wait(10) == 6
+    # The job was not lost: gearmand holds it for the next worker.
+    wait_until(lambda: sandbox.gearman_status()["sleeps"].running == 0, what="released")
+    assert sandbox.gearman_status()["sleeps"].queued == 1
+
+
+def test_workers_are_recycled_after_max_jobs(
+    sandbox: Sandbox, tables: Any, host_factory: Any
+) -> None:
+    host = host_factory(host_config(sandbox, tables.database, {
+        "record": {"python": "sample_handlers:record", "max_jobs": 10},
+    }))
+    submit(sandbox, "record", [{"id": i} for i in range(35)])
+    wait_until(lambda: count_results(tables) == 35, what="all jobs")
+    assert host.log().count("worker for record started") >= 4
+    assert "exited" not in host.log()

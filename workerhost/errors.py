@@ -27,4 +27,8 @@ class ConnectError(WorkerHostError):
 
 
 class JobError(WorkerHostError):
-    """A job failed for a reason that retrying the same payload cannot fix."""
+    """A job failed for a reason the host can name; by default retrying cannot fix it."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable

@@ -30,6 +30,7 @@ class Failure:
 
     error: str
     traceback: str | None = None
+    final: bool = False  # retrying cannot help (a bad payload): dead-letter at once
 
 
 def retry_delay(policy: RetryPolicy, failures: int) -> float:
@@ -71,7 +72,7 @@ def forget(conn: Connection, key: bytes) -> None:
 def handle_failure(conn: Connection, job: Job, policy: RetryPolicy, failure: Failure) -> Verdict:
     """Count the failure, then schedule a retry or write a dead letter. Caller commits."""
     failures = count_failure(conn, job.key, failure)
-    if failures >= policy.attempts:
+    if failures >= policy.attempts or failure.final:
         dead_letter(conn, job, failures, failure)
         return "dead"
     delay = retry_delay(policy, failures)

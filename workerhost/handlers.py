@@ -32,9 +32,11 @@ def run_sql(handler: HandlerConfig, job: Job, conn: Connection) -> bytes:
         matched += max(cursor.rowcount, 0)
     cursor.close()
     if matched == 0 and handler.on_no_rows != "ignore":
+        # "retry": the row may commit later (a trigger fired before its transaction ended).
         raise NoRowsMatched(
             f"the write matched no row (params {params!r}); the row may not be committed yet, "
-            f"or never existed"
+            f"or never existed",
+            retryable=handler.on_no_rows == "retry",
         )
     return json.dumps({"rows": matched}).encode()
 

@@ -63,6 +63,7 @@ class Child:
     state: str = State.STARTING
     process: Any = None
     started_at: float = 0.0
+    jobs_at_start: int = 0
     start_failures: int = 0
     next_start: float = 0.0
     retiring: bool = False  # replaced after a reload, or its handler is gone
@@ -90,14 +91,28 @@ def _child_main(config: Config, handler: str, slot: worker.Slot) -> None:
     sys.exit(worker.main(config, handler, slot))
 
 
+def fork_child(config: Config, child: Child) -> Any:
+    process = _ctx.Process(
+        target=_child_main, args=(config, child.handler, child.slot),
+        name=f"workerhost {child.name}", daemon=False,
+    )
+    process.start()
+    return process
+
+
 class Supervisor:
     def __init__(self, config: Config, config_path: str | Path | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
-                 kill: Callable[[int, int], None] = os.kill) -> None:
+                 kill: Callable[[int, int], None] = os.kill,
+                 spawn: Callable[[Config, Child], Any] | None = None,
+                 database: Callable[[Config], Database] | None = None) -> None:
         self.config = config
         self.config_path = config_path
+        # Seams: unit tests replace the clock, signals, processes and the database.
         self.clock = clock
         self.kill = kill
+        self.spawn = spawn or fork_child
+        self.database = database or (lambda cfg: Database(cfg.database.connect_kwargs()))
         self.children: dict[tuple[str, int], Child] = {}
         self.stop_requests = 0
         self.reload_requested = False
@@ -164,12 +179,9 @@ class Supervisor:
 
     def start(self, child: Child) -> None:
         child.slot.started.value = 0.0
-        child.process = _ctx.Process(
-            target=_child_main, args=(self.config, child.handler, child.slot),
-            name=f"workerhost {child.name}", daemon=False,
-        )
-        child.process.start()
+        child.process = self.spawn(self.config, child)
         child.started_at = self.clock()
+        child.jobs_at_start = child.slot.jobs.value
         child.state = State.STARTING
         log.info("started %s (pid %d)", child.name, child.process.pid)
 
@@ -191,12 +203,14 @@ class Supervisor:
         if child.retiring or child.state == State.STOPPING or self.drain_deadline is not None:
             del self.children[(child.handler, child.index)]
             return
-        quick = now - child.started_at < STARTSECS
+        worked = child.slot.jobs.value - child.jobs_at_start
+        quick = now - child.started_at < STARTSECS and not worked
         if code == worker.EXIT_OK and not quick:
-            child.next_start = now  # recycled: max_jobs or max_lifetime
+            log.info("%s recycled after %d jobs", child.name, worked)
+            child.next_start = now  # max_jobs or max_lifetime reached
             return
         child.restarts += 1
-        if quick or code == worker.EXIT_START_FAILED:
+        if quick:
             child.start_failures += 1
             if child.start_failures >= START_RETRIES:
                 child.state = State.FATAL
@@ -237,7 +251,7 @@ class Supervisor:
             reason = f"its worker process died while running it ({_describe_exit(code)})"
         log.error("%s: job %r %s", child.name, key.replace(b"\0", b" ").decode(errors="replace"),
                   reason)
-        db = Database(self.config.database.connect_kwargs())
+        db = self.database(self.config)
         try:
             db.run(lambda conn: failures.count_failure(conn, key, failures.Failure(reason)),
                    deadline=self.clock() + 5)

@@ -34,7 +34,6 @@ log = logging.getLogger("workerhost.worker")
 
 # Exit codes of a worker process, read by the supervisor.
 EXIT_OK = 0  # stopped on request, or recycled (max_jobs, max_lifetime)
-EXIT_START_FAILED = 3  # could not start: the handler cannot be set up
 EXIT_DATABASE = 4  # the database stayed unreachable while a job waited; job left to gearmand
 # How often an idle worker wakes to look at its stop flag and its lifetime.
 POLL_INTERVAL = 0.5
@@ -208,7 +207,7 @@ class DatabaseLost(Exception):
 
 def _failure(exc: BaseException) -> failures.Failure:
     if isinstance(exc, JobError):
-        return failures.Failure(str(exc))
+        return failures.Failure(str(exc), final=not exc.retryable)
     return failures.Failure(
         f"{type(exc).__name__}: {exc}",
         "".join(traceback.format_exception(exc)),
@@ -245,11 +244,6 @@ def main(config: Config, handler_name: str, slot: Slot | None) -> int:
     handler = config.handlers[handler_name]
     worker = Worker(config, handler, slot)
     signal.signal(signal.SIGTERM, worker.request_stop)
-    try:
-        worker.db.ensure_schema()
-    except (mysql.connector.Error, ConnectError) as exc:
-        log.error("worker for %s cannot use %s: %s", handler_name, worker.db.describe(), exc)
-        return EXIT_DATABASE
     log.info("worker for %s started (pid %d)", handler_name, os.getpid())
     code = worker.serve()
     worker.db.close()
