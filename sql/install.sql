@@ -1,0 +1,30 @@
+-- Install the Gearman UDFs (udf/build/gearman_udf.so, copied into mysqld's plugin_dir).
+-- Re-runnable: each function is dropped first. Works on MariaDB 10.x and MySQL 8.
+-- Mirror: sql/uninstall.sql.
+
+DROP FUNCTION IF EXISTS gman_do_background;
+CREATE FUNCTION gman_do_background RETURNS STRING SONAME 'gearman_udf.so';
+
+DROP FUNCTION IF EXISTS gman_do_high_background;
+CREATE FUNCTION gman_do_high_background RETURNS STRING SONAME 'gearman_udf.so';
+
+DROP FUNCTION IF EXISTS gman_do_low_background;
+CREATE FUNCTION gman_do_low_background RETURNS STRING SONAME 'gearman_udf.so';
+
+DROP FUNCTION IF EXISTS gman_do_epoch_background;
+CREATE FUNCTION gman_do_epoch_background RETURNS STRING SONAME 'gearman_udf.so';
+
+DROP FUNCTION IF EXISTS gman_do;
+CREATE FUNCTION gman_do RETURNS STRING SONAME 'gearman_udf.so';
+
+DROP FUNCTION IF EXISTS gman_do_high;
+CREATE FUNCTION gman_do_high RETURNS STRING SONAME 'gearman_udf.so';
+
+DROP FUNCTION IF EXISTS gman_do_low;
+CREATE FUNCTION gman_do_low RETURNS STRING SONAME 'gearman_udf.so';
+
+DROP FUNCTION IF EXISTS gman_servers_set;
+CREATE FUNCTION gman_servers_set RETURNS STRING SONAME 'gearman_udf.so';
+
+DROP FUNCTION IF EXISTS gman_udf_status;
+CREATE FUNCTION gman_udf_status RETURNS STRING SONAME 'gearman_udf.so';

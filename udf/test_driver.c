@@ -1,0 +1,522 @@
+/*
+ * test_driver.c: calls gearman_udf.so's entry points the way mysqld does (dlopen, then
+ * init/row/deinit per statement), without a mysqld. Run by `make -C udf test` under
+ * valgrind; prints one "ok"/"not ok" line per check and a last line "N passed, M failed".
+ *
+ *   test_driver SO_PATH GEARMAN_PORT SCRATCH_DIR
+ *
+ * GEARMAN_PORT is a running gearmand (with a persistent queue, for epoch jobs); the
+ * driver writes its own config file in SCRATCH_DIR and points GEARMAN_UDF_CONFIG at it.
+ */
+
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <dlfcn.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <mysql.h>
+#include <libgearman/gearman.h>
+
+typedef char udf_bool;
+typedef udf_bool (*init_fn)(UDF_INIT *, UDF_ARGS *, char *);
+typedef void (*deinit_fn)(UDF_INIT *);
+typedef char *(*row_fn)(UDF_INIT *, UDF_ARGS *, char *, unsigned long *, char *, char *);
+
+#define MAX_ARGS 5
+#define CONFIG_SETTLE_US 1150000 /* the library stats its config at most once a second */
+
+static int passed, failed;
+static const char *so_path, *scratch;
+static int gearman_port;
+static char config_file[512];
+static void *lib;
+
+static void check(bool ok, const char *what)
+{
+  if (ok)
+    passed++;
+  else
+    failed++;
+  printf("%s %d - %s\n", ok ? "ok" : "not ok", passed + failed, what);
+  fflush(stdout);
+}
+
+static double now_ms(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static void write_config(const char *text)
+{
+  FILE *f = fopen(config_file, "w");
+  if (f == NULL) {
+    perror(config_file);
+    exit(2);
+  }
+  fputs(text, f);
+  fclose(f);
+  usleep(CONFIG_SETTLE_US);
+}
+
+/* ------------------------------------------------------------ calling a UDF */
+
+struct arg {
+  enum Item_result type;
+  const void *value; /* NULL: SQL NULL */
+  unsigned long length;
+};
+
+#define STR(s) ((struct arg){ STRING_RESULT, (s), sizeof(s) - 1 })
+#define BYTES(p, n) ((struct arg){ STRING_RESULT, (p), (n) })
+#define NUL_ARG ((struct arg){ STRING_RESULT, NULL, 0 })
+
+struct result {
+  bool init_failed;
+  char message[MYSQL_ERRMSG_SIZE];
+  bool is_null;
+  char bytes[4096];
+  unsigned long length;
+};
+
+/* One statement of one row: init with constant arguments, one row, deinit. */
+static struct result call(const char *name, unsigned n, const struct arg *argv)
+{
+  struct result r;
+  memset(&r, 0, sizeof r);
+  char sym[128];
+  init_fn init;
+  deinit_fn deinit;
+  snprintf(sym, sizeof sym, "%s_init", name);
+  *(void **)&init = dlsym(lib, sym);
+  snprintf(sym, sizeof sym, "%s_deinit", name);
+  *(void **)&deinit = dlsym(lib, sym);
+  row_fn row;
+  *(void **)&row = dlsym(lib, name);
+  if (!init || !deinit || !row) {
+    snprintf(r.message, sizeof r.message, "missing symbol for %s", name);
+    r.init_failed = true;
+    return r;
+  }
+
+  enum Item_result types[MAX_ARGS];
+  char *values[MAX_ARGS];
+  unsigned long lengths[MAX_ARGS];
+  char maybe_null[MAX_ARGS];
+  long long ints[MAX_ARGS];
+  for (unsigned i = 0; i < n; i++) {
+    types[i] = argv[i].type;
+    values[i] = (char *)argv[i].value;
+    lengths[i] = argv[i].length;
+    maybe_null[i] = 1;
+  }
+  UDF_ARGS args = { n, types, values, lengths, maybe_null };
+  UDF_INIT initid;
+  memset(&initid, 0, sizeof initid);
+  if (init(&initid, &args, r.message)) {
+    r.init_failed = true;
+    return r;
+  }
+  /* mysqld converts each argument to the type init asked for; the tests pass those. */
+  for (unsigned i = 0; i < n; i++) {
+    if (types[i] == INT_RESULT && argv[i].type != INT_RESULT && argv[i].value) {
+      ints[i] = atoll(argv[i].value);
+      values[i] = (char *)&ints[i];
+    }
+  }
+  char buf[256];
+  char is_null = 0, error = 0;
+  unsigned long length = 0;
+  char *out = row(&initid, &args, buf, &length, &is_null, &error);
+  r.is_null = is_null || out == NULL;
+  if (!r.is_null) {
+    r.length = length < sizeof r.bytes ? length : sizeof r.bytes;
+    memcpy(r.bytes, out, r.length);
+  }
+  deinit(&initid);
+  return r;
+}
+
+static struct result call2(const char *name, struct arg a, struct arg b)
+{
+  struct arg v[] = { a, b };
+  return call(name, 2, v);
+}
+
+static struct result call3(const char *name, struct arg a, struct arg b, struct arg c)
+{
+  struct arg v[] = { a, b, c };
+  return call(name, 3, v);
+}
+
+static unsigned long long counter(const char *name)
+{
+  struct result r = call("gman_udf_status", 0, NULL);
+  char key[64];
+  snprintf(key, sizeof key, "\"%s\":", name);
+  r.bytes[r.length < sizeof r.bytes ? r.length : sizeof r.bytes - 1] = '\0';
+  const char *p = strstr(r.bytes, key);
+  return p ? strtoull(p + strlen(key), NULL, 10) : ~0ULL;
+}
+
+static bool status_has(const char *needle)
+{
+  struct result r = call("gman_udf_status", 0, NULL);
+  r.bytes[r.length < sizeof r.bytes ? r.length : sizeof r.bytes - 1] = '\0';
+  return strstr(r.bytes, needle) != NULL;
+}
+
+static bool message_has(struct result r, const char *needle)
+{
+  return r.init_failed && strstr(r.message, needle) != NULL;
+}
+
+/* ------------------------------------------------------------ a worker in a thread */
+
+/* The worker's last background workload; guarded by seen_lock. */
+static pthread_mutex_t seen_lock = PTHREAD_MUTEX_INITIALIZER;
+static char seen[1024];
+static size_t seen_len;
+static int seen_count;
+static bool worker_stop; /* atomic: set by main when the worker thread should end */
+
+static void *echo_fn(gearman_job_st *job, void *ctx, size_t *size, gearman_return_t *ret)
+{
+  (void)ctx;
+  size_t n = gearman_job_workload_size(job);
+  char *out = malloc(n + 5);
+  memcpy(out, "echo:", 5);
+  memcpy(out + 5, gearman_job_workload(job), n);
+  *size = n + 5;
+  *ret = GEARMAN_SUCCESS;
+  return out;
+}
+
+static void *fail_fn(gearman_job_st *job, void *ctx, size_t *size, gearman_return_t *ret)
+{
+  (void)job;
+  (void)ctx;
+  *size = 0;
+  *ret = GEARMAN_WORK_FAIL;
+  return NULL;
+}
+
+static void *record_fn(gearman_job_st *job, void *ctx, size_t *size, gearman_return_t *ret)
+{
+  (void)ctx;
+  pthread_mutex_lock(&seen_lock);
+  seen_len = gearman_job_workload_size(job);
+  if (seen_len > sizeof seen)
+    seen_len = sizeof seen;
+  memcpy(seen, gearman_job_workload(job), seen_len);
+  seen_count++;
+  pthread_mutex_unlock(&seen_lock);
+  *size = 0;
+  *ret = GEARMAN_SUCCESS;
+  return NULL;
+}
+
+static void *worker_main(void *unused)
+{
+  (void)unused;
+  gearman_worker_st *w = gearman_worker_create(NULL);
+  gearman_worker_add_server(w, "127.0.0.1", (in_port_t)gearman_port);
+  gearman_worker_set_timeout(w, 100);
+  gearman_worker_add_function(w, "driver_echo", 0, echo_fn, NULL);
+  gearman_worker_add_function(w, "driver_fail", 0, fail_fn, NULL);
+  gearman_worker_add_function(w, "driver_record", 0, record_fn, NULL);
+  while (!__atomic_load_n(&worker_stop, __ATOMIC_RELAXED))
+    gearman_worker_work(w);
+  gearman_worker_free(w);
+  return NULL;
+}
+
+static bool wait_seen(int count)
+{
+  for (int i = 0; i < 100; i++) {
+    pthread_mutex_lock(&seen_lock);
+    bool done = seen_count >= count;
+    pthread_mutex_unlock(&seen_lock);
+    if (done)
+      return true;
+    usleep(50000);
+  }
+  return false;
+}
+
+static bool seen_equals(const void *p, size_t n)
+{
+  pthread_mutex_lock(&seen_lock);
+  bool same = seen_len == n && memcmp(seen, p, n) == 0;
+  pthread_mutex_unlock(&seen_lock);
+  return same;
+}
+
+/* ------------------------------------------------------------ sockets for failure paths */
+
+/* A listening socket on a free port; with backlog, it completes handshakes it never reads. */
+static int listen_any(int *port)
+{
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+  socklen_t len = sizeof a;
+  if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 16) != 0 ||
+      getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
+    perror("listen");
+    exit(2);
+  }
+  *port = ntohs(a.sin_port);
+  return fd;
+}
+
+static int closed_port(void)
+{
+  int port;
+  close(listen_any(&port));
+  return port;
+}
+
+/* ------------------------------------------------------------ threads across unload */
+
+static pthread_barrier_t submitted_barrier, release_barrier;
+
+static void *session_main(void *unused)
+{
+  (void)unused;
+  for (int i = 0; i < 20; i++)
+    call2("gman_do_background", STR("driver_none"), STR("from a thread"));
+  pthread_barrier_wait(&submitted_barrier);
+  pthread_barrier_wait(&release_barrier); /* the library is unloaded meanwhile */
+  return NULL;
+}
+
+static bool library_mapped(void)
+{
+  FILE *f = fopen("/proc/self/maps", "r");
+  char line[1024];
+  bool found = false;
+  while (f && fgets(line, sizeof line, f))
+    found = found || strstr(line, "gearman_udf.so") != NULL;
+  if (f)
+    fclose(f);
+  return found;
+}
+
+/* ------------------------------------------------------------ the checks */
+
+static void test_arguments(void)
+{
+  struct result r = call("gman_do_background", 0, NULL);
+  check(message_has(r, "expected 2 or 3 arguments, got 0; usage: gman_do_background(function, "
+                       "workload [, unique])"), "no arguments: init names the signature");
+  check(strlen(r.message) <= 80 || strstr(r.message, "; usage: ") - r.message <= 80,
+        "the problem fits the 80 bytes mysqld shows");
+  struct arg four[] = { STR("f"), STR("w"), STR("u"), STR("x") };
+  check(message_has(call("gman_do", 4, four), "gman_do(function, workload [, unique])"),
+        "four arguments refused");
+  struct arg int_fn = { INT_RESULT, "1", 1 };
+  check(message_has(call2("gman_do_background", int_fn, STR("w")),
+                    "gman_do_background(function, workload [, unique]): function must be a "
+                    "string"), "integer function name refused");
+  check(message_has(call2("gman_do_low", STR(""), STR("w")), "function must not be empty"),
+        "empty constant function name refused");
+  check(message_has(call3("gman_do_high_background", STR("f"), STR("w"),
+                          BYTES("a\0b", 3)), "unique must not contain NUL"),
+        "unique with a NUL byte refused");
+  char long_unique[100];
+  memset(long_unique, 'u', sizeof long_unique);
+  check(message_has(call3("gman_do_background", STR("f"), STR("w"),
+                          BYTES(long_unique, sizeof long_unique)), "unique is longer"),
+        "unique longer than gearmand allows refused");
+  check(message_has(call2("gman_do_epoch_background", STR("f"), STR("w")), "expected 3 or 4"),
+        "epoch without unix_time refused");
+  check(message_has(call3("gman_do_epoch_background", STR("f"), STR("w"), STR("soon")),
+                    "unix_time must be a number"), "epoch with a string time refused");
+  check(message_has(call("gman_servers_set", 0, NULL), "gman_servers_set(servers)"),
+        "gman_servers_set without arguments refused");
+  struct arg one[] = { STR("x") };
+  check(message_has(call("gman_udf_status", 1, one), "takes no arguments"),
+        "gman_udf_status with an argument refused");
+}
+
+static void test_submit(void)
+{
+  char handle[256] = "";
+  struct result r = call2("gman_do_background", STR("driver_none"), STR("payload"));
+  check(!r.is_null && r.length > 2 && memcmp(r.bytes, "H:", 2) == 0,
+        "gman_do_background returns a job handle");
+  memcpy(handle, r.bytes, r.length);
+  check(status_has("\"submitted\":"), "gman_udf_status reports counters");
+
+  static const char binary[] = "a\0b\0\xff\x01 json {\"k\": 1}";
+  r = call2("gman_do_background", STR("driver_record"), BYTES(binary, sizeof binary));
+  check(!r.is_null && wait_seen(1) && seen_equals(binary, sizeof binary),
+        "background workload arrives byte for byte, NUL bytes included");
+
+  r = call2("gman_do_low_background", STR("driver_record"), NUL_ARG);
+  check(!r.is_null && wait_seen(2) && seen_equals("", 0), "NULL workload is sent empty");
+  r = call2("gman_do_high_background", STR("driver_record"), BYTES("", 0));
+  check(!r.is_null && wait_seen(3) && seen_equals("", 0), "empty workload is sent");
+
+  r = call2("gman_do_background", NUL_ARG, STR("w"));
+  check(r.is_null && !r.init_failed, "NULL function gives NULL");
+
+  r = call2("gman_do", STR("driver_echo"), BYTES("x\0y", 3));
+  check(!r.is_null && r.length == 8 && memcmp(r.bytes, "echo:x\0y", 8) == 0,
+        "gman_do returns the worker's result, binary-safe");
+  char big[3000];
+  memset(big, 'b', sizeof big);
+  r = call2("gman_do_high", STR("driver_echo"), BYTES(big, sizeof big));
+  check(!r.is_null && r.length == sizeof big + 5 && memcmp(r.bytes + 5, big, sizeof big) == 0,
+        "gman_do_high returns a result longer than 255 bytes");
+  r = call2("gman_do_low", STR("driver_fail"), STR("w"));
+  check(r.is_null, "a failing worker gives NULL");
+
+  struct result a = call3("gman_do_background", STR("driver_none"), STR("1"), STR("same-key"));
+  struct result b = call3("gman_do_background", STR("driver_none"), STR("2"), STR("same-key"));
+  struct result c = call3("gman_do_background", STR("driver_none"), STR("3"), STR("other-key"));
+  check(!a.is_null && !b.is_null && a.length == b.length &&
+        memcmp(a.bytes, b.bytes, a.length) == 0, "same unique coalesces into one job");
+  check(!c.is_null && (c.length != a.length || memcmp(a.bytes, c.bytes, a.length) != 0),
+        "another unique is another job");
+
+  char when[32];
+  snprintf(when, sizeof when, "%lld", (long long)time(NULL) + 3600);
+  struct arg epoch[] = { STR("driver_later"), STR("w"), { INT_RESULT, when, strlen(when) } };
+  r = call("gman_do_epoch_background", 3, epoch);
+  check(!r.is_null && memcmp(r.bytes, "H:", 2) == 0, "gman_do_epoch_background returns a handle");
+
+  unsigned long long before = counter("connections_opened");
+  for (int i = 0; i < 200; i++)
+    call2("gman_do_background", STR("driver_none"), STR("reuse"));
+  check(counter("connections_opened") == before, "200 statements reuse one connection");
+}
+
+static void test_failures(void)
+{
+  char text[512];
+  int dead = closed_port();
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d\ntimeout_ms=300\nbackoff_ms=5000\n", dead);
+  write_config(text);
+  unsigned long long failed_before = counter("failed");
+  double t0 = now_ms();
+  struct result r = call2("gman_do_background", STR("driver_none"), STR("w"));
+  double took = now_ms() - t0;
+  check(r.is_null && took < 300, "closed port: NULL at once");
+  check(counter("failed") == failed_before + 1, "failure counted");
+  unsigned long long skipped = counter("skipped_backoff");
+  t0 = now_ms();
+  for (int i = 0; i < 1000; i++)
+    call2("gman_do_background", STR("driver_none"), STR("w"));
+  check(counter("skipped_backoff") == skipped + 1000, "failed server skipped during backoff");
+  printf("# 1000 rows against a backed-off server: %.1f ms\n", now_ms() - t0);
+
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d, 127.0.0.1:%d\ntimeout_ms=300\n", dead,
+           gearman_port);
+  write_config(text);
+  r = call2("gman_do_background", STR("driver_record"), STR("failover"));
+  check(!r.is_null && wait_seen(4) && seen_equals("failover", 8),
+        "first server down: the job goes to the next");
+
+  int stalled_port;
+  int stalled = listen_any(&stalled_port);
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d\ntimeout_ms=300\n", stalled_port);
+  write_config(text);
+  t0 = now_ms();
+  r = call2("gman_do_background", STR("driver_none"), STR("w"));
+  took = now_ms() - t0;
+  printf("# stalled server answered NULL after %.0f ms (timeout_ms=300)\n", took);
+  check(r.is_null && took >= 250 && took < 800, "stalled server: NULL within timeout_ms");
+  t0 = now_ms();
+  r = call2("gman_do", STR("driver_echo"), STR("w"));
+  check(r.is_null && now_ms() - t0 < 50, "stalled server then skipped by foreground call");
+  close(stalled);
+
+  check(message_has(call("gman_servers_set", 1, (struct arg[]){ STR("127.0.0.1:1") }),
+                    "refused"), "gman_servers_set refused when the config names servers");
+
+  write_config("# no servers here\ntimeout_ms=abc\nbogus=1\n");
+  check(status_has("\"timeout_ms\":1000") && status_has("\"allow_servers_set\":true"),
+        "bad value and unknown key: defaults kept");
+  snprintf(text, sizeof text, "127.0.0.1:%d", gearman_port);
+  r = call("gman_servers_set", 1, (struct arg[]){ BYTES(text, strlen(text)) });
+  check(!r.is_null && r.length == strlen(text), "gman_servers_set allowed without servers");
+  r = call2("gman_do_background", STR("driver_record"), STR("after set"));
+  check(!r.is_null && wait_seen(5) && seen_equals("after set", 9),
+        "jobs go to the servers just set");
+  check(message_has(call("gman_servers_set", 1, (struct arg[]){ STR("host:99999") }),
+                    "expected host:port"), "gman_servers_set rejects a bad port");
+}
+
+static void test_unload_with_live_threads(void)
+{
+  enum { THREADS = 4 };
+  pthread_t t[THREADS];
+  pthread_barrier_init(&submitted_barrier, NULL, THREADS + 1);
+  pthread_barrier_init(&release_barrier, NULL, THREADS + 1);
+  for (int i = 0; i < THREADS; i++)
+    pthread_create(&t[i], NULL, session_main, NULL);
+  pthread_barrier_wait(&submitted_barrier);
+  check(dlclose(lib) == 0 && !library_mapped(), "library unloads while threads hold clients");
+  lib = NULL;
+  pthread_barrier_wait(&release_barrier);
+  for (int i = 0; i < THREADS; i++)
+    pthread_join(t[i], NULL);
+  check(true, "threads exit after unload without calling into it");
+  pthread_barrier_destroy(&submitted_barrier);
+  pthread_barrier_destroy(&release_barrier);
+
+  lib = dlopen(so_path, RTLD_NOW);
+  struct result r = lib ? call2("gman_do_background", STR("driver_none"), STR("again"))
+                        : (struct result){ .is_null = true };
+  check(!r.is_null, "reloaded library submits again");
+}
+
+int main(int argc, char **argv)
+{
+  if (argc != 4) {
+    fprintf(stderr, "usage: %s SO_PATH GEARMAN_PORT SCRATCH_DIR\n", argv[0]);
+    return 2;
+  }
+  so_path = argv[1];
+  gearman_port = atoi(argv[2]);
+  scratch = argv[3];
+  snprintf(config_file, sizeof config_file, "%s/gearman_udf.conf", scratch);
+  setenv("GEARMAN_UDF_CONFIG", config_file, 1);
+  char text[256];
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d\ntimeout_ms=1000\n", gearman_port);
+  write_config(text);
+
+  lib = dlopen(so_path, RTLD_NOW);
+  if (lib == NULL) {
+    fprintf(stderr, "dlopen: %s\n", dlerror());
+    return 2;
+  }
+  pthread_t worker;
+  pthread_create(&worker, NULL, worker_main, NULL);
+
+  test_arguments();
+  test_submit();
+  test_failures();
+  /* Back to a reachable server for the unload test. */
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d\n", gearman_port);
+  write_config(text);
+  test_unload_with_live_threads();
+
+  __atomic_store_n(&worker_stop, true, __ATOMIC_RELAXED);
+  pthread_join(worker, NULL);
+  if (lib)
+    dlclose(lib);
+  unlink(config_file);
+  printf("%d passed, %d failed\n", passed, failed);
+  return failed ? 1 : 0;
+}
