@@ -60,7 +60,11 @@ class ExtraGearmand:
 
     def __init__(self, directory: Path) -> None:
         self.box = Sandbox(directory)
-        self.box.up(servers=("gearmand",))
+        try:
+            self.box.up(servers=("gearmand",))
+        except BaseException:
+            self.box.down()
+            raise
         self.port = self.box.gearman_port
         self.server = self.box.gearman_server
 

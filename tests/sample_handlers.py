@@ -65,3 +65,13 @@ def slow_record(job: Job, db: Any) -> dict[str, Any]:
 
 def crashes_at_import_time() -> None:  # pragma: no cover - referenced by a broken config
     raise AssertionError("never called")
+
+
+def record_unless_told_to_fail(job: Job, db: Any) -> dict[str, Any]:
+    if job.json().get("fail"):
+        raise RuntimeError(f"told to fail: {job.json()['id']}")
+    return record(job, db)
+
+
+def raises_huge(job: Job, db: Any) -> None:
+    raise ValueError("x" * 200_000)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from mysql.connector.constants import ClientFlag
 
 from workerhost import converters as conv
 from workerhost.config import (
@@ -82,6 +83,7 @@ def test_full_file_sets_every_key() -> None:
         "database": "shop",
         "connection_timeout": 2,  # 1.5s rounded up: the connector takes whole seconds
         "autocommit": False,
+        "client_flags": [ClientFlag.FOUND_ROWS],
     }
     assert config.host.shutdown_timeout == 45.0
     assert config.host.metrics == Server("127.0.0.1", 9464)
@@ -180,7 +182,7 @@ def test_parse_config_takes_data_already_read() -> None:
     [
         ("unknown-key.yaml",
          "unknown-key.yaml: handlers.resize_image: unknown key 'timout' (did you mean"
-         " 'timeout'?); allowed: python, sql, processes, timeout, retries, max_jobs,"
+         " 'timeout'?); allowed: python, sql, processes, batch, timeout, retries, max_jobs,"
          " max_lifetime, on_no_rows"),
         ("unknown-top-key.yaml",
          "unknown-top-key.yaml: unknown key 'handler' (did you mean 'handlers'?);"
@@ -465,3 +467,18 @@ def test_import_callable_resolves_dotted_attributes() -> None:
         config_handlers.Images.thumbnail
     )
     assert conv.import_callable("os.path:join") is os.path.join
+
+
+@pytest.mark.parametrize("value, expected", [
+    (9464, conv.Server("127.0.0.1", 9464)),
+    ("9464", conv.Server("127.0.0.1", 9464)),
+    (":9464", conv.Server("127.0.0.1", 9464)),
+    ("0.0.0.0:9100", conv.Server("0.0.0.0", 9100)),
+])
+def test_metrics_listen_address_defaults_to_loopback(value: object, expected: conv.Server) -> None:
+    assert conv.listen_address(value) == expected
+
+
+def test_metrics_listen_address_rejects_garbage() -> None:
+    with pytest.raises(ValueError, match=r"expected host:port like 127\.0\.0\.1:4730, got 'nope'"):
+        conv.listen_address("nope")

@@ -374,9 +374,54 @@ def test_workers_are_recycled_after_max_jobs(
     sandbox: Sandbox, tables: Any, host_factory: Any
 ) -> None:
     host = host_factory(host_config(sandbox, tables.database, {
-        "record": {"python": "sample_handlers:record", "max_jobs": 10},
+        "record": {"python": "sample_handlers:record", "max_jobs": 10, "batch": 1},
     }))
     submit(sandbox, "record", [{"id": i} for i in range(35)])
     wait_until(lambda: count_results(tables) == 35, what="all jobs")
     assert host.log().count("worker for record started") >= 4
     assert "exited" not in host.log()
+
+
+def test_one_bad_job_in_a_batch_costs_the_others_nothing(
+    sandbox: Sandbox, tables: Any, host_factory: Any
+) -> None:
+    host_factory(host_config(sandbox, tables.database, {
+        "mixed": {"python": "sample_handlers:record_unless_told_to_fail", "batch": 16,
+                  "retries": {"attempts": 1}},
+    }))
+    payloads = [{"id": i, "fail": i % 25 == 0} for i in range(1, 201)]
+    submit(sandbox, "mixed", payloads)
+    wait_until(lambda: count_results(tables) == 192 and len(dead_letters(tables)) == 8,
+               what="192 rows and 8 dead letters")
+    # Rolled-back batches left no trace: every good row was written exactly once.
+    assert scalar(tables, "SELECT MAX(runs) FROM results") == 1
+    assert sorted(json.loads(row[5])["id"] for row in dead_letters(tables)) == list(
+        range(25, 201, 25))
+
+
+def test_a_rerun_that_changes_nothing_still_matched_its_row(
+    sandbox: Sandbox, tables: Any, host_factory: Any
+) -> None:
+    host_factory(host_config(sandbox, tables.database, {
+        "note": {"sql": "UPDATE items SET note = %(note)s WHERE id = %(id)s",
+                 "on_no_rows": "dead_letter"},
+    }))
+    submit(sandbox, "note", [{"id": 8, "note": "same"}])
+    wait_until(lambda: scalar(tables, "SELECT note FROM items WHERE id = 8"), what="first")
+    # The replay finds the row already as it wants it: matched, unchanged, not "no row".
+    submit(sandbox, "note", [{"id": 8, "note": "same"}], background=False)
+    assert dead_letters(tables) == []
+
+
+def test_a_huge_error_is_clipped_and_the_job_still_dead_lettered(
+    sandbox: Sandbox, tables: Any, host_factory: Any
+) -> None:
+    host_factory(host_config(sandbox, tables.database, {
+        "huge": {"python": "sample_handlers:raises_huge", "retries": {"attempts": 2,
+                                                                       "backoff": "50ms"}},
+    }))
+    submit(sandbox, "huge", [{"id": 1}])
+    letters = wait_until(lambda: dead_letters(tables), what="a dead letter")
+    assert letters[0][2] == 2
+    assert letters[0][3].startswith("ValueError: xxx")
+    assert letters[0][3].endswith("more characters cut)")

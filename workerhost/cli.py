@@ -29,6 +29,7 @@ EXIT_CODES: dict[type[WorkerHostError], int] = {
 
 if TYPE_CHECKING:
     from workerhost.config import Config
+    from workerhost.db import Database
 
 DEFAULT_SANDBOX_DIR = ".sandbox"
 
@@ -37,7 +38,8 @@ def _sandbox_up(args: argparse.Namespace) -> int:
     from workerhost.sandbox import Sandbox
 
     box = Sandbox(args.dir)
-    started = box.up(gearman_port=args.gearman_port, mysql_port=args.mysql_port)
+    started = box.up(gearman_port=args.gearman_port, mysql_port=args.mysql_port,
+                     gearman_queue=args.gearman_queue)
     if args.install_udf:
         box.install_udf(args.install_udf)
     info = box.info
@@ -118,16 +120,46 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from workerhost import logs
+    from workerhost import logs, metrics
     from workerhost.db import Database
     from workerhost.supervisor import Supervisor
 
     logs.setup(args.log_format, args.log_level)
     config = _load(args)
+    logs.redact(config.database.password)
     db = Database(config.database.connect_kwargs())
     db.ensure_schema()
     db.close()
-    return Supervisor(config, args.config).run()
+    with metrics.collecting(config.host.metrics is not None):  # before the first fork
+        return Supervisor(config, args.config).run()
+
+
+def _triggers(args: argparse.Namespace) -> int:
+    from workerhost import triggers
+    from workerhost.db import Database
+
+    config = _load(args)
+    if not args.apply and not args.drop:
+        print(triggers.drop_script(config) if args.print_drop else
+              triggers.script(config, args.dialect), end="")
+        return RET_OK
+    db = Database(config.database.connect_kwargs())
+    try:
+        if args.drop:
+            dropped = triggers.drop(db)
+            print(f"dropped {', '.join(dropped)}" if dropped
+                  else f"no workerhost triggers in {db.describe()}")
+        else:
+            applied = triggers.apply(config, db)
+            for name in applied.dropped:
+                print(f"dropped {name} (no longer in {args.config})")
+            for name in applied.created:
+                print(f"created {name}")
+            if not applied.created:
+                print(f"{args.config} has no triggers: section; nothing created")
+    finally:
+        db.close()
+    return RET_OK
 
 
 def _dead_letters(args: argparse.Namespace) -> int:
@@ -158,7 +190,7 @@ def _dead_letters(args: argparse.Namespace) -> int:
         if not args.all and not args.ids:
             print("name dead letter ids, or --all", file=sys.stderr)
             return RET_USAGE
-        moved = deadletters.retry(db, None if args.all else args.ids)
+        moved = _retry_all(db) if args.all else deadletters.retry(db, args.ids)
         print(f"{moved} dead letters queued again")
         if args.ids and moved < len(args.ids):
             return RET_ERROR
@@ -168,6 +200,73 @@ def _dead_letters(args: argparse.Namespace) -> int:
             return RET_USAGE
         print(f"{deadletters.purge(db, args.ids, args.function)} dead letters deleted")
     db.close()
+    return RET_OK
+
+
+RETRY_BATCH = 100  # dead letters moved back to the outbox per transaction by retry --all
+
+
+def _retry_all(db: Database) -> int:
+    """`dead-letters retry --all` in batches: progress shows, and no lock is held for long."""
+    import time
+
+    from workerhost import deadletters, progress, status
+
+    # A deadline: without one, a refused connection is retried for ever.
+    deadline = time.monotonic() + status.STATUS_TIMEOUT
+    total = sum(db.run(status.dead_letters_by_function, deadline=deadline).values())
+    moved = 0
+    with progress.Progress("dead letters queued again", total) as bar:
+        while moved < total:  # letters that die meanwhile wait for the next retry --all
+            batch = deadletters.list_letters(db, None, min(RETRY_BATCH, total - moved))
+            done = deadletters.retry(db, [dl.id for dl in batch]) if batch else 0
+            if not done:
+                break
+            moved += done
+            bar.advance(done)
+    return moved
+
+
+def _status(args: argparse.Namespace) -> int:
+    from workerhost import status
+
+    report = status.gather(_load(args))
+    print(json.dumps(status.as_json(report), indent=2) if args.json else status.render(report))
+    for problem in report.problems():
+        print(f"workerhost: {problem}", file=sys.stderr)
+    if not report.reachable:
+        return RET_CONNECT
+    return RET_ERROR if report.problems() else RET_OK
+
+
+def _outbox_drain(args: argparse.Namespace) -> int:
+    import time
+
+    import mysql.connector
+
+    from workerhost import progress, status
+    from workerhost.relay import Relay, SubmitFailed
+
+    config = _load(args)
+    relay = Relay(config)
+    shipped = 0
+    # Database calls get a deadline: without one, a refused connection is retried for ever.
+    wait = config.database.connect_timeout
+    try:
+        due = relay.db.run(status.outbox_figures, deadline=time.monotonic() + wait).due
+        with progress.Progress("outbox rows shipped", due) as bar:
+            while shipped < due:  # rows that fall due meanwhile are the running relays' job
+                count = relay.ship_once(min(config.host.relay.batch, due - shipped))
+                if not count:
+                    break  # the rest is locked by a running relay, which ships it
+                shipped += count
+                bar.advance(count)
+        left = relay.db.run(status.outbox_figures, deadline=time.monotonic() + wait)
+    except (SubmitFailed, mysql.connector.Error) as exc:
+        raise ConnectError(f"outbox drain stopped after {shipped} rows: {exc}") from exc
+    finally:
+        relay.db.close()
+    print(f"{shipped} outbox rows shipped; {left.rows} left, {left.due} of them due")
     return RET_OK
 
 
@@ -190,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     up = with_dir(sandbox_verbs.add_parser("up", help="start gearmand and mariadbd under DIR"))
     up.add_argument("--gearman-port", type=int, help="default: a free port")
     up.add_argument("--mysql-port", type=int, help="default: a free port")
+    up.add_argument("--gearman-queue", choices=("libsqlite3", "builtin"), default="libsqlite3",
+                    help="gearmand's job queue: libsqlite3 (persistent, the default) or "
+                         "builtin (memory only, faster)")
     up.add_argument("--install-udf", metavar="SO", type=Path,
                     help="also install this UDF library (e.g. udf/build/gearman_udf.so)")
     up.set_defaults(func=_sandbox_up)
@@ -235,6 +337,29 @@ def build_parser() -> argparse.ArgumentParser:
     dl_purge.add_argument("--function", help="all of this function")
     dl_purge.add_argument("--all", action="store_true")
     dead.set_defaults(func=_dead_letters, function=None, all=False, ids=[])
+
+    trig = with_config(verbs.add_parser(
+        "triggers", help="print, apply or drop the triggers of the triggers: section"))
+    trig_action = trig.add_mutually_exclusive_group()
+    trig_action.add_argument("--apply", action="store_true",
+                             help="create or replace them in the configured database")
+    trig_action.add_argument("--drop", action="store_true",
+                             help="drop every workerhost trigger in the configured database")
+    trig_action.add_argument("--print-drop", action="store_true",
+                             help="print the DROP statements instead of the CREATE ones")
+    trig.add_argument("--dialect", choices=("mariadb", "mysql"), default="mariadb",
+                      help="SQL to print: mariadb uses CREATE OR REPLACE TRIGGER (default)")
+    trig.set_defaults(func=_triggers)
+
+    stat = with_config(verbs.add_parser(
+        "status", help="queues per gearmand and function, dead letters, outbox backlog"))
+    stat.add_argument("--json", action="store_true", help="machine-readable output")
+    stat.set_defaults(func=_status)
+
+    outbox = with_config(verbs.add_parser("outbox", help="the jobs waiting in the outbox"))
+    outbox_verbs = outbox.add_subparsers(dest="outbox_verb", required=True, metavar="ACTION")
+    drain = outbox_verbs.add_parser("drain", help="ship every due row to gearmand now")
+    drain.set_defaults(func=_outbox_drain)
 
     return parser
 

@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import Any, Literal, TypeVar, cast
 
 import yaml
+from mysql.connector.constants import ClientFlag
 
 from workerhost import converters as conv
 from workerhost.converters import Server as Server  # re-exported: part of GearmanConfig
@@ -51,6 +52,7 @@ DEFAULT_TIMEOUT = 60.0  # seconds one job may run before its worker is killed
 DEFAULT_RETRY_ATTEMPTS = 3  # total tries including the first; 1 means never retry
 DEFAULT_RETRY_BACKOFF = 1.0  # seconds before the first retry; doubles each time
 DEFAULT_RETRY_MAX_BACKOFF = 300.0  # cap on the delay between retries
+DEFAULT_BATCH = 16  # jobs a process holds per server; ready ones commit in one transaction
 DEFAULT_MAX_JOBS = 0  # recycle a worker after this many jobs; 0 means never
 DEFAULT_ON_NO_ROWS = "ignore"
 DEFAULT_DELIVERY = "immediate"
@@ -84,9 +86,9 @@ class DatabaseConfig:
     unix_socket: str | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
 
-    def connect_kwargs(self) -> dict[str, str | int | bool]:
+    def connect_kwargs(self) -> dict[str, object]:
         """Keyword arguments for ``mysql.connector.connect``."""
-        kwargs: dict[str, str | int | bool] = {}
+        kwargs: dict[str, object] = {}
         if self.unix_socket is not None:
             kwargs["unix_socket"] = self.unix_socket
         else:
@@ -99,6 +101,9 @@ class DatabaseConfig:
             # The connector wants whole seconds; round up so 500ms does not become 0 (no limit).
             connection_timeout=max(1, math.ceil(self.connect_timeout)),
             autocommit=False,
+            # Rows matched, not rows changed: an idempotent re-run that changes nothing still
+            # matched its row, and must not count as "no row" (on_no_rows).
+            client_flags=[ClientFlag.FOUND_ROWS],
         )
         return kwargs
 
@@ -142,6 +147,7 @@ class HandlerConfig:
     processes: int = DEFAULT_PROCESSES
     timeout: float = DEFAULT_TIMEOUT
     retries: RetryPolicy = field(default_factory=RetryPolicy)
+    batch: int = DEFAULT_BATCH  # jobs held per gearmand server and committed together
     max_jobs: int = DEFAULT_MAX_JOBS
     max_lifetime: float | None = None  # seconds; None means never recycle by age
     on_no_rows: OnNoRows = "ignore"
@@ -238,8 +244,8 @@ _GEARMAN_KEYS = ("servers", "reconnect_backoff", "max_reconnect_backoff")
 _DATABASE_KEYS = ("host", "port", "unix_socket", "user", "password", "database", "connect_timeout")
 _HOST_KEYS = ("shutdown_timeout", "metrics", "relay")
 _RELAY_KEYS = ("enabled", "batch", "interval")
-_HANDLER_KEYS = ("python", "sql", "processes", "timeout", "retries", "max_jobs", "max_lifetime",
-                 "on_no_rows")  # fmt: skip
+_HANDLER_KEYS = ("python", "sql", "processes", "batch", "timeout", "retries", "max_jobs",
+                 "max_lifetime", "on_no_rows")  # fmt: skip
 _RETRY_KEYS = ("attempts", "backoff", "max_backoff")
 _TRIGGER_KEYS = ("table", "events", "function", "columns", "delivery")
 
@@ -385,7 +391,7 @@ def _host(section: _Section) -> HostConfig:
     relay = section.section("relay", _RELAY_KEYS)
     return HostConfig(
         shutdown_timeout=section.get("shutdown_timeout", conv.duration, DEFAULT_SHUTDOWN_TIMEOUT),
-        metrics=section.optional("metrics", conv.server),
+        metrics=section.optional("metrics", conv.listen_address),
         relay=RelayConfig(
             enabled=relay.get("enabled", conv.boolean, DEFAULT_RELAY_ENABLED),
             batch=relay.get("batch", conv.positive_int, DEFAULT_RELAY_BATCH),
@@ -417,6 +423,7 @@ def _handler(section: _Section, name: str) -> HandlerConfig:
         sql=sql,
         params=tuple(params),
         processes=section.get("processes", conv.positive_int, DEFAULT_PROCESSES),
+        batch=section.get("batch", conv.positive_int, DEFAULT_BATCH),
         timeout=section.get("timeout", conv.positive_duration, DEFAULT_TIMEOUT),
         retries=policy,
         max_jobs=section.get("max_jobs", conv.non_negative_int, DEFAULT_MAX_JOBS),

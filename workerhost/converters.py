@@ -199,6 +199,14 @@ def secret(value: object) -> str:
     return value
 
 
+def listen_address(value: object) -> Server:
+    """``9464`` or ``":9464"`` -> 127.0.0.1:9464 (loopback unless a host is named); else server."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if isinstance(text, str) and text.lstrip(":").isdigit() and text.count(":") <= 1:
+        return Server("127.0.0.1", port(text.lstrip(":")))
+    return server(value)
+
+
 def server(value: object, *, default_port: int | None = None) -> Server:
     """``"host:port"``, ``"[::1]:4730"`` -> Server. Without ``default_port`` a port is required.
 

@@ -29,6 +29,8 @@ TRANSIENT_ERRNOS = frozenset({
     errorcode.ER_CON_COUNT_ERROR,  # 1040
 })
 # Back-off between tries of transient failures: doubled each time, with jitter, up to the cap.
+# How long an operation keeps trying through transient errors unless its caller says otherwise.
+PATIENCE = 15.0
 TRANSIENT_BACKOFF = 0.05
 TRANSIENT_BACKOFF_MAX = 2.0
 
@@ -95,8 +97,11 @@ class Database:
     def run(self, work: Callable[[Connection], Any], *, deadline: float | None = None) -> Any:
         """Run `work(conn)` in a transaction and commit; retry it on transient errors.
 
-        Gives up with the last error once `deadline` (a time.monotonic() value) has passed.
+        Gives up with the last error once `deadline` (a time.monotonic() value) has passed;
+        by default PATIENCE seconds from now, so that a refused connection fails, not hangs.
         """
+        if deadline is None:
+            deadline = time.monotonic() + PATIENCE
         delays = backoff_delays()
         while True:
             try:
@@ -111,7 +116,7 @@ class Database:
                     raise
                 if _connection_lost(cause):
                     self.reset()
-                if deadline is not None and time.monotonic() >= deadline:
+                if time.monotonic() >= deadline:
                     raise
                 time.sleep(next(delays))
             except BaseException:

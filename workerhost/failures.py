@@ -24,6 +24,12 @@ DEAD_LETTERS_TABLE = "workerhost_dead_letters"
 Verdict = Literal["retry", "dead"]
 
 
+# What fits the columns (TEXT, MEDIUMTEXT) with room for multi-byte characters: a longer error
+# would make every write of the failure fail, and the job would never leave the queue.
+MAX_ERROR = 16_000
+MAX_TRACEBACK = 4_000_000
+
+
 @dataclass(frozen=True)
 class Failure:
     """Why an attempt failed, as it is stored and logged."""
@@ -31,6 +37,17 @@ class Failure:
     error: str
     traceback: str | None = None
     final: bool = False  # retrying cannot help (a bad payload): dead-letter at once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "error", _clip(self.error, MAX_ERROR))
+        if self.traceback is not None:
+            object.__setattr__(self, "traceback", _clip(self.traceback, MAX_TRACEBACK))
+
+
+def _clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters cut)"
 
 
 def retry_delay(policy: RetryPolicy, failures: int) -> float:
@@ -45,6 +62,18 @@ def failures_so_far(conn: Connection, key: bytes) -> int:
     row = cursor.fetchone()
     cursor.close()
     return int(row[0]) if row else 0
+
+
+def failures_of(conn: Connection, keys: list[bytes]) -> dict[bytes, int]:
+    """Failures so far of several jobs in one round trip; jobs without any are left out."""
+    cursor = conn.cursor()
+    cursor.execute(
+        f"SELECT job_key, failures FROM {ATTEMPTS_TABLE} WHERE job_key IN "
+        f"({', '.join(['%s'] * len(keys))})", keys,
+    )
+    found = {bytes(key): int(count) for key, count in cursor.fetchall()}
+    cursor.close()
+    return found
 
 
 def count_failure(conn: Connection, key: bytes, failure: Failure) -> int:

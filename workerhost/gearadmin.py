@@ -56,3 +56,23 @@ def status(host: str, port: int, *, timeout: float = ADMIN_TIMEOUT) -> dict[str,
         name, queued, running, workers = fields
         result[name] = FunctionStatus(name, int(queued), int(running), int(workers))
     return result
+
+
+@dataclass(frozen=True)
+class Connection:
+    """One row of gearmand's `workers` answer: a client connection and what it can do."""
+
+    address: str
+    client_id: str  # "-" when the client set none
+    functions: tuple[str, ...]  # empty for clients that are not workers
+
+
+def workers(host: str, port: int, *, timeout: float = ADMIN_TIMEOUT) -> list[Connection]:
+    """Return every connection gearmand has, with the functions each registered."""
+    result: list[Connection] = []
+    for line in _query(host, port, "workers", multiline=True, timeout=timeout):
+        head, _, functions = line.partition(" :")  # "FD ADDRESS CLIENT-ID : F1 F2 ..."
+        fields = head.split()
+        if len(fields) == 3:
+            result.append(Connection(fields[1], fields[2], tuple(functions.split())))
+    return result

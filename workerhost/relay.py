@@ -58,6 +58,8 @@ class Relay:
 
         def ship(conn: Connection) -> int:
             cursor = conn.cursor()
+            # No gap locks: under REPEATABLE READ they deadlock the triggers' outbox INSERTs.
+            cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
             cursor.execute(
                 f"SELECT id, function, payload, unique_key, priority FROM {OUTBOX_TABLE} "
                 "WHERE not_before <= NOW(6) ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",

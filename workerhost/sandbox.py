@@ -36,6 +36,11 @@ LOG_LINES_QUOTED = 15
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 
 SERVERS = ("gearmand", "mariadbd")
+# gearmand's queue: "libsqlite3" keeps background jobs across restarts (a file under DIR, one
+# fsync per job added and removed); "builtin" keeps them in memory only, which is faster.
+PERSISTENT_QUEUE = "libsqlite3"
+MEMORY_QUEUE = "builtin"
+GEARMAN_QUEUES = (PERSISTENT_QUEUE, MEMORY_QUEUE)
 
 
 def free_port() -> int:
@@ -184,6 +189,7 @@ class Sandbox:
         gearman_port: int | None = None,
         mysql_port: int | None = None,
         servers: Sequence[str] = SERVERS,
+        gearman_queue: str = PERSISTENT_QUEUE,
     ) -> bool:
         """Start those of `servers` that are not running; False when all ran (nothing changed)."""
         state = self.status()
@@ -192,7 +198,8 @@ class Sandbox:
         self._make_dirs()
         if self.info is None:
             self.info = SandboxInfo(
-                gearman={"host": HOST, "port": self._pick_port(gearman_port, "gearmand")},
+                gearman={"host": HOST, "port": self._pick_port(gearman_port, "gearmand"),
+                         "queue": gearman_queue},
                 mysql=MysqlInfo(
                     host=HOST,
                     port=self._pick_port(mysql_port, "mariadbd"),
@@ -229,13 +236,15 @@ class Sandbox:
     def start_gearmand(self) -> None:
         info = self._need_info()
         self._check_port(self.gearman_port, "gearmand")
-        queue = self.dir / "gearmand" / "queue.sqlite"
         argv = [
             _binary("gearmand", "gearman-job-server"),
             f"--listen={HOST}",
             f"--port={self.gearman_port}",
-            "--queue-type=libsqlite3",
-            f"--libsqlite3-db={queue}",
+        ]
+        if info.gearman.get("queue", PERSISTENT_QUEUE) == PERSISTENT_QUEUE:
+            queue = self.dir / "gearmand" / "queue.sqlite"
+            argv += ["--queue-type=libsqlite3", f"--libsqlite3-db={queue}"]
+        argv += [
             f"--log-file={self.gearmand_log}",
             f"--pid-file={self.dir / 'gearmand' / 'gearmand.pid'}",
             "--verbose=WARNING",

@@ -26,7 +26,7 @@ from typing import Any
 
 import mysql.connector
 
-from workerhost import failures, relay, worker
+from workerhost import failures, metrics, relay, worker
 from workerhost.config import Config, load_config
 from workerhost.db import Database
 from workerhost.errors import ConfigError, ConnectError
@@ -88,6 +88,8 @@ def _child_main(config: Config, handler: str, slot: worker.Slot) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if handler == RELAY:
         sys.exit(relay.main(config))
+    if handler == metrics.SERVER:
+        sys.exit(metrics.main(config))
     sys.exit(worker.main(config, handler, slot))
 
 
@@ -123,6 +125,8 @@ class Supervisor:
         names = [(name, i) for name, h in self.config.handlers.items() for i in range(h.processes)]
         if self.config.host.relay.enabled:
             names.append((RELAY, 0))
+        if self.config.host.metrics is not None:
+            names.append((metrics.SERVER, 0))
         return names
 
     # -- signals -----------------------------------------------------------------------
@@ -196,6 +200,7 @@ class Supervisor:
             self.enforce_timeout(child)
             return
         process.join()
+        metrics.process_dead(process.pid)
         code = process.exitcode
         child.process = None
         child.exit_codes = [*child.exit_codes[-9:], code]
@@ -210,6 +215,7 @@ class Supervisor:
             child.next_start = now  # max_jobs or max_lifetime reached
             return
         child.restarts += 1
+        metrics.worker_restarted(child.handler)
         if quick:
             child.start_failures += 1
             if child.start_failures >= START_RETRIES:
@@ -249,6 +255,7 @@ class Supervisor:
             reason = f"timed out after {timed_out:g}s; its worker process was killed"
         else:
             reason = f"its worker process died while running it ({_describe_exit(code)})"
+        metrics.job_lost(child.handler, "timeout" if timed_out is not None else "crashed")
         log.error("%s: job %r %s", child.name, key.replace(b"\0", b" ").decode(errors="replace"),
                   reason)
         db = self.database(self.config)

@@ -6,6 +6,11 @@ turned into a delayed retry or a dead letter (failures.py) before gearmand hears
 A failure of the database itself is never the handler's fault: the work is re-run once the
 database answers again, and if it does not answer in time the process exits without an answer,
 so that gearmand gives the job to another worker.
+
+Throughput comes from batches: the process holds up to `batch` jobs per gearmand server (one
+per connection), runs those that are ready in one transaction, commits once, then answers each.
+A batch never waits to fill up. When a job of the batch fails, the batch rolls back and its
+jobs run again one by one, so that one bad job costs the others nothing but a second run.
 """
 
 from __future__ import annotations
@@ -20,14 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import gearman
 import mysql.connector
-from gearman.errors import ServerUnavailable
 
-from workerhost import failures, handlers
+from workerhost import failures, gearconn, handlers, logs, metrics
 from workerhost.config import Config, HandlerConfig
 from workerhost.db import Connection, Database, is_transient
 from workerhost.errors import ConnectError, JobError
+from workerhost.gearconn import Assigned, GearmanLost, WorkerConnection
 from workerhost.job import Job
 
 log = logging.getLogger("workerhost.worker")
@@ -37,6 +41,8 @@ EXIT_OK = 0  # stopped on request, or recycled (max_jobs, max_lifetime)
 EXIT_DATABASE = 4  # the database stayed unreachable while a job waited; job left to gearmand
 # How often an idle worker wakes to look at its stop flag and its lifetime.
 POLL_INTERVAL = 0.5
+# How long held jobs wait for answers from servers still being asked for more, at most.
+BATCH_WAIT = 0.002
 # Share of a job's timeout spent waiting for a lost database before leaving the job to gearmand.
 DATABASE_WAIT_SHARE = 0.8
 
@@ -62,26 +68,17 @@ class Slot:
         self.jobs.value += 1
 
 
-class _GearmanWorker(gearman.GearmanWorker):  # type: ignore[misc]
-    """pygearman's worker, with its exception-swallowing and endless loop taken over."""
+class DatabaseLost(Exception):
+    """The database stayed unreachable; the job must go back to gearmand unanswered."""
 
-    def __init__(self, servers: list[str], execute: Callable[[Any], bytes | None],
-                 keep_going: Callable[[], bool]) -> None:
-        super().__init__(servers)
-        self._execute = execute
-        self._keep_going = keep_going
 
-    def on_job_execute(self, current_job: Any) -> bool:
-        # `execute` never raises for a handler's failure; it returns None for WORK_FAIL.
-        result = self._execute(current_job)
-        if result is None:
-            self.send_job_failure(current_job)
-            return False
-        self.send_job_complete(current_job, result)
-        return True
+class _BatchAborted(Exception):
+    """A job of a batch failed: roll the batch back and run its jobs one at a time."""
 
-    def after_poll(self, any_activity: bool) -> bool:
-        return self._keep_going()
+
+# What a job ends with: bytes for WORK_COMPLETE, None for WORK_FAIL.
+Answer = bytes | None
+_DEFERRED = object()  # in a batch: a job with earlier failures, run on its own afterwards
 
 
 class Worker:
@@ -100,6 +97,8 @@ class Worker:
         self.retire_at = (
             time.monotonic() + lifetime * random.uniform(0.9, 1.0) if lifetime else None
         )
+        self._retry_at: dict[str, float] = {}  # per server: next connect attempt
+        self._backoff: dict[str, float] = {}
 
     def request_stop(self, *_: object) -> None:
         self.stopping = True
@@ -111,51 +110,150 @@ class Worker:
             return False
         return not self.stopping
 
+    # -- the gearmand side ---------------------------------------------------------------
     def serve(self) -> int:
-        """The work loop, reconnecting to gearmand with jittered back-off. Returns an exit code."""
-        servers = [str(server) for server in self.config.gearman.servers]
-        backoff = self.config.gearman.reconnect_backoff
-        while self.keep_going():
-            gm = _GearmanWorker(servers, self.execute, self.keep_going)
-            gm.set_client_id(f"workerhost-{os.getpid()}")
-            gm.register_task(self.handler.name.encode(), lambda _w, _j: b"")
-            try:
-                gm.work(poll_timeout=POLL_INTERVAL)
-                backoff = self.config.gearman.reconnect_backoff
-            except ServerUnavailable:
-                delay = random.uniform(backoff / 2, backoff)
-                log.warning("no gearmand reachable among %s; retrying in %.1fs",
-                            ", ".join(servers), delay)
-                self._sleep(delay)
-                backoff = min(backoff * 2, self.config.gearman.max_reconnect_backoff)
-            except DatabaseLost as exc:
-                log.error("%s; leaving the job to gearmand and exiting", exc)
-                return EXIT_DATABASE
-            finally:
-                gm.shutdown()
+        """The work loop. Returns the process's exit code."""
+        client_id = f"workerhost-{os.getpid()}".encode()
+        function = self.handler.name.encode()
+        conns = [
+            WorkerConnection(server, function, client_id)
+            for server in self.config.gearman.servers
+            for _ in range(self.handler.batch)
+        ]
+        held: list[Assigned] = []
+        held_since = 0.0
+        try:
+            while held or self.keep_going():
+                if self.keep_going():
+                    self._connect(conns)
+                timeout = BATCH_WAIT if held else POLL_INTERVAL
+                if not any(c.connected for c in conns):
+                    time.sleep(min(timeout, 0.1))
+                for conn in gearconn.wait(conns, timeout):
+                    try:
+                        fresh = conn.read()
+                    except GearmanLost as exc:
+                        self._lost(conn, exc)
+                        held = [a for a in held if a.conn is not conn]
+                        continue
+                    if fresh and not held:
+                        held_since = time.monotonic()
+                    held.extend(fresh)
+                asking = any(c.state == c.GRABBING and c.connected for c in conns)
+                if held and (not asking or time.monotonic() - held_since >= BATCH_WAIT):
+                    self._answer(held, self.run_batch([_job(a) for a in held]))
+                    held = []
+        except DatabaseLost as exc:
+            log.error("%s; leaving %d held jobs to gearmand and exiting", exc, len(held))
+            return EXIT_DATABASE
+        finally:
+            for conn in conns:
+                conn.close()
         return EXIT_OK
 
-    def _sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not self.stopping and time.monotonic() < deadline:
-            time.sleep(min(0.1, deadline - time.monotonic()))
+    def _connect(self, conns: list[WorkerConnection]) -> None:
+        now = time.monotonic()
+        for conn in conns:
+            name = str(conn.server)
+            if conn.connected or now < self._retry_at.get(name, 0.0):
+                continue
+            try:
+                conn.connect()
+                conn.flush()
+            except GearmanLost as exc:
+                self._lost(conn, exc)
+                continue
+            if name in self._backoff:
+                log.info("connected to gearmand %s again", name)
+                del self._backoff[name]
 
-    def execute(self, gjob: Any) -> bytes | None:
-        """Run one job to its end; bytes for WORK_COMPLETE, None for WORK_FAIL."""
-        job = Job(
-            function=_text(gjob.task), payload=_bytes(gjob.data),
-            unique=_text(gjob.unique), handle=_text(gjob.handle),
-        )
-        if self.slot is not None:
-            self.slot.begin(job.key)
+    def _lost(self, conn: WorkerConnection, exc: GearmanLost) -> None:
+        """Reconnect later, with jittered doubling back-off per server."""
+        conn.close()
+        name = str(conn.server)
+        gm = self.config.gearman
+        if time.monotonic() < self._retry_at.get(name, 0.0):
+            return  # another connection to the same server already set the back-off
+        backoff = min(self._backoff.get(name, gm.reconnect_backoff / 2) * 2,
+                      gm.max_reconnect_backoff)
+        self._backoff[name] = backoff
+        delay = random.uniform(backoff / 2, backoff)
+        self._retry_at[name] = time.monotonic() + delay
+        log.warning("%s; reconnecting in %.1fs", exc, delay)
+
+    def _answer(self, held: list[Assigned], answers: list[Answer]) -> None:
+        for assigned, answer in zip(held, answers, strict=True):
+            conn = assigned.conn
+            if not conn.connected:
+                continue  # gearmand has re-queued it already: it runs again elsewhere
+            if answer is None:
+                conn.fail(assigned.handle)
+            else:
+                conn.complete(assigned.handle, answer)
+            if self.keep_going():
+                conn.grab()
+            try:
+                conn.flush()
+            except GearmanLost as exc:
+                self._lost(conn, exc)
+
+    # -- the database side ---------------------------------------------------------------
+    def run_batch(self, jobs: list[Job]) -> list[Answer]:
+        """Run jobs in one transaction when they all succeed; else one at a time."""
+        if len(jobs) == 1:
+            return [self.execute(jobs[0])]
+        deadline = time.monotonic() + self.handler.timeout * DATABASE_WAIT_SHARE
+        try:
+            results: list[object] = self._in_transaction(
+                lambda conn: self._batch_attempt(conn, jobs), deadline, jobs[0])
+        except _BatchAborted:
+            return [self.execute(job) for job in jobs]
+        self.jobs_done += sum(1 for r in results if r is not _DEFERRED)
+        metrics.job_finished(self.handler.name, "complete", len(results) - results.count(_DEFERRED))
+        return [self.execute(job) if r is _DEFERRED else r  # type: ignore[misc]
+                for job, r in zip(jobs, results, strict=True)]
+
+    def _batch_attempt(self, conn: Connection, jobs: list[Job]) -> list[object]:
+        earlier = failures.failures_of(conn, [job.key for job in jobs])
+        results: list[object] = []
+        for job in jobs:
+            if earlier.get(job.key):
+                results.append(_DEFERRED)
+                continue
+            job.attempt = 1
+            self._begin(job)
+            try:
+                results.append(handlers.run(self.handler, job, conn))
+            except mysql.connector.Error as exc:
+                if is_transient(exc):
+                    raise
+                raise _BatchAborted from exc
+            except Exception as exc:  # a handler's failure, whatever it is
+                raise _BatchAborted from exc
+            finally:
+                self._end()
+        return results
+
+    def execute(self, job: Job) -> Answer:
+        """Run one job to its end in its own transaction."""
+        self._begin(job)
         try:
             return self._execute(job)
         finally:
             self.jobs_done += 1
-            if self.slot is not None:
-                self.slot.end()
+            self._end()
 
-    def _execute(self, job: Job) -> bytes | None:
+    def _begin(self, job: Job) -> None:
+        metrics.job_started(self.handler.name)
+        if self.slot is not None:
+            self.slot.begin(job.key)
+
+    def _end(self) -> None:
+        metrics.job_ended(self.handler.name)
+        if self.slot is not None:
+            self.slot.end()
+
+    def _execute(self, job: Job) -> Answer:
         deadline = time.monotonic() + self.handler.timeout * DATABASE_WAIT_SHARE
         policy = self.handler.retries
 
@@ -173,7 +271,7 @@ class Worker:
                 if is_transient(exc):
                     raise
                 return "failed", _failure(exc)
-            except Exception as exc:
+            except Exception as exc:  # a handler's failure, whatever it is
                 return "failed", _failure(exc)
             if done:
                 failures.forget(conn, job.key)
@@ -182,16 +280,21 @@ class Worker:
         outcome, value = self._in_transaction(attempt, deadline, job)
         if outcome == "done":
             assert isinstance(value, bytes)
+            metrics.job_finished(job.function, "complete")
             return value
         assert isinstance(value, failures.Failure)
         if outcome == "dead":
-            log.error("job %s dead-lettered without running: %s", job.describe(), value.error)
+            metrics.job_finished(job.function, "dead")
+            log.error("job %s dead-lettered without running: %s", job.describe(), value.error,
+                      extra=logs.job_fields(job))
             return None
         verdict = self._in_transaction(
             lambda conn: failures.handle_failure(conn, job, policy, value), deadline, job
         )
         how = "dead-lettered" if verdict == "dead" else "will be retried"
-        log.error("job %s failed and %s: %s", job.describe(), how, value.error)
+        metrics.job_finished(job.function, verdict)
+        log.error("job %s failed and %s: %s", job.describe(), how, value.error,
+                  extra=logs.job_fields(job))
         return None
 
     def _in_transaction(self, work: Callable[[Connection], Any], deadline: float, job: Job) -> Any:
@@ -201,8 +304,12 @@ class Worker:
             raise DatabaseLost(f"job {job.describe()}: {self.db.describe()} failed: {exc}") from exc
 
 
-class DatabaseLost(Exception):
-    """The database stayed unreachable; the job must go back to gearmand unanswered."""
+def _job(assigned: Assigned) -> Job:
+    return Job(
+        function=assigned.function.decode("utf-8", "replace"), payload=assigned.data,
+        unique=assigned.unique.decode("utf-8", "replace"),
+        handle=assigned.handle.decode("utf-8", "replace"),
+    )
 
 
 def _failure(exc: BaseException) -> failures.Failure:
@@ -223,18 +330,6 @@ def _last_failure(conn: Connection, job: Job) -> failures.Failure | None:
     row = cursor.fetchone()
     cursor.close()
     return failures.Failure(row[0] or "unknown", row[1]) if row else None
-
-
-def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return "" if value is None else str(value)
-
-
-def _bytes(value: object) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    return b"" if value is None else str(value).encode()
 
 
 def main(config: Config, handler_name: str, slot: Slot | None) -> int:

@@ -1,0 +1,169 @@
+"""Logs: JSON lines that carry the job's fields, and never a password or a whole payload."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gearman
+import pytest
+import yaml
+from conftest import RunningHost, host_config, host_env, wait_until
+
+from workerhost import logs
+from workerhost.job import Job
+from workerhost.sandbox import Sandbox
+
+# Handlers that fail the way real ones leak secrets: a connection string in an exception, and
+# a database error that quotes the statement. They read the password from the environment.
+LEAKY_HANDLERS = '''
+import os
+
+PASSWORD = os.environ["SANDBOX_DB_PASSWORD"]
+
+
+def connection_string(job, db):
+    raise RuntimeError(f"cannot reach mysql://workerhost:{PASSWORD}@replica/app")
+
+
+def bad_statement(job, db):
+    db.cursor().execute(f"SELEC '{PASSWORD}'")
+
+
+def quotes_payload(job, db):
+    raise ValueError(f"refusing {job.payload.decode()}")
+'''
+# Bytes of a payload that must not reach the log; under the 64 KiB that the attempts table's
+# TEXT column takes, since the handler's error quotes the whole payload.
+BIG = 20_000
+
+
+@pytest.fixture
+def isolated_logging() -> Iterator[None]:
+    """logs.setup() replaces the root logger's handlers; put pytest's back afterwards."""
+    root = logging.getLogger()
+    handlers, level, secrets = root.handlers[:], root.level, logs._secrets[:]
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logs._secrets[:] = secrets
+
+
+class JsonHost(RunningHost):
+    """`workerhost run --log-format json --log-level debug`."""
+
+    def __init__(self, config_path: Path, log_path: Path, env: dict[str, str],
+                 fmt: str) -> None:  # fmt: skip
+        self.config_path = config_path
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "workerhost.cli", "run", "-c", str(config_path),
+                 "--log-format", fmt, "--log-level", "debug"],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )
+
+
+def submit(sandbox: Sandbox, function: str, payloads: list[bytes]) -> None:
+    client = gearman.GearmanClient([sandbox.gearman_server])
+    client.submit_multiple_jobs([{"task": function, "data": p} for p in payloads],
+                                background=True, wait_until_complete=False)
+    client.shutdown()
+
+
+def dead_letters(db: Any) -> int:
+    cursor = db.cursor()
+    cursor.execute("SELECT COUNT(*) FROM workerhost_dead_letters")
+    (count,) = cursor.fetchone()
+    cursor.close()
+    return int(count)
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_no_log_line_shows_the_password_or_a_whole_payload(
+    sandbox: Sandbox, db: Any, tmp_path: Path, fmt: str
+) -> None:
+    (tmp_path / "leaky_handlers.py").write_text(LEAKY_HANDLERS)
+    config = tmp_path / "workerhost.yaml"
+    config.write_text(yaml.safe_dump(host_config(sandbox, db.database, {
+        name: {"python": f"leaky_handlers:{name}", "retries": {"attempts": 2, "backoff": "50ms"}}
+        for name in ("connection_string", "bad_statement", "quotes_payload")
+    })))
+    host = JsonHost(config, tmp_path / "host.log", host_env(sandbox), fmt)
+    try:
+        host.wait_for_log("worker for", count=3)
+        submit(sandbox, "connection_string", [b'{"id": 1}'])
+        submit(sandbox, "bad_statement", [b'{"id": 2}'])
+        submit(sandbox, "quotes_payload", [b'{"id": 3, "blob": "' + b"Z" * BIG + b'"}'])
+        wait_until(lambda: dead_letters(db) == 3, what="three dead letters")
+        host.wait_for_log("dead-lettered", count=3)
+        assert host.stop() == 0
+    finally:
+        host.kill()
+    text = host.log()
+    assert sandbox.password not in text
+    assert "Z" * 5000 not in text
+    assert "more characters not logged" in text
+    assert "cannot reach mysql://workerhost:***@replica/app" in text
+    assert "You have an error in your SQL syntax" in text, "the database error is logged"
+    if fmt == "json":
+        entries = [json.loads(line) for line in text.splitlines() if line.strip()]
+        failures = [e for e in entries if e["message"].startswith("job ")]
+        assert {e["function"] for e in failures} == {
+            "connection_string", "bad_statement", "quotes_payload"}
+        for entry in failures:
+            assert entry["level"] == "error"
+            assert entry["handle"].startswith("H:") and entry["attempt"] in (1, 2)
+            assert "unique" in entry and isinstance(entry["pid"], int)
+
+
+def test_json_lines_carry_the_job_fields(
+    isolated_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs.setup("json", "info")
+    job = Job(function="resize", payload=b"{}", unique="u-1", handle="H:host:7", attempt=2)
+    logging.getLogger("workerhost.worker").error("job %s failed", job.describe(),
+                                                 extra=logs.job_fields(job))
+    entry = json.loads(capsys.readouterr().err)
+    assert entry["message"] == "job resize handle=H:host:7 unique='u-1' attempt=2 failed"
+    assert (entry["function"], entry["handle"], entry["unique"], entry["attempt"]) == (
+        "resize", "H:host:7", "u-1", 2)
+    assert (entry["level"], entry["logger"]) == ("error", "workerhost.worker")
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_a_secret_is_masked_in_messages_arguments_fields_and_tracebacks(
+    isolated_logging: None, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    logs.setup(fmt, "debug")
+    logs.redact("s3cr3t-pw", "")
+    log = logging.getLogger("workerhost.test")
+    log.info("password is s3cr3t-pw")
+    log.info("dsn %s", "mysql://u:s3cr3t-pw@h/db", extra={"unique": "key-s3cr3t-pw"})
+    try:
+        raise RuntimeError("auth failed for s3cr3t-pw")
+    except RuntimeError:
+        log.exception("connect failed")
+    err = capsys.readouterr().err
+    assert "s3cr3t-pw" not in err
+    for masked in ("password is ***", "dsn mysql://u:***@h/db", "auth failed for ***"):
+        assert masked in err
+    if fmt == "json":
+        entries = [json.loads(line) for line in err.splitlines()]
+        assert entries[1]["unique"] == "key-***"
+        assert "RuntimeError: auth failed for ***" in entries[2]["exception"]
+
+
+def test_a_long_message_is_cut(
+    isolated_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs.setup("text", "info")
+    logging.getLogger("workerhost.test").warning("payload %s", "x" * (logs.MAX_MESSAGE * 3))
+    err = capsys.readouterr().err
+    assert "x" * logs.MAX_MESSAGE not in err
+    assert f"... ({logs.MAX_MESSAGE * 3 + 8 - logs.MAX_MESSAGE} more characters not logged)" in err

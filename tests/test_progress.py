@@ -1,0 +1,136 @@
+"""Progress of long CLI operations: `outbox drain` and `dead-letters retry --all`."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+from conftest import host_config, host_env
+
+from workerhost.db import Database
+from workerhost.progress import BAR_WIDTH, Progress
+from workerhost.sandbox import Sandbox
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_pipe_gets_a_plain_line_at_most_every_second_and_a_final_one() -> None:
+    out, clock = io.StringIO(), Clock()
+    with Progress("rows shipped", 300, stream=out, clock=clock) as bar:
+        for _ in range(3):
+            bar.advance(50)  # all within the same second: no line
+        clock.now = 1.5
+        bar.advance(100)
+        bar.advance(50)
+    assert out.getvalue().splitlines() == [
+        "rows shipped: 0/300", "rows shipped: 250/300", "rows shipped: 300/300"]
+
+
+def test_a_terminal_gets_one_bar_redrawn_in_place() -> None:
+    out = FakeTerminal()
+    with Progress("rows shipped", 4, stream=out) as bar:
+        bar.advance(1)
+        bar.advance(3)
+    text = out.getvalue()
+    assert text.count("\n") == 1 and text.endswith("\n")
+    last = text.rstrip("\n").split("\r")[-1]
+    assert last == f"rows shipped [{'#' * BAR_WIDTH}] 100% 4/4"
+    assert f"rows shipped [{'#' * 8}{'.' * (BAR_WIDTH - 8)}]  25% 1/4\r" in text
+
+
+def test_more_done_than_expected_shows_the_count_alone() -> None:
+    out = io.StringIO()
+    with Progress("moved", 0, stream=out, every=0) as bar:
+        bar.advance(3)
+    assert out.getvalue().splitlines()[-1] == "moved: 3"
+
+
+# -- the CLI -------------------------------------------------------------------------------
+
+
+def workerhost(sandbox: Sandbox, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "workerhost.cli", *args[:1], "-c", str(config),
+                           *args[1:]], capture_output=True, text=True, env=host_env(sandbox),
+                          timeout=120, check=False)  # fmt: skip
+
+
+def scalar(db: Any, sql: str) -> Any:
+    cursor = db.cursor()
+    cursor.execute(sql)
+    (value,) = cursor.fetchone()
+    cursor.close()
+    return value
+
+
+def test_outbox_drain_ships_the_due_rows_and_leaves_the_later_ones(
+    sandbox: Sandbox, db: Any, tmp_path: Path
+) -> None:
+    function = f"drained_{uuid.uuid4().hex[:8]}"
+    config = tmp_path / "workerhost.yaml"
+    config.write_text(yaml.safe_dump(host_config(sandbox, db.database, {
+        "touch": {"sql": "UPDATE t SET a = 1 WHERE id = %(id)s"}}, host={"relay": {"batch": 100}})))
+    assert workerhost(sandbox, config, "check", "--connect").returncode == 0
+    cursor = db.cursor()
+    cursor.execute("INSERT INTO workerhost_outbox (function, payload) SELECT %s, "
+                   "CONCAT('{\"id\": ', seq, '}') FROM seq_1_to_250", (function,))
+    cursor.execute("INSERT INTO workerhost_outbox (function, payload, not_before) VALUES "
+                   "(%s, '{}', NOW(6) + INTERVAL 1 HOUR)", (function,))
+    drained = workerhost(sandbox, config, "outbox", "drain")
+    assert drained.returncode == 0, drained.stderr
+    assert drained.stdout == "250 outbox rows shipped; 1 left, 0 of them due\n"
+    lines = drained.stderr.splitlines()  # not a terminal: plain lines, the last one final
+    assert lines[0] == "outbox rows shipped: 0/250" and lines[-1] == "outbox rows shipped: 250/250"
+    assert sandbox.gearman_status()[function].queued == 250
+    assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox") == 1
+
+
+def test_outbox_drain_without_gearmand_exits_4_and_keeps_the_rows(
+    sandbox: Sandbox, db: Any, tmp_path: Path
+) -> None:
+    config = tmp_path / "workerhost.yaml"
+    config.write_text(yaml.safe_dump(host_config(sandbox, db.database, {
+        "touch": {"sql": "UPDATE t SET a = 1 WHERE id = %(id)s"}},
+        gearman={"servers": ["127.0.0.1:1"]})))
+    tables = Database({"host": "127.0.0.1", "port": sandbox.mysql_port, "user": sandbox.user,
+                       "password": sandbox.password, "database": db.database})
+    tables.ensure_schema()
+    tables.close()
+    db.cursor().execute("INSERT INTO workerhost_outbox (function, payload) VALUES ('x', '{}')")
+    drained = workerhost(sandbox, config, "outbox", "drain")
+    assert drained.returncode == 4
+    assert "outbox drain stopped after 0 rows" in drained.stderr
+    assert "Traceback" not in drained.stderr
+    assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox") == 1
+
+
+def test_retry_all_moves_every_dead_letter_back_in_batches(
+    sandbox: Sandbox, db: Any, tmp_path: Path
+) -> None:
+    config = tmp_path / "workerhost.yaml"
+    config.write_text(yaml.safe_dump(host_config(sandbox, db.database, {
+        "touch": {"sql": "UPDATE t SET a = 1 WHERE id = %(id)s"}})))
+    assert workerhost(sandbox, config, "check", "--connect").returncode == 0
+    db.cursor().execute("INSERT INTO workerhost_dead_letters (function, payload, attempts, "
+                        "error) SELECT 'touch', '{}', 3, 'boom' FROM seq_1_to_250")
+    retried = workerhost(sandbox, config, "dead-letters", "retry", "--all")
+    assert retried.returncode == 0, retried.stderr
+    assert retried.stdout == "250 dead letters queued again\n"
+    assert retried.stderr.splitlines()[-1] == "dead letters queued again: 250/250"
+    assert scalar(db, "SELECT COUNT(*) FROM workerhost_dead_letters") == 0
+    assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox WHERE function = 'touch'") == 250

@@ -1,0 +1,120 @@
+"""`workerhost status`: queue depth per gearmand server and function, dead letters, outbox."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gearman
+import yaml
+from conftest import ExtraGearmand, host_config, host_env
+
+from workerhost import status
+from workerhost.gearadmin import FunctionStatus
+from workerhost.sandbox import Sandbox
+
+
+def workerhost(sandbox: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "workerhost.cli", *args], capture_output=True,
+                          text=True, env=host_env(sandbox), timeout=60, check=False)
+
+
+def queue(server: str, function: str, count: int) -> None:
+    """Submit background jobs that nobody serves: they wait in gearmand's queue."""
+    client = gearman.GearmanClient([server])
+    client.submit_multiple_jobs([{"task": function, "data": str(i)} for i in range(count)],
+                                background=True, wait_until_complete=False)
+    client.shutdown()
+
+
+def rows(stdout: str, server: str) -> dict[str, list[int]]:
+    """The table printed under `gearmand SERVER`, as {function: [queued, running, workers]}."""
+    lines = stdout.splitlines()
+    start = lines.index(f"gearmand {server}") + 2  # past the title and the header
+    table: dict[str, list[int]] = {}
+    for line in lines[start:]:
+        if not line.startswith("  "):
+            break
+        name, *figures = line.split()
+        table[name] = [int(f) for f in figures]
+    return table
+
+
+def test_status_shows_each_servers_queue_and_survives_a_dead_one(
+    sandbox: Sandbox, db: Any, gearmand_factory: Callable[[], ExtraGearmand], tmp_path: Path
+) -> None:
+    first, second = gearmand_factory(), gearmand_factory()
+    function = f"unserved_{uuid.uuid4().hex[:8]}"
+    queue(first.server, function, 3)
+    queue(second.server, function, 5)
+    config = tmp_path / "workerhost.yaml"
+    config.write_text(yaml.safe_dump(host_config(sandbox, db.database, {
+        "touch": {"sql": "UPDATE t SET a = 1 WHERE id = %(id)s"},
+    }, gearman={"servers": [first.server, second.server]})))
+    assert workerhost(sandbox, "check", "--connect", "-c", str(config)).returncode == 0
+    db.cursor().execute(
+        "INSERT INTO workerhost_dead_letters (function, payload, attempts, error) VALUES "
+        f"('{function}', '{{}}', 3, 'boom'), ('{function}', '{{}}', 3, 'boom'), "
+        "('other', '{}', 1, 'bad')")
+    db.cursor().execute("INSERT INTO workerhost_outbox (function, payload) VALUES ('x', '{}')")
+
+    shown = workerhost(sandbox, "status", "-c", str(config))
+    assert shown.returncode == 0, shown.stderr
+    assert rows(shown.stdout, first.server)[function] == [3, 0, 0]
+    assert rows(shown.stdout, second.server)[function] == [5, 0, 0]
+    assert "  outbox: 1 rows, 1 due" in shown.stdout
+    assert "  dead letters: 3" in shown.stdout
+    assert f"  {function:32} {2:>12}" in shown.stdout
+
+    as_json = json.loads(workerhost(sandbox, "status", "--json", "-c", str(config)).stdout)
+    assert [s["functions"][function]["queued"] for s in as_json["gearmand"]] == [3, 5]
+    assert as_json["database"]["dead_letters"] == {function: 2, "other": 1}
+    assert as_json["database"]["outbox"]["rows"] == 1
+
+    second.stop()
+    degraded = workerhost(sandbox, "status", "-c", str(config))
+    assert degraded.returncode == 4
+    assert "Traceback" not in degraded.stderr
+    assert rows(degraded.stdout, first.server)[function] == [3, 0, 0]
+    assert f"gearmand {second.server}: unreachable (Connection refused)" in degraded.stdout
+    assert f"workerhost: gearmand {second.server} did not answer" in degraded.stderr
+    assert "dead letters: 3" in degraded.stdout, "the database part still shows"
+    broken = json.loads(workerhost(sandbox, "status", "--json", "-c", str(config)).stdout)
+    assert broken["gearmand"][1] == {"server": second.server, "error": "Connection refused",
+                                     "functions": {}}
+
+
+def test_status_without_the_database_exits_4_with_a_message(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    config = tmp_path / "workerhost.yaml"
+    settings = host_config(sandbox, "nowhere", {"touch": {"sql": "DELETE FROM t"}})
+    settings["database"]["port"] = 1  # nothing listens there
+    config.write_text(yaml.safe_dump(settings))
+    shown = workerhost(sandbox, "status", "-c", str(config))
+    assert shown.returncode == 4
+    assert "database 'nowhere' at 127.0.0.1:1: unreachable" in shown.stdout
+    assert "Traceback" not in shown.stderr
+    assert sandbox.password not in shown.stdout + shown.stderr
+
+
+def test_render_lists_functions_sorted_and_says_when_a_server_knows_none() -> None:
+    report = status.Report(
+        servers=(
+            status.ServerStatus("a:1", {"zeta": FunctionStatus("zeta", 1, 0, 2),
+                                        "alpha": FunctionStatus("alpha", 0, 0, 1)}),
+            status.ServerStatus("b:2"),
+        ),
+        database=status.DatabaseStatus("database 'd' at h:3", {},
+                                       status.Outbox(0, 0, None, None)),
+    )
+    text = status.render(report)
+    assert text.index("  alpha") < text.index("  zeta")
+    assert "gearmand b:2\n  FUNCTION" in text and "(no functions known to this server)" in text
+    assert "outbox: 0 rows, 0 due\n" in text
+    assert report.problems() == []
