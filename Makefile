@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 UDF_SO := udf/build/gearman_udf.so
 
-.PHONY: setup test lint udf udf-test install-udf bench clean sandbox-up sandbox-down
+.PHONY: setup demo test lint udf udf-test install-udf bench clean sandbox-up sandbox-down
 
 setup:
 	@scripts/setup.sh
@@ -15,12 +15,17 @@ udf: setup
 udf-test: udf
 	@$(MAKE) --no-print-directory -C udf test
 
-test: setup
+# A sandbox in a temporary directory, the example shop's triggers and handlers, sample orders
+# written back; everything is stopped again at the end (scripts/demo.py says each step).
+demo: udf
+	@$(PY) scripts/demo.py
+
+test: setup udf
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
 	$(PY) -m mypy --strict
-	$(PY) -m ruff check workerhost tests
+	$(PY) -m ruff check workerhost tests bench scripts
 
 # For a real server: copies the library into @@plugin_dir and creates the functions.
 # Needs root on the host (to write plugin_dir) and INSERT on mysql.func (e.g. the root account).
@@ -39,6 +44,11 @@ sandbox-up: udf
 
 sandbox-down: setup
 	$(VENV)/bin/workerhost sandbox down --dir .sandbox
+
+# Every figure beside its baseline, measured in the same run (never part of `make test`).
+# BENCH_ARGS=--quick for a sanity check in under a minute.
+bench: udf
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build udf/build .pytest_cache .mypy_cache .ruff_cache

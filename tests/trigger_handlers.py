@@ -1,0 +1,49 @@
+"""Handlers for the trigger and delivery tests: they record what arrived, keyed by event id."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from workerhost.job import Job
+
+CAPTURED = """CREATE TABLE captured (
+    function VARCHAR(255) NOT NULL, event_id CHAR(36) NOT NULL, unique_key VARCHAR(255),
+    payload LONGBLOB NOT NULL, row_id BIGINT, host_pid INT, worker_pid INT, attempt INT,
+    runs INT NOT NULL DEFAULT 1, PRIMARY KEY (function, event_id))"""
+
+
+def capture(job: Job, db: Any) -> str:
+    """Stores the job as it arrived; a second run of the same event only counts in `runs`."""
+    event = job.json()
+    cursor = db.cursor()
+    cursor.execute(
+        "INSERT INTO captured (function, event_id, unique_key, payload, row_id, host_pid, "
+        "worker_pid, attempt) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON DUPLICATE KEY UPDATE runs = runs + 1",
+        (job.function, event["event_id"], job.unique, job.payload, event.get("id"),
+         os.getppid(), os.getpid(), job.attempt),
+    )
+    cursor.close()
+    return "ok"
+
+
+def capture_slowly(job: Job, db: Any) -> str:
+    """Writes its row first, then sleeps inside the open transaction; only the first run does.
+
+    The process running the first run writes its pid to the payload's `pidfile`, so a test
+    can kill it mid-job; a later run finds the file and finishes at once.
+    """
+    event = job.json()
+    capture(job, db)
+    if event["pidfile"] is None:
+        return "ok"
+    pidfile = Path(event["pidfile"])
+    if not pidfile.exists():
+        staging = pidfile.with_suffix(".new")
+        staging.write_text(str(os.getpid()))
+        staging.replace(pidfile)
+        time.sleep(float(event["seconds"]))
+    return "ok"
