@@ -1,0 +1,197 @@
+"""Worker host figures: empty-handler throughput, end to end with write-back, latency, memory."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from common import (
+    Figure,
+    bare_worker,
+    children,
+    drain_rate,
+    host_command,
+    load_jobs,
+    processes,
+    progress,
+    repeat,
+    rss_kib,
+    wait_drained,
+)
+
+from workerhost.sandbox import Sandbox
+
+UPDATE = "UPDATE bench_rows SET done_at = NOW(6) WHERE id = %(id)s"
+
+
+def _fresh_function(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def _payloads(n: int) -> list[bytes]:
+    return [json.dumps({"id": i}).encode() for i in range(1, n + 1)]
+
+
+def empty_handler(sandbox: Sandbox, workdir: Path, database: str, quick: bool) -> list[Figure]:
+    n = 3000 if quick else 15000
+    runs = 3
+
+    def bare() -> float:
+        function = _fresh_function("bench_empty_bare")
+        load_jobs(sandbox, function, _payloads(n))
+        with processes(bare_worker(sandbox, "empty", function)):
+            return drain_rate(sandbox, function, n)
+
+    def ours(procs: int) -> float:
+        function = _fresh_function("bench_empty")
+        load_jobs(sandbox, function, _payloads(n))
+        argv, env = host_command(sandbox, workdir, database, {
+            function: {"python": "handlers:empty", "processes": procs}})
+        with processes(argv, env=env):
+            return drain_rate(sandbox, function, n)
+
+    progress(f"empty handler: bare pygearman loop, {n} jobs x {runs}")
+    base = repeat(runs, bare)
+    progress("empty handler: worker host, 1 process")
+    one = repeat(runs, lambda: ours(1))
+    progress("empty handler: worker host, 2 processes")
+    two = repeat(runs, lambda: ours(2))
+    return [
+        Figure("worker host, empty handler, 1 process", "jobs/s", one,
+               "bare pygearman worker loop", base, ">= 0.9x baseline"),
+        Figure("worker host, empty handler, 2 processes", "jobs/s", two,
+               "worker host, 1 process", one, ">= 1.6x one process"),
+    ]
+
+
+def _prepare_rows(conn: Any, with_trigger: str | None) -> None:
+    cursor = conn.cursor()
+    cursor.execute("DROP TABLE IF EXISTS bench_rows")
+    cursor.execute("CREATE TABLE bench_rows (id BIGINT PRIMARY KEY, body VARCHAR(64), "
+                   "created_at DATETIME(6) NOT NULL DEFAULT NOW(6), done_at DATETIME(6))")
+    if with_trigger:
+        cursor.execute(
+            "CREATE TRIGGER bench_rows_ai AFTER INSERT ON bench_rows FOR EACH ROW "
+            f"DO gman_do_background('{with_trigger}', JSON_OBJECT('id', NEW.id))")
+
+
+def _written(conn: Any) -> int:
+    cursor = conn.cursor()
+    cursor.execute("SELECT COUNT(done_at) FROM bench_rows")
+    (count,) = cursor.fetchone()
+    return int(count)
+
+
+def _insert_and_wait(sandbox: Sandbox, database: str, n: int) -> float:
+    """Insert n rows in statements of 500 (the trigger fires a job per row); rows/s until
+    every row is written back."""
+    conn = sandbox.connect(database=database)
+    cursor = conn.cursor()
+    start = time.monotonic()
+    for first in range(1, n + 1, 500):
+        cursor.execute("INSERT INTO bench_rows (id, body) SELECT seq, 'x' FROM "
+                       f"seq_{first}_to_{min(first + 499, n)}")
+    deadline = time.monotonic() + 300
+    while _written(conn) < n:
+        if time.monotonic() > deadline:
+            raise RuntimeError("rows were not written back within 300s")
+        time.sleep(0.01)
+    elapsed = time.monotonic() - start
+    conn.close()
+    return n / elapsed
+
+
+def end_to_end(sandbox: Sandbox, workdir: Path, database: str, quick: bool) -> list[Figure]:
+    n = 4000 if quick else 20000
+    runs = 3
+    admin = sandbox.connect(database=database)
+
+    def naive() -> float:
+        function = _fresh_function("bench_e2e_naive")
+        _prepare_rows(admin, function)
+        db = dict(host="127.0.0.1", port=sandbox.mysql_port, user=sandbox.user,
+                  password=sandbox.password, database=database)
+        with processes(bare_worker(sandbox, "update", function, db)):
+            time.sleep(0.5)
+            return _insert_and_wait(sandbox, database, n)
+
+    def ours() -> float:
+        function = _fresh_function("bench_e2e")
+        _prepare_rows(admin, function)
+        argv, env = host_command(sandbox, workdir, database, {
+            function: {"sql": UPDATE, "processes": 2}})
+        with processes(argv, env=env):
+            time.sleep(1.5)
+            return _insert_and_wait(sandbox, database, n)
+
+    progress(f"end to end: naive worker, {n} rows x {runs}")
+    base = repeat(runs, naive)
+    progress("end to end: worker host, sql handler, 2 processes")
+    mine = repeat(runs, ours)
+    return [Figure(f"end to end, {n} rows inserted until all written back (durable)", "rows/s",
+                   mine, "bare pygearman worker, UPDATE + COMMIT per job", base,
+                   ">= 5000 rows/s")]
+
+
+def latency(sandbox: Sandbox, workdir: Path, database: str, quick: bool) -> list[Figure]:
+    seconds = 2.0 if quick else 5.0
+    rate = 200
+    function = _fresh_function("bench_latency")
+    admin = sandbox.connect(database=database)
+    _prepare_rows(admin, function)
+    argv, env = host_command(sandbox, workdir, database, {function: {"sql": UPDATE}})
+    progress(f"latency: {rate} rows/s for {seconds:g}s")
+    with processes(argv, env=env):
+        time.sleep(1.5)
+        cursor = admin.cursor()
+        total = int(rate * seconds)
+        start = time.monotonic()
+        for i in range(1, total + 1):
+            cursor.execute("INSERT INTO bench_rows (id, body) VALUES (%s, 'x')", (i,))
+            pause = start + i / rate - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+        deadline = time.monotonic() + 60
+        while _written(admin) < total and time.monotonic() < deadline:
+            time.sleep(0.01)
+    cursor.execute("SELECT TIMESTAMPDIFF(MICROSECOND, created_at, done_at) FROM bench_rows "
+                   "WHERE done_at IS NOT NULL")
+    values = sorted(int(r[0]) / 1000 for r in cursor.fetchall())
+    if len(values) < total:
+        raise RuntimeError(f"only {len(values)} of {total} rows came back")
+    q = statistics.quantiles(values, n=100)
+    return [
+        Figure(f"latency INSERT to write-back, p50, {rate} rows/s", "ms", [q[49]],
+               target="<= 5 ms", higher_is_better=False),
+        Figure(f"latency INSERT to write-back, p99, {rate} rows/s", "ms", [q[98]],
+               target="<= 25 ms", higher_is_better=False),
+    ]
+
+
+def memory(sandbox: Sandbox, workdir: Path, database: str, quick: bool) -> list[Figure]:
+    n = 10000 if quick else 100000
+    function = _fresh_function("bench_memory")
+    argv, env = host_command(sandbox, workdir, database, {
+        function: {"python": "handlers:empty"}})
+    progress(f"memory: one worker process, idle and after {n} jobs")
+    with processes(argv, env=env) as (host,):
+        deadline = time.monotonic() + 30
+        while not children(host.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        worker = children(host.pid)[0]
+        idle = rss_kib(worker) / 1024
+        for start in range(0, n, 20000):
+            load_jobs(sandbox, function, _payloads(min(20000, n - start)))
+            wait_drained(sandbox, function)
+        after = rss_kib(worker) / 1024
+    return [
+        Figure("worker process RSS, idle", "MB", [idle], target="<= 60 MB",
+               higher_is_better=False),
+        Figure(f"worker process RSS after {n} jobs", "MB", [after], "idle", [idle],
+               "< 1.05x idle", higher_is_better=False),
+    ]

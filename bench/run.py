@@ -1,0 +1,144 @@
+"""`make bench`: every figure beside its baseline, measured in the same run on this machine.
+
+Starts its own sandbox, prints one table, and writes it as JSON to build/bench.json.
+Usage: python bench/run.py [--quick] [--only NAME[,NAME...]]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+
+import bench_outbox
+import bench_worker
+from common import ROOT, Figure, progress, spread
+
+from workerhost.sandbox import Sandbox
+
+UDF_SO = ROOT / "udf" / "build" / "gearman_udf.so"
+
+
+def sections(box: Sandbox, work: Path, database: str, quick: bool
+             ) -> dict[str, Callable[[], list[Figure]]]:
+    found: dict[str, Callable[[], list[Figure]]] = {}
+    try:
+        import bench_udf
+
+        found["udf"] = lambda: _udf_figures(bench_udf.run(box, quick))
+    except ImportError:
+        pass
+    found.update({
+        "outbox": lambda: bench_outbox.trigger_overhead(box, database, quick),
+        "relay": lambda: bench_outbox.relay_rate(box, database, quick),
+        "worker": lambda: bench_worker.empty_handler(box, work, database, quick),
+        "e2e": lambda: bench_worker.end_to_end(box, work, database, quick),
+        "latency": lambda: bench_worker.latency(box, work, database, quick),
+        "memory": lambda: bench_worker.memory(box, work, database, quick),
+    })
+    return found
+
+
+def _udf_figures(result: dict[str, Any]) -> list[Figure]:
+    """bench_udf's result as figures: trigger overhead per row beside the plain INSERT's cost
+    per row (the old gearman-mysql-udf 0.6 measured about 270 us bulk, 200 us single)."""
+    figures = [
+        Figure(f"UDF delivery, trigger overhead, {result['bulk_rows']}-row INSERT", "us/row",
+               result["bulk_runs_us_per_row"], "the same INSERT, no trigger (us/row)",
+               result["bulk_plain_runs_us_per_row"], "<= 130 us/row", higher_is_better=False),
+        Figure(f"UDF delivery, trigger overhead, {result['single_rows']} autocommit INSERTs",
+               "us/row", result["single_runs_us_per_row"], "the same, no trigger (us/row)",
+               result["single_plain_runs_us_per_row"], "<= 130 us/row",
+               higher_is_better=False),
+    ]
+    if "persistent_queue_bulk_overhead_us_per_row" in result:
+        figures.append(Figure(
+            "UDF delivery, bulk, gearmand with libsqlite3 queue", "us/row",
+            [result["persistent_queue_bulk_overhead_us_per_row"]], target="(gearmand's fsync)",
+            higher_is_better=False))
+    return figures
+
+
+def table(figures: list[Figure]) -> str:
+    rows = [("figure", "median", "spread", "baseline (same run)", "base median", "ratio",
+             "target")]
+    for f in figures:
+        base = f.baseline
+        rows.append((
+            f.name, f"{f.value:.4g} {f.unit}", spread(f.runs), f.baseline_name or "-",
+            f"{base:.4g}" if base is not None else "-",
+            f"{f.ratio:.2f}x" if f.ratio is not None else "-", f.target or "-",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes: a sanity check")
+    parser.add_argument("--only", help="comma-separated sections")
+    parser.add_argument("--gearman-queue", choices=("libsqlite3", "builtin"), default="builtin",
+                        help="gearmand's queue (default builtin: libsqlite3 fsyncs every job, "
+                             "which bounds every figure at gearmand's disk)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="workerhost-bench-") as tmp:
+        box = Sandbox(Path(tmp) / "sandbox")
+        progress(f"starting a sandbox in {box.dir}")
+        box.up(gearman_queue=args.gearman_queue)
+        try:
+            if UDF_SO.exists():
+                box.install_udf(UDF_SO)
+            database = "bench"
+            admin = box.connect()
+            admin.cursor().execute(f"CREATE DATABASE IF NOT EXISTS {database}")
+            admin.close()
+            figures: list[Figure] = []
+            chosen = sections(box, Path(tmp), database, args.quick)
+            wanted = args.only.split(",") if args.only else list(chosen)
+            for name in wanted:
+                started = time.monotonic()
+                figures.extend(chosen[name]())
+                progress(f"{name} done in {time.monotonic() - started:.0f}s")
+        finally:
+            box.down()
+
+    print(table(figures))
+    out = ROOT / "build" / "bench.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": _machine(),
+        "quick": args.quick, "gearman_queue": args.gearman_queue,
+        "figures": [f.as_dict() for f in figures],
+    }, indent=2) + "\n")
+    print(f"\nwritten to {out.relative_to(ROOT)}")
+    return 0
+
+
+def _machine() -> str:
+    cpu = "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    python = platform.python_version()
+    return f"{platform.node()}: {os.cpu_count()} cores, {cpu}, Python {python}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
