@@ -246,7 +246,7 @@ def test_two_gearmands_share_the_work_and_losing_one_loses_nothing(
     while relay.ship_once():
         pass
     relay.db.close()
-    relay._drop_client()
+    relay.close()
     (function,) = config["handlers"]
     queued = [box.box.gearman_status()[function].queued for box in (first, second)]
     assert sum(queued) == 1000 and min(queued) > 300, f"not spread over both: {queued}"

@@ -266,6 +266,7 @@ def _outbox_drain(args: argparse.Namespace) -> int:
         raise ConnectError(f"outbox drain stopped after {shipped} rows: {exc}") from exc
     finally:
         relay.db.close()
+        relay.close()
     print(f"{shipped} outbox rows shipped; {left.rows} left, {left.due} of them due")
     return RET_OK
 

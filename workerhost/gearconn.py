@@ -174,3 +174,75 @@ def wait(conns: list[WorkerConnection], timeout: float) -> list[WorkerConnection
     for conn in writable:
         conn.flush()
     return readable
+
+
+PRIORITY_COMMANDS = {
+    "normal": p.GEARMAN_COMMAND_SUBMIT_JOB_BG,
+    "high": p.GEARMAN_COMMAND_SUBMIT_JOB_HIGH_BG,
+    "low": p.GEARMAN_COMMAND_SUBMIT_JOB_LOW_BG,
+}
+
+
+class Submitter:
+    """A client connection that submits background jobs pipelined: all requests of a batch go
+    out in one write, then the JOB_CREATED answers are read, one per job, in order."""
+
+    def __init__(self, server: Server, timeout: float) -> None:
+        self.server = server
+        self.timeout = timeout
+        self.sock: socket.socket | None = None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
+
+    def submit(self, jobs: list[tuple[str, bytes, bytes, str]]) -> list[bytes]:
+        """Submit (function, unique, payload, priority) jobs; their handles, in order.
+
+        Raises GearmanLost unless gearmand accepted every one of them within the timeout.
+        """
+        try:
+            if self.sock is None:
+                self.sock = socket.create_connection(
+                    (self.server.host, self.server.port), CONNECT_TIMEOUT)
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock.settimeout(self.timeout)
+            request = b"".join(
+                _frame(p.MAGIC_REQ_STRING, PRIORITY_COMMANDS.get(priority, PRIORITY_COMMANDS[
+                    "normal"]), function.encode(), unique, data)
+                for function, unique, data, priority in jobs
+            )
+            self.sock.sendall(request)
+            return self._created(len(jobs))
+        except OSError as exc:
+            self.close()
+            raise GearmanLost(f"gearmand {self.server} did not take the jobs: {exc}") from exc
+
+    def _created(self, count: int) -> list[bytes]:
+        assert self.sock is not None
+        handles: list[bytes] = []
+        buffer = bytearray()
+        while len(handles) < count:
+            chunk = self.sock.recv(RECV_SIZE)
+            if not chunk:
+                raise OSError("connection closed")
+            buffer += chunk
+            while len(buffer) >= 12:
+                size = 12 + _length(buffer)
+                if len(buffer) < size:
+                    break
+                command = int.from_bytes(buffer[4:8], "big")
+                body = bytes(buffer[12:size])
+                del buffer[:size]
+                if command == p.GEARMAN_COMMAND_JOB_CREATED:
+                    handles.append(body)
+                elif command == p.GEARMAN_COMMAND_ERROR:
+                    raise OSError(f"gearmand answered ERROR {body!r}")
+        return handles
+
+
+def _frame(magic: bytes, command: int, function: bytes, unique: bytes, data: bytes) -> bytes:
+    """One request: pygearman's wire format, packed without its per-call checks."""
+    body = b"%s\0%s\0%s" % (function, unique, data)
+    return magic + command.to_bytes(4, "big") + len(body).to_bytes(4, "big") + body

@@ -11,21 +11,19 @@ from __future__ import annotations
 import logging
 import signal
 import time
+import uuid
 from typing import Any
 
-import gearman
 import mysql.connector
-from gearman.constants import JOB_CREATED, PRIORITY_HIGH, PRIORITY_LOW, PRIORITY_NONE
-from gearman.errors import GearmanError
 
 from workerhost.config import Config
 from workerhost.db import Connection, Database
 from workerhost.errors import ConnectError
 from workerhost.failures import OUTBOX_TABLE
+from workerhost.gearconn import GearmanLost, Submitter
 
 log = logging.getLogger("workerhost.relay")
 
-PRIORITIES = {"normal": PRIORITY_NONE, "high": PRIORITY_HIGH, "low": PRIORITY_LOW}
 # How long gearmand may take to accept a batch before the relay gives up on it (and retries).
 ACCEPT_TIMEOUT = 10.0
 
@@ -35,22 +33,17 @@ class SubmitFailed(Exception):
 
 
 class Relay:
-    def __init__(self, config: Config, *, database: Database | None = None,
-                 client: Any = None) -> None:
+    def __init__(self, config: Config, *, database: Database | None = None) -> None:
         self.config = config
         self.db = database or Database(config.database.connect_kwargs())
         self.servers = [str(server) for server in config.gearman.servers]
-        self.client = client
+        self.submitters = [Submitter(server, ACCEPT_TIMEOUT) for server in config.gearman.servers]
+        self.turn = 0  # batches go round the servers; a server that fails passes its turn on
         self.stopping = False
         self.shipped = 0
 
     def request_stop(self, *_: object) -> None:
         self.stopping = True
-
-    def _client(self) -> Any:
-        if self.client is None:
-            self.client = gearman.GearmanClient(self.servers)
-        return self.client
 
     def ship_once(self, limit: int | None = None) -> int:
         """Ship one batch of due rows; returns how many were shipped."""
@@ -81,32 +74,26 @@ class Relay:
         return shipped
 
     def submit(self, rows: list[tuple[Any, ...]]) -> None:
+        """Hand every row's job to one gearmand; SubmitFailed when none took them all."""
         jobs = [
-            {"task": function, "data": bytes(payload), "unique": unique,
-             "priority": PRIORITIES.get(priority, PRIORITY_NONE)}
+            # A row without a unique gets a random one, as any Gearman client would give it.
+            (function, (unique or uuid.uuid4().hex).encode(), bytes(payload), priority)
             for _id, function, payload, unique, priority in rows
         ]
-        try:
-            requests = self._client().submit_multiple_jobs(
-                jobs, background=True, wait_until_complete=False, poll_timeout=ACCEPT_TIMEOUT
-            )
-        except GearmanError as exc:
-            self._drop_client()
-            raise SubmitFailed(
-                f"gearmand ({', '.join(self.servers)}) refused the batch: {exc}"
-            ) from exc
-        refused = [r for r in requests if r.state != JOB_CREATED]
-        if refused:
-            self._drop_client()
-            raise SubmitFailed(
-                f"gearmand did not accept {len(refused)} of {len(requests)} jobs "
-                f"within {ACCEPT_TIMEOUT:.0f}s"
-            )
+        errors = []
+        for _ in self.submitters:
+            submitter = self.submitters[self.turn % len(self.submitters)]
+            self.turn += 1
+            try:
+                submitter.submit(jobs)
+                return
+            except GearmanLost as exc:
+                errors.append(str(exc))
+        raise SubmitFailed("; ".join(errors))
 
-    def _drop_client(self) -> None:
-        if self.client is not None:
-            self.client.shutdown()
-            self.client = None
+    def close(self) -> None:
+        for submitter in self.submitters:
+            submitter.close()
 
     def serve(self) -> int:
         interval = self.config.host.relay.interval
@@ -124,7 +111,7 @@ class Relay:
                 log.debug("outbox relay shipped %d jobs", shipped)
             else:
                 self._sleep(interval)
-        self._drop_client()
+        self.close()
         self.db.close()
         return 0
 
