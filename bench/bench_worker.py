@@ -27,6 +27,7 @@ from common import (
 from workerhost.sandbox import Sandbox
 
 UPDATE = "UPDATE bench_rows SET done_at = NOW(6) WHERE id = %(id)s"
+WARM_UP = 2000  # jobs before the memory growth is measured
 
 
 def _fresh_function(prefix: str) -> str:
@@ -198,6 +199,11 @@ def memory(sandbox: Sandbox, workdir: Path, database: str, quick: bool) -> list[
         time.sleep(1.0)
         worker = children(host.pid)[0]
         idle = rss_kib(worker) / 1024
+        # The first jobs load what a job needs (codecs, result classes, buffers): growth is
+        # measured from there, so that it shows what running jobs costs, not starting up.
+        load_jobs(sandbox, function, _payloads(WARM_UP))
+        wait_drained(sandbox, function)
+        warm = rss_kib(worker) / 1024
         for start in range(0, n, 20000):
             load_jobs(sandbox, function, _payloads(min(20000, n - start)))
             wait_drained(sandbox, function)
@@ -205,6 +211,8 @@ def memory(sandbox: Sandbox, workdir: Path, database: str, quick: bool) -> list[
     return [
         Figure("worker process RSS, idle", "MB", [idle], target="<= 60 MB",
                higher_is_better=False),
-        Figure(f"worker process RSS after {n} jobs", "MB", [after], "idle", [idle],
-               "< 1.05x idle", higher_is_better=False),
+        Figure(f"worker process RSS after {WARM_UP} jobs (warm)", "MB", [warm], "idle", [idle],
+               "<= 60 MB", higher_is_better=False),
+        Figure(f"worker process RSS after {n} more jobs", "MB", [after], "warm", [warm],
+               "< 1.05x warm", higher_is_better=False),
     ]
