@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from workerhost import gearadmin  # noqa: E402
-from workerhost.sandbox import Sandbox, free_port  # noqa: E402
+from workerhost.sandbox import MEMORY_QUEUE, PERSISTENT_QUEUE, Sandbox  # noqa: E402
 
 UDF_SO = ROOT / "udf" / "build" / "gearman_udf.so"
 TARGET_US = 130.0
@@ -47,29 +46,14 @@ FUNCTION = "bench_udf"
 
 @contextmanager
 def own_gearmand(directory: Path, persistent: bool) -> Iterator[int]:
-    """A gearmand on a free port (libsqlite3 queue if persistent); yields the port."""
-    port = free_port()
-    argv = ["gearmand", "--listen=127.0.0.1", f"--port={port}",
-            f"--log-file={directory / f'gearmand-{port}.log'}", "--verbose=WARNING",
-            "--threads=2"]
-    if persistent:
-        argv += ["--queue-type=libsqlite3", f"--libsqlite3-db={directory / f'q-{port}.sqlite'}"]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT)
+    """A gearmand-only sandbox on a free port (libsqlite3 queue if persistent); its port."""
+    box = Sandbox(directory / ("gearmand-persistent" if persistent else "gearmand-memory"))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                gearadmin.version("127.0.0.1", port, timeout=0.5)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"gearmand on port {port} did not start") from None
-                time.sleep(0.05)
-        yield port
+        box.up(servers=("gearmand",),
+               gearman_queue=PERSISTENT_QUEUE if persistent else MEMORY_QUEUE)
+        yield box.gearman_port
     finally:
-        proc.terminate()
-        proc.wait(20)
+        box.down()
 
 
 def _point_udf_at(sandbox: Sandbox, port: int) -> None:

@@ -17,7 +17,7 @@ import mysql.connector
 import pytest
 import yaml
 
-from workerhost.sandbox import Sandbox
+from workerhost.sandbox import PERSISTENT_QUEUE, Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 UDF_SO = ROOT / "udf" / "build" / "gearman_udf.so"
@@ -33,6 +33,15 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         yield box
     finally:
         box.down()
+
+
+@pytest.fixture(scope="session")
+def udf(sandbox: Sandbox) -> Sandbox:
+    """The sandbox with gearman_udf.so installed (built by `make udf`, as `make test` does)."""
+    if not UDF_SO.is_file():
+        pytest.fail(f"{UDF_SO} is missing: build it with `make udf` before running these tests")
+    sandbox.install_udf(UDF_SO)
+    return sandbox
 
 
 @pytest.fixture
@@ -58,10 +67,10 @@ def db(sandbox: Sandbox) -> Iterator[Any]:
 class ExtraGearmand:
     """A gearmand of its own (a gearmand-only sandbox) that a test can stop and start."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, queue: str = PERSISTENT_QUEUE) -> None:
         self.box = Sandbox(directory)
         try:
-            self.box.up(servers=("gearmand",))
+            self.box.up(servers=("gearmand",), gearman_queue=queue)
         except BaseException:
             self.box.down()
             raise
@@ -78,12 +87,12 @@ class ExtraGearmand:
 @pytest.fixture
 def gearmand_factory(
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Callable[[], ExtraGearmand]]:
+) -> Iterator[Callable[..., ExtraGearmand]]:
     """Start extra gearmand servers on free ports; all stopped at teardown."""
     started: list[ExtraGearmand] = []
 
-    def start() -> ExtraGearmand:
-        server = ExtraGearmand(tmp_path_factory.mktemp("gearmand"))
+    def start(queue: str = PERSISTENT_QUEUE) -> ExtraGearmand:
+        server = ExtraGearmand(tmp_path_factory.mktemp("gearmand"), queue)
         started.append(server)
         return server
 

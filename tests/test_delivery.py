@@ -17,7 +17,7 @@ from typing import Any
 
 import mysql.connector
 import pytest
-from conftest import UDF_SO, host_config, wait_until
+from conftest import host_config, wait_until
 from mysql.connector import errorcode
 from trigger_handlers import CAPTURED
 
@@ -26,14 +26,6 @@ from workerhost.config import parse_config
 from workerhost.db import Database
 from workerhost.relay import Relay
 from workerhost.sandbox import Sandbox
-
-
-@pytest.fixture(scope="module")
-def udf(sandbox: Sandbox) -> Sandbox:
-    if not UDF_SO.is_file():
-        pytest.fail(f"{UDF_SO} is missing: build it with `make udf` before running these tests")
-    sandbox.install_udf(UDF_SO)
-    return sandbox
 
 
 @pytest.fixture

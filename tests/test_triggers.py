@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import UDF_SO, host_config, host_env, wait_until
+from conftest import host_config, host_env, wait_until
 from trigger_handlers import CAPTURED
 
 from workerhost import triggers
@@ -94,14 +94,6 @@ def test_the_printed_script_runs_in_the_mariadb_client() -> None:
 
 
 # -- installed in the sandbox ------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def udf(sandbox: Sandbox) -> Sandbox:
-    if not UDF_SO.is_file():
-        pytest.fail(f"{UDF_SO} is missing: build it with `make udf` before running these tests")
-    sandbox.install_udf(UDF_SO)
-    return sandbox
 
 
 @pytest.fixture

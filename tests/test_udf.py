@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import socket
 import struct
-import subprocess
 import threading
 import time
 import uuid
@@ -21,12 +20,11 @@ from typing import Any
 
 import mysql.connector
 import pytest
+from conftest import ROOT, UDF_SO
 
 from workerhost import gearadmin
-from workerhost.sandbox import Sandbox, free_port
+from workerhost.sandbox import MEMORY_QUEUE, Sandbox
 
-ROOT = Path(__file__).resolve().parent.parent
-UDF_SO = ROOT / "udf" / "build" / "gearman_udf.so"
 SQL = ROOT / "sql"
 
 # The library stats its config file at most once a second; a change needs this long to show.
@@ -138,15 +136,6 @@ def serving(port: int, function: str, reply: Callable[[bytes], bytes]) -> Iterat
 
 # -- fixtures -----------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def udf(sandbox: Sandbox) -> Sandbox:
-    """The sandbox with gearman_udf.so installed (built by `make udf`)."""
-    if not UDF_SO.is_file():
-        pytest.fail(f"{UDF_SO} is missing: build it with `make udf` before running these tests")
-    sandbox.install_udf(UDF_SO)
-    return sandbox
-
-
 @pytest.fixture
 def udf_config(udf: Sandbox) -> Iterator[Callable[..., None]]:
     """Rewrite the UDF's config file (defaults plus overrides); restored after the test."""
@@ -165,33 +154,13 @@ def udf_config(udf: Sandbox) -> Iterator[Callable[..., None]]:
 
 
 @pytest.fixture
-def memory_gearmand(tmp_path: Path) -> Iterator[int]:
-    """A gearmand without a persistent queue; yields its port, stopped at teardown.
+def memory_gearmand(gearmand_factory: Callable[..., Any]) -> int:
+    """The port of a gearmand without a persistent queue, stopped at teardown.
 
     The sandbox's gearmand commits every job to sqlite; on a busy disk that alone can take
     longer than timeout_ms, so the throughput tests use this one to test the UDF, not fsync.
     """
-    port = free_port()
-    log = tmp_path / "gearmand.log"
-    proc = subprocess.Popen(
-        ["gearmand", "--listen=127.0.0.1", f"--port={port}", f"--log-file={log}",
-         "--verbose=WARNING", "--threads=2"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                gearadmin.version("127.0.0.1", port, timeout=0.5)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"gearmand did not start: {log.read_text()}") from None
-                time.sleep(0.05)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(20)
+    return int(gearmand_factory(MEMORY_QUEUE).port)
 
 
 @pytest.fixture
