@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 import tempfile
 import time
@@ -42,6 +43,7 @@ PERSISTENT_BULK_ROWS = 5_000
 # The library re-reads its config file at most once a second.
 CONFIG_SETTLE = 1.2
 FUNCTION = "bench_udf"
+TABLES = ("plain", "triggered", "floor")  # no trigger; the UDF's; a trigger without the UDF
 
 
 @contextmanager
@@ -56,6 +58,24 @@ def own_gearmand(directory: Path, persistent: bool) -> Iterator[int]:
         box.down()
 
 
+def _round_trip_us(port: int, count: int) -> float:
+    """The floor of a single-row submit: one SUBMIT_JOB_BG and its JOB_CREATED, one at a time,
+    over one kept-open socket (what the UDF does per row), in microseconds."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        started = time.perf_counter()
+        for i in range(count):
+            body = b"bench_rtt\0rtt-%d-%d\0{}" % (port, i)
+            sock.sendall(b"\0REQ" + (18).to_bytes(4, "big") + len(body).to_bytes(4, "big")
+                         + body)
+            header = sock.recv(12, socket.MSG_WAITALL)
+            sock.recv(int.from_bytes(header[8:12], "big"), socket.MSG_WAITALL)
+        return round((time.perf_counter() - started) / count * 1e6, 1)
+    finally:
+        sock.close()
+
+
 def _point_udf_at(sandbox: Sandbox, port: int) -> None:
     sandbox.write_udf_config(servers=f"127.0.0.1:{port}")
     time.sleep(CONFIG_SETTLE)
@@ -68,8 +88,8 @@ def _timed(cur: Any, sql: str, params: tuple[Any, ...] = ()) -> float:
 
 
 def _reset(cur: Any) -> None:
-    cur.execute("TRUNCATE plain")
-    cur.execute("TRUNCATE triggered")
+    for table in TABLES:
+        cur.execute(f"TRUNCATE {table}")
 
 
 def _bulk(cur: Any, rows: int) -> tuple[float, float]:
@@ -80,15 +100,16 @@ def _bulk(cur: Any, rows: int) -> tuple[float, float]:
     return plain, triggered
 
 
-def _single(cur: Any, rows: int) -> tuple[float, float]:
+def _single(cur: Any, rows: int) -> tuple[float, ...]:
+    """Seconds for `rows` autocommit INSERTs into each of TABLES."""
     _reset(cur)
     timings = []
-    for table in ("plain", "triggered"):
+    for table in TABLES:
         started = time.perf_counter()
         for i in range(rows):
             cur.execute(f"INSERT INTO {table} VALUES (%s, %s)", (i, f"name-{i}"))
         timings.append(time.perf_counter() - started)
-    return timings[0], timings[1]
+    return tuple(timings)
 
 
 def _overhead_us(plain: float, triggered: float, rows: int) -> float:
@@ -119,8 +140,11 @@ def run(sandbox: Sandbox, quick: bool) -> dict[str, Any]:
         cur.execute("SET GLOBAL innodb_flush_log_at_trx_commit = 2")
         cur.execute(f"CREATE DATABASE {database}")
         cur.execute(f"USE {database}")
-        for table in ("plain", "triggered"):
+        for table in TABLES:
             cur.execute(f"CREATE TABLE {table} (id INT PRIMARY KEY, name VARCHAR(64))")
+        # The floor of any trigger: the same payload built, no UDF called.
+        cur.execute("CREATE TRIGGER floor_ai AFTER INSERT ON floor FOR EACH ROW SET @h = "
+                    "JSON_OBJECT('id', NEW.id, 'name', NEW.name)")
         cur.execute(
             "CREATE TRIGGER triggered_ai AFTER INSERT ON triggered FOR EACH ROW SET @h = "
             f"gman_do_background('{FUNCTION}', JSON_OBJECT('id', NEW.id, 'name', NEW.name))"
@@ -135,6 +159,7 @@ def run(sandbox: Sandbox, quick: bool) -> dict[str, Any]:
                 bulk = sorted(bulk_runs, key=lambda t: t[1] - t[0])[repeats // 2]
                 single = sorted(single_runs, key=lambda t: t[1] - t[0])[repeats // 2]
                 after = _counters(cur)
+                round_trips = [_round_trip_us(port, single_rows) for _ in range(repeats)]
                 queued = gearadmin.status("127.0.0.1", port)[FUNCTION].queued
             result.update(
                 bulk_rows=bulk_rows,
@@ -146,11 +171,15 @@ def run(sandbox: Sandbox, quick: bool) -> dict[str, Any]:
                 single_rows=single_rows,
                 single_plain_s=round(single[0], 3),
                 single_trigger_s=round(single[1], 3),
-                single_overhead_us_per_row=_overhead_us(*single, single_rows),
-                single_runs_us_per_row=[_overhead_us(*t, single_rows) for t in single_runs],
+                single_overhead_us_per_row=_overhead_us(single[0], single[1], single_rows),
+                single_runs_us_per_row=[_overhead_us(t[0], t[1], single_rows)
+                                        for t in single_runs],
+                single_floor_runs_us_per_row=[_overhead_us(t[0], t[2], single_rows)
+                                              for t in single_runs],
                 single_plain_runs_us_per_row=[
                     round(t[0] / single_rows * 1e6, 2) for t in single_runs],
                 jobs_queued=queued,
+                round_trip_runs_us=round_trips,
                 failed=after["failed"] - before["failed"],
                 connections_opened=after["connections_opened"] - before["connections_opened"],
             )

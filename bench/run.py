@@ -61,6 +61,12 @@ def _udf_figures(result: dict[str, Any]) -> list[Figure]:
                result["single_plain_runs_us_per_row"], "<= 130 us/row",
                higher_is_better=False),
     ]
+    figures.append(Figure(
+        "  single-row: a trigger building the same payload, no UDF (floor)", "us/row",
+        result["single_floor_runs_us_per_row"], target="(bound)", higher_is_better=False))
+    figures.append(Figure(
+        "  one gearmand round trip, submit + JOB_CREATED (floor)", "us",
+        result["round_trip_runs_us"], target="(bound)", higher_is_better=False))
     if "persistent_queue_bulk_overhead_us_per_row" in result:
         figures.append(Figure(
             "UDF delivery, bulk, gearmand with libsqlite3 queue", "us/row",
