@@ -15,22 +15,24 @@ class NoRowsMatched(JobError):
     """An `sql:` write-back matched no row (the row was rolled back, or never existed)."""
 
 
-def run(handler: HandlerConfig, job: Job, conn: Connection) -> bytes:
-    """Run the handler inside the caller's transaction; the result goes back to gearmand."""
+def run(handler: HandlerConfig, job: Job, conn: Connection, cursor: Any = None) -> bytes:
+    """Run the handler inside the caller's transaction; the result goes back to gearmand.
+
+    `cursor`, when given, is reused by `sql:` handlers: the connector's cursor() pings the
+    server, a round trip that would otherwise cost every job.
+    """
     if handler.callable is not None:
         return to_bytes(handler.callable(job, conn))
-    return run_sql(handler, job, conn)
+    return run_sql(handler, job, cursor if cursor is not None else conn.cursor())
 
 
-def run_sql(handler: HandlerConfig, job: Job, conn: Connection) -> bytes:
+def run_sql(handler: HandlerConfig, job: Job, cursor: Any) -> bytes:
     params = sql_params(handler, job)
-    cursor = conn.cursor()
     matched = 0
     for statement in handler.sql:
         # Bound parameters only: the payload can never change the statement's text.
         cursor.execute(statement, params)
         matched += max(cursor.rowcount, 0)
-    cursor.close()
     if matched == 0 and handler.on_no_rows != "ignore":
         # "retry": the row may commit later (a trigger fired before its transaction ended).
         raise NoRowsMatched(

@@ -208,13 +208,15 @@ class Worker:
                 lambda conn: self._batch_attempt(conn, jobs), deadline, jobs[0])
         except _BatchAborted:
             return [self.execute(job) for job in jobs]
-        self.jobs_done += sum(1 for r in results if r is not _DEFERRED)
-        metrics.job_finished(self.handler.name, "complete", len(results) - results.count(_DEFERRED))
+        completed = len(results) - results.count(_DEFERRED)
+        self.jobs_done += completed
+        metrics.job_finished(self.handler.name, "complete", completed)
         return [self.execute(job) if r is _DEFERRED else r  # type: ignore[misc]
                 for job, r in zip(jobs, results, strict=True)]
 
     def _batch_attempt(self, conn: Connection, jobs: list[Job]) -> list[object]:
         earlier = failures.failures_of(conn, [job.key for job in jobs])
+        cursor = conn.cursor()
         results: list[object] = []
         for job in jobs:
             if earlier.get(job.key):
@@ -223,7 +225,7 @@ class Worker:
             job.attempt = 1
             self._begin(job)
             try:
-                results.append(handlers.run(self.handler, job, conn))
+                results.append(handlers.run(self.handler, job, conn, cursor))
             except mysql.connector.Error as exc:
                 if is_transient(exc):
                     raise
