@@ -10,6 +10,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import mysql.connector
+
 from workerhost import __version__
 from workerhost.errors import ConfigError, ConnectError, SandboxError, WorkerHostError
 
@@ -372,6 +374,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WorkerHostError as exc:
         print(f"workerhost: error: {exc}", file=sys.stderr)
         return next((c for t, c in EXIT_CODES.items() if isinstance(exc, t)), RET_ERROR)
+    except mysql.connector.Error as exc:
+        # A missing table, a missing privilege: the server's own words (unreachable is 4).
+        hint = ""
+        if exc.errno == 1146:  # no such table
+            hint = "; `workerhost check -c FILE --connect` creates the host's tables"
+        print(f"workerhost: error: the database said: {exc}{hint}", file=sys.stderr)
+        return RET_ERROR
     except KeyboardInterrupt:
         print("workerhost: interrupted", file=sys.stderr)
         return 130
