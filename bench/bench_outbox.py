@@ -49,6 +49,15 @@ def trigger_overhead(sandbox: Sandbox, database: str, quick: bool) -> list[Figur
         cursor.execute("TRUNCATE TABLE bench_floor")
     cursor.execute("DROP TRIGGER bench_orders_floor")
     cursor.execute("DROP TABLE bench_floor")
+    # And the floor of this outbox: a constant row into workerhost_outbox, nothing computed.
+    cursor.execute("CREATE TRIGGER bench_orders_floor AFTER INSERT ON bench_orders "
+                   "FOR EACH ROW INSERT INTO workerhost_outbox (function, payload) "
+                   "VALUES ('bench_outbox', 'x')")
+    outbox_floor = []
+    for _ in range(runs):
+        outbox_floor.append(_timed_insert(conn, n))
+        cursor.execute("TRUNCATE TABLE workerhost_outbox")
+    cursor.execute("DROP TRIGGER bench_orders_floor")
     # The trigger `workerhost triggers --apply` writes for delivery: outbox.
     config = parse_config({
         "gearman": {"servers": [sandbox.gearman_server]},
@@ -72,6 +81,9 @@ def trigger_overhead(sandbox: Sandbox, database: str, quick: bool) -> list[Figur
                "the same INSERT, no trigger", plain, "(bound)", higher_is_better=False),
         Figure(f"{n}-row INSERT, a trigger inserting one BIGINT elsewhere (floor)", "s",
                row_floor, "the same INSERT, no trigger", plain, "(bound)",
+               higher_is_better=False),
+        Figure(f"{n}-row INSERT, a trigger inserting a constant outbox row (floor)", "s",
+               outbox_floor, "the same INSERT, no trigger", plain, "(bound)",
                higher_is_better=False),
     ]
 
