@@ -24,6 +24,22 @@ def _timed_insert(conn: Any, n: int) -> float:
     return time.perf_counter() - start
 
 
+def _with_trigger(conn: Any, n: int, runs: int, body: str, written: str | None
+                  ) -> list[float]:
+    """Timed INSERTs into bench_orders while a trigger with `body` runs; `written` is the
+    table the trigger fills, if any, emptied between runs."""
+    cursor = conn.cursor()
+    cursor.execute(f"CREATE TRIGGER bench_orders_floor AFTER INSERT ON bench_orders "
+                   f"FOR EACH ROW {body}")
+    timings = []
+    for _ in range(runs):
+        timings.append(_timed_insert(conn, n))
+        if written:
+            cursor.execute(f"TRUNCATE TABLE {written}")
+    cursor.execute("DROP TRIGGER bench_orders_floor")
+    return timings
+
+
 def trigger_overhead(sandbox: Sandbox, database: str, quick: bool) -> list[Figure]:
     n = 20000
     runs = 3 if quick else 5
@@ -35,29 +51,16 @@ def trigger_overhead(sandbox: Sandbox, database: str, quick: bool) -> list[Figur
     progress(f"outbox delivery: {n}-row INSERT without and with the trigger, x{runs}")
     plain = repeat(runs, lambda: _timed_insert(conn, n))
     # The floor: a trigger that does nothing but read the new row.
-    cursor.execute("CREATE TRIGGER bench_orders_floor AFTER INSERT ON bench_orders "
-                   "FOR EACH ROW SET @workerhost_bench = NEW.id")
-    floor = repeat(runs, lambda: _timed_insert(conn, n))
-    cursor.execute("DROP TRIGGER bench_orders_floor")
+    floor = _with_trigger(conn, n, runs, "SET @workerhost_bench = NEW.id", None)
     # The floor of any outbox: a trigger writing the smallest possible row to another table.
     cursor.execute("CREATE TABLE bench_floor (id BIGINT PRIMARY KEY)")
-    cursor.execute("CREATE TRIGGER bench_orders_floor AFTER INSERT ON bench_orders "
-                   "FOR EACH ROW INSERT INTO bench_floor VALUES (NEW.id)")
-    row_floor = []
-    for _ in range(runs):
-        row_floor.append(_timed_insert(conn, n))
-        cursor.execute("TRUNCATE TABLE bench_floor")
-    cursor.execute("DROP TRIGGER bench_orders_floor")
+    row_floor = _with_trigger(conn, n, runs, "INSERT INTO bench_floor VALUES (NEW.id)",
+                              "bench_floor")
     cursor.execute("DROP TABLE bench_floor")
     # And the floor of this outbox: a constant row into workerhost_outbox, nothing computed.
-    cursor.execute("CREATE TRIGGER bench_orders_floor AFTER INSERT ON bench_orders "
-                   "FOR EACH ROW INSERT INTO workerhost_outbox (function, payload) "
-                   "VALUES ('bench_outbox', 'x')")
-    outbox_floor = []
-    for _ in range(runs):
-        outbox_floor.append(_timed_insert(conn, n))
-        cursor.execute("TRUNCATE TABLE workerhost_outbox")
-    cursor.execute("DROP TRIGGER bench_orders_floor")
+    outbox_floor = _with_trigger(
+        conn, n, runs, "INSERT INTO workerhost_outbox (function, payload) VALUES ('b', 'x')",
+        "workerhost_outbox")
     # The trigger `workerhost triggers --apply` writes for delivery: outbox.
     config = parse_config({
         "gearman": {"servers": [sandbox.gearman_server]},

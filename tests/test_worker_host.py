@@ -69,6 +69,19 @@ def cli(sandbox: Sandbox, host: RunningHost, verb: str, *args: str) -> Any:
     )
 
 
+def cli_on(sandbox: Sandbox, config: dict[str, Any], tmp_path: Path, verb: str,
+           *args: str) -> Any:
+    """Write `config` to a file, then run `workerhost VERB -c FILE ARGS...`."""
+    import yaml
+
+    path = tmp_path / "workerhost.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.run(
+        [sys.executable, "-m", "workerhost.cli", verb, "-c", str(path), *args],
+        capture_output=True, text=True, env=host_env(sandbox), timeout=60, check=False,
+    )
+
+
 def test_sql_and_python_handlers_write_back(
     sandbox: Sandbox, tables: Any, host_factory: Any
 ) -> None:
@@ -430,15 +443,9 @@ def test_a_huge_error_is_clipped_and_the_job_still_dead_lettered(
 def test_check_connect_with_a_wrong_password_says_so_with_exit_code_4(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    import yaml
-
     config = host_config(sandbox, "mysql", {"record": {"python": "sample_handlers:record"}})
     config["database"]["password"] = "not-the-password"
-    path = tmp_path / "workerhost.yaml"
-    path.write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [sys.executable, "-m", "workerhost.cli", "check", "-c", str(path), "--connect"],
-        capture_output=True, text=True, env=host_env(sandbox), timeout=60, check=False)
+    result = cli_on(sandbox, config, tmp_path, "check", "--connect")
     assert result.returncode == 4
     assert "workerhost: error: cannot connect to database 'mysql' at 127.0.0.1:" in result.stderr
     assert "1045 (28000): Access denied for user 'workerhost'" in result.stderr
@@ -448,15 +455,9 @@ def test_check_connect_with_a_wrong_password_says_so_with_exit_code_4(
 def test_a_database_error_is_a_message_not_a_traceback(
     sandbox: Sandbox, db: Any, tmp_path: Path
 ) -> None:
-    import yaml
-
     # A fresh database: the host's tables are not there yet.
     config = host_config(sandbox, db.database, {"record": {"python": "sample_handlers:record"}})
-    path = tmp_path / "workerhost.yaml"
-    path.write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [sys.executable, "-m", "workerhost.cli", "dead-letters", "-c", str(path), "list"],
-        capture_output=True, text=True, env=host_env(sandbox), timeout=60, check=False)
+    result = cli_on(sandbox, config, tmp_path, "dead-letters", "list")
     assert result.returncode == 1
     assert result.stderr.startswith("workerhost: error: the database said: 1146 (42S02): Table")
     assert "workerhost_dead_letters' doesn't exist" in result.stderr
