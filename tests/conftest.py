@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,12 +104,13 @@ def gearmand_factory(
 class RunningHost:
     """`workerhost run` as a subprocess, with its log in a file."""
 
-    def __init__(self, config_path: Path, log_path: Path, env: dict[str, str]) -> None:
+    def __init__(self, config_path: Path, log_path: Path, env: dict[str, str],
+                 args: Sequence[str] = ()) -> None:
         self.config_path = config_path
         self.log_path = log_path
         with open(log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "workerhost.cli", "run", "-c", str(config_path)],
+                [sys.executable, "-m", "workerhost.cli", "run", "-c", str(config_path), *args],
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             )
 

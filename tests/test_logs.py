@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,21 +52,6 @@ def isolated_logging() -> Iterator[None]:
     logs._secrets[:] = secrets
 
 
-class JsonHost(RunningHost):
-    """`workerhost run --log-format json --log-level debug`."""
-
-    def __init__(self, config_path: Path, log_path: Path, env: dict[str, str],
-                 fmt: str) -> None:  # fmt: skip
-        self.config_path = config_path
-        self.log_path = log_path
-        with open(log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "workerhost.cli", "run", "-c", str(config_path),
-                 "--log-format", fmt, "--log-level", "debug"],
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            )
-
-
 def submit(sandbox: Sandbox, function: str, payloads: list[bytes]) -> None:
     client = gearman.GearmanClient([sandbox.gearman_server])
     client.submit_multiple_jobs([{"task": function, "data": p} for p in payloads],
@@ -94,7 +77,8 @@ def test_no_log_line_shows_the_password_or_a_whole_payload(
         name: {"python": f"leaky_handlers:{name}", "retries": {"attempts": 2, "backoff": "50ms"}}
         for name in ("connection_string", "bad_statement", "quotes_payload")
     })))
-    host = JsonHost(config, tmp_path / "host.log", host_env(sandbox), fmt)
+    host = RunningHost(config, tmp_path / "host.log", host_env(sandbox),
+                       ["--log-format", fmt, "--log-level", "debug"])
     try:
         host.wait_for_log("worker for", count=3)
         submit(sandbox, "connection_string", [b'{"id": 1}'])
