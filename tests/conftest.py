@@ -204,6 +204,15 @@ def host_factory(
         host.kill()
 
 
+def scalar(db: Any, sql: str, *args: Any) -> Any:
+    """The first column of the first row of a query (None when there is no row)."""
+    cursor = db.cursor()
+    cursor.execute(sql, args)
+    row = cursor.fetchone()
+    cursor.close()
+    return row[0] if row else None
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
     """Poll `predicate` until it returns something true; fail with `what` after `timeout`."""
     deadline = time.monotonic() + timeout

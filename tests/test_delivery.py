@@ -17,7 +17,7 @@ from typing import Any
 
 import mysql.connector
 import pytest
-from conftest import host_config, wait_until
+from conftest import host_config, scalar, wait_until
 from mysql.connector import errorcode
 from trigger_handlers import CAPTURED
 
@@ -57,14 +57,6 @@ def setup(sandbox: Sandbox, database: str, delivery: str, handlers: dict[str, An
     triggers.apply(parsed, database_)
     database_.close()
     return config
-
-
-def scalar(db: Any, sql: str, *args: Any) -> Any:
-    cursor = db.cursor()
-    cursor.execute(sql, args)
-    (value,) = cursor.fetchone()
-    cursor.close()
-    return value
 
 
 def distinct_rows(db: Any) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 
 import gearman
 import pytest
-from conftest import ExtraGearmand, host_config, wait_until
+from conftest import ExtraGearmand, host_config, scalar, wait_until
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -55,14 +55,6 @@ def submit(server: str, function: str, payloads: list[Any]) -> None:
     client.submit_multiple_jobs([{"task": function, "data": json.dumps(p)} for p in payloads],
                                 background=True, wait_until_complete=False)
     client.shutdown()
-
-
-def scalar(db: Any, sql: str) -> Any:
-    cursor = db.cursor()
-    cursor.execute(sql)
-    row = cursor.fetchone()
-    cursor.close()
-    return row[0]
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from conftest import host_config, host_env
+from conftest import host_config, host_env, scalar
 
 from workerhost.db import Database
 from workerhost.progress import BAR_WIDTH, Progress
@@ -68,14 +68,6 @@ def workerhost(sandbox: Sandbox, config: Path, *args: str) -> subprocess.Complet
     return subprocess.run([sys.executable, "-m", "workerhost.cli", *args[:1], "-c", str(config),
                            *args[1:]], capture_output=True, text=True, env=host_env(sandbox),
                           timeout=120, check=False)  # fmt: skip
-
-
-def scalar(db: Any, sql: str) -> Any:
-    cursor = db.cursor()
-    cursor.execute(sql)
-    (value,) = cursor.fetchone()
-    cursor.close()
-    return value
 
 
 def test_outbox_drain_ships_the_due_rows_and_leaves_the_later_ones(

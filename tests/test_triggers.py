@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import host_config, host_env, wait_until
+from conftest import host_config, host_env, scalar, wait_until
 from trigger_handlers import CAPTURED
 
 from workerhost import triggers
@@ -246,9 +246,4 @@ def test_a_missing_table_or_column_changes_nothing_and_says_what_to_fix(
     assert trigger_names(shop) == []
 
 
-def scalar(db: Any, sql: str) -> Any:
-    cursor = db.cursor()
-    cursor.execute(sql)
-    (value,) = cursor.fetchone()
-    cursor.close()
-    return value
+

@@ -20,7 +20,7 @@ from typing import Any
 
 import mysql.connector
 import pytest
-from conftest import ROOT, UDF_SO
+from conftest import ROOT, UDF_SO, scalar
 
 from workerhost import gearadmin
 from workerhost.sandbox import MEMORY_QUEUE, Sandbox
@@ -169,14 +169,6 @@ def fn() -> str:
     return "udf_test_" + uuid.uuid4().hex[:12]
 
 
-def scalar(conn: Any, sql: str, params: tuple[Any, ...] = ()) -> Any:
-    cur = conn.cursor()
-    cur.execute(sql, params)
-    (value,) = cur.fetchone()
-    cur.close()
-    return value
-
-
 def udf_status(conn: Any) -> dict[str, Any]:
     raw = scalar(conn, "SELECT gman_udf_status()")
     return dict(json.loads(raw))
@@ -235,11 +227,11 @@ def test_function_from_sql_delivers_exact_bytes(udf: Sandbox, db: Any, fn: str,
     call = job_call(udf_name, "%s", f"UNHEX('{payload.hex()}')")
     if udf_name in FOREGROUND:
         with serving(udf.gearman_port, fn, lambda w: b"done:" + w) as seen:
-            result = scalar(db, f"SELECT {call}", (fn,))
+            result = scalar(db, f"SELECT {call}", fn)
         assert result == b"done:" + payload
         assert [job.workload for job in seen] == [payload]
     else:
-        handle = scalar(db, f"SELECT {call}", (fn,))
+        handle = scalar(db, f"SELECT {call}", fn)
         assert handle is not None and handle.startswith(b"H:")
         (job,) = drain(udf, fn, 1)
         assert job.workload == payload
@@ -252,7 +244,7 @@ def test_function_from_trigger_with_json_payload(udf: Sandbox, db: Any, fn: str,
     add_trigger(db, job_call(udf_name, f"'{fn}'", "JSON_OBJECT('id', NEW.id, 'name', NEW.name)"))
     rows = [(1, "plain"), (2, "Zoë \"quoted\""), (3, "tab\there")]
     expected = {
-        i: scalar(db, "SELECT CAST(JSON_OBJECT('id', %s, 'name', %s) AS BINARY)", (i, name))
+        i: scalar(db, "SELECT CAST(JSON_OBJECT('id', %s, 'name', %s) AS BINARY)", i, name)
         for i, name in rows
     }
     cur = db.cursor()
@@ -276,8 +268,8 @@ def test_function_from_trigger_with_json_payload(udf: Sandbox, db: Any, fn: str,
 
 
 def test_null_and_empty_workloads_are_sent_empty(udf: Sandbox, db: Any, fn: str) -> None:
-    assert scalar(db, "SELECT gman_do_background(%s, NULL)", (fn,)) is not None
-    assert scalar(db, "SELECT gman_do_background(%s, '')", (fn,)) is not None
+    assert scalar(db, "SELECT gman_do_background(%s, NULL)", fn) is not None
+    assert scalar(db, "SELECT gman_do_background(%s, '')", fn) is not None
     assert [job.workload for job in drain(udf, fn, 2)] == [b"", b""]
 
 
@@ -313,9 +305,9 @@ def test_status_reports_config_and_counters(udf: Sandbox, db: Any) -> None:
 # -- gearmand's promises ---------------------------------------------------------------------
 
 def test_unique_coalesces(udf: Sandbox, db: Any, fn: str) -> None:
-    first = scalar(db, "SELECT gman_do_background(%s, 'first', 'key-1')", (fn,))
-    second = scalar(db, "SELECT gman_do_background(%s, 'second', 'key-1')", (fn,))
-    other = scalar(db, "SELECT gman_do_background(%s, 'third', 'key-2')", (fn,))
+    first = scalar(db, "SELECT gman_do_background(%s, 'first', 'key-1')", fn)
+    second = scalar(db, "SELECT gman_do_background(%s, 'second', 'key-1')", fn)
+    other = scalar(db, "SELECT gman_do_background(%s, 'third', 'key-2')", fn)
     assert first == second != other
     assert queued(udf, fn) == 2
     jobs = drain(udf, fn, 2)
@@ -327,13 +319,13 @@ def test_priorities_high_first(udf: Sandbox, db: Any, fn: str) -> None:
     for udf_name, workload in (("gman_do_low_background", "low"),
                                ("gman_do_background", "normal"),
                                ("gman_do_high_background", "high")):
-        assert scalar(db, f"SELECT {udf_name}(%s, %s)", (fn, workload)) is not None
+        assert scalar(db, f"SELECT {udf_name}(%s, %s)", fn, workload) is not None
     assert [job.workload for job in drain(udf, fn, 3)] == [b"high", b"normal", b"low"]
 
 
 def test_epoch_job_waits_for_its_time(udf: Sandbox, db: Any, fn: str) -> None:
     due = int(scalar(db, "SELECT UNIX_TIMESTAMP() + 3"))
-    assert scalar(db, "SELECT gman_do_epoch_background(%s, 'later', %s)", (fn, due)) is not None
+    assert scalar(db, "SELECT gman_do_epoch_background(%s, 'later', %s)", fn, due) is not None
     with RawWorker(udf.gearman_port, fn) as worker:
         deadline = time.time() + 15
         job = None
@@ -448,7 +440,7 @@ def test_stopped_gearmand_fails_fast_and_recovers(udf: Sandbox, db: Any, fn: str
     udf.stop_gearmand()
     try:
         started = time.monotonic()
-        assert scalar(db, "SELECT gman_do_background(%s, 'w')", (fn,)) is None
+        assert scalar(db, "SELECT gman_do_background(%s, 'w')", fn) is None
         assert time.monotonic() - started < MARGIN
         started = time.monotonic()
         db.cursor().execute("INSERT INTO events SELECT seq, NULL FROM seq_1_to_10000")
@@ -461,7 +453,7 @@ def test_stopped_gearmand_fails_fast_and_recovers(udf: Sandbox, db: Any, fn: str
     finally:
         udf.start_gearmand()
     time.sleep(1.1)  # backoff_ms
-    assert scalar(db, "SELECT gman_do_background(%s, 'back')", (fn,)) is not None
+    assert scalar(db, "SELECT gman_do_background(%s, 'back')", fn) is not None
     assert [job.workload for job in drain(udf, fn, 1)] == [b"back"]
 
 
@@ -490,9 +482,9 @@ def test_servers_set_refused_when_config_names_servers(udf: Sandbox, db: Any) ->
 def test_servers_set_allowed_by_config(udf: Sandbox, db: Any, fn: str,
                                        udf_config: Callable[..., None]) -> None:
     udf_config(servers="127.0.0.1:1", allow_servers_set=1)
-    assert scalar(db, "SELECT gman_servers_set(%s)", (udf.gearman_server,)) is not None
+    assert scalar(db, "SELECT gman_servers_set(%s)", udf.gearman_server) is not None
     assert udf_status(db)["servers"] == [udf.gearman_server]
-    assert scalar(db, "SELECT gman_do_background(%s, 'set')", (fn,)) is not None
+    assert scalar(db, "SELECT gman_do_background(%s, 'set')", fn) is not None
     assert [job.workload for job in drain(udf, fn, 1)] == [b"set"]
 
 
@@ -507,18 +499,18 @@ def test_drop_functions_while_sessions_hold_connections(udf: Sandbox, fn: str) -
     sessions = [udf.connect() for _ in range(4)]
     try:
         for conn in sessions:
-            assert scalar(conn, "SELECT gman_do_background(%s, 'hold')", (fn,)) is not None
+            assert scalar(conn, "SELECT gman_do_background(%s, 'hold')", fn) is not None
         # Threads of ended sessions exit instead of waiting in the cache, after the unload.
         admin.cursor().execute("SET GLOBAL thread_cache_size = 0")
         udf.run_sql_file(SQL / "uninstall.sql")
         for conn in sessions:
             with pytest.raises(mysql.connector.Error):
-                scalar(conn, "SELECT gman_do_background(%s, 'gone')", (fn,))
+                scalar(conn, "SELECT gman_do_background(%s, 'gone')", fn)
             conn.close()
         time.sleep(0.5)
         udf.run_sql_file(SQL / "install.sql")
         conn = udf.connect()
-        assert scalar(conn, "SELECT gman_do_background(%s, 'again')", (fn,)) is not None
+        assert scalar(conn, "SELECT gman_do_background(%s, 'again')", fn) is not None
         conn.close()
     finally:
         admin.cursor().execute(f"SET GLOBAL thread_cache_size = {int(cache_size)}")

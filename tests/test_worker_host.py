@@ -11,7 +11,7 @@ from typing import Any
 
 import gearman
 import pytest
-from conftest import RunningHost, host_config, host_env, wait_until
+from conftest import RunningHost, host_config, host_env, scalar, wait_until
 
 from workerhost.sandbox import Sandbox
 
@@ -40,14 +40,6 @@ def submit(sandbox: Sandbox, function: str, payloads: list[Any], **kw: Any) -> l
         jobs, background=background, wait_until_complete=not background, **kw)
     client.shutdown()
     return list(requests)
-
-
-def scalar(db: Any, sql: str, *args: Any) -> Any:
-    cursor = db.cursor()
-    cursor.execute(sql, args)
-    row = cursor.fetchone()
-    cursor.close()
-    return row[0] if row else None
 
 
 def count_results(db: Any) -> int:
