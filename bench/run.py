@@ -24,7 +24,7 @@ import bench_outbox
 import bench_worker
 from common import ROOT, Figure, progress, spread
 
-from workerhost.sandbox import Sandbox
+from workerhost.sandbox import GEARMAN_QUEUES, MEMORY_QUEUE, Sandbox
 
 UDF_SO = ROOT / "udf" / "build" / "gearman_udf.so"
 
@@ -95,7 +95,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes: a sanity check")
     parser.add_argument("--only", help="comma-separated sections")
-    parser.add_argument("--gearman-queue", choices=("libsqlite3", "builtin"), default="builtin",
+    parser.add_argument("--gearman-queue", choices=GEARMAN_QUEUES, default=MEMORY_QUEUE,
                         help="gearmand's queue (default builtin: libsqlite3 fsyncs every job, "
                              "which bounds every figure at gearmand's disk)")
     args = parser.parse_args()

@@ -14,6 +14,7 @@ import mysql.connector
 
 from workerhost import __version__
 from workerhost.errors import ConfigError, ConnectError, SandboxError, WorkerHostError
+from workerhost.sandbox import GEARMAN_QUEUES, PERSISTENT_QUEUE
 
 # Exit codes, documented in the README.
 RET_OK = 0
@@ -292,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     up = with_dir(sandbox_verbs.add_parser("up", help="start gearmand and mariadbd under DIR"))
     up.add_argument("--gearman-port", type=int, help="default: a free port")
     up.add_argument("--mysql-port", type=int, help="default: a free port")
-    up.add_argument("--gearman-queue", choices=("libsqlite3", "builtin"), default="libsqlite3",
+    up.add_argument("--gearman-queue", choices=GEARMAN_QUEUES, default=PERSISTENT_QUEUE,
                     help="gearmand's job queue: libsqlite3 (persistent, the default) or "
                          "builtin (memory only, faster)")
     up.add_argument("--install-udf", metavar="SO", type=Path,
