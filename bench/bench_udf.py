@@ -44,6 +44,7 @@ PERSISTENT_BULK_ROWS = 5_000
 CONFIG_SETTLE = 1.2
 FUNCTION = "bench_udf"
 TABLES = ("plain", "triggered", "floor")  # no trigger; the UDF's; a trigger without the UDF
+SINGLE_BLOCK = 100  # single-row INSERTs per table before the next table takes its turn
 
 
 @contextmanager
@@ -101,14 +102,20 @@ def _bulk(cur: Any, rows: int) -> tuple[float, float]:
 
 
 def _single(cur: Any, rows: int) -> tuple[float, ...]:
-    """Seconds for `rows` autocommit INSERTs into each of TABLES."""
+    """Seconds for `rows` autocommit INSERTs into each of TABLES.
+
+    The tables take turns in blocks of SINGLE_BLOCK rows, so that a slow moment of this noisy
+    machine falls on all of them alike instead of on whichever table ran then.
+    """
     _reset(cur)
-    timings = []
-    for table in TABLES:
-        started = time.perf_counter()
-        for i in range(rows):
-            cur.execute(f"INSERT INTO {table} VALUES (%s, %s)", (i, f"name-{i}"))
-        timings.append(time.perf_counter() - started)
+    timings = [0.0] * len(TABLES)
+    for first in range(0, rows, SINGLE_BLOCK):
+        ids = range(first, min(first + SINGLE_BLOCK, rows))
+        for index, table in enumerate(TABLES):
+            started = time.perf_counter()
+            for i in ids:
+                cur.execute(f"INSERT INTO {table} VALUES (%s, %s)", (i, f"name-{i}"))
+            timings[index] += time.perf_counter() - started
     return tuple(timings)
 
 

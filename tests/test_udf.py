@@ -7,6 +7,7 @@ socket, so the bytes compared are exactly the bytes gearmand holds.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import struct
 import threading
@@ -313,6 +314,21 @@ def test_unique_coalesces(udf: Sandbox, db: Any, fn: str) -> None:
     jobs = drain(udf, fn, 2)
     assert sorted(job.workload for job in jobs) == [b"first", b"third"]
     assert {job.unique for job in jobs} == {"key-1", "key-2"}
+
+
+def test_row_id_as_unique_from_a_trigger(udf: Sandbox, db: Any, fn: str) -> None:
+    add_trigger(db, f"gman_do_background('{fn}', JSON_OBJECT('id', NEW.id), NEW.id)")
+    db.cursor().executemany("INSERT INTO events VALUES (%s, NULL)", [(7,), (8,)])
+    assert {job.unique for job in drain(udf, fn, 2)} == {"7", "8"}
+
+
+def test_jobs_without_unique_get_distinct_ones(udf: Sandbox, db: Any, fn: str) -> None:
+    for workload in ("a", "a", "b"):
+        assert scalar(db, "SELECT gman_do_background(%s, %s)", fn, workload) is not None
+    jobs = drain(udf, fn, 3)
+    uniques = {job.unique for job in jobs}
+    assert len(uniques) == 3 and all(re.fullmatch(r"[0-9a-f]{16}-[0-9a-f]{16}", u)
+                                     for u in uniques), uniques
 
 
 def test_priorities_high_first(udf: Sandbox, db: Any, fn: str) -> None:

@@ -21,7 +21,9 @@
  * Decisions:
  *   - NULL function: NULL result, nothing submitted. NULL workload: an empty workload is
  *     submitted (a trigger's event is not dropped because one column was NULL).
- *     NULL or empty unique: gearmand coalesces nothing.
+ *     NULL or empty unique: the UDF makes one that no other job shares (a random
+ *     per-load prefix and a counter), so gearmand coalesces nothing. libgearman would
+ *     make a UUID instead, at the price of a failed connect() to uuidd for every row.
  *   - Failure (no server reachable, timeout, worker failed) returns NULL and logs a
  *     rate-limited line to stderr, which is mysqld's error log. A row never raises an
  *     error: a trigger must not make the user's INSERT fail because gearmand is down.
@@ -51,6 +53,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -526,9 +529,39 @@ static void thread_state_free(void *p)
   free(st);
 }
 
+/*
+ * Uniques for jobs the caller gave none: "<prefix>-<counter>", both 16 hex digits. The
+ * prefix is random per load, so two servers (or two loads) never share one; the counter is
+ * atomic. Both are written once here, before any UDF can run, or atomically.
+ */
+#define GENERATED_UNIQUE_LEN 33
+static uint64_t g_unique_prefix;
+static uint64_t g_unique_counter;
+_Static_assert(GENERATED_UNIQUE_LEN <= MAX_UNIQUE, "a generated unique must fit");
+
+static void unique_prefix_init(void)
+{
+  if (getrandom(&g_unique_prefix, sizeof g_unique_prefix, GRND_NONBLOCK) !=
+      (ssize_t)sizeof g_unique_prefix) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    g_unique_prefix = ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)ts.tv_nsec ^
+                      ((uint64_t)getpid() << 48);
+  }
+}
+
+/* Writes a fresh unique and its NUL into out (GENERATED_UNIQUE_LEN + 1 bytes). */
+static void unique_generate(char *out)
+{
+  uint64_t n = __atomic_add_fetch(&g_unique_counter, 1, __ATOMIC_RELAXED);
+  snprintf(out, GENERATED_UNIQUE_LEN + 1, "%016llx-%016llx",
+           (unsigned long long)g_unique_prefix, (unsigned long long)n);
+}
+
 __attribute__((constructor))
 static void library_load(void)
 {
+  unique_prefix_init();
   pthread_mutex_lock(&g_registry_lock);
   g_key_ready = pthread_key_create(&g_state_key, thread_state_free) == 0;
   pthread_mutex_unlock(&g_registry_lock);
@@ -590,6 +623,7 @@ static gearman_client_st *client_for(struct thread_state *st, unsigned i)
     return NULL;
   }
   gearman_client_set_timeout(c, st->config.timeout_ms);
+  gearman_client_remove_options(c, GEARMAN_CLIENT_GENERATE_UNIQUE); /* ours is cheaper */
   count(C_CONNECTIONS_OPENED);
   if (st->ever_open[i])
     count(C_RECONNECTS);
@@ -834,9 +868,12 @@ static udf_bool job_init(const struct udf_spec *spec, UDF_INIT *initid, UDF_ARGS
     args->arg_type[2] = INT_RESULT;
   }
   if (args->arg_count == fixed + 1) {
-    args->arg_type[fixed] = STRING_RESULT;
-    if (!const_name_ok(args, fixed, MAX_UNIQUE, "unique", spec->usage, message))
+    /* A number (NEW.id) needs no check, and its value here is still binary: mysqld makes
+     * it the digits only for the row calls. */
+    if (args->arg_type[fixed] == STRING_RESULT &&
+        !const_name_ok(args, fixed, MAX_UNIQUE, "unique", spec->usage, message))
       return 1;
+    args->arg_type[fixed] = STRING_RESULT;
   }
 
   struct call *call = calloc(1, sizeof *call);
@@ -911,8 +948,11 @@ static char *job_row(UDF_INIT *initid, UDF_ARGS *args, unsigned long *length,
       return NULL;
     memcpy(call->unique, args->args[fixed], job.unique_len);
     call->unique[job.unique_len] = '\0';
-    job.unique = call->unique;
+  } else {
+    unique_generate(call->unique);
+    job.unique_len = GENERATED_UNIQUE_LEN;
   }
+  job.unique = call->unique;
   if (!submit(call, &job))
     return NULL;
   *is_null = 0;

@@ -118,6 +118,12 @@ static struct result call(const char *name, unsigned n, const struct arg *argv)
     values[i] = (char *)argv[i].value;
     lengths[i] = argv[i].length;
     maybe_null[i] = 1;
+    /* Like mysqld, init sees a constant number as a binary long long. */
+    if (argv[i].type == INT_RESULT && argv[i].value) {
+      ints[i] = atoll(argv[i].value);
+      values[i] = (char *)&ints[i];
+      lengths[i] = sizeof ints[i];
+    }
   }
   UDF_ARGS args = { n, types, values, lengths, maybe_null };
   UDF_INIT initid;
@@ -128,9 +134,14 @@ static struct result call(const char *name, unsigned n, const struct arg *argv)
   }
   /* mysqld converts each argument to the type init asked for; the tests pass those. */
   for (unsigned i = 0; i < n; i++) {
-    if (types[i] == INT_RESULT && argv[i].type != INT_RESULT && argv[i].value) {
+    if (!argv[i].value)
+      continue;
+    if (types[i] == INT_RESULT && argv[i].type != INT_RESULT) {
       ints[i] = atoll(argv[i].value);
       values[i] = (char *)&ints[i];
+    } else if (types[i] == STRING_RESULT && argv[i].type == INT_RESULT) {
+      values[i] = (char *)argv[i].value; /* the digits */
+      lengths[i] = argv[i].length;
     }
   }
   char buf[256];
@@ -388,6 +399,13 @@ static void test_submit(void)
         memcmp(a.bytes, b.bytes, a.length) == 0, "same unique coalesces into one job");
   check(!c.is_null && (c.length != a.length || memcmp(a.bytes, c.bytes, a.length) != 0),
         "another unique is another job");
+
+  struct arg number = { INT_RESULT, "4242", 4 };
+  a = call3("gman_do_background", STR("driver_none"), STR("1"), number);
+  b = call3("gman_do_background", STR("driver_none"), STR("2"), STR("4242"));
+  check(!a.init_failed && !a.is_null && !b.is_null && a.length == b.length &&
+        memcmp(a.bytes, b.bytes, a.length) == 0,
+        "a number as unique (NEW.id) is taken, as its digits");
 
   char when[32];
   snprintf(when, sizeof when, "%lld", (long long)time(NULL) + 3600);
