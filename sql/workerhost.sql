@@ -5,6 +5,8 @@
 -- Jobs waiting to be shipped to gearmand: rows written by triggers (delivery: outbox, or
 -- immediate when gearmand was down) and delayed retries. The relay ships due rows in id order
 -- and deletes each one only after gearmand has accepted its job.
+-- No secondary index: every trigger pays for each index on every row it writes here, while
+-- the relay's scan in id order passes only the few retries that are not yet due.
 CREATE TABLE IF NOT EXISTS workerhost_outbox (
     id          BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
     function    VARCHAR(255) NOT NULL,
@@ -12,8 +14,7 @@ CREATE TABLE IF NOT EXISTS workerhost_outbox (
     unique_key  VARCHAR(255) NULL,
     priority    ENUM('normal', 'high', 'low') NOT NULL DEFAULT 'normal',
     not_before  DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-    created_at  DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-    KEY due (not_before, id)
+    created_at  DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
 ) ENGINE=InnoDB;
 
 -- Failed attempts of jobs still in play, keyed by function and unique: a handler exception,

@@ -50,10 +50,25 @@ def test_entries_on_one_table_and_event_become_one_trigger() -> None:
     assert ("JSON_OBJECT('id', NEW.`id`, 'total', NEW.`total`, 'table', 'orders', "
             "'event', 'insert', 'event_id', wh_event_id)") in insert
     # a: immediate, the outbox only when the UDF gives NULL; b: outbox, unconditionally.
-    assert "IF gman_do_background('a', wh_payload, wh_event_id) IS NULL THEN" in insert
+    assert ("IF gman_do_background('a', JSON_OBJECT('id', NEW.`id`, 'table', 'orders', "
+            "'event', 'insert', 'event_id', wh_event_id), wh_event_id) IS NULL THEN") in insert
+    assert insert.count("DECLARE") == 1  # the body runs per row: one local variable only
     assert insert.count("INSERT INTO `workerhost_outbox`") == 2
     assert "gman_do_background('b'" not in insert
     assert "OLD.`id`" in plan[1].create_sql() and "NEW." not in plan[1].create_sql()
+
+
+def test_a_lone_outbox_entry_declares_nothing() -> None:
+    (trigger,) = triggers.plan(config_with([
+        {"table": "orders", "events": ["insert"], "function": "b", "columns": ["id"],
+         "delivery": "outbox"},
+    ]))  # fmt: skip
+    sql = trigger.create_sql()
+    # One statement per row: the event id is made inside the payload, and the relay reads
+    # it back from there as the job's unique.
+    assert "DECLARE" not in sql
+    assert ("INSERT INTO `workerhost_outbox` (`function`, `payload`) VALUES ('b', JSON_OBJECT("
+            "'id', NEW.`id`, 'table', 'orders', 'event', 'insert', 'event_id', UUID()));") in sql
 
 
 def test_names_and_strings_cannot_break_out_of_the_sql() -> None:
