@@ -15,80 +15,114 @@ from workerhost.db import Database
 from workerhost.relay import Relay
 from workerhost.sandbox import Sandbox
 
+# Two application tables: the narrowest possible one, where any trigger costs the most
+# relative to the INSERT, and one shaped like an ordinary orders table (the shop example's,
+# with an index on customer) filled the way an application does, by a multi-row INSERT.
+NARROW = ("bench_narrow", "(id BIGINT PRIMARY KEY, body VARCHAR(64))", ["id", "body"])
+ORDERS = ("bench_orders", """(
+    id            BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    customer      VARCHAR(64) NOT NULL,
+    total         DECIMAL(10, 2) NOT NULL,
+    status        ENUM('new', 'confirmed') NOT NULL DEFAULT 'new',
+    created_at    DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    confirmed_at  DATETIME(6) NULL,
+    KEY by_customer (customer, created_at))""", ["id", "customer", "total"])
+FLOOR_TABLE = "bench_floor"  # what the floor trigger writes: one BIGINT per row
 
-def _timed_insert(conn: Any, n: int) -> float:
+
+def _insert_sql(table: str, n: int) -> str:
+    if table == NARROW[0]:
+        return f"INSERT INTO {table} (id, body) SELECT seq, 'x' FROM seq_1_to_{n}"
+    rows = ", ".join(f"('customer-{i % 977}', {i % 10000}.{i % 100:02d})" for i in range(n))
+    return f"INSERT INTO {table} (customer, total) VALUES {rows}"
+
+
+def _outbox_trigger(database: str, table: str, columns: list[str], sandbox: Sandbox) -> str:
+    """The trigger `workerhost triggers --apply` writes for delivery: outbox."""
+    config = parse_config({
+        "gearman": {"servers": [sandbox.gearman_server]},
+        "database": {"user": "u", "database": database},
+        "handlers": {"unused": {"sql": "DO 1"}},
+        "triggers": [{"table": table, "events": ["insert"], "function": "bench_outbox",
+                      "columns": columns, "delivery": "outbox"}],
+    }, file="bench")
+    (trigger,) = triggers.plan(config)
+    return trigger.create_sql()
+
+
+def _rounds(conn: Any, table: str, n: int, runs: int, variants: dict[str, str | None]
+            ) -> dict[str, list[float]]:
+    """Seconds per n-row INSERT into table under each variant's trigger (None: no trigger).
+
+    The variants take turns within each round, so that a slow moment of this noisy machine
+    falls on all of them alike.
+    """
     cursor = conn.cursor()
-    cursor.execute("TRUNCATE TABLE bench_orders")
-    start = time.perf_counter()
-    cursor.execute(f"INSERT INTO bench_orders (id, body) SELECT seq, 'x' FROM seq_1_to_{n}")
-    return time.perf_counter() - start
-
-
-def _with_trigger(conn: Any, n: int, runs: int, body: str, written: str | None
-                  ) -> list[float]:
-    """Timed INSERTs into bench_orders while a trigger with `body` runs; `written` is the
-    table the trigger fills, if any, emptied between runs."""
-    cursor = conn.cursor()
-    cursor.execute(f"CREATE TRIGGER bench_orders_floor AFTER INSERT ON bench_orders "
-                   f"FOR EACH ROW {body}")
-    timings = []
+    sql = _insert_sql(table, n)
+    timings: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(runs):
-        timings.append(_timed_insert(conn, n))
-        if written:
-            cursor.execute(f"TRUNCATE TABLE {written}")
-    cursor.execute("DROP TRIGGER bench_orders_floor")
+        for name, create in variants.items():
+            if create:
+                cursor.execute(create)
+            cursor.execute(f"TRUNCATE TABLE {table}")
+            started = time.perf_counter()
+            cursor.execute(sql)
+            timings[name].append(time.perf_counter() - started)
+            cursor.execute(f"DROP TRIGGER IF EXISTS {triggers.trigger_name(table, 'insert')}")
+            cursor.execute("DROP TRIGGER IF EXISTS bench_floor_ai")
+            cursor.execute(f"TRUNCATE TABLE {FLOOR_TABLE}")
+            cursor.execute("TRUNCATE TABLE workerhost_outbox")
     return timings
 
 
 def trigger_overhead(sandbox: Sandbox, database: str, quick: bool) -> list[Figure]:
     n = 20000
-    runs = 3 if quick else 5
+    runs = 3 if quick else 7
     conn = sandbox.connect(database=database)
     Database(_db_params(sandbox, database)).ensure_schema()
     cursor = conn.cursor()
-    cursor.execute("DROP TABLE IF EXISTS bench_orders")
-    cursor.execute("CREATE TABLE bench_orders (id BIGINT PRIMARY KEY, body VARCHAR(64))")
-    progress(f"outbox delivery: {n}-row INSERT without and with the trigger, x{runs}")
-    plain = repeat(runs, lambda: _timed_insert(conn, n))
-    # The floor: a trigger that does nothing but read the new row.
-    floor = _with_trigger(conn, n, runs, "SET @workerhost_bench = NEW.id", None)
-    # The floor of any outbox: a trigger writing the smallest possible row to another table.
-    cursor.execute("CREATE TABLE bench_floor (id BIGINT PRIMARY KEY)")
-    row_floor = _with_trigger(conn, n, runs, "INSERT INTO bench_floor VALUES (NEW.id)",
-                              "bench_floor")
-    cursor.execute("DROP TABLE bench_floor")
-    # And the floor of this outbox: a constant row into workerhost_outbox, nothing computed.
-    outbox_floor = _with_trigger(
-        conn, n, runs, "INSERT INTO workerhost_outbox (function, payload) VALUES ('b', 'x')",
-        "workerhost_outbox")
-    # The trigger `workerhost triggers --apply` writes for delivery: outbox.
-    config = parse_config({
-        "gearman": {"servers": [sandbox.gearman_server]},
-        "database": {"user": "u", "database": database},
-        "handlers": {"unused": {"sql": "DO 1"}},
-        "triggers": [{"table": "bench_orders", "events": ["insert"], "function": "bench_outbox",
-                      "columns": ["id", "body"], "delivery": "outbox"}],
-    }, file="bench")
-    for trigger in triggers.plan(config):
-        cursor.execute(trigger.create_sql())
-    with_trigger = []
-    for _ in range(runs):
-        with_trigger.append(_timed_insert(conn, n))
-        cursor.execute("TRUNCATE TABLE workerhost_outbox")
-    cursor.execute("DROP TABLE bench_orders")
+    cursor.execute(f"CREATE OR REPLACE TABLE {FLOOR_TABLE} (id BIGINT PRIMARY KEY)")
+    figures = []
+    for table, shape, columns in (NARROW, ORDERS):
+        cursor.execute(f"CREATE OR REPLACE TABLE {table} {shape}")
+
+        def floor(body: str, table: str = table) -> str:
+            return f"CREATE TRIGGER bench_floor_ai AFTER INSERT ON {table} FOR EACH ROW {body}"
+
+        variants = {
+            "plain": None,
+            "outbox": _outbox_trigger(database, table, columns, sandbox),
+            # The floor of any trigger: one that only reads the new row.
+            "read": floor("SET @workerhost_bench = NEW.id"),
+            # The floor of any outbox: the smallest possible row written to another table.
+            "row": floor(f"INSERT INTO {FLOOR_TABLE} VALUES (NEW.id)"),
+        }
+        progress(f"outbox delivery: {n}-row INSERT into {table}, without and with triggers, "
+                 f"x{runs}")
+        timings = _rounds(conn, table, n, runs, variants)
+        cursor.execute(f"DROP TABLE {table}")
+        plain = timings["plain"]
+        what = f"{n}-row INSERT into {table} {_SHAPES[table]}"
+        figures += [
+            Figure(f"{what}, outbox delivery", "s", timings["outbox"],
+                   "the same INSERT, no trigger", plain, "<= 3x baseline",
+                   higher_is_better=False),
+            Figure("  the same, a trigger that only reads NEW.id (floor)", "s",
+                   timings["read"], "the same INSERT, no trigger", plain, "(bound)",
+                   higher_is_better=False),
+            Figure("  the same, a trigger writing one BIGINT to another table (floor)", "s",
+                   timings["row"], "the same INSERT, no trigger", plain, "(bound)",
+                   higher_is_better=False),
+        ]
+    cursor.execute(f"DROP TABLE {FLOOR_TABLE}")
     conn.close()
-    return [
-        Figure(f"{n}-row INSERT, outbox delivery", "s", with_trigger,
-               "the same INSERT, no trigger", plain, "<= 3x baseline", higher_is_better=False),
-        Figure(f"{n}-row INSERT, a trigger that only reads NEW.id (floor)", "s", floor,
-               "the same INSERT, no trigger", plain, "(bound)", higher_is_better=False),
-        Figure(f"{n}-row INSERT, a trigger inserting one BIGINT elsewhere (floor)", "s",
-               row_floor, "the same INSERT, no trigger", plain, "(bound)",
-               higher_is_better=False),
-        Figure(f"{n}-row INSERT, a trigger inserting a constant outbox row (floor)", "s",
-               outbox_floor, "the same INSERT, no trigger", plain, "(bound)",
-               higher_is_better=False),
-    ]
+    return figures
+
+
+_SHAPES = {
+    NARROW[0]: "(2 columns, INSERT ... SELECT)",
+    ORDERS[0]: "(orders: 6 columns, 1 index, multi-row VALUES)",
+}
 
 
 def _db_params(sandbox: Sandbox, database: str) -> dict[str, Any]:
