@@ -12,15 +12,18 @@ from typing import Any
 from common import (
     Figure,
     bare_worker,
+    busiest_thread_share,
     children,
     cpu_ticks,
     drain_rate,
+    function_status,
     host_command,
     load_jobs,
     processes,
     progress,
     repeat,
     rss_kib,
+    thread_ticks,
     wait_drained,
 )
 
@@ -28,6 +31,7 @@ from workerhost.sandbox import Sandbox
 
 UPDATE = "UPDATE bench_rows SET done_at = NOW(6) WHERE id = %(id)s"
 WARM_UP = 2000  # jobs before the memory growth is measured
+BATCH = 16  # jobs a worker process holds at once (the default), one connection each
 
 
 def _fresh_function(prefix: str) -> str:
@@ -39,31 +43,41 @@ def _payloads(n: int) -> list[bytes]:
 
 
 def empty_handler(sandbox: Sandbox, workdir: Path, database: str, quick: bool) -> list[Figure]:
-    n = 3000 if quick else 15000
+    # Runs of several seconds: a worker process takes a moment to reach its steady pace.
+    n = 10000 if quick else 100000
+    n_bare = n // 5  # the bare loop is several times slower
     runs = 3
 
     def bare() -> float:
         function = _fresh_function("bench_empty_bare")
-        load_jobs(sandbox, function, _payloads(n))
+        load_jobs(sandbox, function, _payloads(n_bare))
         with processes(bare_worker(sandbox, "empty", function)):
-            return drain_rate(sandbox, function, n)
+            return drain_rate(sandbox, function, n_bare)
 
     busy: dict[int, list[float]] = {1: [], 2: []}
+    gearmand: dict[int, list[float]] = {1: [], 2: []}  # its busiest thread, % of one core
+    gearmand_pid = sandbox.info.pids["gearmand"] if sandbox.info else 0
 
     def ours(procs: int) -> float:
         function = _fresh_function("bench_empty")
         load_jobs(sandbox, function, _payloads(n))
         argv, env = host_command(sandbox, workdir, database, {
-            function: {"python": "handlers:empty", "processes": procs}})
+            function: {"python": "handlers:empty", "processes": procs, "batch": BATCH}})
         with processes(argv, env=env):
-            before = cpu_ticks()
-            rate = drain_rate(sandbox, function, n)
-            after = cpu_ticks()
+            # The clock starts once every connection of every process serves the function.
+            connected = procs * BATCH
+            while function_status(sandbox, function)[2] < connected:
+                time.sleep(0.002)
+            before, threads, started = cpu_ticks(), thread_ticks(gearmand_pid), time.monotonic()
+            rate = drain_rate(sandbox, function, n, workers=connected)
+            after, elapsed = cpu_ticks(), time.monotonic() - started
+            gearmand[procs].append(
+                busiest_thread_share(threads, thread_ticks(gearmand_pid), elapsed))
         # How busy both cores were: near 100% means the machine, not the host, is the bound.
         busy[procs].append(100 * (after[0] - before[0]) / max(1, after[1] - before[1]))
         return rate
 
-    progress(f"empty handler: bare pygearman loop, {n} jobs x {runs}")
+    progress(f"empty handler: bare pygearman loop, {n_bare} jobs x {runs}")
     base = repeat(runs, bare)
     progress("empty handler: worker host, 1 process")
     one = repeat(runs, lambda: ours(1))
@@ -78,6 +92,15 @@ def empty_handler(sandbox: Sandbox, workdir: Path, database: str, quick: bool) -
                target="(bound)"),
         Figure("  CPU busy (all cores) during the 2-process runs", "%", busy[2],
                target="(bound)"),
+        # gearmand hands out every job from one thread: near 100% of a core, it is the bound.
+        Figure("  gearmand's busiest thread during the 1-process runs", "% of a core",
+               gearmand[1], target="(bound)"),
+        Figure("  gearmand's busiest thread during the 2-process runs", "% of a core",
+               gearmand[2], target="(bound)"),
+        # One process plus gearmand and mariadbd already keep the cores this busy; a second
+        # process can at best fill the rest, so no ratio above this is possible here.
+        Figure("  best 2-process ratio the cores allow: 100% / CPU busy with 1 process", "x",
+               [100 / b for b in busy[1]], target="(bound)"),
     ]
 
 

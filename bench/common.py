@@ -82,8 +82,14 @@ _admin: dict[int, socket.socket] = {}
 
 
 def queued(sandbox: Sandbox, function: str) -> tuple[int, int]:
-    """(queued, running) of one function, over one admin connection kept open: polling with
-    a connection per call would leave thousands of sockets in TIME_WAIT."""
+    """(queued, running) of one function."""
+    total, running, _workers = function_status(sandbox, function)
+    return total, running
+
+
+def function_status(sandbox: Sandbox, function: str) -> tuple[int, int, int]:
+    """(queued, running, connected workers) of one function, over one admin connection kept
+    open: polling with a connection per call would leave thousands of sockets in TIME_WAIT."""
     port = sandbox.gearman_port
     sock = _admin.get(port)
     if sock is None:
@@ -99,8 +105,8 @@ def queued(sandbox: Sandbox, function: str) -> tuple[int, int]:
     for line in buffer.decode().splitlines():
         fields = line.split("\t")
         if len(fields) == 4 and fields[0] == function:
-            return int(fields[1]), int(fields[2])
-    return 0, 0
+            return int(fields[1]), int(fields[2]), int(fields[3])
+    return 0, 0, 0
 
 
 def wait_drained(sandbox: Sandbox, function: str, timeout: float = 600) -> None:
@@ -111,16 +117,25 @@ def wait_drained(sandbox: Sandbox, function: str, timeout: float = 600) -> None:
         time.sleep(0.01)
 
 
-def drain_rate(sandbox: Sandbox, function: str, total: int, timeout: float = 300) -> float:
-    """Jobs per second from the first job taken until gearmand's queue is empty."""
+def drain_rate(sandbox: Sandbox, function: str, total: int, workers: int = 1,
+               timeout: float = 300) -> float:
+    """Jobs per second from the moment `workers` connections serve the function until
+    gearmand's queue is empty.
+
+    Worker processes start one after the other; timing from the first job taken would count
+    the start of the later ones against the steady rate.
+    """
     # Polls are POLL apart: frequent enough for a few per cent of error on runs of seconds,
     # rare enough not to steal the CPU from what is measured.
     deadline = time.monotonic() + timeout
-    while (left := queued(sandbox, function)[0]) >= total:
+    while (status := function_status(sandbox, function))[2] < workers:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"no worker took a {function} job in {timeout}s")
-        time.sleep(POLL)
-    first = time.monotonic()
+            raise RuntimeError(f"{workers} workers did not connect for {function} in {timeout}s")
+        time.sleep(POLL / 5)
+    left, first = status[0], time.monotonic()
+    if left < total / 2:
+        raise RuntimeError(f"{total - left} of {total} {function} jobs ran before the last "
+                           "worker connected: queue more jobs")
     while queued(sandbox, function)[0] > 0:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{function} did not drain in {timeout}s")
@@ -179,6 +194,26 @@ def cpu_ticks() -> tuple[int, int]:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle + iowait
     return sum(fields) - idle, sum(fields)
+
+
+def thread_ticks(pid: int) -> dict[int, int]:
+    """CPU jiffies (user + system) each thread of pid has used so far."""
+    ticks = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            # Fields after the ")" that closes the command name; utime and stime are 14, 15.
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        ticks[int(task.name)] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def busiest_thread_share(before: dict[int, int], after: dict[int, int], seconds: float
+                         ) -> float:
+    """Per cent of one core that the busiest thread used between two thread_ticks()."""
+    used = max((after[t] - before.get(t, 0) for t in after), default=0)
+    return 100 * used / os.sysconf("SC_CLK_TCK") / seconds
 
 
 def rss_kib(pid: int) -> int:

@@ -114,6 +114,10 @@ def main() -> int:
             figures: list[Figure] = []
             chosen = sections(box, Path(tmp), database, args.quick)
             wanted = args.only.split(",") if args.only else list(chosen)
+            unknown = [name for name in wanted if name not in chosen]
+            if unknown:
+                parser.error(f"--only: no section {', '.join(map(repr, unknown))}; "
+                             f"choose from {', '.join(chosen)}")
             for name in wanted:
                 started = time.monotonic()
                 figures.extend(chosen[name]())
