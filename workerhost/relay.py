@@ -79,11 +79,11 @@ class Relay:
 
     def submit(self, rows: list[tuple[Any, ...]]) -> None:
         """Hand every row's job to one gearmand; SubmitFailed when none took them all."""
-        jobs = [
-            (function, unique.encode() if unique else row_unique(bytes(payload)),
-             bytes(payload), priority)
-            for _id, function, payload, unique, priority in rows
-        ]  # fmt: skip
+        jobs = []
+        for _id, function, payload, unique, priority in rows:
+            data = bytes(payload)
+            jobs.append((function, unique.encode() if unique else row_unique(data), data,
+                         priority))
         errors = []
         for _ in self.submitters:
             submitter = self.submitters[self.turn % len(self.submitters)]
