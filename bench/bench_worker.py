@@ -31,7 +31,7 @@ from workerhost.sandbox import Sandbox
 
 UPDATE = "UPDATE bench_rows SET done_at = NOW(6) WHERE id = %(id)s"
 WARM_UP = 2000  # jobs before the memory growth is measured
-BATCH = 16  # jobs a worker process holds at once (the default), one connection each
+BATCH = 16  # jobs a worker process holds at once (the default), on one connection
 
 
 def _fresh_function(prefix: str) -> str:
@@ -65,7 +65,7 @@ def empty_handler(sandbox: Sandbox, workdir: Path, database: str, quick: bool) -
             function: {"python": "handlers:empty", "processes": procs, "batch": BATCH}})
         with processes(argv, env=env):
             # The clock starts once every connection of every process serves the function.
-            connected = procs * BATCH
+            connected = procs  # one connection per process
             while function_status(sandbox, function)[2] < connected:
                 time.sleep(0.002)
             before, threads, started = cpu_ticks(), thread_ticks(gearmand_pid), time.monotonic()

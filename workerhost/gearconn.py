@@ -1,10 +1,13 @@
-"""Worker-side Gearman connections that can hold several jobs per process.
+"""Worker-side Gearman connections that hold several jobs at once.
 
-pygearman's worker holds one job at a time and swallows what goes wrong. The worker host
-instead opens several connections per gearmand server (each one is a worker to gearmand and
-holds at most one job), multiplexes them with select(), and answers a whole batch of jobs after
-one database commit. The wire format is pygearman's (`gearman.protocol`); this module adds the
-socket handling, the grab/sleep cycle of the worker protocol, and errors that say what happened.
+pygearman's worker holds one job at a time and swallows what goes wrong. The worker host keeps
+one connection per gearmand server and asks for up to `capacity` jobs on it with pipelined
+GRAB_JOBs: gearmand assigns a job per GRAB_JOB and tracks every job a connection holds (all of
+them go back to its queue when the connection drops). One write then answers a whole batch and
+asks for the next, and one read brings the next jobs in, so both sides pay a few system calls
+per batch instead of a few per job. The wire format is pygearman's (`gearman.protocol`); this
+module adds the socket handling, the grab/sleep cycle of the worker protocol, and errors that
+say what happened.
 """
 
 from __future__ import annotations
@@ -19,40 +22,60 @@ from workerhost.config import Server
 
 # How long a connect may take before the server counts as unreachable for this round.
 CONNECT_TIMEOUT = 3.0
-RECV_SIZE = 65536
+RECV_SIZE = 262144
 
 
 class GearmanLost(Exception):
-    """A connection to gearmand broke; a job it held goes back to gearmand's queue."""
+    """A connection to gearmand broke; the jobs it held go back to gearmand's queue."""
 
 
 @dataclass
 class Assigned:
-    """A job gearmand assigned on one connection."""
+    """A job gearmand assigned on one connection (in the connection's `generation`)."""
 
     conn: WorkerConnection
+    generation: int
     handle: bytes
     function: bytes
     unique: bytes
     data: bytes
 
+    @property
+    def answerable(self) -> bool:
+        """False once the connection that got the job dropped: gearmand re-queued it."""
+        return self.conn.connected and self.conn.generation == self.generation
+
+
+_GRAB = p.pack_binary_command(p.GEARMAN_COMMAND_GRAB_JOB_UNIQ, {})
+
 
 class WorkerConnection:
-    """One connection to one gearmand for one function; it holds at most one job."""
+    """One connection to one gearmand for one function; it holds up to `capacity` jobs.
 
-    IDLE, GRABBING, SLEEPING, HOLDING = "idle", "grabbing", "sleeping", "holding"
+    `asking` counts GRAB_JOBs not answered yet, `holding` the jobs assigned and not answered.
+    After a NO_JOB has answered the last GRAB_JOB, the connection sleeps (PRE_SLEEP) until
+    gearmand wakes it with NOOP; a woken connection asks for one job, and every job assigned
+    asks for one more, so a queue that fills up fills the pipeline again.
+    """
 
-    def __init__(self, server: Server, function: bytes, client_id: bytes) -> None:
+    def __init__(self, server: Server, function: bytes, client_id: bytes,
+                 capacity: int = 1) -> None:
         self.server = server
         self.function = function
         self.client_id = client_id
+        self.capacity = capacity
         self.sock: socket.socket | None = None
-        self.state = self.IDLE
+        self.generation = 0
+        self.asking = 0
+        self.holding = 0
+        self.sleeping = False
+        self.grabbing = True  # False once the worker stops taking jobs
         self._in = bytearray()
         self._out = bytearray()
 
     def __repr__(self) -> str:
-        return f"<gearmand {self.server} {self.state}>"
+        state = "sleeping" if self.sleeping else f"asking {self.asking}"
+        return f"<gearmand {self.server} holding {self.holding}, {state}>"
 
     @property
     def connected(self) -> bool:
@@ -70,31 +93,45 @@ class WorkerConnection:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         self.sock, self._in, self._out = sock, bytearray(), bytearray()
+        self.generation += 1
+        self.asking = self.holding = 0
+        self.sleeping = False
         self.send(p.GEARMAN_COMMAND_SET_CLIENT_ID, {"client_id": self.client_id})
         self.send(p.GEARMAN_COMMAND_CAN_DO, {"task": self.function})
-        self.grab()
+        self.top_up()
 
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
         self.sock = None
-        self.state = self.IDLE
+        self.asking = self.holding = 0
+        self.sleeping = False
 
     def send(self, command: int, args: dict[str, bytes]) -> None:
         self._out += p.pack_binary_command(command, args)
 
-    def grab(self) -> None:
-        self.send(p.GEARMAN_COMMAND_GRAB_JOB_UNIQ, {})
-        self.state = self.GRABBING
+    def grab(self, count: int = 1) -> None:
+        """Ask for up to `count` more jobs, within the room `capacity` leaves."""
+        count = min(count, self.capacity - self.holding - self.asking)
+        if count <= 0 or not self.grabbing:
+            return
+        self._out += _GRAB * count
+        self.asking += count
+        self.sleeping = False
+
+    def top_up(self) -> None:
+        """Ask for as many jobs as there is room for, unless asleep (NOOP will wake it)."""
+        if not self.sleeping:
+            self.grab(self.capacity)
 
     def complete(self, handle: bytes, result: bytes) -> None:
         self.send(p.GEARMAN_COMMAND_WORK_COMPLETE, {"job_handle": handle, "data": result})
-        self.state = self.IDLE
+        self.holding -= 1
 
     def fail(self, handle: bytes) -> None:
         # WORK_FAIL alone: WORK_EXCEPTION followed by WORK_FAIL confuses gearmand 1.1.
         self.send(p.GEARMAN_COMMAND_WORK_FAIL, {"job_handle": handle})
-        self.state = self.IDLE
+        self.holding -= 1
 
     def wants_write(self) -> bool:
         return bool(self._out)
@@ -126,34 +163,40 @@ class WorkerConnection:
             raise GearmanLost(f"gearmand {self.server} closed the connection")
         self._in += chunk
         jobs = []
-        while True:
-            # pygearman's parser wants a buffer with tobytes(): a memoryview over a copy.
-            frame = memoryview(bytes(self._in[: 12 + _length(self._in)]))
-            command, args, size = p.parse_binary_command(frame)
-            if not size:
+        buffer = self._in
+        start = 0
+        while len(buffer) - start >= 12:
+            size = 12 + int.from_bytes(buffer[start + 8:start + 12], "big")
+            if len(buffer) - start < size:
                 break
-            del self._in[:size]
-            job = self._react(command, args)
+            command = int.from_bytes(buffer[start + 4:start + 8], "big")
+            job = self._react(command, bytes(buffer[start + 12:start + size]))
+            start += size
             if job is not None:
                 jobs.append(job)
+        del buffer[:start]
         return jobs
 
-    def _react(self, command: int, args: dict[str, bytes]) -> Assigned | None:
-        if command == p.GEARMAN_COMMAND_NOOP:
-            if self.state == self.SLEEPING:
-                self.grab()
-        elif command == p.GEARMAN_COMMAND_NO_JOB:
-            self.send(p.GEARMAN_COMMAND_PRE_SLEEP, {})
-            self.state = self.SLEEPING
-        elif command == p.GEARMAN_COMMAND_JOB_ASSIGN_UNIQ:
-            self.state = self.HOLDING
-            return Assigned(self, args["job_handle"], args["task"], args["unique"], args["data"])
+    def _react(self, command: int, body: bytes) -> Assigned | None:
+        if command == p.GEARMAN_COMMAND_JOB_ASSIGN_UNIQ:
+            handle, function, unique, data = body.split(b"\0", 3)
+            self.asking -= 1
+            self.holding += 1
+            self.grab(1)
+            return Assigned(self, self.generation, handle, function, unique, data)
+        if command == p.GEARMAN_COMMAND_NO_JOB:
+            self.asking -= 1
+            if self.asking == 0:
+                self.send(p.GEARMAN_COMMAND_PRE_SLEEP, {})
+                self.sleeping = True
+        elif command == p.GEARMAN_COMMAND_NOOP:
+            if self.sleeping:
+                self.sleeping = False
+                self.grab(1)
         elif command == p.GEARMAN_COMMAND_ERROR:
+            code, _, text = body.partition(b"\0")
             self.close()
-            raise GearmanLost(
-                f"gearmand {self.server} answered ERROR {args['error_code']!r}: "
-                f"{args['error_text']!r}"
-            )
+            raise GearmanLost(f"gearmand {self.server} answered ERROR {code!r}: {text!r}")
         return None
 
 

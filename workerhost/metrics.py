@@ -300,7 +300,7 @@ def check_health(
         except OSError as exc:
             servers[str(server)] = {"error": exc.strerror or str(exc) or type(exc).__name__}
             continue
-        # A process holds several connections (handlers' `batch`); count processes.
+        # Count processes (client ids), whatever connections each of them keeps.
         processes = len({c.client_id for c in found})
         servers[str(server)] = {"workers": processes}
         connected += processes

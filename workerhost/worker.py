@@ -7,8 +7,9 @@ A failure of the database itself is never the handler's fault: the work is re-ru
 database answers again, and if it does not answer in time the process exits without an answer,
 so that gearmand gives the job to another worker.
 
-Throughput comes from batches: the process holds up to `batch` jobs per gearmand server (one
-per connection), runs those that are ready in one transaction, commits once, then answers each.
+Throughput comes from batches: the process holds up to `batch` jobs per gearmand server (on one
+connection each, see gearconn.py), runs those that are ready in one transaction, commits once,
+then answers each.
 A batch never waits to fill up. When a job of the batch fails, the batch rolls back and its
 jobs run again one by one, so that one bad job costs the others nothing but a second run.
 """
@@ -116,15 +117,17 @@ class Worker:
         client_id = f"workerhost-{os.getpid()}".encode()
         function = self.handler.name.encode()
         conns = [
-            WorkerConnection(server, function, client_id)
+            WorkerConnection(server, function, client_id, self.handler.batch)
             for server in self.config.gearman.servers
-            for _ in range(self.handler.batch)
         ]
         held: list[Assigned] = []
         held_since = 0.0
         try:
             while held or self.keep_going():
-                if self.keep_going():
+                going = self.keep_going()
+                for conn in conns:
+                    conn.grabbing = going
+                if going:
                     self._connect(conns)
                 timeout = BATCH_WAIT if held else POLL_INTERVAL
                 if not any(c.connected for c in conns):
@@ -134,12 +137,12 @@ class Worker:
                         fresh = conn.read()
                     except GearmanLost as exc:
                         self._lost(conn, exc)
-                        held = [a for a in held if a.conn is not conn]
+                        held = [a for a in held if a.answerable]
                         continue
                     if fresh and not held:
                         held_since = time.monotonic()
                     held.extend(fresh)
-                asking = any(c.state == c.GRABBING and c.connected for c in conns)
+                asking = any(c.asking and c.connected for c in conns)
                 if held and (not asking or time.monotonic() - held_since >= BATCH_WAIT):
                     self._answer(held, self.run_batch([_job(a) for a in held]))
                     held = []
@@ -182,16 +185,21 @@ class Worker:
         log.warning("%s; reconnecting in %.1fs", exc, delay)
 
     def _answer(self, held: list[Assigned], answers: list[Answer]) -> None:
+        """Answer each job on the connection that got it, then ask for more: one write each."""
+        touched: dict[int, WorkerConnection] = {}
         for assigned, answer in zip(held, answers, strict=True):
-            conn = assigned.conn
-            if not conn.connected:
+            if not assigned.answerable:
                 continue  # gearmand has re-queued it already: it runs again elsewhere
+            conn = assigned.conn
             if answer is None:
                 conn.fail(assigned.handle)
             else:
                 conn.complete(assigned.handle, answer)
-            if self.keep_going():
-                conn.grab()
+            touched[id(conn)] = conn
+        going = self.keep_going()
+        for conn in touched.values():
+            conn.grabbing = going
+            conn.top_up()
             try:
                 conn.flush()
             except GearmanLost as exc:

@@ -1,0 +1,132 @@
+"""One worker connection holding several jobs at once, against the real gearmand.
+
+The worker host asks for up to `batch` jobs on a single connection with pipelined GRAB_JOBs.
+These tests pin down what that relies on: gearmand assigns several jobs to one connection,
+re-queues every one of them when the connection drops, and wakes a sleeping connection.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import gearman
+import pytest
+
+from workerhost import gearadmin, gearconn
+from workerhost.converters import Server
+from workerhost.gearconn import Assigned, WorkerConnection
+from workerhost.sandbox import Sandbox
+
+
+def submit(sandbox: Sandbox, function: str, count: int) -> None:
+    client = gearman.GearmanClient([sandbox.gearman_server])
+    client.submit_multiple_jobs([{"task": function, "data": f"job {i}"} for i in range(count)],
+                                background=True, wait_until_complete=False)
+    client.shutdown()
+
+
+def status(sandbox: Sandbox, function: str) -> tuple[int, int, int]:
+    """(queued or running, running, workers) as gearmand counts them."""
+    row = gearadmin.status("127.0.0.1", sandbox.gearman_port).get(function)
+    return (row.queued, row.running, row.workers) if row else (0, 0, 0)
+
+
+def pump(conn: WorkerConnection, until: int, timeout: float = 10.0) -> list[Assigned]:
+    """Flush and read until `until` jobs came in and no GRAB_JOB waits for its answer."""
+    jobs: list[Assigned] = []
+    deadline = time.monotonic() + timeout
+    while len(jobs) < until or conn.asking or conn.wants_write():
+        assert time.monotonic() < deadline, f"{conn}: {len(jobs)} of {until} jobs came in"
+        for ready in gearconn.wait([conn], 0.05):
+            jobs.extend(ready.read())
+    return jobs
+
+
+@pytest.fixture
+def function() -> str:
+    return f"gearconn_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def conn(sandbox: Sandbox, function: str) -> Iterator[WorkerConnection]:
+    connection = WorkerConnection(
+        Server("127.0.0.1", sandbox.gearman_port), function.encode(), b"test-gearconn", 4)
+    yield connection
+    connection.close()
+
+
+def test_one_connection_holds_up_to_its_capacity(
+    sandbox: Sandbox, function: str, conn: WorkerConnection
+) -> None:
+    submit(sandbox, function, 10)
+    conn.connect()
+    jobs = pump(conn, 4)
+    assert len(jobs) == 4 and conn.holding == 4 and conn.asking == 0
+    assert status(sandbox, function) == (10, 4, 1)
+
+    # Answering two makes room for two more, asked for in the same write.
+    for job in jobs[:2]:
+        conn.complete(job.handle, b"done")
+    conn.top_up()
+    more = pump(conn, 2)
+    assert len(more) == 2 and conn.holding == 4
+    assert status(sandbox, function) == (8, 4, 1)
+    assert {j.handle for j in more}.isdisjoint({j.handle for j in jobs})
+
+
+def test_every_held_job_goes_back_when_the_connection_drops(
+    sandbox: Sandbox, function: str, conn: WorkerConnection
+) -> None:
+    submit(sandbox, function, 6)
+    conn.connect()
+    jobs = pump(conn, 4)
+    conn.complete(jobs[0].handle, b"done")
+    conn.flush()
+    conn.close()
+    assert not any(job.answerable for job in jobs)
+    # gearmand notices the dropped connection at once: 5 jobs left, none running.
+    deadline = time.monotonic() + 5
+    while status(sandbox, function) != (5, 0, 0):
+        assert time.monotonic() < deadline, status(sandbox, function)
+        time.sleep(0.02)
+
+    # A new connection (same object, next generation) gets the re-queued jobs again.
+    conn.connect()
+    again = pump(conn, 4)
+    assert not any(job.answerable for job in jobs)
+    assert all(job.answerable for job in again)
+    assert {job.data for job in again} <= {f"job {i}".encode() for i in range(1, 6)}
+
+
+def test_an_idle_connection_sleeps_and_noop_wakes_it(
+    sandbox: Sandbox, function: str, conn: WorkerConnection
+) -> None:
+    conn.connect()
+    assert pump(conn, 0) == []
+    assert conn.sleeping and conn.asking == 0 and conn.holding == 0
+
+    submit(sandbox, function, 1)
+    jobs = pump(conn, 1)
+    assert [job.data for job in jobs] == [b"job 0"]
+    # Woken, it asked for one job, and for one more when that came: the queue was empty.
+    assert conn.sleeping and conn.holding == 1
+
+
+def test_a_stopping_connection_asks_for_nothing_more(
+    sandbox: Sandbox, function: str, conn: WorkerConnection
+) -> None:
+    submit(sandbox, function, 8)
+    conn.connect()
+    jobs = pump(conn, 4)
+    conn.grabbing = False
+    for job in jobs:
+        conn.complete(job.handle, b"done")
+    conn.top_up()
+    conn.flush()
+    assert conn.asking == 0 and conn.holding == 0
+    deadline = time.monotonic() + 5
+    while status(sandbox, function) != (4, 0, 1):
+        assert time.monotonic() < deadline, status(sandbox, function)
+        time.sleep(0.02)
