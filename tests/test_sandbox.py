@@ -143,7 +143,7 @@ def test_a_corrupt_datadir_quotes_the_server_log(tmp_path: Path) -> None:
     (box.datadir / "aria_log_control").write_bytes(b"garbage")
     result = workerhost("sandbox", "up", "--dir", box.dir)
     assert result.returncode == 5
-    assert "mariadbd exited during start; the end of" in result.stderr
+    assert "mariadbd exited with status 1 during start; the end of" in result.stderr
     assert "[ERROR]" in result.stderr  # the server's own words, quoted
     assert processes_of(box.dir) == []
 

@@ -126,6 +126,7 @@ class Sandbox:
     def __init__(self, directory: str | Path) -> None:
         self.dir = Path(directory).resolve()
         self.info: SandboxInfo | None = None
+        self._started: dict[int, subprocess.Popen[bytes]] = {}  # servers this object spawned
         if (self.dir / INFO_FILE).exists():
             self._load()
 
@@ -398,14 +399,16 @@ class Sandbox:
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True, env=env, cwd=self.dir,
             )
+        self._started[proc.pid] = proc
         return proc.pid
 
     def _wait(self, name: str, log: Path, answers: Callable[[], bool]) -> None:
         pid = self._need_info().pids[name]
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            if not process_alive(pid, str(self.dir)):
-                raise SandboxError(f"{name} exited during start; the end of {log}:\n{tail(log)}")
+            ended = self._ended(pid)
+            if ended:
+                raise SandboxError(f"{name} {ended} during start; the end of {log}:\n{tail(log)}")
             if answers():
                 return
             time.sleep(0.05)
@@ -413,6 +416,16 @@ class Sandbox:
         raise SandboxError(
             f"{name} did not answer within {START_TIMEOUT:.0f}s; the end of {log}:\n{tail(log)}"
         )
+
+    def _ended(self, pid: int) -> str:
+        """How a server ended ("" while it runs); its exit status when this object started it."""
+        proc = self._started.get(pid)
+        if proc is None:
+            return "" if process_alive(pid, str(self.dir)) else "exited"
+        code = proc.poll()
+        if code is None:
+            return ""
+        return f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
 
     def _gearmand_answers(self) -> bool:
         try:
