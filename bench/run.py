@@ -72,6 +72,16 @@ def _udf_figures(result: dict[str, Any]) -> list[Figure]:
             "UDF delivery, bulk, gearmand with libsqlite3 queue", "us/row",
             [result["persistent_queue_bulk_overhead_us_per_row"]], target="(gearmand's fsync)",
             higher_is_better=False))
+    if "default_threads_single_runs_us_per_row" in result:
+        threads = result["default_threads"]
+        figures.append(Figure(
+            f"UDF delivery, single-row, gearmand with its default {threads} I/O threads",
+            "us/row", result["default_threads_single_runs_us_per_row"],
+            target="(gearmand's threads)", higher_is_better=False))
+        figures.append(Figure(
+            f"  one round trip to that gearmand ({threads} I/O threads)", "us",
+            result["default_threads_round_trip_runs_us"], target="(bound)",
+            higher_is_better=False))
     return figures
 
 

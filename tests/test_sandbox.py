@@ -168,3 +168,29 @@ def test_down_is_forceful_after_the_deadline(
     assert box.down() == ["gearmand"]
     assert time.monotonic() - started < 10
     assert processes_of(box.dir) == []
+
+
+def test_gearmand_runs_single_threaded_unless_told_otherwise(tmp_path: Path) -> None:
+    def threads_of(box: Sandbox) -> int:
+        assert box.info is not None
+        return len(os.listdir(f"/proc/{box.info.pids['gearmand']}/task"))
+
+    default, threaded = Sandbox(tmp_path / "default"), Sandbox(tmp_path / "threaded")
+    try:
+        default.up(servers=("gearmand",))
+        threaded.up(servers=("gearmand",), gearman_threads=3)
+        # I/O threads come on top of the main thread, and survive a restart.
+        assert threads_of(threaded) >= threads_of(default) + 3
+        threaded.stop_gearmand()
+        Sandbox(tmp_path / "threaded").up(servers=("gearmand",))
+        assert threads_of(Sandbox(tmp_path / "threaded")) >= threads_of(default) + 3
+    finally:
+        default.down()
+        Sandbox(tmp_path / "threaded").down()
+
+
+def test_a_bad_thread_count_is_a_clear_error(tmp_path: Path) -> None:
+    result = workerhost("sandbox", "up", "--dir", tmp_path, "--gearman-threads", "-1")
+    assert result.returncode == 2
+    assert "'-1' is not a thread count: give a whole number from 0 to 64" in result.stderr
+    assert not (tmp_path / "sandbox.json").exists()

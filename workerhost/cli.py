@@ -14,7 +14,7 @@ import mysql.connector
 
 from workerhost import __version__
 from workerhost.errors import ConfigError, ConnectError, SandboxError, WorkerHostError
-from workerhost.sandbox import GEARMAN_QUEUES, PERSISTENT_QUEUE
+from workerhost.sandbox import GEARMAN_QUEUES, GEARMAN_THREADS, PERSISTENT_QUEUE
 
 # Exit codes, documented in the README.
 RET_OK = 0
@@ -37,12 +37,23 @@ if TYPE_CHECKING:
 DEFAULT_SANDBOX_DIR = ".sandbox"
 
 
+def _threads(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if not 0 <= count <= 64:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a thread count: give a whole number from 0 to 64")
+    return count
+
+
 def _sandbox_up(args: argparse.Namespace) -> int:
     from workerhost.sandbox import Sandbox
 
     box = Sandbox(args.dir)
     started = box.up(gearman_port=args.gearman_port, mysql_port=args.mysql_port,
-                     gearman_queue=args.gearman_queue)
+                     gearman_queue=args.gearman_queue, gearman_threads=args.gearman_threads)
     if args.install_udf:
         box.install_udf(args.install_udf)
     info = box.info
@@ -296,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--gearman-queue", choices=GEARMAN_QUEUES, default=PERSISTENT_QUEUE,
                     help="gearmand's job queue: libsqlite3 (persistent, the default) or "
                          "builtin (memory only, faster)")
+    up.add_argument("--gearman-threads", type=_threads, default=GEARMAN_THREADS, metavar="N",
+                    help=f"gearmand's I/O threads (default {GEARMAN_THREADS}: I/O and queue in "
+                         "one thread, the shortest round trip for triggers)")
     up.add_argument("--install-udf", metavar="SO", type=Path,
                     help="also install this UDF library (e.g. udf/build/gearman_udf.so)")
     up.set_defaults(func=_sandbox_up)
