@@ -148,6 +148,19 @@ class WorkerConnection:
             raise GearmanLost(f"gearmand {self.server} went away: {exc}") from exc
         del self._out[:sent]
 
+    def drain(self, timeout: float) -> None:
+        """Send everything still buffered, waiting up to `timeout` seconds for gearmand."""
+        if self.sock is None or not self._out:
+            return
+        try:
+            self.sock.settimeout(timeout)
+            self.sock.sendall(self._out)
+            self.sock.setblocking(False)
+        except OSError as exc:
+            self.close()
+            raise GearmanLost(f"gearmand {self.server} did not take the answers: {exc}") from exc
+        self._out.clear()
+
     def read(self) -> list[Assigned]:
         """Read what gearmand sent; react to the protocol; return the jobs it assigned."""
         assert self.sock is not None

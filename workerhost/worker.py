@@ -7,9 +7,11 @@ A failure of the database itself is never the handler's fault: the work is re-ru
 database answers again, and if it does not answer in time the process exits without an answer,
 so that gearmand gives the job to another worker.
 
-Throughput comes from batches: the process holds up to `batch` jobs per gearmand server (on one
-connection each, see gearconn.py), runs those that are ready in one transaction, commits once,
-then answers each.
+Throughput comes from batches: the process runs up to `batch` jobs per gearmand server in one
+transaction, commits once, then answers each. It holds twice that many (on one connection per
+server, see gearconn.py), so that the next batch is already there when one commits and the
+process never waits for gearmand while jobs are queued. When it stops, the jobs it holds but
+has not started go back to gearmand's queue.
 A batch never waits to fill up. When a job of the batch fails, the batch rolls back and its
 jobs run again one by one, so that one bad job costs the others nothing but a second run.
 """
@@ -44,6 +46,10 @@ EXIT_DATABASE = 4  # the database stayed unreachable while a job waited; job lef
 POLL_INTERVAL = 0.5
 # How long held jobs wait for answers from servers still being asked for more, at most.
 BATCH_WAIT = 0.002
+# Jobs held per server, in batches: one runs while the next one comes in.
+PREFETCH = 2
+# How long a stopping worker waits for gearmand to take its last answers.
+ANSWER_TIMEOUT = 5.0
 # Share of a job's timeout spent waiting for a lost database before leaving the job to gearmand.
 DATABASE_WAIT_SHARE = 0.8
 
@@ -117,19 +123,18 @@ class Worker:
         client_id = f"workerhost-{os.getpid()}".encode()
         function = self.handler.name.encode()
         conns = [
-            WorkerConnection(server, function, client_id, self.handler.batch)
+            WorkerConnection(server, function, client_id, self.handler.batch * PREFETCH)
             for server in self.config.gearman.servers
         ]
+        limit = self.handler.batch * len(conns)  # jobs run in one transaction, at most
         held: list[Assigned] = []
         held_since = 0.0
         try:
-            while held or self.keep_going():
-                going = self.keep_going()
-                for conn in conns:
-                    conn.grabbing = going
-                if going:
-                    self._connect(conns)
-                timeout = BATCH_WAIT if held else POLL_INTERVAL
+            while self.keep_going():
+                self._connect(conns)
+                # Held jobs run once BATCH_WAIT has passed since the first of them came in.
+                timeout = (max(0.0, held_since + BATCH_WAIT - time.monotonic()) if held
+                           else POLL_INTERVAL)
                 if not any(c.connected for c in conns):
                     time.sleep(min(timeout, 0.1))
                 for conn in gearconn.wait(conns, timeout):
@@ -143,16 +148,30 @@ class Worker:
                         held_since = time.monotonic()
                     held.extend(fresh)
                 asking = any(c.asking and c.connected for c in conns)
-                if held and (not asking or time.monotonic() - held_since >= BATCH_WAIT):
-                    self._answer(held, self.run_batch([_job(a) for a in held]))
-                    held = []
+                if held and (len(held) >= limit or not asking
+                             or time.monotonic() - held_since >= BATCH_WAIT):
+                    batch, held = held[:limit], held[limit:]
+                    self._answer(batch, self.run_batch([_job(a) for a in batch]))
+                    # What is left arrived while that batch ran: it runs next, at once.
+            self._say_goodbye(conns)
         except DatabaseLost as exc:
             log.error("%s; leaving %d held jobs to gearmand and exiting", exc, len(held))
             return EXIT_DATABASE
         finally:
             for conn in conns:
-                conn.close()
+                conn.close()  # gearmand re-queues the jobs held and not started
+        if held:
+            log.info("stopping: %d jobs held and not started go back to gearmand", len(held))
         return EXIT_OK
+
+    def _say_goodbye(self, conns: list[WorkerConnection]) -> None:
+        """Make sure the last answers reach gearmand before the connections close."""
+        for conn in conns:
+            conn.grabbing = False
+            try:
+                conn.drain(ANSWER_TIMEOUT)
+            except GearmanLost as exc:
+                log.warning("%s; its last answers are lost, so those jobs run again", exc)
 
     def _connect(self, conns: list[WorkerConnection]) -> None:
         now = time.monotonic()
