@@ -5,13 +5,13 @@ Measured in one run on the sandbox's mariadbd:
   - 5,000 single-row autocommit INSERTs, without and with the trigger.
 The overhead is (with - without) / rows; the target is at most TARGET_US per row.
 
-The jobs go to a gearmand the benchmark starts for itself without a persistent queue and,
-like the sandbox's, with I/O in its main thread (--threads=0), so the figure is the UDF's own
-cost and the queue disappears afterwards. The full run also repeats the bulk case against a
-gearmand with the sandbox's libsqlite3 queue, whose per-job commit is gearmand's cost, not
-the UDF's, and the single-row case against a gearmand with its default 4 I/O threads, whose
-hand-offs between threads lengthen every round trip. InnoDB's flush per commit is relaxed for
-the run (and restored) so that single-row figures compare CPU, not disk luck.
+The jobs go to a gearmand the benchmark starts for itself without a persistent queue and
+with the sandbox's I/O threads (0 by default: I/O in its main thread), so the figure is the
+UDF's own cost and the queue disappears afterwards. The full run also repeats the bulk case
+against a gearmand with the sandbox's libsqlite3 queue, whose per-job commit is gearmand's
+cost, not the UDF's, and the single-row case against a gearmand with its default 4 I/O
+threads, whose hand-offs between threads lengthen every round trip. InnoDB's flush per commit
+is relaxed for the run (and restored) so that single-row figures compare CPU, not disk luck.
 
     python bench/bench_udf.py [--quick] [--dir DIR]
 or from code: run(sandbox, quick) -> dict.
@@ -166,7 +166,9 @@ def run(sandbox: Sandbox, quick: bool) -> dict[str, Any]:
             f"gman_do_background('{FUNCTION}', JSON_OBJECT('id', NEW.id, 'name', NEW.name))"
         )
         with tempfile.TemporaryDirectory(prefix="bench_udf_") as scratch:
-            with own_gearmand(Path(scratch), persistent=False) as port:
+            threads = int(sandbox.info.gearman.get("threads", GEARMAN_THREADS)
+                          if sandbox.info else GEARMAN_THREADS)
+            with own_gearmand(Path(scratch), persistent=False, threads=threads) as port:
                 _point_udf_at(sandbox, port)
                 before = _counters(cur)
                 bulk_runs = [_bulk(cur, bulk_rows) for _ in range(repeats)]
@@ -178,6 +180,7 @@ def run(sandbox: Sandbox, quick: bool) -> dict[str, Any]:
                 round_trips = [_round_trip_us(port, single_rows) for _ in range(repeats)]
                 queued = gearadmin.status("127.0.0.1", port)[FUNCTION].queued
             result.update(
+                gearman_threads=threads,
                 bulk_rows=bulk_rows,
                 bulk_plain_s=round(bulk[0], 3),
                 bulk_trigger_s=round(bulk[1], 3),
@@ -200,19 +203,19 @@ def run(sandbox: Sandbox, quick: bool) -> dict[str, Any]:
                 connections_opened=after["connections_opened"] - before["connections_opened"],
             )
             if not quick:
-                with own_gearmand(Path(scratch), persistent=True) as port:
+                with own_gearmand(Path(scratch), persistent=True, threads=threads) as port:
                     _point_udf_at(sandbox, port)
                     rows = PERSISTENT_BULK_ROWS
                     persistent = _bulk(cur, rows)
                 result["persistent_queue_bulk_overhead_us_per_row"] = _overhead_us(
                     *persistent, rows)
-                threads = GEARMAND_DEFAULT_THREADS
-                with own_gearmand(Path(scratch), persistent=False, threads=threads) as port:
+                with own_gearmand(Path(scratch), persistent=False,
+                                  threads=GEARMAND_DEFAULT_THREADS) as port:
                     _point_udf_at(sandbox, port)
                     runs = [_single(cur, single_rows) for _ in range(repeats)]
                     trips = [_round_trip_us(port, single_rows) for _ in range(repeats)]
                 result.update(
-                    default_threads=threads,
+                    default_threads=GEARMAND_DEFAULT_THREADS,
                     default_threads_single_runs_us_per_row=[
                         _overhead_us(t[0], t[1], single_rows) for t in runs],
                     default_threads_round_trip_runs_us=trips,

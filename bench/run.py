@@ -24,7 +24,7 @@ import bench_outbox
 import bench_worker
 from common import ROOT, Figure, progress, spread
 
-from workerhost.sandbox import GEARMAN_QUEUES, MEMORY_QUEUE, Sandbox
+from workerhost.sandbox import GEARMAN_QUEUES, GEARMAN_THREADS, MEMORY_QUEUE, Sandbox
 
 UDF_SO = ROOT / "udf" / "build" / "gearman_udf.so"
 
@@ -108,12 +108,16 @@ def main() -> int:
     parser.add_argument("--gearman-queue", choices=GEARMAN_QUEUES, default=MEMORY_QUEUE,
                         help="gearmand's queue (default builtin: libsqlite3 fsyncs every job, "
                              "which bounds every figure at gearmand's disk)")
+    parser.add_argument("--gearman-threads", type=int, default=GEARMAN_THREADS, metavar="N",
+                        help=f"gearmand's I/O threads (default {GEARMAN_THREADS}, the sandbox's)")
     args = parser.parse_args()
+    if args.gearman_threads < 0:
+        parser.error(f"--gearman-threads: {args.gearman_threads} is negative; give 0 or more")
 
     with tempfile.TemporaryDirectory(prefix="workerhost-bench-") as tmp:
         box = Sandbox(Path(tmp) / "sandbox")
         progress(f"starting a sandbox in {box.dir}")
-        box.up(gearman_queue=args.gearman_queue)
+        box.up(gearman_queue=args.gearman_queue, gearman_threads=args.gearman_threads)
         try:
             if UDF_SO.exists():
                 box.install_udf(UDF_SO)
@@ -141,6 +145,7 @@ def main() -> int:
     out.write_text(json.dumps({
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": _machine(),
         "quick": args.quick, "gearman_queue": args.gearman_queue,
+        "gearman_threads": args.gearman_threads,
         "figures": [f.as_dict() for f in figures],
     }, indent=2) + "\n")
     print(f"\nwritten to {out.relative_to(ROOT)}")
