@@ -49,7 +49,7 @@ class FakeDatabase:
                 pass
 
         class Conn:
-            def cursor(self) -> Cursor:
+            def cursor(self, buffered: bool = False) -> Cursor:
                 return Cursor()
 
         return work(Conn())

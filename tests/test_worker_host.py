@@ -457,3 +457,46 @@ def test_a_database_error_is_a_message_not_a_traceback(
     assert "workerhost_dead_letters' doesn't exist" in result.stderr
     assert "`workerhost check -c FILE --connect` creates the host's tables" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_batch_costs_one_select_and_one_commit_and_no_ping(
+    sandbox: Sandbox, tables: Any
+) -> None:
+    """The round trips a batch of `sql:` jobs makes to the database, counted by the server."""
+    from workerhost.config import parse_config
+    from workerhost.worker import Worker
+
+    config = parse_config(host_config(sandbox, tables.database, {
+        "touch": {"sql": "UPDATE items SET note = 'seen' WHERE id = %(id)s", "batch": 16},
+    }), file="test.yaml", env=host_env(sandbox))
+    worker = Worker(config, config.handlers["touch"])
+    worker.db.ensure_schema()
+    submit(sandbox, "touch", [{"id": i} for i in range(1, 65)])
+    answered = worker.run_batch  # stop once all 64 are done
+
+    def run_batch(jobs: list[Any]) -> list[Any]:
+        answers = answered(jobs)
+        worker.stopping = worker.jobs_done >= 64
+        return answers
+
+    worker.run_batch = run_batch  # type: ignore[method-assign]
+    before = session_counters(worker.db.conn)
+    assert worker.serve() == 0
+    counted = {k: v - before[k] for k, v in session_counters(worker.db.conn).items()}
+    worker.db.close()
+    assert scalar(tables, "SELECT COUNT(*) FROM items WHERE note = 'seen'") == 64
+    batches = counted["Com_commit"]
+    assert 4 <= batches <= 64
+    # Per batch: the failures lookup, the 16 UPDATEs, one COMMIT; no ping (COM_PING).
+    assert counted["Com_select"] == batches
+    assert counted["Com_update"] == 64
+    assert counted["Com_admin_commands"] == 0
+
+
+def session_counters(conn: Any) -> dict[str, int]:
+    from workerhost import db
+
+    cursor = db.cursor(conn)  # conn.cursor() would ping, and count itself
+    cursor.execute("SHOW SESSION STATUS WHERE Variable_name IN "
+                   "('Com_select', 'Com_update', 'Com_commit', 'Com_admin_commands')")
+    return {name: int(value) for name, value in cursor.fetchall()}

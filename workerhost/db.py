@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,21 @@ TRANSIENT_BACKOFF_MAX = 2.0
 
 Connection = Any  # mysql.connector's connection classes carry no usable type information
 Connector = Callable[[], Connection]
+
+
+_cursors: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def cursor(conn: Connection) -> Any:
+    """The connection's one reused cursor (buffered: every result is read at once).
+
+    mysql-connector's conn.cursor() pings the server before it returns, a round trip each
+    time; the host's own statements share this cursor instead, and never close it.
+    """
+    found = _cursors.get(conn)
+    if found is None:
+        found = _cursors[conn] = conn.cursor(buffered=True)
+    return found
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
+from workerhost import db
 from workerhost.config import RetryPolicy
 from workerhost.db import Connection
 from workerhost.job import Job
@@ -57,28 +58,26 @@ def retry_delay(policy: RetryPolicy, failures: int) -> float:
 
 
 def failures_so_far(conn: Connection, key: bytes) -> int:
-    cursor = conn.cursor()
+    cursor = db.cursor(conn)
     cursor.execute(f"SELECT failures FROM {ATTEMPTS_TABLE} WHERE job_key = %s", (key,))
     row = cursor.fetchone()
-    cursor.close()
     return int(row[0]) if row else 0
 
 
 def failures_of(conn: Connection, keys: list[bytes]) -> dict[bytes, int]:
     """Failures so far of several jobs in one round trip; jobs without any are left out."""
-    cursor = conn.cursor()
+    cursor = db.cursor(conn)
     cursor.execute(
         f"SELECT job_key, failures FROM {ATTEMPTS_TABLE} WHERE job_key IN "
         f"({', '.join(['%s'] * len(keys))})", keys,
     )
     found = {bytes(key): int(count) for key, count in cursor.fetchall()}
-    cursor.close()
     return found
 
 
 def count_failure(conn: Connection, key: bytes, failure: Failure) -> int:
     """Add one failed attempt for `key`; returns the failures counted so far."""
-    cursor = conn.cursor()
+    cursor = db.cursor(conn)
     cursor.execute(
         f"INSERT INTO {ATTEMPTS_TABLE} (job_key, failures, last_error, traceback) "
         "VALUES (%s, 1, %s, %s) ON DUPLICATE KEY UPDATE failures = failures + 1, "
@@ -87,15 +86,13 @@ def count_failure(conn: Connection, key: bytes, failure: Failure) -> int:
     )
     cursor.execute(f"SELECT failures FROM {ATTEMPTS_TABLE} WHERE job_key = %s", (key,))
     (failures,) = cursor.fetchone()
-    cursor.close()
     return int(failures)
 
 
 def forget(conn: Connection, key: bytes) -> None:
     """The job is done (or dead-lettered): its failure count goes."""
-    cursor = conn.cursor()
+    cursor = db.cursor(conn)
     cursor.execute(f"DELETE FROM {ATTEMPTS_TABLE} WHERE job_key = %s", (key,))
-    cursor.close()
 
 
 def handle_failure(conn: Connection, job: Job, policy: RetryPolicy, failure: Failure) -> Verdict:
@@ -110,7 +107,7 @@ def handle_failure(conn: Connection, job: Job, policy: RetryPolicy, failure: Fai
 
 
 def dead_letter(conn: Connection, job: Job, attempts: int, failure: Failure) -> None:
-    cursor = conn.cursor()
+    cursor = db.cursor(conn)
     cursor.execute(
         f"INSERT INTO {DEAD_LETTERS_TABLE} (function, payload, unique_key, attempts, error, "
         f"traceback, first_failed_at) SELECT %s, %s, %s, %s, %s, %s, "
@@ -118,7 +115,6 @@ def dead_letter(conn: Connection, job: Job, attempts: int, failure: Failure) -> 
         (job.function, job.payload, stable_unique(job) or None, attempts, failure.error,
          failure.traceback, job.key),
     )
-    cursor.close()
     forget(conn, job.key)
 
 
@@ -126,13 +122,12 @@ def enqueue(
     conn: Connection, function: str, payload: bytes, unique: str | None, *, delay: float = 0.0
 ) -> None:
     """Put a job in the outbox, due `delay` seconds from now."""
-    cursor = conn.cursor()
+    cursor = db.cursor(conn)
     cursor.execute(
         f"INSERT INTO {OUTBOX_TABLE} (function, payload, unique_key, not_before) "
         "VALUES (%s, %s, %s, NOW(6) + INTERVAL %s MICROSECOND)",
         (function, payload, unique or None, int(delay * 1_000_000)),
     )
-    cursor.close()
 
 
 def stable_unique(job: Job) -> str:

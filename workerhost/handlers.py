@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from workerhost import db
 from workerhost.config import HandlerConfig
 from workerhost.db import Connection
 from workerhost.errors import JobError
@@ -18,12 +19,11 @@ class NoRowsMatched(JobError):
 def run(handler: HandlerConfig, job: Job, conn: Connection, cursor: Any = None) -> bytes:
     """Run the handler inside the caller's transaction; the result goes back to gearmand.
 
-    `cursor`, when given, is reused by `sql:` handlers: the connector's cursor() pings the
-    server, a round trip that would otherwise cost every job.
+    `sql:` handlers run on `cursor`, by default the connection's reused one (db.cursor).
     """
     if handler.callable is not None:
         return to_bytes(handler.callable(job, conn))
-    return run_sql(handler, job, cursor if cursor is not None else conn.cursor())
+    return run_sql(handler, job, cursor if cursor is not None else db.cursor(conn))
 
 
 def run_sql(handler: HandlerConfig, job: Job, cursor: Any) -> bytes:

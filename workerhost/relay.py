@@ -18,6 +18,7 @@ from typing import Any
 
 import mysql.connector
 
+from workerhost import db
 from workerhost.config import Config
 from workerhost.db import Connection, Database
 from workerhost.errors import ConnectError
@@ -54,7 +55,7 @@ class Relay:
         batch = limit or self.config.host.relay.batch
 
         def ship(conn: Connection) -> int:
-            cursor = conn.cursor()
+            cursor = db.cursor(conn)
             # No gap locks: under REPEATABLE READ they deadlock the triggers' outbox INSERTs.
             cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
             cursor.execute(
@@ -70,7 +71,6 @@ class Relay:
                 f"DELETE FROM {OUTBOX_TABLE} WHERE id IN ({', '.join(['%s'] * len(rows))})",
                 [row[0] for row in rows],
             )
-            cursor.close()
             return len(rows)
 
         shipped: int = self.db.run(ship, deadline=time.monotonic() + ACCEPT_TIMEOUT)

@@ -30,7 +30,7 @@ from typing import Any
 
 import mysql.connector
 
-from workerhost import failures, gearconn, handlers, logs, metrics
+from workerhost import db, failures, gearconn, handlers, logs, metrics
 from workerhost.config import Config, HandlerConfig
 from workerhost.db import Connection, Database, is_transient
 from workerhost.errors import ConnectError, JobError
@@ -243,7 +243,7 @@ class Worker:
 
     def _batch_attempt(self, conn: Connection, jobs: list[Job]) -> list[object]:
         earlier = failures.failures_of(conn, [job.key for job in jobs])
-        cursor = conn.cursor()
+        cursor = db.cursor(conn)
         results: list[object] = []
         for job in jobs:
             if earlier.get(job.key):
@@ -351,13 +351,12 @@ def _failure(exc: BaseException) -> failures.Failure:
 
 
 def _last_failure(conn: Connection, job: Job) -> failures.Failure | None:
-    cursor = conn.cursor()
+    cursor = db.cursor(conn)
     cursor.execute(
         f"SELECT last_error, traceback FROM {failures.ATTEMPTS_TABLE} WHERE job_key = %s",
         (job.key,),
     )
     row = cursor.fetchone()
-    cursor.close()
     return failures.Failure(row[0] or "unknown", row[1]) if row else None
 
 
