@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import gearman
 import pytest
+from gearman import protocol as p
 
 from workerhost import gearadmin, gearconn
 from workerhost.converters import Server
@@ -130,3 +131,18 @@ def test_a_stopping_connection_asks_for_nothing_more(
     while status(sandbox, function) != (4, 0, 1):
         assert time.monotonic() < deadline, status(sandbox, function)
         time.sleep(0.02)
+
+
+@pytest.mark.parametrize("command, args, fields", [
+    (p.GEARMAN_COMMAND_WORK_COMPLETE, (b"H:vm:1", b"res\0ult"),
+     {"job_handle": b"H:vm:1", "data": b"res\0ult"}),
+    (p.GEARMAN_COMMAND_WORK_FAIL, (b"H:vm:1",), {"job_handle": b"H:vm:1"}),
+    (p.GEARMAN_COMMAND_PRE_SLEEP, (), {}),
+    (p.GEARMAN_COMMAND_CAN_DO, (b"resize",), {"task": b"resize"}),
+])
+def test_requests_are_packed_as_pygearman_packs_them(
+    command: int, args: tuple[bytes, ...], fields: dict[str, bytes]
+) -> None:
+    conn = WorkerConnection(Server("127.0.0.1", 1), b"resize", b"test", 1)
+    conn.send(command, *args)
+    assert bytes(conn._out) == p.pack_binary_command(command, fields)

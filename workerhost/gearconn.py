@@ -96,8 +96,8 @@ class WorkerConnection:
         self.generation += 1
         self.asking = self.holding = 0
         self.sleeping = False
-        self.send(p.GEARMAN_COMMAND_SET_CLIENT_ID, {"client_id": self.client_id})
-        self.send(p.GEARMAN_COMMAND_CAN_DO, {"task": self.function})
+        self.send(p.GEARMAN_COMMAND_SET_CLIENT_ID, self.client_id)
+        self.send(p.GEARMAN_COMMAND_CAN_DO, self.function)
         self.top_up()
 
     def close(self) -> None:
@@ -107,8 +107,11 @@ class WorkerConnection:
         self.asking = self.holding = 0
         self.sleeping = False
 
-    def send(self, command: int, args: dict[str, bytes]) -> None:
-        self._out += p.pack_binary_command(command, args)
+    def send(self, command: int, *args: bytes) -> None:
+        """Queue one request; `args` in the protocol's order (pygearman's wire format)."""
+        body = b"\0".join(args)
+        self._out += b"%s%s%s%s" % (
+            p.MAGIC_REQ_STRING, command.to_bytes(4, "big"), len(body).to_bytes(4, "big"), body)
 
     def grab(self, count: int = 1) -> None:
         """Ask for up to `count` more jobs, within the room `capacity` leaves."""
@@ -125,12 +128,12 @@ class WorkerConnection:
             self.grab(self.capacity)
 
     def complete(self, handle: bytes, result: bytes) -> None:
-        self.send(p.GEARMAN_COMMAND_WORK_COMPLETE, {"job_handle": handle, "data": result})
+        self.send(p.GEARMAN_COMMAND_WORK_COMPLETE, handle, result)
         self.holding -= 1
 
     def fail(self, handle: bytes) -> None:
         # WORK_FAIL alone: WORK_EXCEPTION followed by WORK_FAIL confuses gearmand 1.1.
-        self.send(p.GEARMAN_COMMAND_WORK_FAIL, {"job_handle": handle})
+        self.send(p.GEARMAN_COMMAND_WORK_FAIL, handle)
         self.holding -= 1
 
     def wants_write(self) -> bool:
@@ -200,7 +203,7 @@ class WorkerConnection:
         if command == p.GEARMAN_COMMAND_NO_JOB:
             self.asking -= 1
             if self.asking == 0:
-                self.send(p.GEARMAN_COMMAND_PRE_SLEEP, {})
+                self.send(p.GEARMAN_COMMAND_PRE_SLEEP)
                 self.sleeping = True
         elif command == p.GEARMAN_COMMAND_NOOP:
             if self.sleeping:
