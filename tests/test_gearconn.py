@@ -143,6 +143,11 @@ def test_a_stopping_connection_asks_for_nothing_more(
 def test_requests_are_packed_as_pygearman_packs_them(
     command: int, args: tuple[bytes, ...], fields: dict[str, bytes]
 ) -> None:
-    conn = WorkerConnection(Server("127.0.0.1", 1), b"resize", b"test", 1)
-    conn.send(command, *args)
-    assert bytes(conn._out) == p.pack_binary_command(command, fields)
+    packet = gearconn.request(command, *args)
+    assert packet == p.pack_binary_command(command, fields)
+    # And read back whole, however the bytes arrive.
+    buffer = bytearray(packet[:5])
+    assert gearconn.take_packets(buffer) == []
+    buffer += packet[5:] + packet[:3]
+    assert gearconn.take_packets(buffer) == [(command, b"\0".join(args))]
+    assert buffer == packet[:3]

@@ -46,7 +46,30 @@ class Assigned:
         return self.conn.connected and self.conn.generation == self.generation
 
 
-_GRAB = p.pack_binary_command(p.GEARMAN_COMMAND_GRAB_JOB_UNIQ, {})
+def request(command: int, *args: bytes) -> bytes:
+    """One request packet, `args` in the protocol's order: pygearman's wire format, packed
+    without its per-call checks (which cost more than the rest of a job's handling)."""
+    body = b"\0".join(args)
+    return b"%s%s%s%s" % (
+        p.MAGIC_REQ_STRING, command.to_bytes(4, "big"), len(body).to_bytes(4, "big"), body)
+
+
+def take_packets(buffer: bytearray) -> list[tuple[int, bytes]]:
+    """The whole packets at the start of `buffer`, as (command, body), removed from it."""
+    packets = []
+    start = 0
+    while len(buffer) - start >= 12:
+        end = start + 12 + int.from_bytes(buffer[start + 8:start + 12], "big")
+        if len(buffer) < end:
+            break
+        packets.append((int.from_bytes(buffer[start + 4:start + 8], "big"),
+                        bytes(buffer[start + 12:end])))
+        start = end
+    del buffer[:start]
+    return packets
+
+
+_GRAB = request(p.GEARMAN_COMMAND_GRAB_JOB_UNIQ)
 
 
 class WorkerConnection:
@@ -108,10 +131,7 @@ class WorkerConnection:
         self.sleeping = False
 
     def send(self, command: int, *args: bytes) -> None:
-        """Queue one request; `args` in the protocol's order (pygearman's wire format)."""
-        body = b"\0".join(args)
-        self._out += b"%s%s%s%s" % (
-            p.MAGIC_REQ_STRING, command.to_bytes(4, "big"), len(body).to_bytes(4, "big"), body)
+        self._out += request(command, *args)
 
     def grab(self, count: int = 1) -> None:
         """Ask for up to `count` more jobs, within the room `capacity` leaves."""
@@ -179,18 +199,10 @@ class WorkerConnection:
             raise GearmanLost(f"gearmand {self.server} closed the connection")
         self._in += chunk
         jobs = []
-        buffer = self._in
-        start = 0
-        while len(buffer) - start >= 12:
-            size = 12 + int.from_bytes(buffer[start + 8:start + 12], "big")
-            if len(buffer) - start < size:
-                break
-            command = int.from_bytes(buffer[start + 4:start + 8], "big")
-            job = self._react(command, bytes(buffer[start + 12:start + size]))
-            start += size
+        for command, body in take_packets(self._in):
+            job = self._react(command, body)
             if job is not None:
                 jobs.append(job)
-        del buffer[:start]
         return jobs
 
     def _react(self, command: int, body: bytes) -> Assigned | None:
@@ -214,13 +226,6 @@ class WorkerConnection:
             self.close()
             raise GearmanLost(f"gearmand {self.server} answered ERROR {code!r}: {text!r}")
         return None
-
-
-def _length(buffer: bytearray) -> int:
-    """The payload length announced by the header at the start of `buffer` (0 if incomplete)."""
-    if len(buffer) < 12:
-        return 0
-    return int.from_bytes(buffer[8:12], "big")
 
 
 def wait(conns: list[WorkerConnection], timeout: float) -> list[WorkerConnection]:
@@ -267,12 +272,11 @@ class Submitter:
                     (self.server.host, self.server.port), CONNECT_TIMEOUT)
                 self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.sock.settimeout(self.timeout)
-            request = b"".join(
-                _frame(p.MAGIC_REQ_STRING, PRIORITY_COMMANDS.get(priority, PRIORITY_COMMANDS[
-                    "normal"]), function.encode(), unique, data)
+            self.sock.sendall(b"".join(
+                request(PRIORITY_COMMANDS.get(priority, PRIORITY_COMMANDS["normal"]),
+                        function.encode(), unique, data)
                 for function, unique, data, priority in jobs
-            )
-            self.sock.sendall(request)
+            ))
             return self._created(len(jobs))
         except OSError as exc:
             self.close()
@@ -287,21 +291,9 @@ class Submitter:
             if not chunk:
                 raise OSError("connection closed")
             buffer += chunk
-            while len(buffer) >= 12:
-                size = 12 + _length(buffer)
-                if len(buffer) < size:
-                    break
-                command = int.from_bytes(buffer[4:8], "big")
-                body = bytes(buffer[12:size])
-                del buffer[:size]
+            for command, body in take_packets(buffer):
                 if command == p.GEARMAN_COMMAND_JOB_CREATED:
                     handles.append(body)
                 elif command == p.GEARMAN_COMMAND_ERROR:
                     raise OSError(f"gearmand answered ERROR {body!r}")
         return handles
-
-
-def _frame(magic: bytes, command: int, function: bytes, unique: bytes, data: bytes) -> bytes:
-    """One request: pygearman's wire format, packed without its per-call checks."""
-    body = b"%s\0%s\0%s" % (function, unique, data)
-    return magic + command.to_bytes(4, "big") + len(body).to_bytes(4, "big") + body

@@ -205,7 +205,7 @@ class Worker:
 
     def _answer(self, held: list[Assigned], answers: list[Answer]) -> None:
         """Answer each job on the connection that got it, then ask for more: one write each."""
-        touched: dict[int, WorkerConnection] = {}
+        touched: set[WorkerConnection] = set()
         for assigned, answer in zip(held, answers, strict=True):
             if not assigned.answerable:
                 continue  # gearmand has re-queued it already: it runs again elsewhere
@@ -214,9 +214,9 @@ class Worker:
                 conn.fail(assigned.handle)
             else:
                 conn.complete(assigned.handle, answer)
-            touched[id(conn)] = conn
+            touched.add(conn)
         going = self.keep_going()
-        for conn in touched.values():
+        for conn in touched:
             conn.grabbing = going
             conn.top_up()
             try:
