@@ -150,8 +150,11 @@ class Worker:
                 asking = any(c.asking and c.connected for c in conns)
                 if held and (len(held) >= limit or not asking
                              or time.monotonic() - held_since >= BATCH_WAIT):
+                    # A connection lost since (even while answering) took its jobs back.
+                    held = [a for a in held if a.answerable]
                     batch, held = held[:limit], held[limit:]
-                    self._answer(batch, self.run_batch([_job(a) for a in batch]))
+                    if batch:
+                        self._answer(batch, self.run_batch([_job(a) for a in batch]))
                     # What is left arrived while that batch ran: it runs next, at once.
             self._say_goodbye(conns)
         except DatabaseLost as exc:
