@@ -71,8 +71,7 @@ def failures_of(conn: Connection, keys: list[bytes]) -> dict[bytes, int]:
         f"SELECT job_key, failures FROM {ATTEMPTS_TABLE} WHERE job_key IN "
         f"({', '.join(['%s'] * len(keys))})", keys,
     )
-    found = {bytes(key): int(count) for key, count in cursor.fetchall()}
-    return found
+    return {bytes(key): int(count) for key, count in cursor.fetchall()}
 
 
 def count_failure(conn: Connection, key: bytes, failure: Failure) -> int:

@@ -197,8 +197,6 @@ class Worker:
         conn.close()
         name = str(conn.server)
         gm = self.config.gearman
-        if time.monotonic() < self._retry_at.get(name, 0.0):
-            return  # another connection to the same server already set the back-off
         backoff = min(self._backoff.get(name, gm.reconnect_backoff / 2) * 2,
                       gm.max_reconnect_backoff)
         self._backoff[name] = backoff
