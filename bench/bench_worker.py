@@ -28,11 +28,11 @@ from common import (
     wait_drained,
 )
 
+from workerhost.config import DEFAULT_BATCH
 from workerhost.sandbox import Sandbox
 
 UPDATE = "UPDATE bench_rows SET done_at = NOW(6) WHERE id = %(id)s"
 WARM_UP = 2000  # jobs before the memory growth is measured
-BATCH = 16  # jobs a worker process holds at once (the default), on one connection
 
 
 def _fresh_function(prefix: str) -> str:
@@ -63,7 +63,7 @@ def empty_handler(sandbox: Sandbox, workdir: Path, database: str, quick: bool) -
         function = _fresh_function("bench_empty")
         load_jobs(sandbox, function, _payloads(n))
         argv, env = host_command(sandbox, workdir, database, {
-            function: {"python": "handlers:empty", "processes": procs, "batch": BATCH}})
+            function: {"python": "handlers:empty", "processes": procs}})  # default batch
         with processes(argv, env=env):
             # The clock starts once every connection of every process serves the function.
             connected = procs  # one connection per process
@@ -90,9 +90,9 @@ def empty_handler(sandbox: Sandbox, workdir: Path, database: str, quick: bool) -
         one.append(ours(1))
         two.append(ours(2))
     return [
-        Figure("worker host, empty handler, 1 process", "jobs/s", one,
+        Figure(f"worker host, empty handler, 1 process (batch {DEFAULT_BATCH})", "jobs/s", one,
                "bare pygearman worker loop", base, ">= 0.9x baseline"),
-        Figure("worker host, empty handler, 2 processes", "jobs/s", two,
+        Figure(f"worker host, empty handler, 2 processes (batch {DEFAULT_BATCH})", "jobs/s", two,
                "worker host, 1 process", one, ">= 1.6x one process"),
         Figure("  CPU busy (all cores) during the 1-process runs", "%", busy[1],
                target="(bound)"),
@@ -176,17 +176,17 @@ def end_to_end(sandbox: Sandbox, workdir: Path, database: str, quick: bool) -> l
         function = _fresh_function("bench_e2e")
         _prepare_rows(admin, function)
         argv, env = host_command(sandbox, workdir, database, {
-            function: {"sql": UPDATE, "processes": 2, "batch": 64}})
+            function: {"sql": UPDATE, "processes": 2}})
         with processes(argv, env=env):
             time.sleep(1.5)
             return _insert_and_wait(sandbox, database, n)
 
     progress(f"end to end: naive worker, {n} rows x {runs}")
     base = repeat(runs, naive)
-    progress("end to end: worker host, sql handler, 2 processes, batch 64")
+    progress(f"end to end: worker host, sql handler, 2 processes, batch {DEFAULT_BATCH}")
     mine = repeat(runs, ours)
     return [Figure(f"end to end, {n} rows inserted until all written back (durable; "
-                   "sql handler, 2 processes, batch 64)", "rows/s",
+                   f"sql handler, 2 processes, batch {DEFAULT_BATCH})", "rows/s",
                    mine, "bare pygearman worker, UPDATE + COMMIT per job", base,
                    ">= 5000 rows/s")]
 

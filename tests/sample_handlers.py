@@ -75,3 +75,10 @@ def record_unless_told_to_fail(job: Job, db: Any) -> dict[str, Any]:
 
 def raises_huge(job: Job, db: Any) -> None:
     raise ValueError("x" * 200_000)
+
+
+def slow_record_pid(job: Job, db: Any) -> None:
+    """Sleeps, then notes which worker process ran the job."""
+    time.sleep(float(job.json()["seconds"]))
+    db.cursor().execute("INSERT INTO ran_by (id, pid) VALUES (%s, %s)",
+                        (job.json()["id"], os.getpid()))

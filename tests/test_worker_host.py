@@ -388,6 +388,23 @@ def test_workers_are_recycled_after_max_jobs(
     assert "exited" not in host.log()
 
 
+def test_slow_jobs_queued_before_the_host_starts_go_to_every_process(
+    sandbox: Sandbox, tables: Any, host_factory: Any
+) -> None:
+    """A process holds about 0.1 s of work, one job when jobs are slow: the first process to
+    connect does not take the whole queue while the second one idles."""
+    tables.cursor().execute("CREATE TABLE ran_by (id BIGINT PRIMARY KEY, pid INT)")
+    submit(sandbox, "slow_pid", [{"id": i, "seconds": 0.5} for i in range(8)])
+    host_factory(host_config(sandbox, tables.database, {
+        "slow_pid": {"python": "sample_handlers:slow_record_pid", "processes": 2}}))
+    wait_until(lambda: scalar(tables, "SELECT COUNT(*) FROM ran_by") == 8, timeout=30,
+               what="all 8 jobs")
+    cursor = tables.cursor()
+    cursor.execute("SELECT pid, COUNT(*) FROM ran_by GROUP BY pid")
+    per_process = sorted(count for _pid, count in cursor.fetchall())
+    assert len(per_process) == 2 and per_process[0] >= 2, per_process
+
+
 def test_one_bad_job_in_a_batch_costs_the_others_nothing(
     sandbox: Sandbox, tables: Any, host_factory: Any
 ) -> None:

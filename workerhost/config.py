@@ -52,7 +52,7 @@ DEFAULT_TIMEOUT = 60.0  # seconds one job may run before its worker is killed
 DEFAULT_RETRY_ATTEMPTS = 3  # total tries including the first; 1 means never retry
 DEFAULT_RETRY_BACKOFF = 1.0  # seconds before the first retry; doubles each time
 DEFAULT_RETRY_MAX_BACKOFF = 300.0  # cap on the delay between retries
-DEFAULT_BATCH = 16  # jobs a process holds per server; ready ones commit in one transaction
+DEFAULT_BATCH = 64  # jobs per server a process runs in one transaction, at most
 DEFAULT_MAX_JOBS = 0  # recycle a worker after this many jobs; 0 means never
 DEFAULT_ON_NO_ROWS = "ignore"
 DEFAULT_DELIVERY = "immediate"
@@ -147,7 +147,7 @@ class HandlerConfig:
     processes: int = DEFAULT_PROCESSES
     timeout: float = DEFAULT_TIMEOUT
     retries: RetryPolicy = field(default_factory=RetryPolicy)
-    batch: int = DEFAULT_BATCH  # jobs held per gearmand server and committed together
+    batch: int = DEFAULT_BATCH  # jobs per gearmand server committed together, at most
     max_jobs: int = DEFAULT_MAX_JOBS
     max_lifetime: float | None = None  # seconds; None means never recycle by age
     on_no_rows: OnNoRows = "ignore"

@@ -8,10 +8,11 @@ database answers again, and if it does not answer in time the process exits with
 so that gearmand gives the job to another worker.
 
 Throughput comes from batches: the process runs up to `batch` jobs per gearmand server in one
-transaction, commits once, then answers each. It holds twice that many (on one connection per
-server, see gearconn.py), so that the next batch is already there when one commits and the
-process never waits for gearmand while jobs are queued. When it stops, the jobs it holds but
-has not started go back to gearmand's queue.
+transaction, commits once, then answers each. It holds up to twice that many (on one connection
+per server, see gearconn.py), so that the next batch is already there when one commits and the
+process never waits for gearmand while jobs are queued; slow jobs are held fewer at a time, down
+to one (pace.py). When it stops, the jobs it holds but has not started go back to gearmand's
+queue.
 A batch never waits to fill up. When a job of the batch fails, the batch rolls back and its
 jobs run again one by one, so that one bad job costs the others nothing but a second run.
 """
@@ -36,6 +37,7 @@ from workerhost.db import Connection, Database, is_transient
 from workerhost.errors import ConnectError, JobError
 from workerhost.gearconn import Assigned, GearmanLost, WorkerConnection
 from workerhost.job import Job
+from workerhost.pace import Pace
 
 log = logging.getLogger("workerhost.worker")
 
@@ -46,7 +48,7 @@ EXIT_DATABASE = 4  # the database stayed unreachable while a job waited; job lef
 POLL_INTERVAL = 0.5
 # How long held jobs wait for answers from servers still being asked for more, at most.
 BATCH_WAIT = 0.002
-# Jobs held per server, in batches: one runs while the next one comes in.
+# Jobs held per server, at most, in batches: one runs while the next one comes in.
 PREFETCH = 2
 # How long a stopping worker waits for gearmand to take its last answers.
 ANSWER_TIMEOUT = 5.0
@@ -122,10 +124,10 @@ class Worker:
         """The work loop. Returns the process's exit code."""
         client_id = f"workerhost-{os.getpid()}".encode()
         function = self.handler.name.encode()
-        conns = [
-            WorkerConnection(server, function, client_id, self.handler.batch * PREFETCH)
-            for server in self.config.gearman.servers
-        ]
+        servers = self.config.gearman.servers
+        pace = Pace(self.handler.batch * PREFETCH * len(servers))
+        conns = [WorkerConnection(server, function, client_id, pace.per_connection(len(servers)))
+                 for server in servers]
         limit = self.handler.batch * len(conns)  # jobs run in one transaction, at most
         held: list[Assigned] = []
         held_since = 0.0
@@ -154,7 +156,12 @@ class Worker:
                     held = [a for a in held if a.answerable]
                     batch, held = held[:limit], held[limit:]
                     if batch:
-                        self._answer(batch, self.run_batch([_job(a) for a in batch]))
+                        started = time.monotonic()
+                        answers = self.run_batch([_job(a) for a in batch])
+                        pace.record(len(batch), time.monotonic() - started)
+                        for conn in conns:
+                            conn.capacity = pace.per_connection(len(conns))
+                        self._answer(batch, answers)
                     # What is left arrived while that batch ran: it runs next, at once.
             self._say_goodbye(conns)
         except DatabaseLost as exc:

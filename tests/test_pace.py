@@ -1,0 +1,64 @@
+"""How many jobs a worker process holds, from the pace of its last jobs (pace.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from workerhost.pace import FIRST_HOLD, HOLD_TIME, Pace
+
+
+def test_a_process_holds_one_job_until_it_has_timed_one() -> None:
+    assert Pace(128).hold() == FIRST_HOLD == 1
+
+
+def test_fast_jobs_are_held_as_many_as_the_batches_allow() -> None:
+    pace = Pace(128)
+    pace.record(64, 64 * 20e-6)
+    assert pace.hold() == 128
+
+
+def test_slow_jobs_are_held_one_at_a_time() -> None:
+    pace = Pace(128)
+    pace.record(1, 2.0)
+    assert pace.hold() == 1
+
+
+def test_a_process_holds_about_hold_time_of_work() -> None:
+    pace = Pace(128)
+    pace.record(4, 4 * HOLD_TIME / 10)
+    assert pace.hold() == 10
+
+
+def test_the_pace_follows_a_change_within_a_few_batches() -> None:
+    pace = Pace(128)
+    pace.record(1, 0.05)  # the first job also opened the database connection
+    assert pace.hold() == 2
+    holds = []
+    for _ in range(12):
+        pace.record(pace.hold(), pace.hold() * 20e-6)
+        holds.append(pace.hold())
+    assert holds == sorted(holds)
+    assert holds[-1] == 128
+    pace.record(1, 1.0)  # one slow batch cuts holding at once, not to nothing
+    assert 1 <= pace.hold() < 128
+
+
+def test_one_slow_batch_does_not_stop_a_fast_pipeline() -> None:
+    pace = Pace(128)
+    for _ in range(20):
+        pace.record(64, 64 * 20e-6)
+    pace.record(64, 64 * 200e-6)
+    assert pace.hold() == 128
+
+
+@pytest.mark.parametrize(("connections", "each"), [(1, 128), (2, 64), (3, 42), (200, 1)])
+def test_what_a_process_holds_is_shared_by_its_connections(connections: int, each: int) -> None:
+    pace = Pace(128)
+    pace.record(64, 64 * 20e-6)
+    assert pace.per_connection(connections) == each
+
+
+def test_nothing_recorded_for_no_jobs() -> None:
+    pace = Pace(128)
+    pace.record(0, 1.0)
+    assert pace.per_job is None

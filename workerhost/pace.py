@@ -1,0 +1,49 @@
+"""How many jobs a worker process holds: about HOLD_TIME of work, at the pace of its last jobs.
+
+Holding jobs ahead is what makes fast jobs cheap: whole batches come in with one read and
+commit in one transaction. It is also what makes slow jobs wait: a job held behind a slow one
+is kept from workers that are idle elsewhere. So a process holds what it expects to finish in
+HOLD_TIME, and never more than its handler's batches allow: a handler taking a second per job
+holds one at a time, like a plain worker, and one taking 20 µs holds two full batches.
+"""
+
+from __future__ import annotations
+
+# Work a process holds ahead, in seconds of its recent pace.
+HOLD_TIME = 0.1
+# Weight of the newest batch in the moving average of the time per job: the pace follows a
+# change within a few batches, and one slow batch does not empty the pipeline.
+WEIGHT = 0.3
+# What a process holds before it has timed any job: one, so that workers that start together
+# share a queue of slow jobs instead of the first one taking them all.
+FIRST_HOLD = 1
+
+
+class Pace:
+    """The moving average of the seconds a job takes, and what follows for holding jobs."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most  # what the handler's batches allow, per process
+        self.per_job: float | None = None
+
+    def record(self, jobs: int, seconds: float) -> None:
+        """`jobs` ran (committed and answered) in `seconds`."""
+        if jobs <= 0:
+            return
+        sample = seconds / jobs
+        if self.per_job is None:
+            self.per_job = sample
+        else:
+            self.per_job += WEIGHT * (sample - self.per_job)
+
+    def hold(self) -> int:
+        """Jobs to hold at once, at least one."""
+        if self.per_job is None:
+            return min(FIRST_HOLD, self.most)
+        if self.per_job <= 0:
+            return self.most
+        return max(1, min(self.most, int(HOLD_TIME / self.per_job)))
+
+    def per_connection(self, connections: int) -> int:
+        """What each of `connections` gearmand servers' connections may hold, at least one."""
+        return max(1, self.hold() // max(1, connections))
