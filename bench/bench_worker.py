@@ -104,14 +104,11 @@ def empty_handler(sandbox: Sandbox, workdir: Path, database: str, quick: bool) -
         Figure("  gearmand's busiest thread during the 2-process runs", "% of a core",
                gearmand[2], target="(bound)"),
         # What one job costs the whole machine (worker processes, gearmand, mariadbd): the
-        # 2-process ratio is (busy with 2 / busy with 1) x (this with 1 / this with 2), so with
-        # both cores full it passes 100 / (busy with 1) only when a job gets cheaper.
+        # 2-process ratio is (busy with 2 / busy with 1) x (this with 1 / this with 2).
         Figure("  CPU time per job, all processes, during the 1-process runs", "us",
                _cpu_per_job(busy[1], one), target="(bound)", higher_is_better=False),
         Figure("  CPU time per job, all processes, during the 2-process runs", "us",
                _cpu_per_job(busy[2], two), target="(bound)", higher_is_better=False),
-        Figure("  2-process ceiling: both cores busy at the 1-process CPU time per job", "x",
-               [100 / b for b in busy[1]], target="(estimate)"),
     ]
 
 
