@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from workerhost.db import Database
 from workerhost.pace import FIRST_HOLD, HOLD_TIME, Pace
 
 
@@ -39,15 +42,30 @@ def test_the_pace_follows_a_change_within_a_few_batches() -> None:
         holds.append(pace.hold())
     assert holds == sorted(holds)
     assert holds[-1] == 128
-    pace.record(1, 1.0)  # one slow batch cuts holding at once, not to nothing
-    assert 1 <= pace.hold() < 128
+    pace.record(1, 1.0)  # one job of a second: holding drops to one at once
+    assert pace.hold() == 1
 
 
 def test_one_slow_batch_does_not_stop_a_fast_pipeline() -> None:
     pace = Pace(128)
     for _ in range(20):
         pace.record(64, 64 * 20e-6)
-    pace.record(64, 64 * 200e-6)
+    pace.record(64, 64 * 1e-3)  # on its own, this pace would hold 100
+    assert pace.hold() == 128
+
+
+def test_a_slow_commit_is_not_counted_per_job() -> None:
+    pace = Pace(128)
+    for _ in range(30):  # a remote database: 70 ms to commit, about 1 ms a job
+        jobs = pace.hold()
+        pace.record(jobs, 0.07 + jobs / 1024, committing=0.07)
+    assert pace.hold() == 102  # 0.1 s / (1/1024 s)
+
+
+def test_a_commit_timed_longer_than_the_batch_means_jobs_cost_nothing() -> None:
+    pace = Pace(128)
+    pace.record(4, 0.01, committing=0.02)
+    assert pace.per_job == 0
     assert pace.hold() == 128
 
 
@@ -62,3 +80,17 @@ def test_nothing_recorded_for_no_jobs() -> None:
     pace = Pace(128)
     pace.record(0, 1.0)
     assert pace.per_job is None
+
+
+def test_the_database_times_its_commits() -> None:
+    class SlowCommit:
+        autocommit = True
+
+        def commit(self) -> None:
+            time.sleep(0.02)
+
+    database = Database({}, connect=SlowCommit)  # type: ignore[arg-type]
+    assert database.commit_seconds == 0
+    assert database.run(lambda conn: "done") == "done"
+    assert database.run(lambda conn: "again") == "again"
+    assert 0.04 <= database.commit_seconds < 1

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -475,10 +476,9 @@ def test_a_database_error_is_a_message_not_a_traceback(
     assert "Traceback" not in result.stderr
 
 
-def test_a_batch_costs_one_select_and_one_commit_and_no_ping(
-    sandbox: Sandbox, tables: Any
-) -> None:
-    """The round trips a batch of `sql:` jobs makes to the database, counted by the server."""
+def touch_worker(sandbox: Sandbox, tables: Any, jobs: int) -> Any:
+    """A worker of an `sql:` handler (batch 16), and `jobs` jobs queued for it; it stops
+    once it has done them all."""
     from workerhost.config import parse_config
     from workerhost.worker import Worker
 
@@ -487,15 +487,32 @@ def test_a_batch_costs_one_select_and_one_commit_and_no_ping(
     }), file="test.yaml", env=host_env(sandbox))
     worker = Worker(config, config.handlers["touch"])
     worker.db.ensure_schema()
-    submit(sandbox, "touch", [{"id": i} for i in range(1, 65)])
-    answered = worker.run_batch  # stop once all 64 are done
+    submit(sandbox, "touch", [{"id": i} for i in range(1, jobs + 1)])
+    answered = worker.run_batch
 
-    def run_batch(jobs: list[Any]) -> list[Any]:
-        answers = answered(jobs)
-        worker.stopping = worker.jobs_done >= 64
+    def run_batch(batch: list[Any]) -> list[Any]:
+        answers = answered(batch)
+        worker.stopping = worker.jobs_done >= jobs
         return answers
 
-    worker.run_batch = run_batch  # type: ignore[method-assign]
+    worker.run_batch = run_batch
+    return worker
+
+
+def session_counters(conn: Any) -> dict[str, int]:
+    from workerhost import db
+
+    cursor = db.cursor(conn)  # conn.cursor() would ping, and count itself
+    cursor.execute("SHOW SESSION STATUS WHERE Variable_name IN "
+                   "('Com_select', 'Com_update', 'Com_commit', 'Com_admin_commands')")
+    return {name: int(value) for name, value in cursor.fetchall()}
+
+
+def test_a_batch_costs_one_select_and_one_commit_and_no_ping(
+    sandbox: Sandbox, tables: Any
+) -> None:
+    """The round trips a batch of `sql:` jobs makes to the database, counted by the server."""
+    worker = touch_worker(sandbox, tables, 64)
     before = session_counters(worker.db.conn)
     assert worker.serve() == 0
     counted = {k: v - before[k] for k, v in session_counters(worker.db.conn).items()}
@@ -509,10 +526,22 @@ def test_a_batch_costs_one_select_and_one_commit_and_no_ping(
     assert counted["Com_admin_commands"] == 0
 
 
-def session_counters(conn: Any) -> dict[str, int]:
-    from workerhost import db
+def test_a_slow_commit_still_lets_jobs_be_held_and_batched(
+    sandbox: Sandbox, tables: Any
+) -> None:
+    """A commit of 50 ms (a remote database) costs the same for a batch as for one job."""
+    worker = touch_worker(sandbox, tables, 200)
+    conn = worker.db.conn
+    commit = conn.commit
 
-    cursor = db.cursor(conn)  # conn.cursor() would ping, and count itself
-    cursor.execute("SHOW SESSION STATUS WHERE Variable_name IN "
-                   "('Com_select', 'Com_update', 'Com_commit', 'Com_admin_commands')")
-    return {name: int(value) for name, value in cursor.fetchall()}
+    def slow_commit() -> None:
+        time.sleep(0.05)
+        commit()
+
+    conn.commit = slow_commit
+    before = session_counters(conn)
+    assert worker.serve() == 0
+    commits = session_counters(conn)["Com_commit"] - before["Com_commit"]
+    worker.db.close()
+    assert scalar(tables, "SELECT COUNT(*) FROM items WHERE note = 'seen'") == 200
+    assert commits <= 30  # one job a commit would be 200 of them, and 10 s

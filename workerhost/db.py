@@ -77,6 +77,8 @@ class Database:
         self._params = dict(params)
         self._connect = connect or (lambda: mysql.connector.connect(**self._params))
         self._conn: Any = None
+        # Seconds spent committing, in all: a cost per transaction, not per job (pace.py).
+        self.commit_seconds = 0.0
 
     def describe(self) -> str:
         where = self._params.get("unix_socket") or (
@@ -123,7 +125,11 @@ class Database:
             try:
                 conn = self.conn
                 result = work(conn)
-                conn.commit()
+                started = time.monotonic()
+                try:
+                    conn.commit()
+                finally:
+                    self.commit_seconds += time.monotonic() - started
                 return result
             except (mysql.connector.Error, ConnectError) as exc:
                 cause = exc.__cause__ if isinstance(exc, ConnectError) else exc

@@ -4,7 +4,11 @@ Holding jobs ahead is what makes fast jobs cheap: whole batches come in with one
 commit in one transaction. It is also what makes slow jobs wait: a job held behind a slow one
 is kept from workers that are idle elsewhere. So a process holds what it expects to finish in
 HOLD_TIME, and never more than its handler's batches allow: a handler taking a second per job
-holds one at a time, like a plain worker, and one taking 20 µs holds two full batches.
+holds one at a time (one per server, with several servers), like a plain worker, and one
+taking 20 µs holds two full batches.
+
+The pace is the time per job without the commit: a commit costs the same for one job as for
+a batch, so a slow commit (a remote database, a slow disk) is a reason to hold more, not less.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 # Work a process holds ahead, in seconds of its recent pace.
 HOLD_TIME = 0.1
 # Weight of the newest batch in the moving average of the time per job: the pace follows a
-# change within a few batches, and one slow batch does not empty the pipeline.
+# change within a few batches, and one odd batch weighs less than a third in it.
 WEIGHT = 0.3
 # What a process holds before it has timed any job: one, so that workers that start together
 # share a queue of slow jobs instead of the first one taking them all.
@@ -26,11 +30,11 @@ class Pace:
         self.most = most  # what the handler's batches allow, per process
         self.per_job: float | None = None
 
-    def record(self, jobs: int, seconds: float) -> None:
-        """`jobs` ran (committed and answered) in `seconds`."""
+    def record(self, jobs: int, seconds: float, committing: float = 0.0) -> None:
+        """`jobs` ran and were committed in `seconds`, of which `committing` went to commits."""
         if jobs <= 0:
             return
-        sample = seconds / jobs
+        sample = max(0.0, seconds - committing) / jobs
         if self.per_job is None:
             self.per_job = sample
         else:

@@ -157,8 +157,11 @@ class Worker:
                     batch, held = held[:limit], held[limit:]
                     if batch:
                         started = time.monotonic()
+                        committed = self.db.commit_seconds
                         answers = self.run_batch([_job(a) for a in batch])
-                        pace.record(len(batch), time.monotonic() - started)
+                        pace.record(len(batch), time.monotonic() - started,
+                                    self.db.commit_seconds - committed)
+                        # Before answering: answering asks for more, within the new capacity.
                         for conn in conns:
                             conn.capacity = pace.per_connection(len(conns))
                         self._answer(batch, answers)
