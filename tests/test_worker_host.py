@@ -437,18 +437,37 @@ def test_a_rerun_that_changes_nothing_still_matched_its_row(
     assert dead_letters(tables) == []
 
 
+def dead_letter_after_two_attempts(
+    sandbox: Sandbox, tables: Any, host_factory: Any, handler: str
+) -> tuple[Any, ...]:
+    """The dead letter of one job for `handler`, which fails on both its attempts."""
+    host_factory(host_config(sandbox, tables.database, {
+        "fails": {"python": handler, "retries": {"attempts": 2, "backoff": "50ms"}},
+    }))
+    submit(sandbox, "fails", [{"id": 1}])
+    (letter,) = wait_until(lambda: dead_letters(tables), what="a dead letter")
+    assert letter[2] == 2
+    return letter
+
+
 def test_a_huge_error_is_clipped_and_the_job_still_dead_lettered(
     sandbox: Sandbox, tables: Any, host_factory: Any
 ) -> None:
-    host_factory(host_config(sandbox, tables.database, {
-        "huge": {"python": "sample_handlers:raises_huge", "retries": {"attempts": 2,
-                                                                       "backoff": "50ms"}},
-    }))
-    submit(sandbox, "huge", [{"id": 1}])
-    letters = wait_until(lambda: dead_letters(tables), what="a dead letter")
-    assert letters[0][2] == 2
-    assert letters[0][3].startswith("ValueError: xxx")
-    assert letters[0][3].endswith("more characters cut)")
+    letter = dead_letter_after_two_attempts(sandbox, tables, host_factory,
+                                            "sample_handlers:raises_huge")
+    assert letter[3].startswith("ValueError: xxx")
+    assert letter[3].endswith("more characters cut)")
+
+
+def test_what_a_failing_handler_wrote_before_it_raised_is_rolled_back(
+    sandbox: Sandbox, tables: Any, host_factory: Any
+) -> None:
+    # The handler inserts a row, then raises: had its first try committed, the second would
+    # fail on the duplicate key instead.
+    letter = dead_letter_after_two_attempts(sandbox, tables, host_factory,
+                                            "sample_handlers:always_fails")
+    assert letter[3] == "ValueError: this handler always fails"
+    assert scalar(tables, "SELECT COUNT(*) FROM results") == 0
 
 
 def test_check_connect_with_a_wrong_password_says_so_with_exit_code_4(

@@ -310,8 +310,10 @@ class Worker:
             except mysql.connector.Error as exc:
                 if is_transient(exc):
                     raise
+                conn.rollback()  # what it wrote before it failed: it runs again from scratch
                 return "failed", _failure(exc)
             except Exception as exc:  # a handler's failure, whatever it is
+                conn.rollback()
                 return "failed", _failure(exc)
             if done:
                 failures.forget(conn, job.key)
