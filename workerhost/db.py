@@ -77,8 +77,8 @@ class Database:
         self._params = dict(params)
         self._connect = connect or (lambda: mysql.connector.connect(**self._params))
         self._conn: Any = None
-        # Seconds spent committing, in all: a cost per transaction, not per job (pace.py).
-        self.commit_seconds = 0.0
+        # How long the last commit took: a cost per transaction, not per job (pace.py).
+        self.last_commit_seconds = 0.0
 
     def describe(self) -> str:
         where = self._params.get("unix_socket") or (
@@ -129,7 +129,7 @@ class Database:
                 try:
                     conn.commit()
                 finally:
-                    self.commit_seconds += time.monotonic() - started
+                    self.last_commit_seconds = time.monotonic() - started
                 return result
             except (mysql.connector.Error, ConnectError) as exc:
                 cause = exc.__cause__ if isinstance(exc, ConnectError) else exc

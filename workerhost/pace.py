@@ -7,8 +7,8 @@ HOLD_TIME, and never more than its handler's batches allow: a handler taking a s
 holds one at a time (one per server, with several servers), like a plain worker, and one
 taking 20 µs holds two full batches.
 
-The pace is the time per job without the commit: a commit costs the same for one job as for
-a batch, so a slow commit (a remote database, a slow disk) is a reason to hold more, not less.
+The pace leaves out the batch's own commit, which one job would pay as well: a slow commit
+(a remote database, a slow disk) is no reason to hold less.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ class Pace:
         self.per_job: float | None = None
 
     def record(self, jobs: int, seconds: float, committing: float = 0.0) -> None:
-        """`jobs` ran and were committed in `seconds`, of which `committing` went to commits."""
+        """`jobs` ran and were committed in `seconds`, of which `committing` went to the
+        batch's own commit."""
         if jobs <= 0:
             return
         sample = max(0.0, seconds - committing) / jobs
