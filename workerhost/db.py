@@ -126,10 +126,8 @@ class Database:
                 conn = self.conn
                 result = work(conn)
                 started = time.monotonic()
-                try:
-                    conn.commit()
-                finally:
-                    self.last_commit_seconds = time.monotonic() - started
+                conn.commit()
+                self.last_commit_seconds = time.monotonic() - started
                 return result
             except (mysql.connector.Error, ConnectError) as exc:
                 cause = exc.__cause__ if isinstance(exc, ConnectError) else exc

@@ -308,13 +308,10 @@ class Worker:
                 return "dead", failure
             try:
                 result = handlers.run(self.handler, job, conn)
-            except mysql.connector.Error as exc:
-                if is_transient(exc):
+            except Exception as exc:  # a handler's failure, whatever it is
+                if isinstance(exc, mysql.connector.Error) and is_transient(exc):
                     raise
                 conn.rollback()  # what it wrote before it failed: it runs again from scratch
-                return "failed", _failure(exc)
-            except Exception as exc:  # a handler's failure, whatever it is
-                conn.rollback()
                 return "failed", _failure(exc)
             if done:
                 failures.forget(conn, job.key)
