@@ -4,10 +4,19 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 UDF_SO := udf/build/gearman_udf.so
 
-.PHONY: setup demo test lint udf udf-test install-udf bench clean sandbox-up sandbox-down
+# SERVER=mysql runs the demo and the sandbox on MySQL (in a container) instead of MariaDB.
+SERVER ?= mariadb
+# Runs a command with a Docker engine at hand (ours, started and stopped around it, if none runs).
+WITH_DOCKER := scripts/docker-engine.sh
+
+.PHONY: setup setup-mysql demo test lint udf udf-test install-udf bench clean sandbox-up sandbox-down
 
 setup:
 	@scripts/setup.sh
+
+# The MySQL image (Debian's MySQL in a chroot of Debian sid, imported into Docker): built once.
+setup-mysql: setup
+	@$(WITH_DOCKER) scripts/mysql-image.sh >/dev/null
 
 udf: setup
 	@$(MAKE) --no-print-directory -C udf
@@ -18,10 +27,15 @@ udf-test: udf
 # A sandbox in a temporary directory, the example shop's triggers and handlers, sample orders
 # written back; everything is stopped again at the end (scripts/demo.py says each step).
 demo: udf
+ifeq ($(SERVER),mysql)
+	@$(WITH_DOCKER) sh -c 'scripts/mysql-image.sh >/dev/null && $(PY) scripts/demo.py --server mysql'
+else
 	@$(PY) scripts/demo.py
+endif
 
+# Every database test runs on MariaDB and on MySQL (TEST_SERVERS=mariadb narrows a local run).
 test: setup udf
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(WITH_DOCKER) sh -c 'scripts/mysql-image.sh >/dev/null && $(PY) -m pytest $(PYTEST_ARGS)'
 
 lint: setup
 	$(PY) -m mypy --strict
@@ -39,8 +53,14 @@ install-udf: udf
 	  mv -f "$$plugin_dir/gearman_udf.so.new" "$$plugin_dir/gearman_udf.so" && \
 	  $(MYSQL) < sql/install.sql && echo "install-udf: installed into $$plugin_dir"
 
+# On MySQL the sandbox's mysqld runs in a container: it needs a Docker engine that stays up
+# (dockerd, or `systemctl start docker`), so this target does not start one for you.
 sandbox-up: udf
+ifeq ($(SERVER),mysql)
+	$(VENV)/bin/workerhost sandbox up --dir .sandbox --server mysql --install-udf udf
+else
 	$(VENV)/bin/workerhost sandbox up --dir .sandbox --install-udf $(UDF_SO)
+endif
 
 sandbox-down: setup
 	$(VENV)/bin/workerhost sandbox down --dir .sandbox

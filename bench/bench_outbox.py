@@ -9,7 +9,7 @@ from typing import Any
 import gearman
 from common import Figure, progress, repeat, wait_drained
 
-from workerhost import triggers
+from workerhost import tables, triggers
 from workerhost.config import parse_config
 from workerhost.db import Database
 from workerhost.relay import Relay
@@ -31,7 +31,7 @@ FLOOR_TABLE = "bench_floor"  # what the floor trigger writes: one BIGINT per row
 # The least an outbox row can be: an order, a function and a payload. A job written here
 # costs what one written to workerhost_outbox does, whose other columns take only defaults.
 MINIMAL_OUTBOX = ("bench_minimal_outbox", "(id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT "
-                  "PRIMARY KEY, function VARCHAR(255) NOT NULL, payload LONGBLOB NOT NULL)")
+                  "PRIMARY KEY, `function` VARCHAR(255) NOT NULL, payload LONGBLOB NOT NULL)")
 
 
 def _insert_sql(table: str, n: int) -> str:
@@ -83,7 +83,7 @@ def trigger_overhead(sandbox: Sandbox, database: str, quick: bool) -> list[Figur
     n = 20000
     runs = 3 if quick else 7
     conn = sandbox.connect(database=database)
-    Database(_db_params(sandbox, database)).ensure_schema()
+    Database(_db_params(sandbox, database)).run(tables.create)
     cursor = conn.cursor()
     cursor.execute(f"CREATE OR REPLACE TABLE {FLOOR_TABLE} (id BIGINT PRIMARY KEY)")
     cursor.execute(f"CREATE OR REPLACE TABLE {MINIMAL_OUTBOX[0]} {MINIMAL_OUTBOX[1]}")
@@ -102,9 +102,9 @@ def trigger_overhead(sandbox: Sandbox, database: str, quick: bool) -> list[Figur
             # The floor of any outbox: the smallest possible row written to another table.
             "row": floor(f"INSERT INTO {FLOOR_TABLE} VALUES (NEW.id)"),
             # The floor of a row that carries a job: constants, nothing computed per row.
-            "job": floor("INSERT INTO workerhost_outbox (function, payload) VALUES ('b', 'x')"),
+            "job": floor("INSERT INTO workerhost_outbox (`function`, payload) VALUES ('b', 'x')"),
             # The same into an outbox with nothing but an order, a function and a payload.
-            "minimal": floor(f"INSERT INTO {MINIMAL_OUTBOX[0]} (function, payload) "
+            "minimal": floor(f"INSERT INTO {MINIMAL_OUTBOX[0]} (`function`, payload) "
                              "VALUES ('b', 'x')"),
         }
         progress(f"outbox delivery: {n}-row INSERT into {table}, without and with triggers, "
@@ -149,7 +149,7 @@ def _db_params(sandbox: Sandbox, database: str) -> dict[str, Any]:
 def relay_rate(sandbox: Sandbox, database: str, quick: bool) -> list[Figure]:
     n = 5000 if quick else 20000
     runs = 3
-    Database(_db_params(sandbox, database)).ensure_schema()
+    Database(_db_params(sandbox, database)).run(tables.create)
     conn = sandbox.connect(database=database)
     cursor = conn.cursor()
     config = parse_config({
@@ -174,7 +174,7 @@ def relay_rate(sandbox: Sandbox, database: str, quick: bool) -> list[Figure]:
     def ours() -> float:
         function = f"bench_relay_{uuid.uuid4().hex[:8]}"
         cursor.execute(
-            "INSERT INTO workerhost_outbox (function, payload, unique_key) "
+            "INSERT INTO workerhost_outbox (`function`, payload, unique_key) "
             f"SELECT '{function}', JSON_OBJECT('id', seq), UUID() FROM seq_1_to_{n}")
         relay = Relay(config)
         start = time.perf_counter()

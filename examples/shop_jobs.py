@@ -25,7 +25,7 @@ def award_points(job: Job, db: Any) -> dict[str, Any]:
     cursor = db.cursor()
     try:
         cursor.execute(
-            "INSERT INTO processed_events (event_id, function) VALUES (%s, %s)",
+            "INSERT INTO processed_events (event_id, `function`) VALUES (%s, %s)",
             (event["event_id"], job.function),
         )
     except mysql.connector.IntegrityError as exc:
@@ -38,9 +38,11 @@ def award_points(job: Job, db: Any) -> dict[str, Any]:
         (event["id"], points, event["event_id"]),
     )
     cursor.execute(
+        # The points twice rather than VALUES(points), which MySQL deprecates since 8.0.20
+        # and MariaDB has no replacement for: this form means the same on both servers.
         "INSERT INTO loyalty (customer, points, orders) VALUES (%s, %s, 1) "
-        "ON DUPLICATE KEY UPDATE points = points + VALUES(points), orders = orders + 1",
-        (event["customer"], points),
+        "ON DUPLICATE KEY UPDATE points = points + %s, orders = orders + 1",
+        (event["customer"], points, points),
     )
     cursor.close()
     return {"order": event["id"], "points": points}

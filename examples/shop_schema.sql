@@ -36,6 +36,6 @@ CREATE TABLE loyalty (
 -- Events a handler has applied: the trigger's event_id is the key.
 CREATE TABLE processed_events (
     event_id      CHAR(36) NOT NULL PRIMARY KEY,
-    function      VARCHAR(255) NOT NULL,
+    `function`    VARCHAR(255) NOT NULL,
     processed_at  DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
 ) ENGINE=InnoDB;

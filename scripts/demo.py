@@ -1,8 +1,9 @@
 """`make demo`: the whole path, from an INSERT to its result written back, in a local sandbox.
 
 Steps, each printed as it happens:
-  1. start a throwaway gearmand + mariadbd (the sandbox) in a temporary directory;
-  2. install the UDF (udf/build/gearman_udf.so) into that mariadbd;
+  1. start a throwaway gearmand + mariadbd (the sandbox) in a temporary directory; with
+     --server mysql, mysqld in a container instead (`make demo SERVER=mysql`);
+  2. install the UDF (udf/build/gearman_udf.so; for MySQL built against its own headers);
   3. create the example shop's tables (examples/shop_schema.sql);
   4. create the triggers of examples/shop.yaml (`workerhost triggers --apply`);
   5. start `workerhost run -c examples/shop.yaml` and wait until its workers are registered;
@@ -35,7 +36,7 @@ from workerhost import triggers  # noqa: E402
 from workerhost.config import load_config  # noqa: E402
 from workerhost.db import Database  # noqa: E402
 from workerhost.errors import WorkerHostError  # noqa: E402
-from workerhost.sandbox import Sandbox, tail  # noqa: E402
+from workerhost.sandbox import DATABASE_SERVERS, Sandbox, tail  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 CONFIG = EXAMPLES / "shop.yaml"
@@ -69,8 +70,8 @@ def info(text: str) -> None:
 
 
 @contextmanager
-def sandbox_in(directory: Path) -> Iterator[Sandbox]:
-    box = Sandbox(directory)
+def sandbox_in(directory: Path, server: str) -> Iterator[Sandbox]:
+    box = Sandbox(directory, server=server)
     try:
         box.up()
         yield box
@@ -161,13 +162,16 @@ def report(conn: Any, ids: list[int]) -> bool:
     return True
 
 
-def demo(workdir: Path) -> bool:
-    step(1, f"starting a sandbox (gearmand + mariadbd) in {workdir}")
-    with sandbox_in(workdir / "sandbox") as box:
-        info(f"gearmand at {box.gearman_server}, mariadbd at 127.0.0.1:{box.mysql_port}")
+def demo(workdir: Path, server: str) -> bool:
+    process = DATABASE_SERVERS[server]
+    step(1, f"starting a sandbox (gearmand + {process}) in {workdir}")
+    with sandbox_in(workdir / "sandbox", server) as box:
+        info(f"gearmand at {box.gearman_server}, {process} at 127.0.0.1:{box.mysql_port}")
 
-        step(2, f"installing the UDF {UDF_SO.relative_to(ROOT)}")
-        box.install_udf(UDF_SO)
+        library = UDF_SO if server == "mariadb" else UDF_SO.parent.parent
+        step(2, f"installing the UDF {library.relative_to(ROOT)}"
+                + ("" if server == "mariadb" else " (built in the MySQL image)"))
+        box.install_udf(library)
         info("gman_do_background() and friends exist; triggers can submit jobs")
 
         step(3, f"creating the shop's tables ({SCHEMA.relative_to(ROOT)})")
@@ -215,8 +219,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (logs, data) afterwards")
+    parser.add_argument("--server", choices=DATABASE_SERVERS, default="mariadb",
+                        help="the sandbox's database server (mysql runs in a container)")
     args = parser.parse_args()
-    if not UDF_SO.is_file():
+    if args.server == "mariadb" and not UDF_SO.is_file():
         print(f"demo: {UDF_SO} is missing; build it with: make udf", file=sys.stderr)
         return 1
 
@@ -228,7 +234,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="workerhost-demo-"))
     ok = False
     try:
-        ok = demo(workdir)
+        ok = demo(workdir, args.server)
     except (KeyboardInterrupt, Stop):
         print("\ndemo: interrupted; everything it started is stopped", file=sys.stderr)
         return 130

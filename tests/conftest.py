@@ -1,4 +1,5 @@
-"""Fixtures on top of the sandbox: real gearmand and mariadbd for the whole test session."""
+"""Fixtures on top of the sandbox: real gearmand, and real mariadbd and mysqld, for the whole
+test session."""
 
 from __future__ import annotations
 
@@ -20,13 +21,21 @@ import yaml
 from workerhost.sandbox import PERSISTENT_QUEUE, Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
-UDF_SO = ROOT / "udf" / "build" / "gearman_udf.so"
+UDF_DIR = ROOT / "udf"
+UDF_SO = UDF_DIR / "build" / "gearman_udf.so"
 
 
-@pytest.fixture(scope="session")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    """One sandbox per test session, always torn down (atexit covers a hard interrupt)."""
-    box = Sandbox(tmp_path_factory.mktemp("sandbox"))
+# Every test on the sandbox runs on each server; its id says which ([mariadb] or [mysql]).
+# TEST_SERVERS=mariadb (a comma-separated list) narrows a developer's run; `make test` runs all.
+SERVERS = [name for name in os.environ.get("TEST_SERVERS", "mariadb,mysql").split(",") if name]
+
+
+@pytest.fixture(scope="session", params=SERVERS)
+def sandbox(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    """One sandbox per server and test session, always torn down (atexit covers a hard
+    interrupt)."""
+    box = Sandbox(tmp_path_factory.mktemp(f"sandbox-{request.param}"), server=request.param)
     atexit.register(box.down)
     try:
         box.up()
@@ -37,10 +46,11 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
 @pytest.fixture(scope="session")
 def udf(sandbox: Sandbox) -> Sandbox:
-    """The sandbox with gearman_udf.so installed (built by `make udf`, as `make test` does)."""
-    if not UDF_SO.is_file():
+    """The sandbox with gearman_udf.so installed: `make udf`'s build for MariaDB, one built
+    inside the server's image against its own headers for MySQL."""
+    if sandbox.server == "mariadb" and not UDF_SO.is_file():
         pytest.fail(f"{UDF_SO} is missing: build it with `make udf` before running these tests")
-    sandbox.install_udf(UDF_SO)
+    sandbox.install_udf(UDF_SO if sandbox.server == "mariadb" else UDF_DIR)
     return sandbox
 
 
@@ -202,6 +212,14 @@ def host_factory(
     yield start
     for host in started:
         host.kill()
+
+
+def sequence(first: int, last: int) -> str:
+    """A derived table of the integers first..last in a column `seq`, on either server
+    (MariaDB's seq_1_to_N tables do not exist in MySQL; the sandbox's mysqld allows the
+    recursion depth)."""
+    return (f"(WITH RECURSIVE s (seq) AS (SELECT {first} UNION ALL SELECT seq + 1 FROM s "
+            f"WHERE seq < {last}) SELECT seq FROM s) AS seq_{first}_to_{last}")
 
 
 def scalar(db: Any, sql: str, *args: Any) -> Any:

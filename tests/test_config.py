@@ -174,6 +174,19 @@ def test_parse_config_takes_data_already_read() -> None:
     assert str(info.value) == "inline: handlers: expected a mapping, got a list"
 
 
+def test_tls_keys_reach_the_connector() -> None:
+    kwargs = load_config("tls.yaml", env={}).database.connect_kwargs()
+    assert {key: value for key, value in kwargs.items() if key.startswith("ssl_")} == {
+        "ssl_ca": "ca.pem", "ssl_cert": "client-cert.pem", "ssl_key": "client-key.pem",
+        "ssl_verify_cert": True, "ssl_verify_identity": True,
+    }
+    disabled = load_config("tls-disabled.yaml", env={}).database.connect_kwargs()
+    assert disabled["ssl_disabled"] is True
+    # Unset, the connector's own default stays: TLS when the server offers it.
+    assert not any(key.startswith("ssl_") for key in
+                   load_config("minimal.yaml", env={}).database.connect_kwargs())
+
+
 # -- files that do not load: one rule each, with the exact message ---------------------------
 
 
@@ -279,6 +292,15 @@ def test_parse_config_takes_data_already_read() -> None:
         ("trigger-repeated.yaml",
          "trigger-repeated.yaml: triggers[1]: repeats triggers[0]: update on orders already"
          " submits order_total"),
+        ("tls-missing-ca.yaml",
+         "tls-missing-ca.yaml: database.ssl_ca: expected a file, got 'no-such-ca.pem', which"
+         " does not exist"),
+        ("tls-cert-without-key.yaml",
+         "tls-cert-without-key.yaml: database.ssl_cert: ssl_cert needs ssl_key too (a client"
+         " certificate and its private key go together)"),
+        ("tls-disabled-and-ca.yaml",
+         "tls-disabled-and-ca.yaml: database.ssl_ca: ssl_ca cannot be combined with"
+         " ssl_disabled: true"),
     ],
 )  # fmt: skip
 def test_invalid_file_names_file_path_and_reason(fixture: str, message: str) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import mysql.connector
 import pytest
-from conftest import host_config, scalar, wait_until
+from conftest import host_config, scalar, sequence, wait_until
 from mysql.connector import errorcode
 from trigger_handlers import CAPTURED
 
@@ -76,7 +76,7 @@ def assert_each_row_once(db: Any, rows: int) -> None:
 
 
 def insert(db: Any, first: int, last: int) -> None:
-    db.cursor().execute(f"INSERT INTO events (id) SELECT seq FROM seq_{first}_to_{last}")
+    db.cursor().execute(f"INSERT INTO events (id) SELECT seq FROM {sequence(first, last)}")
 
 
 class Writer(threading.Thread):

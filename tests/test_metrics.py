@@ -129,7 +129,7 @@ def test_outbox_backlog_and_age_are_read_on_each_scrape(
     assert value(scrape(port), "workerhost_outbox_rows") == 0
     # Delayed retries not yet due: the relay leaves them, the backlog shows them.
     db.cursor().execute(
-        "INSERT INTO workerhost_outbox (function, payload, not_before, created_at) VALUES "
+        "INSERT INTO workerhost_outbox (`function`, payload, not_before, created_at) VALUES "
         "('later', '{}', NOW(6) + INTERVAL 1 HOUR, NOW(6) - INTERVAL 90 SECOND), "
         "('later', '{}', NOW(6) + INTERVAL 1 HOUR, NOW(6))")
     samples = scrape(port)

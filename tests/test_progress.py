@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from conftest import host_config, host_env, scalar
+from conftest import host_config, host_env, scalar, sequence
 
+from workerhost import tables
 from workerhost.db import Database
 from workerhost.progress import BAR_WIDTH, Progress
 from workerhost.sandbox import Sandbox
@@ -79,9 +80,9 @@ def test_outbox_drain_ships_the_due_rows_and_leaves_the_later_ones(
         "touch": {"sql": "UPDATE t SET a = 1 WHERE id = %(id)s"}}, host={"relay": {"batch": 100}})))
     assert workerhost(sandbox, config, "check", "--connect").returncode == 0
     cursor = db.cursor()
-    cursor.execute("INSERT INTO workerhost_outbox (function, payload) SELECT %s, "
-                   "CONCAT('{\"id\": ', seq, '}') FROM seq_1_to_250", (function,))
-    cursor.execute("INSERT INTO workerhost_outbox (function, payload, not_before) VALUES "
+    cursor.execute("INSERT INTO workerhost_outbox (`function`, payload) SELECT %s, "
+                   f"CONCAT('{{\"id\": ', seq, '}}') FROM {sequence(1, 250)}", (function,))
+    cursor.execute("INSERT INTO workerhost_outbox (`function`, payload, not_before) VALUES "
                    "(%s, '{}', NOW(6) + INTERVAL 1 HOUR)", (function,))
     drained = workerhost(sandbox, config, "outbox", "drain")
     assert drained.returncode == 0, drained.stderr
@@ -99,11 +100,11 @@ def test_outbox_drain_without_gearmand_exits_4_and_keeps_the_rows(
     config.write_text(yaml.safe_dump(host_config(sandbox, db.database, {
         "touch": {"sql": "UPDATE t SET a = 1 WHERE id = %(id)s"}},
         gearman={"servers": ["127.0.0.1:1"]})))
-    tables = Database({"host": "127.0.0.1", "port": sandbox.mysql_port, "user": sandbox.user,
-                       "password": sandbox.password, "database": db.database})
-    tables.ensure_schema()
-    tables.close()
-    db.cursor().execute("INSERT INTO workerhost_outbox (function, payload) VALUES ('x', '{}')")
+    host_db = Database({"host": "127.0.0.1", "port": sandbox.mysql_port, "user": sandbox.user,
+                        "password": sandbox.password, "database": db.database})
+    host_db.run(tables.create)
+    host_db.close()
+    db.cursor().execute("INSERT INTO workerhost_outbox (`function`, payload) VALUES ('x', '{}')")
     drained = workerhost(sandbox, config, "outbox", "drain")
     assert drained.returncode == 4
     assert "outbox drain stopped after 0 rows" in drained.stderr
@@ -118,11 +119,11 @@ def test_retry_all_moves_every_dead_letter_back_in_batches(
     config.write_text(yaml.safe_dump(host_config(sandbox, db.database, {
         "touch": {"sql": "UPDATE t SET a = 1 WHERE id = %(id)s"}})))
     assert workerhost(sandbox, config, "check", "--connect").returncode == 0
-    db.cursor().execute("INSERT INTO workerhost_dead_letters (function, payload, attempts, "
-                        "error) SELECT 'touch', '{}', 3, 'boom' FROM seq_1_to_250")
+    db.cursor().execute("INSERT INTO workerhost_dead_letters (`function`, payload, attempts, "
+                        f"error) SELECT 'touch', '{{}}', 3, 'boom' FROM {sequence(1, 250)}")
     retried = workerhost(sandbox, config, "dead-letters", "retry", "--all")
     assert retried.returncode == 0, retried.stderr
     assert retried.stdout == "250 dead letters queued again\n"
     assert retried.stderr.splitlines()[-1] == "dead letters queued again: 250/250"
     assert scalar(db, "SELECT COUNT(*) FROM workerhost_dead_letters") == 0
-    assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox WHERE function = 'touch'") == 250
+    assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox WHERE `function` = 'touch'") == 250

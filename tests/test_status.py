@@ -58,10 +58,10 @@ def test_status_shows_each_servers_queue_and_survives_a_dead_one(
     }, gearman={"servers": [first.server, second.server]})))
     assert workerhost(sandbox, "check", "--connect", "-c", str(config)).returncode == 0
     db.cursor().execute(
-        "INSERT INTO workerhost_dead_letters (function, payload, attempts, error) VALUES "
+        "INSERT INTO workerhost_dead_letters (`function`, payload, attempts, error) VALUES "
         f"('{function}', '{{}}', 3, 'boom'), ('{function}', '{{}}', 3, 'boom'), "
         "('other', '{}', 1, 'bad')")
-    db.cursor().execute("INSERT INTO workerhost_outbox (function, payload) VALUES ('x', '{}')")
+    db.cursor().execute("INSERT INTO workerhost_outbox (`function`, payload) VALUES ('x', '{}')")
 
     shown = workerhost(sandbox, "status", "-c", str(config))
     assert shown.returncode == 0, shown.stderr

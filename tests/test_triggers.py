@@ -137,7 +137,7 @@ def run_cli(sandbox: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
 def captured(db: Any) -> list[tuple[str, str, dict[str, Any]]]:
     """(function, unique, payload) of every captured job, in payload id, event order."""
     cursor = db.cursor()
-    cursor.execute("SELECT function, unique_key, payload FROM captured")
+    cursor.execute("SELECT `function`, unique_key, payload FROM captured")
     rows = [(f, u, json.loads(p)) for f, u, p in cursor.fetchall()]
     cursor.close()
     order = {"insert": 0, "update": 1, "delete": 2}
@@ -233,7 +233,8 @@ def test_printed_sql_applied_with_the_mariadb_client_works(
     udf: Sandbox, shop: Any, tmp_path: Path
 ) -> None:
     config = host_config(udf, shop.database, CAPTURE_HANDLERS, triggers=ITEM_TRIGGERS)
-    printed = run_cli(udf, "triggers", "-c", str(write_config(tmp_path, config)))
+    printed = run_cli(udf, "triggers", "-c", str(write_config(tmp_path, config)),
+                      "--dialect", udf.server)
     assert printed.returncode == 0, printed.stderr
     script = tmp_path / "triggers.sql"
     script.write_text(printed.stdout)
@@ -243,10 +244,11 @@ def test_printed_sql_applied_with_the_mariadb_client_works(
     udf.run_sql_file(script, database=shop.database)
     assert len(trigger_names(shop)) == 3
     shop.cursor().execute("INSERT INTO items (id) VALUES (1)")
-    assert scalar(shop, "SELECT function FROM workerhost_outbox") == "capture_outbox"
+    assert scalar(shop, "SELECT `function` FROM workerhost_outbox") == "capture_outbox"
     # A lone outbox entry is one statement without BEGIN ... END: the client takes it too.
     config["triggers"] = [{**ITEM_TRIGGERS[1], "events": ["update"]}]
-    printed = run_cli(udf, "triggers", "-c", str(write_config(tmp_path, config)))
+    printed = run_cli(udf, "triggers", "-c", str(write_config(tmp_path, config)),
+                      "--dialect", udf.server)
     assert "BEGIN" not in printed.stdout
     script.write_text(printed.stdout)
     udf.run_sql_file(script, database=shop.database)

@@ -12,8 +12,9 @@ from typing import Any
 
 import gearman
 import pytest
-from conftest import RunningHost, host_config, host_env, scalar, wait_until
+from conftest import RunningHost, host_config, host_env, scalar, sequence, wait_until
 
+from workerhost import tables as host_tables
 from workerhost.sandbox import Sandbox
 
 RESULTS = """CREATE TABLE results (
@@ -27,7 +28,7 @@ def tables(db: Any) -> Any:
     cursor.execute(RESULTS)
     cursor.execute("CREATE TABLE items (id BIGINT PRIMARY KEY, note VARCHAR(255), "
                    "seen_at DATETIME(6))")
-    cursor.execute("INSERT INTO items (id) SELECT seq FROM seq_1_to_500")
+    cursor.execute(f"INSERT INTO items (id) SELECT seq FROM {sequence(1, 500)}")
     cursor.execute("CREATE TABLE flags (name VARCHAR(32) PRIMARY KEY, broken BOOL)")
     return db
 
@@ -49,7 +50,7 @@ def count_results(db: Any) -> int:
 
 def dead_letters(db: Any) -> list[tuple[Any, ...]]:
     cursor = db.cursor()
-    cursor.execute("SELECT id, function, attempts, error, traceback, payload "
+    cursor.execute("SELECT id, `function`, attempts, error, traceback, payload "
                    "FROM workerhost_dead_letters ORDER BY id")
     return list(cursor.fetchall())
 
@@ -505,7 +506,7 @@ def touch_worker(sandbox: Sandbox, tables: Any, jobs: int) -> Any:
         "touch": {"sql": "UPDATE items SET note = 'seen' WHERE id = %(id)s", "batch": 16},
     }), file="test.yaml", env=host_env(sandbox))
     worker = Worker(config, config.handlers["touch"])
-    worker.db.ensure_schema()
+    worker.db.run(host_tables.create)
     submit(sandbox, "touch", [{"id": i} for i in range(1, jobs + 1)])
     answered = worker.run_batch
 

@@ -10,9 +10,9 @@ from typing import Any
 from workerhost.job import Job
 
 CAPTURED = """CREATE TABLE captured (
-    function VARCHAR(255) NOT NULL, event_id CHAR(36) NOT NULL, unique_key VARCHAR(255),
+    `function` VARCHAR(255) NOT NULL, event_id CHAR(36) NOT NULL, unique_key VARCHAR(255),
     payload LONGBLOB NOT NULL, row_id BIGINT, host_pid INT, worker_pid INT, attempt INT,
-    runs INT NOT NULL DEFAULT 1, PRIMARY KEY (function, event_id))"""
+    runs INT NOT NULL DEFAULT 1, PRIMARY KEY (`function`, event_id))"""
 
 
 def capture(job: Job, db: Any) -> str:
@@ -20,7 +20,7 @@ def capture(job: Job, db: Any) -> str:
     event = job.json()
     cursor = db.cursor()
     cursor.execute(
-        "INSERT INTO captured (function, event_id, unique_key, payload, row_id, host_pid, "
+        "INSERT INTO captured (`function`, event_id, unique_key, payload, row_id, host_pid, "
         "worker_pid, attempt) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
         "ON DUPLICATE KEY UPDATE runs = runs + 1",
         (job.function, event["event_id"], job.unique, job.payload, event.get("id"),

@@ -12,9 +12,15 @@ from typing import TYPE_CHECKING
 
 import mysql.connector
 
-from workerhost import __version__
+from workerhost import __version__, tables
 from workerhost.errors import ConfigError, ConnectError, SandboxError, WorkerHostError
-from workerhost.sandbox import GEARMAN_QUEUES, GEARMAN_THREADS, PERSISTENT_QUEUE
+from workerhost.sandbox import (
+    DATABASE_SERVERS,
+    DEFAULT_DATABASE_SERVER,
+    GEARMAN_QUEUES,
+    GEARMAN_THREADS,
+    PERSISTENT_QUEUE,
+)
 
 # Exit codes, documented in the README.
 RET_OK = 0
@@ -51,7 +57,7 @@ def _threads(text: str) -> int:
 def _sandbox_up(args: argparse.Namespace) -> int:
     from workerhost.sandbox import Sandbox
 
-    box = Sandbox(args.dir)
+    box = Sandbox(args.dir, server=args.server)
     started = box.up(gearman_port=args.gearman_port, mysql_port=args.mysql_port,
                      gearman_queue=args.gearman_queue, gearman_threads=args.gearman_threads)
     if args.install_udf:
@@ -63,7 +69,7 @@ def _sandbox_up(args: argparse.Namespace) -> int:
     else:
         print(f"sandbox up in {box.dir}")
     print(f"  gearmand  {box.gearman_server}")
-    print(f"  mariadbd  127.0.0.1:{box.mysql_port}  socket {box.unix_socket}")
+    print(f"  {box.database_process:9} 127.0.0.1:{box.mysql_port}  socket {box.unix_socket}")
     print(f"  logs      {box.gearmand_log}  {box.mysql_log}")
     print(f"  user {info.mysql.user}, password in {box.dir / 'sandbox.json'}")
     return RET_OK
@@ -127,7 +133,7 @@ def _check(args: argparse.Namespace) -> int:
                 raise ConnectError(f"gearmand at {server} does not answer: {exc}") from exc
             print(f"gearmand {server}: reachable (version {version})")
         db = Database(config.database.connect_kwargs())
-        db.ensure_schema()
+        db.run(tables.create)
         db.close()
         print(f"{db.describe()}: reachable; the host's tables are in place")
     return RET_OK
@@ -142,7 +148,7 @@ def _run(args: argparse.Namespace) -> int:
     config = _load(args)
     logs.redact(config.database.password)
     db = Database(config.database.connect_kwargs())
-    db.ensure_schema()
+    db.run(tables.create)
     db.close()
     with metrics.collecting(config.host.metrics is not None):  # before the first fork
         return Supervisor(config, args.config).run()
@@ -228,7 +234,7 @@ def _retry_all(db: Database) -> int:
 
     # A deadline: without one, a refused connection is retried for ever.
     deadline = time.monotonic() + status.STATUS_TIMEOUT
-    total = sum(db.run(status.dead_letters_by_function, deadline=deadline).values())
+    total = sum(db.run(tables.dead_letters_by_function, deadline=deadline).values())
     moved = 0
     with progress.Progress("dead letters queued again", total) as bar:
         while moved < total:  # letters that die meanwhile wait for the next retry --all
@@ -293,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"workerhost {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    sandbox = verbs.add_parser("sandbox", help="a throwaway local gearmand + mariadbd")
+    sandbox = verbs.add_parser("sandbox", help="a throwaway local gearmand + MariaDB or MySQL")
     sandbox_verbs = sandbox.add_subparsers(dest="sandbox_verb", required=True, metavar="ACTION")
 
     def with_dir(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -301,7 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"where the sandbox lives (default {DEFAULT_SANDBOX_DIR})")
         return p
 
-    up = with_dir(sandbox_verbs.add_parser("up", help="start gearmand and mariadbd under DIR"))
+    up = with_dir(sandbox_verbs.add_parser(
+        "up", help="start gearmand and a database server under DIR"))
+    up.add_argument("--server", choices=DATABASE_SERVERS, default=DEFAULT_DATABASE_SERVER,
+                    help="mariadb (Debian's mariadbd, the default) or mysql (mysqld in a "
+                         "container: needs a Docker engine and the image that "
+                         "scripts/mysql-image.sh builds); an existing sandbox keeps its own")
     up.add_argument("--gearman-port", type=int, help="default: a free port")
     up.add_argument("--mysql-port", type=int, help="default: a free port")
     up.add_argument("--gearman-queue", choices=GEARMAN_QUEUES, default=PERSISTENT_QUEUE,
@@ -310,8 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--gearman-threads", type=_threads, default=GEARMAN_THREADS, metavar="N",
                     help=f"gearmand's I/O threads (default {GEARMAN_THREADS}: I/O and queue in "
                          "one thread, the shortest round trip for triggers)")
-    up.add_argument("--install-udf", metavar="SO", type=Path,
-                    help="also install this UDF library (e.g. udf/build/gearman_udf.so)")
+    up.add_argument("--install-udf", metavar="PATH", type=Path,
+                    help="also install the UDF: a built library (udf/build/gearman_udf.so) or "
+                         "the udf/ directory, built for the sandbox's server (MySQL: always)")
     up.set_defaults(func=_sandbox_up)
 
     down = with_dir(sandbox_verbs.add_parser("down", help="stop the sandbox's servers"))
@@ -322,7 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=_sandbox_status)
 
     install = with_dir(sandbox_verbs.add_parser("install-udf", help="install the UDF library"))
-    install.add_argument("--so", type=Path, default=Path("udf/build/gearman_udf.so"))
+    install.add_argument("--so", type=Path, default=Path("udf/build/gearman_udf.so"),
+                         help="the library, or the udf/ directory to build it from for the "
+                              "sandbox's server")
     install.set_defaults(func=_sandbox_install_udf)
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -85,6 +85,14 @@ class DatabaseConfig:
     port: int | None = DEFAULT_DB_PORT
     unix_socket: str | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    # TLS, passed to the connector as they are. Left unset, the connector negotiates TLS when
+    # the server offers it, without checking its certificate.
+    ssl_ca: str | None = None
+    ssl_cert: str | None = None
+    ssl_key: str | None = None
+    ssl_verify_cert: bool = False
+    ssl_verify_identity: bool = False
+    ssl_disabled: bool = False
 
     def connect_kwargs(self) -> dict[str, object]:
         """Keyword arguments for ``mysql.connector.connect``."""
@@ -105,6 +113,12 @@ class DatabaseConfig:
             # matched its row, and must not count as "no row" (on_no_rows).
             client_flags=[ClientFlag.FOUND_ROWS],
         )
+        for key in ("ssl_ca", "ssl_cert", "ssl_key"):
+            if getattr(self, key) is not None:
+                kwargs[key] = getattr(self, key)
+        for key in ("ssl_verify_cert", "ssl_verify_identity", "ssl_disabled"):
+            if getattr(self, key):
+                kwargs[key] = True
         return kwargs
 
 
@@ -241,7 +255,9 @@ def parse_config(
 
 _TOP_KEYS = ("gearman", "database", "host", "handlers", "triggers")
 _GEARMAN_KEYS = ("servers", "reconnect_backoff", "max_reconnect_backoff")
-_DATABASE_KEYS = ("host", "port", "unix_socket", "user", "password", "database", "connect_timeout")
+_DATABASE_KEYS = ("host", "port", "unix_socket", "user", "password", "database", "connect_timeout",
+                  "ssl_ca", "ssl_cert", "ssl_key", "ssl_verify_cert", "ssl_verify_identity",
+                  "ssl_disabled")
 _HOST_KEYS = ("shutdown_timeout", "metrics", "relay")
 _RELAY_KEYS = ("enabled", "batch", "interval")
 _HANDLER_KEYS = ("python", "sql", "processes", "batch", "timeout", "retries", "max_jobs",
@@ -384,7 +400,26 @@ def _database(section: _Section) -> DatabaseConfig:
         unix_socket=socket,
         connect_timeout=section.get("connect_timeout", conv.positive_duration,
                                     DEFAULT_CONNECT_TIMEOUT),
+        **_tls(section),
     )  # fmt: skip
+
+
+def _tls(section: _Section) -> dict[str, Any]:
+    """The ssl_* keys, checked against each other: a combination the connector would reject
+    (or quietly ignore) is refused here, with the key to fix."""
+    files = {key: section.optional(key, conv.readable_file)
+             for key in ("ssl_ca", "ssl_cert", "ssl_key")}
+    flags = {key: section.get(key, conv.boolean, False)
+             for key in ("ssl_verify_cert", "ssl_verify_identity", "ssl_disabled")}
+    if flags["ssl_disabled"]:
+        for key in (*files, "ssl_verify_cert", "ssl_verify_identity"):
+            if files.get(key) or flags.get(key):
+                raise section.error(f"{key} cannot be combined with ssl_disabled: true", key)
+    for given, needed in (("ssl_cert", "ssl_key"), ("ssl_key", "ssl_cert")):
+        if files[given] and not files[needed]:
+            raise section.error(f"{given} needs {needed} too (a client certificate and its "
+                                "private key go together)", given)
+    return {**files, **flags}
 
 
 def _host(section: _Section) -> HostConfig:

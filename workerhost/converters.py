@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -190,6 +191,17 @@ def python_ref(value: object) -> str:
     if not isinstance(value, str) or not _PYTHON_REF.fullmatch(value):
         raise ValueError(f'expected "package.module:callable", got {show(value)}')
     return value
+
+
+def readable_file(value: object) -> str:
+    """The path of a file this process can read (a certificate, a key)."""
+    path = string(value)
+    if not os.path.isfile(path):
+        raise ValueError(f"expected a file, got {show(value)}, which "
+                         f"{'is not a file' if os.path.exists(path) else 'does not exist'}")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"{show(value)} is not readable by this user")
+    return path
 
 
 def secret(value: object) -> str:

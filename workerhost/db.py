@@ -6,15 +6,12 @@ import random
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import mysql.connector
 from mysql.connector import errorcode
 
 from workerhost.errors import ConnectError
-
-SCHEMA_FILE = Path(__file__).resolve().parent.parent / "sql" / "workerhost.sql"
 
 # Errors after which the same work can simply run again: deadlock, lock wait timeout, and a lost
 # or unreachable server. They never count against a handler's attempts.
@@ -80,6 +77,10 @@ class Database:
         # How long the last commit took: a cost per transaction, not per job (pace.py).
         self.last_commit_seconds = 0.0
 
+    def param(self, key: str) -> Any:
+        """One of the connection's settings (user, database, ...), None when unset."""
+        return self._params.get(key)
+
     def describe(self) -> str:
         where = self._params.get("unix_socket") or (
             f"{self._params.get('host', 'localhost')}:{self._params.get('port', 3306)}"
@@ -143,18 +144,6 @@ class Database:
                 self.rollback()
                 raise
 
-    def ensure_schema(self) -> None:
-        """Create the host's tables when they are missing (sql/workerhost.sql)."""
-        statements = [s.strip() for s in _strip_comments(SCHEMA_FILE.read_text()).split(";")]
-
-        def create(conn: Connection) -> None:
-            cursor = conn.cursor()
-            for statement in statements:
-                if statement:
-                    cursor.execute(statement)
-
-        self.run(create)
-
     def close(self) -> None:
         self.reset()
 
@@ -163,7 +152,3 @@ def _connection_lost(exc: BaseException) -> bool:
     return isinstance(exc, mysql.connector.Error) and exc.errno not in (
         errorcode.ER_LOCK_DEADLOCK, errorcode.ER_LOCK_WAIT_TIMEOUT,
     )
-
-
-def _strip_comments(sql: str) -> str:
-    return "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))

@@ -13,14 +13,10 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-from workerhost import db
+from workerhost import tables
 from workerhost.config import RetryPolicy
 from workerhost.db import Connection
 from workerhost.job import Job
-
-ATTEMPTS_TABLE = "workerhost_attempts"
-OUTBOX_TABLE = "workerhost_outbox"
-DEAD_LETTERS_TABLE = "workerhost_dead_letters"
 
 Verdict = Literal["retry", "dead"]
 
@@ -57,41 +53,14 @@ def retry_delay(policy: RetryPolicy, failures: int) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
-def failures_so_far(conn: Connection, key: bytes) -> int:
-    cursor = db.cursor(conn)
-    cursor.execute(f"SELECT failures FROM {ATTEMPTS_TABLE} WHERE job_key = %s", (key,))
-    row = cursor.fetchone()
-    return int(row[0]) if row else 0
-
-
-def failures_of(conn: Connection, keys: list[bytes]) -> dict[bytes, int]:
-    """Failures so far of several jobs in one round trip; jobs without any are left out."""
-    cursor = db.cursor(conn)
-    cursor.execute(
-        f"SELECT job_key, failures FROM {ATTEMPTS_TABLE} WHERE job_key IN "
-        f"({', '.join(['%s'] * len(keys))})", keys,
-    )
-    return {bytes(key): int(count) for key, count in cursor.fetchall()}
-
-
 def count_failure(conn: Connection, key: bytes, failure: Failure) -> int:
     """Add one failed attempt for `key`; returns the failures counted so far."""
-    cursor = db.cursor(conn)
-    cursor.execute(
-        f"INSERT INTO {ATTEMPTS_TABLE} (job_key, failures, last_error, traceback) "
-        "VALUES (%s, 1, %s, %s) ON DUPLICATE KEY UPDATE failures = failures + 1, "
-        "last_error = VALUES(last_error), traceback = VALUES(traceback)",
-        (key, failure.error, failure.traceback),
-    )
-    cursor.execute(f"SELECT failures FROM {ATTEMPTS_TABLE} WHERE job_key = %s", (key,))
-    (failures,) = cursor.fetchone()
-    return int(failures)
+    return tables.count_failure(conn, key, failure.error, failure.traceback)
 
 
-def forget(conn: Connection, key: bytes) -> None:
-    """The job is done (or dead-lettered): its failure count goes."""
-    cursor = db.cursor(conn)
-    cursor.execute(f"DELETE FROM {ATTEMPTS_TABLE} WHERE job_key = %s", (key,))
+def last_failure(conn: Connection, key: bytes) -> Failure | None:
+    found = tables.last_failure(conn, key)
+    return Failure(*found) if found else None
 
 
 def handle_failure(conn: Connection, job: Job, policy: RetryPolicy, failure: Failure) -> Verdict:
@@ -101,32 +70,13 @@ def handle_failure(conn: Connection, job: Job, policy: RetryPolicy, failure: Fai
         dead_letter(conn, job, failures, failure)
         return "dead"
     delay = retry_delay(policy, failures)
-    enqueue(conn, job.function, job.payload, stable_unique(job), delay=delay)
+    tables.enqueue(conn, job.function, job.payload, stable_unique(job), delay=delay)
     return "retry"
 
 
 def dead_letter(conn: Connection, job: Job, attempts: int, failure: Failure) -> None:
-    cursor = db.cursor(conn)
-    cursor.execute(
-        f"INSERT INTO {DEAD_LETTERS_TABLE} (function, payload, unique_key, attempts, error, "
-        f"traceback, first_failed_at) SELECT %s, %s, %s, %s, %s, %s, "
-        f"(SELECT first_at FROM {ATTEMPTS_TABLE} WHERE job_key = %s)",
-        (job.function, job.payload, stable_unique(job) or None, attempts, failure.error,
-         failure.traceback, job.key),
-    )
-    forget(conn, job.key)
-
-
-def enqueue(
-    conn: Connection, function: str, payload: bytes, unique: str | None, *, delay: float = 0.0
-) -> None:
-    """Put a job in the outbox, due `delay` seconds from now."""
-    cursor = db.cursor(conn)
-    cursor.execute(
-        f"INSERT INTO {OUTBOX_TABLE} (function, payload, unique_key, not_before) "
-        "VALUES (%s, %s, %s, NOW(6) + INTERVAL %s MICROSECOND)",
-        (function, payload, unique or None, int(delay * 1_000_000)),
-    )
+    tables.add_dead_letter(conn, job.key, job.function, job.payload, stable_unique(job),
+                           attempts, failure.error, failure.traceback)
 
 
 def stable_unique(job: Job) -> str:

@@ -18,11 +18,10 @@ from typing import Any
 
 import mysql.connector
 
-from workerhost import db
+from workerhost import tables
 from workerhost.config import Config
 from workerhost.db import Connection, Database
 from workerhost.errors import ConnectError
-from workerhost.failures import OUTBOX_TABLE
 from workerhost.gearconn import GearmanLost, Submitter
 
 log = logging.getLogger("workerhost.relay")
@@ -55,22 +54,11 @@ class Relay:
         batch = limit or self.config.host.relay.batch
 
         def ship(conn: Connection) -> int:
-            cursor = db.cursor(conn)
-            # No gap locks: under REPEATABLE READ they deadlock the triggers' outbox INSERTs.
-            cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            cursor.execute(
-                f"SELECT id, function, payload, unique_key, priority FROM {OUTBOX_TABLE} "
-                "WHERE not_before <= NOW(6) ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
-                (batch,),
-            )
-            rows = cursor.fetchall()
+            rows = tables.lock_due(conn, batch)
             if not rows:
                 return 0
             self.submit(rows)
-            cursor.execute(
-                f"DELETE FROM {OUTBOX_TABLE} WHERE id IN ({', '.join(['%s'] * len(rows))})",
-                [row[0] for row in rows],
-            )
+            tables.delete_outbox(conn, [row[0] for row in rows])
             return len(rows)
 
         shipped: int = self.db.run(ship, deadline=time.monotonic() + ACCEPT_TIMEOUT)

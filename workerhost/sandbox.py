@@ -1,9 +1,12 @@
-"""A throwaway gearmand + mariadbd that live entirely under one directory.
+"""A throwaway gearmand + MariaDB or MySQL server that live entirely under one directory.
 
 The sandbox is the project's embedded default stack: the demo, the tests and the benchmarks run
 against it. Everything it owns sits under DIR (data, sockets, logs, pid files, MariaDB's
 plugin_dir, gearmand's persistent queue), its TCP ports are picked free on 127.0.0.1, and
 `DIR/sandbox.json` tells clients where to connect. Two sandboxes in two directories never clash.
+
+The database server is MariaDB (Debian's mariadbd, run directly) or MySQL (mysqld in a
+container, see container.py); both get the same directory layout and the same user.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +37,10 @@ STOP_TIMEOUT = 20.0
 # The UDF's network wait bound in the sandbox; tests that need another one rewrite the file.
 SANDBOX_UDF_TIMEOUT_MS = 1000
 LOG_LINES_QUOTED = 15
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 
-SERVERS = ("gearmand", "mariadbd")
+# The database servers a sandbox can run, and the name of each one's process.
+DATABASE_SERVERS = {"mariadb": "mariadbd", "mysql": "mysqld"}
+DEFAULT_DATABASE_SERVER = "mariadb"
 # gearmand's queue: "libsqlite3" keeps background jobs across restarts (a file under DIR, one
 # fsync per job added and removed); "builtin" keeps them in memory only, which is faster.
 PERSISTENT_QUEUE = "libsqlite3"
@@ -116,6 +121,7 @@ class SandboxInfo:
     plugin_dir: str
     udf_config: str
     pids: dict[str, int] = field(default_factory=dict)
+    server: str = DEFAULT_DATABASE_SERVER
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SandboxInfo:
@@ -125,18 +131,33 @@ class SandboxInfo:
             plugin_dir=str(data["plugin_dir"]),
             udf_config=str(data["udf_config"]),
             pids={str(k): int(v) for k, v in data.get("pids", {}).items()},
+            server=str(data.get("server", DEFAULT_DATABASE_SERVER)),
         )
 
 
 class Sandbox:
     """One sandbox directory; `up()` creates or restarts it, `down()` stops it."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, server: str = DEFAULT_DATABASE_SERVER) -> None:
+        if server not in DATABASE_SERVERS:
+            raise SandboxError(f"unknown database server {server!r}; "
+                               f"choose one of {', '.join(DATABASE_SERVERS)}")
         self.dir = Path(directory).resolve()
+        self.server = server  # what up() starts; an existing sandbox keeps its own
         self.info: SandboxInfo | None = None
         self._started: dict[int, subprocess.Popen[bytes]] = {}  # servers this object spawned
         if (self.dir / INFO_FILE).exists():
             self._load()
+            self.server = self._need_info().server
+
+    @property
+    def database_process(self) -> str:
+        """The database server's process name: mariadbd or mysqld."""
+        return DATABASE_SERVERS[self.server]
+
+    @property
+    def servers(self) -> tuple[str, str]:
+        return ("gearmand", self.database_process)
 
     # -- where things live -------------------------------------------------------------
     @property
@@ -197,11 +218,12 @@ class Sandbox:
         *,
         gearman_port: int | None = None,
         mysql_port: int | None = None,
-        servers: Sequence[str] = SERVERS,
+        servers: Sequence[str] | None = None,
         gearman_queue: str = PERSISTENT_QUEUE,
         gearman_threads: int = GEARMAN_THREADS,
     ) -> bool:
-        """Start those of `servers` that are not running; False when all ran (nothing changed)."""
+        """Start those of `servers` (default both) that are not running; False when all ran."""
+        servers = self.servers if servers is None else servers
         state = self.status()
         if self.info is not None and all(state[name] for name in servers):
             return False
@@ -212,19 +234,20 @@ class Sandbox:
                          "queue": gearman_queue, "threads": gearman_threads},
                 mysql=MysqlInfo(
                     host=HOST,
-                    port=self._pick_port(mysql_port, "mariadbd"),
+                    port=self._pick_port(mysql_port, self.database_process),
                     unix_socket=self.unix_socket,
                     user="workerhost",
                     password=secrets.token_hex(12),
                 ),
                 plugin_dir=str(self.plugin_dir),
                 udf_config=str(self.udf_config_path),
+                server=self.server,
             )
             self.write_udf_config()
         try:
             if "gearmand" in servers and not state["gearmand"]:
                 self.start_gearmand()
-            if "mariadbd" in servers and not state["mariadbd"]:
+            if self.database_process in servers and not state[self.database_process]:
                 self.start_mysql()
         except BaseException:
             self.down()
@@ -234,14 +257,15 @@ class Sandbox:
     def down(self) -> list[str]:
         """Stop both servers (SIGTERM, then SIGKILL after STOP_TIMEOUT); the names stopped."""
         stopped = []
-        for name in SERVERS:
+        for name in self.servers:
             if self._stop(name):
                 stopped.append(name)
         return stopped
 
     def status(self) -> dict[str, bool]:
         pids = self.info.pids if self.info else {}
-        return {name: name in pids and process_alive(pids[name], str(self.dir)) for name in SERVERS}
+        return {name: name in pids and process_alive(pids[name], str(self.dir))
+                for name in self.servers}
 
     def start_gearmand(self) -> None:
         info = self._need_info()
@@ -269,13 +293,12 @@ class Sandbox:
         self._stop("gearmand")
 
     def start_mysql(self) -> None:
+        """Start the database server (mariadbd, or mysqld in a container); create it first."""
         info = self._need_info()
-        self._check_port(self.mysql_port, "mariadbd")
+        name = self.database_process
+        self._check_port(self.mysql_port, name)
         fresh = not (self.datadir / "mysql").is_dir()
-        if fresh:
-            self._install_db()
-        argv = [
-            _binary("mariadbd", "mariadb-server"),
+        common = [
             "--no-defaults",
             f"--datadir={self.datadir}",
             f"--socket={self.unix_socket}",
@@ -284,24 +307,51 @@ class Sandbox:
             f"--pid-file={self.dir / 'mysql' / 'mysqld.pid'}",
             f"--log-error={self.mysql_log}",
             f"--plugin-dir={self.plugin_dir}",
-            # The sandbox runs as whoever started it; as root mariadbd refuses without this.
-            f"--user={_current_user()}",
             "--skip-name-resolve",
             "--innodb-buffer-pool-size=128M",
-            "--innodb-log-file-size=96M",
             "--max-connections=400",
             "--max-allowed-packet=64M",
             "--character-set-server=utf8mb4",
         ]
-        env = dict(os.environ, GEARMAN_UDF_CONFIG=str(self.udf_config_path))
-        info.pids["mariadbd"] = self._spawn(argv, self.mysql_log, "mariadbd", env=env)
+        env = {"GEARMAN_UDF_CONFIG": str(self.udf_config_path)}
+        if self.server == "mysql":
+            from workerhost import container
+
+            if fresh:
+                self._initialize_mysql()
+            argv = [
+                "mysqld", *common,
+                # Inside the container mysqld runs as root (or as the caller's uid); --user
+                # only tells it that root is meant.
+                "--user=root",
+                # The X protocol would listen on 33060 of every address: one port for every
+                # sandbox, and beyond loopback.
+                "--mysqlx=OFF",
+                f"--secure-file-priv={self.dir / 'mysql' / 'files'}",
+                # Tests make rows with recursive CTEs; MySQL stops them at 1000 by default.
+                "--cte-max-recursion-depth=1000000",
+            ]
+            info.pids[name] = container.start(argv, env=env, mount=self.dir)
+        else:
+            if fresh:
+                self._install_db()
+            argv = [
+                _binary("mariadbd", "mariadb-server"), *common,
+                # The sandbox runs as whoever started it; as root mariadbd refuses without this.
+                f"--user={_current_user()}",
+                "--innodb-log-file-size=96M",
+                # Tests make rows with recursive CTEs, as on MySQL below.
+                "--max-recursive-iterations=1000000",
+            ]
+            info.pids[name] = self._spawn(argv, self.mysql_log, name,
+                                          env=dict(os.environ, **env))
         self._save()
-        self._wait("mariadbd", self.mysql_log, self._mysql_answers)
+        self._wait(name, self.mysql_log, self._mysql_answers)
         if fresh:
             self._create_user()
 
     def stop_mysql(self) -> None:
-        self._stop("mariadbd")
+        self._stop(self.database_process)
 
     # -- clients -----------------------------------------------------------------------
     def connect(self, database: str | None = None, **kwargs: Any) -> Any:
@@ -333,9 +383,15 @@ class Sandbox:
         if done.returncode != 0:
             raise SandboxError(f"{path} failed: {done.stderr.decode(errors='replace').strip()}")
 
-    def install_udf(self, so_path: str | Path) -> None:
-        """Copy the UDF library into this sandbox's plugin_dir and create its functions."""
-        source = Path(so_path)
+    def install_udf(self, library: str | Path) -> None:
+        """Install the UDF into this sandbox's plugin_dir and create its functions.
+
+        `library` is a built gearman_udf.so, or the UDF's source directory: then it is built
+        for this sandbox's server (for MySQL inside the server's image, against its headers).
+        """
+        source = Path(library)
+        if source.is_dir():
+            source = self.build_udf(source)
         if not source.is_file():
             raise SandboxError(f"no UDF library at {source}; build it with: make udf")
         target = self.plugin_dir / "gearman_udf.so"
@@ -343,7 +399,24 @@ class Sandbox:
         staging = target.with_suffix(".so.new")
         shutil.copyfile(source, staging)
         os.replace(staging, target)
-        self.run_sql_file(SQL_DIR / "install.sql")
+        with resources.as_file(resources.files("workerhost") / "sql" / "install.sql") as script:
+            self.run_sql_file(script)
+
+    def build_udf(self, source: Path) -> Path:
+        """gearman_udf.so built from `source` (the udf/ directory) for this sandbox's server."""
+        if self.server != "mysql":
+            built = source / "build" / "gearman_udf.so"
+            if not built.is_file():
+                raise SandboxError(f"no UDF library at {built}; build it with: make udf")
+            return built
+        from workerhost import container
+
+        out = self.dir / "udf-build"
+        out.mkdir(exist_ok=True)
+        container.run_once(["make", "--no-print-directory", "-B", f"BUILD={out}"],
+                           mounts=[source.resolve(), self.dir], workdir=source.resolve(),
+                           log=out / "make.log")
+        return out / "gearman_udf.so"
 
     def write_udf_config(self, **settings: object) -> None:
         """Write the UDF's key=value file; the defaults point it at this sandbox's gearmand."""
@@ -464,6 +537,20 @@ class Sandbox:
             done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False)
         if done.returncode != 0:
             raise SandboxError(f"mariadb-install-db failed; the end of {log}:\n{tail(log)}")
+
+    def _initialize_mysql(self) -> None:
+        """mysqld --initialize-insecure: a data directory whose root has no password (only
+        the sandbox's socket reaches it; the sandbox user below gets a password)."""
+        from workerhost import container
+
+        (self.dir / "mysql" / "files").mkdir(exist_ok=True)
+        if self.datadir.is_dir() and not any(self.datadir.iterdir()):
+            self.datadir.rmdir()  # mysqld initializes only a directory that does not exist
+        container.run_once(
+            ["mysqld", "--no-defaults", "--initialize-insecure", f"--datadir={self.datadir}",
+             "--user=root"],
+            mounts=[self.dir], log=self.dir / "mysql" / "install-db.log",
+        )
 
     def _create_user(self) -> None:
         info = self._need_info().mysql

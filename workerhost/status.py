@@ -16,11 +16,10 @@ from typing import Any
 import mysql.connector
 from mysql.connector import errorcode
 
-from workerhost import gearadmin
+from workerhost import gearadmin, tables
 from workerhost.config import Config, DatabaseConfig, Server
 from workerhost.db import Connection, Database, is_transient
 from workerhost.errors import ConnectError
-from workerhost.failures import DEAD_LETTERS_TABLE, OUTBOX_TABLE
 
 # Seconds one server may take to answer; a status that waits longer than that on a dead
 # server is worse than one that says the server is dead.
@@ -82,25 +81,8 @@ def gearmand(server: Server, *, timeout: float = STATUS_TIMEOUT) -> ServerStatus
         return ServerStatus(str(server), error=f"unexpected answer: {exc}")
 
 
-def dead_letters_by_function(conn: Connection) -> dict[str, int]:
-    cursor = conn.cursor()
-    cursor.execute(f"SELECT function, COUNT(*) FROM {DEAD_LETTERS_TABLE} GROUP BY function "
-                   "ORDER BY function")
-    counts = {str(function): int(count) for function, count in cursor.fetchall()}
-    cursor.close()
-    return counts
-
-
 def outbox_figures(conn: Connection) -> Outbox:
-    cursor = conn.cursor()
-    cursor.execute(
-        "SELECT COUNT(*), COALESCE(SUM(not_before <= NOW(6)), 0), "
-        "TIMESTAMPDIFF(MICROSECOND, MIN(created_at), NOW(6)), "
-        "TIMESTAMPDIFF(MICROSECOND, MIN(CASE WHEN not_before <= NOW(6) THEN not_before END), "
-        f"NOW(6)) FROM {OUTBOX_TABLE}"
-    )
-    rows, due, oldest, overdue = cursor.fetchone()
-    cursor.close()
+    rows, due, oldest, overdue = tables.outbox_figures(conn)
     return Outbox(int(rows), int(due), _seconds(oldest), _seconds(overdue))
 
 
@@ -117,7 +99,7 @@ def open_database(config: DatabaseConfig, *, timeout: float = STATUS_TIMEOUT) ->
 
 def database(db: Database, *, timeout: float = STATUS_TIMEOUT) -> DatabaseStatus:
     def query(conn: Connection) -> tuple[dict[str, int], Outbox]:
-        return dead_letters_by_function(conn), outbox_figures(conn)
+        return tables.dead_letters_by_function(conn), outbox_figures(conn)
 
     try:
         letters, outbox = db.run(query, deadline=time.monotonic() + timeout)

@@ -31,7 +31,7 @@ from typing import Any
 
 import mysql.connector
 
-from workerhost import db, failures, gearconn, handlers, logs, metrics
+from workerhost import db, failures, gearconn, handlers, logs, metrics, tables
 from workerhost.config import Config, HandlerConfig
 from workerhost.db import Connection, Database, is_transient
 from workerhost.errors import ConnectError, JobError
@@ -254,7 +254,7 @@ class Worker:
                 for job, r in zip(jobs, results, strict=True)]
 
     def _batch_attempt(self, conn: Connection, jobs: list[Job]) -> list[object]:
-        earlier = failures.failures_of(conn, [job.key for job in jobs])
+        earlier = tables.failures_of(conn, [job.key for job in jobs])
         cursor = db.cursor(conn)
         results: list[object] = []
         for job in jobs:
@@ -299,12 +299,13 @@ class Worker:
         policy = self.handler.retries
 
         def attempt(conn: Connection) -> tuple[str, bytes | failures.Failure]:
-            done = failures.failures_so_far(conn, job.key)
+            done = tables.failures_so_far(conn, job.key)
             job.attempt = done + 1
             if done >= policy.attempts:
                 # Its worker died (or timed out) on the last attempt: never run it again.
                 failure = failures.Failure(f"gave up after {done} failed attempts")
-                failures.dead_letter(conn, job, done, _last_failure(conn, job) or failure)
+                last = failures.last_failure(conn, job.key) or failure
+                failures.dead_letter(conn, job, done, last)
                 return "dead", failure
             try:
                 result = handlers.run(self.handler, job, conn)
@@ -314,7 +315,7 @@ class Worker:
                 conn.rollback()  # what it wrote before it failed: it runs again from scratch
                 return "failed", _failure(exc)
             if done:
-                failures.forget(conn, job.key)
+                tables.forget(conn, job.key)
             return "done", result
 
         outcome, value = self._in_transaction(attempt, deadline, job)
@@ -359,16 +360,6 @@ def _failure(exc: BaseException) -> failures.Failure:
         f"{type(exc).__name__}: {exc}",
         "".join(traceback.format_exception(exc)),
     )
-
-
-def _last_failure(conn: Connection, job: Job) -> failures.Failure | None:
-    cursor = db.cursor(conn)
-    cursor.execute(
-        f"SELECT last_error, traceback FROM {failures.ATTEMPTS_TABLE} WHERE job_key = %s",
-        (job.key,),
-    )
-    row = cursor.fetchone()
-    return failures.Failure(row[0] or "unknown", row[1]) if row else None
 
 
 def main(config: Config, handler_name: str, slot: Slot | None) -> int:

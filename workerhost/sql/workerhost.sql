@@ -1,4 +1,5 @@
 -- The tables the worker host uses, in the application's database. Re-runnable.
+-- `function` is quoted everywhere: it is a reserved word in MySQL since 8.0.1.
 -- `workerhost run` creates them when they are missing; run this by hand where the host's
 -- database user may not create tables.
 
@@ -9,7 +10,7 @@
 -- the relay's scan in id order passes only the few retries that are not yet due.
 CREATE TABLE IF NOT EXISTS workerhost_outbox (
     id          BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
-    function    VARCHAR(255) NOT NULL,
+    `function`  VARCHAR(255) NOT NULL,
     payload     LONGBLOB NOT NULL,
     unique_key  VARCHAR(255) NULL,
     priority    ENUM('normal', 'high', 'low') NOT NULL DEFAULT 'normal',
@@ -30,7 +31,7 @@ CREATE TABLE IF NOT EXISTS workerhost_attempts (
 -- Jobs that used up their attempts; `workerhost dead-letters retry` ships them again.
 CREATE TABLE IF NOT EXISTS workerhost_dead_letters (
     id               BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
-    function         VARCHAR(255) NOT NULL,
+    `function`       VARCHAR(255) NOT NULL,
     payload          LONGBLOB NOT NULL,
     unique_key       VARCHAR(255) NULL,
     attempts         INT UNSIGNED NOT NULL,
@@ -38,5 +39,5 @@ CREATE TABLE IF NOT EXISTS workerhost_dead_letters (
     traceback        MEDIUMTEXT NULL,
     first_failed_at  DATETIME(6) NULL,
     failed_at        DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-    KEY by_function (function, id)
+    KEY by_function (`function`, id)
 ) ENGINE=InnoDB;

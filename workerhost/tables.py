@@ -1,0 +1,204 @@
+"""The host's own tables: their names, their DDL, and every statement run against them.
+
+Three tables live in the application's database beside its data (`sql/workerhost.sql`, package
+data of this module): the outbox of jobs waiting for gearmand, the failed attempts of jobs in
+play, and the dead letters. Every other module calls the functions here, so that the SQL that
+must run on MySQL and MariaDB alike is written once: ``function`` is a column name and a
+reserved word in MySQL since 8.0.1, so it is always quoted; no statement uses ``VALUES(col)``
+in ``ON DUPLICATE KEY UPDATE`` (deprecated by MySQL 8.0.20, while MariaDB lacks the row-alias
+form that replaces it).
+
+Callers own the transaction: these functions run their statements on the connection's shared
+cursor (db.cursor) and never commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+from workerhost import db
+from workerhost.db import Connection
+
+OUTBOX = "workerhost_outbox"
+ATTEMPTS = "workerhost_attempts"
+DEAD_LETTERS = "workerhost_dead_letters"
+SCHEMA_RESOURCE = "sql/workerhost.sql"
+
+DEAD_LETTER_COLUMNS = ("id, `function`, payload, unique_key, attempts, error, traceback, "
+                       "first_failed_at, failed_at")
+# The columns a trigger's outbox INSERT names: a lone entry leaves unique_key NULL.
+OUTBOX_TRIGGER_COLUMNS = "(`function`, `payload`)"
+OUTBOX_TRIGGER_COLUMNS_UNIQUE = "(`function`, `payload`, `unique_key`)"
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join(["%s"] * len(values))
+
+
+# -- schema ------------------------------------------------------------------------------------
+def schema_statements() -> list[str]:
+    """The CREATE TABLE IF NOT EXISTS statements of sql/workerhost.sql, comments removed."""
+    text = resources.files("workerhost").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
+    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+    return [statement.strip() for statement in body.split(";") if statement.strip()]
+
+
+def create(conn: Connection) -> None:
+    """Create the tables that are missing (re-runnable)."""
+    cursor = db.cursor(conn)
+    for statement in schema_statements():
+        cursor.execute(statement)
+
+
+# -- failed attempts ---------------------------------------------------------------------------
+def failures_so_far(conn: Connection, key: bytes) -> int:
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT failures FROM {ATTEMPTS} WHERE job_key = %s", (key,))
+    row = cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+def failures_of(conn: Connection, keys: Sequence[bytes]) -> dict[bytes, int]:
+    """Failures so far of several jobs in one round trip; jobs without any are left out."""
+    cursor = db.cursor(conn)
+    cursor.execute(
+        f"SELECT job_key, failures FROM {ATTEMPTS} WHERE job_key IN ({_marks(keys)})", keys
+    )
+    return {bytes(key): int(count) for key, count in cursor.fetchall()}
+
+
+def count_failure(conn: Connection, key: bytes, error: str, traceback: str | None) -> int:
+    """Add one failed attempt for `key`; returns the failures counted so far."""
+    cursor = db.cursor(conn)
+    cursor.execute(
+        f"INSERT INTO {ATTEMPTS} (job_key, failures, last_error, traceback) "
+        "VALUES (%s, 1, %s, %s) ON DUPLICATE KEY UPDATE failures = failures + 1, "
+        "last_error = %s, traceback = %s",
+        (key, error, traceback, error, traceback),
+    )
+    return failures_so_far(conn, key)
+
+
+def last_failure(conn: Connection, key: bytes) -> tuple[str, str | None] | None:
+    """The error and traceback of the job's last counted failure, if it has one."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT last_error, traceback FROM {ATTEMPTS} WHERE job_key = %s", (key,))
+    row = cursor.fetchone()
+    return (str(row[0] or "unknown"), None if row[1] is None else str(row[1])) if row else None
+
+
+def forget(conn: Connection, key: bytes) -> None:
+    """The job is done (or dead-lettered): its failure count goes."""
+    db.cursor(conn).execute(f"DELETE FROM {ATTEMPTS} WHERE job_key = %s", (key,))
+
+
+# -- outbox ------------------------------------------------------------------------------------
+def enqueue(
+    conn: Connection, function: str, payload: bytes, unique: str | None, *, delay: float = 0.0
+) -> None:
+    """Put a job in the outbox, due `delay` seconds from now."""
+    db.cursor(conn).execute(
+        f"INSERT INTO {OUTBOX} (`function`, payload, unique_key, not_before) "
+        "VALUES (%s, %s, %s, NOW(6) + INTERVAL %s MICROSECOND)",
+        (function, payload, unique or None, int(delay * 1_000_000)),
+    )
+
+
+def lock_due(conn: Connection, limit: int) -> list[tuple[Any, ...]]:
+    """Due outbox rows in id order, locked for this transaction and skipped by other relays:
+    (id, function, payload, unique_key, priority)."""
+    cursor = db.cursor(conn)
+    # No gap locks: under REPEATABLE READ they deadlock the triggers' outbox INSERTs.
+    cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+    cursor.execute(
+        f"SELECT id, `function`, payload, unique_key, priority FROM {OUTBOX} "
+        "WHERE not_before <= NOW(6) ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
+        (limit,),
+    )
+    return list(cursor.fetchall())
+
+
+def delete_outbox(conn: Connection, ids: Sequence[int]) -> None:
+    db.cursor(conn).execute(f"DELETE FROM {OUTBOX} WHERE id IN ({_marks(ids)})", list(ids))
+
+
+def outbox_figures(conn: Connection) -> tuple[int, int, Any, Any]:
+    """Rows, due rows, and the age in microseconds of the oldest row and of the most
+    overdue due row (None when there is none)."""
+    cursor = db.cursor(conn)
+    cursor.execute(
+        "SELECT COUNT(*), COALESCE(SUM(not_before <= NOW(6)), 0), "
+        "TIMESTAMPDIFF(MICROSECOND, MIN(created_at), NOW(6)), "
+        "TIMESTAMPDIFF(MICROSECOND, MIN(CASE WHEN not_before <= NOW(6) THEN not_before END), "
+        f"NOW(6)) FROM {OUTBOX}"
+    )
+    rows, due, oldest, overdue = cursor.fetchone()
+    return int(rows), int(due), oldest, overdue
+
+
+# -- dead letters ------------------------------------------------------------------------------
+def add_dead_letter(
+    conn: Connection, key: bytes, function: str, payload: bytes, unique: str | None,
+    attempts: int, error: str, traceback: str | None,
+) -> None:
+    """A dead letter for the job under `key`; its failed attempts are forgotten."""
+    db.cursor(conn).execute(
+        f"INSERT INTO {DEAD_LETTERS} (`function`, payload, unique_key, attempts, error, "
+        f"traceback, first_failed_at) SELECT %s, %s, %s, %s, %s, %s, "
+        f"(SELECT first_at FROM {ATTEMPTS} WHERE job_key = %s)",
+        (function, payload, unique or None, attempts, error, traceback, key),
+    )
+    forget(conn, key)
+
+
+def dead_letters(conn: Connection, function: str | None, limit: int) -> list[tuple[Any, ...]]:
+    """Dead letters in id order (DEAD_LETTER_COLUMNS), of one function or of all."""
+    where, args = ("WHERE `function` = %s", [function]) if function else ("", [])
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT {DEAD_LETTER_COLUMNS} FROM {DEAD_LETTERS} {where} ORDER BY id "
+                   "LIMIT %s", [*args, limit])  # fmt: skip
+    return list(cursor.fetchall())
+
+
+def dead_letter(conn: Connection, ident: int) -> tuple[Any, ...] | None:
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT {DEAD_LETTER_COLUMNS} FROM {DEAD_LETTERS} WHERE id = %s", (ident,))
+    row = cursor.fetchone()
+    return tuple(row) if row else None
+
+
+def requeue_dead_letters(conn: Connection, ids: Sequence[int] | None) -> int:
+    """Move dead letters (all when `ids` is None) back to the outbox; how many moved."""
+    cursor = db.cursor(conn)
+    where = f"WHERE id IN ({_marks(ids)})" if ids else ""
+    cursor.execute(f"SELECT id FROM {DEAD_LETTERS} {where} ORDER BY id FOR UPDATE", ids or [])
+    found = [int(row[0]) for row in cursor.fetchall()]
+    if not found:
+        return 0
+    cursor.execute(
+        f"INSERT INTO {OUTBOX} (`function`, payload, unique_key) SELECT `function`, payload, "
+        f"unique_key FROM {DEAD_LETTERS} WHERE id IN ({_marks(found)}) ORDER BY id", found,
+    )
+    cursor.execute(f"DELETE FROM {DEAD_LETTERS} WHERE id IN ({_marks(found)})", found)
+    return len(found)
+
+
+def purge_dead_letters(conn: Connection, ids: Sequence[int] | None, function: str | None) -> int:
+    """Delete dead letters by id, else of one function, else all; how many went."""
+    cursor = db.cursor(conn)
+    if ids:
+        cursor.execute(f"DELETE FROM {DEAD_LETTERS} WHERE id IN ({_marks(ids)})", list(ids))
+    elif function:
+        cursor.execute(f"DELETE FROM {DEAD_LETTERS} WHERE `function` = %s", (function,))
+    else:
+        cursor.execute(f"DELETE FROM {DEAD_LETTERS}")
+    return int(cursor.rowcount)
+
+
+def dead_letters_by_function(conn: Connection) -> dict[str, int]:
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT `function`, COUNT(*) FROM {DEAD_LETTERS} GROUP BY `function` "
+                   "ORDER BY `function`")  # fmt: skip
+    return {str(function): int(count) for function, count in cursor.fetchall()}
