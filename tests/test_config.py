@@ -261,6 +261,29 @@ def test_tls_keys_reach_the_connector() -> None:
         ("sql-quoted-placeholder.yaml",
          "sql-quoted-placeholder.yaml: handlers.mark_seen.sql: placeholder '%(note)s' is inside"
          " a quoted string; remove the quotes, the value is quoted for you"),
+        ("sql-quoted-placeholder-after-comment.yaml",
+         "sql-quoted-placeholder-after-comment.yaml: handlers.mark_seen.sql: placeholder"
+         " '%(name)s' is inside a quoted string; remove the quotes, the value is quoted for you"),
+        ("sql-placeholder-in-comment.yaml",
+         "sql-placeholder-in-comment.yaml: handlers.mark_seen.sql: placeholder '%(name)s' is"
+         " inside a comment, where it is still replaced (a value holding */ would end the"
+         " comment); take it out"),
+        ("sql-placeholder-in-executable-comment.yaml",
+         "sql-placeholder-in-executable-comment.yaml: handlers.mark_seen.sql: placeholder"
+         " '%(name)s' is inside an executable comment '/*!80000 ... */', which a server runs or"
+         " skips by its kind and version; move it out of the comment"),
+        ("sql-placeholder-in-identifier.yaml",
+         "sql-placeholder-in-identifier.yaml: handlers.mark_seen.sql: placeholder '%(shard)s'"
+         " is inside a quoted identifier; a value cannot name a table or column"),
+        ("sql-placeholder-glued-to-literal.yaml",
+         "sql-placeholder-glued-to-literal.yaml: handlers.mark_seen.sql: placeholder"
+         " '%(name)s' follows \"'\" without a space, so the quoted value would merge with it;"
+         " put a space or an operator between them"),
+        ("sql-backslash-quote-before-placeholder.yaml",
+         "sql-backslash-quote-before-placeholder.yaml: handlers.mark_seen.sql: placeholder"
+         " '%(id)s' is inside a quoted string when the server's sql_mode has"
+         " NO_BACKSLASH_ESCAPES, where a backslash escapes nothing; write '' for a quote inside"
+         " a string"),
         ("sql-double-percent.yaml",
          "sql-double-percent.yaml: handlers.mark_seen.sql: '%%' reaches MySQL unchanged with"
          " named parameters; write a single %"),
@@ -466,19 +489,6 @@ def test_expand_env() -> None:
     )
     assert reason(conv.expand_env, "x ${A", env) == (
         "unterminated environment reference '${A': missing '}'"
-    )
-
-
-def test_sql_params() -> None:
-    assert conv.sql_params("UPDATE t SET a = %(a)s, b = %(b)s WHERE id = %(a)s") == ("a", "b")
-    assert conv.sql_params("SELECT 7 % 2, 'it''s 50%' FROM t WHERE x = %(x)s") == ("x",)
-    assert conv.sql_params(r"SELECT 'a\'%s', DATE_FORMAT(d, '%H:%i:%s')") == ()
-    assert reason(conv.sql_params, "SELECT %(my-id)s") == (
-        "malformed placeholder '%(my-id)s': write %(name)s"
-    )
-    assert reason(conv.sql_params, "SELECT %d") == (
-        "positional placeholder '%d' is not supported;"
-        " write %(name)s with a key of the JSON payload"
     )
 
 

@@ -31,6 +31,7 @@ import yaml
 from mysql.connector.constants import ClientFlag
 
 from workerhost import converters as conv
+from workerhost import sqlcheck
 from workerhost.converters import Server as Server  # re-exported: part of GearmanConfig
 from workerhost.converters import show
 from workerhost.errors import ConfigError
@@ -450,7 +451,7 @@ def _handler(section: _Section, name: str) -> HandlerConfig:
     _at_least(retries, "max_backoff", policy.max_backoff, "backoff", policy.backoff)
     python = section.optional("python", conv.python_ref)
     sql = section.values("sql", conv.sql_statement, single=True) if python is None else ()
-    params = dict.fromkeys(name for statement in sql for name in conv.sql_params(statement))
+    params = dict.fromkeys(name for statement in sql for name in sqlcheck.placeholders(statement))
     return HandlerConfig(
         name=name,
         python=python,

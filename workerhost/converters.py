@@ -15,6 +15,8 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from workerhost import sqlcheck
+
 # Duration units in seconds; a bare number means seconds.
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?")
@@ -22,8 +24,6 @@ _IDENTIFIER = re.compile(r"[A-Za-z0-9_$]{1,64}")
 _ENV_REFERENCE = re.compile(r"\$(\$?)\{([^}]*)(\}?)")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PYTHON_REF = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
-_PLACEHOLDER = re.compile(r"%\(([A-Za-z_][A-Za-z0-9_]*)\)s")
-_BAD_PLACEHOLDER = re.compile(r"%\([^)]{0,40}\)?\w?")
 _MAX_FUNCTION_NAME_BYTES = 255  # gearmand's limit on a function name
 
 
@@ -311,60 +311,8 @@ def expand_env(text: str, env: Mapping[str, str]) -> str:
     return _ENV_REFERENCE.sub(replace, text)
 
 
-def sql_params(statement: str) -> tuple[str, ...]:
-    """The ``%(name)s`` placeholder names of ``statement``, in order of first use.
-
-    mysql-connector only rewrites ``%(name)X`` when it gets a dict of parameters; it leaves
-    ``%%``, ``%s`` and every other ``%`` alone. So anything that looks like parameter
-    formatting but is not ``%(name)s`` would reach MySQL as written: refuse it here. A ``%``
-    inside a quoted string is left alone (``LIKE 'a%'``, ``DATE_FORMAT(d, '%Y-%m-%d')``);
-    a placeholder inside one is refused, because the value arrives already quoted.
-    """
-    names: list[str] = []
-    quote = ""
-    i = 0
-    while i < len(statement):
-        char = statement[i]
-        if quote:
-            if char == "\\" and quote != "`":
-                i += 2
-                continue
-            if char == quote:
-                quote = ""
-        elif char in "'\"`":
-            quote = char
-        if char == "%":
-            following = statement[i + 1 : i + 2]
-            placeholder = _PLACEHOLDER.match(statement, i)
-            if following == "(" and not placeholder:
-                bad = _BAD_PLACEHOLDER.match(statement, i)
-                shown = bad.group(0) if bad else "%("
-                raise ValueError(f"malformed placeholder {shown!r}: write %(name)s")
-            if placeholder and quote:
-                raise ValueError(
-                    f"placeholder {placeholder.group(0)!r} is inside a quoted string;"
-                    " remove the quotes, the value is quoted for you"
-                )
-            if placeholder:
-                if placeholder.group(1) not in names:
-                    names.append(placeholder.group(1))
-                i = placeholder.end()
-                continue
-            if following == "%":
-                raise ValueError(
-                    "'%%' reaches MySQL unchanged with named parameters; write a single %"
-                )
-            if following in ("s", "d") and not quote:
-                raise ValueError(
-                    f"positional placeholder '%{following}' is not supported; write %(name)s"
-                    " with a key of the JSON payload"
-                )
-        i += 1
-    return tuple(names)
-
-
 def sql_statement(value: object) -> str:
-    """A non-empty SQL statement whose ``%`` formatting :func:`sql_params` accepts."""
+    """A non-empty SQL statement whose placeholders are all bound as values (sqlcheck.py)."""
     statement = string(value)
-    sql_params(statement)
+    sqlcheck.placeholders(statement)
     return statement
