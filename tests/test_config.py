@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -138,6 +139,23 @@ def test_env_defaults_to_process_environment(monkeypatch: pytest.MonkeyPatch) ->
 def test_x_keys_hold_anchors_and_merged_keys_may_be_overridden() -> None:
     handler = load_config("anchors.yaml", env={}).handlers["mark_seen"]
     assert (handler.timeout, handler.processes) == (5.0, 2)
+
+
+def test_an_alias_bomb_is_refused_at_once_and_many_aliases_still_load(tmp_path: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="more than 100000 values"):
+        load_config("yaml-alias-bomb.yaml", env={})  # 9**10 values once expanded
+    assert time.monotonic() - started < 2.0
+    # What real files do: one anchor merged into many handlers, a list reused.
+    lines = ["x-servers: &servers ['127.0.0.1:4730', '127.0.0.1:4731']",
+             "x-defaults: &defaults {timeout: 5s, processes: 2, retries: {attempts: 5}}",
+             "gearman: {servers: *servers}", "database: {user: app, database: shop}",
+             "handlers:"]
+    lines += [f"  h{i}: {{<<: *defaults, sql: 'DELETE FROM t WHERE id = %(id)s'}}"
+              for i in range(1000)]
+    (tmp_path / "many-aliases.yaml").write_text("\n".join(lines))
+    loaded = load_config(tmp_path / "many-aliases.yaml", env={})
+    assert len(loaded.handlers) == 1000 and loaded.handlers["h999"].retries.attempts == 5
 
 
 def test_config_is_frozen() -> None:
@@ -321,6 +339,14 @@ def test_tls_keys_reach_the_connector() -> None:
         ("tls-cert-without-key.yaml",
          "tls-cert-without-key.yaml: database.ssl_cert: ssl_cert needs ssl_key too (a client"
          " certificate and its private key go together)"),
+        ("yaml-alias-bomb.yaml",
+         "yaml-alias-bomb.yaml: invalid YAML at line 7, column 7: with its aliases expanded"
+         " this holds more than 100000 values; write the values out, or use fewer aliases"),
+        ("yaml-alias-loop.yaml",
+         "yaml-alias-loop.yaml: invalid YAML at line 2, column 9: an alias refers to the"
+         " mapping or list that holds it"),
+        ("yaml-nested-too-deep.yaml",
+         "yaml-nested-too-deep.yaml: invalid YAML: lists or mappings nested too deeply to read"),
         ("tls-disabled-and-ca.yaml",
          "tls-disabled-and-ca.yaml: database.ssl_ca: ssl_ca cannot be combined with"
          " ssl_disabled: true"),

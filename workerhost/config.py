@@ -36,6 +36,9 @@ from workerhost.converters import Server as Server  # re-exported: part of Gearm
 from workerhost.converters import show
 from workerhost.errors import ConfigError
 
+# Values a file may hold once its YAML aliases are expanded: a large real file holds a few
+# thousand; nested aliases can make a 1 KB file hold billions (an "alias bomb").
+MAX_YAML_VALUES = 100_000
 DEFAULT_GEARMAN_PORT = 4730  # gearmand's registered port, used when a server omits one
 DEFAULT_RECONNECT_BACKOFF = 1.0  # seconds before the first reconnect; doubles, with jitter
 DEFAULT_MAX_RECONNECT_BACKOFF = 30.0  # cap, so a restarted gearmand is found within 30s
@@ -215,6 +218,9 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         raise ConfigError(message, file=file) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", file=file) from exc
+    except RecursionError:
+        raise ConfigError("invalid YAML: lists or mappings nested too deeply to read",
+                          file=file) from None
     return parse_config(data, file=file, env=env, base_dir=Path(path).resolve().parent)
 
 
@@ -334,20 +340,68 @@ class _Section:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses duplicate keys instead of keeping the last one silently."""
+    """A SafeLoader that refuses duplicate keys instead of keeping the last one silently, and
+    aliases that expand the document past MAX_YAML_VALUES before anything is built from it."""
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()
+        if node is not None:
+            _check_expansion(node)
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
-        seen: list[object] = []
+        seen: set[object] = set()
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *defaults" may be overridden
                 continue
             key = self.construct_object(key_node, deep=True)
-            if key in seen:
+            try:
+                repeated = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the SafeLoader itself says so below
+                continue
+            if repeated:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark
                 )
-            seen.append(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand it past MAX_YAML_VALUES, or refer to their own
+    container. PyYAML shares an aliased node, but everything that walks the values (merge
+    keys, ``${VAR}`` substitution, the checks) walks every copy: a 1 KB file of nested
+    aliases is billions of values. Sizes are counted once per node, so this is fast."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # the nodes whose children are being counted: the path
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, counted = stack.pop()
+        children = _children(node)
+        if counted:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[id(node)] > MAX_YAML_VALUES:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"with its aliases expanded this holds more than "
+                    f"{MAX_YAML_VALUES} values; write the values out, or use fewer aliases",
+                    node.start_mark)  # fmt: skip
+        elif id(node) in open_nodes:
+            raise yaml.constructor.ConstructorError(
+                None, None, "an alias refers to the mapping or list that holds it",
+                node.start_mark)  # fmt: skip
+        elif id(node) not in sizes:
+            open_nodes.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if id(child) not in sizes)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [item for pair in node.value for item in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 def _at(mark: yaml.Mark | None) -> str:
