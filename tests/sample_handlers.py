@@ -82,3 +82,18 @@ def slow_record_pid(job: Job, db: Any) -> None:
     time.sleep(float(job.json()["seconds"]))
     db.cursor().execute("INSERT INTO ran_by (id, pid) VALUES (%s, %s)",
                         (job.json()["id"], os.getpid()))
+
+
+def closes_its_connection(job: Job, db: Any) -> None:
+    """Ends the host's connection under it: a handler bug the host must survive."""
+    db.cursor().execute("INSERT INTO results (id, attempt) VALUES (%s, %s)", (777, job.attempt))
+    db.close()
+
+
+def forks_a_child(job: Job, db: Any) -> str:
+    """Leaves a child process behind (it sleeps), as handlers that fork sometimes do."""
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    return str(pid)

@@ -1,10 +1,17 @@
-"""Unit tests of the relay's choice of unique (the relay's shipping runs in test_delivery)."""
+"""The relay: its choice of unique, and rows gearmand refuses (its shipping under faults runs
+in test_delivery)."""
 
 from __future__ import annotations
 
-import re
+import uuid
+from typing import Any
 
-from workerhost.relay import row_unique
+from conftest import host_config, scalar
+
+from workerhost import tables
+from workerhost.config import parse_config
+from workerhost.relay import Relay, row_unique
+from workerhost.sandbox import Sandbox
 
 EVENT_ID = "bb4bb0aa-e9a0-11f1-9215-02fc00000001"
 
@@ -12,17 +19,50 @@ EVENT_ID = "bb4bb0aa-e9a0-11f1-9215-02fc00000001"
 def test_a_trigger_payload_gives_its_event_id() -> None:
     payload = ('{"id": 7, "name": "it\'s", "table": "t", "event": "insert", '
                f'"event_id": "{EVENT_ID}"}}').encode()
-    assert row_unique(payload) == EVENT_ID.encode()
+    assert row_unique(payload, 1) == EVENT_ID.encode()
 
 
 def test_keys_in_another_order_still_give_the_event_id() -> None:
     # MySQL 8 stores JSON objects with their keys sorted by length.
     payload = f'{{"id": 7, "event_id": "{EVENT_ID}", "customer_name": "x"}}'.encode()
-    assert row_unique(payload) == EVENT_ID.encode()
+    assert row_unique(payload, 1) == EVENT_ID.encode()
 
 
-def test_a_payload_without_an_event_id_gets_a_random_unique() -> None:
+def test_a_payload_without_an_event_id_gets_a_unique_made_of_its_row() -> None:
     for payload in (b'{"id": 7}', b"not json", b"", b'{"event_id": 12}', b'["event_id"]',
                     b'{"event_id": "x", "broken"'):
-        first, second = row_unique(payload), row_unique(payload)
-        assert first != second and re.fullmatch(rb"[0-9a-f]{32}", first), payload
+        # The same row shipped twice (its batch retried) keeps its unique; rows differ.
+        assert row_unique(payload, 41) == row_unique(payload, 41) == b"workerhost-outbox-41"
+        assert row_unique(payload, 42) != row_unique(payload, 41)
+
+
+def test_a_row_gearmand_refuses_is_dead_lettered_and_the_rest_ship(
+    sandbox: Sandbox, db: Any
+) -> None:
+    function = "refused_" + uuid.uuid4().hex[:8]
+    config = parse_config(host_config(sandbox, db.database, {function: {"sql": "DO 1"}}),
+                          file="test.yaml", env={"SANDBOX_DB_PASSWORD": sandbox.password})
+    relay = Relay(config)
+    try:
+        relay.db.run(tables.create)
+        cursor = db.cursor()
+        for unique in ("good-1", "x" * 100, None):  # gearmand's limit is 64 bytes
+            cursor.execute("INSERT INTO workerhost_outbox (`function`, payload, unique_key) "
+                           "VALUES (%s, '{}', %s)", (function, unique))
+        assert relay.ship_once() == 2
+        assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox") == 0
+        cursor.execute("SELECT unique_key, attempts, error FROM workerhost_dead_letters")
+        assert cursor.fetchall() == [
+            ("x" * 100, 0, "gearmand refused the job: ARGUMENT_TOO_LARGE: Unique value too large")
+        ]
+        assert sandbox.gearman_status()[function].queued == 2
+        # A batch shipped again (its commit lost) queues nothing twice: the uniques are stable.
+        cursor.execute("INSERT INTO workerhost_outbox (`function`, payload) VALUES (%s, '{}')",
+                       (function,))
+        rows = relay.db.run(lambda conn: tables.lock_due(conn, 10))
+        relay.submit(rows)
+        relay.submit(rows)
+        assert sandbox.gearman_status()[function].queued == 3
+    finally:
+        relay.close()
+        relay.db.close()

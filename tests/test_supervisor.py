@@ -7,7 +7,15 @@ import time
 from typing import Any
 
 from workerhost.config import parse_config
-from workerhost.supervisor import RELAY, START_RETRIES, STARTSECS, Child, State, Supervisor
+from workerhost.supervisor import (
+    RELAY,
+    STABLE_SECS,
+    START_RETRIES,
+    STARTSECS,
+    Child,
+    State,
+    Supervisor,
+)
 
 CONFIG = {
     "gearman": {"servers": ["127.0.0.1:4999"]},
@@ -185,3 +193,25 @@ def test_a_recycled_child_is_not_a_start_failure() -> None:
     h.advance(0.1)
     assert h.child().start_failures == 0
     assert h.child().process is not None
+
+
+def test_a_child_that_keeps_crashing_backs_off_and_is_forgiven_once_stable() -> None:
+    h = Harness()
+    h.supervisor.tick()
+    h.advance(STARTSECS + 1)
+    delays = []
+    for _ in range(9):
+        h.child().slot.jobs.value += 1  # it worked, then crashed: not a failed start
+        h.child().process.exitcode = 1
+        h.advance(0.01)
+        delays.append(round(h.child().next_start - h.now, 2))
+        h.advance(h.child().next_start - h.now)
+        assert h.child().process is not None
+        h.advance(STARTSECS + 0.1)
+    assert delays == [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert h.child().crashes == 9 and h.child().state != State.FATAL
+    h.advance(STABLE_SECS)
+    assert h.child().crashes == 0
+    h.child().process.exitcode = 1
+    h.advance(0.01)
+    assert h.child().next_start == h.now, "after a stable run, a crash restarts at once"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -565,3 +566,135 @@ def test_a_slow_commit_still_lets_jobs_be_held_and_batched(
     worker.db.close()
     assert scalar(tables, "SELECT COUNT(*) FROM items WHERE note = 'seen'") == 200
     assert commits <= 30  # one job a commit would be 200 of them, and 14 s
+
+
+def test_a_handler_that_closes_its_connection_is_dead_lettered_without_a_crash_loop(
+    sandbox: Sandbox, tables: Any, host_factory: Any
+) -> None:
+    host = host_factory(host_config(sandbox, tables.database, {
+        "closer": {"python": "sample_handlers:closes_its_connection",
+                   "retries": {"attempts": 3, "backoff": "50ms"}},
+    }))
+    children = host.worker_pids()
+    submit(sandbox, "closer", [{"id": 1}])
+    (letter,) = wait_until(lambda: dead_letters(tables), what="a dead letter")
+    # Misuse of the connection is a bug in the handler: retrying cannot fix it.
+    assert letter[2] == 1
+    assert letter[3].startswith("a handler may not call close() on the connection it is given")
+    assert count_results(tables) == 0, "what it wrote before is rolled back"
+    time.sleep(0.5)
+    assert "restarting in" not in host.log(), "no worker died"
+    assert host.worker_pids() == children
+
+
+def test_a_failure_too_big_to_record_is_dead_lettered_in_shortened_form(
+    sandbox: Sandbox, tables: Any, host_factory: Any
+) -> None:
+    admin = sandbox.connect()
+    cursor = admin.cursor()
+    cursor.execute("SELECT @@GLOBAL.max_allowed_packet")
+    (packet,) = cursor.fetchone()
+    # A retry re-enqueues the payload: past max_allowed_packet the database refuses that row.
+    cursor.execute("SET GLOBAL max_allowed_packet = 1048576")
+    try:
+        host = host_factory(host_config(sandbox, tables.database, {
+            "fails": {"python": "sample_handlers:always_fails",
+                      "retries": {"attempts": 3, "backoff": "50ms"}},
+        }))
+        payload = {"id": 1, "blob": "y" * 2_000_000}
+        submit(sandbox, "fails", [payload])
+        (letter,) = wait_until(lambda: dead_letters(tables), what="a dead letter")
+    finally:
+        cursor.execute(f"SET GLOBAL max_allowed_packet = {int(packet)}")
+        admin.close()
+    _id, function, attempts, error, _tb, stored = letter
+    assert (function, attempts) == ("fails", 1)
+    assert error.startswith("ValueError: this handler always fails [recorded in shortened form")
+    size = len(json.dumps(payload))
+    assert error.endswith(f"payload of {size} bytes cut to its first 65536]")
+    assert bytes(stored) == json.dumps(payload).encode()[:65536]
+    assert "Traceback" not in host.log()
+    assert "restarting in" not in host.log()
+
+
+def test_signals_during_start_up_are_kept_not_fatal(
+    sandbox: Sandbox, tables: Any, tmp_path: Path
+) -> None:
+    import yaml
+
+    from workerhost.sandbox import free_port
+
+    # A database that refuses: start-up retries for seconds, the window a signal used to kill.
+    config = host_config(sandbox, tables.database, {"record": {"python": "sample_handlers:record"}})
+    config["database"]["port"] = free_port()
+    path = tmp_path / "workerhost.yaml"
+    path.write_text(yaml.safe_dump(config))
+    host = RunningHost(path, tmp_path / "host.log", host_env(sandbox))
+    try:
+        wait_until(lambda: catches(host.pid, signal.SIGHUP), timeout=10,
+                   what="the SIGHUP handler installed")
+        host.signal(signal.SIGHUP)  # a `systemctl reload` right after the start
+        time.sleep(1.0)
+        assert host.process.poll() is None, host.log()
+        host.signal(signal.SIGTERM)
+        assert host.process.wait(10) == 0, host.log()
+    finally:
+        host.kill()
+    assert "stopped during start-up, before any worker ran" in host.log()
+    assert "Traceback" not in host.log()
+
+
+def catches(pid: int, signum: int) -> bool:
+    """True once process `pid` has a handler for `signum` (SigCgt in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+def test_a_handlers_forked_child_lets_go_of_the_workers_gearmand_connections(
+    sandbox: Sandbox, tables: Any, host_factory: Any
+) -> None:
+    host = host_factory(host_config(sandbox, tables.database, {
+        "forker": {"python": "sample_handlers:forks_a_child"}}))
+    client = gearman.GearmanClient([sandbox.gearman_server])
+    request = client.submit_job("forker", "{}", background=False, wait_until_complete=False)
+    client.wait_until_jobs_completed([request], poll_timeout=30)
+    client.shutdown()
+    assert request.result, host.log()
+    child = int(request.result)
+    try:
+        gearmand = gearmand_sockets(sandbox.gearman_port)
+        assert gearmand, "the worker's connection to gearmand"
+        assert not socket_inodes(child) & gearmand, "the child holds the worker's connections"
+        os.kill(child, signal.SIGTERM)  # the worker's own SIGTERM handler would ignore it
+        wait_until(lambda: not Path(f"/proc/{child}").exists()
+                   or " Z" in Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[-1][:2],
+                   timeout=5, what="the child ended by SIGTERM")
+    finally:
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def socket_inodes(pid: int) -> set[int]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            found.add(int(target[8:-1]))
+    return found
+
+
+def gearmand_sockets(port: int) -> set[int]:
+    """Inodes of the client sockets connected to gearmand's port (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[2].split(":")[1], 16) == port:
+            found.add(int(fields[9]))
+    return found

@@ -8,19 +8,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import mysql.connector
-
-from workerhost import __version__, tables
+from workerhost import __version__
 from workerhost.errors import ConfigError, ConnectError, SandboxError, WorkerHostError
-from workerhost.sandbox import (
-    DATABASE_SERVERS,
-    DEFAULT_DATABASE_SERVER,
-    GEARMAN_QUEUES,
-    GEARMAN_THREADS,
-    PERSISTENT_QUEUE,
-)
+from workerhost.signals import Signals
 
 # Exit codes, documented in the README.
 RET_OK = 0
@@ -123,7 +115,7 @@ def _check(args: argparse.Namespace) -> int:
     config = _load(args)
     print(f"{args.config}: valid; handlers: {', '.join(config.handlers)}")
     if args.connect:
-        from workerhost import gearadmin
+        from workerhost import gearadmin, tables
         from workerhost.db import Database
 
         for server in config.gearman.servers:
@@ -140,7 +132,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from workerhost import logs, metrics
+    from workerhost import logs, metrics, tables
     from workerhost.db import Database
     from workerhost.supervisor import Supervisor
 
@@ -148,10 +140,17 @@ def _run(args: argparse.Namespace) -> int:
     config = _load(args)
     logs.redact(config.database.password)
     db = Database(config.database.connect_kwargs())
-    db.run(tables.create)
-    db.close()
+    try:
+        db.run(tables.create, give_up=lambda: args.signals.stops > 0)
+    except ConnectError:
+        if args.signals.stops:
+            print("workerhost: stopped during start-up, before any worker ran", file=sys.stderr)
+            return RET_OK
+        raise
+    finally:
+        db.close()
     with metrics.collecting(config.host.metrics is not None):  # before the first fork
-        return Supervisor(config, args.config).run()
+        return Supervisor(config, args.config, signals=args.signals).run()
 
 
 def _triggers(args: argparse.Namespace) -> int:
@@ -230,7 +229,7 @@ def _retry_all(db: Database) -> int:
     """`dead-letters retry --all` in batches: progress shows, and no lock is held for long."""
     import time
 
-    from workerhost import deadletters, progress, status
+    from workerhost import deadletters, progress, status, tables
 
     # A deadline: without one, a refused connection is retried for ever.
     deadline = time.monotonic() + status.STATUS_TIMEOUT
@@ -292,6 +291,15 @@ def _outbox_drain(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Here, not at the top: `run` installs its signal handlers before this import.
+    from workerhost.sandbox import (
+        DATABASE_SERVERS,
+        DEFAULT_DATABASE_SERVER,
+        GEARMAN_QUEUES,
+        GEARMAN_THREADS,
+        PERSISTENT_QUEUE,
+    )
+
     parser = argparse.ArgumentParser(
         prog="workerhost",
         description="Run Gearman jobs fired by MySQL/MariaDB triggers and write results back.",
@@ -397,18 +405,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # Before anything else: `run` keeps a SIGTERM or SIGHUP that comes during its start-up.
+    signals = Signals().install() if words[:1] == ["run"] else None
+    args = build_parser().parse_args(words)
+    args.signals = signals
+    from workerhost.db import ERRORS, translate
+
     try:
         code: int = args.func(args)
     except WorkerHostError as exc:
         print(f"workerhost: error: {exc}", file=sys.stderr)
         return next((c for t, c in EXIT_CODES.items() if isinstance(exc, t)), RET_ERROR)
-    except mysql.connector.Error as exc:
+    except ERRORS as raised:
         # A missing table, a missing privilege: the server's own words (unreachable is 4).
+        error: Any = translate(raised)
         hint = ""
-        if exc.errno == 1146:  # no such table
+        if error.errno == 1146:  # no such table
             hint = "; `workerhost check -c FILE --connect` creates the host's tables"
-        print(f"workerhost: error: the database said: {exc}{hint}", file=sys.stderr)
+        print(f"workerhost: error: the database said: {error}{hint}", file=sys.stderr)
         return RET_ERROR
     except KeyboardInterrupt:
         print("workerhost: interrupted", file=sys.stderr)

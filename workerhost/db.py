@@ -10,8 +10,23 @@ from typing import Any
 
 import mysql.connector
 from mysql.connector import errorcode
+from mysql.connector.errors import get_mysql_exception
 
 from workerhost.errors import ConnectError
+
+try:
+    # The C extension's own error: its commit() and rollback() raise it untranslated, for a
+    # lost connection too, so it must be met wherever mysql.connector.Error is.
+    from _mysql_connector import MySQLInterfaceError  # type: ignore[import-not-found]
+except ImportError:  # the pure-Python connector: no such class
+
+    class MySQLInterfaceError(Exception):  # type: ignore[no-redef]
+        """Stands in for the C extension's error class where there is no C extension."""
+
+# Every error class a connection can raise.
+ERRORS: tuple[type[BaseException], ...] = (mysql.connector.Error, MySQLInterfaceError)
+# ERRORS, and a connection that could not be opened.
+RUN_ERRORS: tuple[type[BaseException], ...] = (*ERRORS, ConnectError)
 
 # Errors after which the same work can simply run again: deadlock, lock wait timeout, and a lost
 # or unreachable server. They never count against a handler's attempts.
@@ -51,7 +66,20 @@ def cursor(conn: Connection) -> Any:
     return found
 
 
+def translate(exc: BaseException) -> BaseException:
+    """A C-extension error as the mysql.connector.Error it stands for (errno and message kept);
+    anything else as it is."""
+    if isinstance(exc, MySQLInterfaceError) and not isinstance(exc, mysql.connector.Error):
+        errno = getattr(exc, "errno", None) or errorcode.CR_SERVER_LOST
+        translated = get_mysql_exception(errno, msg=getattr(exc, "msg", None) or str(exc),
+                                         sqlstate=getattr(exc, "sqlstate", None))
+        translated.__cause__ = exc
+        return translated
+    return exc
+
+
 def is_transient(exc: BaseException) -> bool:
+    exc = translate(exc)
     if isinstance(exc, mysql.connector.Error):
         return exc.errno in TRANSIENT_ERRNOS or (
             exc.errno is None and isinstance(exc, mysql.connector.OperationalError)
@@ -106,18 +134,25 @@ class Database:
                 pass
             self._conn = None
 
+    def forget(self) -> None:
+        """Drop the connection without a word to the server (in a forked child: the
+        connection is the parent's, which goes on using it)."""
+        self._conn = None
+
     def rollback(self) -> None:
         if self._conn is not None:
             try:
                 self._conn.rollback()
-            except mysql.connector.Error:
+            except Exception:  # whatever it is, the connection is of no further use
                 self.reset()
 
-    def run(self, work: Callable[[Connection], Any], *, deadline: float | None = None) -> Any:
+    def run(self, work: Callable[[Connection], Any], *, deadline: float | None = None,
+            give_up: Callable[[], bool] = lambda: False) -> Any:
         """Run `work(conn)` in a transaction and commit; retry it on transient errors.
 
         Gives up with the last error once `deadline` (a time.monotonic() value) has passed;
         by default PATIENCE seconds from now, so that a refused connection fails, not hangs.
+        `give_up()` true ends the retries early the same way (a stop requested meanwhile).
         """
         if deadline is None:
             deadline = time.monotonic() + PATIENCE
@@ -130,15 +165,17 @@ class Database:
                 conn.commit()
                 self.last_commit_seconds = time.monotonic() - started
                 return result
-            except (mysql.connector.Error, ConnectError) as exc:
+            except RUN_ERRORS as raised:
+                exc = translate(raised)
                 cause = exc.__cause__ if isinstance(exc, ConnectError) else exc
                 self.rollback()
-                if not (cause is not None and is_transient(cause)):
-                    raise
-                if _connection_lost(cause):
+                transient = cause is not None and is_transient(cause)
+                if cause is not None and transient and _connection_lost(cause):
                     self.reset()
-                if time.monotonic() >= deadline:
-                    raise
+                if not transient or time.monotonic() >= deadline or give_up():
+                    if exc is raised:
+                        raise
+                    raise exc from raised
                 time.sleep(next(delays))
             except BaseException:
                 self.rollback()

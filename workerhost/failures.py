@@ -25,6 +25,10 @@ Verdict = Literal["retry", "dead"]
 # would make every write of the failure fail, and the job would never leave the queue.
 MAX_ERROR = 16_000
 MAX_TRACEBACK = 4_000_000
+# What a failure recorded in shortened form keeps: it must fit whatever max_allowed_packet the
+# server has (1 MB at the least, on every version of either).
+SHORT_PAYLOAD = 65_536
+SHORT_ERROR = 4_000
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,21 @@ def handle_failure(conn: Connection, job: Job, policy: RetryPolicy, failure: Fai
 def dead_letter(conn: Connection, job: Job, attempts: int, failure: Failure) -> None:
     tables.add_dead_letter(conn, job.key, job.function, job.payload, stable_unique(job),
                            attempts, failure.error, failure.traceback)
+
+
+def dead_letter_short(conn: Connection, job: Job, failure: Failure, refusal: str) -> None:
+    """The dead letter of a job whose failure the database refused to record as it is: the
+    payload cut to SHORT_PAYLOAD bytes, the error and traceback shortened, and why."""
+    payload = job.payload[:SHORT_PAYLOAD]
+    cut = len(job.payload) - len(payload)
+    note = (f" [recorded in shortened form: the database refused the full record ({refusal})"
+            + (f"; payload of {len(job.payload)} bytes cut to its first {SHORT_PAYLOAD}]"
+               if cut else "]"))
+    attempts = tables.failures_so_far(conn, job.key) + 1
+    tables.add_dead_letter(conn, job.key, job.function, payload, stable_unique(job), attempts,
+                           _clip(failure.error, SHORT_ERROR) + note,
+                           None if failure.traceback is None
+                           else _clip(failure.traceback, SHORT_ERROR))
 
 
 def stable_unique(job: Job) -> str:

@@ -247,6 +247,13 @@ PRIORITY_COMMANDS = {
 }
 
 
+@dataclass(frozen=True)
+class Refused:
+    """gearmand's answer to a job it would not take (ERROR instead of JOB_CREATED)."""
+
+    reason: str
+
+
 class Submitter:
     """A client connection that submits background jobs pipelined: all requests of a batch go
     out in one write, then the JOB_CREATED answers are read, one per job, in order."""
@@ -261,10 +268,11 @@ class Submitter:
             self.sock.close()
         self.sock = None
 
-    def submit(self, jobs: list[tuple[str, bytes, bytes, str]]) -> list[bytes]:
-        """Submit (function, unique, payload, priority) jobs; their handles, in order.
+    def submit(self, jobs: list[tuple[str, bytes, bytes, str]]) -> list[bytes | Refused]:
+        """Submit (function, unique, payload, priority) jobs; gearmand's answer to each, in
+        order: its handle, or why it refused that job (it answers the others all the same).
 
-        Raises GearmanLost unless gearmand accepted every one of them within the timeout.
+        Raises GearmanLost unless gearmand answered every one of them within the timeout.
         """
         try:
             if self.sock is None:
@@ -282,9 +290,9 @@ class Submitter:
             self.close()
             raise GearmanLost(f"gearmand {self.server} did not take the jobs: {exc}") from exc
 
-    def _created(self, count: int) -> list[bytes]:
+    def _created(self, count: int) -> list[bytes | Refused]:
         assert self.sock is not None
-        handles: list[bytes] = []
+        handles: list[bytes | Refused] = []
         buffer = bytearray()
         while len(handles) < count:
             chunk = self.sock.recv(RECV_SIZE)
@@ -295,5 +303,7 @@ class Submitter:
                 if command == p.GEARMAN_COMMAND_JOB_CREATED:
                     handles.append(body)
                 elif command == p.GEARMAN_COMMAND_ERROR:
-                    raise OSError(f"gearmand answered ERROR {body!r}")
+                    code, _, text = body.partition(b"\0")
+                    handles.append(Refused(": ".join(
+                        part.decode("utf-8", "replace") for part in (code, text) if part)))
         return handles

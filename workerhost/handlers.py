@@ -16,13 +16,52 @@ class NoRowsMatched(JobError):
     """An `sql:` write-back matched no row (the row was rolled back, or never existed)."""
 
 
+class ConnectionMisuse(JobError):
+    """A handler tried to end the host's transaction or connection."""
+
+
+class HandlerConnection:
+    """The host's connection as a Python handler gets it: everything but ending it.
+
+    The host commits the handler's writes, and only then answers gearmand; a handler that
+    commits, rolls back or closes the connection itself would break that order (and, closing
+    it, leave the worker without a connection). Those calls raise ConnectionMisuse instead,
+    which fails the attempt like any other exception.
+    """
+
+    _ENDINGS = frozenset({
+        "close", "disconnect", "shutdown", "cmd_quit", "reconnect", "commit", "rollback",
+        "start_transaction", "reset_session", "cmd_reset_connection", "cmd_change_user",
+    })
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def __getattr__(self, name: str) -> Any:
+        if name in HandlerConnection._ENDINGS:
+            raise ConnectionMisuse(
+                f"a handler may not call {name}() on the connection it is given: the host "
+                "commits what the handler wrote, then answers gearmand (raise to roll back)",
+                retryable=False,
+            )
+        return getattr(self._conn, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name != "_conn":
+            raise ConnectionMisuse(f"a handler may not set {name} on the connection it is given",
+                                   retryable=False)
+        object.__setattr__(self, name, value)
+
+
 def run(handler: HandlerConfig, job: Job, conn: Connection, cursor: Any = None) -> bytes:
     """Run the handler inside the caller's transaction; the result goes back to gearmand.
 
     `sql:` handlers run on `cursor`, by default the connection's reused one (db.cursor).
     """
     if handler.callable is not None:
-        return to_bytes(handler.callable(job, conn))
+        return to_bytes(handler.callable(job, HandlerConnection(conn)))
     return run_sql(handler, job, cursor if cursor is not None else db.cursor(conn))
 
 

@@ -31,10 +31,10 @@ class Job:
         if not self._is_decoded:
             try:
                 self._decoded = json.loads(self.payload)
-            except ValueError as exc:
-                raise JobError(
-                    f"payload is not JSON ({exc}): {self.payload[:80]!r}"
-                ) from exc
+            except (ValueError, RecursionError) as exc:
+                # RecursionError: nested deeper than the decoder goes, which no retry changes.
+                what = exc if isinstance(exc, ValueError) else "nested too deeply to decode"
+                raise JobError(f"payload is not JSON ({what}): {self.payload[:80]!r}") from exc
             self._is_decoded = True
         return self._decoded
 

@@ -13,7 +13,6 @@ import logging
 import re
 import signal
 import time
-import uuid
 from typing import Any
 
 import mysql.connector
@@ -22,7 +21,7 @@ from workerhost import tables
 from workerhost.config import Config
 from workerhost.db import Connection, Database
 from workerhost.errors import ConnectError
-from workerhost.gearconn import GearmanLost, Submitter
+from workerhost.gearconn import GearmanLost, Refused, Submitter
 
 log = logging.getLogger("workerhost.relay")
 
@@ -57,28 +56,36 @@ class Relay:
             rows = tables.lock_due(conn, batch)
             if not rows:
                 return 0
-            self.submit(rows)
+            answers = self.submit(rows)
+            refused = [(row, answer) for row, answer in zip(rows, answers, strict=True)
+                       if isinstance(answer, Refused)]
+            for (ident, function, *_), answer in refused:
+                # Shipping it again would be refused again, and hold up every row after it.
+                tables.outbox_to_dead_letters(
+                    conn, ident, f"gearmand refused the job: {answer.reason}")
+                log.error("outbox row %s (%s) dead-lettered: gearmand refused it: %s",
+                          ident, function, answer.reason)
             tables.delete_outbox(conn, [row[0] for row in rows])
-            return len(rows)
+            return len(rows) - len(refused)
 
         shipped: int = self.db.run(ship, deadline=time.monotonic() + ACCEPT_TIMEOUT)
         self.shipped += shipped
         return shipped
 
-    def submit(self, rows: list[tuple[Any, ...]]) -> None:
-        """Hand every row's job to one gearmand; SubmitFailed when none took them all."""
+    def submit(self, rows: list[tuple[Any, ...]]) -> list[bytes | Refused]:
+        """Hand every row's job to one gearmand; its answer to each (a handle, or why it
+        refused that one). SubmitFailed when no server answered them all."""
         jobs = []
-        for _id, function, payload, unique, priority in rows:
+        for ident, function, payload, unique, priority in rows:
             data = bytes(payload)
-            jobs.append((function, unique.encode() if unique else row_unique(data), data,
+            jobs.append((function, unique.encode() if unique else row_unique(data, ident), data,
                          priority))
         errors = []
         for _ in self.submitters:
             submitter = self.submitters[self.turn % len(self.submitters)]
             self.turn += 1
             try:
-                submitter.submit(jobs)
-                return
+                return submitter.submit(jobs)
             except GearmanLost as exc:
                 errors.append(str(exc))
         raise SubmitFailed("; ".join(errors))
@@ -113,8 +120,10 @@ class Relay:
             time.sleep(min(0.05, deadline - time.monotonic()))
 
 
-def row_unique(payload: bytes) -> bytes:
-    """The unique of a row written without one: its payload's event id, else a random one.
+def row_unique(payload: bytes, ident: int) -> bytes:
+    """The unique of a row written without one: its payload's event id, else one made of the
+    row's id, so that a row shipped twice (its batch retried) keeps its unique and gearmand
+    queues it once.
 
     A trigger with a single outbox entry leaves unique_key NULL: a second UUID() would cost
     every INSERT a local variable, while the event id is already in the payload.
@@ -129,8 +138,8 @@ def row_unique(payload: bytes) -> bytes:
             event_id = None
         if isinstance(event_id, str) and 0 < len(event_id.encode()) < 64:
             return event_id.encode()
-    # Anything else (a row written by hand) gets a random one, as any Gearman client would.
-    return uuid.uuid4().hex.encode()
+    # Anything else (a row written by hand).
+    return f"workerhost-outbox-{ident}".encode()
 
 
 def main(config: Config) -> int:

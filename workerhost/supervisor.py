@@ -24,18 +24,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mysql.connector
-
 from workerhost import failures, metrics, relay, worker
 from workerhost.config import Config, load_config
-from workerhost.db import Database
-from workerhost.errors import ConfigError, ConnectError
+from workerhost.db import RUN_ERRORS, Database
+from workerhost.errors import ConfigError
+from workerhost.signals import Signals
 
 log = logging.getLogger("workerhost.supervisor")
 
 STARTSECS = 1.0  # a child must live this long to count as started
 START_RETRIES = 5  # failed starts in a row before a child is FATAL
 START_BACKOFF = 0.5  # first delay before restarting a failed start; doubles each time
+# A child that keeps dying after it started (a job that crashes its worker, a broken database)
+# is restarted at once the first time, then after CRASH_BACKOFF, doubling up to
+# MAX_CRASH_BACKOFF; a child that has run STABLE_SECS since its last start is forgiven.
+CRASH_BACKOFF = 0.5
+MAX_CRASH_BACKOFF = 30.0
+STABLE_SECS = 10.0
 TICK = 0.1  # seconds between two looks at the children
 KEY_SIZE = 520  # bytes of a job key shared with the supervisor (see Job.key)
 RELAY = "(outbox relay)"  # the name under which the relay child is supervised
@@ -65,6 +70,7 @@ class Child:
     started_at: float = 0.0
     jobs_at_start: int = 0
     start_failures: int = 0
+    crashes: int = 0  # deaths in a row after a start, none STABLE_SECS apart
     next_start: float = 0.0
     retiring: bool = False  # replaced after a reload, or its handler is gone
     killed_for_timeout: float | None = None
@@ -107,7 +113,8 @@ class Supervisor:
                  clock: Callable[[], float] = time.monotonic,
                  kill: Callable[[int, int], None] = os.kill,
                  spawn: Callable[[Config, Child], Any] | None = None,
-                 database: Callable[[Config], Database] | None = None) -> None:
+                 database: Callable[[Config], Database] | None = None,
+                 signals: Signals | None = None) -> None:
         self.config = config
         self.config_path = config_path
         # Seams: unit tests replace the clock, signals, processes and the database.
@@ -116,8 +123,7 @@ class Supervisor:
         self.spawn = spawn or fork_child
         self.database = database or (lambda cfg: Database(cfg.database.connect_kwargs()))
         self.children: dict[tuple[str, int], Child] = {}
-        self.stop_requests = 0
-        self.reload_requested = False
+        self.signals = signals or Signals()
         self.drain_deadline: float | None = None
 
     # -- what should run ---------------------------------------------------------------
@@ -129,28 +135,19 @@ class Supervisor:
             names.append((metrics.SERVER, 0))
         return names
 
-    # -- signals -----------------------------------------------------------------------
-    def on_stop(self, signum: int, _frame: object) -> None:
-        self.stop_requests += 1
-
-    def on_reload(self, signum: int, _frame: object) -> None:
-        self.reload_requested = True
-
     # -- the loop ----------------------------------------------------------------------
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self.on_stop)
-        signal.signal(signal.SIGINT, self.on_stop)
-        signal.signal(signal.SIGHUP, self.on_reload)
+        signals = self.signals.install()
         log.info("workerhost %d starting: %s", os.getpid(), ", ".join(
             f"{name} x{h.processes}" for name, h in self.config.handlers.items()))
         while True:
-            if self.stop_requests >= 2:
+            if signals.stops >= 2:
                 self.kill_all()
                 return RET_KILLED
-            if self.stop_requests == 1 and self.drain_deadline is None:
+            if signals.stops == 1 and self.drain_deadline is None:
                 self.begin_drain()
-            if self.reload_requested:
-                self.reload_requested = False
+            if signals.reload and self.drain_deadline is None:
+                signals.reload = False
                 self.reload()
             self.tick()
             if self.drain_deadline is not None and not self.alive():
@@ -197,6 +194,8 @@ class Supervisor:
             if child.state == State.STARTING and now - child.started_at >= STARTSECS:
                 child.state = State.RUNNING
                 child.start_failures = 0
+            if child.crashes and now - child.started_at >= STABLE_SECS:
+                child.crashes = 0
             self.enforce_timeout(child)
             return
         process.join()
@@ -225,11 +224,16 @@ class Supervisor:
                           child.name, child.start_failures, _describe_exit(code))
                 return
             delay = START_BACKOFF * 2 ** (child.start_failures - 1)
+            how = ""
         else:
-            delay = 0.0
+            child.crashes += 1
+            delay = (min(CRASH_BACKOFF * 2 ** (child.crashes - 2), MAX_CRASH_BACKOFF)
+                     if child.crashes > 1 else 0.0)
+            how = f", {child.crashes} times in a row" if child.crashes > 1 else ""
         child.state = State.BACKOFF
         child.next_start = now + delay
-        log.warning("%s exited (%s); restarting in %.1fs", child.name, _describe_exit(code), delay)
+        log.warning("%s exited (%s%s); restarting in %.1fs", child.name, _describe_exit(code),
+                    how, delay)
 
     def enforce_timeout(self, child: Child) -> None:
         started = child.slot.started.value
@@ -262,7 +266,7 @@ class Supervisor:
         try:
             db.run(lambda conn: failures.count_failure(conn, key, failures.Failure(reason)),
                    deadline=self.clock() + 5)
-        except (mysql.connector.Error, ConnectError) as exc:
+        except RUN_ERRORS as exc:
             log.error("could not count that failure in the database (%s); gearmand will "
                       "hand the job out again uncounted", exc)
         finally:

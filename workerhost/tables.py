@@ -153,6 +153,17 @@ def add_dead_letter(
     forget(conn, key)
 
 
+def outbox_to_dead_letters(conn: Connection, ident: int, error: str) -> None:
+    """Move one outbox row to the dead letters, with `error` as the reason."""
+    cursor = db.cursor(conn)
+    cursor.execute(
+        f"INSERT INTO {DEAD_LETTERS} (`function`, payload, unique_key, attempts, error, "
+        f"first_failed_at) SELECT `function`, payload, unique_key, 0, %s, NOW(6) "
+        f"FROM {OUTBOX} WHERE id = %s", (error, ident),
+    )
+    cursor.execute(f"DELETE FROM {OUTBOX} WHERE id = %s", (ident,))
+
+
 def dead_letters(conn: Connection, function: str | None, limit: int) -> list[tuple[Any, ...]]:
     """Dead letters in id order (DEAD_LETTER_COLUMNS), of one function or of all."""
     where, args = ("WHERE `function` = %s", [function]) if function else ("", [])

@@ -29,12 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import mysql.connector
-
 from workerhost import db, failures, gearconn, handlers, logs, metrics, tables
 from workerhost.config import Config, HandlerConfig
 from workerhost.db import Connection, Database, is_transient
-from workerhost.errors import ConnectError, JobError
+from workerhost.errors import JobError
 from workerhost.gearconn import Assigned, GearmanLost, WorkerConnection
 from workerhost.job import Job
 from workerhost.pace import Pace
@@ -108,6 +106,20 @@ class Worker:
         )
         self._retry_at: dict[str, float] = {}  # per server: next connect attempt
         self._backoff: dict[str, float] = {}
+        self._conns: list[WorkerConnection] = []
+
+    def forked(self) -> None:
+        """In a process a handler forked: let go of what is the worker's.
+
+        Its gearmand connections are closed (the worker keeps its own copies): the child is no
+        worker of the function, and nothing it does reaches gearmand in the worker's name. Its
+        database connection is forgotten unused. SIGTERM ends it as it ends any process.
+        """
+        for conn in self._conns:
+            conn.close()  # the fd only: gearmand hears nothing while the worker holds its copy
+        self._conns = []
+        self.db.forget()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     def request_stop(self, *_: object) -> None:
         self.stopping = True
@@ -128,6 +140,7 @@ class Worker:
         pace = Pace(self.handler.batch * PREFETCH * len(servers))
         conns = [WorkerConnection(server, function, client_id, pace.per_connection(len(servers)))
                  for server in servers]
+        self._conns = conns
         limit = self.handler.batch * len(conns)  # jobs run in one transaction, at most
         held: list[Assigned] = []
         held_since = 0.0
@@ -265,11 +278,9 @@ class Worker:
             self._begin(job)
             try:
                 results.append(handlers.run(self.handler, job, conn, cursor))
-            except mysql.connector.Error as exc:
+            except Exception as exc:  # a handler's failure, whatever it is
                 if is_transient(exc):
                     raise
-                raise _BatchAborted from exc
-            except Exception as exc:  # a handler's failure, whatever it is
                 raise _BatchAborted from exc
             finally:
                 self._end()
@@ -310,7 +321,7 @@ class Worker:
             try:
                 result = handlers.run(self.handler, job, conn)
             except Exception as exc:  # a handler's failure, whatever it is
-                if isinstance(exc, mysql.connector.Error) and is_transient(exc):
+                if is_transient(exc):
                     raise
                 conn.rollback()  # what it wrote before it failed: it runs again from scratch
                 return "failed", _failure(exc)
@@ -329,19 +340,39 @@ class Worker:
             log.error("job %s dead-lettered without running: %s", job.describe(), value.error,
                       extra=logs.job_fields(job))
             return None
-        verdict = self._in_transaction(
-            lambda conn: failures.handle_failure(conn, job, policy, value), deadline, job
-        )
+        verdict = self._record_failure(job, value, deadline)
         how = "dead-lettered" if verdict == "dead" else "will be retried"
         metrics.job_finished(job.function, verdict)
         log.error("job %s failed and %s: %s", job.describe(), how, value.error,
                   extra=logs.job_fields(job))
         return None
 
+    def _record_failure(self, job: Job, failure: failures.Failure,
+                        deadline: float) -> failures.Verdict:
+        """Count the failure and schedule its retry or dead letter. When the database refuses
+        that as it is (a payload past max_allowed_packet, say), the job is dead-lettered in
+        shortened form instead of being left to gearmand, which would hand it out forever."""
+        policy = self.handler.retries
+        try:
+            verdict: failures.Verdict = self.db.run(
+                lambda conn: failures.handle_failure(conn, job, policy, failure),
+                deadline=deadline)
+            return verdict
+        except db.ERRORS as exc:
+            if is_transient(exc):
+                raise DatabaseLost(f"job {job.describe()}: {self.db.describe()} failed: "
+                                   f"{exc}") from exc
+            refusal = str(db.translate(exc))
+        log.error("job %s: recording its failure failed (%s); dead-lettering it in shortened "
+                  "form", job.describe(), refusal, extra=logs.job_fields(job))
+        self._in_transaction(lambda conn: failures.dead_letter_short(conn, job, failure, refusal),
+                             deadline, job)
+        return "dead"
+
     def _in_transaction(self, work: Callable[[Connection], Any], deadline: float, job: Job) -> Any:
         try:
             return self.db.run(work, deadline=deadline)
-        except (mysql.connector.Error, ConnectError) as exc:
+        except db.RUN_ERRORS as exc:
             raise DatabaseLost(f"job {job.describe()}: {self.db.describe()} failed: {exc}") from exc
 
 
@@ -369,6 +400,7 @@ def main(config: Config, handler_name: str, slot: Slot | None) -> int:
     handler = config.handlers[handler_name]
     worker = Worker(config, handler, slot)
     signal.signal(signal.SIGTERM, worker.request_stop)
+    os.register_at_fork(after_in_child=worker.forked)
     log.info("worker for %s started (pid %d)", handler_name, os.getpid())
     code = worker.serve()
     worker.db.close()
