@@ -214,7 +214,7 @@ def test_tls_keys_reach_the_connector() -> None:
         ("unknown-key.yaml",
          "unknown-key.yaml: handlers.resize_image: unknown key 'timout' (did you mean"
          " 'timeout'?); allowed: python, sql, processes, batch, timeout, retries, max_jobs,"
-         " max_lifetime, on_no_rows"),
+         " max_lifetime, on_no_rows, accept"),
         ("unknown-top-key.yaml",
          "unknown-top-key.yaml: unknown key 'handler' (did you mean 'handlers'?);"
          " allowed: gearman, database, host, handlers, triggers"),
@@ -270,6 +270,13 @@ def test_tls_keys_reach_the_connector() -> None:
         ("password-not-string.yaml",
          "password-not-string.yaml: database.password: expected a string; put the password in"
          " quotes"),
+        ("password-unterminated-reference.yaml",
+         "password-unterminated-reference.yaml: database.password: unterminated environment"
+         " reference: a ${ without its }; write $${ for a literal ${"),
+        ("password-unset-reference.yaml",
+         "password-unset-reference.yaml: database.password: an environment variable named in"
+         " it is not set (the name is not shown: the value is a secret); write $${ for a"
+         " literal ${"),
         ("sql-malformed-placeholder.yaml",
          "sql-malformed-placeholder.yaml: handlers.mark_seen.sql: malformed placeholder"
          " '%(id)d': write %(name)s"),
@@ -511,11 +518,25 @@ def test_expand_env() -> None:
         "environment variable 'UNSET' is not set (write ${UNSET:-default} to give a default)"
     )
     assert reason(conv.expand_env, "${1A}", env) == (
-        "bad environment reference '${1A}': write ${NAME} or ${NAME:-default}"
+        "bad environment reference: write ${NAME} or ${NAME:-default}; write $${ for a literal ${"
     )
     assert reason(conv.expand_env, "x ${A", env) == (
-        "unterminated environment reference '${A': missing '}'"
+        "unterminated environment reference: a ${ without its }; write $${ for a literal ${"
     )
+    # In a secret, an unset variable is named only when the reference is the whole value.
+    assert reason(conv.expand_env, "${UNSET}", env, secret=True) == (
+        "environment variable 'UNSET' is not set (write ${UNSET:-default} to give a default)"
+    )
+    assert "UNSET" not in reason(conv.expand_env, "pw${UNSET}", env, secret=True)
+
+
+def test_a_password_with_dollar_brace_is_never_quoted() -> None:
+    for fixture, fragments in (("password-unterminated-reference.yaml", ("s3cr", "et-pa55")),
+                               ("password-unset-reference.yaml", ("hunter", "two"))):
+        message = error_of(fixture)
+        assert not [f for f in fragments if f in message], message
+    assert load_config("password-literal-dollar-brace.yaml", env={}).database.password == (
+        "pa${ss}word")
 
 
 def test_import_callable_resolves_dotted_attributes() -> None:

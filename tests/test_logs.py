@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,6 +61,11 @@ def submit(sandbox: Sandbox, function: str, payloads: list[bytes]) -> None:
     client.submit_multiple_jobs([{"task": function, "data": p} for p in payloads],
                                 background=True, wait_until_complete=False)
     client.shutdown()
+
+
+def cli(sandbox: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "workerhost.cli", *args], capture_output=True,
+                          text=True, env=host_env(sandbox), timeout=60, check=False)
 
 
 def dead_letters(db: Any) -> int:
@@ -151,3 +160,88 @@ def test_a_long_message_is_cut(
     err = capsys.readouterr().err
     assert "x" * logs.MAX_MESSAGE not in err
     assert f"... ({logs.MAX_MESSAGE * 3 + 8 - logs.MAX_MESSAGE} more characters not logged)" in err
+
+
+def test_every_password_redacted_stays_masked_in_its_escaped_spellings_too(
+    isolated_logging: None,
+) -> None:
+    old, new = "old'pw\\1", 'new"pw'
+    logs.redact(old)
+    logs.redact(new)  # a reload that changed the password
+    for text in (old, new, repr(old), repr(new), json.dumps(old), json.dumps(new),
+                 "'old\\'pw\\\\1'", "'old''pw\\1'"):
+        assert old not in logs.scrub(text) and new not in logs.scrub(text)
+        assert "pw" not in logs.scrub(text), f"{text!r} -> {logs.scrub(text)!r}"
+    # mask() adds secrets of its own for one call, without registering them.
+    assert logs.mask("dsn u:other@h and u:new\"pw@h", "other") == "dsn u:***@h and u:***@h"
+    assert logs.mask("other") == "other"
+
+
+RELOAD_HANDLER = '''
+def quotes_payload(job, db):
+    raise ValueError(f"refusing {job.payload.decode()}")
+'''
+
+
+@pytest.mark.xfail(strict=True, reason="the reload path (supervisor.py) must call "
+                   "logs.redact(new.database.password) once the new configuration loaded")
+def test_after_a_reload_the_new_password_is_masked_and_the_old_one_too(
+    sandbox: Sandbox, db: Any, tmp_path: Path
+) -> None:
+    user, password = f"wh_{uuid.uuid4().hex[:8]}", f"fresh-{uuid.uuid4().hex}"
+    admin = sandbox.connect()
+    admin.cursor().execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'")
+    admin.cursor().execute(f"GRANT ALL ON `{db.database}`.* TO '{user}'@'%'")
+    (tmp_path / "reload_handlers.py").write_text(RELOAD_HANDLER)
+    handlers = {"quotes_payload": {"python": "reload_handlers:quotes_payload",
+                                   "retries": {"attempts": 1}}}
+    config = host_config(sandbox, db.database, handlers)
+    path = tmp_path / "workerhost.yaml"
+    path.write_text(yaml.safe_dump(config))
+    host = RunningHost(path, tmp_path / "host.log", host_env(sandbox))
+    try:
+        host.wait_for_log("worker for")
+        config["database"].update(user=user, password=password)
+        path.write_text(yaml.safe_dump(config))
+        host.signal(signal.SIGHUP)
+        host.wait_for_log("configuration reloaded")
+        host.wait_for_log("worker for", count=2)
+        for secret in (password, sandbox.password):
+            submit(sandbox, "quotes_payload", [json.dumps({"dsn": f"u:{secret}@h"}).encode()])
+        wait_until(lambda: dead_letters(db) == 2, what="two dead letters")
+        host.wait_for_log("dead-lettered", count=2)
+        assert host.stop() == 0
+    finally:
+        host.kill()
+        admin.cursor().execute(f"DROP USER '{user}'@'%'")
+        admin.close()
+    text = host.log()
+    assert password not in text and sandbox.password not in text
+    assert text.count("u:***@h") == 2
+
+
+def test_dead_letters_list_and_show_mask_the_password(
+    sandbox: Sandbox, db: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "workerhost.yaml"
+    path.write_text(yaml.safe_dump(host_config(sandbox, db.database, {
+        "h": {"sql": "DELETE FROM t WHERE id = %(id)s"}})))
+    assert cli(sandbox, "check", "-c", str(path), "--connect").returncode == 0
+    secret = sandbox.password
+    cursor = db.cursor()
+    cursor.execute(
+        "INSERT INTO workerhost_dead_letters (`function`, payload, unique_key, attempts, error, "
+        "traceback) VALUES ('h', %s, %s, 3, %s, %s)",
+        (json.dumps({"dsn": f"u:{secret}@h"}).encode(), f"key-{secret}",
+         f"cannot reach mysql://workerhost:{secret}@replica/app\nsecond line",
+         f"Traceback (most recent call last):\nRuntimeError: {secret!r}"))
+    (ident,) = cursor.fetchone() or (cursor.lastrowid,)
+    cursor.close()
+    listed = cli(sandbox, "dead-letters", "-c", str(path), "list")
+    shown = cli(sandbox, "dead-letters", "-c", str(path), "show", str(ident))
+    for result in (listed, shown):
+        assert result.returncode == 0, result.stderr
+        assert secret not in result.stdout
+    assert "cannot reach mysql://workerhost:***@replica/app" in listed.stdout
+    for masked in ("key-***", "u:***@h", "RuntimeError: '***'", "workerhost:***@replica"):
+        assert masked in shown.stdout

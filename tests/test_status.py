@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import gearman
+import mysql.connector
+import pytest
 import yaml
 from conftest import ExtraGearmand, host_config, host_env
 
 from workerhost import status
+from workerhost.db import Database
 from workerhost.gearadmin import FunctionStatus
 from workerhost.sandbox import Sandbox
 
@@ -118,3 +121,32 @@ def test_render_lists_functions_sorted_and_says_when_a_server_knows_none() -> No
     assert "gearmand b:2\n  FUNCTION" in text and "(no functions known to this server)" in text
     assert "outbox: 0 rows, 0 due\n" in text
     assert report.problems() == []
+
+
+@pytest.mark.parametrize("fails", ["connect", "query"])
+def test_a_database_error_that_quotes_the_password_shows_it_masked(fails: str) -> None:
+    secret = "s3cr3t'pw"
+
+    class Refused:
+        def rollback(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+        def cursor(self, *args: Any, **kwargs: Any) -> Any:
+            raise mysql.connector.ProgrammingError(
+                msg=f"near 'IDENTIFIED BY \\'{secret}\\'' at line 1", errno=1064)
+
+    def connect() -> Any:
+        if fails == "connect":
+            raise mysql.connector.ProgrammingError(
+                msg=f"bad DSN mysql://u:{secret}@h/d", errno=2005)
+        return Refused()
+
+    db = Database({"user": "u", "password": secret, "database": "d"}, connect=connect)
+    found = status.database(db, timeout=0.1)
+    assert found.error is not None and "s3cr3t" not in found.error
+    assert "***" in found.error
+    report = status.Report((), found)
+    assert "s3cr3t" not in status.render(report) + json.dumps(status.as_json(report))

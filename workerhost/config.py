@@ -39,6 +39,7 @@ from workerhost.errors import ConfigError
 # Values a file may hold once its YAML aliases are expanded: a large real file holds a few
 # thousand; nested aliases can make a 1 KB file hold billions (an "alias bomb").
 MAX_YAML_VALUES = 100_000
+SECRET_KEYS = ("database.password",)  # values no message may quote
 DEFAULT_GEARMAN_PORT = 4730  # gearmand's registered port, used when a server omits one
 DEFAULT_RECONNECT_BACKOFF = 1.0  # seconds before the first reconnect; doubles, with jitter
 DEFAULT_MAX_RECONNECT_BACKOFF = 30.0  # cap, so a restarted gearmand is found within 30s
@@ -51,6 +52,9 @@ DEFAULT_SHUTDOWN_TIMEOUT = 30.0  # seconds running jobs get to finish after SIGT
 DEFAULT_RELAY_ENABLED = True
 DEFAULT_RELAY_BATCH = 500  # outbox rows submitted per round trip
 DEFAULT_RELAY_INTERVAL = 0.2  # seconds between polls of an empty outbox
+# How long a shipped ledger row waits for its job's effect before it is shipped again (then
+# twice as long, up to 16 times): how soon a job gearmand lost runs after all.
+DEFAULT_RELAY_LEASE = 30.0
 DEFAULT_PROCESSES = 1  # worker processes per handler
 DEFAULT_TIMEOUT = 60.0  # seconds one job may run before its worker is killed
 DEFAULT_RETRY_ATTEMPTS = 3  # total tries including the first; 1 means never retry
@@ -61,6 +65,10 @@ DEFAULT_MAX_JOBS = 0  # recycle a worker after this many jobs; 0 means never
 DEFAULT_ON_NO_ROWS = "ignore"
 DEFAULT_DELIVERY = "immediate"
 ON_NO_ROWS = ("ignore", "retry", "dead_letter")  # what to do when a write-back matched no row
+# Whose jobs a handler runs: those with a ledger row (fired by a trigger, or shipped from the
+# outbox), or any job at all (clients outside the database).
+ACCEPT = ("ledger", "any")
+Accept = Literal["ledger", "any"]
 TRIGGER_EVENTS = ("insert", "update", "delete")
 DELIVERIES = ("immediate", "outbox")  # submit from the trigger, or via the outbox table
 
@@ -133,6 +141,7 @@ class RelayConfig:
     enabled: bool = DEFAULT_RELAY_ENABLED
     batch: int = DEFAULT_RELAY_BATCH
     interval: float = DEFAULT_RELAY_INTERVAL
+    lease: float = DEFAULT_RELAY_LEASE
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,6 +178,7 @@ class HandlerConfig:
     max_jobs: int = DEFAULT_MAX_JOBS
     max_lifetime: float | None = None  # seconds; None means never recycle by age
     on_no_rows: OnNoRows = "ignore"
+    accept: Accept = "ledger"
 
     @property
     def kind(self) -> Literal["python", "sql"]:
@@ -266,9 +276,9 @@ _DATABASE_KEYS = ("host", "port", "unix_socket", "user", "password", "database",
                   "ssl_ca", "ssl_cert", "ssl_key", "ssl_verify_cert", "ssl_verify_identity",
                   "ssl_disabled")
 _HOST_KEYS = ("shutdown_timeout", "metrics", "relay")
-_RELAY_KEYS = ("enabled", "batch", "interval")
+_RELAY_KEYS = ("enabled", "batch", "interval", "lease")
 _HANDLER_KEYS = ("python", "sql", "processes", "batch", "timeout", "retries", "max_jobs",
-                 "max_lifetime", "on_no_rows")  # fmt: skip
+                 "max_lifetime", "on_no_rows", "accept")  # fmt: skip
 _RETRY_KEYS = ("attempts", "backoff", "max_backoff")
 _TRIGGER_KEYS = ("table", "events", "function", "columns", "delivery")
 
@@ -412,7 +422,7 @@ def _expand(value: object, path: str, file: str, env: Mapping[str, str]) -> obje
     """Substitute environment variables in every string value below ``value``."""
     if isinstance(value, str):
         try:
-            return conv.expand_env(value, env)
+            return conv.expand_env(value, env, secret=path in SECRET_KEYS)
         except ValueError as exc:
             raise ConfigError(str(exc), file=file, path=path or None) from exc
     if isinstance(value, dict):
@@ -486,6 +496,7 @@ def _host(section: _Section) -> HostConfig:
             enabled=relay.get("enabled", conv.boolean, DEFAULT_RELAY_ENABLED),
             batch=relay.get("batch", conv.positive_int, DEFAULT_RELAY_BATCH),
             interval=relay.get("interval", conv.positive_duration, DEFAULT_RELAY_INTERVAL),
+            lease=relay.get("lease", conv.positive_duration, DEFAULT_RELAY_LEASE),
         ),
     )
 
@@ -520,6 +531,7 @@ def _handler(section: _Section, name: str) -> HandlerConfig:
         max_lifetime=section.optional("max_lifetime", conv.positive_duration),
         on_no_rows=cast(OnNoRows, section.get("on_no_rows", conv.one_of(*ON_NO_ROWS),
                                               DEFAULT_ON_NO_ROWS)),
+        accept=cast(Accept, section.get("accept", conv.one_of(*ACCEPT), "ledger")),
     )  # fmt: skip
 
 

@@ -280,29 +280,34 @@ def import_callable(ref: object) -> Callable[..., object]:
     return obj
 
 
-def expand_env(text: str, env: Mapping[str, str]) -> str:
+def expand_env(text: str, env: Mapping[str, str], *, secret: bool = False) -> str:
     """Replace ``${VAR}`` and ``${VAR:-default}`` from ``env``; ``$${`` gives a literal ``${``.
 
-    ``${VAR:-default}`` uses the default when VAR is unset or empty, as the shell does.
+    ``${VAR:-default}`` uses the default when VAR is unset or empty, as the shell does. A
+    message never quotes the text around a bad reference, which may be a password with a
+    ``${`` in it; with ``secret`` it names an unset variable only when the reference is the
+    whole value.
     """
+    literal = "; write $${ for a literal ${"
 
     def replace(match: re.Match[str]) -> str:
         escaped, body, closed = match.groups()
         if escaped:
             return match.group(0)[1:]
         if not closed:
-            raise ValueError(f"unterminated environment reference {match.group(0)!r}: missing '}}'")
+            raise ValueError(f"unterminated environment reference: a ${{ without its }}{literal}")
         name, sep, default = body.partition(":-")
         if not _ENV_NAME.fullmatch(name):
-            raise ValueError(
-                f"bad environment reference {match.group(0)!r}:"
-                " write ${NAME} or ${NAME:-default}"
-            )
+            raise ValueError(f"bad environment reference: write ${{NAME}} or ${{NAME:-default}}"
+                             f"{literal}")
         found = env.get(name, "")
         if found or sep:
             return found or default
         if name in env:
             return found
+        if secret and match.group(0) != text.strip():
+            raise ValueError("an environment variable named in it is not set (the name is not "
+                             f"shown: the value is a secret){literal}")
         raise ValueError(
             f"environment variable {name!r} is not set"
             f" (write ${{{name}:-default}} to give a default)"

@@ -1,4 +1,9 @@
-"""Inspecting and replaying dead letters (`workerhost dead-letters ...`)."""
+"""Inspecting and replaying dead letters (`workerhost dead-letters ...`).
+
+The table keeps a handler's error, traceback and payload as they were; what is read here for
+a person has the database password masked (***) wherever one of them quotes it, as the log
+does (a connection string in an exception, a statement quoted by the server).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from workerhost import tables
+from workerhost import logs, tables
 from workerhost.db import Database
 
 
@@ -23,21 +28,31 @@ class DeadLetter:
     failed_at: datetime
 
 
-def _row(row: tuple[Any, ...]) -> DeadLetter:
+def _row(row: tuple[Any, ...], password: str) -> DeadLetter:
     ident, function, payload, unique, attempts, error, tb, first, failed = row
-    return DeadLetter(int(ident), str(function), bytes(payload),
-                      None if unique is None else str(unique), int(attempts), str(error),
-                      None if tb is None else str(tb), first, failed)
+
+    def mask(text: object) -> str:
+        return logs.mask(str(text), password)
+
+    # surrogateescape: a payload that is not UTF-8 comes back byte for byte.
+    shown = mask(bytes(payload).decode("utf-8", "surrogateescape"))
+    return DeadLetter(int(ident), str(function), shown.encode("utf-8", "surrogateescape"),
+                      None if unique is None else mask(unique), int(attempts), mask(error),
+                      None if tb is None else mask(tb), first, failed)
 
 
 def list_letters(db: Database, function: str | None = None, limit: int = 100) -> list[DeadLetter]:
     rows = db.run(lambda conn: tables.dead_letters(conn, function, limit))
-    return [_row(row) for row in rows]
+    return [_row(row, _password(db)) for row in rows]
 
 
 def get(db: Database, ident: int) -> DeadLetter | None:
     row = db.run(lambda conn: tables.dead_letter(conn, ident))
-    return _row(row) if row else None
+    return _row(row, _password(db)) if row else None
+
+
+def _password(db: Database) -> str:
+    return str(db.param("password") or "")
 
 
 def retry(db: Database, ids: list[int] | None) -> int:

@@ -1,8 +1,9 @@
 """Logging for the host: readable lines by default, JSON lines with --log-format json.
 
 Whatever the format, a line never shows a secret (`redact()`: the database password, given
-by `workerhost run`) nor more than MAX_MESSAGE characters of a message, so that a payload or
-a huge error quoted in it stays out of the log.
+by `workerhost run` and again on every reload) nor more than MAX_MESSAGE characters of a
+message, so that a payload or a huge error quoted in it stays out of the log. `mask()` does
+the same for what other commands print (dead letters, status).
 """
 
 from __future__ import annotations
@@ -22,21 +23,49 @@ JOB_FIELDS = ("function", "handle", "unique", "attempt")
 MAX_MESSAGE = 2000  # characters of one message; enough for an error, too few for a payload
 MASK = "***"
 
-_secrets: list[str] = []  # strings no log line may contain; set once, before the first fork
+# Every spelling of every secret, longest first. Set before the first fork, and again on
+# each reload before new workers are forked: children inherit it.
+_secrets: list[str] = []
 
 
 def redact(*secrets: str) -> None:
-    """Never log these strings: each is replaced by ***. Empty ones are ignored."""
+    """Never show these strings: each is replaced by ***, in every log line and wherever
+    ``mask()`` is used (dead letters, status). Empty ones are ignored.
+
+    Secrets accumulate: call it again after every reload with the password now configured,
+    and the one it replaced stays masked too (workers not yet replaced still connect with
+    it, and a password that was once configured is no less secret for being changed).
+    """
     for secret in secrets:
-        if secret and secret not in _secrets:
-            _secrets.append(secret)
+        for spelling in _spellings(secret):
+            if spelling not in _secrets:
+                _secrets.append(spelling)
     _secrets.sort(key=len, reverse=True)  # a longer secret that contains a shorter one first
+
+
+def _spellings(secret: str) -> list[str]:
+    """The secret as written, and as an error may quote it: repr, JSON, an SQL literal."""
+    if not secret:
+        return []
+    sql = secret.replace("\\", "\\\\").replace("'", "\\'")
+    return list(dict.fromkeys([secret, repr(secret)[1:-1], json.dumps(secret)[1:-1], sql,
+                               secret.replace("'", "''")]))
+
+
+def mask(text: str, *secrets: str) -> str:
+    """``text`` with every secret given to ``redact()``, and each of ``secrets``, as ***."""
+    known = _secrets
+    if any(secrets):
+        extra = (spelling for secret in secrets for spelling in _spellings(secret))
+        known = sorted({*known, *extra}, key=len, reverse=True)
+    for secret in known:
+        text = text.replace(secret, MASK)
+    return text
 
 
 def scrub(text: str, limit: int | None = MAX_MESSAGE) -> str:
     """`text` without secrets, cut to `limit` characters (after masking, so no prefix leaks)."""
-    for secret in _secrets:
-        text = text.replace(secret, MASK)
+    text = mask(text)
     if limit is not None and len(text) > limit:
         text = f"{text[:limit]}... ({len(text) - limit} more characters not logged)"
     return text

@@ -16,7 +16,7 @@ from typing import Any
 import mysql.connector
 from mysql.connector import errorcode
 
-from workerhost import gearadmin, tables
+from workerhost import gearadmin, logs, tables
 from workerhost.config import Config, DatabaseConfig, Server
 from workerhost.db import Connection, Database, is_transient
 from workerhost.errors import ConnectError
@@ -37,10 +37,12 @@ class ServerStatus:
 
 @dataclass(frozen=True)
 class Outbox:
-    """The outbox table: rows waiting for the relay."""
+    """The ledger (outbox table): every job from its trigger until its effect commits."""
 
     rows: int
     due: int  # rows whose not_before has passed: the relay should be shipping them
+    leased: int  # shipped, their lease running: in gearmand or with a worker
+    delayed: int  # failed attempts waiting for their retry
     oldest_age: float | None  # seconds since the oldest row was written; None when empty
     overdue: float | None  # seconds the longest-waiting due row is past its due time
 
@@ -82,8 +84,8 @@ def gearmand(server: Server, *, timeout: float = STATUS_TIMEOUT) -> ServerStatus
 
 
 def outbox_figures(conn: Connection) -> Outbox:
-    rows, due, oldest, overdue = tables.outbox_figures(conn)
-    return Outbox(int(rows), int(due), _seconds(oldest), _seconds(overdue))
+    rows, due, leased, delayed, oldest, overdue = tables.outbox_figures(conn)
+    return Outbox(rows, due, leased, delayed, _seconds(oldest), _seconds(overdue))
 
 
 def _seconds(microseconds: Any) -> float | None:
@@ -101,18 +103,22 @@ def database(db: Database, *, timeout: float = STATUS_TIMEOUT) -> DatabaseStatus
     def query(conn: Connection) -> tuple[dict[str, int], Outbox]:
         return tables.dead_letters_by_function(conn), outbox_figures(conn)
 
+    def failed(message: str, *, reachable: bool) -> DatabaseStatus:
+        # The server's words may quote the password (a statement, a connection string).
+        shown = logs.mask(message, str(db.param("password") or ""))
+        return DatabaseStatus(db.describe(), error=shown, reachable=reachable)
+
     try:
         letters, outbox = db.run(query, deadline=time.monotonic() + timeout)
     except ConnectError as exc:
-        return DatabaseStatus(db.describe(), error=f"unreachable ({exc.__cause__ or exc})",
-                              reachable=False)
+        return failed(f"unreachable ({exc.__cause__ or exc})", reachable=False)
     except mysql.connector.Error as exc:
         db.reset()
         if exc.errno == errorcode.ER_NO_SUCH_TABLE:
             message = "the host's tables are missing; `workerhost check --connect` creates them"
         else:
             message = str(exc)
-        return DatabaseStatus(db.describe(), error=message, reachable=not is_transient(exc))
+        return failed(message, reachable=not is_transient(exc))
     return DatabaseStatus(db.describe(), letters, outbox)
 
 
@@ -155,7 +161,8 @@ def render(report: Report) -> str:
 
 
 def _describe_outbox(outbox: Outbox) -> str:
-    text = f"{outbox.rows} rows, {outbox.due} due"
+    text = (f"{outbox.rows} rows: {outbox.due} due, {outbox.leased} leased, "
+            f"{outbox.delayed} delayed")
     if outbox.oldest_age is not None:
         text += f", oldest written {outbox.oldest_age:.1f}s ago"
     if outbox.overdue is not None:
@@ -177,7 +184,8 @@ def as_json(report: Report) -> dict[str, Any]:
         "database": {
             "where": db.where, "error": db.error, "dead_letters": dict(db.dead_letters),
             "outbox": None if db.outbox is None else {
-                "rows": db.outbox.rows, "due": db.outbox.due,
+                "rows": db.outbox.rows, "due": db.outbox.due, "leased": db.outbox.leased,
+                "delayed": db.outbox.delayed,
                 "oldest_age_seconds": db.outbox.oldest_age,
                 "overdue_seconds": db.outbox.overdue,
             },
