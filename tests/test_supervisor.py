@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import signal
 import time
 from typing import Any
 
+import pytest
+from conftest import ROOT
+
+from workerhost import exitcodes, metrics
 from workerhost.config import parse_config
 from workerhost.supervisor import (
     RELAY,
@@ -215,3 +221,29 @@ def test_a_child_that_keeps_crashing_backs_off_and_is_forgiven_once_stable() -> 
     h.child().process.exitcode = 1
     h.advance(0.01)
     assert h.child().next_start == h.now, "after a stable run, a crash restarts at once"
+
+
+def test_a_worker_that_lost_the_database_is_logged_as_such_and_restarted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness()
+    h.supervisor.tick()
+    h.advance(STARTSECS + 5)
+    h.child().process.exitcode = exitcodes.EXIT_DATABASE
+    with caplog.at_level(logging.WARNING, logger="workerhost.supervisor"):
+        h.advance(0.1)
+    assert "resize[0] exited (exit status 4: the database stayed unreachable); restarting in " \
+        "0.0s" in caplog.text
+    assert h.child().process is not None
+    assert h.db.counted == [], "the worker left its job to gearmand uncounted"
+
+
+def test_the_readme_lists_every_exit_code_by_name_and_value() -> None:
+    readme = (ROOT / "README.md").read_text()
+    documented = {name: int(code) for code, name in
+                  re.findall(r"^\| (\d+) \| `((?:RET|EXIT)_[A-Z_]+)` \|", readme, re.MULTILINE)}
+    defined = {name: value for name, value in vars(exitcodes).items()
+               if name.startswith(("RET_", "EXIT_"))}
+    assert documented == defined
+    assert set(exitcodes.CHILD_EXITS) == {v for k, v in defined.items() if k.startswith("EXIT_")}
+    assert metrics.EXIT_START_FAILED == exitcodes.EXIT_START_FAILED

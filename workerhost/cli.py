@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 from workerhost import __version__
 from workerhost.errors import ConfigError, ConnectError, SandboxError, WorkerHostError
+from workerhost.exitcodes import (
+    RET_CONFIG,
+    RET_CONNECT,
+    RET_ERROR,
+    RET_OK,
+    RET_SANDBOX,
+    RET_USAGE,
+)
 from workerhost.signals import Signals
-
-# Exit codes, documented in the README.
-RET_OK = 0
-RET_ERROR = 1  # any other failure the message explains
-RET_USAGE = 2  # bad command line (argparse's own code)
-RET_CONFIG = 3  # the configuration file is invalid
-RET_CONNECT = 4  # gearmand or the database could not be reached
-RET_SANDBOX = 5  # the sandbox could not be started, stopped or read
 
 EXIT_CODES: dict[type[WorkerHostError], int] = {
     ConfigError: RET_CONFIG,

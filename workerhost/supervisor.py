@@ -28,6 +28,7 @@ from workerhost import failures, metrics, relay, worker
 from workerhost.config import Config, load_config
 from workerhost.db import RUN_ERRORS, Database
 from workerhost.errors import ConfigError
+from workerhost.exitcodes import EXIT_OK, RET_KILLED, RET_OK, describe_child_exit
 from workerhost.signals import Signals
 
 log = logging.getLogger("workerhost.supervisor")
@@ -44,10 +45,6 @@ STABLE_SECS = 10.0
 TICK = 0.1  # seconds between two looks at the children
 KEY_SIZE = 520  # bytes of a job key shared with the supervisor (see Job.key)
 RELAY = "(outbox relay)"  # the name under which the relay child is supervised
-
-# Exit codes of `workerhost run`.
-RET_OK = 0
-RET_KILLED = 6  # a second stop signal ended the children without waiting for their jobs
 
 _ctx = multiprocessing.get_context("fork")
 
@@ -209,7 +206,7 @@ class Supervisor:
             return
         worked = child.slot.jobs.value - child.jobs_at_start
         quick = now - child.started_at < STARTSECS and not worked
-        if code == worker.EXIT_OK and not quick:
+        if code == EXIT_OK and not quick:
             log.info("%s recycled after %d jobs", child.name, worked)
             child.next_start = now  # max_jobs or max_lifetime reached
             return
@@ -221,7 +218,7 @@ class Supervisor:
                 child.state = State.FATAL
                 log.error("%s is FATAL: it exited %d times in a row right after starting "
                           "(last exit %s); fix it and send SIGHUP to retry",
-                          child.name, child.start_failures, _describe_exit(code))
+                          child.name, child.start_failures, describe_child_exit(code))
                 return
             delay = START_BACKOFF * 2 ** (child.start_failures - 1)
             how = ""
@@ -232,7 +229,7 @@ class Supervisor:
             how = f", {child.crashes} times in a row" if child.crashes > 1 else ""
         child.state = State.BACKOFF
         child.next_start = now + delay
-        log.warning("%s exited (%s%s); restarting in %.1fs", child.name, _describe_exit(code),
+        log.warning("%s exited (%s%s); restarting in %.1fs", child.name, describe_child_exit(code),
                     how, delay)
 
     def enforce_timeout(self, child: Child) -> None:
@@ -258,7 +255,7 @@ class Supervisor:
         if timed_out is not None:
             reason = f"timed out after {timed_out:g}s; its worker process was killed"
         else:
-            reason = f"its worker process died while running it ({_describe_exit(code)})"
+            reason = f"its worker process died while running it ({describe_child_exit(code)})"
         metrics.job_lost(child.handler, "timeout" if timed_out is not None else "crashed")
         log.error("%s: job %r %s", child.name, key.replace(b"\0", b" ").decode(errors="replace"),
                   reason)
@@ -319,14 +316,3 @@ class Supervisor:
             self.kill(child.process.pid, signum)
         except ProcessLookupError:
             pass
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit status {code}"

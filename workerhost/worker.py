@@ -33,15 +33,13 @@ from workerhost import db, failures, gearconn, handlers, logs, metrics, tables
 from workerhost.config import Config, HandlerConfig
 from workerhost.db import Connection, Database, is_transient
 from workerhost.errors import JobError
+from workerhost.exitcodes import EXIT_DATABASE, EXIT_OK
 from workerhost.gearconn import Assigned, GearmanLost, WorkerConnection
 from workerhost.job import Job
 from workerhost.pace import Pace
 
 log = logging.getLogger("workerhost.worker")
 
-# Exit codes of a worker process, read by the supervisor.
-EXIT_OK = 0  # stopped on request, or recycled (max_jobs, max_lifetime)
-EXIT_DATABASE = 4  # the database stayed unreachable while a job waited; job left to gearmand
 # How often an idle worker wakes to look at its stop flag and its lifetime.
 POLL_INTERVAL = 0.5
 # How long held jobs wait for answers from servers still being asked for more, at most.
