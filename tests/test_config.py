@@ -158,6 +158,15 @@ def test_an_alias_bomb_is_refused_at_once_and_many_aliases_still_load(tmp_path: 
     assert len(loaded.handlers) == 1000 and loaded.handlers["h999"].retries.attempts == 5
 
 
+def test_triggers_owner_defaults_to_the_file_name(tmp_path: Path) -> None:
+    assert load_config("minimal.yaml", env={}).triggers_owner == "minimal"
+    odd = tmp_path / "fleet B (eu).yaml"
+    odd.write_text(Path("minimal.yaml").read_text())
+    assert load_config(odd, env={}).triggers_owner == "fleet_B__eu_"
+    odd.write_text(Path("minimal.yaml").read_text() + "triggers_owner: shop-web.eu_1\n")
+    assert load_config(odd, env={}).triggers_owner == "shop-web.eu_1"
+
+
 def test_config_is_frozen() -> None:
     config = load_config("minimal.yaml", env={})
     with pytest.raises(AttributeError):
@@ -217,7 +226,7 @@ def test_tls_keys_reach_the_connector() -> None:
          " max_lifetime, on_no_rows, accept"),
         ("unknown-top-key.yaml",
          "unknown-top-key.yaml: unknown key 'handler' (did you mean 'handlers'?);"
-         " allowed: gearman, database, host, handlers, triggers"),
+         " allowed: gearman, database, host, handlers, triggers, triggers_owner"),
         ("bad-duration.yaml",
          "bad-duration.yaml: handlers.resize_image.timeout: expected a duration like 30s,"
          " got '-1'"),
@@ -346,6 +355,9 @@ def test_tls_keys_reach_the_connector() -> None:
         ("tls-cert-without-key.yaml",
          "tls-cert-without-key.yaml: database.ssl_cert: ssl_cert needs ssl_key too (a client"
          " certificate and its private key go together)"),
+        ("bad-triggers-owner.yaml",
+         "bad-triggers-owner.yaml: triggers_owner: expected a name of letters, digits, _, . or -"
+         " (at most 64), got 'shop web'"),
         ("yaml-alias-bomb.yaml",
          "yaml-alias-bomb.yaml: invalid YAML at line 7, column 7: with its aliases expanded"
          " this holds more than 100000 values; write the values out, or use fewer aliases"),

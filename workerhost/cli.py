@@ -165,15 +165,13 @@ def _triggers(args: argparse.Namespace) -> int:
     db = Database(config.database.connect_kwargs())
     try:
         if args.drop:
-            dropped = triggers.drop(db)
+            dropped = triggers.drop(config, db, prune=args.prune)
             print(f"dropped {', '.join(dropped)}" if dropped
-                  else f"no workerhost triggers in {db.describe()}")
+                  else f"no workerhost triggers of {args.config} in {db.describe()}")
         else:
-            applied = triggers.apply(config, db)
-            for name in applied.dropped:
-                print(f"dropped {name} (no longer in {args.config})")
-            for name in applied.created:
-                print(f"created {name}")
+            applied = triggers.apply(config, db, prune=args.prune)
+            for line in applied.report(str(args.config)):
+                print(line)
             if not applied.created:
                 print(f"{args.config} has no triggers: section; nothing created")
     finally:
@@ -384,7 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     trig_action.add_argument("--apply", action="store_true",
                              help="create or replace them in the configured database")
     trig_action.add_argument("--drop", action="store_true",
-                             help="drop every workerhost trigger in the configured database")
+                             help="drop this file's triggers in the configured database")
+    trig.add_argument("--prune", action="store_true",
+                      help="with --apply or --drop: also drop the workerhost triggers other "
+                           "files made, and replace theirs that this file lists")
     trig_action.add_argument("--print-drop", action="store_true",
                              help="print the DROP statements instead of the CREATE ones")
     trig.add_argument("--dialect", choices=("mariadb", "mysql"), default="mariadb",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -206,6 +207,9 @@ class Config:
     host: HostConfig
     handlers: Mapping[str, HandlerConfig]  # read-only, in file order
     triggers: tuple[TriggerConfig, ...] = ()
+    # Recorded in the triggers this file creates: `triggers --apply` replaces and drops only
+    # its own. The file's name without its extension unless set.
+    triggers_owner: str = "workerhost"
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
@@ -267,10 +271,17 @@ def parse_config(
             for name in handlers.data
         }),
         triggers=_triggers(top) if top.data.get("triggers") is not None else (),
+        triggers_owner=top.get("triggers_owner", conv.owner_name, _default_owner(file)),
     )  # fmt: skip
 
 
-_TOP_KEYS = ("gearman", "database", "host", "handlers", "triggers")
+def _default_owner(file: str) -> str:
+    """The file's name without directory and extension, as conv.owner_name would take it."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(file).stem)[:conv.MAX_OWNER_NAME]
+    return name or "workerhost"
+
+
+_TOP_KEYS = ("gearman", "database", "host", "handlers", "triggers", "triggers_owner")
 _GEARMAN_KEYS = ("servers", "reconnect_backoff", "max_reconnect_backoff")
 _DATABASE_KEYS = ("host", "port", "unix_socket", "user", "password", "database", "connect_timeout",
                   "ssl_ca", "ssl_cert", "ssl_key", "ssl_verify_cert", "ssl_verify_identity",

@@ -25,6 +25,8 @@ _ENV_REFERENCE = re.compile(r"\$(\$?)\{([^}]*)(\}?)")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PYTHON_REF = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 _MAX_FUNCTION_NAME_BYTES = 255  # gearmand's limit on a function name
+MAX_OWNER_NAME = 64  # a triggers_owner, written into every trigger's body
+_OWNER_NAME = re.compile(rf"[A-Za-z0-9_.-]{{1,{MAX_OWNER_NAME}}}")
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,14 @@ def function_name(value: object) -> str:
             "expected a Gearman function name (no whitespace, at most 255 bytes),"
             f" got {show(value)}"
         )
+    return value
+
+
+def owner_name(value: object) -> str:
+    """A name for the configuration that owns a set of triggers: letters, digits, _ . -."""
+    if not isinstance(value, str) or not _OWNER_NAME.fullmatch(value):
+        raise ValueError(f"expected a name of letters, digits, _, . or - (at most "
+                         f"{MAX_OWNER_NAME}), got {show(value)}")
     return value
 
 
