@@ -7,7 +7,9 @@ socket, so the bytes compared are exactly the bytes gearmand holds.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
 import struct
 import threading
@@ -24,7 +26,7 @@ import pytest
 from conftest import ROOT, UDF_SO, scalar, sequence
 
 from workerhost import gearadmin
-from workerhost.sandbox import MEMORY_QUEUE, Sandbox
+from workerhost.sandbox import MEMORY_QUEUE, SANDBOX_UDF_TIMEOUT_MS, Sandbox
 
 SQL = ROOT / "sql"
 
@@ -32,6 +34,9 @@ SQL = ROOT / "sql"
 CONFIG_SETTLE = 1.2
 # What "fast" and "within the timeout" allow on top of the figure itself, on a busy CI box.
 MARGIN = 0.5
+# The sandbox's timeout_ms, in seconds. A call that submitted its job a second time after a
+# timeout takes at least twice this long.
+TIMEOUT = SANDBOX_UDF_TIMEOUT_MS / 1000
 
 BACKGROUND = ("gman_do_background", "gman_do_high_background", "gman_do_low_background")
 FOREGROUND = ("gman_do", "gman_do_high", "gman_do_low")
@@ -42,7 +47,8 @@ ALL_FUNCTIONS = (*JOB_FUNCTIONS, "gman_servers_set", "gman_udf_status")
 
 # -- a worker over a raw socket ---------------------------------------------------------
 
-CAN_DO, NO_JOB, WORK_COMPLETE, GRAB_JOB_UNIQ, JOB_ASSIGN_UNIQ = 1, 10, 13, 30, 31
+CAN_DO, NO_JOB, WORK_STATUS, WORK_COMPLETE, WORK_FAIL = 1, 10, 12, 13, 14
+WORK_DATA, GRAB_JOB_UNIQ, JOB_ASSIGN_UNIQ = 28, 30, 31
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,8 @@ class Job:
 
 
 class RawWorker:
-    """A Gearman worker for the given functions: grab a job, answer WORK_COMPLETE."""
+    """A Gearman worker for the given functions: grab a job, answer WORK_COMPLETE (or leave
+    the answer to the caller)."""
 
     def __init__(self, port: int, *functions: str) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -62,7 +69,7 @@ class RawWorker:
         # second until gearmand's delayed ACK, some 40 ms a job.
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for function in functions:
-            self._send(CAN_DO, function.encode())
+            self.send(CAN_DO, function.encode())
 
     def __enter__(self) -> RawWorker:
         return self
@@ -70,21 +77,24 @@ class RawWorker:
     def __exit__(self, *exc: object) -> None:
         self.sock.close()
 
-    def _send(self, kind: int, data: bytes = b"") -> None:
+    def send(self, kind: int, data: bytes = b"") -> None:
         self.sock.sendall(b"\0REQ" + struct.pack(">II", kind, len(data)) + data)
 
     def _read(self, size: int) -> bytes:
-        buf = b""
-        while len(buf) < size:
-            chunk = self.sock.recv(size - len(buf))
-            if not chunk:
+        buf = bytearray(size)  # filled in place: appending would copy 60 MB quadratically
+        view = memoryview(buf)
+        got = 0
+        while got < size:
+            n = self.sock.recv_into(view[got:])
+            if n == 0:
                 raise EOFError("gearmand closed the worker connection")
-            buf += chunk
-        return buf
+            got += n
+        return bytes(buf)
 
-    def grab(self, reply: Callable[[bytes], bytes] = lambda _: b"") -> Job | None:
-        """Take one job, complete it with reply(workload); None if none is waiting."""
-        self._send(GRAB_JOB_UNIQ)
+    def grab(self, reply: Callable[[bytes], bytes] | None = lambda _: b"") -> Job | None:
+        """Take one job and complete it with reply(workload), or leave it open if reply is
+        None; None if no job is waiting."""
+        self.send(GRAB_JOB_UNIQ)
         header = self._read(12)
         kind, size = struct.unpack(">II", header[4:])
         data = self._read(size)
@@ -92,8 +102,9 @@ class RawWorker:
             return None
         assert kind == JOB_ASSIGN_UNIQ, f"unexpected packet type {kind}"
         handle, function, unique, workload = data.split(b"\0", 3)
-        self._send(WORK_COMPLETE, handle + b"\0" + reply(workload))
-        return Job(handle, function.decode(), unique.decode(), workload)
+        if reply is not None:
+            self.send(WORK_COMPLETE, handle + b"\0" + reply(workload))
+        return Job(handle, function.decode(errors="replace"), unique.decode(), workload)
 
     def take(self, count: int, timeout: float = 30.0) -> list[Job]:
         """Grab until count jobs arrived or timeout passed."""
@@ -109,8 +120,10 @@ class RawWorker:
 
 
 @contextmanager
-def serving(port: int, function: str, reply: Callable[[bytes], bytes]) -> Iterator[list[Job]]:
-    """A worker thread answering every job of function until the block ends."""
+def working(port: int, function: str,
+            answer: Callable[[RawWorker, Job, threading.Event], None]) -> Iterator[list[Job]]:
+    """A worker thread that takes every job of function, and answers with answer(worker, job,
+    stop), until the block ends; yields the jobs it took."""
     seen: list[Job] = []
     stop = threading.Event()
     ready = threading.Event()
@@ -119,11 +132,12 @@ def serving(port: int, function: str, reply: Callable[[bytes], bytes]) -> Iterat
         with RawWorker(port, function) as worker:
             ready.set()
             while not stop.is_set():
-                job = worker.grab(reply)
+                job = worker.grab(None)
                 if job is None:
                     time.sleep(0.005)
                 else:
                     seen.append(job)
+                    answer(worker, job, stop)
 
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
@@ -133,6 +147,30 @@ def serving(port: int, function: str, reply: Callable[[bytes], bytes]) -> Iterat
     finally:
         stop.set()
         thread.join(10)
+
+
+def serving(port: int, function: str, reply: Callable[[bytes], bytes]) -> Any:
+    """A worker thread completing every job of function with reply(workload)."""
+    def complete(worker: RawWorker, job: Job, stop: threading.Event) -> None:
+        worker.send(WORK_COMPLETE, job.handle + b"\0" + reply(job.workload))
+    return working(port, function, complete)
+
+
+def failing(port: int, function: str) -> Any:
+    """A worker thread answering every job of function with WORK_FAIL."""
+    def fail(worker: RawWorker, job: Job, stop: threading.Event) -> None:
+        worker.send(WORK_FAIL, job.handle)
+    return working(port, function, fail)
+
+
+def stalling(port: int, function: str, kind: int | None) -> Any:
+    """A worker thread that takes every job of function and never finishes it: it sends a
+    packet of kind (WORK_STATUS or WORK_DATA) about it every 0.1 s, or nothing (None)."""
+    body = {WORK_STATUS: b"\x001\x002", WORK_DATA: b"\0" + b"d" * 1000}
+    def stall(worker: RawWorker, job: Job, stop: threading.Event) -> None:
+        while kind is not None and not stop.wait(0.1):
+            worker.send(kind, job.handle + body[kind])
+    return working(port, function, stall)
 
 
 # -- fixtures -----------------------------------------------------------------------------
@@ -152,6 +190,27 @@ def udf_config(udf: Sandbox) -> Iterator[Callable[..., None]]:
     if changed:
         udf.write_udf_config()
         time.sleep(CONFIG_SETTLE)
+
+
+@pytest.fixture
+def udf_config_file(udf: Sandbox) -> Iterator[Callable[[str], None]]:
+    """Write the UDF's config file as raw text; whatever is at its path afterwards (a file, a
+    directory, a symlink) is replaced by the sandbox's defaults after the test."""
+    path = udf.udf_config_path
+
+    def write(text: str) -> None:
+        staging = path.with_suffix(".new")
+        staging.write_text(text)
+        os.replace(staging, path)
+        time.sleep(CONFIG_SETTLE)
+
+    yield write
+    if path.is_dir() and not path.is_symlink():
+        path.rmdir()
+    else:
+        path.unlink(missing_ok=True)
+    udf.write_udf_config()
+    time.sleep(CONFIG_SETTLE)
 
 
 @pytest.fixture
@@ -184,9 +243,13 @@ def queued(sandbox: Sandbox, function: str) -> int:
     return found.queued if found else 0
 
 
-def drain(sandbox: Sandbox, function: str, count: int) -> list[Job]:
-    with RawWorker(sandbox.gearman_port, function) as worker:
+def drain_from(port: int, function: str, count: int) -> list[Job]:
+    with RawWorker(port, function) as worker:
         return worker.take(count)
+
+
+def drain(sandbox: Sandbox, function: str, count: int) -> list[Job]:
+    return drain_from(sandbox.gearman_port, function, count)
 
 
 def add_trigger(conn: Any, call: str) -> None:
@@ -292,13 +355,64 @@ def test_argument_errors_name_the_signature(udf: Sandbox, db: Any) -> None:
         assert message in str(caught.value), sql
 
 
+@pytest.mark.parametrize("function, unique", [
+    ("ping\t777\t0\t0\nreal", None),  # forged gearmand's admin lines
+    ("two words", None),
+    ("cr\r", None),
+    ("f", "line\nbreak"),
+    ("f", "tab\tbed"),
+])
+def test_names_with_whitespace_or_control_characters_are_refused(
+        udf: Sandbox, db: Any, function: str, unique: str | None) -> None:
+    what = "function" if unique is None else "unique"
+    for udf_name in ("gman_do_background", "gman_do"):
+        sql = (f"SELECT {udf_name}(%s, 'w')" if unique is None
+               else f"SELECT {udf_name}(%s, 'w', %s)")
+        with pytest.raises(mysql.connector.Error) as caught:
+            scalar(db, sql, *([function] if unique is None else [function, unique]))
+        assert f"{what} must not contain whitespace or control characters" in str(caught.value)
+
+
+def test_names_from_columns_with_control_characters_give_null(udf: Sandbox, db: Any,
+                                                              fn: str) -> None:
+    add_trigger(db, "gman_do_background(NEW.name, 'w')")
+    rows = [(1, fn), (2, f"{fn}\t777\t0\t0\nforged"), (3, f"{fn} spaced")]
+    db.cursor().executemany("INSERT INTO events VALUES (%s, %s)", rows)
+    cur = db.cursor()
+    cur.execute("SELECT id, r IS NOT NULL FROM results ORDER BY id")
+    assert cur.fetchall() == [(1, 1), (2, 0), (3, 0)]
+    # A forged job would list fn twice (and so leave it out), and add "forged".
+    assert queued(udf, fn) == 1
+    assert "forged" not in udf.gearman_status()
+
+
+def test_epoch_null_gives_null_and_absurd_times_are_refused(udf: Sandbox, db: Any,
+                                                            fn: str) -> None:
+    assert scalar(db, "SELECT gman_do_epoch_background(%s, 'w', NULL)", fn) is None
+    for when in ("1e30", "9223372036854775807", "-1"):
+        with pytest.raises(mysql.connector.Error) as caught:
+            scalar(db, f"SELECT gman_do_epoch_background(%s, 'w', {when})", fn)
+        assert "unix_time must be 0..4294967295: seconds, not milliseconds" in str(caught.value)
+    # From a column (no constant to check in init): NULL, and nothing queued.
+    cur = db.cursor()
+    cur.execute("CREATE TABLE times (t BIGINT)")
+    cur.execute("INSERT INTO times VALUES (NULL), (9223372036854775807), "
+                "(UNIX_TIMESTAMP() * 1000)")
+    cur.execute("SELECT gman_do_epoch_background(%s, 'w', t) FROM times", (fn,))
+    assert cur.fetchall() == [(None,), (None,), (None,)]
+    assert queued(udf, fn) == 0
+
+
 def test_status_reports_config_and_counters(udf: Sandbox, db: Any) -> None:
     status = udf_status(db)
     assert status["servers"] == [udf.gearman_server]
     assert status["timeout_ms"] == 1000
     assert status["allow_servers_set"] is False
+    assert status["config_error"] is None
+    assert status["config"] == str(udf.udf_config_path)
     assert set(status["counters"]) == {
-        "submitted", "failed", "connections_opened", "reconnects", "skipped_backoff",
+        "submitted", "failed", "timed_out", "resubmitted", "connections_opened", "reconnects",
+        "skipped_backoff",
     }
     assert status["version"]
 
@@ -489,15 +603,33 @@ def test_two_servers_one_down(udf: Sandbox, db: Any, fn: str,
     assert sorted(int(job.workload) for job in jobs) == list(range(1, 501))
 
 
-def test_servers_set_refused_when_config_names_servers(udf: Sandbox, db: Any) -> None:
+def servers_set_refusal(db: Any) -> str:
     with pytest.raises(mysql.connector.Error) as caught:
         scalar(db, "SELECT gman_servers_set('127.0.0.1:1')")
-    assert "refused: allow_servers_set=0 in " in str(caught.value)
+    return str(caught.value)
+
+
+def test_servers_set_refused_unless_the_config_allows_it(udf: Sandbox, db: Any,
+                                                         udf_config_file: Callable[[str], None]
+                                                         ) -> None:
+    # The key, and the file (its end, if the whole path does not fit mysqld's 80 bytes).
+    expected = "refused unless allow_servers_set=1 in "
+    assert expected in servers_set_refusal(db)
+    assert udf.udf_config_path.name in servers_set_refusal(db)
+    udf_config_file("timeout_ms=1000\n")  # names no servers
+    assert expected in servers_set_refusal(db)
+    udf.udf_config_path.unlink()
+    time.sleep(CONFIG_SETTLE)
+    assert expected in servers_set_refusal(db)
+    assert udf_status(db)["servers"] == ["127.0.0.1:4730"]
 
 
 def test_servers_set_allowed_by_config(udf: Sandbox, db: Any, fn: str,
                                        udf_config: Callable[..., None]) -> None:
     udf_config(servers="127.0.0.1:1", allow_servers_set=1)
+    with pytest.raises(mysql.connector.Error) as caught:
+        scalar(db, "SELECT gman_servers_set(%s)", f"127.0.0.1:1,\t{udf.gearman_server}")
+    assert "whitespace or a control character" in str(caught.value)
     assert scalar(db, "SELECT gman_servers_set(%s)", udf.gearman_server) is not None
     assert udf_status(db)["servers"] == [udf.gearman_server]
     assert scalar(db, "SELECT gman_do_background(%s, 'set')", fn) is not None
@@ -552,3 +684,170 @@ def test_install_and_uninstall_are_rerunnable(udf: Sandbox, db: Any) -> None:
     cur.execute("SELECT COUNT(*) FROM mysql.func")
     assert cur.fetchone() == (0,)
     udf.install_udf(UDF_SO)
+
+
+# -- one deadline per call, one submission per call (issue #20) ------------------------------
+
+@pytest.mark.parametrize("kind", [WORK_STATUS, WORK_DATA, None], ids=["status", "data", "silent"])
+def test_one_deadline_bounds_the_whole_call(udf: Sandbox, db: Any, fn: str,
+                                            kind: int | None) -> None:
+    """A worker that keeps the job alive without finishing it, or never answers at all: NULL
+    once timeout_ms has passed since the call began, not for each packet; no KILL needed."""
+    before = counters(db)
+    with stalling(udf.gearman_port, fn, kind) as seen:
+        started = time.monotonic()
+        assert scalar(db, "SELECT gman_do(%s, 'x')", fn) is None
+        took = time.monotonic() - started
+    assert TIMEOUT * 0.9 <= took < 2 * TIMEOUT, f"took {took:.2f}s"  # twice: submitted again
+    assert len(seen) == 1
+    after = counters(db)
+    assert after["timed_out"] - before["timed_out"] == 1
+    assert after["resubmitted"] == before["resubmitted"]
+
+
+def test_a_failed_job_is_not_submitted_again(udf: Sandbox, db: Any, fn: str) -> None:
+    # 'warm' makes the connection a reused one: the failure used to be retried on a new one.
+    with serving(udf.gearman_port, f"{fn}_echo", lambda w: w), \
+            failing(udf.gearman_port, fn) as failed:
+        cur = db.cursor()
+        cur.execute("SELECT gman_do(%s, 'warm'), gman_do(%s, 'x')", (f"{fn}_echo", fn))
+        assert cur.fetchone() == (b"warm", None)
+        time.sleep(0.2)  # a second submission would reach the worker by now
+    assert [job.workload for job in failed] == [b"x"]
+
+
+@pytest.mark.slow
+def test_a_stopped_gearmand_costs_one_timeout(udf: Sandbox, db: Any, fn: str,
+                                              udf_config: Callable[..., None],
+                                              gearmand_factory: Callable[..., Any]) -> None:
+    """gearmand SIGSTOPped under a reused connection: NULL after timeout_ms, not twice that."""
+    server = gearmand_factory(MEMORY_QUEUE)
+    udf_config(servers=server.server)
+    assert scalar(db, "SELECT gman_do_background(%s, 'warm')", fn) is not None
+    pid = server.box.info.pids["gearmand"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        assert scalar(db, "SELECT gman_do_background(%s, 'stopped')", fn) is None
+        took = time.monotonic() - started
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert TIMEOUT * 0.9 <= took < 2 * TIMEOUT, f"took {took:.2f}s"
+
+
+@pytest.mark.slow
+def test_a_job_no_worker_answers_does_not_back_the_server_off(udf: Sandbox, db: Any,
+                                                              fn: str) -> None:
+    """One session waits for a worker that never comes; the others keep submitting."""
+    database = db.database
+    waited: list[Any] = []
+
+    def wait_for_nobody() -> None:
+        conn = udf.connect(database=database)
+        waited.append(scalar(conn, "SELECT gman_do(%s, 'nobody')", f"{fn}_nobody"))
+        conn.close()
+
+    before = counters(db)
+    waiting = threading.Thread(target=wait_for_nobody)
+    waiting.start()
+    handles = []
+    while waiting.is_alive():
+        handles.append(scalar(db, "SELECT gman_do_background(%s, 'meanwhile')", fn))
+        time.sleep(0.05)
+    waiting.join()
+    handles.append(scalar(db, "SELECT gman_do_background(%s, 'after')", fn))
+    assert waited == [None]
+    assert len(handles) >= 3 and None not in handles
+    assert counters(db)["skipped_backoff"] == before["skipped_backoff"]
+    assert len(drain(udf, fn, len(handles))) == len(handles)
+
+
+# -- fail-over ---------------------------------------------------------------------------------
+
+def test_failover_past_unresolvable_and_refused_servers(udf: Sandbox, db: Any, fn: str,
+                                                        udf_config: Callable[..., None]) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        refused = closed.getsockname()[1]
+    udf_config(servers=f"no-such-host.invalid:4730,127.0.0.1:{refused},{udf.gearman_server}")
+    assert scalar(db, "SELECT gman_do_background(%s, 'past')", fn) is not None
+    assert [job.workload for job in drain(udf, fn, 1)] == [b"past"]
+
+
+# -- the config fails closed -------------------------------------------------------------------
+
+BAD_CONFIGS = {
+    "semicolons": "servers=a:1;b:2\n",
+    "17 servers": "servers=" + ",".join(f"127.0.0.{i}:4730" for i in range(1, 18)) + "\n",
+    "bad value": "servers={server}\nallow_servers_set=1\ntimeout_ms=abc\n",
+    "unknown key": "allow_servers_set=1\nservers={server}\nbogus=1\n",
+    "control character": "servers={server}\x0b\nallow_servers_set=1\n",
+    "key twice": "servers={server}\nservers=127.0.0.1:1\n",
+}
+
+
+@pytest.mark.parametrize("text", BAD_CONFIGS.values(), ids=BAD_CONFIGS.keys())
+def test_a_config_that_does_not_parse_means_no_servers(udf: Sandbox, db: Any, fn: str, text: str,
+                                                       udf_config_file: Callable[[str], None]
+                                                       ) -> None:
+    udf_config_file(text.format(server=udf.gearman_server))
+    status = udf_status(db)
+    assert status["servers"] == [] and status["allow_servers_set"] is False
+    assert status["config_error"].startswith(f"{udf.udf_config_path}:")
+    assert scalar(db, "SELECT gman_do_background(%s, 'closed')", fn) is None
+    assert "refused unless allow_servers_set=1" in servers_set_refusal(db)
+    assert queued(udf, fn) == 0
+
+
+def test_a_config_that_cannot_be_read_means_no_servers(udf: Sandbox, db: Any, fn: str,
+                                                       udf_config_file: Callable[[str], None]
+                                                       ) -> None:
+    path = udf.udf_config_path
+    path.unlink()
+    path.mkdir()
+    time.sleep(CONFIG_SETTLE)
+    status = udf_status(db)
+    assert status["servers"] == [] and "not a regular file" in status["config_error"]
+    assert scalar(db, "SELECT gman_do_background(%s, 'closed')", fn) is None
+    path.rmdir()
+    path.symlink_to(path.name)  # unreadable even by root: ELOOP
+    time.sleep(CONFIG_SETTLE)
+    status = udf_status(db)
+    assert status["servers"] == [] and "symbolic links" in status["config_error"]
+    assert scalar(db, "SELECT gman_do_background(%s, 'closed')", fn) is None
+    assert queued(udf, fn) == 0
+
+
+def test_a_comment_of_any_length_stays_a_comment(udf: Sandbox, db: Any,
+                                                 udf_config_file: Callable[[str], None]) -> None:
+    # 4094 x's after '#' used to fill a 4 KB line buffer, so the rest became a line of its own.
+    udf_config_file(f"servers={udf.gearman_server}  # ours\n"
+                    + "#" + "x" * 4094 + "servers=127.0.0.1:1\n")
+    status = udf_status(db)
+    assert status["servers"] == [udf.gearman_server] and status["config_error"] is None
+
+
+# -- large workloads ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_large_workloads_go_at_socket_speed(udf: Sandbox, db: Any, fn: str,
+                                            udf_config: Callable[..., None],
+                                            memory_gearmand: int) -> None:
+    """16 MB took 9.6 s through libgearman's 32 KB socket buffers, 60 MB 35 s. The bound is
+    generous: at socket speed either is well under a second."""
+    udf_config(servers=f"127.0.0.1:{memory_gearmand}", timeout_ms=10000)
+    for size in (16 << 20, 60 << 20):
+        started = time.monotonic()
+        assert scalar(db, "SELECT gman_do_background(%s, REPEAT('a', %s))", fn, size)
+        took = time.monotonic() - started
+        assert took < 5, f"{size >> 20} MB took {took:.1f}s"
+        (job,) = drain_from(memory_gearmand, fn, 1)
+        assert len(job.workload) == size and job.workload.count(b"a") == size
+    with serving(memory_gearmand, f"{fn}_echo", lambda w: w):
+        for size in (16 << 20, 60 << 20):
+            started = time.monotonic()
+            same = scalar(db, "SELECT gman_do(%s, REPEAT('e', %s)) = REPEAT('e', %s)",
+                          f"{fn}_echo", size, size)
+            took = time.monotonic() - started
+            assert same == 1, f"{size >> 20} MB did not come back whole"
+            assert took < 5, f"{size >> 20} MB there and back took {took:.1f}s"
+

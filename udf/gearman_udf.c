@@ -19,47 +19,79 @@
  *   - string arguments are pointer plus length: never NUL-terminated, never written to.
  *
  * Decisions:
- *   - NULL function: NULL result, nothing submitted. NULL workload: an empty workload is
- *     submitted (a trigger's event is not dropped because one column was NULL).
- *     NULL or empty unique: the UDF makes one that no other job shares (a random
- *     per-load prefix and a counter), so gearmand coalesces nothing. libgearman would
- *     make a UUID instead, at the price of a failed connect() to uuidd for every row.
+ *   - NULL function or NULL unix_time: NULL result, nothing submitted. NULL workload: an
+ *     empty workload is submitted (a trigger's event is not dropped because one column was
+ *     NULL). NULL or empty unique: the UDF makes one that no other job shares (a random
+ *     per-load prefix and a counter), so gearmand coalesces nothing.
+ *   - A function name or unique with whitespace or a control character is refused (in
+ *     xxx_init when it is a constant, else that row gives NULL and a log line): gearmand's
+ *     text admin protocol prints function names in tab- and newline-separated lines, so
+ *     such a name could forge the lines that `workerhost status` and metrics read.
+ *   - One deadline per call: timeout_ms bounds the whole call (name lookup, connect,
+ *     submit, every status or data packet, the result). When it passes, the call returns
+ *     NULL and the connection is dropped; no KILL is needed to end a call.
+ *   - A job is submitted at most once per call. The one exception is a connection lost
+ *     before gearmand acknowledged the job (JOB_CREATED): then it is sent again, on a new
+ *     connection (a reused one may have outlived a gearmand restart) or to the next server.
+ *     A failed job (WORK_FAIL, WORK_EXCEPTION) and a timeout are never submitted again.
+ *   - Back-off: a server that fails (no address, refuses, resets, answers ERROR, does not
+ *     acknowledge a submit in time) is skipped by every thread for backoff_ms and the next
+ *     one is tried. A foreground job that no worker finishes in time is no fault of the
+ *     server: the server is not backed off for it.
  *   - Failure (no server reachable, timeout, worker failed) returns NULL and logs a
  *     rate-limited line to stderr, which is mysqld's error log. A row never raises an
  *     error: a trigger must not make the user's INSERT fail because gearmand is down.
  *
+ * The Gearman protocol (five submit requests, seven responses) is spoken here over a
+ * non-blocking socket of our own instead of through libgearman 1.1.20/1.1.21, which pins
+ * SO_SNDBUF and SO_RCVBUF at 32 KB: on loopback, where one segment is 64 KB, every segment
+ * then waits for the peer's delayed ACK, and 16 MB took ten seconds. libgearman also bounds
+ * each wait rather than the call, reports a timeout as GEARMAN_UNKNOWN_STATE and an
+ * unresolvable host as a memory failure, and lingers up to 10 s in close().
+ *
  * Configuration: a key=value file named by mysqld's environment variable
  * GEARMAN_UDF_CONFIG (default /etc/mysql/gearman_udf.conf), owned by whoever runs mysqld:
- *   servers=host:port[,host:port...]   tried in order; default 127.0.0.1:4730
- *   timeout_ms=1000                    bounds every network wait
+ *   servers=host:port[,host:port...]   tried in order, at most 16; default 127.0.0.1:4730
+ *   timeout_ms=1000                    bounds each call as a whole
  *   backoff_ms=1000                    how long a failed server is skipped
- *   allow_servers_set=0|1              default 1 only when the file names no servers
- * It is re-read when it changes (checked at most once a second, from xxx_init).
+ *   allow_servers_set=0|1              whether gman_servers_set() may change servers; 0
+ * It is re-read when it changes (checked at most once a second, from xxx_init). It fails
+ * closed: a file that cannot be read or has a line that does not parse (unknown keys and
+ * repeated keys included) leaves the UDF with no servers and allow_servers_set off, and
+ * says why once in the error log and in gman_udf_status(). Only a missing file means the
+ * defaults. '#' starts a comment.
  *
- * Connections: each mysqld thread keeps one gearman client per server and reuses it for
- * every row and statement; the client is dropped after any error and after a config
- * change. Thread states sit in a registry so that the library destructor can free them:
- * MariaDB unloads this library when the last function is dropped, and a thread that
- * exits afterwards must not call back into unmapped code.
+ * Connections: each mysqld thread keeps one connection per server and reuses it for
+ * every row and statement; it is dropped after a failure and after a config change.
+ * Thread states sit in a registry so that the library destructor can free them: MariaDB
+ * unloads this library when the last function is dropped, and a thread that exits
+ * afterwards must not call back into unmapped code.
  */
 
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <mysql.h>
-#include <libgearman/gearman.h>
 
 /* MySQL 8 dropped my_bool: its UDF_INIT uses bool and the row flags are unsigned char. */
 #if defined(MARIADB_BASE_VERSION) || MYSQL_VERSION_ID < 80000
@@ -72,6 +104,23 @@ typedef unsigned char udf_flag;
 
 #define UDF_EXPORT __attribute__((visibility("default")))
 
+/*
+ * UDF_ARGS as both servers pass it. Their server headers declare each argument's name
+ * (attributes) after maybe_null, as MariaDB's udf_example.c reads them; Connector/C's copy
+ * of the struct, which MariaDB builds compile against, ends at maybe_null.
+ */
+struct udf_args_layout {
+  unsigned int arg_count;
+  enum Item_result *arg_type;
+  char **args;
+  unsigned long *lengths;
+  char *maybe_null;
+  char **attributes;
+  unsigned long *attribute_lengths;
+};
+_Static_assert(offsetof(struct udf_args_layout, maybe_null) == offsetof(UDF_ARGS, maybe_null),
+               "UDF_ARGS starts as mysqld's does");
+
 /* The size of the message buffer xxx_init may fill; MYSQL_ERRMSG_SIZE in both servers. */
 #ifdef MYSQL_ERRMSG_SIZE
 #define MESSAGE_SIZE MYSQL_ERRMSG_SIZE
@@ -81,21 +130,33 @@ typedef unsigned char udf_flag;
 /* ...of which the user sees this much: "Can't initialize function '%s'; %-.80s". */
 #define MESSAGE_SHOWN 80
 
-#define GMU_VERSION "1.0.0"
+#define GMU_VERSION "1.1.0"
 #define CONFIG_ENV "GEARMAN_UDF_CONFIG"
 #define CONFIG_DEFAULT_PATH "/etc/mysql/gearman_udf.conf"
 #define DEFAULT_HOST "127.0.0.1"
-#define DEFAULT_PORT GEARMAN_DEFAULT_TCP_PORT
+#define DEFAULT_PORT 4730
 #define DEFAULT_TIMEOUT_MS 1000
 #define DEFAULT_BACKOFF_MS 1000
 #define MAX_DURATION_MS 600000   /* ten minutes: anything longer is a typo */
 #define CONFIG_CHECK_EVERY_MS 1000 /* at most one stat() of the config file a second */
+#define CONFIG_ERROR_SIZE 256     /* the first problem of a refused file, as status shows it */
 #define LOG_EVERY_MS 10000        /* at most one log line per source every ten seconds */
 #define MAX_SERVERS 16
 #define MAX_HOST 256
-#define MAX_UNIQUE (GEARMAN_MAX_UNIQUE_SIZE - 1)  /* libgearman keeps a NUL after it */
-#define MAX_FUNCTION (GEARMAN_FUNCTION_MAX_SIZE - 1)
+/* gearmand's limits, each a buffer that also holds a NUL (GEARMAN_MAX_UNIQUE_SIZE 64,
+ * GEARMAN_FUNCTION_MAX_SIZE 512, GEARMAN_JOB_HANDLE_SIZE 64). */
+#define MAX_UNIQUE 63
+#define MAX_FUNCTION 511
+#define MAX_HANDLE 63
 #define FOREGROUND_MAX_LENGTH 16777215 /* MEDIUMBLOB: a worker result may be large */
+/* No packet or result is longer than the largest max_allowed_packet, 1 GiB: mysqld could
+ * not return it, and a worker that streams WORK_DATA must not fill our memory. */
+#define MAX_PACKET (1u << 30)
+/* unix_time above 2106-02-07 is a mistake (milliseconds?) that would sit in gearmand's
+ * queue for ever. */
+#define MAX_EPOCH 4294967295LL
+#define IN_BUFFER_MIN 65536        /* a connection's first receive buffer */
+#define IN_BUFFER_KEEP (1 << 20)   /* a larger one, grown for a big result, is freed after */
 #define STATUS_BUF 8192
 
 /* ---------------------------------------------------------------- logging */
@@ -163,11 +224,23 @@ static void log_line(struct rate_limit *rl, const char *fmt, ...)
 /* The one logging macro: rl is a struct rate_limit *, or NULL for a line never suppressed. */
 #define UDF_LOG(rl, ...) log_line((rl), __VA_ARGS__)
 
+/* Up to 40 bytes of s for a message, each control byte shown as '?'; out has 41 bytes. */
+static const char *shown(const char *s, size_t n, char *out)
+{
+  size_t i;
+  for (i = 0; i < n && i < 40; i++)
+    out[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
+  out[i] = '\0';
+  return out;
+}
+
 /* ---------------------------------------------------------------- counters */
 
 enum counter {
   C_SUBMITTED,
   C_FAILED,
+  C_TIMED_OUT,
+  C_RESUBMITTED,
   C_CONNECTIONS_OPENED,
   C_RECONNECTS,
   C_SKIPPED_BACKOFF,
@@ -175,7 +248,8 @@ enum counter {
 };
 
 static const char *const counter_names[C_COUNT] = {
-  "submitted", "failed", "connections_opened", "reconnects", "skipped_backoff",
+  "submitted", "failed", "timed_out", "resubmitted", "connections_opened", "reconnects",
+  "skipped_backoff",
 };
 
 /* Process-wide statistics; only ever touched with atomic adds and loads. */
@@ -199,7 +273,18 @@ struct config {
   int timeout_ms;
   int backoff_ms;
   bool allow_servers_set;
+  char error[CONFIG_ERROR_SIZE]; /* why the file was refused; empty when it was taken */
 };
+
+/* Keep the first problem found, cut to fit. */
+__attribute__((format(printf, 2, 3)))
+static void config_error(struct config *c, const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(c->error, sizeof c->error, fmt, ap);
+  va_end(ap);
+}
 
 static void config_defaults(struct config *c)
 {
@@ -209,25 +294,34 @@ static void config_defaults(struct config *c)
   c->nservers = 1;
   c->timeout_ms = DEFAULT_TIMEOUT_MS;
   c->backoff_ms = DEFAULT_BACKOFF_MS;
-  c->allow_servers_set = true;
 }
 
-/* "host[:port]" or "[v6addr][:port]" of n bytes; false if malformed. */
-static bool parse_server(const char *s, size_t n, struct server *out)
+/* Whether byte ch would break gearmand's text protocols (whitespace, control, NUL). */
+static bool is_blank_or_control(char ch)
 {
+  return (unsigned char)ch <= ' ' || ch == 0x7f;
+}
+
+/* "host[:port]" or "[v6addr][:port]" of n bytes; false and a reason in why if malformed. */
+static bool parse_server(const char *s, size_t n, struct server *out, char *why, size_t size)
+{
+  char echo[41];
+  for (size_t i = 0; i < n; i++) {
+    if (is_blank_or_control(s[i])) {
+      snprintf(why, size, "whitespace or a control character in '%s'", shown(s, n, echo));
+      return false;
+    }
+  }
   const char *host = s, *port = NULL;
   size_t host_len = n;
   if (n > 0 && s[0] == '[') {
     const char *close = memchr(s, ']', n);
-    if (close == NULL)
-      return false;
+    if (close == NULL || (close + 1 < s + n && close[1] != ':'))
+      goto malformed;
     host = s + 1;
     host_len = (size_t)(close - host);
-    if (close + 1 < s + n) {
-      if (close[1] != ':')
-        return false;
+    if (close + 1 < s + n)
       port = close + 2;
-    }
   } else {
     const char *colon = memchr(s, ':', n);
     if (colon != NULL) {
@@ -236,63 +330,83 @@ static bool parse_server(const char *s, size_t n, struct server *out)
     }
   }
   if (host_len == 0 || host_len >= MAX_HOST)
-    return false;
+    goto malformed;
   for (size_t i = 0; i < host_len; i++) {
     char ch = host[i];
     if (!(ch == '.' || ch == '-' || ch == '_' || ch == ':' || (ch >= '0' && ch <= '9') ||
           (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')))
-      return false;
+      goto malformed;
   }
   long portnum = DEFAULT_PORT;
   if (port != NULL) {
     size_t port_len = (size_t)(s + n - port);
     if (port_len == 0 || port_len > 5)
-      return false;
+      goto malformed;
     portnum = 0;
     for (size_t i = 0; i < port_len; i++) {
       if (port[i] < '0' || port[i] > '9')
-        return false;
+        goto malformed;
       portnum = portnum * 10 + (port[i] - '0');
     }
     if (portnum < 1 || portnum > 65535)
-      return false;
+      goto malformed;
   }
   memcpy(out->host, host, host_len);
   out->host[host_len] = '\0';
   out->port = (in_port_t)portnum;
   return true;
+
+malformed:
+  snprintf(why, size, "'%s' is not host:port (port 1..65535)", shown(s, n, echo));
+  return false;
 }
 
-/* A comma-separated list of n bytes; spaces around entries are ignored. */
-static bool parse_servers(const char *s, size_t n, struct server *out, unsigned *count_out)
+/* A comma-separated list of n bytes; spaces around the commas are allowed. */
+static bool parse_servers(const char *s, size_t n, struct server *out, unsigned *count_out,
+                          char *why, size_t size)
 {
   unsigned count = 0;
   const char *end = s + n;
-  while (s < end) {
+  char reason[128];
+  for (;;) {
     const char *comma = memchr(s, ',', (size_t)(end - s));
-    const char *item_end = comma ? comma : end;
-    const char *a = s, *b = item_end;
-    while (a < b && (*a == ' ' || *a == '\t'))
+    const char *a = s, *b = comma ? comma : end;
+    while (a < b && *a == ' ')
       a++;
-    while (b > a && (b[-1] == ' ' || b[-1] == '\t'))
+    while (b > a && b[-1] == ' ')
       b--;
-    if (count == MAX_SERVERS || !parse_server(a, (size_t)(b - a), &out[count]))
+    if (count == MAX_SERVERS) {
+      snprintf(why, size, "more than %d servers", MAX_SERVERS);
       return false;
+    }
+    if (a == b) {
+      snprintf(why, size, "server %u is empty", count + 1);
+      return false;
+    }
+    if (!parse_server(a, (size_t)(b - a), &out[count], reason, sizeof reason)) {
+      snprintf(why, size, "server %u: %s", count + 1, reason);
+      return false;
+    }
     count++;
-    s = comma ? comma + 1 : end;
-    if (comma && s == end)
-      return false; /* trailing comma */
+    if (comma == NULL)
+      break;
+    s = comma + 1;
   }
   *count_out = count;
-  return count > 0;
+  return true;
 }
 
 static bool parse_ms(const char *s, int *out)
 {
-  char *end;
-  errno = 0;
-  long v = strtol(s, &end, 10);
-  if (errno || end == s || *end != '\0' || v < 1 || v > MAX_DURATION_MS)
+  long v = 0;
+  if (*s == '\0' || strlen(s) > 6)
+    return false;
+  for (; *s; s++) {
+    if (*s < '0' || *s > '9')
+      return false;
+    v = v * 10 + (*s - '0');
+  }
+  if (v < 1 || v > MAX_DURATION_MS)
     return false;
   *out = (int)v;
   return true;
@@ -313,68 +427,130 @@ static bool parse_flag(const char *s, bool *out)
   return false;
 }
 
+/* s without the spaces and tabs around it; writes a NUL after the last byte kept. */
 static char *trim(char *s)
 {
   while (*s == ' ' || *s == '\t')
     s++;
   char *e = s + strlen(s);
-  while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n'))
+  while (e > s && (e[-1] == ' ' || e[-1] == '\t'))
     *--e = '\0';
   return s;
 }
 
-/* Read path into *c. A bad line or value is logged and that key keeps its default. */
-static void config_parse(const char *path, FILE *f, struct config *c)
+enum config_key { K_SERVERS, K_TIMEOUT_MS, K_BACKOFF_MS, K_ALLOW_SERVERS_SET, K_COUNT };
+static const char *const config_keys[K_COUNT] = {
+  "servers", "timeout_ms", "backoff_ms", "allow_servers_set",
+};
+
+/* Apply one line of n bytes (its newline removed) to c; false and a reason if it is bad. */
+static bool config_line(char *line, size_t n, struct config *c, bool given[K_COUNT],
+                        char *why, size_t size)
 {
-  bool allow_given = false, servers_given = false;
-  char line[4096];
-  unsigned lineno = 0;
-  config_defaults(c);
-  while (fgets(line, sizeof line, f) != NULL) {
-    lineno++;
-    char *s = trim(line);
-    if (*s == '\0' || *s == '#' || *s == ';')
-      continue;
-    char *eq = strchr(s, '=');
-    if (eq == NULL) {
-      UDF_LOG(NULL, "%s:%u: expected key=value, got '%.100s'; line ignored", path, lineno, s);
-      continue;
-    }
-    *eq = '\0';
-    char *key = trim(s), *value = trim(eq + 1);
-    if (strcmp(key, "servers") == 0) {
-      struct server parsed[MAX_SERVERS];
-      unsigned n;
-      if (parse_servers(value, strlen(value), parsed, &n)) {
-        memcpy(c->servers, parsed, sizeof parsed);
-        c->nservers = n;
-        servers_given = true;
-      } else {
-        UDF_LOG(NULL, "%s:%u: servers: expected host:port[,host:port...] (at most %d), "
-                "got '%.200s'; keeping %s:%d", path, lineno, MAX_SERVERS, value,
-                DEFAULT_HOST, DEFAULT_PORT);
-      }
-    } else if (strcmp(key, "timeout_ms") == 0) {
-      if (!parse_ms(value, &c->timeout_ms))
-        UDF_LOG(NULL, "%s:%u: timeout_ms: expected milliseconds 1..%d, got '%.100s'; "
-                "keeping %d", path, lineno, MAX_DURATION_MS, value, DEFAULT_TIMEOUT_MS);
-    } else if (strcmp(key, "backoff_ms") == 0) {
-      if (!parse_ms(value, &c->backoff_ms))
-        UDF_LOG(NULL, "%s:%u: backoff_ms: expected milliseconds 1..%d, got '%.100s'; "
-                "keeping %d", path, lineno, MAX_DURATION_MS, value, DEFAULT_BACKOFF_MS);
-    } else if (strcmp(key, "allow_servers_set") == 0) {
-      if (parse_flag(value, &c->allow_servers_set))
-        allow_given = true;
-      else
-        UDF_LOG(NULL, "%s:%u: allow_servers_set: expected 0 or 1, got '%.100s'; "
-                "keeping the default", path, lineno, value);
-    } else {
-      UDF_LOG(NULL, "%s:%u: unknown key '%.100s' ignored (known: servers, timeout_ms, "
-              "backoff_ms, allow_servers_set)", path, lineno, key);
-    }
+  char echo[41];
+  if (memchr(line, '\0', n) != NULL) {
+    snprintf(why, size, "a NUL byte");
+    return false;
   }
-  if (!allow_given)
-    c->allow_servers_set = !servers_given;
+  char *comment = strchr(line, '#');
+  if (comment != NULL)
+    *comment = '\0';
+  char *s = trim(line);
+  if (*s == '\0' || *s == ';')
+    return true;
+  char *eq = strchr(s, '=');
+  if (eq == NULL) {
+    snprintf(why, size, "expected key=value, got '%s'", shown(s, strlen(s), echo));
+    return false;
+  }
+  *eq = '\0';
+  char *key = trim(s), *value = trim(eq + 1);
+  int k = 0;
+  while (k < K_COUNT && strcmp(key, config_keys[k]) != 0)
+    k++;
+  if (k == K_COUNT) {
+    snprintf(why, size, "unknown key '%s' (known: servers, timeout_ms, backoff_ms, "
+             "allow_servers_set)", shown(key, strlen(key), echo));
+    return false;
+  }
+  if (given[k]) {
+    snprintf(why, size, "%s given twice", config_keys[k]);
+    return false;
+  }
+  given[k] = true;
+  char reason[160];
+  switch (k) {
+  case K_SERVERS:
+    if (parse_servers(value, strlen(value), c->servers, &c->nservers, reason, sizeof reason))
+      return true;
+    snprintf(why, size, "servers: %s", reason);
+    return false;
+  case K_TIMEOUT_MS:
+  case K_BACKOFF_MS:
+    if (parse_ms(value, k == K_TIMEOUT_MS ? &c->timeout_ms : &c->backoff_ms))
+      return true;
+    snprintf(why, size, "%s: expected milliseconds 1..%d, got '%s'", config_keys[k],
+             MAX_DURATION_MS, shown(value, strlen(value), echo));
+    return false;
+  default:
+    if (parse_flag(value, &c->allow_servers_set))
+      return true;
+    snprintf(why, size, "allow_servers_set: expected 0 or 1, got '%s'",
+             shown(value, strlen(value), echo));
+    return false;
+  }
+}
+
+#define CLOSED "no servers until the file is fixed: every job gives NULL"
+
+/* Read the file at path into c. Any problem fails closed: no servers, no gman_servers_set,
+ * each problem logged and the first kept in c->error. */
+static void config_load(const char *path, struct config *c)
+{
+  config_defaults(c);
+  /* O_NONBLOCK: a FIFO in the file's place must not hang the statement in open(). */
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  struct stat st;
+  FILE *f = NULL;
+  if (fd < 0) {
+    config_error(c, "%s: cannot open: %s", path, strerror(errno));
+  } else if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    config_error(c, "%s: not a regular file", path);
+    close(fd);
+  } else if ((f = fdopen(fd, "r")) == NULL) {
+    config_error(c, "%s: cannot read: %s", path, strerror(errno));
+    close(fd);
+  }
+  if (f == NULL) {
+    UDF_LOG(NULL, "%s; " CLOSED, c->error);
+  } else {
+    bool given[K_COUNT] = { false };
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    unsigned lineno = 0;
+    while ((n = getline(&line, &cap, f)) >= 0) {
+      lineno++;
+      while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+        line[--n] = '\0';
+      char why[CONFIG_ERROR_SIZE];
+      if (!config_line(line, (size_t)n, c, given, why, sizeof why)) {
+        UDF_LOG(NULL, "%s:%u: %s%s", path, lineno, why, c->error[0] ? "" : "; " CLOSED);
+        if (c->error[0] == '\0')
+          config_error(c, "%s:%u: %s", path, lineno, why);
+      }
+    }
+    if (ferror(f) && c->error[0] == '\0') {
+      config_error(c, "%s: read error", path);
+      UDF_LOG(NULL, "%s; " CLOSED, c->error);
+    }
+    free(line);
+    fclose(f);
+  }
+  if (c->error[0] != '\0') {
+    c->nservers = 0;
+    c->allow_servers_set = false;
+  }
 }
 
 /*
@@ -390,15 +566,16 @@ static struct config g_config = {
   .nservers = 1,
   .timeout_ms = DEFAULT_TIMEOUT_MS,
   .backoff_ms = DEFAULT_BACKOFF_MS,
-  .allow_servers_set = true,
 };
 static struct config g_servers_override; /* from gman_servers_set; nservers 0 if none */
 static int64_t g_config_checked_ms = INT64_MIN / 2;
-static bool g_config_present;
-static struct stat g_config_stat;
+static bool g_config_loaded;
+static int g_config_errno;       /* of the last stat(): 0, ENOENT (no file) or another */
+static struct stat g_config_stat; /* of the last stat() that succeeded */
 static uint64_t g_generation = 1;
 static int64_t g_down_until[MAX_SERVERS];
 static struct rate_limit g_server_log[MAX_SERVERS];
+static struct rate_limit g_job_log;
 static struct rate_limit g_misc_log;
 
 static const char *config_path(void)
@@ -410,7 +587,9 @@ static const char *config_path(void)
 static bool same_file_version(const struct stat *a, const struct stat *b)
 {
   return a->st_ino == b->st_ino && a->st_dev == b->st_dev && a->st_size == b->st_size &&
-         a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+         a->st_mode == b->st_mode && a->st_uid == b->st_uid &&
+         a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+         a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
 }
 
 /* Called with g_config_lock held: publish c as the new configuration. */
@@ -438,21 +617,25 @@ static void config_refresh(void)
   const char *path = config_path();
   struct stat st;
   memset(&st, 0, sizeof st);
-  bool present = stat(path, &st) == 0;
-  if (present == g_config_present && (!present || same_file_version(&st, &g_config_stat))) {
+  int err = stat(path, &st) == 0 ? 0 : errno;
+  if (g_config_loaded && err == g_config_errno &&
+      (err != 0 || same_file_version(&st, &g_config_stat))) {
     pthread_mutex_unlock(&g_config_lock);
     return;
   }
 
   struct config c;
-  FILE *f = present ? fopen(path, "r") : NULL;
-  if (f != NULL) {
-    config_parse(path, f, &c);
-    fclose(f);
-  } else {
-    if (present)
-      UDF_LOG(NULL, "%s: cannot read (%s); using defaults", path, strerror(errno));
+  if (err == ENOENT) {
     config_defaults(&c);
+    UDF_LOG(NULL, "%s: no such file; submitting to %s:%d, gman_servers_set refused", path,
+            DEFAULT_HOST, DEFAULT_PORT);
+  } else if (err != 0) {
+    config_defaults(&c);
+    config_error(&c, "%s: %s", path, strerror(err));
+    UDF_LOG(NULL, "%s; " CLOSED, c.error);
+    c.nservers = 0;
+  } else {
+    config_load(path, &c);
   }
   /* A runtime gman_servers_set() survives reloads as long as the file still allows it. */
   if (!c.allow_servers_set) {
@@ -461,7 +644,8 @@ static void config_refresh(void)
     memcpy(c.servers, g_servers_override.servers, sizeof c.servers);
     c.nservers = g_servers_override.nservers;
   }
-  g_config_present = present;
+  g_config_loaded = true;
+  g_config_errno = err;
   g_config_stat = st;
   config_publish(&c);
   pthread_mutex_unlock(&g_config_lock);
@@ -475,15 +659,21 @@ static void config_snapshot(struct config *out, uint64_t *generation)
   pthread_mutex_unlock(&g_config_lock);
 }
 
-/* ---------------------------------------------------------------- per-thread clients */
+/* ---------------------------------------------------------------- per-thread connections */
+
+/* One connection to one server; received bytes wait in in[in_start, in_end). */
+struct conn {
+  int fd; /* -1 when closed */
+  char *in;
+  size_t in_start, in_end, in_cap;
+};
 
 struct thread_state {
   struct thread_state *prev, *next; /* registry links, guarded by g_registry_lock */
   uint64_t generation;              /* of the config snapshot below */
   struct config config;
-  gearman_client_st *clients[MAX_SERVERS];
-  bool proven[MAX_SERVERS];   /* clients[i] has completed a submit: it may have gone stale */
-  bool ever_open[MAX_SERVERS]; /* a client for server i existed before: a new one reconnects */
+  struct conn conns[MAX_SERVERS];
+  bool ever_open[MAX_SERVERS]; /* server i had a connection before: a new one reconnects */
 };
 
 /*
@@ -498,15 +688,21 @@ static struct thread_state *g_registry;
 static bool g_key_ready;
 static pthread_key_t g_state_key;
 
+/* Close c and free its buffer (whatever was received is of no use to a new connection). */
+static void conn_close(struct conn *c)
+{
+  if (c->fd >= 0)
+    close(c->fd);
+  c->fd = -1;
+  free(c->in);
+  c->in = NULL;
+  c->in_start = c->in_end = c->in_cap = 0;
+}
+
 static void thread_state_close(struct thread_state *st)
 {
-  for (unsigned i = 0; i < MAX_SERVERS; i++) {
-    if (st->clients[i] != NULL) {
-      gearman_client_free(st->clients[i]);
-      st->clients[i] = NULL;
-    }
-    st->proven[i] = false;
-  }
+  for (unsigned i = 0; i < MAX_SERVERS; i++)
+    conn_close(&st->conns[i]);
 }
 
 static void thread_state_free(void *p)
@@ -595,6 +791,8 @@ static struct thread_state *thread_state_get(void)
       free(st);
       return NULL;
     }
+    for (unsigned i = 0; i < MAX_SERVERS; i++)
+      st->conns[i].fd = -1;
     pthread_mutex_lock(&g_registry_lock);
     st->next = g_registry;
     if (g_registry)
@@ -609,54 +807,283 @@ static struct thread_state *thread_state_get(void)
   return st;
 }
 
-static gearman_client_st *client_for(struct thread_state *st, unsigned i)
+/* ---------------------------------------------------------------- the wire, within a deadline */
+
+/* What one socket operation came to. */
+enum io { IO_OK, IO_TIMEOUT, IO_LOST, IO_PROTOCOL, IO_NO_MEMORY };
+
+static int ms_left(int64_t deadline)
 {
-  if (st->clients[i] != NULL)
-    return st->clients[i];
-  gearman_client_st *c = gearman_client_create(NULL);
-  if (c == NULL)
-    return NULL;
-  const struct server *s = &st->config.servers[i];
-  if (gearman_failed(gearman_client_add_server(c, s->host, s->port))) {
-    UDF_LOG(&g_server_log[i], "%s:%u: %s", s->host, s->port, gearman_client_error(c));
-    gearman_client_free(c);
-    return NULL;
-  }
-  gearman_client_set_timeout(c, st->config.timeout_ms);
-  gearman_client_remove_options(c, GEARMAN_CLIENT_GENERATE_UNIQUE); /* ours is cheaper */
-  count(C_CONNECTIONS_OPENED);
-  if (st->ever_open[i])
-    count(C_RECONNECTS);
-  st->ever_open[i] = true;
-  st->clients[i] = c;
-  return c;
+  int64_t left = deadline - now_ms();
+  return left <= 0 ? 0 : left > INT_MAX ? INT_MAX : (int)left;
 }
 
-static void client_drop(struct thread_state *st, unsigned i)
+/* 1 when fd is ready for events (or has an error to report), 0 at the deadline. */
+static int wait_fd(int fd, short events, int64_t deadline)
 {
-  gearman_client_free(st->clients[i]);
-  st->clients[i] = NULL;
-  st->proven[i] = false;
+  for (;;) {
+    struct pollfd p = { .fd = fd, .events = events };
+    int n = poll(&p, 1, ms_left(deadline));
+    if (n >= 0)
+      return n > 0;
+    if (errno != EINTR)
+      return 0; /* cannot wait (ENOMEM): as good as the deadline */
+  }
+}
+
+/* A lookup that may outlive its caller: glibc's resolver thread writes into it. */
+struct lookup {
+  struct gaicb cb;
+  struct addrinfo hints;
+  char host[MAX_HOST];
+  char port[8];
+};
+
+/*
+ * The addresses of s, within the deadline. A numeric address never touches the resolver;
+ * a name is looked up with getaddrinfo_a, so a slow DNS server costs this call its
+ * deadline and no more. A lookup still running then is cancelled if glibc can, and left
+ * to finish otherwise: its few hundred bytes are leaked, once per back-off at most.
+ */
+static enum io resolve(const struct server *s, int64_t deadline, struct addrinfo **out,
+                       char *why, size_t size)
+{
+  char port[8];
+  snprintf(port, sizeof port, "%u", s->port);
+  struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
+                            .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV };
+  int rc = getaddrinfo(s->host, port, &hints, out);
+  if (rc == 0)
+    return IO_OK;
+  if (rc != EAI_NONAME) {
+    snprintf(why, size, "%s", gai_strerror(rc));
+    return IO_LOST;
+  }
+
+  struct lookup *l = calloc(1, sizeof *l);
+  if (l == NULL)
+    return IO_NO_MEMORY;
+  snprintf(l->host, sizeof l->host, "%s", s->host);
+  memcpy(l->port, port, sizeof port);
+  l->hints.ai_socktype = SOCK_STREAM;
+  l->hints.ai_flags = AI_NUMERICSERV;
+  l->cb.ar_name = l->host;
+  l->cb.ar_service = l->port;
+  l->cb.ar_request = &l->hints;
+  struct gaicb *list[1] = { &l->cb };
+  rc = getaddrinfo_a(GAI_NOWAIT, list, 1, NULL);
+  if (rc != 0) {
+    free(l);
+    snprintf(why, size, "cannot look up the name: %s", gai_strerror(rc));
+    return IO_LOST;
+  }
+  while (gai_error(&l->cb) == EAI_INPROGRESS) {
+    int left = ms_left(deadline);
+    struct timespec ts = { left / 1000, (long)(left % 1000) * 1000000L };
+    rc = gai_suspend((const struct gaicb *const *)list, 1, &ts);
+    if (rc == EAI_AGAIN && gai_error(&l->cb) == EAI_INPROGRESS) {
+      if (gai_cancel(&l->cb) == EAI_NOTCANCELED)
+        return IO_TIMEOUT; /* l belongs to the resolver thread now */
+      if (gai_error(&l->cb) == 0)
+        freeaddrinfo(l->cb.ar_result);
+      free(l);
+      return IO_TIMEOUT;
+    }
+  }
+  rc = gai_error(&l->cb);
+  *out = rc == 0 ? l->cb.ar_result : NULL;
+  free(l);
+  if (rc != 0) {
+    snprintf(why, size, "cannot look up the name: %s", gai_strerror(rc));
+    return IO_LOST;
+  }
+  return IO_OK;
+}
+
+/* Connect c to s; IO_LOST (a reason in why) if no address takes the connection. */
+static enum io conn_open(struct conn *c, const struct server *s, int64_t deadline,
+                         char *why, size_t size)
+{
+  struct addrinfo *addresses;
+  enum io r = resolve(s, deadline, &addresses, why, size);
+  if (r != IO_OK)
+    return r;
+  int err = ECONNREFUSED;
+  r = IO_LOST;
+  for (struct addrinfo *ai = addresses; ai != NULL && r == IO_LOST; ai = ai->ai_next) {
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      err = errno;
+      continue;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+      r = IO_OK;
+    } else if (errno != EINPROGRESS) {
+      err = errno;
+    } else if (!wait_fd(fd, POLLOUT, deadline)) {
+      r = IO_TIMEOUT;
+    } else {
+      socklen_t len = sizeof err;
+      if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+        err = errno;
+      if (err == 0)
+        r = IO_OK;
+    }
+    if (r == IO_OK)
+      c->fd = fd;
+    else
+      close(fd);
+  }
+  freeaddrinfo(addresses);
+  if (r == IO_LOST)
+    snprintf(why, size, "cannot connect: %s", strerror(err));
+  return r;
+}
+
+/* Whether a kept connection was closed by the server (or holds bytes nobody asked for). */
+static bool conn_stale(const struct conn *c)
+{
+  struct pollfd p = { .fd = c->fd, .events = POLLIN };
+  return poll(&p, 1, 0) != 0 || c->in_end != c->in_start;
+}
+
+/* Send every byte of iov[0..n), straight from the caller's buffers. */
+static enum io conn_send(struct conn *c, struct iovec *iov, int n, int64_t deadline)
+{
+  while (n > 0) {
+    struct msghdr m = { .msg_iov = iov, .msg_iovlen = (size_t)n };
+    ssize_t sent = sendmsg(c->fd, &m, MSG_NOSIGNAL);
+    if (sent < 0) {
+      if (errno == EINTR)
+        continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK)
+        return IO_LOST;
+      if (!wait_fd(c->fd, POLLOUT, deadline))
+        return IO_TIMEOUT;
+      continue;
+    }
+    size_t left = (size_t)sent;
+    while (n > 0 && left >= iov->iov_len) {
+      left -= iov->iov_len;
+      iov++;
+      n--;
+    }
+    if (n > 0) {
+      iov->iov_base = (char *)iov->iov_base + left;
+      iov->iov_len -= left;
+    }
+  }
+  return IO_OK;
+}
+
+/* Receive until in[in_start, in_start + want) is filled; the buffer grows to fit. */
+static enum io conn_fill(struct conn *c, size_t want, int64_t deadline)
+{
+  while (c->in_end - c->in_start < want) {
+    if (c->in_cap - c->in_start < want) {
+      size_t have = c->in_end - c->in_start;
+      if (c->in_start > 0) {
+        memmove(c->in, c->in + c->in_start, have);
+        c->in_start = 0;
+        c->in_end = have;
+      }
+      if (c->in_cap < want) {
+        size_t cap = want < IN_BUFFER_MIN ? IN_BUFFER_MIN : want;
+        char *p = realloc(c->in, cap);
+        if (p == NULL)
+          return IO_NO_MEMORY;
+        c->in = p;
+        c->in_cap = cap;
+      }
+    }
+    ssize_t got = recv(c->fd, c->in + c->in_end, c->in_cap - c->in_end, 0);
+    if (got > 0) {
+      c->in_end += (size_t)got;
+    } else if (got == 0) {
+      return IO_LOST;
+    } else if (errno != EINTR) {
+      if (errno != EAGAIN && errno != EWOULDBLOCK)
+        return IO_LOST;
+      if (!wait_fd(c->fd, POLLIN, deadline))
+        return IO_TIMEOUT;
+    }
+  }
+  return IO_OK;
+}
+
+/* Gearman's packet types, as numbered by the protocol. */
+enum {
+  SUBMIT_JOB = 7, JOB_CREATED = 8, WORK_STATUS = 12, WORK_COMPLETE = 13, WORK_FAIL = 14,
+  SUBMIT_JOB_BG = 18, ERROR_PACKET = 19, SUBMIT_JOB_HIGH = 21, WORK_EXCEPTION = 25,
+  WORK_DATA = 28, WORK_WARNING = 29, SUBMIT_JOB_HIGH_BG = 32, SUBMIT_JOB_LOW = 33,
+  SUBMIT_JOB_LOW_BG = 34, SUBMIT_JOB_EPOCH = 36,
+};
+#define HEADER_SIZE 12
+
+static uint32_t get_be32(const char *p)
+{
+  const unsigned char *u = (const unsigned char *)p;
+  return (uint32_t)u[0] << 24 | (uint32_t)u[1] << 16 | (uint32_t)u[2] << 8 | u[3];
+}
+
+static void put_be32(char *p, uint32_t v)
+{
+  p[0] = (char)(v >> 24);
+  p[1] = (char)(v >> 16);
+  p[2] = (char)(v >> 8);
+  p[3] = (char)v;
+}
+
+struct packet {
+  uint32_t type;
+  const char *body; /* valid until the next read on the connection */
+  size_t size;
+};
+
+/* The next response packet from c. */
+static enum io conn_read(struct conn *c, struct packet *p, int64_t deadline)
+{
+  enum io r = conn_fill(c, HEADER_SIZE, deadline);
+  if (r != IO_OK)
+    return r;
+  const char *h = c->in + c->in_start;
+  if (memcmp(h, "\0RES", 4) != 0)
+    return IO_PROTOCOL;
+  p->type = get_be32(h + 4);
+  p->size = get_be32(h + 8);
+  if (p->size > MAX_PACKET)
+    return IO_PROTOCOL;
+  r = conn_fill(c, HEADER_SIZE + p->size, deadline);
+  if (r != IO_OK)
+    return r;
+  p->body = c->in + c->in_start + HEADER_SIZE;
+  c->in_start += HEADER_SIZE + p->size;
+  if (c->in_start == c->in_end)
+    c->in_start = c->in_end = 0;
+  return IO_OK;
 }
 
 /* ---------------------------------------------------------------- submitting */
 
 enum job_kind { JOB_FOREGROUND, JOB_BACKGROUND, JOB_EPOCH };
+enum priority { PRIORITY_NORMAL, PRIORITY_HIGH, PRIORITY_LOW };
 
 struct udf_spec {
   const char *usage;    /* the signature, as shown in every init message */
   enum job_kind kind;
-  gearman_job_priority_t priority;
+  enum priority priority;
 };
 
 struct job {
-  const char *function; /* NUL-terminated: libgearman sends the byte after it as separator */
+  const char *function;
   size_t function_len;
-  const char *unique;   /* NUL-terminated too, or NULL */
+  const char *unique;
   size_t unique_len;
-  const char *workload; /* NULL when empty: libgearman refuses a pointer with no bytes */
+  const char *workload;
   size_t workload_len;
-  time_t epoch;
+  long long epoch;
 };
 
 /* Per-statement state in initid->ptr: the bytes the row function returns. */
@@ -665,100 +1092,182 @@ struct call {
   char *buf;
   size_t cap;
   size_t len;
-  char function[MAX_FUNCTION + 1]; /* NUL-terminated copies of this row's arguments */
-  char unique[MAX_UNIQUE + 1];
+  char unique[GENERATED_UNIQUE_LEN + 1];
 };
 
 static bool call_reserve(struct call *call, size_t n)
 {
   if (n <= call->cap)
     return true;
-  char *p = realloc(call->buf, n);
+  size_t cap = call->cap * 2 > n ? call->cap * 2 : n; /* WORK_DATA may come in many parts */
+  char *p = realloc(call->buf, cap);
   if (p == NULL)
     return false;
   call->buf = p;
-  call->cap = n;
+  call->cap = cap;
   return true;
 }
 
-/* Keep what a successful task produced: its handle, or its result for a foreground job. */
-static bool call_keep(struct call *call, gearman_task_st *task)
+static bool call_append(struct call *call, const char *bytes, size_t n)
 {
-  const char *bytes;
-  size_t n;
-  if (call->spec->kind == JOB_FOREGROUND) {
-    gearman_result_st *r = gearman_task_result(task);
-    bytes = r ? gearman_result_value(r) : NULL;
-    n = r && bytes ? gearman_result_size(r) : 0;
-  } else {
-    bytes = gearman_task_job_handle(task);
-    n = bytes ? strnlen(bytes, GEARMAN_JOB_HANDLE_SIZE) : 0;
-  }
-  if (!call_reserve(call, n ? n : 1))
+  if (n > MAX_PACKET - call->len || !call_reserve(call, call->len + n))
     return false;
   if (n)
-    memcpy(call->buf, bytes, n);
-  call->len = n;
+    memcpy(call->buf + call->len, bytes, n);
+  call->len += n;
   return true;
 }
 
-static gearman_task_attr_t job_attr(const struct udf_spec *spec, const struct job *job)
+static uint32_t submit_type(const struct udf_spec *spec)
 {
-  switch (spec->kind) {
-  case JOB_BACKGROUND:
-    return gearman_task_attr_init_background(spec->priority);
-  case JOB_EPOCH:
-    return gearman_task_attr_init_epoch(job->epoch, spec->priority);
-  case JOB_FOREGROUND:
-  default:
-    return gearman_task_attr_init(spec->priority);
+  static const uint32_t types[3][3] = {
+    [JOB_FOREGROUND] = { SUBMIT_JOB, SUBMIT_JOB_HIGH, SUBMIT_JOB_LOW },
+    [JOB_BACKGROUND] = { SUBMIT_JOB_BG, SUBMIT_JOB_HIGH_BG, SUBMIT_JOB_LOW_BG },
+    [JOB_EPOCH] = { SUBMIT_JOB_EPOCH, SUBMIT_JOB_EPOCH, SUBMIT_JOB_EPOCH },
+  };
+  return types[spec->kind][spec->priority];
+}
+
+/* How one attempt on one server ended; submit() decides from it what comes next. */
+enum outcome {
+  O_OK,              /* the handle, or the worker's result, is in the call */
+  O_JOB_FAILED,      /* WORK_FAIL or WORK_EXCEPTION: the job ran */
+  O_WORKER_TIMEOUT,  /* accepted, but no result before the deadline */
+  O_SERVER_TIMEOUT,  /* no connection or no JOB_CREATED before the deadline */
+  O_LOST_BEFORE_ACK, /* connection lost before JOB_CREATED: the job may be sent again */
+  O_LOST_AFTER_ACK,  /* connection lost after it: the job may run, it is not sent again */
+  O_UNREACHABLE,     /* no address, or the connection refused: nothing was sent */
+  O_REFUSED,         /* gearmand answered the submit with ERROR */
+  O_PROTOCOL,        /* bytes that are not a Gearman response to this job */
+  O_NO_MEMORY,
+};
+
+/* One attempt on server i with connection c (opened here if closed); why says more. */
+static enum outcome submit_once(struct thread_state *st, unsigned i, struct call *call,
+                                const struct job *job, int64_t deadline, char *why,
+                                size_t size)
+{
+  struct conn *c = &st->conns[i];
+  if (c->fd < 0) {
+    enum io r = conn_open(c, &st->config.servers[i], deadline, why, size);
+    if (r == IO_NO_MEMORY)
+      return O_NO_MEMORY;
+    if (r != IO_OK)
+      return r == IO_TIMEOUT ? O_SERVER_TIMEOUT : O_UNREACHABLE;
+    count(C_CONNECTIONS_OPENED);
+    if (st->ever_open[i])
+      count(C_RECONNECTS);
+    st->ever_open[i] = true;
+  }
+
+  char head[HEADER_SIZE + MAX_FUNCTION + 1 + MAX_UNIQUE + 1 + 24];
+  size_t n = HEADER_SIZE;
+  memcpy(head + n, job->function, job->function_len);
+  n += job->function_len;
+  head[n++] = '\0';
+  memcpy(head + n, job->unique, job->unique_len);
+  n += job->unique_len;
+  head[n++] = '\0';
+  if (call->spec->kind == JOB_EPOCH)
+    n += (size_t)snprintf(head + n, sizeof head - n, "%lld", job->epoch) + 1;
+  memcpy(head, "\0REQ", 4);
+  put_be32(head + 4, submit_type(call->spec));
+  put_be32(head + 8, (uint32_t)(n - HEADER_SIZE + job->workload_len));
+  struct iovec iov[2] = { { head, n }, { (void *)job->workload, job->workload_len } };
+  enum io r = conn_send(c, iov, job->workload_len ? 2 : 1, deadline);
+  if (r != IO_OK)
+    return r == IO_TIMEOUT ? O_SERVER_TIMEOUT : O_LOST_BEFORE_ACK;
+
+  call->len = 0;
+  size_t handle_len = 0;
+  char handle[MAX_HANDLE];
+  for (;;) {
+    struct packet p = { 0, NULL, 0 };
+    r = conn_read(c, &p, deadline);
+    if (r == IO_TIMEOUT)
+      return handle_len ? O_WORKER_TIMEOUT : O_SERVER_TIMEOUT;
+    if (r == IO_LOST)
+      return handle_len ? O_LOST_AFTER_ACK : O_LOST_BEFORE_ACK;
+    if (r == IO_NO_MEMORY)
+      return O_NO_MEMORY;
+    if (r == IO_PROTOCOL)
+      return O_PROTOCOL;
+    if (handle_len == 0) {
+      if (p.type == ERROR_PACKET) {
+        const char *text = memchr(p.body, '\0', p.size);
+        char echo[41];
+        text = text ? text + 1 : p.body;
+        snprintf(why, size, "gearmand answered ERROR '%s'",
+                 shown(text, p.size - (size_t)(text - p.body), echo));
+        return O_REFUSED;
+      }
+      if (p.type != JOB_CREATED || p.size == 0 || p.size > MAX_HANDLE)
+        return O_PROTOCOL;
+      memcpy(handle, p.body, p.size);
+      handle_len = p.size;
+      if (call->spec->kind != JOB_FOREGROUND)
+        return call_append(call, handle, handle_len) ? O_OK : O_NO_MEMORY;
+      continue;
+    }
+    /* Every packet about a foreground job is "handle[\0data]"; only ours can come. */
+    if (p.size < handle_len || memcmp(p.body, handle, handle_len) != 0 ||
+        (p.size > handle_len && p.body[handle_len] != '\0'))
+      return O_PROTOCOL;
+    size_t data_len = p.size > handle_len ? p.size - handle_len - 1 : 0;
+    const char *data = p.body + p.size - data_len;
+    switch (p.type) {
+    case WORK_STATUS:
+    case WORK_WARNING:
+      continue;
+    case WORK_DATA: /* the result in parts, as libgearman's gearman_client_do joins them */
+    case WORK_COMPLETE:
+      if (!call_append(call, data, data_len)) {
+        snprintf(why, size, "the result is over %u bytes or out of memory", MAX_PACKET);
+        return O_NO_MEMORY;
+      }
+      if (p.type == WORK_COMPLETE)
+        return O_OK;
+      continue;
+    case WORK_FAIL:
+    case WORK_EXCEPTION:
+      return O_JOB_FAILED;
+    default:
+      return O_PROTOCOL;
+    }
   }
 }
 
-/* One attempt on server i; SUCCESS leaves the outcome in call. */
-static gearman_return_t submit_once(struct thread_state *st, unsigned i, struct call *call,
-                                    const struct job *job)
+/* The log line's text for an outcome that is not O_OK. */
+static const char *outcome_text(enum outcome o)
 {
-  gearman_client_st *c = client_for(st, i);
-  if (c == NULL)
-    return GEARMAN_MEMORY_ALLOCATION_FAILURE;
-  gearman_task_attr_t attr = job_attr(call->spec, job);
-  gearman_argument_t arg = gearman_argument_make(NULL, 0, job->workload, job->workload_len);
-  gearman_task_st *task = gearman_execute(c, job->function, job->function_len, job->unique,
-                                          job->unique_len, &attr, &arg, NULL);
-  gearman_return_t rc = task ? gearman_task_return(task) : gearman_client_error_code(c);
-  if (rc == GEARMAN_SUCCESS && !call_keep(call, task))
-    rc = GEARMAN_MEMORY_ALLOCATION_FAILURE;
-  if (rc != GEARMAN_SUCCESS) {
-    const struct server *s = &st->config.servers[i];
-    UDF_LOG(&g_server_log[i], "%s:%u: submitting to '%.*s' failed: %s (%s)", s->host, s->port,
-            (int)(job->function_len > 100 ? 100 : job->function_len), job->function,
-            gearman_strerror(rc), gearman_client_error(c));
-  }
-  if (task != NULL)
-    gearman_task_free(task);
-  return rc;
-}
-
-/* Whether rc blames the server or the network (back off, try the next) or the job. */
-static bool server_fault(gearman_return_t rc)
-{
-  switch (rc) {
-  case GEARMAN_INVALID_ARGUMENT:
-  case GEARMAN_MEMORY_ALLOCATION_FAILURE:
-  case GEARMAN_WORK_FAIL:
-  case GEARMAN_WORK_EXCEPTION:
-    return false;
+  switch (o) {
+  case O_JOB_FAILED:
+    return "the worker failed the job";
+  case O_WORKER_TIMEOUT:
+    return "accepted, but no result within timeout_ms (not submitted again)";
+  case O_SERVER_TIMEOUT:
+    return "no answer within timeout_ms; server skipped for backoff_ms";
+  case O_LOST_BEFORE_ACK:
+    return "connection lost before the job was acknowledged; server skipped for backoff_ms";
+  case O_LOST_AFTER_ACK:
+    return "connection lost after the job was accepted (not submitted again); "
+           "server skipped for backoff_ms";
+  case O_UNREACHABLE:
+  case O_REFUSED:
+    return "server skipped for backoff_ms";
+  case O_PROTOCOL:
+    return "not a Gearman answer to this job; server skipped for backoff_ms";
+  case O_NO_MEMORY:
+    return "out of memory";
+  case O_OK:
   default:
-    return true;
+    return "ok";
   }
 }
 
 /*
- * Submit job to the first server that takes it. A failed client is dropped (a timed-out
- * foreground job would otherwise answer a later one); a client that had worked before
- * gets one retry on a fresh connection, since gearmand may simply have restarted.
- * A server that fails is skipped by every thread for backoff_ms.
+ * Submit job to the first server that takes it, all within one deadline. See the header
+ * comment for when a job is sent again and when a server is backed off.
  */
 static bool submit(struct call *call, const struct job *job)
 {
@@ -768,29 +1277,57 @@ static bool submit(struct call *call, const struct job *job)
     count(C_FAILED);
     return false;
   }
+  int64_t deadline = now_ms() + st->config.timeout_ms;
+  bool resubmit = false; /* the previous attempt lost its connection before the ack */
   for (unsigned i = 0; i < st->config.nservers; i++) {
     if (now_ms() < __atomic_load_n(&g_down_until[i], __ATOMIC_RELAXED)) {
       count(C_SKIPPED_BACKOFF);
       continue;
     }
-    bool retry = st->proven[i];
-    gearman_return_t rc = submit_once(st, i, call, job);
-    if (rc != GEARMAN_SUCCESS && rc != GEARMAN_TIMEOUT && retry) {
-      client_drop(st, i);
-      rc = submit_once(st, i, call, job);
+    struct conn *c = &st->conns[i];
+    if (c->fd >= 0 && conn_stale(c))
+      conn_close(c); /* gearmand restarted or closed it: nothing was sent on it yet */
+    bool reused = c->fd >= 0;
+    char why[160] = "";
+    if (resubmit)
+      count(C_RESUBMITTED);
+    enum outcome o = submit_once(st, i, call, job, deadline, why, sizeof why);
+    if (o == O_LOST_BEFORE_ACK && reused) {
+      conn_close(c); /* lost between the check and the send: one more, on a new one */
+      count(C_RESUBMITTED);
+      o = submit_once(st, i, call, job, deadline, why, sizeof why);
     }
-    if (rc == GEARMAN_SUCCESS) {
-      st->proven[i] = true;
-      count(C_SUBMITTED);
-      return true;
+    if (o == O_OK || o == O_JOB_FAILED) { /* the connection is in step: keep it */
+      if (c->in_cap > IN_BUFFER_KEEP && c->in_start == c->in_end) {
+        free(c->in);
+        c->in = NULL;
+        c->in_cap = c->in_start = c->in_end = 0;
+      }
+      if (o == O_OK) {
+        count(C_SUBMITTED);
+        return true;
+      }
+    } else {
+      conn_close(c);
     }
-    if (st->clients[i] != NULL)
-      client_drop(st, i);
-    if (!server_fault(rc))
-      break; /* another server would answer the same */
-    __atomic_store_n(&g_down_until[i], now_ms() + st->config.backoff_ms, __ATOMIC_RELAXED);
-    if (call->spec->kind == JOB_FOREGROUND && rc != GEARMAN_COULD_NOT_CONNECT)
-      break; /* the job may be running there: do not run it twice */
+    const struct server *s = &st->config.servers[i];
+    bool server_fault = o != O_JOB_FAILED && o != O_WORKER_TIMEOUT && o != O_NO_MEMORY;
+    UDF_LOG(server_fault ? &g_server_log[i] : &g_job_log,
+            "%s:%u: '%.*s' (timeout_ms=%d) %s%s%s", s->host, s->port,
+            (int)(job->function_len > 100 ? 100 : job->function_len), job->function,
+            st->config.timeout_ms, why, why[0] ? ": " : "", outcome_text(o));
+    if (o == O_WORKER_TIMEOUT || o == O_SERVER_TIMEOUT)
+      count(C_TIMED_OUT);
+    if (server_fault)
+      __atomic_store_n(&g_down_until[i], now_ms() + st->config.backoff_ms, __ATOMIC_RELAXED);
+    /* Only a job that surely did not get in goes on to the next server. */
+    if (o != O_LOST_BEFORE_ACK && o != O_UNREACHABLE && o != O_REFUSED)
+      break;
+    resubmit = o == O_LOST_BEFORE_ACK;
+    if (now_ms() >= deadline) {
+      count(C_TIMED_OUT);
+      break;
+    }
   }
   count(C_FAILED);
   return false;
@@ -821,23 +1358,71 @@ static void init_error(char *message, const char *usage, const char *fmt, ...)
     snprintf(message, MESSAGE_SIZE, "%s; usage: %s", problem, usage);
 }
 
-/* Checks of constant string arguments that a row would otherwise fail silently. */
-static bool const_name_ok(UDF_ARGS *args, unsigned i, size_t max, const char *what,
-                          const char *usage, char *message)
+/* What is wrong with a function name or unique of n bytes, or NULL if nothing. */
+static const char *name_problem(const char *p, size_t n, size_t max)
 {
-  const char *p = args->args[i];
-  if (p == NULL)
+  if (n > max)
+    return max == MAX_FUNCTION ? "is longer than 511 bytes" : "is longer than 63 bytes";
+  for (size_t i = 0; i < n; i++)
+    if (is_blank_or_control(p[i]))
+      return "must not contain whitespace or control characters";
+  return NULL;
+}
+
+/*
+ * Whether argument i is a literal written in the statement. mysqld gives xxx_init the value
+ * of every constant argument, and NEW.col in a trigger, @var and a procedure's variables are
+ * constants too: a bad value there must give NULL for that row, not fail the user's
+ * statement. Both servers name an argument by its SQL text ('x', _utf8mb4'x', 12, -1.5e3,
+ * NEW.col, @v), so a literal is told by its first characters.
+ */
+static bool is_literal(UDF_ARGS *args, unsigned i)
+{
+  const struct udf_args_layout *full = (const struct udf_args_layout *)args;
+  const char *s = full->attributes ? full->attributes[i] : NULL;
+  size_t n = s ? full->attribute_lengths[i] : 0;
+  if (args->args[i] == NULL || n == 0)
+    return false;
+  size_t k = 0; /* past an introducer: _charset, N, X or B */
+  if (s[0] == '_') {
+    while (++k < n && (s[k] == '_' || (s[k] >= '0' && s[k] <= '9') ||
+                       (s[k] >= 'a' && s[k] <= 'z') || (s[k] >= 'A' && s[k] <= 'Z'))) {
+    }
+    while (k < n && s[k] == ' ')
+      k++;
+  } else if (n > 1 && strchr("NnXxBb", s[0]) != NULL && s[1] == '\'') {
+    k = 1;
+  }
+  if (k < n && s[k] == '\'')
     return true;
-  size_t n = args->lengths[i];
-  if (n > max) {
-    init_error(message, usage, "%s is longer than %zu bytes", what, max);
+  if (k > 0)
     return false;
-  }
-  if (memchr(p, '\0', n) != NULL) {
-    init_error(message, usage, "%s must not contain NUL bytes", what);
+  char text[64]; /* a number, the whole of it */
+  if (n >= sizeof text)
     return false;
+  memcpy(text, s, n);
+  text[n] = '\0';
+  char *end;
+  strtod(text, &end);
+  return end == text + n;
+}
+
+/* unix_time as mysqld gives a constant to xxx_init: true if it is 0..MAX_EPOCH. */
+static bool const_epoch_ok(enum Item_result type, const char *value, unsigned long length)
+{
+  if (type == INT_RESULT) {
+    long long v = *(const long long *)value;
+    return v >= 0 && v <= MAX_EPOCH;
   }
-  return true;
+  double v;
+  if (type == REAL_RESULT) {
+    v = *(const double *)value;
+  } else { /* DECIMAL_RESULT: its digits, not NUL-terminated */
+    char digits[80];
+    snprintf(digits, sizeof digits, "%.*s", (int)(length < 79 ? length : 79), value);
+    v = strtod(digits, NULL);
+  }
+  return v >= 0 && v < (double)MAX_EPOCH + 1;
 }
 
 static udf_bool job_init(const struct udf_spec *spec, UDF_INIT *initid, UDF_ARGS *args,
@@ -853,16 +1438,27 @@ static udf_bool job_init(const struct udf_spec *spec, UDF_INIT *initid, UDF_ARGS
     init_error(message, spec->usage, "function must be a string");
     return 1;
   }
-  if (args->args[0] != NULL && args->lengths[0] == 0) {
+  const char *problem;
+  if (is_literal(args, 0) && args->lengths[0] == 0) {
     init_error(message, spec->usage, "function must not be empty");
     return 1;
   }
-  if (!const_name_ok(args, 0, MAX_FUNCTION, "function", spec->usage, message))
+  if (is_literal(args, 0) &&
+      (problem = name_problem(args->args[0], args->lengths[0], MAX_FUNCTION)) != NULL) {
+    init_error(message, spec->usage, "function %s", problem);
     return 1;
+  }
   args->arg_type[1] = STRING_RESULT;
   if (spec->kind == JOB_EPOCH) {
-    if (!is_number(args->arg_type[2])) {
+    /* A string literal is refused; a string column is converted, NULL gives NULL. */
+    enum Item_result t = args->arg_type[2];
+    if (is_literal(args, 2) && !is_number(t)) {
       init_error(message, spec->usage, "unix_time must be a number like UNIX_TIMESTAMP() + 60");
+      return 1;
+    }
+    if (is_literal(args, 2) && !const_epoch_ok(t, args->args[2], args->lengths[2])) {
+      init_error(message, spec->usage, "unix_time must be 0..%lld: seconds, not milliseconds",
+                 MAX_EPOCH);
       return 1;
     }
     args->arg_type[2] = INT_RESULT;
@@ -870,9 +1466,11 @@ static udf_bool job_init(const struct udf_spec *spec, UDF_INIT *initid, UDF_ARGS
   if (args->arg_count == fixed + 1) {
     /* A number (NEW.id) needs no check, and its value here is still binary: mysqld makes
      * it the digits only for the row calls. */
-    if (args->arg_type[fixed] == STRING_RESULT &&
-        !const_name_ok(args, fixed, MAX_UNIQUE, "unique", spec->usage, message))
+    if (args->arg_type[fixed] == STRING_RESULT && is_literal(args, fixed) &&
+        (problem = name_problem(args->args[fixed], args->lengths[fixed], MAX_UNIQUE)) != NULL) {
+      init_error(message, spec->usage, "unique %s", problem);
       return 1;
+    }
     args->arg_type[fixed] = STRING_RESULT;
   }
 
@@ -885,8 +1483,7 @@ static udf_bool job_init(const struct udf_spec *spec, UDF_INIT *initid, UDF_ARGS
   initid->ptr = (char *)call;
   initid->maybe_null = 1;
   initid->const_item = 0;
-  initid->max_length = spec->kind == JOB_FOREGROUND ? FOREGROUND_MAX_LENGTH
-                                                     : GEARMAN_JOB_HANDLE_SIZE;
+  initid->max_length = spec->kind == JOB_FOREGROUND ? FOREGROUND_MAX_LENGTH : MAX_HANDLE;
   config_refresh();
   return 0;
 }
@@ -901,14 +1498,14 @@ static void call_deinit(UDF_INIT *initid)
   }
 }
 
-/* A row-time check of a non-constant name; false (and a log line) if unusable. */
+/* A row-time check of a name that was not a constant; false (and a log line) if unusable. */
 static bool row_name_ok(const char *p, size_t n, size_t max, const char *what,
                         const struct udf_spec *spec)
 {
-  if (n <= max && memchr(p, '\0', n) == NULL)
+  const char *problem = name_problem(p, n, max);
+  if (problem == NULL)
     return true;
-  UDF_LOG(&g_misc_log, "%s: %s longer than %zu bytes or containing NUL; job not submitted",
-          spec->usage, what, max);
+  UDF_LOG(&g_misc_log, "%s: %s %s; job not submitted", spec->usage, what, problem);
   return false;
 }
 
@@ -919,40 +1516,40 @@ static char *job_row(UDF_INIT *initid, UDF_ARGS *args, unsigned long *length,
   const struct udf_spec *spec = call->spec;
   unsigned fixed = spec->kind == JOB_EPOCH ? 3 : 2;
   struct job job = {
-    .function = call->function,
+    .function = args->args[0],
     .function_len = args->lengths[0],
-    .workload = args->args[1] && args->lengths[1] ? args->args[1] : NULL,
+    .workload = args->args[1],
     .workload_len = args->args[1] ? args->lengths[1] : 0,
   };
   (void)error; /* a failed submit is NULL, never an error: see the header comment */
   *is_null = 1;
-  if (args->args[0] == NULL || job.function_len == 0 ||
-      !row_name_ok(args->args[0], job.function_len, MAX_FUNCTION, "function", spec))
+  if (job.function == NULL || job.function_len == 0 ||
+      !row_name_ok(job.function, job.function_len, MAX_FUNCTION, "function", spec))
     return NULL;
-  memcpy(call->function, args->args[0], job.function_len);
-  call->function[job.function_len] = '\0';
   if (spec->kind == JOB_EPOCH) {
     if (args->args[2] == NULL)
       return NULL;
-    long long when = *(long long *)args->args[2];
-    if (when < 0) {
-      UDF_LOG(&g_misc_log, "%s: unix_time %lld is negative; job not submitted",
-              spec->usage, when);
+    job.epoch = *(long long *)args->args[2];
+    if (job.epoch < 0 || job.epoch > MAX_EPOCH) {
+      UDF_LOG(&g_misc_log, "%s: unix_time %lld is not 0..%lld; job not submitted",
+              spec->usage, job.epoch, MAX_EPOCH);
       return NULL;
     }
-    job.epoch = (time_t)when;
   }
   if (args->arg_count > fixed && args->args[fixed] != NULL && args->lengths[fixed] > 0) {
+    job.unique = args->args[fixed];
     job.unique_len = args->lengths[fixed];
-    if (!row_name_ok(args->args[fixed], job.unique_len, MAX_UNIQUE, "unique", spec))
+    if (!row_name_ok(job.unique, job.unique_len, MAX_UNIQUE, "unique", spec))
       return NULL;
-    memcpy(call->unique, args->args[fixed], job.unique_len);
-    call->unique[job.unique_len] = '\0';
   } else {
     unique_generate(call->unique);
+    job.unique = call->unique;
     job.unique_len = GENERATED_UNIQUE_LEN;
   }
-  job.unique = call->unique;
+  if (job.workload_len > MAX_PACKET - 2 * (MAX_FUNCTION + MAX_UNIQUE)) {
+    UDF_LOG(&g_misc_log, "%s: workload over 1 GiB; job not submitted", spec->usage);
+    return NULL;
+  }
   if (!submit(call, &job))
     return NULL;
   *is_null = 0;
@@ -979,25 +1576,24 @@ static char *job_row(UDF_INIT *initid, UDF_ARGS *args, unsigned long *length,
   }
 
 JOB_UDF(gman_do_background, "gman_do_background(function, workload [, unique])",
-        JOB_BACKGROUND, GEARMAN_JOB_PRIORITY_NORMAL)
+        JOB_BACKGROUND, PRIORITY_NORMAL)
 JOB_UDF(gman_do_high_background, "gman_do_high_background(function, workload [, unique])",
-        JOB_BACKGROUND, GEARMAN_JOB_PRIORITY_HIGH)
+        JOB_BACKGROUND, PRIORITY_HIGH)
 JOB_UDF(gman_do_low_background, "gman_do_low_background(function, workload [, unique])",
-        JOB_BACKGROUND, GEARMAN_JOB_PRIORITY_LOW)
+        JOB_BACKGROUND, PRIORITY_LOW)
 JOB_UDF(gman_do_epoch_background,
         "gman_do_epoch_background(function, workload, unix_time [, unique])",
-        JOB_EPOCH, GEARMAN_JOB_PRIORITY_NORMAL)
-JOB_UDF(gman_do, "gman_do(function, workload [, unique])",
-        JOB_FOREGROUND, GEARMAN_JOB_PRIORITY_NORMAL)
+        JOB_EPOCH, PRIORITY_NORMAL)
+JOB_UDF(gman_do, "gman_do(function, workload [, unique])", JOB_FOREGROUND, PRIORITY_NORMAL)
 JOB_UDF(gman_do_high, "gman_do_high(function, workload [, unique])",
-        JOB_FOREGROUND, GEARMAN_JOB_PRIORITY_HIGH)
+        JOB_FOREGROUND, PRIORITY_HIGH)
 JOB_UDF(gman_do_low, "gman_do_low(function, workload [, unique])",
-        JOB_FOREGROUND, GEARMAN_JOB_PRIORITY_LOW)
+        JOB_FOREGROUND, PRIORITY_LOW)
 
 /* ---------------------------------------------------------------- gman_servers_set */
 
 static const struct udf_spec servers_set_spec = {
-  "gman_servers_set(servers)", JOB_BACKGROUND, GEARMAN_JOB_PRIORITY_NORMAL
+  "gman_servers_set(servers)", JOB_BACKGROUND, PRIORITY_NORMAL
 };
 
 UDF_EXPORT udf_bool gman_servers_set_init(UDF_INIT *initid, UDF_ARGS *args, char *message)
@@ -1012,13 +1608,23 @@ UDF_EXPORT udf_bool gman_servers_set_init(UDF_INIT *initid, UDF_ARGS *args, char
   bool allowed = g_config.allow_servers_set;
   pthread_mutex_unlock(&g_config_lock);
   if (!allowed) {
-    init_error(message, usage, "refused: allow_servers_set=0 in %s", config_path());
+    /* The file's name must fit the 80 bytes shown: keep its end, which names it best. */
+    static const char prefix[] = "refused unless allow_servers_set=1 in ";
+    const char *path = config_path();
+    size_t room = MESSAGE_SHOWN - (sizeof prefix - 1);
+    size_t len = strlen(path);
+    if (len > room)
+      init_error(message, usage, "%s...%s", prefix, path + len - (room - 3));
+    else
+      init_error(message, usage, "%s%s", prefix, path);
     return 1;
   }
   struct server parsed[MAX_SERVERS];
   unsigned n;
-  if (args->args[0] != NULL && !parse_servers(args->args[0], args->lengths[0], parsed, &n)) {
-    init_error(message, usage, "expected host:port[,host:port...] (at most %d)", MAX_SERVERS);
+  char why[160];
+  if (args->args[0] != NULL &&
+      !parse_servers(args->args[0], args->lengths[0], parsed, &n, why, sizeof why)) {
+    init_error(message, usage, "%s", why);
     return 1;
   }
   struct call *call = calloc(1, sizeof *call);
@@ -1043,12 +1649,13 @@ UDF_EXPORT char *gman_servers_set(UDF_INIT *initid, UDF_ARGS *args, char *result
 {
   struct call *call = (struct call *)initid->ptr;
   struct config c;
+  char why[160];
   (void)result;
   (void)error;
   *is_null = 1;
   if (args->args[0] == NULL || !parse_servers(args->args[0], args->lengths[0], c.servers,
-                                              &c.nservers)) {
-    UDF_LOG(&g_misc_log, "gman_servers_set: expected host:port[,host:port...]; ignored");
+                                              &c.nservers, why, sizeof why)) {
+    UDF_LOG(&g_misc_log, "gman_servers_set: %s; ignored", args->args[0] ? why : "NULL");
     return NULL;
   }
   pthread_mutex_lock(&g_config_lock);
@@ -1061,10 +1668,10 @@ UDF_EXPORT char *gman_servers_set(UDF_INIT *initid, UDF_ARGS *args, char *result
     config_publish(&next);
   }
   pthread_mutex_unlock(&g_config_lock);
-  if (!allowed || !call_reserve(call, args->lengths[0] + 1))
+  call->len = 0;
+  if (!allowed || !call_append(call, args->args[0], args->lengths[0]))
     return NULL;
-  memcpy(call->buf, args->args[0], args->lengths[0]);
-  *length = args->lengths[0];
+  *length = call->len;
   *is_null = 0;
   return call->buf;
 }
@@ -1110,6 +1717,11 @@ static size_t status_json(char *buf, size_t cap)
   config_snapshot(&c, &generation);
   APPEND("{\"version\":\"%s\",\"config\":", GMU_VERSION);
   len = json_str(buf, cap, len, config_path());
+  APPEND(",\"config_error\":");
+  if (c.error[0])
+    len = json_str(buf, cap, len, c.error);
+  else
+    APPEND("null");
   APPEND(",\"servers\":[");
   for (unsigned i = 0; i < c.nservers; i++) {
     char one[MAX_HOST + 16];

@@ -16,9 +16,11 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -74,11 +76,22 @@ struct arg {
   enum Item_result type;
   const void *value; /* NULL: SQL NULL */
   unsigned long length;
+  const char *name;  /* its SQL text; NULL: a literal written as 'value' or digits */
 };
 
-#define STR(s) ((struct arg){ STRING_RESULT, (s), sizeof(s) - 1 })
-#define BYTES(p, n) ((struct arg){ STRING_RESULT, (p), (n) })
-#define NUL_ARG ((struct arg){ STRING_RESULT, NULL, 0 })
+#define STR(s) ((struct arg){ STRING_RESULT, (s), sizeof(s) - 1, NULL })
+#define BYTES(p, n) ((struct arg){ STRING_RESULT, (p), (n), NULL })
+#define NUL_ARG ((struct arg){ STRING_RESULT, NULL, 0, NULL })
+/* A value mysqld gives xxx_init although it is no literal: NEW.col inside a trigger. */
+#define COLUMN(s) ((struct arg){ STRING_RESULT, (s), sizeof(s) - 1, "NEW.col" })
+
+/* UDF_ARGS as mysqld passes it, with the argument names (see gearman_udf.c). */
+struct full_args {
+  UDF_ARGS a;
+  char **attributes;
+  unsigned long *attribute_lengths;
+  void *extension;
+};
 
 struct result {
   bool init_failed;
@@ -113,11 +126,22 @@ static struct result call(const char *name, unsigned n, const struct arg *argv)
   unsigned long lengths[MAX_ARGS];
   char maybe_null[MAX_ARGS];
   long long ints[MAX_ARGS];
+  char *names[MAX_ARGS];
+  unsigned long name_lengths[MAX_ARGS];
+  char quoted[MAX_ARGS][256];
   for (unsigned i = 0; i < n; i++) {
     types[i] = argv[i].type;
     values[i] = (char *)argv[i].value;
     lengths[i] = argv[i].length;
     maybe_null[i] = 1;
+    if (argv[i].name || !argv[i].value || argv[i].type != STRING_RESULT)
+      snprintf(quoted[i], sizeof quoted[i], "%s",
+               argv[i].name ? argv[i].name : argv[i].value ? (const char *)argv[i].value : "NULL");
+    else
+      snprintf(quoted[i], sizeof quoted[i], "'%.*s'", (int)argv[i].length,
+               (const char *)argv[i].value);
+    names[i] = quoted[i];
+    name_lengths[i] = strlen(quoted[i]);
     /* Like mysqld, init sees a constant number as a binary long long. */
     if (argv[i].type == INT_RESULT && argv[i].value) {
       ints[i] = atoll(argv[i].value);
@@ -125,10 +149,11 @@ static struct result call(const char *name, unsigned n, const struct arg *argv)
       lengths[i] = sizeof ints[i];
     }
   }
-  UDF_ARGS args = { n, types, values, lengths, maybe_null };
+  struct full_args full = { { n, types, values, lengths, maybe_null }, names, name_lengths,
+                            NULL };
   UDF_INIT initid;
   memset(&initid, 0, sizeof initid);
-  if (init(&initid, &args, r.message)) {
+  if (init(&initid, &full.a, r.message)) {
     r.init_failed = true;
     return r;
   }
@@ -147,7 +172,7 @@ static struct result call(const char *name, unsigned n, const struct arg *argv)
   char buf[256];
   char is_null = 0, error = 0;
   unsigned long length = 0;
-  char *out = row(&initid, &args, buf, &length, &is_null, &error);
+  char *out = row(&initid, &full.a, buf, &length, &is_null, &error);
   r.is_null = is_null || out == NULL;
   if (!r.is_null) {
     r.length = length < sizeof r.bytes ? length : sizeof r.bytes;
@@ -212,10 +237,13 @@ static void *echo_fn(gearman_job_st *job, void *ctx, size_t *size, gearman_retur
   return out;
 }
 
+static int fail_runs; /* atomic: how often fail_fn ran */
+
 static void *fail_fn(gearman_job_st *job, void *ctx, size_t *size, gearman_return_t *ret)
 {
   (void)job;
   (void)ctx;
+  __atomic_add_fetch(&fail_runs, 1, __ATOMIC_RELAXED);
   *size = 0;
   *ret = GEARMAN_WORK_FAIL;
   return NULL;
@@ -296,6 +324,139 @@ static int closed_port(void)
   return port;
 }
 
+/*
+ * A scripted gearmand: it reads each request packet and answers as told, on every
+ * connection, until stopped. Enough protocol to put the library's paths to the test.
+ */
+enum fake_mode {
+  FAKE_STATUS_FOREVER, /* JOB_CREATED, then WORK_STATUS every 50 ms */
+  FAKE_DATA_FOREVER,   /* JOB_CREATED, then 4 KB of WORK_DATA every 50 ms */
+  FAKE_CLOSE,          /* closes the connection without an answer */
+  FAKE_ERROR,          /* ERROR, as gearmand answers when its queue is full */
+  FAKE_GARBAGE,        /* bytes that are no Gearman packet */
+};
+
+struct fake {
+  enum fake_mode mode;
+  int listener, port;
+  int requests; /* atomic: request packets read */
+  bool stop;    /* atomic */
+  pthread_t thread;
+};
+
+static void put32(unsigned char *p, unsigned v)
+{
+  p[0] = (unsigned char)(v >> 24);
+  p[1] = (unsigned char)(v >> 16);
+  p[2] = (unsigned char)(v >> 8);
+  p[3] = (unsigned char)v;
+}
+
+static bool fake_send(int fd, unsigned type, const void *body, size_t n)
+{
+  unsigned char head[12] = { 0, 'R', 'E', 'S' };
+  put32(head + 4, type);
+  put32(head + 8, (unsigned)n);
+  return send(fd, head, 12, MSG_NOSIGNAL) == 12 &&
+         (n == 0 || send(fd, body, n, MSG_NOSIGNAL) == (ssize_t)n);
+}
+
+/* Read one whole request; false at EOF or when stopped. */
+static bool fake_read_request(struct fake *f, int fd)
+{
+  unsigned char head[12];
+  size_t have = 0, size = 0;
+  bool in_body = false;
+  char chunk[65536];
+  while (!__atomic_load_n(&f->stop, __ATOMIC_RELAXED)) {
+    struct pollfd p = { fd, POLLIN, 0 };
+    if (poll(&p, 1, 50) <= 0)
+      continue;
+    size_t want = in_body ? size - have : 12 - have;
+    if (want > sizeof chunk)
+      want = sizeof chunk;
+    ssize_t got = recv(fd, in_body ? (void *)chunk : (void *)(head + have), want, 0);
+    if (got <= 0)
+      return false;
+    have += (size_t)got;
+    if (!in_body && have == 12) {
+      size = (size_t)head[8] << 24 | (size_t)head[9] << 16 | (size_t)head[10] << 8 | head[11];
+      in_body = true;
+      have = 0;
+    }
+    if (in_body && have == size) {
+      __atomic_add_fetch(&f->requests, 1, __ATOMIC_RELAXED);
+      return true;
+    }
+  }
+  return false;
+}
+
+static void fake_serve(struct fake *f, int fd)
+{
+  static const char handle[] = "H:fake:1";
+  char body[4096 + sizeof handle];
+  memcpy(body, handle, sizeof handle); /* with its NUL: "handle\0data" */
+  memset(body + sizeof handle, 'd', sizeof body - sizeof handle);
+  while (fake_read_request(f, fd)) {
+    switch (f->mode) {
+    case FAKE_CLOSE:
+      return;
+    case FAKE_ERROR:
+      fake_send(fd, 19, "QUEUE_ERROR\0Job queue is full", 29);
+      continue;
+    case FAKE_GARBAGE:
+      send(fd, "HTTP/1.0 400 Bad Request\r\n\r\n", 28, MSG_NOSIGNAL);
+      continue;
+    case FAKE_STATUS_FOREVER:
+    case FAKE_DATA_FOREVER:
+      if (!fake_send(fd, 8, handle, sizeof handle - 1))
+        return;
+      while (!__atomic_load_n(&f->stop, __ATOMIC_RELAXED)) {
+        bool sent = f->mode == FAKE_STATUS_FOREVER
+                        ? fake_send(fd, 12, "H:fake:1\0" "1\0" "2", 12)
+                        : fake_send(fd, 28, body, sizeof body);
+        if (!sent)
+          return; /* the caller gave up and closed the connection */
+        usleep(50000);
+      }
+      return;
+    }
+  }
+}
+
+static void *fake_main(void *p)
+{
+  struct fake *f = p;
+  while (!__atomic_load_n(&f->stop, __ATOMIC_RELAXED)) {
+    struct pollfd pl = { f->listener, POLLIN, 0 };
+    if (poll(&pl, 1, 50) <= 0)
+      continue;
+    int fd = accept(f->listener, NULL, NULL);
+    if (fd < 0)
+      continue;
+    fake_serve(f, fd);
+    close(fd);
+  }
+  return NULL;
+}
+
+static void fake_start(struct fake *f, enum fake_mode mode)
+{
+  memset(f, 0, sizeof *f);
+  f->mode = mode;
+  f->listener = listen_any(&f->port);
+  pthread_create(&f->thread, NULL, fake_main, f);
+}
+
+static int fake_stop(struct fake *f)
+{
+  __atomic_store_n(&f->stop, true, __ATOMIC_RELAXED);
+  pthread_join(f->thread, NULL);
+  close(f->listener);
+  return __atomic_load_n(&f->requests, __ATOMIC_RELAXED);
+}
+
 /* ------------------------------------------------------------ threads across unload */
 
 static pthread_barrier_t submitted_barrier, release_barrier;
@@ -334,15 +495,27 @@ static void test_arguments(void)
   struct arg four[] = { STR("f"), STR("w"), STR("u"), STR("x") };
   check(message_has(call("gman_do", 4, four), "gman_do(function, workload [, unique])"),
         "four arguments refused");
-  struct arg int_fn = { INT_RESULT, "1", 1 };
+  struct arg int_fn = { INT_RESULT, "1", 1, NULL };
   check(message_has(call2("gman_do_background", int_fn, STR("w")),
                     "gman_do_background(function, workload [, unique]): function must be a "
                     "string"), "integer function name refused");
   check(message_has(call2("gman_do_low", STR(""), STR("w")), "function must not be empty"),
         "empty constant function name refused");
   check(message_has(call3("gman_do_high_background", STR("f"), STR("w"),
-                          BYTES("a\0b", 3)), "unique must not contain NUL"),
+                          BYTES("a\0b", 3)), "unique must not contain whitespace or control"),
         "unique with a NUL byte refused");
+  check(message_has(call2("gman_do_background", STR("ping\t777\t0\t0\nx"), STR("w")),
+                    "function must not contain whitespace or control characters"),
+        "function name with a tab and a newline refused");
+  check(message_has(call2("gman_do", STR("two words"), STR("w")), "function must not contain"),
+        "function name with a space refused");
+  struct result from_column = call2("gman_do_background", COLUMN("a\tb"), STR("w"));
+  check(!from_column.init_failed && from_column.is_null,
+        "the same name from a trigger's NEW.col: NULL for the row, the INSERT goes on");
+  from_column = call3("gman_do_background", STR("f"), STR("w"), COLUMN("a b"));
+  check(!from_column.init_failed && from_column.is_null, "...and a unique from NEW.col too");
+  check(message_has(call3("gman_do_background", STR("f"), STR("w"), STR("a\rb")),
+                    "unique must not contain whitespace"), "unique with a CR refused");
   char long_unique[100];
   memset(long_unique, 'u', sizeof long_unique);
   check(message_has(call3("gman_do_background", STR("f"), STR("w"),
@@ -352,6 +525,15 @@ static void test_arguments(void)
         "epoch without unix_time refused");
   check(message_has(call3("gman_do_epoch_background", STR("f"), STR("w"), STR("soon")),
                     "unix_time must be a number"), "epoch with a string time refused");
+  struct result r_null = call3("gman_do_epoch_background", STR("f"), STR("w"), NUL_ARG);
+  check(!r_null.init_failed && r_null.is_null, "epoch with NULL unix_time: NULL, no error");
+  struct arg huge = { INT_RESULT, "9223372036854775807", 19, NULL };
+  check(message_has(call3("gman_do_epoch_background", STR("f"), STR("w"), huge),
+                    "unix_time must be 0..4294967295"), "epoch of 2^63-1 refused");
+  double big = 1e30;
+  struct arg real = { REAL_RESULT, (const char *)&big, sizeof big, "1e30" };
+  check(message_has(call3("gman_do_epoch_background", STR("f"), STR("w"), real),
+                    "seconds, not milliseconds"), "epoch of 1e30 refused");
   check(message_has(call("gman_servers_set", 0, NULL), "gman_servers_set(servers)"),
         "gman_servers_set without arguments refused");
   struct arg one[] = { STR("x") };
@@ -400,7 +582,7 @@ static void test_submit(void)
   check(!c.is_null && (c.length != a.length || memcmp(a.bytes, c.bytes, a.length) != 0),
         "another unique is another job");
 
-  struct arg number = { INT_RESULT, "4242", 4 };
+  struct arg number = { INT_RESULT, "4242", 4, NULL };
   a = call3("gman_do_background", STR("driver_none"), STR("1"), number);
   b = call3("gman_do_background", STR("driver_none"), STR("2"), STR("4242"));
   check(!a.init_failed && !a.is_null && !b.is_null && a.length == b.length &&
@@ -409,7 +591,7 @@ static void test_submit(void)
 
   char when[32];
   snprintf(when, sizeof when, "%lld", (long long)time(NULL) + 3600);
-  struct arg epoch[] = { STR("driver_later"), STR("w"), { INT_RESULT, when, strlen(when) } };
+  struct arg epoch[] = { STR("driver_later"), STR("w"), { INT_RESULT, when, strlen(when), NULL } };
   r = call("gman_do_epoch_background", 3, epoch);
   check(!r.is_null && memcmp(r.bytes, "H:", 2) == 0, "gman_do_epoch_background returns a handle");
 
@@ -438,12 +620,66 @@ static void test_failures(void)
   check(counter("skipped_backoff") == skipped + 1000, "failed server skipped during backoff");
   printf("# 1000 rows against a backed-off server: %.1f ms\n", now_ms() - t0);
 
-  snprintf(text, sizeof text, "servers=127.0.0.1:%d, 127.0.0.1:%d\ntimeout_ms=300\n", dead,
+  /* A refused port, a name that does not resolve, a server that closes before the ack and
+   * one that answers ERROR: each job still reaches the real server, once. */
+  struct fake closing, erring;
+  fake_start(&closing, FAKE_CLOSE);
+  fake_start(&erring, FAKE_ERROR);
+  snprintf(text, sizeof text,
+           "servers=127.0.0.1:%d, no-such-host.invalid:%d,127.0.0.1:%d,127.0.0.1:%d, "
+           "127.0.0.1:%d\ntimeout_ms=2000\n", dead, gearman_port, closing.port, erring.port,
            gearman_port);
   write_config(text);
+  unsigned long long resubmitted = counter("resubmitted");
   r = call2("gman_do_background", STR("driver_record"), STR("failover"));
   check(!r.is_null && wait_seen(4) && seen_equals("failover", 8),
-        "first server down: the job goes to the next");
+        "refused, unresolvable, closing and erring servers: the job goes to the next");
+  check(counter("resubmitted") == resubmitted + 1,
+        "sent again once: after the connection closed before the ack");
+  check(fake_stop(&closing) == 1 && fake_stop(&erring) == 1,
+        "the closing and the erring server each saw the job once");
+
+  /* Deadlines: one for the whole call, whatever the worker keeps sending. */
+  struct fake status, data;
+  fake_start(&status, FAKE_STATUS_FOREVER);
+  fake_start(&data, FAKE_DATA_FOREVER);
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d,127.0.0.1:%d\ntimeout_ms=400\n",
+           status.port, data.port);
+  write_config(text);
+  unsigned long long timed_out = counter("timed_out");
+  t0 = now_ms();
+  r = call2("gman_do", STR("driver_slow"), STR("w"));
+  took = now_ms() - t0;
+  printf("# WORK_STATUS every 50 ms: NULL after %.0f ms (timeout_ms=400)\n", took);
+  check(r.is_null && took >= 380 && took < 1500, "WORK_STATUS forever: NULL at the deadline");
+  check(counter("timed_out") == timed_out + 1, "the timeout is counted");
+  t0 = now_ms();
+  r = call2("gman_do_high", STR("driver_slow"), STR("w"));
+  check(r.is_null && now_ms() - t0 >= 380 && now_ms() - t0 < 1500,
+        "a worker's timeout does not back the server off: it is asked again");
+  check(fake_stop(&status) == 2 && fake_stop(&data) == 0,
+        "a timed-out foreground job is not sent to the next server");
+
+  fake_start(&data, FAKE_DATA_FOREVER);
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d\ntimeout_ms=400\n", data.port);
+  write_config(text);
+  t0 = now_ms();
+  r = call2("gman_do", STR("driver_slow"), STR("w"));
+  took = now_ms() - t0;
+  printf("# WORK_DATA every 50 ms: NULL after %.0f ms (timeout_ms=400)\n", took);
+  check(r.is_null && took >= 380 && took < 1500, "WORK_DATA forever: NULL at the deadline");
+  check(fake_stop(&data) == 1, "...and submitted once");
+
+  struct fake garbage;
+  fake_start(&garbage, FAKE_GARBAGE);
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d,127.0.0.1:%d\ntimeout_ms=400\n",
+           garbage.port, gearman_port);
+  write_config(text);
+  r = call2("gman_do", STR("driver_echo"), STR("g"));
+  check(r.is_null, "an answer that is not Gearman: NULL, not sent to the next server");
+  r = call2("gman_do", STR("driver_echo"), STR("g"));
+  check(!r.is_null && r.length == 6, "...which takes the next call while the first backs off");
+  check(fake_stop(&garbage) == 1, "...and the garbage server saw the job once");
 
   int stalled_port;
   int stalled = listen_any(&stalled_port);
@@ -459,20 +695,100 @@ static void test_failures(void)
   check(r.is_null && now_ms() - t0 < 50, "stalled server then skipped by foreground call");
   close(stalled);
 
-  check(message_has(call("gman_servers_set", 1, (struct arg[]){ STR("127.0.0.1:1") }),
-                    "refused"), "gman_servers_set refused when the config names servers");
+  /* A worker that fails: no second submission on a reused connection. */
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d\n", gearman_port);
+  write_config(text);
+  r = call2("gman_do", STR("driver_echo"), STR("warm"));
+  int runs = __atomic_load_n(&fail_runs, __ATOMIC_RELAXED);
+  resubmitted = counter("resubmitted");
+  r = call2("gman_do", STR("driver_fail"), STR("once"));
+  check(r.is_null && __atomic_load_n(&fail_runs, __ATOMIC_RELAXED) == runs + 1 &&
+        counter("resubmitted") == resubmitted,
+        "WORK_FAIL on a reused connection: the handler ran once, nothing sent again");
+  r = call2("gman_do", STR("driver_echo"), STR("after"));
+  check(!r.is_null && r.length == 10, "the connection serves the next job after a WORK_FAIL");
+}
 
-  write_config("# no servers here\ntimeout_ms=abc\nbogus=1\n");
-  check(status_has("\"timeout_ms\":1000") && status_has("\"allow_servers_set\":true"),
-        "bad value and unknown key: defaults kept");
+static void test_config(void)
+{
+  char text[8192];
+  struct arg servers[] = { STR("127.0.0.1:1") };
+  check(message_has(call("gman_servers_set", 1, servers),
+                    "refused unless allow_servers_set=1 in "),
+        "gman_servers_set refused when the config names servers");
+
+  write_config("# no servers here\ntimeout_ms=500\n");
+  struct result r = call("gman_servers_set", 1, servers);
+  check(message_has(r, "refused unless allow_servers_set=1 in ") &&
+        message_has(r, "gearman_udf.conf"),
+        "gman_servers_set refused when the config names none, naming the key and the file");
+  check(status_has("\"servers\":[\"127.0.0.1:4730\"]") && status_has("\"config_error\":null"),
+        "a config without servers means 127.0.0.1:4730");
+
+  unlink(config_file);
+  usleep(CONFIG_SETTLE_US);
+  check(message_has(call("gman_servers_set", 1, servers), "allow_servers_set=1"),
+        "gman_servers_set refused without a config file");
+
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d\nallow_servers_set=1\n", gearman_port);
+  write_config(text);
   snprintf(text, sizeof text, "127.0.0.1:%d", gearman_port);
   r = call("gman_servers_set", 1, (struct arg[]){ BYTES(text, strlen(text)) });
-  check(!r.is_null && r.length == strlen(text), "gman_servers_set allowed without servers");
+  check(!r.init_failed && !r.is_null && r.length == strlen(text),
+        "gman_servers_set accepted with allow_servers_set=1");
   r = call2("gman_do_background", STR("driver_record"), STR("after set"));
   check(!r.is_null && wait_seen(5) && seen_equals("after set", 9),
         "jobs go to the servers just set");
   check(message_has(call("gman_servers_set", 1, (struct arg[]){ STR("host:99999") }),
-                    "expected host:port"), "gman_servers_set rejects a bad port");
+                    "is not host:port"), "gman_servers_set rejects a bad port");
+  check(message_has(call("gman_servers_set", 1, (struct arg[]){ STR("a:1,\tb:2") }),
+                    "whitespace or a control character"),
+        "gman_servers_set rejects a tab in an entry");
+
+  /* Fails closed: any bad line means no servers, never allow_servers_set. */
+  static const char *const bad[] = {
+    "servers=a:1;b:2\n",
+    "servers=127.0.0.1:4730\ntimeout_ms=abc\nallow_servers_set=1\n",
+    "allow_servers_set=1\nbogus=1\n",
+    "servers=127.0.0.1:4730\nservers=127.0.0.1:4731\n",
+    "servers=1.1.1.1,1.1.1.2,1.1.1.3,1.1.1.4,1.1.1.5,1.1.1.6,1.1.1.7,1.1.1.8,1.1.1.9,"
+    "1.1.1.10,1.1.1.11,1.1.1.12,1.1.1.13,1.1.1.14,1.1.1.15,1.1.1.16,1.1.1.17\n",
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    write_config(bad[i]);
+    r = call2("gman_do_background", STR("driver_none"), STR("closed"));
+    char what[160];
+    snprintf(what, sizeof what, "bad config %zu: no servers, no gman_servers_set, NULL", i + 1);
+    check(r.is_null && status_has("\"servers\":[]") && status_has("\"config_error\":\"") &&
+          status_has("\"allow_servers_set\":false"), what);
+  }
+
+  unlink(config_file);
+  mkdir(config_file, 0700);
+  usleep(CONFIG_SETTLE_US);
+  check(status_has("not a regular file") && status_has("\"servers\":[]"),
+        "a directory in place of the file: no servers");
+  rmdir(config_file);
+
+  char nested[600];
+  snprintf(nested, sizeof nested, "%s/gearman_udf.conf", config_file);
+  write_config("servers=127.0.0.1:1\n");
+  setenv("GEARMAN_UDF_CONFIG", nested, 1); /* a path through a file: ENOTDIR */
+  usleep(CONFIG_SETTLE_US);
+  check(status_has("Not a directory") && status_has("\"servers\":[]"),
+        "a file that cannot be read: no servers");
+  setenv("GEARMAN_UDF_CONFIG", config_file, 1);
+
+  /* A comment of any length stays a comment. */
+  size_t n = (size_t)snprintf(text, sizeof text, "#");
+  memset(text + n, 'x', 5000);
+  n += 5000;
+  snprintf(text + n, sizeof text - n, "servers=9.9.9.9:1\nservers=127.0.0.1:%d # ours\n",
+           gearman_port);
+  write_config(text);
+  snprintf(text, sizeof text, "\"servers\":[\"127.0.0.1:%d\"]", gearman_port);
+  check(status_has(text) && status_has("\"config_error\":null"),
+        "a comment longer than any buffer: its tail is no setting");
 }
 
 static void test_unload_with_live_threads(void)
@@ -525,6 +841,7 @@ int main(int argc, char **argv)
   test_arguments();
   test_submit();
   test_failures();
+  test_config();
   /* Back to a reachable server for the unload test. */
   snprintf(text, sizeof text, "servers=127.0.0.1:%d\n", gearman_port);
   write_config(text);
