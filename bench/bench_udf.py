@@ -5,6 +5,10 @@ Measured in one run on the sandbox's mariadbd:
   - 5,000 single-row autocommit INSERTs, without and with the trigger.
 The overhead is (with - without) / rows; the target is at most TARGET_US per row.
 
+It also submits large workloads (16 MB and 60 MB, held in a user variable inside the server)
+with gman_do_background, beside the same submission over a raw socket to the same gearmand in
+the same run, and LENGTH() of the variable, the floor of the SQL side.
+
 The jobs go to a gearmand the benchmark starts for itself without a persistent queue and
 with the sandbox's I/O threads (0 by default: I/O in its main thread), so the figure is the
 UDF's own cost and the queue disappears afterwards. The full run also repeats the bulk case
@@ -52,6 +56,10 @@ CONFIG_SETTLE = 1.2
 FUNCTION = "bench_udf"
 TABLES = ("plain", "triggered", "floor")  # no trigger; the UDF's; a trigger without the UDF
 SINGLE_BLOCK = 100  # single-row INSERTs per table before the next table takes its turn
+LARGE_SIZES = (16 << 20, 60 << 20)  # bytes; the sandbox's max_allowed_packet is 64 MB
+LARGE_FUNCTION = "bench_udf_large"
+# A generous deadline for the large submissions, so that a slow build is measured, not cut.
+LARGE_TIMEOUT_MS = 60_000
 GEARMAND_DEFAULT_THREADS = 4  # what gearmand runs with when not told otherwise
 
 
@@ -86,9 +94,65 @@ def _round_trip_us(port: int, count: int) -> float:
         sock.close()
 
 
-def _point_udf_at(sandbox: Sandbox, port: int) -> None:
-    sandbox.write_udf_config(servers=f"127.0.0.1:{port}")
+def _point_udf_at(sandbox: Sandbox, port: int, **settings: object) -> None:
+    sandbox.write_udf_config(servers=f"127.0.0.1:{port}", **settings)
     time.sleep(CONFIG_SETTLE)
+
+
+def _raw_submit_s(port: int, payload: bytes, unique: bytes) -> float:
+    """Seconds for one SUBMIT_JOB_BG of payload and its JOB_CREATED over a new raw socket,
+    what the UDF does for a large workload (its connection is open already, so is this one)."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        head = LARGE_FUNCTION.encode() + b"\0" + unique + b"\0"
+        started = time.perf_counter()
+        sock.sendall(b"\0REQ" + (18).to_bytes(4, "big")
+                     + (len(head) + len(payload)).to_bytes(4, "big") + head)
+        sock.sendall(payload)
+        header = sock.recv(12, socket.MSG_WAITALL)
+        sock.recv(int.from_bytes(header[8:12], "big"), socket.MSG_WAITALL)
+        return time.perf_counter() - started
+    finally:
+        sock.close()
+
+
+def _large(cur: Any, port: int, repeats: int) -> dict[str, Any]:
+    """Large workloads: the UDF, the variable's LENGTH() and a raw socket, medians of repeats.
+
+    The workload sits in @workload: REPEAT() as the argument would be evaluated twice (a
+    constant argument is computed for xxx_init and again for the row) and dwarf the rest.
+    Each size has one unique, so gearmand keeps one copy however often it is submitted; the
+    first submission of each (not timed) creates it.
+    """
+    udf_s: list[float] = []
+    floor_s: list[float] = []
+    raw_s: list[float] = []
+    for size in LARGE_SIZES:
+        unique = f"bench-large-{size}"
+        cur.execute("SET @workload = REPEAT('x', %s)", (size,))
+        submit = "SELECT gman_do_background(%s, @workload, %s)"
+        cur.execute(submit, (LARGE_FUNCTION, unique))
+        if cur.fetchone()[0] is None:
+            raise RuntimeError(f"gman_do_background of {size} bytes gave NULL")
+        runs: dict[str, list[float]] = {"udf": [], "floor": [], "raw": []}
+        payload = b"x" * size
+        for _ in range(repeats):
+            runs["udf"].append(_timed_fetch(cur, submit, (LARGE_FUNCTION, unique)))
+            runs["floor"].append(_timed_fetch(cur, "SELECT LENGTH(@workload)", ()))
+            runs["raw"].append(_raw_submit_s(port, payload, unique.encode()))
+        cur.execute("SET @workload = NULL")
+        for figures, key in ((udf_s, "udf"), (floor_s, "floor"), (raw_s, "raw")):
+            figures.append(round(sorted(runs[key])[repeats // 2], 3))
+    return dict(large_sizes_mb=[size >> 20 for size in LARGE_SIZES], large_udf_s=udf_s,
+                large_repeat_floor_s=floor_s, large_raw_socket_s=raw_s)
+
+
+def _timed_fetch(cur: Any, sql: str, params: tuple[Any, ...]) -> float:
+    started = time.perf_counter()
+    cur.execute(sql, params)
+    cur.fetchall()
+    return time.perf_counter() - started
 
 
 def _timed(cur: Any, sql: str, params: tuple[Any, ...] = ()) -> float:
@@ -179,6 +243,8 @@ def run(sandbox: Sandbox, quick: bool) -> dict[str, Any]:
                 after = _counters(cur)
                 round_trips = [_round_trip_us(port, single_rows) for _ in range(repeats)]
                 queued = gearadmin.status("127.0.0.1", port)[FUNCTION].queued
+                _point_udf_at(sandbox, port, timeout_ms=LARGE_TIMEOUT_MS)
+                result.update(_large(cur, port, repeats))
             result.update(
                 gearman_threads=threads,
                 bulk_rows=bulk_rows,
@@ -242,6 +308,11 @@ def report(result: dict[str, Any]) -> str:
         f"jobs queued {result['jobs_queued']}, failed {result['failed']}, "
         f"connections opened {result['connections_opened']}",
     ]
+    for size, udf_s, floor_s, raw_s in zip(result["large_sizes_mb"], result["large_udf_s"],
+                                           result["large_repeat_floor_s"],
+                                           result["large_raw_socket_s"], strict=True):
+        lines.append(f"{size} MB workload: gman_do_background {udf_s}s (LENGTH() of it "
+                     f"{floor_s}s), raw socket {raw_s}s")
     if "persistent_queue_bulk_overhead_us_per_row" in result:
         lines.append(
             "bulk against a gearmand with a libsqlite3 queue: "
