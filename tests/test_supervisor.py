@@ -1,8 +1,9 @@
-"""The supervisor's state machine, with fake processes, clock, signals and database."""
+"""The supervisor's state machine, with fake processes, clocks, signals and database."""
 
 from __future__ import annotations
 
 import logging
+import random
 import re
 import signal
 import time
@@ -12,17 +13,23 @@ import pytest
 from conftest import ROOT
 
 from workerhost import exitcodes, metrics
-from workerhost.config import parse_config
+from workerhost.config import Config, parse_config
+from workerhost.errors import ConfigError
 from workerhost.supervisor import (
+    LIVE,
     RELAY,
     STABLE_SECS,
     START_RETRIES,
     STARTSECS,
+    TRANSITIONS,
     Child,
+    IllegalTransition,
     State,
     Supervisor,
+    new_slot,
 )
 
+WALL_EPOCH = 1.9e9  # the fake wall clock reads this plus the fake monotonic one
 CONFIG = {
     "gearman": {"servers": ["127.0.0.1:4999"]},
     "database": {"user": "u", "database": "d"},
@@ -47,9 +54,11 @@ class FakeProcess:
 class FakeDatabase:
     def __init__(self) -> None:
         self.counted: list[tuple[bytes, str]] = []
+        self.deadlines: list[float | None] = []
 
     def run(self, work: Any, deadline: float | None = None) -> Any:
         recorder = self
+        self.deadlines.append(deadline)
 
         class Cursor:
             def execute(self, sql: str, args: tuple[Any, ...]) -> None:
@@ -73,17 +82,29 @@ class FakeDatabase:
 
 
 class Harness:
+    """A supervisor with fake processes, clocks, kill and database; `reload_to` stands for the
+    file on disk at the next reload (None: it does not load)."""
+
     def __init__(self, config: dict[str, Any] = CONFIG) -> None:
-        self.now = 1000.0
+        self.now = 1000.0  # the supervisor's clock; the wall clock is far from the real one
         self.pids = iter(range(100, 10_000))
         self.processes: list[FakeProcess] = []
         self.signals: list[tuple[int, int]] = []
         self.db = FakeDatabase()
+        self.reload_to: dict[str, Any] | None = config
         self.supervisor = Supervisor(
-            parse_config(config, file="test.yaml"), clock=lambda: self.now,
-            kill=self.kill,
-            spawn=self.spawn, database=lambda cfg: self.db,  # type: ignore[arg-type,return-value]
+            parse_config(config, file="test.yaml"), "test.yaml", clock=lambda: self.now,
+            wall_clock=self.wall, kill=self.kill, spawn=self.spawn, load=self.load,
+            database=lambda cfg: self.db,  # type: ignore[arg-type,return-value]
         )
+
+    def wall(self) -> float:
+        return WALL_EPOCH + self.now
+
+    def load(self, path: Any, running: Config) -> Config:
+        if self.reload_to is None:
+            raise ConfigError("cannot import module 'jobs': SyntaxError", file=str(path))
+        return parse_config(self.reload_to, file=str(path))
 
     def kill(self, pid: int, signum: int) -> None:
         self.signals.append((pid, signum))
@@ -158,7 +179,7 @@ def test_a_job_running_past_its_timeout_is_killed_and_counted() -> None:
     h.advance(STARTSECS)
     slot = h.child().slot
     slot.begin(b"resize\0job-1")
-    slot.started.value = time.time() - 6  # the handler's timeout is 5s
+    slot.started.value = h.wall() - 6  # the handler's timeout is 5s
     h.advance(0.1)
     assert (h.processes[0].pid, signal.SIGKILL) in h.signals
     h.advance(0.1)
@@ -247,3 +268,178 @@ def test_the_readme_lists_every_exit_code_by_name_and_value() -> None:
     assert documented == defined
     assert set(exitcodes.CHILD_EXITS) == {v for k, v in defined.items() if k.startswith("EXIT_")}
     assert metrics.EXIT_START_FAILED == exitcodes.EXIT_START_FAILED
+
+
+# -- the state machine -----------------------------------------------------------------------
+
+
+def moves(caplog: pytest.LogCaptureFixture, name: str = "resize[0]") -> list[str]:
+    """The state changes of one child, in order, as the supervisor logs them at debug level."""
+    pattern = re.compile(re.escape(name) + r": (\w+ -> \w+)$")
+    found = (pattern.match(r.getMessage()) for r in caplog.records)
+    return [m.group(1) for m in found if m]
+
+
+@pytest.fixture
+def debug_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG, logger="workerhost.supervisor")
+    return caplog
+
+
+def test_a_move_outside_the_table_raises_and_changes_nothing() -> None:
+    for before in State:
+        for after in State:
+            child = Child("resize", 0, new_slot(), state=before,
+                          process=FakeProcess(1) if after in LIVE else None)
+            if after in TRANSITIONS[before]:
+                child.to(after)
+                assert child.state is after
+            else:
+                with pytest.raises(IllegalTransition, match=f"{before.name} -> {after.name}"):
+                    child.to(after)
+                assert child.state is before
+
+
+def test_a_child_has_a_process_exactly_in_the_live_states() -> None:
+    child = Child("resize", 0, new_slot())
+    with pytest.raises(IllegalTransition, match="STOPPED -> STARTING, but it has no process"):
+        child.to(State.STARTING)
+    child.process = FakeProcess(1)
+    child.to(State.STARTING)
+    with pytest.raises(IllegalTransition, match="STARTING -> EXITED, but it has a process"):
+        child.to(State.EXITED)
+    assert child.state is State.STARTING
+
+
+def test_a_recycled_child_is_exited_without_a_process_then_started_again(
+    debug_log: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness()
+    h.supervisor.tick()
+    h.advance(STARTSECS)
+    h.child().slot.jobs.value += 3
+    h.child().process.exitcode = 0
+    h.supervisor.watch(h.child(), h.now + 1)
+    assert h.child().state is State.EXITED and h.child().process is None
+    h.advance(1)
+    assert moves(debug_log) == ["STOPPED -> STARTING", "STARTING -> RUNNING",
+                                "RUNNING -> EXITED", "EXITED -> STARTING"]
+    assert h.child().restarts == 0
+
+
+def test_failed_starts_go_through_backoff_to_fatal_and_a_reload_starts_afresh(
+    debug_log: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness()
+    h.supervisor.tick()
+    for _ in range(START_RETRIES):
+        h.child().process.exitcode = 1
+        h.advance(0.1)
+        h.advance(h.child().next_start - h.now)
+    assert moves(debug_log)[-3:] == ["BACKOFF -> STARTING", "STARTING -> BACKOFF",
+                                     "BACKOFF -> FATAL"]
+    h.supervisor.reload()
+    h.advance(0.1)
+    assert moves(debug_log)[-2:] == ["FATAL -> STOPPED", "STOPPED -> STARTING"]
+    assert h.child().start_failures == 0
+
+
+def test_a_drain_stops_every_child_and_a_kill_ends_the_rest(
+    debug_log: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness()
+    h.supervisor.tick()
+    h.advance(STARTSECS)
+    h.supervisor.begin_drain()
+    h.child(0).process.exitcode = 0
+    h.advance(0.1)
+    assert ("resize", 0) not in h.supervisor.children
+    h.supervisor.kill_all()
+    assert h.supervisor.children == {}
+    assert moves(debug_log, "resize[0]")[-2:] == ["RUNNING -> STOPPING", "STOPPING -> STOPPED"]
+    assert moves(debug_log, "resize[1]")[-2:] == ["RUNNING -> STOPPING", "STOPPING -> STOPPED"]
+
+
+def test_a_reload_replaces_running_children_one_at_a_time() -> None:
+    h = Harness()
+    h.supervisor.tick()
+    h.advance(STARTSECS)
+    old = [h.child(0).process, h.child(1).process]
+    h.supervisor.reload()
+    h.advance(0.1)
+    assert [h.child(i).state for i in (0, 1)] == [State.STOPPING, State.RUNNING]
+    assert old[0].pid in [pid for pid, sig in h.signals if sig == signal.SIGTERM]
+    old[0].exitcode = 0
+    h.advance(0.1)  # the first replaced, the second asked to stop
+    assert h.child(0).process is not old[0] and h.child(0).state is State.STARTING
+    assert h.child(1).state is State.STOPPING
+    old[1].exitcode = 0
+    h.advance(0.1)
+    assert h.child(1).process is not old[1]
+    assert not any(h.supervisor.retiring(c) for c in h.supervisor.children.values())
+
+
+def test_a_reload_that_does_not_load_keeps_every_child(caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness()
+    h.supervisor.tick()
+    h.advance(STARTSECS)
+    h.reload_to = None
+    h.supervisor.reload()
+    h.advance(0.1)
+    assert "reload refused, the running configuration stays: test.yaml: cannot import " \
+        "module 'jobs'" in caplog.text
+    assert [h.child(i).state for i in (0, 1)] == [State.RUNNING, State.RUNNING]
+    assert not h.signals
+
+
+def test_the_lost_job_is_counted_with_a_deadline_on_the_monotonic_clock() -> None:
+    h = Harness()  # its clock reads 1000.0, far from time.monotonic()
+    h.supervisor.tick()
+    h.advance(STARTSECS)
+    h.child().slot.begin(b"resize\0job-3")
+    h.child().process.exitcode = -signal.SIGSEGV
+    h.advance(0.1)
+    [deadline] = h.db.deadlines
+    assert deadline is not None and 0 < deadline - time.monotonic() <= 5
+
+
+def test_the_states_hold_through_a_random_life(seed: int = 7) -> None:
+    """Exits of every kind, timeouts, reloads (some refused) and a drain, in random order: no
+    move is illegal, and the supervisor tracks exactly the processes that run."""
+    rng = random.Random(seed)
+    bigger = {**CONFIG, "handlers": {"resize": {**CONFIG["handlers"]["resize"], "processes": 3}}}
+    h = Harness(bigger)
+    h.supervisor.tick()
+    for step in range(3000):
+        event = rng.random()
+        live = [c for c in h.supervisor.children.values() if c.process is not None]
+        if event < 0.1 and live:
+            child = rng.choice(live)
+            child.slot.jobs.value += rng.choice([0, 1])
+            if rng.random() < 0.3:
+                child.slot.begin(b"resize\0job")
+            child.process.exitcode = rng.choice([0, 1, exitcodes.EXIT_DATABASE, -9])
+        elif event < 0.12:
+            h.reload_to = rng.choice([CONFIG, bigger, None])
+            h.supervisor.reload()
+        elif event < 0.13 and live:
+            child = rng.choice(live)
+            child.slot.begin(b"resize\0slow")
+            child.slot.started.value = h.wall() - 60
+        h.advance(rng.choice([0.01, 0.1, 0.5, 2.0]))
+        children = h.supervisor.children.values()
+        for child in children:
+            assert (child.process is not None) == (child.state in LIVE), (step, child)
+        # No process is lost track of; one ends tracked only if killed in this tick (reaped
+        # in the next).
+        running = {p.pid for p in h.processes if p.exitcode is None}
+        tracked = {c.process.pid for c in children if c.process is not None}
+        killed = {pid for pid, signum in h.signals if signum == signal.SIGKILL}
+        assert running <= tracked and tracked - running <= killed, step
+    h.supervisor.begin_drain()
+    for process in h.processes:
+        if process.exitcode is None:
+            process.exitcode = 0
+    h.advance(0.1)
+    assert h.supervisor.alive() == []
+

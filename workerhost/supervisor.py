@@ -1,10 +1,11 @@
 """The parent process of `workerhost run`: starts, watches and restarts the worker processes.
 
-Each child follows a small state machine. A child that exits within STARTSECS of its start
-failed to start: it is retried after a doubling back-off, and after START_RETRIES such failures
-in a row it is FATAL and left stopped until the next reload. A child that dies while running a
-job has its job counted as a failed attempt (the job's key is in memory the two share), and so
-does one killed by the supervisor because its job ran past the handler's timeout.
+Each child follows a small state machine (State, moved only by Child.to). A child that exits
+within STARTSECS of its start failed to start: it is retried after a doubling back-off, and
+after START_RETRIES such failures in a row it is FATAL and left stopped until the next reload.
+A child that dies while running a job has its job counted as a failed attempt (the job's key
+is in memory the two share), and so does one killed by the supervisor because its job ran past
+the handler's timeout.
 
 Signals: SIGTERM or SIGINT drains (children finish their job, then exit; those still running
 after `host.shutdown_timeout` are killed); a second one kills every child at once. SIGHUP
@@ -13,6 +14,7 @@ re-reads the configuration and, if it is valid, replaces the children one at a t
 
 from __future__ import annotations
 
+import enum
 import logging
 import multiprocessing
 import os
@@ -45,16 +47,41 @@ STABLE_SECS = 10.0
 TICK = 0.1  # seconds between two looks at the children
 KEY_SIZE = 520  # bytes of a job key shared with the supervisor (see Job.key)
 RELAY = "(outbox relay)"  # the name under which the relay child is supervised
+# Seconds the database gets to count a lost job; the supervisor's loop waits meanwhile.
+COUNT_PATIENCE = 5.0
 
 _ctx = multiprocessing.get_context("fork")
 
 
-class State:
-    STARTING = "STARTING"
-    RUNNING = "RUNNING"
-    BACKOFF = "BACKOFF"
-    STOPPING = "STOPPING"
-    FATAL = "FATAL"
+class State(enum.Enum):
+    """Where a child is in its life. A child has a process exactly in the LIVE states."""
+
+    STOPPED = "STOPPED"  # not started yet, or gone for good (stopped, retired, drained)
+    STARTING = "STARTING"  # forked less than STARTSECS ago
+    RUNNING = "RUNNING"  # alive for STARTSECS: a start that worked
+    BACKOFF = "BACKOFF"  # exited while STARTING; started again at next_start
+    STOPPING = "STOPPING"  # asked to stop (SIGTERM; SIGKILL when time is up)
+    EXITED = "EXITED"  # exited after it started (recycled, crashed); started again at next_start
+    FATAL = "FATAL"  # START_RETRIES failed starts in a row; left stopped until a reload
+
+
+LIVE = frozenset({State.STARTING, State.RUNNING, State.STOPPING})
+WAITING = frozenset({State.STOPPED, State.BACKOFF, State.EXITED})  # started at next_start
+
+# The moves Child.to allows, as in supervisor's process.py; any other is a bug.
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.STOPPED: frozenset({State.STARTING}),
+    State.STARTING: frozenset({State.RUNNING, State.BACKOFF, State.EXITED, State.STOPPING}),
+    State.RUNNING: frozenset({State.EXITED, State.STOPPING}),
+    State.BACKOFF: frozenset({State.STARTING, State.FATAL, State.STOPPED}),
+    State.STOPPING: frozenset({State.STOPPED}),
+    State.EXITED: frozenset({State.STARTING, State.STOPPED}),
+    State.FATAL: frozenset({State.STOPPED}),
+}
+
+
+class IllegalTransition(AssertionError):
+    """A child was moved between states the machine does not connect: a supervisor bug."""
 
 
 @dataclass
@@ -62,21 +89,33 @@ class Child:
     handler: str
     index: int
     slot: worker.Slot
-    state: str = State.STARTING
+    state: State = State.STOPPED
     process: Any = None
+    config: Config | None = None  # what it was started with; a reload retires the others
     started_at: float = 0.0
     jobs_at_start: int = 0
     start_failures: int = 0
     crashes: int = 0  # deaths in a row after a start, none STABLE_SECS apart
     next_start: float = 0.0
-    retiring: bool = False  # replaced after a reload, or its handler is gone
-    killed_for_timeout: float | None = None
+    timed_out: float | None = None  # the timeout it was killed for; its job counts as such
     restarts: int = 0
     exit_codes: list[int] = field(default_factory=list)
 
     @property
     def name(self) -> str:
         return f"{self.handler}[{self.index}]"
+
+    def to(self, state: State) -> None:
+        """Move to `state`, checking the move and that a process exists exactly when LIVE."""
+        if state not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"{self.name}: {self.state.name} -> {state.name} "
+                                    "is not a transition of the child state machine")
+        if (state in LIVE) != (self.process is not None):
+            has = "has a process" if self.process is not None else "has no process"
+            raise IllegalTransition(f"{self.name}: {self.state.name} -> {state.name}, "
+                                    f"but it {has}")
+        log.debug("%s: %s -> %s", self.name, self.state.name, state.name)
+        self.state = state
 
 
 def new_slot() -> worker.Slot:
@@ -108,20 +147,26 @@ def fork_child(config: Config, child: Child) -> Any:
 class Supervisor:
     def __init__(self, config: Config, config_path: str | Path | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time,
                  kill: Callable[[int, int], None] = os.kill,
                  spawn: Callable[[Config, Child], Any] | None = None,
                  database: Callable[[Config], Database] | None = None,
+                 load: Callable[[str | Path, Config], Config] | None = None,
                  signals: Signals | None = None) -> None:
         self.config = config
         self.config_path = config_path
-        # Seams: unit tests replace the clock, signals, processes and the database.
+        # Seams: unit tests replace the clocks, signals, processes, loading and the database.
+        # `clock` times everything of the supervisor's own; `wall_clock` is only compared with
+        # a job's start, which the worker writes into the slot as wall time.
         self.clock = clock
+        self.wall_clock = wall_clock
         self.kill = kill
         self.spawn = spawn or fork_child
         self.database = database or (lambda cfg: Database(cfg.database.connect_kwargs()))
+        self.load = load or (lambda path, running: load_config(path))
         self.children: dict[tuple[str, int], Child] = {}
         self.signals = signals or Signals()
-        self.drain_deadline: float | None = None
+        self.drain_deadline: float | None = None  # set once a stop signal came
 
     # -- what should run ---------------------------------------------------------------
     def wanted(self) -> list[tuple[str, int]]:
@@ -163,49 +208,63 @@ class Supervisor:
                 self.kill_all()
             return
         for key in self.wanted():
-            existing = self.children.get(key)
-            if existing is None:
-                fresh = self.children[key] = Child(key[0], key[1], new_slot())
-                self.start(fresh)
-            elif existing.process is None and existing.state != State.FATAL:
-                if now >= existing.next_start:
-                    self.start(existing)
+            wanted = self.children.get(key)
+            if wanted is None:
+                wanted = self.children[key] = Child(key[0], key[1], new_slot())
+            if wanted.state in WAITING and now >= wanted.next_start:
+                self.start(wanted, now)
         self.roll()
 
     def alive(self) -> list[Child]:
-        return [c for c in self.children.values() if c.process is not None]
+        return [c for c in self.children.values() if c.state in LIVE]
 
-    def start(self, child: Child) -> None:
+    def retiring(self, child: Child) -> bool:
+        """Started before the last reload: it runs a configuration no longer in force."""
+        return child.config is not self.config
+
+    def start(self, child: Child, now: float) -> None:
         child.slot.started.value = 0.0
         child.process = self.spawn(self.config, child)
-        child.started_at = self.clock()
+        child.config = self.config
+        child.started_at = now
         child.jobs_at_start = child.slot.jobs.value
-        child.state = State.STARTING
+        child.to(State.STARTING)
         log.info("started %s (pid %d)", child.name, child.process.pid)
 
     def watch(self, child: Child, now: float) -> None:
-        process = child.process
-        if process is None:
+        if child.process is None:
             return
-        if process.is_alive():
-            if child.state == State.STARTING and now - child.started_at >= STARTSECS:
-                child.state = State.RUNNING
+        if child.process.is_alive():
+            if child.state is State.STARTING and now - child.started_at >= STARTSECS:
+                child.to(State.RUNNING)
                 child.start_failures = 0
             if child.crashes and now - child.started_at >= STABLE_SECS:
                 child.crashes = 0
             self.enforce_timeout(child)
             return
+        self.reap(child, now)
+
+    def reap(self, child: Child, now: float) -> None:
+        """The child's process ended: count its job if it had one, then decide what next."""
+        process = child.process
         process.join()
         metrics.process_dead(process.pid)
         code = process.exitcode
         child.process = None
         child.exit_codes = [*child.exit_codes[-9:], code]
         self.count_lost_job(child, code)
-        if child.retiring or child.state == State.STOPPING or self.drain_deadline is not None:
-            del self.children[(child.handler, child.index)]
+        if child.state is State.STOPPING:
+            self.remove(child)
             return
         worked = child.slot.jobs.value - child.jobs_at_start
         quick = now - child.started_at < STARTSECS and not worked
+        if quick:
+            child.to(State.BACKOFF)
+        else:
+            child.to(State.EXITED)
+        if self.retiring(child) or self.drain_deadline is not None:
+            self.remove(child)  # its replacement, if any, starts from the configuration now
+            return
         if code == EXIT_OK and not quick:
             log.info("%s recycled after %d jobs", child.name, worked)
             child.next_start = now  # max_jobs or max_lifetime reached
@@ -215,7 +274,7 @@ class Supervisor:
         if quick:
             child.start_failures += 1
             if child.start_failures >= START_RETRIES:
-                child.state = State.FATAL
+                child.to(State.FATAL)
                 log.error("%s is FATAL: it exited %d times in a row right after starting "
                           "(last exit %s); fix it and send SIGHUP to retry",
                           child.name, child.start_failures, describe_child_exit(code))
@@ -227,25 +286,29 @@ class Supervisor:
             delay = (min(CRASH_BACKOFF * 2 ** (child.crashes - 2), MAX_CRASH_BACKOFF)
                      if child.crashes > 1 else 0.0)
             how = f", {child.crashes} times in a row" if child.crashes > 1 else ""
-        child.state = State.BACKOFF
         child.next_start = now + delay
-        log.warning("%s exited (%s%s); restarting in %.1fs", child.name, describe_child_exit(code),
-                    how, delay)
+        log.warning("%s exited (%s%s); restarting in %.1fs", child.name,
+                    describe_child_exit(code), how, delay)
+
+    def remove(self, child: Child) -> None:
+        if child.state is not State.STOPPED:
+            child.to(State.STOPPED)
+        del self.children[(child.handler, child.index)]
 
     def enforce_timeout(self, child: Child) -> None:
         started = child.slot.started.value
-        handler = self.config.handlers.get(child.handler)
-        if not started or handler is None or child.killed_for_timeout is not None:
+        handler = (child.config or self.config).handlers.get(child.handler)
+        if not started or handler is None or child.timed_out is not None:
             return
-        if time.time() - started > handler.timeout:
-            child.killed_for_timeout = handler.timeout
+        if self.wall_clock() - started > handler.timeout:
+            child.timed_out = handler.timeout
             log.error("%s: job ran past its timeout of %gs; killing pid %d",
                       child.name, handler.timeout, child.process.pid)
             self._signal(child, signal.SIGKILL)
 
     def count_lost_job(self, child: Child, code: int | None) -> None:
         """A job was running when its process ended: count it as a failed attempt."""
-        timed_out, child.killed_for_timeout = child.killed_for_timeout, None
+        timed_out, child.timed_out = child.timed_out, None
         if not child.slot.started.value:
             return
         key = child.slot.key.raw.rstrip(b"\0")
@@ -261,8 +324,9 @@ class Supervisor:
                   reason)
         db = self.database(self.config)
         try:
+            # db.run's deadline is on time.monotonic(), whatever clock the supervisor is given.
             db.run(lambda conn: failures.count_failure(conn, key, failures.Failure(reason)),
-                   deadline=self.clock() + 5)
+                   deadline=time.monotonic() + COUNT_PATIENCE)
         except RUN_ERRORS as exc:
             log.error("could not count that failure in the database (%s); gearmand will "
                       "hand the job out again uncounted", exc)
@@ -275,40 +339,48 @@ class Supervisor:
         log.info("stopping: workers finish their current job (up to %gs)",
                  self.config.host.shutdown_timeout)
         for child in self.alive():
-            child.state = State.STOPPING
+            self.stop(child)
+
+    def stop(self, child: Child) -> None:
+        if child.state is not State.STOPPING:
+            child.to(State.STOPPING)
             self._signal(child, signal.SIGTERM)
 
     def kill_all(self) -> None:
-        for child in self.alive():
+        """SIGKILL every child and wait for each; their jobs are not counted (we ended them)."""
+        alive = self.alive()
+        for child in alive:
+            if child.state is not State.STOPPING:
+                child.to(State.STOPPING)
             self._signal(child, signal.SIGKILL)
-        for child in self.alive():
+        for child in alive:
             child.process.join()
+            metrics.process_dead(child.process.pid)
             child.process = None
+            self.remove(child)
 
     def reload(self) -> None:
         if self.config_path is None:
             return
         try:
-            new = load_config(self.config_path)
+            new = self.load(self.config_path, self.config)
         except ConfigError as exc:
             log.error("reload refused, the running configuration stays: %s", exc)
             return
         self.config = new
-        for key, child in list(self.children.items()):
-            if child.process is None:
-                del self.children[key]  # FATAL or waiting to restart: start afresh
-            else:
-                child.retiring = True
+        for child in list(self.children.values()):
+            if child.state not in LIVE:
+                self.remove(child)  # FATAL or waiting to restart: start afresh
         log.info("configuration reloaded; replacing workers one at a time")
 
     def roll(self) -> None:
         """Replace retiring children one at a time, so capacity never drops to zero."""
-        if any(c.retiring and c.state == State.STOPPING for c in self.children.values()):
+        retiring = [c for c in self.children.values() if self.retiring(c)]
+        if any(c.state is State.STOPPING for c in retiring):
             return
-        for child in self.children.values():
-            if child.retiring and child.process is not None:
-                child.state = State.STOPPING
-                self._signal(child, signal.SIGTERM)
+        for child in retiring:
+            if child.state in LIVE:
+                self.stop(child)
                 return
 
     def _signal(self, child: Child, signum: int) -> None:
