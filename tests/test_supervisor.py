@@ -1,20 +1,29 @@
-"""The supervisor's state machine, with fake processes, clocks, signals and database."""
+"""The supervisor's state machine, with fake processes, clocks, signals and database; reloading
+handler code, in this process and in a real host."""
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 import signal
+import sys
 import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import gearman
 import pytest
-from conftest import ROOT
+import yaml
+from conftest import ROOT, RunningHost, host_config, host_env
 
-from workerhost import exitcodes, metrics
-from workerhost.config import Config, parse_config
+from workerhost import exitcodes, metrics, reloading
+from workerhost.config import Config, load_config, parse_config
 from workerhost.errors import ConfigError
+from workerhost.sandbox import Sandbox
 from workerhost.supervisor import (
     LIVE,
     RELAY,
@@ -443,3 +452,138 @@ def test_the_states_hold_through_a_random_life(seed: int = 7) -> None:
     h.advance(0.1)
     assert h.supervisor.alive() == []
 
+
+# -- reloading handler code --------------------------------------------------------------------
+
+
+@pytest.fixture
+def code_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory for handler modules of unique names; forgotten again after the test."""
+    directory = tmp_path / "code"
+    directory.mkdir()
+    sys.path.insert(0, str(directory))
+    before = set(sys.modules)
+    yield directory
+    sys.path.remove(str(directory))
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
+
+
+def handler_file(code_dir: Path, body: str, *, name: str = "") -> tuple[Path, str]:
+    """A config file whose one handler is module `name`'s `run`; returns (config, module)."""
+    name = name or "jobs_" + uuid.uuid4().hex[:8]
+    (code_dir / f"{name}.py").write_text(body)
+    config = {**CONFIG, "handlers": {"work": {"python": f"{name}:run"}}}
+    path = code_dir.parent / "workerhost.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, name
+
+
+def run_handler(config: Config) -> object:
+    handler = config.handlers["work"].callable
+    assert handler is not None
+    return handler(None, None)
+
+
+def test_a_reload_imports_the_edited_handler_and_its_helpers_anew(code_dir: Path) -> None:
+    helper = "helper_" + uuid.uuid4().hex[:8]
+    (code_dir / "pkg").mkdir()
+    (code_dir / "pkg" / "__init__.py").write_text("")
+    (code_dir / "pkg" / f"{helper}.py").write_text("WORD = 'one'\n")
+    path, name = handler_file(code_dir, f"from pkg.{helper} import WORD\n"
+                                        "def run(job, db):\n    return 'v1 ' + WORD\n")
+    running = load_config(path)
+    assert run_handler(running) == "v1 one"
+    (code_dir / f"{name}.py").write_text(f"from pkg.{helper} import WORD\n"
+                                         "def run(job, db):\n    return 'v2: ' + WORD\n")
+    (code_dir / "pkg" / f"{helper}.py").write_text("WORD = 'two'\n")
+    assert run_handler(reloading.load_fresh(path, running)) == "v2: two"
+    assert run_handler(running) == "v1 one", "what runs keeps its code"
+
+
+def test_a_handler_that_no_longer_imports_is_refused_and_the_old_modules_stay(
+    code_dir: Path,
+) -> None:
+    path, name = handler_file(code_dir, "def run(job, db):\n    return 'v1'\n")
+    running = load_config(path)
+    old = sys.modules[name]
+    (code_dir / f"{name}.py").write_text("def run(job, db):\n    return 'v2' +\n")
+    with pytest.raises(ConfigError, match=f"cannot import module '{name}': SyntaxError"):
+        reloading.load_fresh(path, running)
+    assert sys.modules[name] is old
+
+
+def test_workerhost_and_installed_libraries_beside_a_handler_are_kept(code_dir: Path) -> None:
+    site = code_dir / ".venv" / "lib" / "python3" / "site-packages"
+    site.mkdir(parents=True)
+    library = "library_" + uuid.uuid4().hex[:8]
+    (site / f"{library}.py").write_text("")
+    sys.path.append(str(site))
+    try:
+        path, name = handler_file(code_dir, f"import json, {library}\n"
+                                            "def run(job, db):\n    return 1\n")
+        stale = reloading.stale_modules(load_config(path))
+    finally:
+        sys.path.remove(str(site))
+    assert name in stale
+    assert library in sys.modules and library not in stale
+    assert "json" not in stale and not [m for m in stale if m.startswith("workerhost")]
+
+
+VERSIONED = "def answer(job, db):\n    return {!r}\n"
+
+
+def answers(sandbox: Sandbox, count: int) -> set[str]:
+    """What `count` foreground jobs of `versioned` answer."""
+    client = gearman.GearmanClient([sandbox.gearman_server])
+    try:
+        requests = client.submit_multiple_jobs(
+            [{"task": "versioned", "data": "{}"} for _ in range(count)],
+            background=False, wait_until_complete=True, poll_timeout=30)
+    finally:
+        client.shutdown()
+    assert all(r.complete for r in requests), [r.state for r in requests]
+    return {r.result.decode() if isinstance(r.result, bytes) else r.result for r in requests}
+
+
+def test_sighup_runs_the_handler_as_edited_and_a_broken_edit_leaves_the_workers_serving(
+    sandbox: Sandbox, db: Any, tmp_path: Path
+) -> None:
+    code, etc = tmp_path / "code", tmp_path / "etc"
+    code.mkdir()
+    etc.mkdir()
+    module = code / "versioned.py"
+    module.write_text(VERSIONED.format("v1"))
+    config = etc / "workerhost.yaml"
+    config.write_text(yaml.safe_dump(host_config(sandbox, db.database, {
+        "versioned": {"python": "versioned:answer", "processes": 2}})))
+    env = host_env(sandbox)
+    env["PYTHONPATH"] = os.pathsep.join([str(code), env["PYTHONPATH"]])
+    host = RunningHost(config, tmp_path / "host.log", env)
+    try:
+        host.wait_for_log("worker for", count=2)
+        assert answers(sandbox, 4) == {"v1"}
+
+        module.write_text(VERSIONED.format("version 2"))
+        host.signal(signal.SIGHUP)
+        host.wait_for_log("configuration reloaded")
+        host.wait_for_log("worker for", count=4)  # both replaced, one after the other
+        assert answers(sandbox, 4) == {"version 2"}
+        host.wait_for_log(f"started {RELAY}[0]", count=2)  # and the relay, last
+
+        workers = sorted(host.worker_pids())
+        module.write_text("def answer(job, db):\n    return 'v3' +\n")
+        host.signal(signal.SIGHUP)
+        host.wait_for_log("reload refused, the running configuration stays")
+        assert "cannot import module 'versioned': SyntaxError" in host.log()
+        assert answers(sandbox, 4) == {"version 2"}
+        assert sorted(host.worker_pids()) == workers, "the running workers stay"
+
+        # A worker that dies now is replaced from the running configuration, not the file.
+        os.kill(workers[0], signal.SIGKILL)
+        host.wait_for_log("worker for", count=5)
+        assert answers(sandbox, 4) == {"version 2"}
+        assert host.stop() == 0
+    finally:
+        host.kill()
+    assert "Traceback" not in host.log()

@@ -9,7 +9,8 @@ the handler's timeout.
 
 Signals: SIGTERM or SIGINT drains (children finish their job, then exit; those still running
 after `host.shutdown_timeout` are killed); a second one kills every child at once. SIGHUP
-re-reads the configuration and, if it is valid, replaces the children one at a time.
+re-reads the configuration and the handler modules (see reloading.py) and, if they load,
+replaces the children one at a time.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workerhost import failures, metrics, relay, worker
-from workerhost.config import Config, load_config
+from workerhost import failures, metrics, relay, reloading, worker
+from workerhost.config import Config
 from workerhost.db import RUN_ERRORS, Database
 from workerhost.errors import ConfigError
 from workerhost.exitcodes import EXIT_OK, RET_KILLED, RET_OK, describe_child_exit
@@ -151,7 +152,7 @@ class Supervisor:
                  kill: Callable[[int, int], None] = os.kill,
                  spawn: Callable[[Config, Child], Any] | None = None,
                  database: Callable[[Config], Database] | None = None,
-                 load: Callable[[str | Path, Config], Config] | None = None,
+                 load: Callable[[str | Path, Config], Config] = reloading.load_fresh,
                  signals: Signals | None = None) -> None:
         self.config = config
         self.config_path = config_path
@@ -163,7 +164,7 @@ class Supervisor:
         self.kill = kill
         self.spawn = spawn or fork_child
         self.database = database or (lambda cfg: Database(cfg.database.connect_kwargs()))
-        self.load = load or (lambda path, running: load_config(path))
+        self.load = load
         self.children: dict[tuple[str, int], Child] = {}
         self.signals = signals or Signals()
         self.drain_deadline: float | None = None  # set once a stop signal came
