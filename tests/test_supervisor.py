@@ -3,6 +3,7 @@ handler code, in this process and in a real host."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import random
@@ -528,6 +529,23 @@ def test_workerhost_and_installed_libraries_beside_a_handler_are_kept(code_dir: 
     assert name in stale
     assert library in sys.modules and library not in stale
     assert "json" not in stale and not [m for m in stale if m.startswith("workerhost")]
+
+
+def test_a_handler_package_installed_in_site_packages_is_imported_anew(code_dir: Path) -> None:
+    package = "installed_" + uuid.uuid4().hex[:8]
+    root = code_dir / "lib" / "site-packages"
+    (root / package).mkdir(parents=True)
+    (root / package / "__init__.py").write_text("")
+    (root / package / "jobs.py").write_text("def run(job, db):\n    return 1\n")
+    (root / f"{package}_neighbour.py").write_text("")
+    sys.path.append(str(root))
+    try:
+        importlib.import_module(f"{package}_neighbour")
+        config = {**CONFIG, "handlers": {"work": {"python": f"{package}.jobs:run"}}}
+        stale = reloading.stale_modules(parse_config(config, file="test.yaml"))
+    finally:
+        sys.path.remove(str(root))
+    assert stale == [package, f"{package}.jobs"]
 
 
 VERSIONED = "def answer(job, db):\n    return {!r}\n"
