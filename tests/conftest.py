@@ -168,12 +168,17 @@ class RunningHost:
 def host_config(
     sandbox: Sandbox, database: str, handlers: dict[str, Any], **sections: Any
 ) -> dict[str, Any]:
+    """A host config for the sandbox. Its handlers accept any job (most tests submit theirs
+    straight to gearmand) unless they say `accept` themselves."""
+    handlers = {name: {"accept": "any", **handler} for name, handler in handlers.items()}
     config: dict[str, Any] = {
         "gearman": {"servers": [sandbox.gearman_server], "reconnect_backoff": "100ms",
                     "max_reconnect_backoff": "1s"},
         "database": {"host": "127.0.0.1", "port": sandbox.mysql_port, "user": sandbox.user,
                      "password": "${SANDBOX_DB_PASSWORD}", "database": database},
-        "host": {"shutdown_timeout": "20s", "relay": {"enabled": True, "interval": "50ms"}},
+        # A short lease: a job gearmand lost is shipped again within seconds.
+        "host": {"shutdown_timeout": "20s",
+                 "relay": {"enabled": True, "interval": "50ms", "lease": "2s"}},
         "handlers": handlers,
     }
     for name, value in sections.items():

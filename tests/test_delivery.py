@@ -42,10 +42,12 @@ def setup(sandbox: Sandbox, database: str, delivery: str, handlers: dict[str, An
     """A host config whose trigger on `events` submits one job per row; the trigger is applied.
 
     The function name is new in every test: a job that a killed host left in gearmand's
-    persistent queue must not run in the next test.
+    queue must not run in the next test.
     """
     function = "capture_" + uuid.uuid4().hex[:8]
-    handler = (handlers or {}).get("capture", {"python": "trigger_handlers:capture"})
+    # Trigger jobs carry their ledger row: the handler runs them with the default accept.
+    handler = {"accept": "ledger",
+               **(handlers or {}).get("capture", {"python": "trigger_handlers:capture"})}
     config = host_config(
         sandbox, database, {function: handler},
         triggers=[{"table": "events", "events": ["insert"], "function": function,

@@ -183,8 +183,6 @@ def quotes_payload(job, db):
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="the reload path (supervisor.py) must call "
-                   "logs.redact(new.database.password) once the new configuration loaded")
 def test_after_a_reload_the_new_password_is_masked_and_the_old_one_too(
     sandbox: Sandbox, db: Any, tmp_path: Path
 ) -> None:

@@ -263,7 +263,7 @@ def test_a_scrape_reports_a_dead_server_as_down_and_goes_on() -> None:
     collector = metrics.QueueCollector(
         config, gearmand=lambda server, timeout: answers[str(server)],
         database=lambda: status.DatabaseStatus("db", {"touch": 4},
-                                               status.Outbox(5, 2, 61.5, 0.25)))
+                                               status.Outbox(5, 2, 2, 1, 61.5, 0.25)))
     registry = CollectorRegistry()
     registry.register(collector)
     samples = parse(generate_latest(registry).decode())

@@ -86,11 +86,14 @@ def test_outbox_drain_ships_the_due_rows_and_leaves_the_later_ones(
                    "(%s, '{}', NOW(6) + INTERVAL 1 HOUR)", (function,))
     drained = workerhost(sandbox, config, "outbox", "drain")
     assert drained.returncode == 0, drained.stderr
-    assert drained.stdout == "250 outbox rows shipped; 1 left, 0 of them due\n"
+    assert drained.stdout == ("250 outbox rows shipped; 0 due, 1 delayed, 250 leased until "
+                              "their job's effect commits\n")
     lines = drained.stderr.splitlines()  # not a terminal: plain lines, the last one final
     assert lines[0] == "outbox rows shipped: 0/250" and lines[-1] == "outbox rows shipped: 250/250"
     assert sandbox.gearman_status()[function].queued == 250
-    assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox") == 1
+    # Shipped rows stay in the ledger, leased, until a worker commits their job's effect.
+    assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox WHERE ships = 1") == 250
+    assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox WHERE ships = 0") == 1
 
 
 def test_outbox_drain_without_gearmand_exits_4_and_keeps_the_rows(

@@ -50,7 +50,10 @@ def test_a_row_gearmand_refuses_is_dead_lettered_and_the_rest_ship(
             cursor.execute("INSERT INTO workerhost_outbox (`function`, payload, unique_key) "
                            "VALUES (%s, '{}', %s)", (function, unique))
         assert relay.ship_once() == 2
-        assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox") == 0
+        # The shipped rows stay, leased, until their job's effect commits; the refused one
+        # is gone to the dead letters.
+        assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox WHERE ships = 1") == 2
+        assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox") == 2
         cursor.execute("SELECT unique_key, attempts, error FROM workerhost_dead_letters")
         assert cursor.fetchall() == [
             ("x" * 100, 0, "gearmand refused the job: ARGUMENT_TOO_LARGE: Unique value too large")
@@ -60,6 +63,7 @@ def test_a_row_gearmand_refuses_is_dead_lettered_and_the_rest_ship(
         cursor.execute("INSERT INTO workerhost_outbox (`function`, payload) VALUES (%s, '{}')",
                        (function,))
         rows = relay.db.run(lambda conn: tables.lock_due(conn, 10))
+        assert len(rows) == 1, "leased rows are not due"
         relay.submit(rows)
         relay.submit(rows)
         assert sandbox.gearman_status()[function].queued == 3

@@ -10,12 +10,13 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import gearman
 import pytest
 
 from workerhost import gearadmin
-from workerhost.sandbox import Sandbox
+from workerhost.sandbox import MEMORY_QUEUE, PERSISTENT_QUEUE, Sandbox
 
 CLI = [sys.executable, "-m", "workerhost.cli"]
 
@@ -101,18 +102,27 @@ def test_two_sandboxes_run_side_by_side(sandbox: Sandbox, tmp_path: Path) -> Non
     assert sandbox.status() == {"gearmand": True, sandbox.database_process: True}
 
 
-def test_background_job_survives_a_gearmand_restart(sandbox: Sandbox) -> None:
+@pytest.mark.parametrize("queue", [PERSISTENT_QUEUE, MEMORY_QUEUE])
+def test_a_background_job_survives_a_gearmand_restart_only_with_the_persistent_queue(
+    gearmand_factory: Any, queue: str
+) -> None:
+    server = gearmand_factory(queue)
     function = "persist_" + uuid.uuid4().hex[:8]
-    client = gearman.GearmanClient([sandbox.gearman_server])
+    client = gearman.GearmanClient([server.server])
     request = client.submit_job(function, "payload", background=True, wait_until_complete=False)
     assert request.job.handle
     client.shutdown()
-    assert sandbox.gearman_status()[function].queued == 1
+    assert server.box.gearman_status()[function].queued == 1
 
-    sandbox.stop_gearmand()
-    sandbox.start_gearmand()
+    server.stop()
+    server.start()
 
-    assert sandbox.gearman_status()[function].queued == 1
+    kept = server.box.gearman_status().get(function)
+    assert (kept.queued if kept else 0) == (1 if queue == PERSISTENT_QUEUE else 0)
+
+
+def test_the_sandbox_keeps_gearmands_queue_in_memory_by_default(sandbox: Sandbox) -> None:
+    assert sandbox.info is not None and sandbox.info.gearman["queue"] == MEMORY_QUEUE
 
 
 def test_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
@@ -194,3 +204,28 @@ def test_a_bad_thread_count_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "'-1' is not a thread count: give a whole number from 0 to 64" in result.stderr
     assert not (tmp_path / "sandbox.json").exists()
+
+
+def test_a_thread_whose_id_was_a_servers_pid_is_not_taken_for_the_server() -> None:
+    """A freed server pid may become a thread of the other server, whose /proc entry shows
+    the sandbox directory too: stopping that 'server' would have signalled the other one."""
+    import os
+    import threading
+
+    from workerhost.sandbox import process_alive
+
+    marker = "python"
+    ids: list[int] = []
+    release = threading.Event()
+    thread = threading.Thread(target=lambda: (ids.append(threading.get_native_id()),
+                                              release.wait(5)))
+    thread.start()
+    try:
+        while not ids:
+            pass
+        assert marker.encode() in Path(f"/proc/{ids[0]}/cmdline").read_bytes()
+        assert process_alive(os.getpid(), marker) is True
+        assert process_alive(ids[0], marker) is False
+    finally:
+        release.set()
+        thread.join()

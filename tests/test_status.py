@@ -70,7 +70,7 @@ def test_status_shows_each_servers_queue_and_survives_a_dead_one(
     assert shown.returncode == 0, shown.stderr
     assert rows(shown.stdout, first.server)[function] == [3, 0, 0]
     assert rows(shown.stdout, second.server)[function] == [5, 0, 0]
-    assert "  outbox: 1 rows, 1 due" in shown.stdout
+    assert "  outbox: 1 rows: 1 due, 0 leased, 0 delayed" in shown.stdout
     assert "  dead letters: 3" in shown.stdout
     assert f"  {function:32} {2:>12}" in shown.stdout
 
@@ -114,12 +114,12 @@ def test_render_lists_functions_sorted_and_says_when_a_server_knows_none() -> No
             status.ServerStatus("b:2"),
         ),
         database=status.DatabaseStatus("database 'd' at h:3", {},
-                                       status.Outbox(0, 0, None, None)),
+                                       status.Outbox(0, 0, 0, 0, None, None)),
     )
     text = status.render(report)
     assert text.index("  alpha") < text.index("  zeta")
     assert "gearmand b:2\n  FUNCTION" in text and "(no functions known to this server)" in text
-    assert "outbox: 0 rows, 0 due\n" in text
+    assert "outbox: 0 rows: 0 due, 0 leased, 0 delayed\n" in text
     assert report.problems() == []
 
 

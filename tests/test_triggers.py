@@ -50,9 +50,14 @@ def test_entries_on_one_table_and_event_become_one_trigger() -> None:
     assert insert.count("DECLARE wh_event_id CHAR(36) DEFAULT UUID();") == 1
     assert ("JSON_OBJECT('id', NEW.`id`, 'total', NEW.`total`, 'table', 'orders', "
             "'event', 'insert', 'event_id', wh_event_id)") in insert
-    # a: immediate, the outbox only when the UDF gives NULL; b: outbox, unconditionally.
+    # a: immediate, a leased ledger row, then the UDF naming the row; due at once when the
+    # UDF gives NULL. b: outbox, a ledger row due at once.
     assert ("IF gman_do_background('a', JSON_OBJECT('id', NEW.`id`, 'table', 'orders', "
-            "'event', 'insert', 'event_id', wh_event_id), wh_event_id) IS NULL THEN") in insert
+            "'event', 'insert', 'event_id', wh_event_id), CONCAT('L', LAST_INSERT_ID(), ':', "
+            "wh_event_id)) IS NULL THEN") in insert
+    assert ("UPDATE `workerhost_outbox` SET `not_before` = NOW(6), `ships` = 0 "
+            "WHERE `id` = LAST_INSERT_ID();") in insert
+    assert "NOW(6) + INTERVAL 30000000 MICROSECOND, 1);" in insert  # the default lease, 30s
     assert insert.count("DECLARE") == 1  # the body runs per row: one local variable only
     assert insert.count("INSERT INTO `workerhost_outbox`") == 2
     assert "gman_do_background('b'" not in insert
@@ -247,7 +252,11 @@ def test_printed_sql_applied_with_the_mariadb_client_works(
     udf.run_sql_file(script, database=shop.database)
     assert len(trigger_names(shop)) == 3
     shop.cursor().execute("INSERT INTO items (id) VALUES (1)")
-    assert scalar(shop, "SELECT `function` FROM workerhost_outbox") == "capture_outbox"
+    # Both entries wrote their ledger row; the immediate one is leased (its job is shipped).
+    cursor = shop.cursor()
+    cursor.execute("SELECT `function`, ships FROM workerhost_outbox ORDER BY id")
+    assert cursor.fetchall() == [("capture", 1), ("capture_outbox", 0)]
+    cursor.close()
     # A lone outbox entry is one statement without BEGIN ... END: the client takes it too.
     config["triggers"] = [{**ITEM_TRIGGERS[1], "events": ["update"]}]
     printed = run_cli(udf, "triggers", "-c", str(write_config(tmp_path, config)),

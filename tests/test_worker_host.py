@@ -251,13 +251,21 @@ def test_sighup_adds_a_handler_and_refuses_a_broken_config(
     import yaml
 
     config["handlers"]["mark_seen"] = {"sql": "UPDATE items SET seen_at = NOW(6) "
-                                              "WHERE id = %(id)s"}
+                                              "WHERE id = %(id)s", "accept": "any"}
     host.config_path.write_text(yaml.safe_dump(config))
     host.signal(signal.SIGHUP)
     host.wait_for_log("configuration reloaded")
     wait_until(lambda: scalar(tables, "SELECT COUNT(seen_at) FROM items") == 50, what="new")
     submit(sandbox, "record", [{"id": 1}])
     wait_until(lambda: count_results(tables) == 1, what="the old handler still works")
+
+
+def _ledger(db: Any, function: str, ids: range) -> None:
+    """Jobs written to the ledger (the outbox) in 100-row transactions, as triggers would."""
+    for start in range(ids.start, ids.stop, 100):
+        rows = sequence(start, min(start + 99, ids.stop - 1))
+        db.cursor().execute("INSERT INTO workerhost_outbox (`function`, payload) SELECT %s, "
+                            f"CONCAT('{{\"id\": ', seq, '}}') FROM {rows}", (function,))
 
 
 def _stream(sandbox: Sandbox, function: str, ids: range) -> None:
@@ -268,14 +276,19 @@ def _stream(sandbox: Sandbox, function: str, ids: range) -> None:
 def test_gearmand_restart_mid_stream_loses_nothing(
     sandbox: Sandbox, tables: Any, host_factory: Any
 ) -> None:
+    # Jobs through the ledger: gearmand (its queue in memory) forgets what it held when it
+    # restarts, and the relay ships those again once their lease ends.
     host_factory(host_config(sandbox, tables.database, {
-        "record": {"python": "sample_handlers:record", "processes": 2},
+        "record": {"python": "sample_handlers:record", "processes": 2, "accept": "ledger"},
     }))
-    _stream(sandbox, "record", range(0, 500))
+    _ledger(tables, "record", range(0, 500))
     sandbox.stop_gearmand()
     sandbox.start_gearmand()
-    _stream(sandbox, "record", range(500, 1000))
+    _ledger(tables, "record", range(500, 1000))
     wait_until(lambda: count_results(tables) == 1000, timeout=60, what="all 1000")
+    assert scalar(tables, "SELECT MAX(runs) FROM results") == 1, "one effect each"
+    wait_until(lambda: scalar(tables, "SELECT COUNT(*) FROM workerhost_outbox") == 0,
+               what="an empty ledger")
 
 
 def test_mariadbd_restart_mid_stream_loses_nothing(
@@ -575,7 +588,6 @@ def test_a_handler_that_closes_its_connection_is_dead_lettered_without_a_crash_l
         "closer": {"python": "sample_handlers:closes_its_connection",
                    "retries": {"attempts": 3, "backoff": "50ms"}},
     }))
-    children = host.worker_pids()
     submit(sandbox, "closer", [{"id": 1}])
     (letter,) = wait_until(lambda: dead_letters(tables), what="a dead letter")
     # Misuse of the connection is a bug in the handler: retrying cannot fix it.
@@ -584,7 +596,7 @@ def test_a_handler_that_closes_its_connection_is_dead_lettered_without_a_crash_l
     assert count_results(tables) == 0, "what it wrote before is rolled back"
     time.sleep(0.5)
     assert "restarting in" not in host.log(), "no worker died"
-    assert host.worker_pids() == children
+    assert host.log().count("worker for closer started") == 1
 
 
 def test_a_failure_too_big_to_record_is_dead_lettered_in_shortened_form(

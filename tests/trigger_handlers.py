@@ -47,3 +47,10 @@ def capture_slowly(job: Job, db: Any) -> str:
         staging.replace(pidfile)
         time.sleep(float(event["seconds"]))
     return "ok"
+
+
+def fail_once_per_row(job: Job, db: Any) -> str:
+    """Fails its first attempt, then captures like `capture`."""
+    if job.attempt == 1:
+        raise RuntimeError("the first attempt fails")
+    return capture(job, db)

@@ -284,7 +284,8 @@ def _outbox_drain(args: argparse.Namespace) -> int:
     finally:
         relay.db.close()
         relay.close()
-    print(f"{shipped} outbox rows shipped; {left.rows} left, {left.due} of them due")
+    print(f"{shipped} outbox rows shipped; {left.due} due, {left.delayed} delayed, "
+          f"{left.leased} leased until their job's effect commits")
     return RET_OK
 
 
@@ -293,9 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     from workerhost.sandbox import (
         DATABASE_SERVERS,
         DEFAULT_DATABASE_SERVER,
+        DEFAULT_QUEUE,
         GEARMAN_QUEUES,
         GEARMAN_THREADS,
-        PERSISTENT_QUEUE,
     )
 
     parser = argparse.ArgumentParser(
@@ -321,9 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "scripts/mysql-image.sh builds); an existing sandbox keeps its own")
     up.add_argument("--gearman-port", type=int, help="default: a free port")
     up.add_argument("--mysql-port", type=int, help="default: a free port")
-    up.add_argument("--gearman-queue", choices=GEARMAN_QUEUES, default=PERSISTENT_QUEUE,
-                    help="gearmand's job queue: libsqlite3 (persistent, the default) or "
-                         "builtin (memory only, faster)")
+    up.add_argument("--gearman-queue", choices=GEARMAN_QUEUES, default=DEFAULT_QUEUE,
+                    help="gearmand's job queue: builtin (memory only, the default: the "
+                         "ledger in the database keeps the jobs) or libsqlite3 (persistent, "
+                         "ten times slower)")
     up.add_argument("--gearman-threads", type=_threads, default=GEARMAN_THREADS, metavar="N",
                     help=f"gearmand's I/O threads (default {GEARMAN_THREADS}: I/O and queue in "
                          "one thread, the shortest round trip for triggers)")

@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Literal
 
 from workerhost import tables
 from workerhost.config import RetryPolicy
 from workerhost.db import Connection
-from workerhost.job import Job
-
-Verdict = Literal["retry", "dead"]
-
+from workerhost.job import Job, Outcome
 
 # What fits the columns (TEXT, MEDIUMTEXT) with room for multi-byte characters: a longer error
 # would make every write of the failure fail, and the job would never leave the queue.
@@ -67,20 +63,30 @@ def last_failure(conn: Connection, key: bytes) -> Failure | None:
     return Failure(*found) if found else None
 
 
-def handle_failure(conn: Connection, job: Job, policy: RetryPolicy, failure: Failure) -> Verdict:
-    """Count the failure, then schedule a retry or write a dead letter. Caller commits."""
+def handle_failure(conn: Connection, job: Job, policy: RetryPolicy, failure: Failure) -> Outcome:
+    """Count the failure, then schedule a retry or write a dead letter. Caller commits.
+
+    A job with a ledger row is retried through that row (due again after the delay); one
+    without is written to the outbox, where it gets a ledger row of its own.
+    """
     failures = count_failure(conn, job.key, failure)
     if failures >= policy.attempts or failure.final:
         dead_letter(conn, job, failures, failure)
-        return "dead"
+        return Outcome.DEAD
     delay = retry_delay(policy, failures)
-    tables.enqueue(conn, job.function, job.payload, stable_unique(job), delay=delay)
-    return "retry"
+    if job.ledger is not None:
+        tables.reschedule(conn, job.ledger, delay)
+    else:
+        tables.enqueue(conn, job.function, job.payload, stable_unique(job), delay=delay)
+    return Outcome.RETRY
 
 
 def dead_letter(conn: Connection, job: Job, attempts: int, failure: Failure) -> None:
+    """The job's dead letter; its ledger row, if it has one, goes."""
     tables.add_dead_letter(conn, job.key, job.function, job.payload, stable_unique(job),
                            attempts, failure.error, failure.traceback)
+    if job.ledger is not None:
+        tables.delete_outbox(conn, [job.ledger])
 
 
 def dead_letter_short(conn: Connection, job: Job, failure: Failure, refusal: str) -> None:
@@ -96,6 +102,8 @@ def dead_letter_short(conn: Connection, job: Job, failure: Failure, refusal: str
                            _clip(failure.error, SHORT_ERROR) + note,
                            None if failure.traceback is None
                            else _clip(failure.traceback, SHORT_ERROR))
+    if job.ledger is not None:
+        tables.delete_outbox(conn, [job.ledger])
 
 
 def stable_unique(job: Job) -> str:

@@ -37,6 +37,7 @@ import mysql.connector
 
 from workerhost import gearadmin, status
 from workerhost.errors import ConnectError
+from workerhost.job import Outcome
 
 if TYPE_CHECKING:
     from prometheus_client import Counter, Gauge, Histogram
@@ -60,7 +61,7 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 # Outcomes of a job, the `outcome` label of workerhost_jobs_total. Workers count the first
 # three once the outcome is committed; the supervisor counts the last two, for jobs whose
 # process ended under them (each such job is also retried or dead-lettered later).
-OUTCOMES = ("complete", "retry", "dead", "timeout", "crashed")
+OUTCOMES = tuple(outcome.value for outcome in Outcome)
 
 
 @dataclass(frozen=True)
@@ -166,9 +167,9 @@ def job_finished(function: str, outcome: str, count: int = 1) -> None:
     if _metrics is None or count <= 0:
         return
     _metrics.jobs.labels(function, outcome).inc(count)
-    if outcome == "retry":
+    if outcome == Outcome.RETRY:
         _metrics.retries.labels(function).inc(count)
-    elif outcome == "dead":
+    elif outcome == Outcome.DEAD:
         _metrics.dead_letters.labels(function).inc(count)
 
 
@@ -253,6 +254,10 @@ class QueueCollector:
                                     value=outbox.rows)
             yield GaugeMetricFamily("workerhost_outbox_due_rows", "Outbox rows due to be "
                                     "shipped now", value=outbox.due)
+            yield GaugeMetricFamily("workerhost_outbox_leased_rows", "Outbox rows shipped "
+                                    "and waiting for their job's effect", value=outbox.leased)
+            yield GaugeMetricFamily("workerhost_outbox_delayed_rows", "Outbox rows of failed "
+                                    "attempts waiting for their retry", value=outbox.delayed)
             yield GaugeMetricFamily("workerhost_outbox_oldest_age_seconds", "Age of the "
                                     "oldest outbox row (0 when empty)",
                                     value=outbox.oldest_age or 0.0)

@@ -1,9 +1,13 @@
-"""The outbox relay: ships due rows of `workerhost_outbox` to gearmand, then deletes them.
+"""The relay: ships due rows of the ledger (`workerhost_outbox`) to gearmand, and leases them.
 
-A row is deleted in the same transaction that locked it, and that transaction commits only
-after gearmand has accepted every job of the batch (JOB_CREATED). A crash before the commit
-leaves the rows in place to be shipped again: delivery is at least once, never lost. Relays on
-several hosts share the table: `FOR UPDATE SKIP LOCKED` gives each batch to one of them.
+A row stays in the ledger until the transaction that commits its job's effect deletes it
+(worker.py). The relay ships the rows that are due (new rows of outbox delivery, retries whose
+delay is over, and rows whose lease ran out because gearmand lost their job or a worker died
+with it) and moves each one's due time on by its lease, in the transaction that locked it,
+committed once gearmand has answered every job of the batch. Each job carries its row's id in
+its unique (job.ledger_unique): gearmand queues a row shipped twice once, and a worker that gets
+a job whose row is gone already answers it without running it. Relays on several hosts share
+the table: `FOR UPDATE SKIP LOCKED` gives each batch to one of them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from workerhost.config import Config
 from workerhost.db import Connection, Database
 from workerhost.errors import ConnectError
 from workerhost.gearconn import GearmanLost, Refused, Submitter
+from workerhost.job import ledger_unique
 
 log = logging.getLogger("workerhost.relay")
 
@@ -65,8 +70,11 @@ class Relay:
                     conn, ident, f"gearmand refused the job: {answer.reason}")
                 log.error("outbox row %s (%s) dead-lettered: gearmand refused it: %s",
                           ident, function, answer.reason)
-            tables.delete_outbox(conn, [row[0] for row in rows])
-            return len(rows) - len(refused)
+            shipped = [row[0] for row, answer in zip(rows, answers, strict=True)
+                       if not isinstance(answer, Refused)]
+            if shipped:
+                tables.lease(conn, shipped, self.config.host.relay.lease)
+            return len(shipped)
 
         shipped: int = self.db.run(ship, deadline=time.monotonic() + ACCEPT_TIMEOUT)
         self.shipped += shipped
@@ -78,8 +86,8 @@ class Relay:
         jobs = []
         for ident, function, payload, unique, priority in rows:
             data = bytes(payload)
-            jobs.append((function, unique.encode() if unique else row_unique(data, ident), data,
-                         priority))
+            own = unique.encode() if unique else row_unique(data, ident)
+            jobs.append((function, ledger_unique(ident, own.decode()).encode(), data, priority))
         errors = []
         for _ in self.submitters:
             submitter = self.submitters[self.turn % len(self.submitters)]

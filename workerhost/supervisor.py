@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workerhost import failures, metrics, relay, reloading, worker
+from workerhost import failures, logs, metrics, relay, reloading, worker
 from workerhost.config import Config
 from workerhost.db import RUN_ERRORS, Database
 from workerhost.errors import ConfigError
 from workerhost.exitcodes import EXIT_OK, RET_KILLED, RET_OK, describe_child_exit
+from workerhost.job import Outcome
 from workerhost.signals import Signals
 
 log = logging.getLogger("workerhost.supervisor")
@@ -320,7 +321,8 @@ class Supervisor:
             reason = f"timed out after {timed_out:g}s; its worker process was killed"
         else:
             reason = f"its worker process died while running it ({describe_child_exit(code)})"
-        metrics.job_lost(child.handler, "timeout" if timed_out is not None else "crashed")
+        metrics.job_lost(child.handler,
+                         Outcome.TIMEOUT if timed_out is not None else Outcome.CRASHED)
         log.error("%s: job %r %s", child.name, key.replace(b"\0", b" ").decode(errors="replace"),
                   reason)
         db = self.database(self.config)
@@ -368,6 +370,7 @@ class Supervisor:
         except ConfigError as exc:
             log.error("reload refused, the running configuration stays: %s", exc)
             return
+        logs.redact(new.database.password)  # before anything can log it; the old one stays
         self.config = new
         for child in list(self.children.values()):
             if child.state not in LIVE:

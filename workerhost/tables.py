@@ -31,6 +31,8 @@ DEAD_LETTER_COLUMNS = ("id, `function`, payload, unique_key, attempts, error, tr
 # The columns a trigger's outbox INSERT names: a lone entry leaves unique_key NULL.
 OUTBOX_TRIGGER_COLUMNS = "(`function`, `payload`)"
 OUTBOX_TRIGGER_COLUMNS_UNIQUE = "(`function`, `payload`, `unique_key`)"
+# Immediate delivery's row: shipped by the trigger itself, so leased from the start.
+OUTBOX_TRIGGER_COLUMNS_LEASED = "(`function`, `payload`, `unique_key`, `not_before`, `ships`)"
 
 
 def _marks(values: Sequence[Any]) -> str:
@@ -45,11 +47,24 @@ def schema_statements() -> list[str]:
     return [statement.strip() for statement in body.split(";") if statement.strip()]
 
 
+# Columns added since the first layout, with their definition: create() adds what is missing.
+MIGRATIONS = ((OUTBOX, "ships", "INT UNSIGNED NOT NULL DEFAULT 0"),)
+
+
 def create(conn: Connection) -> None:
-    """Create the tables that are missing (re-runnable)."""
+    """Create the tables that are missing and bring older layouts up to date (re-runnable)."""
     cursor = db.cursor(conn)
     for statement in schema_statements():
         cursor.execute(statement)
+    cursor.execute(
+        "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS "
+        "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN "
+        f"({_marks(MIGRATIONS)})", [table for table, _, _ in MIGRATIONS],
+    )
+    present = {(str(table), str(column)) for table, column in cursor.fetchall()}
+    for table, column, definition in MIGRATIONS:
+        if (table, column) not in present:
+            cursor.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
 
 # -- failed attempts ---------------------------------------------------------------------------
@@ -124,18 +139,51 @@ def delete_outbox(conn: Connection, ids: Sequence[int]) -> None:
     db.cursor(conn).execute(f"DELETE FROM {OUTBOX} WHERE id IN ({_marks(ids)})", list(ids))
 
 
-def outbox_figures(conn: Connection) -> tuple[int, int, Any, Any]:
-    """Rows, due rows, and the age in microseconds of the oldest row and of the most
-    overdue due row (None when there is none)."""
+def lease(conn: Connection, ids: Sequence[int], seconds: float) -> None:
+    """Shipped rows come due again after their lease: `seconds` the first time, doubled on
+    every ship after it up to 16 times, so that a long backlog in gearmand is not shipped
+    over and over."""
+    db.cursor(conn).execute(
+        f"UPDATE {OUTBOX} SET not_before = NOW(6) + INTERVAL (%s << LEAST(ships, 4)) "
+        f"MICROSECOND, ships = ships + 1 WHERE id IN ({_marks(ids)})",
+        [int(seconds * 1_000_000), *ids],
+    )
+
+
+def claim(conn: Connection, ids: Sequence[int]) -> dict[int, tuple[str, bytes]]:
+    """The ledger rows of jobs about to run, locked until the transaction ends: id ->
+    (function, payload). A row still being written by an open transaction (a trigger's)
+    is waited for; a missing one is a job done already, or whose transaction rolled back."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT id, `function`, payload FROM {OUTBOX} WHERE id IN ({_marks(ids)}) "
+                   "FOR UPDATE", list(ids))  # fmt: skip
+    return {int(ident): (str(function), bytes(payload))
+            for ident, function, payload in cursor.fetchall()}
+
+
+def reschedule(conn: Connection, ident: int, delay: float) -> None:
+    """A failed attempt: the job's ledger row is due again `delay` seconds from now."""
+    db.cursor(conn).execute(
+        f"UPDATE {OUTBOX} SET not_before = NOW(6) + INTERVAL %s MICROSECOND, ships = 0 "
+        "WHERE id = %s", (int(delay * 1_000_000), ident),
+    )
+
+
+def outbox_figures(conn: Connection) -> tuple[int, int, int, int, Any, Any]:
+    """Rows; due rows, leased ones (shipped, lease running) and delayed ones (a retry not yet
+    due); the age in microseconds of the oldest row and of the most overdue due row (None
+    when there is none)."""
     cursor = db.cursor(conn)
     cursor.execute(
         "SELECT COUNT(*), COALESCE(SUM(not_before <= NOW(6)), 0), "
+        "COALESCE(SUM(not_before > NOW(6) AND ships > 0), 0), "
+        "COALESCE(SUM(not_before > NOW(6) AND ships = 0), 0), "
         "TIMESTAMPDIFF(MICROSECOND, MIN(created_at), NOW(6)), "
         "TIMESTAMPDIFF(MICROSECOND, MIN(CASE WHEN not_before <= NOW(6) THEN not_before END), "
         f"NOW(6)) FROM {OUTBOX}"
     )
-    rows, due, oldest, overdue = cursor.fetchone()
-    return int(rows), int(due), oldest, overdue
+    rows, due, leased, delayed, oldest, overdue = cursor.fetchone()
+    return int(rows), int(due), int(leased), int(delayed), oldest, overdue
 
 
 # -- dead letters ------------------------------------------------------------------------------

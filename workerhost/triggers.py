@@ -61,10 +61,15 @@ from typing import Literal, TypeVar
 import mysql.connector
 
 from workerhost import tables
-from workerhost.config import Config, TriggerConfig
+from workerhost.config import DEFAULT_RELAY_LEASE, Config, TriggerConfig
 from workerhost.db import Connection, Database
 from workerhost.errors import ConfigError, WorkerHostError
-from workerhost.tables import OUTBOX, OUTBOX_TRIGGER_COLUMNS, OUTBOX_TRIGGER_COLUMNS_UNIQUE
+from workerhost.tables import (
+    OUTBOX,
+    OUTBOX_TRIGGER_COLUMNS,
+    OUTBOX_TRIGGER_COLUMNS_LEASED,
+    OUTBOX_TRIGGER_COLUMNS_UNIQUE,
+)
 
 TRIGGER_PREFIX = "workerhost_"  # every trigger with this prefix belongs to workerhost
 MAX_IDENTIFIER = 64  # MySQL and MariaDB limit on a trigger name
@@ -99,6 +104,7 @@ class Trigger:
     jobs: tuple[TriggerConfig, ...]
     sources: tuple[int, ...]  # indexes of the entries in triggers:, for messages
     owner: str = "workerhost"  # the configuration's triggers_owner, kept in the body
+    lease: float = DEFAULT_RELAY_LEASE  # seconds an immediate job's ledger row is leased
 
     @property
     def name(self) -> str:
@@ -108,8 +114,10 @@ class Trigger:
         """The CREATE statement; MariaDB replaces an existing trigger in the same statement.
 
         The body runs once per changed row, so it stays lean: at most one local variable (the
-        event id, shared by every entry), the payload built inside the statement that uses it,
-        and for immediate delivery built a second time only when the UDF failed.
+        event id, shared by every entry), and the payload built inside the statement that
+        uses it. Every entry writes its ledger row; immediate delivery then submits the job at
+        once, naming that row (LAST_INSERT_ID()) in its unique, with the row leased so that
+        the relay leaves it alone, and makes the row due at once when the UDF failed.
         """
         verb = "CREATE OR REPLACE TRIGGER" if dialect == "mariadb" else "CREATE TRIGGER"
         head = [
@@ -126,16 +134,20 @@ class Trigger:
         lines = [*head, "BEGIN", f"  -- {generated}",
                  "  DECLARE wh_event_id CHAR(36) DEFAULT UUID();"]
         for job in self.jobs:
-            outbox = self._outbox(job, "wh_event_id") + ";"
             if job.delivery == "immediate":
+                lease = f"NOW(6) + INTERVAL {round(self.lease * 1_000_000)} MICROSECOND"
                 lines += [
+                    f"  INSERT INTO {quote(OUTBOX)} {OUTBOX_TRIGGER_COLUMNS_LEASED} VALUES "
+                    f"({sql_string(job.function)}, {self._payload(job, 'wh_event_id')}, "
+                    f"wh_event_id, {lease}, 1);",
                     f"  IF {UDF}({sql_string(job.function)}, {self._payload(job, 'wh_event_id')},"
-                    " wh_event_id) IS NULL THEN",
-                    f"    {outbox}",
+                    " CONCAT('L', LAST_INSERT_ID(), ':', wh_event_id)) IS NULL THEN",
+                    f"    UPDATE {quote(OUTBOX)} SET `not_before` = NOW(6), `ships` = 0 "
+                    "WHERE `id` = LAST_INSERT_ID();",
                     "  END IF;",
                 ]
             else:
-                lines.append(f"  {outbox}")
+                lines.append(f"  {self._outbox(job, 'wh_event_id')};")
         lines.append("END")
         return "\n".join(lines)
 
@@ -231,7 +243,8 @@ def plan(config: Config) -> list[Trigger]:
     ordered = sorted(grouped.items(), key=lambda item: (item[1][0][0], EVENTS.index(item[0][1])))
     return [
         Trigger(table=table, event=event, jobs=tuple(e for _, e in entries),
-                sources=tuple(i for i, _ in entries), owner=config.triggers_owner)
+                sources=tuple(i for i, _ in entries), owner=config.triggers_owner,
+                lease=config.host.relay.lease)
         for (table, event), entries in ordered
     ]  # fmt: skip
 

@@ -19,6 +19,7 @@ jobs run again one by one, so that one bad job costs the others nothing but a se
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -35,7 +36,7 @@ from workerhost.db import Connection, Database, is_transient
 from workerhost.errors import JobError
 from workerhost.exitcodes import EXIT_DATABASE, EXIT_OK
 from workerhost.gearconn import Assigned, GearmanLost, WorkerConnection
-from workerhost.job import Job
+from workerhost.job import Job, Outcome, parse_unique
 from workerhost.pace import Pace
 
 log = logging.getLogger("workerhost.worker")
@@ -84,6 +85,7 @@ class _BatchAborted(Exception):
 # What a job ends with: bytes for WORK_COMPLETE, None for WORK_FAIL.
 Answer = bytes | None
 _DEFERRED = object()  # in a batch: a job with earlier failures, run on its own afterwards
+_DONE_BEFORE = object()  # a job whose ledger row is gone: done already, or rolled back
 
 
 class Worker:
@@ -258,19 +260,25 @@ class Worker:
                 lambda conn: self._batch_attempt(conn, jobs), deadline, jobs[0])
         except _BatchAborted:
             return [self.execute(job) for job in jobs]
-        completed = len(results) - results.count(_DEFERRED)
-        self.jobs_done += completed
-        metrics.job_finished(self.handler.name, "complete", completed)
-        return [self.execute(job) if r is _DEFERRED else r  # type: ignore[misc]
+        gone = sum(1 for r in results if r is _DONE_BEFORE)
+        completed = len(results) - results.count(_DEFERRED) - gone
+        self.jobs_done += completed + gone
+        metrics.job_finished(self.handler.name, Outcome.COMPLETE, completed)
+        metrics.job_finished(self.handler.name, Outcome.DONE_BEFORE, gone)
+        return [self.execute(job) if r is _DEFERRED else b"" if r is _DONE_BEFORE
+                else r  # type: ignore[misc]
                 for job, r in zip(jobs, results, strict=True)]
 
     def _batch_attempt(self, conn: Connection, jobs: list[Job]) -> list[object]:
+        ledger = self._claim(conn, jobs)
         earlier = tables.failures_of(conn, [job.key for job in jobs])
         cursor = db.cursor(conn)
         results: list[object] = []
         for job in jobs:
-            if earlier.get(job.key):
-                results.append(_DEFERRED)
+            origin = self._origin(job, ledger)
+            if origin is not None or earlier.get(job.key):
+                # Gone: answered at once. Refused, or failed before: dealt with on its own.
+                results.append(_DONE_BEFORE if origin is _DONE_BEFORE else _DEFERRED)
                 continue
             job.attempt = 1
             self._begin(job)
@@ -282,7 +290,36 @@ class Worker:
                 raise _BatchAborted from exc
             finally:
                 self._end()
+        done = [job.ledger for job, r in zip(jobs, results, strict=False)
+                if job.ledger is not None and r is not _DEFERRED and r is not _DONE_BEFORE]
+        if done:
+            tables.delete_outbox(conn, done)  # in the transaction that commits the effects
         return results
+
+    def _claim(self, conn: Connection, jobs: list[Job]) -> dict[int, tuple[str, bytes]]:
+        ids = [job.ledger for job in jobs if job.ledger is not None]
+        return tables.claim(conn, ids) if ids else {}
+
+    def _origin(self, job: Job, ledger: dict[int, tuple[str, bytes]]) -> object | None:
+        """None when the job may run (its payload then is its ledger row's); _DONE_BEFORE
+        when its ledger row is gone; else the Failure that refuses it."""
+        if job.ledger is None:
+            if self.handler.accept == "any":
+                return None
+            return failures.Failure(
+                "refused: the job names no ledger row, so nothing proves that a trigger fired "
+                "it (any SQL account can call the UDF, any client can reach gearmand); give "
+                "the handler accept: any to run such jobs", final=True)
+        row = ledger.get(job.ledger)
+        if row is None:
+            return _DONE_BEFORE
+        function, payload = row
+        if function != job.function:
+            return failures.Failure(
+                f"refused: ledger row {job.ledger} belongs to {function!r}, not to this "
+                "function", final=True)
+        job.use_payload(payload)
+        return None
 
     def execute(self, job: Job) -> Answer:
         """Run one job to its end in its own transaction."""
@@ -307,7 +344,14 @@ class Worker:
         deadline = time.monotonic() + self.handler.timeout * DATABASE_WAIT_SHARE
         policy = self.handler.retries
 
-        def attempt(conn: Connection) -> tuple[str, bytes | failures.Failure]:
+        def attempt(conn: Connection) -> tuple[Outcome | None, bytes | failures.Failure]:
+            origin = self._origin(job, self._claim(conn, [job]))
+            if origin is _DONE_BEFORE:
+                return Outcome.DONE_BEFORE, b""
+            if isinstance(origin, failures.Failure):
+                # Refused: a ledger row it names is not its own, so it must stay as it is.
+                failures.dead_letter(conn, dataclasses.replace(job, ledger=None), 0, origin)
+                return Outcome.REFUSED, origin
             done = tables.failures_so_far(conn, job.key)
             job.attempt = done + 1
             if done >= policy.attempts:
@@ -315,44 +359,46 @@ class Worker:
                 failure = failures.Failure(f"gave up after {done} failed attempts")
                 last = failures.last_failure(conn, job.key) or failure
                 failures.dead_letter(conn, job, done, last)
-                return "dead", failure
+                return Outcome.DEAD, failure
             try:
                 result = handlers.run(self.handler, job, conn)
             except Exception as exc:  # a handler's failure, whatever it is
                 if is_transient(exc):
                     raise
                 conn.rollback()  # what it wrote before it failed: it runs again from scratch
-                return "failed", _failure(exc)
+                return None, _failure(exc)
             if done:
                 tables.forget(conn, job.key)
-            return "done", result
+            if job.ledger is not None:
+                tables.delete_outbox(conn, [job.ledger])  # with the effects, or not at all
+            return Outcome.COMPLETE, result
 
         outcome, value = self._in_transaction(attempt, deadline, job)
-        if outcome == "done":
+        if outcome in (Outcome.COMPLETE, Outcome.DONE_BEFORE):
             assert isinstance(value, bytes)
-            metrics.job_finished(job.function, "complete")
+            metrics.job_finished(job.function, outcome)
             return value
         assert isinstance(value, failures.Failure)
-        if outcome == "dead":
-            metrics.job_finished(job.function, "dead")
+        if outcome is not None:  # dead or refused: a dead letter, the job never ran
+            metrics.job_finished(job.function, outcome)
             log.error("job %s dead-lettered without running: %s", job.describe(), value.error,
                       extra=logs.job_fields(job))
             return None
         verdict = self._record_failure(job, value, deadline)
-        how = "dead-lettered" if verdict == "dead" else "will be retried"
+        how = "dead-lettered" if verdict == Outcome.DEAD else "will be retried"
         metrics.job_finished(job.function, verdict)
         log.error("job %s failed and %s: %s", job.describe(), how, value.error,
                   extra=logs.job_fields(job))
         return None
 
     def _record_failure(self, job: Job, failure: failures.Failure,
-                        deadline: float) -> failures.Verdict:
+                        deadline: float) -> Outcome:
         """Count the failure and schedule its retry or dead letter. When the database refuses
         that as it is (a payload past max_allowed_packet, say), the job is dead-lettered in
         shortened form instead of being left to gearmand, which would hand it out forever."""
         policy = self.handler.retries
         try:
-            verdict: failures.Verdict = self.db.run(
+            verdict: Outcome = self.db.run(
                 lambda conn: failures.handle_failure(conn, job, policy, failure),
                 deadline=deadline)
             return verdict
@@ -365,7 +411,7 @@ class Worker:
                   "form", job.describe(), refusal, extra=logs.job_fields(job))
         self._in_transaction(lambda conn: failures.dead_letter_short(conn, job, failure, refusal),
                              deadline, job)
-        return "dead"
+        return Outcome.DEAD
 
     def _in_transaction(self, work: Callable[[Connection], Any], deadline: float, job: Job) -> Any:
         try:
@@ -375,10 +421,10 @@ class Worker:
 
 
 def _job(assigned: Assigned) -> Job:
+    ledger, unique = parse_unique(assigned.unique.decode("utf-8", "replace"))
     return Job(
         function=assigned.function.decode("utf-8", "replace"), payload=assigned.data,
-        unique=assigned.unique.decode("utf-8", "replace"),
-        handle=assigned.handle.decode("utf-8", "replace"),
+        unique=unique, handle=assigned.handle.decode("utf-8", "replace"), ledger=ledger,
     )
 
 

@@ -3,11 +3,12 @@
 -- `workerhost run` creates them when they are missing; run this by hand where the host's
 -- database user may not create tables.
 
--- Jobs waiting to be shipped to gearmand: rows written by triggers (delivery: outbox, or
--- immediate when gearmand was down) and delayed retries. The relay ships due rows in id order
--- and deletes each one only after gearmand has accepted its job.
--- No secondary index: every trigger pays for each index on every row it writes here, while
--- the relay's scan in id order passes only the few retries that are not yet due.
+-- The ledger: every job a trigger fires, from the transaction that fired it until the one
+-- that commits its effect, which deletes the row. gearmand only dispatches: a job it loses is
+-- shipped again when its lease runs out, and a job that runs twice finds its row gone the
+-- second time. Rows are due at not_before: the relay ships due rows in id order and leases
+-- them (not_before moves on, ships counts up); a failed attempt makes its row due again later.
+-- No secondary index: every trigger pays for each index on every row it writes here.
 CREATE TABLE IF NOT EXISTS workerhost_outbox (
     id          BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
     `function`  VARCHAR(255) NOT NULL,
@@ -15,7 +16,8 @@ CREATE TABLE IF NOT EXISTS workerhost_outbox (
     unique_key  VARCHAR(255) NULL,
     priority    ENUM('normal', 'high', 'low') NOT NULL DEFAULT 'normal',
     not_before  DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-    created_at  DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+    created_at  DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    ships       INT UNSIGNED NOT NULL DEFAULT 0
 ) ENGINE=InnoDB;
 
 -- Failed attempts of jobs still in play, keyed by function and unique: a handler exception,
