@@ -9,7 +9,8 @@ SERVER ?= mariadb
 # Runs a command with a Docker engine at hand (ours, started and stopped around it, if none runs).
 WITH_DOCKER := scripts/docker-engine.sh
 
-.PHONY: setup setup-mysql demo test lint udf udf-test install-udf bench clean sandbox-up sandbox-down
+.PHONY: setup setup-mysql demo test lint udf udf-test install-udf bench chaos clean sandbox-up \
+        sandbox-down
 
 setup:
 	@scripts/setup.sh
@@ -64,6 +65,16 @@ endif
 
 sandbox-down: setup
 	$(VENV)/bin/workerhost sandbox down --dir .sandbox
+
+# Rows through random SIGKILLs of gearmand, workers, the relay and the host, and a database
+# restart; prints lost and applied-twice counts per delivery (both must be 0).
+# CHAOS_ARGS="--server mysql", "--rows 20000 --seconds 40", "--seed N" to repeat a run.
+chaos: udf
+ifeq ($(SERVER),mysql)
+	@$(WITH_DOCKER) sh -c 'scripts/mysql-image.sh >/dev/null && $(PY) scripts/chaos.py --server mysql $(CHAOS_ARGS)'
+else
+	@$(PY) scripts/chaos.py $(CHAOS_ARGS)
+endif
 
 # Every figure beside its baseline, measured in the same run (never part of `make test`).
 # BENCH_ARGS=--quick for a sanity check in under a minute.

@@ -34,6 +34,7 @@ UDF_CONFIG_FILE = "gearman_udf.conf"
 # How long a server may take to answer after start, and to exit after SIGTERM before SIGKILL.
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
+PORT_WAIT = 5.0  # seconds a port held by a killed server's closing connections may take
 # The UDF's network wait bound in the sandbox; tests that need another one rewrite the file.
 SANDBOX_UDF_TIMEOUT_MS = 1000
 LOG_LINES_QUOTED = 15
@@ -479,6 +480,11 @@ class Sandbox:
         return wanted
 
     def _check_port(self, port: int, server: str) -> None:
+        # Right after a server was killed, its connections may hold the port for a moment
+        # (closing, their peers not yet gone): wait for that before calling it taken.
+        deadline = time.monotonic() + PORT_WAIT
+        while not port_is_free(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
         if not port_is_free(port):
             raise SandboxError(
                 f"port {port} on {HOST} is taken, so {server} cannot listen there; stop what "
