@@ -74,6 +74,19 @@ def db(sandbox: Sandbox) -> Iterator[Any]:
         admin.close()
 
 
+@pytest.fixture
+def events(db: Any) -> Any:
+    """The database with `events` (a trigger's table) and `captured` (what
+    trigger_handlers.capture records of each job)."""
+    from trigger_handlers import CAPTURED
+
+    cursor = db.cursor()
+    cursor.execute(CAPTURED)
+    cursor.execute("CREATE TABLE events (id BIGINT PRIMARY KEY, pidfile VARCHAR(255), "
+                   "seconds DOUBLE)")
+    return db
+
+
 class ExtraGearmand:
     """A gearmand of its own (a gearmand-only sandbox) that a test can stop and start."""
 

@@ -16,25 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import mysql.connector
-import pytest
 from conftest import host_config, scalar, sequence, wait_until
 from mysql.connector import errorcode
-from trigger_handlers import CAPTURED
 
 from workerhost import triggers
 from workerhost.config import parse_config
 from workerhost.db import Database
 from workerhost.relay import Relay
 from workerhost.sandbox import Sandbox
-
-
-@pytest.fixture
-def events(db: Any) -> Any:
-    cursor = db.cursor()
-    cursor.execute(CAPTURED)
-    cursor.execute("CREATE TABLE events (id BIGINT PRIMARY KEY, pidfile VARCHAR(255), "
-                   "seconds DOUBLE)")
-    return db
 
 
 def setup(sandbox: Sandbox, database: str, delivery: str, handlers: dict[str, Any] | None = None,

@@ -13,23 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 import gearman
-import pytest
 from conftest import host_config, scalar, sequence, wait_until
-from trigger_handlers import CAPTURED
 
 from workerhost import tables, triggers
 from workerhost.config import parse_config
 from workerhost.db import Database
 from workerhost.sandbox import Sandbox
-
-
-@pytest.fixture
-def events(db: Any) -> Any:
-    cursor = db.cursor()
-    cursor.execute(CAPTURED)
-    cursor.execute("CREATE TABLE events (id BIGINT PRIMARY KEY, pidfile VARCHAR(255), "
-                   "seconds DOUBLE)")
-    return db
 
 
 def config_for(sandbox: Sandbox, database: str, **handler: Any) -> dict[str, Any]:
