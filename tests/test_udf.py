@@ -23,7 +23,7 @@ from typing import Any
 
 import mysql.connector
 import pytest
-from conftest import ROOT, UDF_SO, scalar, sequence
+from conftest import ROOT, UDF_SO, scalar, sequence, wait_until
 
 from workerhost import gearadmin
 from workerhost.sandbox import MEMORY_QUEUE, SANDBOX_UDF_TIMEOUT_MS, Sandbox
@@ -703,6 +703,35 @@ def test_one_deadline_bounds_the_whole_call(udf: Sandbox, db: Any, fn: str,
     after = counters(db)
     assert after["timed_out"] - before["timed_out"] == 1
     assert after["resubmitted"] == before["resubmitted"]
+
+
+def test_kill_query_is_not_needed_to_end_a_waiting_call(udf: Sandbox, db: Any, fn: str) -> None:
+    """KILL QUERY only marked a call Killed while a worker kept sending WORK_STATUS; the
+    deadline now ends the call, and the statement then ends as killed."""
+    database = db.database
+    session: list[int] = []
+    outcome: list[object] = []
+
+    def wait() -> None:
+        conn = udf.connect(database=database)
+        session.append(int(conn.connection_id))
+        try:
+            outcome.append(scalar(conn, "SELECT gman_do(%s, 'x')", fn))
+        except mysql.connector.Error as exc:
+            outcome.append(exc)
+        conn.close()
+
+    with stalling(udf.gearman_port, fn, WORK_STATUS):
+        waiting = threading.Thread(target=wait)
+        started = time.monotonic()
+        waiting.start()
+        wait_until(lambda: session, what="the waiting session's id")
+        time.sleep(0.2)
+        db.cursor().execute(f"KILL QUERY {session[0]}")
+        waiting.join(10 * TIMEOUT)
+        took = time.monotonic() - started
+    assert not waiting.is_alive() and took < 3 * TIMEOUT, f"took {took:.2f}s"
+    assert len(outcome) == 1 and (outcome[0] is None or "interrupted" in str(outcome[0]))
 
 
 def test_a_failed_job_is_not_submitted_again(udf: Sandbox, db: Any, fn: str) -> None:

@@ -23,10 +23,11 @@
  *     empty workload is submitted (a trigger's event is not dropped because one column was
  *     NULL). NULL or empty unique: the UDF makes one that no other job shares (a random
  *     per-load prefix and a counter), so gearmand coalesces nothing.
- *   - A function name or unique with whitespace or a control character is refused (in
- *     xxx_init when it is a constant, else that row gives NULL and a log line): gearmand's
- *     text admin protocol prints function names in tab- and newline-separated lines, so
- *     such a name could forge the lines that `workerhost status` and metrics read.
+ *   - A function name or unique with whitespace or a control character is refused: by
+ *     xxx_init when written as a literal, else that row gives NULL and a log line (a bad
+ *     NEW.col must not fail the user's INSERT). gearmand's text admin protocol prints
+ *     function names in tab- and newline-separated lines, so such a name could forge the
+ *     lines that `workerhost status` and metrics read.
  *   - One deadline per call: timeout_ms bounds the whole call (name lookup, connect,
  *     submit, every status or data packet, the result). When it passes, the call returns
  *     NULL and the connection is dropped; no KILL is needed to end a call.
@@ -42,7 +43,7 @@
  *     rate-limited line to stderr, which is mysqld's error log. A row never raises an
  *     error: a trigger must not make the user's INSERT fail because gearmand is down.
  *
- * The Gearman protocol (five submit requests, seven responses) is spoken here over a
+ * The Gearman protocol (seven submit requests, eight responses) is spoken here over a
  * non-blocking socket of our own instead of through libgearman 1.1.20/1.1.21, which pins
  * SO_SNDBUF and SO_RCVBUF at 32 KB: on loopback, where one segment is 64 KB, every segment
  * then waits for the peer's delayed ACK, and 16 MB took ten seconds. libgearman also bounds
@@ -998,6 +999,9 @@ static enum io conn_fill(struct conn *c, size_t want, int64_t deadline)
         c->in_cap = cap;
       }
     }
+    /* With nothing received yet an answer is a round trip away: wait before reading. */
+    if (c->in_end == c->in_start && !wait_fd(c->fd, POLLIN, deadline))
+      return IO_TIMEOUT;
     ssize_t got = recv(c->fd, c->in + c->in_end, c->in_cap - c->in_end, 0);
     if (got > 0) {
       c->in_end += (size_t)got;
