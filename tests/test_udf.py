@@ -48,7 +48,7 @@ ALL_FUNCTIONS = (*JOB_FUNCTIONS, "gman_servers_set", "gman_udf_status")
 # -- a worker over a raw socket ---------------------------------------------------------
 
 CAN_DO, NO_JOB, WORK_STATUS, WORK_COMPLETE, WORK_FAIL = 1, 10, 12, 13, 14
-WORK_DATA, GRAB_JOB_UNIQ, JOB_ASSIGN_UNIQ = 28, 30, 31
+WORK_EXCEPTION, WORK_DATA, GRAB_JOB_UNIQ, JOB_ASSIGN_UNIQ = 25, 28, 30, 31
 
 
 @dataclass(frozen=True)
@@ -156,10 +156,11 @@ def serving(port: int, function: str, reply: Callable[[bytes], bytes]) -> Any:
     return working(port, function, complete)
 
 
-def failing(port: int, function: str) -> Any:
-    """A worker thread answering every job of function with WORK_FAIL."""
+def failing(port: int, function: str, kind: int = WORK_FAIL) -> Any:
+    """A worker thread answering every job of function with WORK_FAIL, or WORK_EXCEPTION
+    (which gearmand passes on as WORK_FAIL to a client that did not ask for exceptions)."""
     def fail(worker: RawWorker, job: Job, stop: threading.Event) -> None:
-        worker.send(WORK_FAIL, job.handle)
+        worker.send(kind, job.handle + (b"\0Traceback: boom" if kind == WORK_EXCEPTION else b""))
     return working(port, function, fail)
 
 
@@ -734,10 +735,11 @@ def test_kill_query_is_not_needed_to_end_a_waiting_call(udf: Sandbox, db: Any, f
     assert len(outcome) == 1 and (outcome[0] is None or "interrupted" in str(outcome[0]))
 
 
-def test_a_failed_job_is_not_submitted_again(udf: Sandbox, db: Any, fn: str) -> None:
+@pytest.mark.parametrize("kind", [WORK_FAIL, WORK_EXCEPTION], ids=["fail", "exception"])
+def test_a_failed_job_is_not_submitted_again(udf: Sandbox, db: Any, fn: str, kind: int) -> None:
     # 'warm' makes the connection a reused one: the failure used to be retried on a new one.
     with serving(udf.gearman_port, f"{fn}_echo", lambda w: w), \
-            failing(udf.gearman_port, fn) as failed:
+            failing(udf.gearman_port, fn, kind) as failed:
         cur = db.cursor()
         cur.execute("SELECT gman_do(%s, 'warm'), gman_do(%s, 'x')", (f"{fn}_echo", fn))
         assert cur.fetchone() == (b"warm", None)
@@ -822,9 +824,12 @@ def test_a_config_that_does_not_parse_means_no_servers(udf: Sandbox, db: Any, fn
     status = udf_status(db)
     assert status["servers"] == [] and status["allow_servers_set"] is False
     assert status["config_error"].startswith(f"{udf.udf_config_path}:")
-    assert scalar(db, "SELECT gman_do_background(%s, 'closed')", fn) is None
+    for _ in range(3):
+        assert scalar(db, "SELECT gman_do_background(%s, 'closed')", fn) is None
     assert "refused unless allow_servers_set=1" in servers_set_refusal(db)
     assert queued(udf, fn) == 0
+    logged = udf.mysql_log.read_text(errors="replace")
+    assert logged.count(f"{status['config_error']}; no servers until the file is fixed") == 1
 
 
 def test_a_config_that_cannot_be_read_means_no_servers(udf: Sandbox, db: Any, fn: str,
