@@ -97,3 +97,10 @@ def forks_a_child(job: Job, db: Any) -> str:
         time.sleep(30)
         os._exit(0)
     return str(pid)
+
+
+def grows(job: Job, db: Any) -> None:
+    """Takes the payload's `mb` megabytes of memory, then sleeps: past any max_memory below."""
+    held = b"x" * (job.json()["mb"] << 20)
+    time.sleep(5)
+    del held

@@ -223,7 +223,7 @@ def test_tls_keys_reach_the_connector() -> None:
         ("unknown-key.yaml",
          "unknown-key.yaml: handlers.resize_image: unknown key 'timout' (did you mean"
          " 'timeout'?); allowed: python, sql, processes, batch, timeout, retries, max_jobs,"
-         " max_lifetime, on_no_rows, accept"),
+         " max_lifetime, on_no_rows, accept, command, max_memory"),
         ("unknown-top-key.yaml",
          "unknown-top-key.yaml: unknown key 'handler' (did you mean 'handlers'?);"
          " allowed: gearman, database, host, handlers, triggers, triggers_owner"),
@@ -252,7 +252,7 @@ def test_tls_keys_reach_the_connector() -> None:
         ("sql-and-python.yaml",
          "sql-and-python.yaml: handlers.resize_image: has both python: and sql:; keep one"),
         ("neither-sql-nor-python.yaml",
-         "neither-sql-nor-python.yaml: handlers.resize_image: needs python or sql"),
+         "neither-sql-nor-python.yaml: handlers.resize_image: needs python, sql or command"),
         ("env-missing.yaml",
          "env-missing.yaml: database.password: environment variable 'APP_DB_PASSWORD' is not"
          " set (write ${APP_DB_PASSWORD:-default} to give a default)"),

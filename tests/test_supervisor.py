@@ -102,10 +102,12 @@ class Harness:
         self.signals: list[tuple[int, int]] = []
         self.db = FakeDatabase()
         self.reload_to: dict[str, Any] | None = config
+        self.resident: dict[int, int] = {}  # pid -> bytes; 50 MB when not set
         self.supervisor = Supervisor(
             parse_config(config, file="test.yaml"), "test.yaml", clock=lambda: self.now,
             wall_clock=self.wall, kill=self.kill, spawn=self.spawn, load=self.load,
             database=lambda cfg: self.db,  # type: ignore[arg-type,return-value]
+            memory=lambda pid: self.resident.get(pid, 50 << 20),
         )
 
     def wall(self) -> float:
@@ -605,3 +607,23 @@ def test_sighup_runs_the_handler_as_edited_and_a_broken_edit_leaves_the_workers_
     finally:
         host.kill()
     assert "Traceback" not in host.log()
+
+
+def test_a_worker_past_max_memory_is_killed_and_its_job_counted() -> None:
+    config = {**CONFIG, "handlers": {"resize": {**CONFIG["handlers"]["resize"],
+                                                "max_memory": "200MB"}}}
+    h = Harness(config)
+    h.supervisor.tick()
+    h.advance(STARTSECS)
+    assert h.signals == [], "50 MB is under the cap"
+    h.child().slot.begin(b"resize\0job-9")
+    h.child().slot.started.value = h.wall()
+    h.resident[h.processes[0].pid] = 300 << 20
+    h.advance(0.1)
+    assert (h.processes[0].pid, signal.SIGKILL) in h.signals
+    assert (h.processes[1].pid, signal.SIGKILL) not in h.signals
+    h.advance(0.1)
+    assert h.db.counted == [
+        (b"resize\0job-9", "its worker process grew to 300 MB, past max_memory, and was killed")
+    ]
+    assert h.child().process is not None, "restarted"

@@ -710,3 +710,17 @@ def gearmand_sockets(port: int) -> set[int]:
         if int(fields[2].split(":")[1], 16) == port:
             found.add(int(fields[9]))
     return found
+
+
+def test_a_worker_past_max_memory_is_recycled_and_its_job_counted_as_failed(
+    sandbox: Sandbox, tables: Any, host_factory: Any
+) -> None:
+    host = host_factory(host_config(sandbox, tables.database, {
+        "grows": {"python": "sample_handlers:grows", "max_memory": "150MB",
+                  "retries": {"attempts": 1}},
+    }))
+    submit(sandbox, "grows", [{"id": 1, "mb": 300}])
+    (letter,) = wait_until(lambda: dead_letters(tables), what="a dead letter")
+    assert letter[3].startswith("its worker process grew to ")
+    assert letter[3].endswith(" MB, past max_memory, and was killed")
+    host.wait_for_log("worker for grows started", count=2)  # a fresh worker took its place

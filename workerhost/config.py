@@ -180,9 +180,15 @@ class HandlerConfig:
     max_lifetime: float | None = None  # seconds; None means never recycle by age
     on_no_rows: OnNoRows = "ignore"
     accept: Accept = "ledger"
+    # A program run per job (payload on stdin, result on stdout); with sql, its JSON output
+    # is bound to the statements instead of the payload.
+    command: tuple[str, ...] = ()
+    max_memory: int | None = None  # bytes a worker process may use before it is recycled
 
     @property
-    def kind(self) -> Literal["python", "sql"]:
+    def kind(self) -> Literal["python", "sql", "command"]:
+        if self.command:
+            return "command"
         return "python" if self.python is not None else "sql"
 
 
@@ -289,7 +295,7 @@ _DATABASE_KEYS = ("host", "port", "unix_socket", "user", "password", "database",
 _HOST_KEYS = ("shutdown_timeout", "metrics", "relay")
 _RELAY_KEYS = ("enabled", "batch", "interval", "lease")
 _HANDLER_KEYS = ("python", "sql", "processes", "batch", "timeout", "retries", "max_jobs",
-                 "max_lifetime", "on_no_rows", "accept")  # fmt: skip
+                 "max_lifetime", "on_no_rows", "accept", "command", "max_memory")  # fmt: skip
 _RETRY_KEYS = ("attempts", "backoff", "max_backoff")
 _TRIGGER_KEYS = ("table", "events", "function", "columns", "delivery")
 
@@ -513,11 +519,11 @@ def _host(section: _Section) -> HostConfig:
 
 
 def _handler(section: _Section, name: str) -> HandlerConfig:
-    if ("python" in section.data) == ("sql" in section.data):
-        both = "python" in section.data
-        raise section.error(
-            "has both python: and sql:; keep one" if both else "needs python or sql"
-        )
+    kinds = [kind for kind in ("python", "sql", "command") if kind in section.data]
+    if not kinds:
+        raise section.error("needs python, sql or command")
+    if "python" in kinds and len(kinds) > 1:
+        raise section.error(f"has both python: and {kinds[1]}:; keep one")
     retries = section.section("retries", _RETRY_KEYS)
     policy = RetryPolicy(
         attempts=retries.get("attempts", conv.positive_int, DEFAULT_RETRY_ATTEMPTS),
@@ -526,7 +532,9 @@ def _handler(section: _Section, name: str) -> HandlerConfig:
     )
     _at_least(retries, "max_backoff", policy.max_backoff, "backoff", policy.backoff)
     python = section.optional("python", conv.python_ref)
-    sql = section.values("sql", conv.sql_statement, single=True) if python is None else ()
+    command: tuple[str, ...] = section.get("command", conv.command, ())
+    sql = (section.values("sql", conv.sql_statement, single=True)
+           if "sql" in section.data else ())
     params = dict.fromkeys(name for statement in sql for name in sqlcheck.placeholders(statement))
     return HandlerConfig(
         name=name,
@@ -543,6 +551,8 @@ def _handler(section: _Section, name: str) -> HandlerConfig:
         on_no_rows=cast(OnNoRows, section.get("on_no_rows", conv.one_of(*ON_NO_ROWS),
                                               DEFAULT_ON_NO_ROWS)),
         accept=cast(Accept, section.get("accept", conv.one_of(*ACCEPT), "ledger")),
+        command=command,
+        max_memory=section.optional("max_memory", conv.size),
     )  # fmt: skip
 
 

@@ -12,6 +12,7 @@ import inspect
 import math
 import os
 import re
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -201,6 +202,34 @@ def python_ref(value: object) -> str:
     if not isinstance(value, str) or not _PYTHON_REF.fullmatch(value):
         raise ValueError(f'expected "package.module:callable", got {show(value)}')
     return value
+
+
+def command(value: object) -> tuple[str, ...]:
+    """A program and its arguments as a list (no shell); the program must be executable."""
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(arg, str) for arg in value) or not value[0].strip()):
+        raise ValueError(f"expected a list of strings, the program first (no shell), like "
+                         f"['/usr/local/bin/resize', '--width', '200'], got {show(value)}")
+    program = value[0]
+    found = program if "/" in program else shutil.which(program)
+    if found is None or not (os.path.isfile(found) and os.access(found, os.X_OK)):
+        where = "on PATH" if "/" not in program else "there"
+        raise ValueError(f"no executable program {program!r} {where}; install it, or give its "
+                         "full path")
+    return tuple(value)
+
+
+def size(value: object) -> int:
+    """Bytes: a number with a unit, like 512MB, 2GB or 64KB (powers of 1024), or plain bytes."""
+    text = str(value).strip() if isinstance(value, (str, int)) else ""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB)?", text, re.IGNORECASE)
+    if match is None or isinstance(value, bool):
+        raise ValueError(f"expected a size like 512MB or 2GB, got {show(value)}")
+    factor = 1024 ** ("B KB MB GB TB".split().index((match.group(2) or "B").upper()))
+    number = int(float(match.group(1)) * factor)
+    if number <= 0:
+        raise ValueError(f"expected a size above zero, got {show(value)}")
+    return number
 
 
 def readable_file(value: object) -> str:

@@ -1,8 +1,13 @@
-"""Running one job through its handler: a Python callable, or SQL with bound parameters."""
+"""Running one job through its handler: a Python callable, SQL with bound parameters, or a
+program (any language) with the payload on its stdin."""
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import signal
+import subprocess
 from typing import Any
 
 from workerhost import db
@@ -14,6 +19,22 @@ from workerhost.job import Job
 
 class NoRowsMatched(JobError):
     """An `sql:` write-back matched no row (the row was rolled back, or never existed)."""
+
+
+# Share of a handler's timeout a program may run: the worker kills it first, so that the
+# failure is the program's (with its stderr), not a dead worker's.
+COMMAND_TIMEOUT_SHARE = 0.9
+STDERR_KEPT = 64_000  # characters of a failed program's stderr kept with the failure
+_PR_SET_PDEATHSIG = 1
+
+
+class CommandFailed(Exception):
+    """A `command:` program exited non-zero, was killed, or ran past its timeout."""
+
+    def __init__(self, message: str, stderr: bytes) -> None:
+        super().__init__(message)
+        text = stderr.decode("utf-8", "replace")
+        self.stderr = text[-STDERR_KEPT:] if text else None
 
 
 class ConnectionMisuse(JobError):
@@ -62,11 +83,67 @@ def run(handler: HandlerConfig, job: Job, conn: Connection, cursor: Any = None) 
     """
     if handler.callable is not None:
         return to_bytes(handler.callable(job, HandlerConnection(conn)))
+    if handler.command:
+        output = run_command(handler, job)
+        if not handler.sql:
+            return output
+        return run_sql(handler, job, cursor if cursor is not None else db.cursor(conn),
+                       _command_result(output))
     return run_sql(handler, job, cursor if cursor is not None else db.cursor(conn))
 
 
-def run_sql(handler: HandlerConfig, job: Job, cursor: Any) -> bytes:
-    params = sql_params(handler, job)
+def run_command(handler: HandlerConfig, job: Job) -> bytes:
+    """Run the handler's program with the payload on stdin; its stdout, or CommandFailed."""
+    env = dict(os.environ, WORKERHOST_FUNCTION=job.function, WORKERHOST_UNIQUE=job.unique,
+               WORKERHOST_HANDLE=job.handle, WORKERHOST_ATTEMPT=str(job.attempt))
+    limit = handler.timeout * COMMAND_TIMEOUT_SHARE
+    program = subprocess.Popen(
+        handler.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env, start_new_session=True, preexec_fn=_die_with_parent,
+    )
+    try:
+        out, err = program.communicate(job.payload, timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(program.pid, signal.SIGKILL)  # the program and whatever it started
+        out, err = program.communicate()
+        raise CommandFailed(f"{handler.command[0]} ran past {limit:g}s and was killed",
+                            err) from None
+    except BaseException:
+        os.killpg(program.pid, signal.SIGKILL)
+        program.wait()
+        raise
+    if program.returncode != 0:
+        code = program.returncode
+        how = (f"was killed by signal {-code}" if code < 0 else f"exited with status {code}")
+        last = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["(no stderr)"]
+        raise CommandFailed(f"{handler.command[0]} {how}: {last[0][:500]}", err)
+    return out
+
+
+def _die_with_parent() -> None:
+    """In the program, before exec: SIGKILL when the worker process dies (Linux)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _command_result(output: bytes) -> dict[str, Any]:
+    try:
+        result = json.loads(output)
+    except (ValueError, RecursionError) as exc:
+        raise JobError(f"the program's output is not JSON ({exc}): {output[:80]!r}; with "
+                       "sql: beside command:, it must print a JSON object",
+                       retryable=True) from exc
+    if not isinstance(result, dict):
+        raise JobError(f"the program printed {result!r:.80}, not a JSON object, which sql: "
+                       "needs to bind its parameters", retryable=True)
+    return result
+
+
+def run_sql(handler: HandlerConfig, job: Job, cursor: Any,
+            source: dict[str, Any] | None = None) -> bytes:
+    """Run the statements with their parameters bound from `source` (by default the job's
+    payload)."""
+    params = sql_params(handler, job, source)
     matched = 0
     for statement in handler.sql:
         # Bound parameters only: the payload can never change the statement's text.
@@ -82,14 +159,16 @@ def run_sql(handler: HandlerConfig, job: Job, cursor: Any) -> bytes:
     return json.dumps({"rows": matched}).encode()
 
 
-def sql_params(handler: HandlerConfig, job: Job) -> dict[str, Any]:
-    payload = job.json()
+def sql_params(handler: HandlerConfig, job: Job,
+               source: dict[str, Any] | None = None) -> dict[str, Any]:
+    payload = job.json() if source is None else source
+    what = "payload" if source is None else "the program's output"
     if not isinstance(payload, dict):
         raise JobError(f"payload must be a JSON object for an sql: handler, got {payload!r:.80}")
     missing = [name for name in handler.params if name not in payload]
     if missing:
         raise JobError(
-            f"payload lacks {', '.join(map(repr, missing))} needed by the handler's SQL; "
+            f"{what} lacks {', '.join(map(repr, missing))} needed by the handler's SQL; "
             f"it has {sorted(payload)!r}"
         )
     params = {}

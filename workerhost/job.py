@@ -25,6 +25,7 @@ class Outcome(str, enum.Enum):
     DEAD = "dead"  # it failed for the last time: a dead letter
     TIMEOUT = "timeout"  # it ran past its timeout; its worker was killed
     CRASHED = "crashed"  # its worker process died while running it
+    OVER_MEMORY = "over_memory"  # its worker passed the handler's max_memory and was killed
     DONE_BEFORE = "done_before"  # its ledger row was gone: done already, or rolled back
     REFUSED = "refused"  # nothing proved where it came from: a dead letter, never run
 

@@ -46,6 +46,7 @@ START_BACKOFF = 0.5  # first delay before restarting a failed start; doubles eac
 CRASH_BACKOFF = 0.5
 MAX_CRASH_BACKOFF = 30.0
 STABLE_SECS = 10.0
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 TICK = 0.1  # seconds between two looks at the children
 KEY_SIZE = 520  # bytes of a job key shared with the supervisor (see Job.key)
 RELAY = "(outbox relay)"  # the name under which the relay child is supervised
@@ -100,6 +101,7 @@ class Child:
     crashes: int = 0  # deaths in a row after a start, none STABLE_SECS apart
     next_start: float = 0.0
     timed_out: float | None = None  # the timeout it was killed for; its job counts as such
+    over_memory: int | None = None  # the bytes it used when killed for passing max_memory
     restarts: int = 0
     exit_codes: list[int] = field(default_factory=list)
 
@@ -118,6 +120,15 @@ class Child:
                                     f"but it {has}")
         log.debug("%s: %s -> %s", self.name, self.state.name, state.name)
         self.state = state
+
+
+def resident_bytes(pid: int) -> int | None:
+    """The resident memory of process `pid` (None once it is gone)."""
+    try:
+        pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * PAGE_SIZE
 
 
 def new_slot() -> worker.Slot:
@@ -154,7 +165,8 @@ class Supervisor:
                  spawn: Callable[[Config, Child], Any] | None = None,
                  database: Callable[[Config], Database] | None = None,
                  load: Callable[[str | Path, Config], Config] = reloading.load_fresh,
-                 signals: Signals | None = None) -> None:
+                 signals: Signals | None = None,
+                 memory: Callable[[int], int | None] = resident_bytes) -> None:
         self.config = config
         self.config_path = config_path
         # Seams: unit tests replace the clocks, signals, processes, loading and the database.
@@ -166,6 +178,7 @@ class Supervisor:
         self.spawn = spawn or fork_child
         self.database = database or (lambda cfg: Database(cfg.database.connect_kwargs()))
         self.load = load
+        self.memory = memory
         self.children: dict[tuple[str, int], Child] = {}
         self.signals = signals or Signals()
         self.drain_deadline: float | None = None  # set once a stop signal came
@@ -243,6 +256,7 @@ class Supervisor:
             if child.crashes and now - child.started_at >= STABLE_SECS:
                 child.crashes = 0
             self.enforce_timeout(child)
+            self.enforce_memory(child)
             return
         self.reap(child, now)
 
@@ -308,21 +322,41 @@ class Supervisor:
                       child.name, handler.timeout, child.process.pid)
             self._signal(child, signal.SIGKILL)
 
+    def enforce_memory(self, child: Child) -> None:
+        """A worker past its handler's max_memory is killed; its job, if it runs one, counts
+        as a failed attempt (the job is what made it grow, most likely)."""
+        handler = (child.config or self.config).handlers.get(child.handler)
+        if handler is None or handler.max_memory is None or child.over_memory is not None:
+            return
+        used = self.memory(child.process.pid)
+        if used is not None and used > handler.max_memory:
+            child.over_memory = used
+            log.error("%s: pid %d uses %d MB, past max_memory (%d MB); killing it",
+                      child.name, child.process.pid, used >> 20, handler.max_memory >> 20)
+            self._signal(child, signal.SIGKILL)
+
     def count_lost_job(self, child: Child, code: int | None) -> None:
         """A job was running when its process ended: count it as a failed attempt."""
         timed_out, child.timed_out = child.timed_out, None
+        over_memory, child.over_memory = child.over_memory, None
         if not child.slot.started.value:
             return
         key = child.slot.key.raw.rstrip(b"\0")
         child.slot.started.value = 0.0
-        if self.drain_deadline is not None and timed_out is None:
+        ours = timed_out is not None or over_memory is not None
+        if self.drain_deadline is not None and not ours:
             return  # we killed it ourselves at shutdown: not the job's fault
         if timed_out is not None:
             reason = f"timed out after {timed_out:g}s; its worker process was killed"
+            outcome = Outcome.TIMEOUT
+        elif over_memory is not None:
+            reason = (f"its worker process grew to {over_memory >> 20} MB, past max_memory, "
+                      "and was killed")
+            outcome = Outcome.OVER_MEMORY
         else:
             reason = f"its worker process died while running it ({describe_child_exit(code)})"
-        metrics.job_lost(child.handler,
-                         Outcome.TIMEOUT if timed_out is not None else Outcome.CRASHED)
+            outcome = Outcome.CRASHED
+        metrics.job_lost(child.handler, outcome)
         log.error("%s: job %r %s", child.name, key.replace(b"\0", b" ").decode(errors="replace"),
                   reason)
         db = self.database(self.config)

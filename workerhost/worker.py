@@ -429,6 +429,8 @@ def _job(assigned: Assigned) -> Job:
 
 
 def _failure(exc: BaseException) -> failures.Failure:
+    if isinstance(exc, handlers.CommandFailed):
+        return failures.Failure(str(exc), exc.stderr)  # the program's stderr, not our stack
     if isinstance(exc, JobError):
         return failures.Failure(str(exc), final=not exc.retryable)
     return failures.Failure(
