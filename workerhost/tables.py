@@ -47,15 +47,28 @@ def schema_statements() -> list[str]:
     return [statement.strip() for statement in body.split(";") if statement.strip()]
 
 
+def _created_table(statement: str) -> str:
+    """The table a CREATE TABLE IF NOT EXISTS statement of the schema creates."""
+    return statement.split("EXISTS", 1)[1].split("(", 1)[0].strip().strip("`")
+
+
 # Columns added since the first layout, with their definition: create() adds what is missing.
 MIGRATIONS = ((OUTBOX, "ships", "INT UNSIGNED NOT NULL DEFAULT 0"),)
 
 
 def create(conn: Connection) -> None:
-    """Create the tables that are missing and bring older layouts up to date (re-runnable)."""
+    """Create the tables that are missing and bring older layouts up to date (re-runnable).
+
+    Only what is missing is created: CREATE TABLE IF NOT EXISTS of a table that exists draws
+    a note (a warning on MySQL) on every start of every host.
+    """
     cursor = db.cursor(conn)
+    cursor.execute("SELECT TABLE_NAME FROM information_schema.TABLES "
+                   "WHERE TABLE_SCHEMA = DATABASE()")
+    existing = {str(name) for (name,) in cursor.fetchall()}
     for statement in schema_statements():
-        cursor.execute(statement)
+        if _created_table(statement) not in existing:
+            cursor.execute(statement)
     cursor.execute(
         "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS "
         "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN "

@@ -319,7 +319,7 @@ def apply(config: Config, db: Database, *, prune: bool = False) -> Applied:
         for trigger in triggers:
             # MySQL lacks CREATE OR REPLACE TRIGGER: rows changed between the two statements
             # send no job. MariaDB replaces the trigger in one statement.
-            if dialect == "mysql":
+            if dialect == "mysql" and trigger.name in found:  # a DROP of none draws a note
                 cursor.execute(trigger.drop_sql())
             cursor.execute(trigger.create_sql(dialect))
         cursor.close()
