@@ -41,14 +41,15 @@ def _insert_sql(table: str, n: int) -> str:
     return f"INSERT INTO {table} (customer, total) VALUES {rows}"
 
 
-def _outbox_trigger(database: str, table: str, columns: list[str], sandbox: Sandbox) -> str:
-    """The trigger `workerhost triggers --apply` writes for delivery: outbox."""
+def _outbox_trigger(database: str, table: str, columns: list[str], sandbox: Sandbox,
+                    delivery: str = "outbox") -> str:
+    """The trigger `workerhost triggers --apply` writes for `delivery`."""
     config = parse_config({
         "gearman": {"servers": [sandbox.gearman_server]},
         "database": {"user": "u", "database": database},
         "handlers": {"unused": {"sql": "DO 1"}},
-        "triggers": [{"table": table, "events": ["insert"], "function": "bench_outbox",
-                      "columns": columns, "delivery": "outbox"}],
+        "triggers": [{"table": table, "events": ["insert"], "function": f"bench_{delivery}",
+                      "columns": columns, "delivery": delivery}],
     }, file="bench")
     (trigger,) = triggers.plan(config)
     return trigger.create_sql()
@@ -97,6 +98,11 @@ def trigger_overhead(sandbox: Sandbox, database: str, quick: bool) -> list[Figur
         variants = {
             "plain": None,
             "outbox": _outbox_trigger(database, table, columns, sandbox),
+            # Immediate delivery: its ledger row, then the UDF (its job waits in gearmand).
+            "immediate": _outbox_trigger(database, table, columns, sandbox, "immediate"),
+            # Immediate delivery as it was before the ledger: the UDF call alone.
+            "udf": floor(f"DO gman_do_background('bench_udf', JSON_OBJECT("
+                         f"{', '.join(f'{chr(39)}{c}{chr(39)}, NEW.{c}' for c in columns)}))"),
             # The floor of any trigger: one that only reads the new row.
             "read": floor("SET @workerhost_bench = NEW.id"),
             # The floor of any outbox: the smallest possible row written to another table.
@@ -116,6 +122,11 @@ def trigger_overhead(sandbox: Sandbox, database: str, quick: bool) -> list[Figur
         figures += [
             Figure(f"{what}, outbox delivery", "s", timings["outbox"],
                    "the same INSERT, no trigger", plain, "<= 3x baseline",
+                   higher_is_better=False),
+            Figure(f"{what}, immediate delivery: ledger row + UDF", "s", timings["immediate"],
+                   "the same INSERT, no trigger", plain, "(shown)", higher_is_better=False),
+            Figure("  immediate delivery before the ledger: the UDF call alone", "s",
+                   timings["udf"], "the same INSERT, no trigger", plain, "(shown)",
                    higher_is_better=False),
             Figure("  the same, a trigger that only reads NEW.id (floor)", "s",
                    timings["read"], "the same INSERT, no trigger", plain, "(bound)",

@@ -171,12 +171,13 @@ def bare_worker(sandbox: Sandbox, mode: str, function: str, db: dict[str, Any] |
 def host_command(sandbox: Sandbox, workdir: Path, database: str, handlers: dict[str, Any],
                  relay: bool = False) -> tuple[list[str], dict[str, str]]:
     """`workerhost run` with a config for the sandbox; returns argv and environment."""
+    # Jobs submitted straight to gearmand have no ledger row: such handlers accept any job.
     config = {
         "gearman": {"servers": [sandbox.gearman_server]},
         "database": {"host": "127.0.0.1", "port": sandbox.mysql_port, "user": sandbox.user,
                      "password": "${BENCH_DB_PASSWORD}", "database": database},
         "host": {"relay": {"enabled": relay}},
-        "handlers": handlers,
+        "handlers": {name: {"accept": "any", **handler} for name, handler in handlers.items()},
     }
     path = workdir / f"bench-{abs(hash(json.dumps(handlers, sort_keys=True)))}.yaml"
     path.write_text(yaml.safe_dump(config))
