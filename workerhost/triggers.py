@@ -116,8 +116,9 @@ class Trigger:
         The body runs once per changed row, so it stays lean: at most one local variable (the
         event id, shared by every entry), and the payload built inside the statement that
         uses it. Every entry writes its ledger row; immediate delivery then submits the job at
-        once, naming that row (LAST_INSERT_ID()) in its unique, with the row leased so that
-        the relay leaves it alone, and makes the row due at once when the UDF failed.
+        once, naming that row (LAST_INSERT_ID()) in its unique and without a workload (the
+        worker reads the row's), with the row leased so that the relay leaves it alone, and
+        makes the row due at once when the UDF failed.
         """
         verb = "CREATE OR REPLACE TRIGGER" if dialect == "mariadb" else "CREATE TRIGGER"
         head = [
@@ -140,7 +141,9 @@ class Trigger:
                     f"  INSERT INTO {quote(OUTBOX)} {OUTBOX_TRIGGER_COLUMNS_LEASED} VALUES "
                     f"({sql_string(job.function)}, {self._payload(job, 'wh_event_id')}, "
                     f"wh_event_id, {lease}, 1);",
-                    f"  IF {UDF}({sql_string(job.function)}, {self._payload(job, 'wh_event_id')},"
+                    # No workload: the worker reads the payload from the ledger row, so it
+                    # is neither built twice per row nor held twice, in gearmand as well.
+                    f"  IF {UDF}({sql_string(job.function)}, '',"
                     " CONCAT('L', LAST_INSERT_ID(), ':', wh_event_id)) IS NULL THEN",
                     f"    UPDATE {quote(OUTBOX)} SET `not_before` = NOW(6), `ships` = 0 "
                     "WHERE `id` = LAST_INSERT_ID();",
