@@ -1,0 +1,228 @@
+"""The worker's database side with a fake database: batches, deferral, the ledger, dead letters.
+
+The fake stands in at the seam of the host's tables (tables.py) and keeps their rows in memory,
+with transactions: what a unit of work changed is kept when it returns, and undone when it
+raises or rolls back. The same branches run against the real servers in test_worker_host.py and
+test_ledger.py.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from workerhost import tables
+from workerhost.config import parse_config
+from workerhost.job import Job, Outcome
+from workerhost.worker import Worker
+
+
+@dataclass
+class Store:
+    """The host's tables, in memory."""
+
+    ledger: dict[int, tuple[str, bytes]] = field(default_factory=dict)
+    due_in: dict[int, float] = field(default_factory=dict)  # rescheduled ledger rows
+    attempts: dict[bytes, tuple[int, str, str | None]] = field(default_factory=dict)
+    outbox: list[tuple[str, bytes, str | None, float]] = field(default_factory=list)
+    dead: list[tuple[str, bytes, int, str]] = field(default_factory=list)
+    writes: list[str] = field(default_factory=list)  # what handlers wrote, committed
+
+
+class FakeConnection:
+    def __init__(self, db: FakeDatabase) -> None:
+        self.db = db
+
+    def rollback(self) -> None:
+        self.db.store = copy.deepcopy(self.db.snapshot)
+
+    def cursor(self, buffered: bool = False) -> Any:
+        return FakeCursor(self.db)
+
+
+class FakeCursor:
+    """What a handler's writes look like: `INSERT ...` recorded in the store."""
+
+    def __init__(self, db: FakeDatabase) -> None:
+        self.db = db
+        self.rowcount = 1
+
+    def execute(self, sql: str, params: Any = None) -> None:
+        self.db.store.writes.append(sql % params if params else sql)
+
+    def close(self) -> None:
+        pass
+
+
+class FakeDatabase:
+    """Database's interface (run, describe, forget, ...) over a Store with transactions."""
+
+    def __init__(self) -> None:
+        self.store = Store()
+        self.snapshot = Store()
+        self.commits = 0
+        self.last_commit_seconds = 0.0
+
+    def run(self, work: Any, *, deadline: float | None = None, give_up: Any = None) -> Any:
+        self.snapshot = copy.deepcopy(self.store)
+        try:
+            result = work(FakeConnection(self))
+        except BaseException:
+            self.store = self.snapshot
+            raise
+        self.commits += 1
+        return result
+
+    def describe(self) -> str:
+        return "the fake database"
+
+    def forget(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def db(monkeypatch: pytest.MonkeyPatch) -> FakeDatabase:
+    fake = FakeDatabase()
+
+    def store() -> Store:
+        return fake.store
+
+    monkeypatch.setattr(tables, "claim", lambda conn, ids: {
+        i: store().ledger[i] for i in ids if i in store().ledger})
+    monkeypatch.setattr(tables, "failures_of", lambda conn, keys: {
+        k: store().attempts[k][0] for k in keys if k in store().attempts})
+    monkeypatch.setattr(tables, "failures_so_far",
+                        lambda conn, key: store().attempts.get(key, (0, "", None))[0])
+
+    def count_failure(conn: Any, key: bytes, error: str, traceback: str | None) -> int:
+        failures = store().attempts.get(key, (0, "", None))[0] + 1
+        store().attempts[key] = (failures, error, traceback)
+        return failures
+
+    monkeypatch.setattr(tables, "count_failure", count_failure)
+    monkeypatch.setattr(tables, "last_failure", lambda conn, key: store().attempts[key][1:]
+                        if key in store().attempts else None)
+    monkeypatch.setattr(tables, "forget", lambda conn, key: store().attempts.pop(key, None))
+
+    def delete(conn: Any, ids: Any) -> None:
+        for ident in ids:
+            store().ledger.pop(ident, None)
+
+    monkeypatch.setattr(tables, "delete_outbox", delete)
+    monkeypatch.setattr(tables, "reschedule",
+                        lambda conn, ident, delay: store().due_in.__setitem__(ident, delay))
+    monkeypatch.setattr(tables, "enqueue", lambda conn, function, payload, unique, delay:
+                        store().outbox.append((function, payload, unique, delay)))
+
+    def add_dead_letter(conn: Any, key: bytes, function: str, payload: bytes,
+                        unique: str | None, attempts: int, error: str,
+                        traceback: str | None) -> None:
+        store().dead.append((function, payload, attempts, error))
+        store().attempts.pop(key, None)
+
+    monkeypatch.setattr(tables, "add_dead_letter", add_dead_letter)
+    return fake
+
+
+def handler_calls(job: Job, conn: Any) -> str:
+    """Writes a row per job; raises for payloads that say so."""
+    data = job.json()
+    if data.get("fail"):
+        raise RuntimeError(f"job {data['id']} fails")
+    conn.cursor().execute("INSERT %s", (data["id"],))
+    return f"done {data['id']}"
+
+
+def worker(db: FakeDatabase, **handler: Any) -> Worker:
+    config = parse_config({
+        "gearman": {"servers": ["127.0.0.1:4999"]},
+        "database": {"user": "u", "database": "d"},
+        "handlers": {"f": {"python": "test_worker:handler_calls",
+                           "retries": {"attempts": 2, "backoff": "1s"}, **handler}},
+    }, file="test.yaml")
+    return Worker(config, config.handlers["f"], database=db)  # type: ignore[arg-type]
+
+
+def ledger_job(db: FakeDatabase, ident: int, payload: bytes, function: str = "f") -> Job:
+    db.store.ledger[ident] = (function, payload)
+    # gearmand's copy of the workload is not the one that runs: the ledger row's is.
+    return Job(function="f", payload=b"", unique=f"event-{ident}", handle=f"H:{ident}",
+               ledger=ident)
+
+
+def test_a_batch_commits_once_and_deletes_its_ledger_rows(db: FakeDatabase) -> None:
+    jobs = [ledger_job(db, i, b'{"id": %d}' % i) for i in (1, 2, 3)]
+    answers = worker(db).run_batch(jobs)
+    assert answers == [b"done 1", b"done 2", b"done 3"]
+    assert db.commits == 1
+    assert db.store.ledger == {}
+    assert db.store.writes == ["INSERT 1", "INSERT 2", "INSERT 3"]
+
+
+def test_a_job_whose_ledger_row_is_gone_is_answered_without_running(db: FakeDatabase) -> None:
+    done = ledger_job(db, 7, b'{"id": 7}')
+    del db.store.ledger[7]  # its effect committed already (or its transaction rolled back)
+    fresh = ledger_job(db, 8, b'{"id": 8}')
+    assert worker(db).run_batch([done, fresh]) == [b"", b"done 8"]
+    assert db.store.writes == ["INSERT 8"]
+
+
+def test_one_failing_job_rolls_the_batch_back_and_the_others_run_alone(
+    db: FakeDatabase,
+) -> None:
+    jobs = [ledger_job(db, 1, b'{"id": 1}'), ledger_job(db, 2, b'{"id": 2, "fail": true}'),
+            ledger_job(db, 3, b'{"id": 3}')]
+    answers = worker(db).run_batch(jobs)
+    assert answers == [b"done 1", None, b"done 3"]
+    # Job 1's first write was rolled back with the batch: each effect is there once.
+    assert db.store.writes == ["INSERT 1", "INSERT 3"]
+    assert set(db.store.ledger) == {2}, "the failed job's row stays for its retry"
+    assert 0.5 <= db.store.due_in[2] <= 1, "due again after the back-off (1s, jittered)"
+    assert db.store.outbox == [], "a ledger job is retried through its own row"
+
+
+def test_a_job_with_earlier_failures_is_deferred_and_dead_lettered_on_its_last(
+    db: FakeDatabase,
+) -> None:
+    job = ledger_job(db, 4, b'{"id": 4, "fail": true}')
+    db.store.attempts[job.key] = (1, "RuntimeError: job 4 fails", None)
+    other = ledger_job(db, 5, b'{"id": 5}')
+    assert worker(db).run_batch([job, other]) == [None, b"done 5"]
+    assert db.store.dead == [("f", b'{"id": 4, "fail": true}', 2, "RuntimeError: job 4 fails")]
+    assert db.store.ledger == {}, "a dead letter takes the job's ledger row with it"
+    assert job.key not in db.store.attempts
+
+
+def test_a_job_without_a_ledger_row_is_refused_unless_the_handler_accepts_any(
+    db: FakeDatabase,
+) -> None:
+    loose = Job(function="f", payload=b'{"id": 9}', unique="u-9", handle="H:9")
+    assert worker(db).run_batch([loose]) == [None]
+    (letter,) = db.store.dead
+    assert letter[3].startswith("refused: the job names no ledger row")
+    assert db.store.writes == []
+    db.store.dead.clear()
+    assert worker(db, accept="any").run_batch([loose]) == [b"done 9"]
+
+
+def test_a_job_naming_another_functions_ledger_row_is_refused_and_the_row_kept(
+    db: FakeDatabase,
+) -> None:
+    forged = ledger_job(db, 6, b'{"id": 6}', function="payroll")
+    assert worker(db).run_batch([forged]) == [None]
+    assert db.store.ledger == {6: ("payroll", b'{"id": 6}')}
+    assert db.store.dead[0][3] == "refused: ledger row 6 belongs to 'payroll', not to this function"
+    assert db.store.writes == []
+
+
+def test_outcomes_are_one_vocabulary() -> None:
+    from workerhost import metrics
+
+    assert metrics.OUTCOMES == tuple(outcome.value for outcome in Outcome)
+    assert str(Outcome.COMPLETE) == "complete"
