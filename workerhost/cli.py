@@ -153,6 +153,24 @@ def _run(args: argparse.Namespace) -> int:
         return Supervisor(config, args.config, signals=args.signals).run()
 
 
+def _listen(text: str) -> Any:
+    from workerhost.converters import listen_address
+
+    try:
+        return listen_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _console(args: argparse.Namespace) -> int:
+    from workerhost import console, logs
+
+    logs.setup(args.log_format, args.log_level)
+    config = _load(args)
+    console.serve(config, args.listen or config.host.console.listen or console.DEFAULT_LISTEN)
+    return RET_OK
+
+
 def _triggers(args: argparse.Namespace) -> int:
     from workerhost import triggers
     from workerhost.db import Database
@@ -290,8 +308,7 @@ def _outbox_drain(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # Here, not at the top: `run` installs its signal handlers before this import.
-    from workerhost.sandbox import (
+    from workerhost.sandbox_options import (
         DATABASE_SERVERS,
         DEFAULT_DATABASE_SERVER,
         DEFAULT_QUEUE,
@@ -377,6 +394,16 @@ def build_parser() -> argparse.ArgumentParser:
     dl_purge.add_argument("--function", help="all of this function")
     dl_purge.add_argument("--all", action="store_true")
     dead.set_defaults(func=_dead_letters, function=None, all=False, ids=[])
+
+    cons = with_config(verbs.add_parser(
+        "console", help="the operator console in the browser: queues, ledger, dead letters"))
+    cons.add_argument("--listen", type=_listen, metavar="HOST:PORT",
+                      help="where to listen (default: host.console.listen, else "
+                           "127.0.0.1:9465); a port alone listens on 127.0.0.1")
+    cons.add_argument("--log-format", choices=("text", "json"), default="text")
+    cons.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                      default="info")
+    cons.set_defaults(func=_console)
 
     trig = with_config(verbs.add_parser(
         "triggers", help="print, apply or drop the triggers of the triggers: section"))

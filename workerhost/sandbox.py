@@ -27,6 +27,13 @@ from typing import Any
 
 from workerhost import gearadmin
 from workerhost.errors import SandboxError
+from workerhost.sandbox_options import DATABASE_SERVERS as DATABASE_SERVERS
+from workerhost.sandbox_options import DEFAULT_DATABASE_SERVER as DEFAULT_DATABASE_SERVER
+from workerhost.sandbox_options import DEFAULT_QUEUE as DEFAULT_QUEUE
+from workerhost.sandbox_options import GEARMAN_QUEUES as GEARMAN_QUEUES
+from workerhost.sandbox_options import GEARMAN_THREADS as GEARMAN_THREADS
+from workerhost.sandbox_options import MEMORY_QUEUE as MEMORY_QUEUE
+from workerhost.sandbox_options import PERSISTENT_QUEUE as PERSISTENT_QUEUE
 
 HOST = "127.0.0.1"
 INFO_FILE = "sandbox.json"
@@ -39,21 +46,6 @@ PORT_WAIT = 5.0  # seconds a port held by a killed server's closing connections 
 SANDBOX_UDF_TIMEOUT_MS = 1000
 LOG_LINES_QUOTED = 15
 
-# The database servers a sandbox can run, and the name of each one's process.
-DATABASE_SERVERS = {"mariadb": "mariadbd", "mysql": "mysqld"}
-DEFAULT_DATABASE_SERVER = "mariadb"
-# gearmand's queue: "builtin" keeps jobs in memory only; "libsqlite3" keeps background jobs
-# across restarts (a file under DIR, one fsync per job added and removed: ten times slower end
-# to end). Memory is the default: the ledger in the database keeps every job a trigger fired
-# until its effect commits, and ships again what a restarted gearmand forgot.
-PERSISTENT_QUEUE = "libsqlite3"
-MEMORY_QUEUE = "builtin"
-GEARMAN_QUEUES = (MEMORY_QUEUE, PERSISTENT_QUEUE)
-DEFAULT_QUEUE = MEMORY_QUEUE
-# gearmand's I/O threads: 0 runs I/O and the queue in one thread. Each job then crosses no
-# thread hand-off inside gearmand, which halves the round trip a trigger waits for (27 against
-# 42 to 47 us here, measured by `make bench`); gearmand's own default is 4.
-GEARMAN_THREADS = 0
 # Buckets of gearmand's job hash tables. Its default of 991 makes every job cost more as the
 # queue grows: with 100,000 jobs queued, gearmand spent 10 to 12 us of CPU per job handed out,
 # against 2.5 to 3 with a million buckets (which cost no memory until used).
