@@ -5,10 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # MySQL runs in a container (Debian 12 has no MySQL): docker.io for the engine, debootstrap for
-# the image that scripts/mysql-image.sh builds; openssl makes a certificate for a TLS test.
+# the image that scripts/mysql-image.sh builds; openssl makes a certificate for a TLS test;
+# chromium and chromium-driver run the console's browser tests (selenium, headless).
 PACKAGES=(gearman-job-server gearman-tools libgearman-dev mariadb-server mariadb-client
           libmariadb-dev gcc make pkg-config valgrind python3-venv docker.io debootstrap
-          openssl)
+          openssl chromium chromium-driver)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

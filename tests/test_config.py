@@ -201,6 +201,17 @@ def test_parse_config_takes_data_already_read() -> None:
     assert str(info.value) == "inline: handlers: expected a mapping, got a list"
 
 
+def test_console_users_come_from_the_environment_and_files() -> None:
+    console = load_config("console.yaml", env={"ALICE_PASSWORD": "a1ice"}).host.console
+    assert console.listen == Server("0.0.0.0", 9465)
+    assert {name: (user.password, user.role) for name, user in console.users.items()} == {
+        "alice": ("a1ice", "admin"), "bob": ("b0b-secret", "viewer"), "carol": ("c4r0l", "viewer"),
+    }
+    assert "a1ice" not in repr(console)
+    # Off unless set; loopback without users is allowed.
+    assert load_config("minimal.yaml", env={}).host.console.listen is None
+
+
 def test_tls_keys_reach_the_connector() -> None:
     kwargs = load_config("tls.yaml", env={}).database.connect_kwargs()
     assert {key: value for key, value in kwargs.items() if key.startswith("ssl_")} == {
@@ -369,6 +380,20 @@ def test_tls_keys_reach_the_connector() -> None:
         ("tls-disabled-and-ca.yaml",
          "tls-disabled-and-ca.yaml: database.ssl_ca: ssl_ca cannot be combined with"
          " ssl_disabled: true"),
+        ("console-exposed-without-users.yaml",
+         "console-exposed-without-users.yaml: host.console.listen: 0.0.0.0:9465 is reachable"
+         " from other machines, and no users are configured: add users, or listen on"
+         " 127.0.0.1"),
+        ("console-user-without-password.yaml",
+         "console-user-without-password.yaml: host.console.users.alice: needs a password or a"
+         " password_file (one of them)"),
+        ("console-bad-role.yaml",
+         "console-bad-role.yaml: host.console.users.alice.role: expected one of admin, viewer,"
+         " got 'root'"),
+        ("console-password-unset-reference.yaml",
+         "console-password-unset-reference.yaml: host.console.users.alice.password: an"
+         " environment variable named in it is not set (the name is not shown: the value is a"
+         " secret); write $${ for a literal ${"),
     ],
 )  # fmt: skip
 def test_invalid_file_names_file_path_and_reason(fixture: str, message: str) -> None:

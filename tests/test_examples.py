@@ -18,7 +18,8 @@ SECTIONS = {
     "top": config._TOP_KEYS, "gearman": config._GEARMAN_KEYS,
     "database": config._DATABASE_KEYS, "host": config._HOST_KEYS, "relay": config._RELAY_KEYS,
     "handlers.NAME": config._HANDLER_KEYS, "retries": config._RETRY_KEYS,
-    "triggers[]": config._TRIGGER_KEYS,
+    "triggers[]": config._TRIGGER_KEYS, "console": config._CONSOLE_KEYS,
+    "console.users.NAME": config._CONSOLE_USER_KEYS,
 }  # fmt: skip
 
 

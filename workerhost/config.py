@@ -41,6 +41,8 @@ from workerhost.errors import ConfigError
 # thousand; nested aliases can make a 1 KB file hold billions (an "alias bomb").
 MAX_YAML_VALUES = 100_000
 SECRET_KEYS = ("database.password",)  # values no message may quote
+# ... and these, whatever NAME is: the console's passwords.
+SECRET_PATTERN = re.compile(r"host\.console\.users\.[^.]+\.password")
 DEFAULT_GEARMAN_PORT = 4730  # gearmand's registered port, used when a server omits one
 DEFAULT_RECONNECT_BACKOFF = 1.0  # seconds before the first reconnect; doubles, with jitter
 DEFAULT_MAX_RECONNECT_BACKOFF = 30.0  # cap, so a restarted gearmand is found within 30s
@@ -65,6 +67,11 @@ DEFAULT_BATCH = 64  # jobs per server a process runs in one transaction, at most
 DEFAULT_MAX_JOBS = 0  # recycle a worker after this many jobs; 0 means never
 DEFAULT_ON_NO_ROWS = "ignore"
 DEFAULT_DELIVERY = "immediate"
+# The operator console: `workerhost console` listens here unless told otherwise; `workerhost
+# run` serves it only when host.console.listen is set.
+DEFAULT_CONSOLE_PORT = 9465
+CONSOLE_ROLES = ("admin", "viewer")  # viewer may look; admin may also retry and purge
+DEFAULT_CONSOLE_ROLE = "viewer"  # the least a user may do, unless the file says more
 ON_NO_ROWS = ("ignore", "retry", "dead_letter")  # what to do when a write-back matched no row
 # Whose jobs a handler runs: those with a ledger row (fired by a trigger, or shipped from the
 # outbox), or any job at all (clients outside the database).
@@ -75,6 +82,7 @@ DELIVERIES = ("immediate", "outbox")  # submit from the trigger, or via the outb
 
 OnNoRows = Literal["ignore", "retry", "dead_letter"]
 Delivery = Literal["immediate", "outbox"]
+Role = Literal["admin", "viewer"]
 T = TypeVar("T")
 
 
@@ -146,12 +154,30 @@ class RelayConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ConsoleUser:
+    """Someone who may log in to the console, and what they may do there."""
+
+    name: str
+    password: str = field(repr=False)
+    role: Role = "viewer"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsoleConfig:
+    """The operator console in the browser (console/)."""
+
+    listen: Server | None = None  # where `workerhost run` serves it; None = not at all
+    users: Mapping[str, ConsoleUser] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, kw_only=True)
 class HostConfig:
     """Settings of the host process itself."""
 
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     metrics: Server | None = None  # listen address for metrics and health; None = off
     relay: RelayConfig = field(default_factory=RelayConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -292,7 +318,9 @@ _GEARMAN_KEYS = ("servers", "reconnect_backoff", "max_reconnect_backoff")
 _DATABASE_KEYS = ("host", "port", "unix_socket", "user", "password", "database", "connect_timeout",
                   "ssl_ca", "ssl_cert", "ssl_key", "ssl_verify_cert", "ssl_verify_identity",
                   "ssl_disabled")
-_HOST_KEYS = ("shutdown_timeout", "metrics", "relay")
+_HOST_KEYS = ("shutdown_timeout", "metrics", "relay", "console")
+_CONSOLE_KEYS = ("listen", "users")
+_CONSOLE_USER_KEYS = ("password", "password_file", "role")
 _RELAY_KEYS = ("enabled", "batch", "interval", "lease")
 _HANDLER_KEYS = ("python", "sql", "processes", "batch", "timeout", "retries", "max_jobs",
                  "max_lifetime", "on_no_rows", "accept", "command", "max_memory")  # fmt: skip
@@ -439,7 +467,8 @@ def _expand(value: object, path: str, file: str, env: Mapping[str, str]) -> obje
     """Substitute environment variables in every string value below ``value``."""
     if isinstance(value, str):
         try:
-            return conv.expand_env(value, env, secret=path in SECRET_KEYS)
+            secret = path in SECRET_KEYS or SECRET_PATTERN.fullmatch(path) is not None
+            return conv.expand_env(value, env, secret=secret)
         except ValueError as exc:
             raise ConfigError(str(exc), file=file, path=path or None) from exc
     if isinstance(value, dict):
@@ -515,7 +544,28 @@ def _host(section: _Section) -> HostConfig:
             interval=relay.get("interval", conv.positive_duration, DEFAULT_RELAY_INTERVAL),
             lease=relay.get("lease", conv.positive_duration, DEFAULT_RELAY_LEASE),
         ),
+        console=_console(section.section("console", _CONSOLE_KEYS)),
     )
+
+
+def _console(section: _Section) -> ConsoleConfig:
+    listen = section.optional("listen", conv.listen_address)
+    users = section.section("users", None)
+    found: dict[str, ConsoleUser] = {}
+    for name in users.data:
+        user = users.section(name, _CONSOLE_USER_KEYS)
+        given = [key for key in ("password", "password_file") if key in user.data]
+        if len(given) != 1:
+            raise user.error("needs a password or a password_file (one of them)")
+        password = (user.get("password", conv.password, "") if given == ["password"] else
+                    user.get("password_file", conv.password_file, ""))
+        found[users.convert(name, conv.user_name, name)] = ConsoleUser(
+            name=name, password=password,
+            role=cast(Role, user.get("role", conv.one_of(*CONSOLE_ROLES), DEFAULT_CONSOLE_ROLE)))
+    if listen is not None and not found and not conv.is_loopback(listen.host):
+        raise section.error(f"{listen} is reachable from other machines, and no users are "
+                            "configured: add users, or listen on 127.0.0.1", "listen")
+    return ConsoleConfig(listen=listen, users=MappingProxyType(found))
 
 
 def _handler(section: _Section, name: str) -> HandlerConfig:

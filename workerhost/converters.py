@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import ipaddress
 import math
 import os
 import re
@@ -360,3 +361,45 @@ def sql_statement(value: object) -> str:
     statement = string(value)
     sqlcheck.placeholders(statement)
     return statement
+
+
+_USER_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+
+
+def user_name(value: object) -> str:
+    """A console user: letters, digits, _ . @ -, at most 64 (HTTP Basic forbids a colon)."""
+    if not isinstance(value, str) or not _USER_NAME.fullmatch(value):
+        raise ValueError(f"expected a user name of letters, digits, _, ., @ or - (at most 64), "
+                         f"got {show(value)}")
+    return value
+
+
+def password(value: object) -> str:
+    """A non-empty password; the message never shows the value."""
+    text = secret(value)
+    if not text:
+        raise ValueError("the password is empty; give one, or a password_file")
+    return text
+
+
+def password_file(value: object) -> str:
+    """The password held in a file (its first line, the line break not included)."""
+    path = readable_file(value)
+    try:
+        with open(path, encoding="utf-8") as file:
+            first = file.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {show(value)}: {exc}") from None
+    if not first:
+        raise ValueError(f"{show(value)} holds no password on its first line")
+    return first
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen host is reachable from this machine only: 127.0.0.0/8, ::1, localhost."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # another host name: it may resolve to anything

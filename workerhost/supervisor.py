@@ -52,6 +52,7 @@ KEY_SIZE = 520  # bytes of a job key shared with the supervisor (see Job.key)
 RELAY = "(outbox relay)"  # the name under which the relay child is supervised
 # Seconds the database gets to count a lost job; the supervisor's loop waits meanwhile.
 COUNT_PATIENCE = 5.0
+CONSOLE = "(console)"  # and the console child, when host.console.listen is set
 
 _ctx = multiprocessing.get_context("fork")
 
@@ -145,6 +146,10 @@ def _child_main(config: Config, handler: str, slot: worker.Slot) -> None:
         sys.exit(relay.main(config))
     if handler == metrics.SERVER:
         sys.exit(metrics.main(config))
+    if handler == CONSOLE:
+        from workerhost import console  # here: a host without a console never imports Flask
+
+        sys.exit(console.main(config))
     sys.exit(worker.main(config, handler, slot))
 
 
@@ -190,6 +195,8 @@ class Supervisor:
             names.append((RELAY, 0))
         if self.config.host.metrics is not None:
             names.append((metrics.SERVER, 0))
+        if self.config.host.console.listen is not None:
+            names.append((CONSOLE, 0))
         return names
 
     # -- the loop ----------------------------------------------------------------------

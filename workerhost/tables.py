@@ -274,3 +274,137 @@ def dead_letters_by_function(conn: Connection) -> dict[str, int]:
     cursor.execute(f"SELECT `function`, COUNT(*) FROM {DEAD_LETTERS} GROUP BY `function` "
                    "ORDER BY `function`")  # fmt: skip
     return {str(function): int(count) for function, count in cursor.fetchall()}
+
+
+# -- the console: pages of big tables, each read by a key, never by OFFSET ---------------------
+# The ledger has no index but its primary key (triggers pay for each index), so every read of
+# it is a range of ids; the dead letters are read by id, or by (`function`, id).
+LEDGER_STATES = {  # a row's state, as a condition on its columns
+    "due": "not_before <= NOW(6)",
+    "leased": "not_before > NOW(6) AND ships > 0",
+    "delayed": "not_before > NOW(6) AND ships = 0",
+}
+LEDGER_COLUMNS = ("id, `function`, unique_key, priority, not_before, created_at, ships, "
+                  "LENGTH(payload), LEFT(payload, %s), not_before <= NOW(6)")
+
+
+def _like(text: str) -> str:
+    """`text` as a LIKE pattern that matches it anywhere, with ! escaping the wildcards (not
+    a backslash, whose meaning depends on NO_BACKSLASH_ESCAPES)."""
+    return "%" + text.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
+
+
+def _letter_filter(function: str | None, search: str | None, upto: int | None,
+                   above: int | None = None) -> tuple[list[str], list[Any]]:
+    clauses: list[str] = []
+    args: list[Any] = []
+    if function:
+        clauses.append("`function` = %s")
+        args.append(function)
+    if search:
+        clauses.append("(error LIKE %s ESCAPE '!' OR payload LIKE %s ESCAPE '!')")
+        args += [_like(search), _like(search)]
+    if upto is not None:
+        clauses.append("id <= %s")
+        args.append(upto)
+    if above is not None:
+        clauses.append("id > %s")
+        args.append(above)
+    return clauses, args
+
+
+def _where(clauses: Sequence[str]) -> str:
+    return f"WHERE {' AND '.join(clauses)}" if clauses else ""
+
+
+def dead_letter_page(conn: Connection, function: str | None, search: str | None,
+                     before: int | None, floor: int | None, limit: int, preview: int
+                     ) -> list[tuple[Any, ...]]:
+    """Dead letters newest first, below id `before` and from id `floor` on: (id, function,
+    attempts, the error's first `preview` characters, the payload's first `preview` bytes,
+    failed_at)."""
+    clauses, args = _letter_filter(function, search, None,
+                                   None if floor is None else floor - 1)
+    if before is not None:
+        clauses.append("id < %s")
+        args.append(before)
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT id, `function`, attempts, LEFT(error, %s), LEFT(payload, %s), "
+                   f"failed_at FROM {DEAD_LETTERS} {_where(clauses)} ORDER BY id DESC LIMIT %s",
+                   [preview, preview, *args, limit])  # fmt: skip
+    return list(cursor.fetchall())
+
+
+def dead_letter_ids(conn: Connection) -> tuple[int, int]:
+    """The lowest and the highest dead letter id ((1, 0) when there is none)."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT COALESCE(MIN(id), 1), COALESCE(MAX(id), 0) FROM {DEAD_LETTERS}")
+    low, high = cursor.fetchone()
+    return int(low), int(high)
+
+
+def count_dead_letters(conn: Connection, function: str | None, search: str | None,
+                       above: int, upto: int) -> int:
+    """Dead letters of a filter with above < id <= upto."""
+    clauses, args = _letter_filter(function, search, upto, above)
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT COUNT(*) FROM {DEAD_LETTERS} {_where(clauses)}", args)
+    return int(cursor.fetchone()[0])
+
+
+def lock_dead_letters(conn: Connection, function: str | None, search: str | None, after: int,
+                      upto: int, limit: int) -> list[int]:
+    """Ids of the next `limit` dead letters of a filter above `after`, locked."""
+    clauses, args = _letter_filter(function, search, upto)
+    clauses.append("id > %s")
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT id FROM {DEAD_LETTERS} {_where(clauses)} ORDER BY id LIMIT %s "
+                   "FOR UPDATE", [*args, after, limit])  # fmt: skip
+    return [int(row[0]) for row in cursor.fetchall()]
+
+
+def ledger_ids(conn: Connection) -> tuple[int, int] | None:
+    """The lowest and highest id in the ledger, None when it is empty."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT MIN(id), MAX(id) FROM {OUTBOX}")
+    low, high = cursor.fetchone()
+    return None if low is None else (int(low), int(high))
+
+
+def ledger_figures_between(conn: Connection, low: int, high: int) -> tuple[Any, ...]:
+    """For ids low < id <= high: rows, due, leased, delayed, the oldest created_at and the
+    earliest not_before of a due row (None when there are none)."""
+    cursor = db.cursor(conn)
+    cursor.execute(
+        "SELECT COUNT(*), COALESCE(SUM(not_before <= NOW(6)), 0), "
+        f"COALESCE(SUM({LEDGER_STATES['leased']}), 0), "
+        f"COALESCE(SUM({LEDGER_STATES['delayed']}), 0), MIN(created_at), "
+        "MIN(CASE WHEN not_before <= NOW(6) THEN not_before END), NOW(6) "
+        f"FROM {OUTBOX} WHERE id > %s AND id <= %s", (low, high),
+    )
+    return tuple(cursor.fetchone())
+
+
+def ledger_page(conn: Connection, state: str | None, after: int, limit: int, scan: int,
+                preview: int) -> tuple[list[tuple[Any, ...]], int | None]:
+    """Ledger rows in id order above `after`, of one state (LEDGER_STATES) or all, reading at
+    most `scan` rows: (the rows as LEDGER_COLUMNS, the id the next page starts after; None at
+    the end of the table)."""
+    cursor = db.cursor(conn)
+    condition = LEDGER_STATES[state] if state else "TRUE"
+    cursor.execute(f"SELECT id FROM (SELECT id, not_before, ships FROM {OUTBOX} WHERE id > %s "
+                   f"ORDER BY id LIMIT %s) AS scanned WHERE {condition} ORDER BY id LIMIT %s",
+                   (after, scan, limit))  # fmt: skip
+    ids = [int(row[0]) for row in cursor.fetchall()]
+    if len(ids) == limit:
+        following: int | None = ids[-1]
+    else:  # the window held fewer: go on after its last row, if the table goes on
+        cursor.execute(f"SELECT MAX(id), COUNT(*) FROM (SELECT id FROM {OUTBOX} WHERE id > %s "
+                       "ORDER BY id LIMIT %s) AS scanned", (after, scan))  # fmt: skip
+        last, read = cursor.fetchone()
+        following = int(last) if last is not None and int(read) == scan else None
+    if not ids:
+        return [], following
+    cursor.execute(f"SELECT {LEDGER_COLUMNS} FROM {OUTBOX} WHERE id IN ({_marks(ids)}) "
+                   "ORDER BY id", [preview, *ids])  # fmt: skip
+    return list(cursor.fetchall()), following

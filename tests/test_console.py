@@ -1,0 +1,411 @@
+"""The operator console, started as `workerhost console -c FILE --listen 127.0.0.1:PORT`
+against a running stack: over plain HTTP, and in a real browser (Debian's chromium, headless,
+through selenium) that logs in, reads the queues and replays dead letters."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from base64 import b64encode
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gearman
+import pytest
+import yaml
+from conftest import ROOT, host_config, host_env, scalar, wait_until
+
+from workerhost.sandbox import Sandbox, free_port
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+DOCS = ROOT / "docs"
+USERS = {"ada": {"password": "ada-admin-pw", "role": "admin"},
+         "vic": {"password": "vic-viewer-pw", "role": "viewer"}}
+PAGES = ["/", "/live", "/dead-letters", "/dead-letters/1", "/ledger", "/ledger?state=due",
+         "/handlers", "/workers", "/dead-letters/retry", "/csrf-token"]
+
+
+@dataclass
+class Console:
+    """`workerhost console` as a subprocess."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_console(config_path: Path, env: dict[str, str], log_path: Path,
+                  listen: str) -> subprocess.Popen[bytes]:
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "workerhost.cli", "console", "-c", str(config_path),
+             "--listen", listen], stdout=log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True)  # fmt: skip
+
+
+@pytest.fixture
+def console_factory(sandbox: Sandbox, tmp_path: Path) -> Iterator[Callable[..., Console]]:
+    """Start `workerhost console` on a free loopback port; each is stopped at teardown."""
+    started: list[Console] = []
+
+    def start(config: dict[str, Any]) -> Console:
+        path = tmp_path / f"console-{len(started)}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        port = free_port()
+        log_path = tmp_path / f"console-{len(started)}.log"
+        process = start_console(path, host_env(sandbox), log_path, f"127.0.0.1:{port}")
+        console = Console(process, port, log_path)
+        started.append(console)
+        wait_until(lambda: "console on http://" in console.log() or process.poll() is not None,
+                   what="the console to listen")
+        assert process.poll() is None, console.log()
+        return console
+
+    yield start
+    for console in started:
+        if console.process.poll() is None:
+            console.process.terminate()
+            try:
+                console.process.wait(10)
+            except subprocess.TimeoutExpired:
+                console.process.kill()
+                console.process.wait()
+
+
+# -- HTTP ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: Any
+    body: str
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def request(url: str, *, user: str | None = None, data: dict[str, str] | None = None,
+            headers: dict[str, str] | None = None,
+            jar: http.cookiejar.CookieJar | None = None) -> Answer:  # fmt: skip
+    """One request, redirects not followed; HTTP errors are answers too."""
+    sent = dict(headers or {})
+    if user is not None:
+        secret = b64encode(f"{user}:{USERS[user]['password']}".encode()).decode()
+        sent["Authorization"] = f"Basic {secret}"
+    body = urllib.parse.urlencode(data).encode() if data is not None else None
+    opener = urllib.request.build_opener(NoRedirect(),
+                                         urllib.request.HTTPCookieProcessor(jar))
+    try:
+        with opener.open(urllib.request.Request(url, body, sent), timeout=30) as answer:
+            return Answer(answer.status, answer.headers, answer.read().decode())
+    except urllib.error.HTTPError as error:
+        return Answer(error.code, error.headers, error.read().decode())
+
+
+def token(console: Console, user: str, jar: http.cookiejar.CookieJar) -> str:
+    answer = request(f"{console.url}/csrf-token", user=user, jar=jar)
+    assert answer.status == 200, answer.body
+    value: str = json.loads(answer.body)["csrf_token"]
+    return value
+
+
+# -- the stack -----------------------------------------------------------------------------
+
+
+def waiting(db: Any) -> str:
+    """A function no worker serves, of this test alone (gearmand lives for the session)."""
+    return f"waiting_{db.database}"
+
+
+def submit(server: str, function: str, payloads: list[Any]) -> None:
+    client = gearman.GearmanClient([server])
+    client.submit_multiple_jobs([{"task": function, "data": json.dumps(p)} for p in payloads],
+                                background=True, wait_until_complete=False)
+    client.shutdown()
+
+
+@pytest.fixture
+def stack(sandbox: Sandbox, db: Any, host_factory: Any) -> dict[str, Any]:
+    """A host whose `flaky` jobs fail while the flag says so (one attempt each, so they are
+    dead letters at once), whose `doomed` jobs always fail, and jobs of `waiting`, a
+    function no worker serves, queued in gearmand. Returns the console's config."""
+    cursor = db.cursor()
+    cursor.execute("CREATE TABLE results (id BIGINT PRIMARY KEY, attempt INT, "
+                   "unique_key VARCHAR(255), runs INT NOT NULL DEFAULT 1)")
+    cursor.execute("CREATE TABLE flags (name VARCHAR(32) PRIMARY KEY, broken BOOL)")
+    cursor.execute("INSERT INTO flags VALUES ('handler', TRUE)")
+    config = host_config(sandbox, db.database, {
+        "flaky": {"python": "sample_handlers:fails_until_flag", "retries": {"attempts": 1}},
+        "doomed": {"python": "sample_handlers:always_fails", "retries": {"attempts": 1}},
+    })
+    host_factory(config)
+    submit(sandbox.gearman_server, "flaky", [{"id": i, "note": f"order {i}"} for i in range(1, 6)])
+    submit(sandbox.gearman_server, "doomed", [{"id": 100}])
+    submit(sandbox.gearman_server, waiting(db), [{"id": i} for i in range(3)])
+    wait_until(lambda: scalar(db, "SELECT COUNT(*) FROM workerhost_dead_letters") == 6,
+               what="6 dead letters")
+    config["host"] = {**config["host"], "console": {"users": USERS}}
+    return config
+
+
+def letters(db: Any, function: str) -> list[int]:
+    cursor = db.cursor()
+    cursor.execute("SELECT id FROM workerhost_dead_letters WHERE `function` = %s ORDER BY id",
+                   (function,))
+    return [int(row[0]) for row in cursor.fetchall()]
+
+
+def test_without_a_login_every_page_is_refused(stack: dict[str, Any],
+                                               console_factory: Any) -> None:
+    console = console_factory(stack)
+    for page in PAGES:
+        script = request(console.url + page)
+        assert script.status == 401, page
+        assert script.headers["WWW-Authenticate"].startswith("Basic realm="), page
+        wrong = request(console.url + page,
+                        headers={"Authorization": "Basic " + b64encode(b"ada:guess").decode()})
+        assert wrong.status == 401, page
+        browser = request(console.url + page, headers={"Accept": "text/html"})
+        assert browser.status == 302, page
+        assert urllib.parse.urlparse(browser.headers["Location"]).path == "/login", page
+    assert request(console.url + "/login").status == 200  # the one page open to all
+
+
+def test_admin_sees_every_function_with_its_queue_and_no_secret(
+        sandbox: Sandbox, db: Any, stack: dict[str, Any], console_factory: Any) -> None:
+    console = console_factory(stack)
+
+    def queued(body: str, function: str) -> tuple[int, int, int]:
+        row = re.search(rf'<tr data-function="{function}"[^>]*>.*?class="n queued">([\d,]+)'
+                        r'.*?class="n running">([\d,]+).*?class="n workers">([\d,]+)', body,
+                        re.DOTALL)
+        assert row, f"no queue row for {function}"
+        queued_, running, workers = (int(g.replace(",", "")) for g in row.groups())
+        return queued_, running, workers
+
+    overview = request(console.url + "/", user="ada")
+    assert overview.status == 200
+    assert f"<h3>{sandbox.gearman_server}</h3>" in overview.body
+    assert queued(overview.body, waiting(db)) == (3, 0, 0)
+    assert queued(overview.body, "flaky")[2] == 1  # the host's one worker process
+    assert queued(overview.body, "doomed")[2] == 1
+    live = request(console.url + "/live", user="ada").body
+    assert re.search(r'data-function="flaky">\s*<td>flaky</td>\s*<td class="n dead"><a [^>]+>5<',
+                     live), live
+    assert "the host serves no metrics" in live  # no host.metrics: rates left out, with a note
+
+    secrets = [sandbox.password, *(user["password"] for user in USERS.values())]
+    for page in [*PAGES[:-2], f"/dead-letters/{letters(db, 'flaky')[0]}"]:
+        answer = request(console.url + page, user="ada")
+        assert answer.status in (200, 404), page
+        assert not [s for s in secrets if s in answer.body], page
+    handlers = request(console.url + "/handlers", user="ada").body
+    assert len(re.findall(r"password: (?:&#39;|')\*\*\*", handlers)) == 1 + len(USERS)
+
+
+def test_an_action_needs_its_csrf_token_and_an_admin(
+        sandbox: Sandbox, db: Any, stack: dict[str, Any], console_factory: Any) -> None:
+    console = console_factory(stack)
+    doomed = letters(db, "doomed")[0]
+    url = f"{console.url}/dead-letters/{doomed}/purge"
+
+    jar = http.cookiejar.CookieJar()
+    missing = request(url, user="ada", data={}, jar=jar)
+    assert missing.status == 400 and "CSRF token is missing" in missing.body
+    forged = request(url, user="ada", data={"csrf_token": "forged"}, jar=jar)
+    assert forged.status == 400
+    assert letters(db, "doomed") == [doomed]
+
+    viewer = http.cookiejar.CookieJar()
+    refused = request(url, user="vic", data={"csrf_token": token(console, "vic", viewer)},
+                      jar=viewer)
+    assert refused.status == 403 and "only an admin" in refused.body
+    assert request(url, user="vic").status == 403  # the confirmation page, too
+    assert letters(db, "doomed") == [doomed]
+
+    done = request(url, user="ada", data={"csrf_token": token(console, "ada", jar)}, jar=jar)
+    assert done.status == 302
+    assert letters(db, "doomed") == []
+    assert re.search(r"ada \(basic\) purged dead letter \d+: 1 deleted", console.log())
+
+
+def test_without_users_it_listens_on_loopback_only_and_nobody_acts(
+        sandbox: Sandbox, db: Any, stack: dict[str, Any], console_factory: Any,
+        tmp_path: Path) -> None:
+    config = {**stack, "host": {**stack["host"], "console": {}}}
+    path = tmp_path / "open.yaml"
+    path.write_text(yaml.safe_dump(config))
+    exposed = subprocess.run(
+        [sys.executable, "-m", "workerhost.cli", "console", "-c", str(path), "--listen",
+         f"0.0.0.0:{free_port()}"], capture_output=True, text=True, env=host_env(sandbox),
+        timeout=60, check=False)  # fmt: skip
+    assert exposed.returncode == 1
+    assert "reachable from other machines, and no users are configured" in exposed.stderr
+
+    console = console_factory(config)
+    assert request(console.url + "/").status == 200
+    letter = letters(db, "doomed")[0]
+    assert request(f"{console.url}/dead-letters/{letter}/retry").status == 403
+
+
+def test_run_serves_the_console_as_a_supervised_child(
+        sandbox: Sandbox, db: Any, host_factory: Any) -> None:
+    port = free_port()
+    config = host_config(sandbox, db.database, {"flaky": {"python": "sample_handlers:record"}},
+                         host={"console": {"listen": f"127.0.0.1:{port}", "users": USERS}})
+    host = host_factory(config)
+    host.wait_for_log("console on http://")
+    assert request(f"http://127.0.0.1:{port}/").status == 401
+    answer = request(f"http://127.0.0.1:{port}/handlers", user="vic")
+    assert answer.status == 200 and "sample_handlers:record" in answer.body
+
+
+# -- in a browser --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """Headless chromium through Debian's chromedriver; quit (with its processes) at the end."""
+    for program in (CHROMIUM, CHROMEDRIVER):
+        if not program.exists():
+            pytest.fail(f"{program} is missing: `make setup` installs chromium and "
+                        "chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                     "--disable-gpu", "--window-size=1280,1000",
+                     f"--user-data-dir={tmp_path / 'chromium'}"):
+        options.add_argument(argument)
+    service = Service(executable_path=str(CHROMEDRIVER), port=free_port(),
+                      log_output=str(tmp_path / "chromedriver.log"))
+    driver = webdriver.Chrome(service=service, options=options)
+    driver.implicitly_wait(5)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def log_in(driver: Any, console: Console, user: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.delete_all_cookies()
+    driver.get(console.url + "/")
+    assert urllib.parse.urlparse(driver.current_url).path == "/login"
+    driver.find_element(By.ID, "user").send_keys(user)
+    driver.find_element(By.ID, "password").send_keys(USERS[user]["password"])
+    driver.find_element(By.ID, "login").click()
+    assert driver.find_element(By.ID, "visitor").text == user
+
+
+def arrive(driver: Any, query: str) -> None:
+    """Wait for the page a click asked for, whose URL holds `query`: until then the old page's
+    elements are still there to be found."""
+    wait_until(lambda: query in driver.current_url, timeout=10, what=f"a page with {query}")
+
+
+def screenshot(driver: Any, name: str) -> None:
+    """A picture for the README, written by every run (docs/console-*.png)."""
+    DOCS.mkdir(exist_ok=True)
+    height = driver.execute_script("return document.body.scrollHeight")
+    driver.set_window_size(1280, min(max(int(height) + 40, 600), 1600))
+    driver.save_screenshot(str(DOCS / f"console-{name}.png"))
+    driver.set_window_size(1280, 1000)
+
+
+def test_in_a_browser_dead_letters_are_found_and_replayed_and_a_viewer_cannot(
+        sandbox: Sandbox, db: Any, stack: dict[str, Any], console_factory: Any,
+        browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    console = console_factory(stack)
+    log_in(browser, console, "ada")
+
+    # The overview: each function's queue, and the figures refreshed without a reload.
+    queue = f'table.queues tr[data-function="{waiting(db)}"]'
+    row = browser.find_element(By.CSS_SELECTOR, queue)
+    assert row.find_element(By.CSS_SELECTOR, ".queued").text == "3"
+    assert row.find_element(By.CSS_SELECTOR, ".workers").text == "0"
+    flaky = browser.find_element(By.CSS_SELECTOR, 'table.queues tr[data-function="flaky"]')
+    assert flaky.find_element(By.CSS_SELECTOR, ".workers").text == "1"
+    submit(sandbox.gearman_server, waiting(db), [{"id": 3}])
+    wait_until(lambda: browser.find_element(By.CSS_SELECTOR, f"{queue} .queued").text == "4",
+        timeout=15, what="the overview to show the new job without a reload")
+    wait_until(lambda: browser.find_element(By.ID, "ledger-rows").text, timeout=15,
+               what="the ledger's figures")
+    screenshot(browser, "overview")
+
+    # Dead letters of one function; one opened.
+    browser.find_element(By.LINK_TEXT, "Dead letters").click()
+    Select(browser.find_element(By.ID, "function")).select_by_visible_text("flaky")
+    browser.find_element(By.ID, "apply").click()
+    arrive(browser, "function=flaky")
+    rows = browser.find_elements(By.CSS_SELECTOR, "table.letters tbody tr")
+    assert len(rows) == 5
+    screenshot(browser, "dead-letters")
+    rows[-1].find_element(By.CSS_SELECTOR, "a").click()
+    arrive(browser, f"/dead-letters/{letters(db, 'flaky')[0]}")
+    assert browser.find_element(By.ID, "letter-function").text == "flaky"
+    assert "the flag says broken" in browser.find_element(By.ID, "letter-error").text
+    payload = json.loads(browser.find_element(By.ID, "payload").text)
+    assert payload == {"id": 1, "note": "order 1"}
+    assert "\n  " in browser.find_element(By.ID, "payload").text  # indented
+    assert "RuntimeError" in browser.find_element(By.ID, "traceback").text
+    screenshot(browser, "dead-letter")
+
+    # The cause fixed, every letter of the filter retried: the host runs them.
+    db.cursor().execute("UPDATE flags SET broken = FALSE")
+    browser.back()
+    browser.find_element(By.ID, "q").send_keys("order")
+    browser.find_element(By.ID, "apply").click()
+    arrive(browser, "q=order")
+    browser.find_element(By.ID, "retry-matching").click()
+    arrive(browser, "/dead-letters/retry?")
+    assert browser.find_element(By.ID, "matching").text.startswith(
+        "5 dead letters of function flaky whose error or payload holds order")
+    browser.find_element(By.ID, "confirm").click()
+    arrive(browser, "/dead-letters?")
+    assert browser.find_element(By.CSS_SELECTOR, ".flash").text == "5 dead letters queued again"
+    wait_until(lambda: scalar(db, "SELECT COUNT(*) FROM results") == 5, timeout=30,
+               what="the 5 retried jobs to complete")
+    assert letters(db, "flaky") == []
+    assert len(letters(db, "doomed")) == 1  # outside the filter: left alone
+    assert "ada (session) retried dead letters up to id" in console.log()
+
+    # A viewer sees the letters, but no action, and is refused one.
+    log_in(browser, console, "vic")
+    doomed = letters(db, "doomed")[0]
+    browser.get(f"{console.url}/dead-letters/{doomed}")
+    assert browser.find_element(By.ID, "letter-function").text == "doomed"
+    browser.implicitly_wait(0)
+    assert not browser.find_elements(By.ID, "retry-one")
+    browser.get(f"{console.url}/dead-letters/{doomed}/retry")
+    assert browser.find_element(By.ID, "error-code").text == "403"
+    assert "only an admin" in browser.find_element(By.ID, "error-message").text
+    assert letters(db, "doomed") == [doomed]
+    assert os.path.getsize(DOCS / "console-overview.png") > 10_000

@@ -1,0 +1,89 @@
+"""The operator console: queues, workers, the ledger and dead letters in a browser.
+
+`workerhost console -c FILE` serves it on its own; `workerhost run` serves it as a supervised
+child process (like the metrics server, and for the same reason: the supervisor forks all
+the time, and a fork taken while a server thread holds a lock would hand the new worker a
+lock nobody releases) when `host.console.listen` is set. Either way it is a Flask
+application (app.py) behind waitress, a production WSGI server with a thread pool, reading
+what it shows through figures.py and checking visitors through auth.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Any
+
+from workerhost import logs
+from workerhost.config import DEFAULT_CONSOLE_PORT, Config, Server
+from workerhost.converters import is_loopback
+from workerhost.errors import WorkerHostError
+
+log = logging.getLogger("workerhost.console")
+
+DEFAULT_LISTEN = Server("127.0.0.1", DEFAULT_CONSOLE_PORT)
+EXIT_START_FAILED = 3  # as worker.EXIT_START_FAILED: the address cannot be listened on
+THREADS = 4  # requests served at once; a slow one (a bulk retry) does not hold up the rest
+
+
+class ListenError(WorkerHostError):
+    """The console cannot listen where it was asked to."""
+
+
+class _Stop(Exception):
+    """SIGTERM or SIGINT: leave the server's loop."""
+
+
+def exposure_problem(listen: Server, config: Config) -> str | None:
+    """Why the console may not listen at `listen`, or None (config.py checks its own key;
+    this checks --listen too)."""
+    if config.host.console.users or is_loopback(listen.host):
+        return None
+    return (f"{listen} is reachable from other machines, and no users are configured: "
+            "add host.console.users, or listen on 127.0.0.1")
+
+
+def serve(config: Config, listen: Server) -> None:
+    """Serve the console at `listen` until SIGTERM or SIGINT; ListenError if it cannot."""
+    from waitress.server import create_server
+
+    from workerhost.console.app import create_app
+
+    problem = exposure_problem(listen, config)
+    if problem:
+        raise ListenError(problem)
+    logs.redact(config.database.password, *(u.password for u in config.host.console.users.values()))
+    app = create_app(config)
+    try:
+        server: Any = create_server(app, host=listen.host, port=listen.port, threads=THREADS,
+                                    ident="workerhost-console")  # fmt: skip
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
+
+    def stop(*_: object) -> None:
+        raise _Stop
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("console on http://%s/ (%s)", listen,
+             f"{len(config.host.console.users)} users" if config.host.console.users
+             else "no users: anyone on this machine may look, nobody may act")
+    try:
+        server.run()
+    except _Stop:
+        pass
+    finally:
+        server.close()
+
+
+def main(config: Config) -> int:
+    """Entry point of the console process forked by `workerhost run`."""
+    listen = config.host.console.listen
+    if listen is None:
+        return 0
+    try:
+        serve(config, listen)
+    except ListenError as exc:
+        log.error("console: %s", exc)
+        return EXIT_START_FAILED
+    return 0

@@ -1,0 +1,306 @@
+"""The console's pages and actions, as a Flask application.
+
+Every request passes `_before` first: static files and the login page aside, a visitor
+without a login is refused (a browser is sent to the login page, a script gets 401), and
+every POST carries a CSRF token (Flask-WTF's CSRFProtect, which checks it before any view
+runs). Actions are admin-only, logged with the user, and answer with the page they came from
+and a line saying how many letters they moved or deleted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import yaml
+from flask import (
+    Flask,
+    Response,
+    abort,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as AnyResponse
+
+from workerhost import logs, tables
+from workerhost.config import Config
+from workerhost.console import auth, figures
+from workerhost.db import RUN_ERRORS, Database
+
+log = logging.getLogger("workerhost.console")
+
+ACTION_BATCH = 500  # dead letters moved or deleted per transaction by an action on a filter
+OPEN = frozenset({"login", "static"})  # endpoints that need no login
+REFRESH_SECONDS = 3  # how often the overview's figures are fetched again
+SECURITY_HEADERS = {
+    # No inline script or style: console.js and console.css are the page's only code.
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+def create_app(config: Config) -> Flask:
+    app = Flask("workerhost.console")
+    app.config.update(
+        # A fresh key per process: a restart of the console logs everyone out, and no key
+        # lies in a file to be stolen.
+        SECRET_KEY=os.urandom(32),
+        SESSION_COOKIE_NAME="workerhost_console",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the login's session
+    )
+    CSRFProtect(app)
+    users = config.host.console.users
+    sampler = figures.Sampler(config)
+    local = threading.local()  # a database connection per server thread
+
+    def database() -> Database:
+        db: Database | None = getattr(local, "db", None)
+        if db is None:
+            db = local.db = Database(config.database.connect_kwargs())
+        return db
+
+    @contextmanager
+    def reading() -> Iterator[Database]:
+        db = database()
+        try:
+            yield db
+        except RUN_ERRORS as exc:
+            db.reset()
+            abort(503, description="the database did not answer: "
+                  + logs.mask(str(exc), config.database.password))
+
+    @app.before_request
+    def _before() -> AnyResponse | None:
+        if request.endpoint in OPEN:
+            return None
+        visitor = auth.identify(users)
+        if visitor is None:
+            return auth.refuse()
+        g.visitor = visitor
+        return None
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    @app.context_processor
+    def _globals() -> dict[str, Any]:
+        return {"visitor": g.get("visitor"), "refresh": REFRESH_SECONDS,
+                "logins": bool(users), "now": time.time}
+
+    # -- logging in ----------------------------------------------------------------------
+    @app.route("/login", methods=["GET", "POST"])
+    def login() -> Any:
+        if not users:
+            return redirect(url_for("overview"))
+        failed = False
+        if request.method == "POST":
+            user = auth.check(users, request.form.get("user", ""),
+                              request.form.get("password", ""))
+            if user is not None:
+                auth.log_in(user)
+                log.info("console: %s logged in from %s", user.name, request.remote_addr)
+                return redirect(auth.safe_next(request.args.get("next")))
+            log.warning("console: a failed login as %r from %s",
+                        request.form.get("user", "")[:64], request.remote_addr)
+            time.sleep(auth.FAILED_LOGIN_DELAY)
+            failed = True
+        return render_template("login.html", failed=failed), 401 if failed else 200
+
+    @app.post("/logout")
+    def logout() -> Any:
+        session.clear()
+        return redirect(url_for("login"))
+
+    @app.get("/csrf-token")
+    def csrf_token() -> Any:
+        """For scripts: the token their POSTs need, bound to the session cookie it sets."""
+        return jsonify(csrf_token=generate_csrf())
+
+    # -- looking -------------------------------------------------------------------------
+    @app.get("/")
+    def overview() -> str:
+        with reading() as db:
+            return render_template("overview.html",
+                                   o=figures.overview(config, db, sampler))
+
+    @app.get("/live")
+    def live() -> str:
+        """The overview's figures alone, fetched again every few seconds by console.js."""
+        with reading() as db:
+            return render_template("_live.html", o=figures.overview(config, db, sampler))
+
+    @app.get("/dead-letters")
+    def dead_letters() -> str:
+        function, search = _filter()
+        before = request.args.get("before", type=int)
+        with reading() as db:
+            page = figures.dead_letter_page(db, function, search, before)
+        return render_template("dead_letters.html", page=page, function=function,
+                               search=search, before=before, functions=sorted(config.handlers))
+
+    @app.get("/dead-letters/<int:ident>")
+    def dead_letter(ident: int) -> str:
+        with reading() as db:
+            letter = figures.dead_letter(db, ident)
+        if letter is None:
+            abort(404, description=f"no dead letter with id {ident} (retried or purged?)")
+        return render_template("dead_letter.html", letter=letter,
+                               payload=figures.pretty_payload(letter.payload))
+
+    @app.get("/ledger")
+    def ledger() -> str:
+        state = request.args.get("state") or None
+        if state is not None and state not in tables.LEDGER_STATES:
+            abort(400, description=f"state is one of {', '.join(tables.LEDGER_STATES)}")
+        after = request.args.get("after", 0, type=int)
+        with reading() as db:
+            lines, following = figures.ledger_page(db, state, after)
+        return render_template("ledger.html", lines=lines, following=following, state=state,
+                               after=after, states=tables.LEDGER_STATES,
+                               scan=figures.LEDGER_SCAN)
+
+    @app.get("/handlers")
+    def handlers() -> str:
+        return render_template("handlers.html", handlers=config.handlers.values(),
+                               loaded=_as_loaded(config))
+
+    @app.get("/workers")
+    def workers() -> str:
+        return render_template("workers.html", servers=figures.workers(config))
+
+    # -- acting: a confirmation page (GET), then the action (POST) ------------------------
+    @app.route("/dead-letters/<int:ident>/<any(retry, purge):verb>", methods=["GET", "POST"])
+    def one(ident: int, verb: str) -> Any:
+        auth.admin_only(g.visitor)
+        if request.method == "GET":
+            with reading() as db:
+                letter = figures.dead_letter(db, ident)
+            if letter is None:
+                abort(404, description=f"no dead letter with id {ident} (retried or purged?)")
+            return render_template("confirm.html", verb=verb, count=1, letter=letter,
+                                   function=None, search=None, upto=None, found=None)
+        with reading() as db:
+            if verb == "retry":
+                done = db.run(lambda conn: tables.requeue_dead_letters(conn, [ident]))
+            else:
+                done = db.run(lambda conn: tables.purge_dead_letters(conn, [ident], None))
+        _report(verb, done, f"dead letter {ident}")
+        return redirect(url_for("dead_letters"))
+
+    @app.route("/dead-letters/<any(retry, purge):verb>", methods=["GET", "POST"])
+    def matching(verb: str) -> Any:
+        auth.admin_only(g.visitor)
+        function, search = _filter(request.values)
+        if request.method == "GET":
+            with reading() as db:
+                found = figures.matching(db, function, search)
+            return render_template("confirm.html", verb=verb, count=found.count, letter=None,
+                                   function=function, search=search, upto=found.upto,
+                                   found=found)
+        newest = request.form.get("upto", type=int)
+        if newest is None:
+            abort(400, description="upto: the newest id the confirmation page showed")
+        with reading() as db:
+            done = _in_batches(db, verb, function, search, newest)
+        what = ", ".join(part for part in (function and f"function {function}",
+                                           search and f"matching {search!r}") if part)
+        _report(verb, done, f"dead letters up to id {newest}" + (f" ({what})" if what else ""))
+        return redirect(url_for("dead_letters", function=function, q=search))
+
+    def _report(verb: str, done: int, what: str) -> None:
+        moved = "queued again" if verb == "retry" else "deleted"
+        log.info("console: %s (%s) %s %s: %d %s", g.visitor.name, g.visitor.via,
+                 "retried" if verb == "retry" else "purged", what, done, moved)
+        flash(f"{done} dead letter{'s' if done != 1 else ''} {moved}"
+              + ("" if done else ": none matched any more (retried or purged meanwhile?)"))
+
+    # -- errors --------------------------------------------------------------------------
+    @app.errorhandler(CSRFError)
+    def _csrf(error: CSRFError) -> Any:
+        log.warning("console: a %s to %s refused: %s", request.method, request.path,
+                    error.description)
+        return render_template("error.html", code=400, message=error.description), 400
+
+    @app.errorhandler(HTTPException)
+    def _http(error: HTTPException) -> Any:
+        if error.code == 403:
+            log.warning("console: %s refused: %s %s", getattr(g.get("visitor"), "name", "?"),
+                        request.method, request.path)
+        return render_template("error.html", code=error.code,
+                               message=error.description), error.code or 500
+
+    return app
+
+
+def _filter(values: Any = None) -> tuple[str | None, str | None]:
+    values = request.args if values is None else values
+    return (values.get("function") or None), (values.get("q") or None)
+
+
+def _in_batches(db: Database, verb: str, function: str | None, search: str | None,
+                upto: int) -> int:
+    """Retry or purge every dead letter of a filter up to id `upto`, ACTION_BATCH per
+    transaction, so that no lock is held for long and a failure keeps what was done."""
+    def batch(conn: Any, after: int) -> tuple[int, int]:
+        ids = tables.lock_dead_letters(conn, function, search, after, upto, ACTION_BATCH)
+        if not ids:  # never an empty list below: requeue and purge take it as "all"
+            return 0, after
+        if verb == "retry":
+            return tables.requeue_dead_letters(conn, ids), ids[-1]
+        return tables.purge_dead_letters(conn, ids, None), ids[-1]
+
+    after = done = 0
+    while True:
+        def next_batch(conn: Any, last: int = after) -> tuple[int, int]:
+            return batch(conn, last)
+
+        count, after = db.run(next_batch)
+        if not count:
+            return done
+        done += count
+
+
+def _as_loaded(config: Config) -> str:
+    """The configuration as YAML, with every secret as *** and callables left out."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            found = {}
+            for item in dataclasses.fields(value):
+                inner = getattr(value, item.name)
+                if item.name == "password":
+                    found[item.name] = logs.MASK if inner else ""
+                elif not callable(inner) or dataclasses.is_dataclass(inner):
+                    found[item.name] = plain(inner)
+            return found
+        if isinstance(value, dict) or hasattr(value, "items"):
+            return {str(key): plain(inner) for key, inner in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(inner) for inner in value]
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        return str(value)
+
+    text = yaml.safe_dump(plain(config), sort_keys=False, allow_unicode=True)
+    secrets = [config.database.password, *(u.password for u in config.host.console.users.values())]
+    return logs.mask(text, *secrets)

@@ -1,0 +1,410 @@
+"""What the console shows, read from gearmand, the database and the host's metrics.
+
+A page must answer within a few hundred milliseconds however big the tables grow, so every
+page reads by key (an id range, or `function` and id on the dead letters) and never counts a
+whole table. The two figures that need a whole table, or a slow answer, are read by a
+Sampler thread instead, and pages show its latest reading with its age: the ledger's backlog
+(counted in id ranges, so no statement holds the table for long) and the host's job rates
+(its /metrics endpoint reads the ledger too on every scrape). The Sampler works only while
+someone looks, so an idle console costs the database nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.request
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from workerhost import gearadmin, logs, status, tables
+from workerhost.config import Config, Server
+from workerhost.db import RUN_ERRORS, Database
+from workerhost.deadletters import DeadLetter, _row
+
+log = logging.getLogger("workerhost.console")
+
+PAGE_SIZE = 50  # rows on one page of dead letters or of the ledger
+PREVIEW = 160  # characters of an error, bytes of a payload, shown in a list
+LEDGER_SCAN = 20_000  # ledger rows one page reads at most to find its rows of one state
+SEARCH_SCAN = 20_000  # dead letter ids one page of a search looks through at most
+COUNT_CHUNK = 20_000  # dead letter ids counted per statement for a confirmation
+COUNT_BUDGET = 0.1  # seconds a confirmation page counts; past it, "at least N"
+LEDGER_CHUNK = 100_000  # ids the Sampler counts per statement (about 0.15 s at a million rows)
+SAMPLE_EVERY = 5.0  # seconds between two readings of the Sampler, at least
+# ... and at least this many times as long as the last count of the ledger took, so that a
+# big ledger is not counted all the time.
+SAMPLE_SPACING = 4.0
+IDLE_AFTER = 30.0  # seconds after the last page that asked, the Sampler stops reading
+RATE_WINDOW = 60.0  # seconds of metrics the rates are measured over
+SCRAPE_TIMEOUT = 5.0  # the host's /metrics answer waits for its own database queries
+PAGE_DEADLINE = 5.0  # seconds a page's database work may retry through transient errors
+FAILED = ("retry", "dead", "refused")  # outcomes that are a failed attempt, each counted once
+
+
+@dataclass(frozen=True)
+class LedgerCount:
+    """The ledger's backlog as the Sampler last counted it."""
+
+    rows: int
+    due: int
+    leased: int
+    delayed: int
+    oldest_age: float | None  # seconds since the oldest row was written, at the count
+    overdue: float | None  # seconds the longest-waiting due row was past its due time
+    counted_at: float  # time.time() when the count ended
+    took: float  # seconds the count took
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Jobs per minute by function, from two readings of the host's metrics."""
+
+    completed: Mapping[str, float]
+    failed: Mapping[str, float]
+    seconds: float  # the span the rates are measured over
+
+
+@dataclass(frozen=True)
+class Overview:
+    servers: tuple[status.ServerStatus, ...]
+    dead_letters: Mapping[str, int]
+    database_error: str | None
+    ledger: LedgerCount | None
+    ledger_error: str | None
+    rates: Rates | None
+    rates_note: str | None  # why there are no rates (no host.metrics, no answer, too early)
+    functions: tuple[str, ...]  # every function any of the above knows, sorted
+
+
+def metrics_url(address: Server) -> str:
+    """Where this machine reaches the host's metrics (a wildcard listen address is here)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(address.host, address.host)
+    return f"http://{Server(host, address.port)}/metrics"
+
+
+def job_counts(text: str) -> dict[tuple[str, str], float]:
+    """workerhost_jobs_total by (function, outcome), from a Prometheus text exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "workerhost_jobs_total":
+                key = (sample.labels.get("function", ""), sample.labels.get("outcome", ""))
+                counts[key] = sample.value
+    return counts
+
+
+def rates_between(old: tuple[float, Mapping[tuple[str, str], float]],
+                  new: tuple[float, Mapping[tuple[str, str], float]]) -> Rates:
+    """Per-minute rates from two readings; a counter that went down (the host restarted)
+    counts from zero."""
+    seconds = max(new[0] - old[0], 1e-9)
+    completed: dict[str, float] = {}
+    failed: dict[str, float] = {}
+    for (function, outcome), value in new[1].items():
+        before = old[1].get((function, outcome), 0.0)
+        delta = value - before if value >= before else value
+        if outcome == "complete":
+            completed[function] = completed.get(function, 0.0) + delta * 60 / seconds
+        elif outcome in FAILED:
+            failed[function] = failed.get(function, 0.0) + delta * 60 / seconds
+    return Rates(completed, failed, seconds)
+
+
+class Sampler:
+    """Reads the ledger's backlog and the host's job counters in a thread, while wanted."""
+
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic,
+                 scrape: Callable[[str], str] | None = None) -> None:  # fmt: skip
+        self.config = config
+        self.clock = clock
+        self.scrape = scrape or _scrape
+        self.lock = threading.Lock()  # guards every attribute below
+        self.ledger: LedgerCount | None = None
+        self.ledger_error: str | None = None
+        self.readings: deque[tuple[float, dict[tuple[str, str], float]]] = deque()
+        self.metrics_error: str | None = None
+        self.last_wanted = -IDLE_AFTER
+        self.thread: threading.Thread | None = None
+
+    def want(self) -> bool:
+        """A page shows the figures: keep reading them for IDLE_AFTER seconds more. True
+        when this started the readings afresh."""
+        with self.lock:
+            self.last_wanted = self.clock()
+            if self.thread is not None and self.thread.is_alive():
+                return False
+            self.thread = threading.Thread(target=self._loop, name="console-sampler",
+                                           daemon=True)
+            self.thread.start()
+            return True
+
+    def wait_first(self, timeout: float) -> None:
+        """Give a first reading up to `timeout` to arrive (a small ledger counts at once)."""
+        deadline = self.clock() + timeout
+        while self.clock() < deadline:
+            with self.lock:
+                if self.ledger is not None or self.ledger_error is not None:
+                    return
+            time.sleep(0.01)
+
+    def rates(self) -> tuple[Rates | None, str | None]:
+        if self.config.host.metrics is None:
+            return None, ("the host serves no metrics (host.metrics is not set): rates are "
+                          "left out")
+        with self.lock:
+            if self.metrics_error:
+                return None, self.metrics_error
+            if len(self.readings) < 2:
+                return None, "measuring: rates show after two readings of the host's metrics"
+            return rates_between(self.readings[0], self.readings[-1]), None
+
+    def _loop(self) -> None:
+        db = Database(self.config.database.connect_kwargs())
+        try:
+            while True:
+                with self.lock:
+                    if self.clock() - self.last_wanted > IDLE_AFTER:
+                        self.thread = None
+                        return
+                self._count_ledger(db)
+                self._read_metrics()
+                with self.lock:
+                    took = self.ledger.took if self.ledger is not None else 0.0
+                time.sleep(max(SAMPLE_EVERY, SAMPLE_SPACING * took))
+        finally:
+            db.close()
+
+    def _count_ledger(self, db: Database) -> None:
+        started = time.monotonic()
+        try:
+            count = _count(db, started)
+        except RUN_ERRORS as exc:
+            db.reset()
+            with self.lock:
+                self.ledger_error = logs.mask(str(exc), self.config.database.password)
+            return
+        with self.lock:
+            self.ledger, self.ledger_error = count, None
+
+    def _read_metrics(self) -> None:
+        address = self.config.host.metrics
+        if address is None:
+            return
+        url = metrics_url(address)
+        try:
+            counts = job_counts(self.scrape(url))
+        except (OSError, ValueError) as exc:
+            with self.lock:
+                self.metrics_error = f"the host's metrics at {url} do not answer: {exc}"
+            return
+        now = self.clock()
+        with self.lock:
+            self.metrics_error = None
+            self.readings.append((now, counts))
+            while len(self.readings) > 2 and now - self.readings[1][0] >= RATE_WINDOW:
+                self.readings.popleft()
+
+
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT) as answer:
+        text: str = answer.read().decode("utf-8", "replace")
+    return text
+
+
+def _count(db: Database, started: float) -> LedgerCount:
+    """The ledger's backlog, one LEDGER_CHUNK of ids per statement."""
+    deadline = started + PAGE_DEADLINE
+    span = db.run(tables.ledger_ids, deadline=deadline)
+    rows = due = leased = delayed = 0
+    oldest: datetime | None = None
+    earliest_due: datetime | None = None
+    now: datetime | None = None
+    if span is not None:
+        low = span[0] - 1
+        while low < span[1]:
+            high = min(low + LEDGER_CHUNK, span[1])
+            def chunk(conn: Any, a: int = low, b: int = high) -> tuple[Any, ...]:
+                return tables.ledger_figures_between(conn, a, b)
+
+            n, d, ls, dl, first, due_at, now = db.run(chunk, deadline=time.monotonic()
+                                                      + PAGE_DEADLINE)
+            rows, due, leased, delayed = rows + n, due + int(d), leased + int(ls), delayed + int(dl)
+            oldest = first if oldest is None or (first and first < oldest) else oldest
+            earliest_due = (due_at if earliest_due is None or (due_at and due_at < earliest_due)
+                            else earliest_due)
+            low = high
+
+    def age(then: datetime | None) -> float | None:
+        return None if then is None or now is None else max(0.0, (now - then).total_seconds())
+
+    return LedgerCount(rows, due, leased, delayed, age(oldest), age(earliest_due), time.time(),
+                       time.monotonic() - started)
+
+
+# -- what pages read at once -------------------------------------------------------------------
+
+
+def overview(config: Config, db: Database, sampler: Sampler) -> Overview:
+    if sampler.want():
+        sampler.wait_first(0.15)
+    servers = tuple(status.gearmand(server) for server in config.gearman.servers)
+    letters: Mapping[str, int] = {}
+    error = None
+    try:
+        letters = db.run(tables.dead_letters_by_function, deadline=_deadline())
+    except RUN_ERRORS as exc:
+        db.reset()
+        error = logs.mask(str(exc), config.database.password)
+    rates, note = sampler.rates()
+    with sampler.lock:
+        ledger, ledger_error = sampler.ledger, sampler.ledger_error
+    names = {*config.handlers, *letters}
+    for server in servers:
+        names.update(server.functions)
+    if rates is not None:
+        names.update(rates.completed, rates.failed)
+    return Overview(servers, letters, error, ledger, ledger_error, rates, note,
+                    tuple(sorted(names)))
+
+
+def _deadline() -> float:
+    return time.monotonic() + PAGE_DEADLINE
+
+
+@dataclass(frozen=True)
+class LetterLine:
+    """One dead letter in a list."""
+
+    id: int
+    function: str
+    attempts: int
+    error: str
+    payload: str
+    failed_at: datetime
+
+
+@dataclass(frozen=True)
+class LetterPage:
+    lines: list[LetterLine]
+    older: int | None  # the next (older) page shows ids below this one; None: no more
+    searched: tuple[int, int] | None  # a search: the ids it looked through, lowest first
+
+
+def dead_letter_page(db: Database, function: str | None, search: str | None,
+                     before: int | None) -> LetterPage:
+    """A page of dead letters, newest first. A search (a LIKE over error and payload, which
+    no index serves) looks through SEARCH_SCAN ids at most, and the next page goes on below
+    them, however few it found."""
+
+    def read(conn: Any) -> tuple[list[tuple[Any, ...]], int | None, int]:
+        floor, top = None, 0
+        if search:
+            low, high = tables.dead_letter_ids(conn)
+            top = min(before - 1, high) if before is not None else high
+            floor = max(low, top - SEARCH_SCAN + 1)
+        rows = tables.dead_letter_page(conn, function, search, before, floor, PAGE_SIZE + 1,
+                                       PREVIEW)
+        return rows, floor, top
+
+    rows, floor, top = db.run(read, deadline=_deadline())
+    password = str(db.param("password") or "")
+    lines = [LetterLine(int(ident), str(fn), int(attempts), logs.mask(str(err), password),
+                        logs.mask(_text(payload), password), failed_at)
+             for ident, fn, attempts, err, payload, failed_at in rows[:PAGE_SIZE]]
+    if len(rows) > PAGE_SIZE:
+        return LetterPage(lines, lines[-1].id, None if floor is None else (lines[-1].id, top))
+    if floor is None:
+        return LetterPage(lines, None, None)
+    low = db.run(tables.dead_letter_ids, deadline=_deadline())[0]
+    return LetterPage(lines, floor if floor > low else None, (floor, top))
+
+
+def dead_letter(db: Database, ident: int) -> DeadLetter | None:
+    row = db.run(lambda conn: tables.dead_letter(conn, ident), deadline=_deadline())
+    return _row(row, str(db.param("password") or "")) if row else None
+
+
+def pretty_payload(payload: bytes) -> str:
+    """A JSON payload indented, anything else as text (bytes that are not UTF-8 escaped)."""
+    text = _text(payload)
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        return text
+
+
+def _text(payload: Any) -> str:
+    return bytes(payload).decode("utf-8", "backslashreplace")
+
+
+@dataclass(frozen=True)
+class Matching:
+    count: int  # dead letters the filter matches up to `upto`, or at least that many
+    upto: int  # the newest id now: an action stops there, so letters that die again
+    # meanwhile are not retried in the same go
+    complete: bool  # False: counting stopped after COUNT_BUDGET, at id `counted_from`
+    counted_from: int
+
+
+def matching(db: Database, function: str | None, search: str | None) -> Matching:
+    """How many dead letters a filter matches, newest first, for COUNT_BUDGET seconds."""
+    low, upto = db.run(tables.dead_letter_ids, deadline=_deadline())
+    budget = time.monotonic() + COUNT_BUDGET
+    count, high = 0, upto
+    while high >= low and (time.monotonic() < budget or not search):
+        above = max(low - 1, high - COUNT_CHUNK) if search else low - 1
+        def chunk(conn: Any, a: int = above, b: int = high) -> int:
+            return tables.count_dead_letters(conn, function, search, a, b)
+
+        count += db.run(chunk, deadline=_deadline())
+        high = above
+    return Matching(count, upto, high < low, high + 1)
+
+
+@dataclass(frozen=True)
+class LedgerLine:
+    id: int
+    function: str
+    unique: str | None
+    priority: str
+    not_before: datetime
+    created_at: datetime
+    ships: int
+    size: int
+    payload: str
+    state: str
+
+
+def ledger_page(db: Database, state: str | None, after: int
+                ) -> tuple[list[LedgerLine], int | None]:
+    rows, following = db.run(
+        lambda conn: tables.ledger_page(conn, state, after, PAGE_SIZE, LEDGER_SCAN, PREVIEW),
+        deadline=_deadline())  # fmt: skip
+    password = str(db.param("password") or "")
+    lines = []
+    for ident, function, unique, priority, not_before, created, ships, size, head, due in rows:
+        shown = "due" if due else ("leased" if ships else "delayed")
+        lines.append(LedgerLine(int(ident), str(function), unique, str(priority), not_before,
+                                created, int(ships), int(size),
+                                logs.mask(_text(head), password), shown))
+    return lines, following
+
+
+def workers(config: Config) -> list[tuple[str, list[gearadmin.Connection] | None, str | None]]:
+    """gearmand's `workers` per server: (server, connections or None, error or None)."""
+    found: list[tuple[str, list[gearadmin.Connection] | None, str | None]] = []
+    for server in config.gearman.servers:
+        try:
+            found.append((str(server), gearadmin.workers(server.host, server.port,
+                                                         timeout=status.STATUS_TIMEOUT), None))
+        except OSError as exc:
+            found.append((str(server), None, exc.strerror or str(exc) or type(exc).__name__))
+    return found
