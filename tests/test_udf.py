@@ -407,6 +407,7 @@ def test_epoch_null_gives_null_and_absurd_times_are_refused(udf: Sandbox, db: An
 def test_status_reports_config_and_counters(udf: Sandbox, db: Any) -> None:
     status = udf_status(db)
     assert status["servers"] == [udf.gearman_server]
+    assert status["routes"] == {}
     assert status["timeout_ms"] == 1000
     assert status["allow_servers_set"] is False
     assert status["config_error"] is None
@@ -637,6 +638,53 @@ def test_servers_set_allowed_by_config(udf: Sandbox, db: Any, fn: str,
     assert [job.workload for job in drain(udf, fn, 1)] == [b"set"]
 
 
+# -- functions with servers of their own ----------------------------------------------------
+
+def test_a_function_with_servers_of_its_own(udf: Sandbox, db: Any, fn: str,
+                                            udf_config: Callable[..., None],
+                                            memory_gearmand: int) -> None:
+    """servers.FUNCTION= sends that function's jobs to its own servers; every other function
+    keeps the default list."""
+    own = f"{fn}_own"
+    udf_config(**{f"servers.{own}": f"127.0.0.1:{memory_gearmand}"})
+    status = udf_status(db)
+    assert status["servers"] == [udf.gearman_server]
+    assert status["routes"] == {own: [f"127.0.0.1:{memory_gearmand}"]}
+    assert scalar(db, "SELECT gman_do_background(%s, 'routed')", own) is not None
+    assert scalar(db, "SELECT gman_do_background(%s, 'default')", fn) is not None
+    assert [job.workload for job in drain_from(memory_gearmand, own, 1)] == [b"routed"]
+    assert [job.workload for job in drain(udf, fn, 1)] == [b"default"]
+    assert queued(udf, own) == 0
+    with serving(memory_gearmand, own, lambda w: b"from own:" + w):
+        assert scalar(db, "SELECT gman_do(%s, 'x')", own) == b"from own:x"
+
+
+def test_servers_set_for_one_function(udf: Sandbox, db: Any, fn: str,
+                                      udf_config: Callable[..., None],
+                                      memory_gearmand: int) -> None:
+    """gman_servers_set(servers, function) does at run time what servers.FUNCTION= does; the
+    one-argument form still sets the default list."""
+    own = f"{fn}_own"
+    udf_config(allow_servers_set=1)
+    with pytest.raises(mysql.connector.Error) as caught:
+        scalar(db, "SELECT gman_servers_set('127.0.0.1:1', 'two words')")
+    assert "function must not contain whitespace or control characters" in str(caught.value)
+    server = f"127.0.0.1:{memory_gearmand}"
+    assert scalar(db, "SELECT gman_servers_set(%s, %s)", server, own) == server.encode()
+    status = udf_status(db)
+    assert status["routes"] == {own: [server]} and status["servers"] == [udf.gearman_server]
+    assert scalar(db, "SELECT gman_do_background(%s, 'routed')", own) is not None
+    assert [job.workload for job in drain_from(memory_gearmand, own, 1)] == [b"routed"]
+    # The default list changes; the route stays.
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        refused = closed.getsockname()[1]
+    assert scalar(db, "SELECT gman_servers_set(%s)", f"127.0.0.1:{refused}") is not None
+    assert scalar(db, "SELECT gman_do_background(%s, 'nowhere')", fn) is None
+    assert scalar(db, "SELECT gman_do_background(%s, 'still')", own) is not None
+    assert [job.workload for job in drain_from(memory_gearmand, own, 1)] == [b"still"]
+    assert udf_status(db)["routes"] == {own: [server]}
+
+
 def test_drop_functions_while_sessions_hold_connections(udf: Sandbox, fn: str) -> None:
     admin = udf.connect()
     cache_size = scalar(admin, "SELECT @@GLOBAL.thread_cache_size")
@@ -813,6 +861,9 @@ BAD_CONFIGS = {
     "unknown key": "allow_servers_set=1\nservers={server}\nbogus=1\n",
     "control character": "servers={server}\x0b\nallow_servers_set=1\n",
     "key twice": "servers={server}\nservers=127.0.0.1:1\n",
+    "bad route": "servers={server}\nservers.resize=127.0.0.1:99999\nallow_servers_set=1\n",
+    "route twice": "servers={server}\nservers.resize={server}\nservers.resize={server}\n",
+    "route without a name": "servers={server}\nservers.={server}\n",
 }
 
 
@@ -823,6 +874,7 @@ def test_a_config_that_does_not_parse_means_no_servers(udf: Sandbox, db: Any, fn
     udf_config_file(text.format(server=udf.gearman_server))
     status = udf_status(db)
     assert status["servers"] == [] and status["allow_servers_set"] is False
+    assert status["routes"] == {}
     assert status["config_error"].startswith(f"{udf.udf_config_path}:")
     for _ in range(3):
         assert scalar(db, "SELECT gman_do_background(%s, 'closed')", fn) is None

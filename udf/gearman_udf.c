@@ -8,7 +8,7 @@
  *   gman_do_epoch_background(function, workload, unix_time [, unique]) -> job handle, or NULL
  *   gman_do(function, workload [, unique])                   -> the worker's result, or NULL
  *   gman_do_high / gman_do_low                               -> same, other priority
- *   gman_servers_set(servers)                                -> servers, or an error
+ *   gman_servers_set(servers [, function])                   -> servers, or an error
  *   gman_udf_status()                                        -> JSON: config and counters
  *
  * The UDF contract (as in MariaDB's udf_example.c):
@@ -53,14 +53,22 @@
  * Configuration: a key=value file named by mysqld's environment variable
  * GEARMAN_UDF_CONFIG (default /etc/mysql/gearman_udf.conf), owned by whoever runs mysqld:
  *   servers=host:port[,host:port...]   tried in order, at most 16; default 127.0.0.1:4730
+ *   servers.FUNCTION=host:port[,...]   FUNCTION's own servers instead (at most 32 functions)
  *   timeout_ms=1000                    bounds each call as a whole
  *   backoff_ms=1000                    how long a failed server is skipped
  *   allow_servers_set=0|1              whether gman_servers_set() may change servers; 0
  * It is re-read when it changes (checked at most once a second, from xxx_init). It fails
  * closed: a file that cannot be read or has a line that does not parse (unknown keys and
- * repeated keys included) leaves the UDF with no servers and allow_servers_set off, and
- * says why once in the error log and in gman_udf_status(). Only a missing file means the
- * defaults. '#' starts a comment.
+ * repeated keys included) leaves the UDF with no servers, for any function, and
+ * allow_servers_set off, and says why once in the error log and in gman_udf_status().
+ * Only a missing file means the defaults. '#' starts a comment.
+ *
+ * Routes: a function with a servers.FUNCTION line (or a gman_servers_set(servers,
+ * function) call) uses only its own list; every other function uses servers=. The lists
+ * name at most 32 distinct servers together; a server named in several lists is one
+ * server, with one connection per thread and one back-off. What gman_servers_set() sets,
+ * for the default list or a function, is laid over the file's lists and lasts until the
+ * file changes to disallow it.
  *
  * Connections: each mysqld thread keeps one connection per server and reuses it for
  * every row and statement; it is dropped after a failure and after a config change.
@@ -142,7 +150,11 @@ _Static_assert(offsetof(struct udf_args_layout, maybe_null) == offsetof(UDF_ARGS
 #define CONFIG_CHECK_EVERY_MS 1000 /* at most one stat() of the config file a second */
 #define CONFIG_ERROR_SIZE 256     /* the first problem of a refused file, as status shows it */
 #define LOG_EVERY_MS 10000        /* at most one log line per source every ten seconds */
-#define MAX_SERVERS 16
+#define MAX_SERVERS 16      /* in one list: the default one, or one function's */
+#define MAX_SLOTS 32        /* distinct servers in all lists together */
+#define MAX_ROUTES 32       /* functions with servers of their own (servers.FUNCTION=) */
+#define ROUTE_NAMES_SIZE 4096 /* their names, each with its NUL, all together */
+#define ROUTE_PREFIX "servers."
 #define MAX_HOST 256
 /* gearmand's limits, each a buffer that also holds a NUL (GEARMAN_MAX_UNIQUE_SIZE 64,
  * GEARMAN_FUNCTION_MAX_SIZE 512, GEARMAN_JOB_HANDLE_SIZE 64). */
@@ -158,7 +170,10 @@ _Static_assert(offsetof(struct udf_args_layout, maybe_null) == offsetof(UDF_ARGS
 #define MAX_EPOCH 4294967295LL
 #define IN_BUFFER_MIN 65536        /* a connection's first receive buffer */
 #define IN_BUFFER_KEEP (1 << 20)   /* a larger one, grown for a big result, is freed after */
-#define STATUS_BUF 8192
+/* gman_udf_status() at its largest: every list full of the longest names, every byte of a
+ * route's name escaped, and room for the rest. */
+#define STATUS_BUF ((MAX_ROUTES + 1) * MAX_SERVERS * (MAX_HOST + 12) + 6 * ROUTE_NAMES_SIZE + \
+                    4096)
 
 /* ---------------------------------------------------------------- logging */
 
@@ -268,9 +283,32 @@ struct server {
   in_port_t port;
 };
 
+/* Servers tried in order, as indexes into config.slots. */
+struct server_list {
+  uint8_t slot[MAX_SERVERS];
+  unsigned n;
+};
+
+/* A function with servers of its own; its name, NUL-terminated, is config.names + name_at. */
+struct route {
+  uint16_t name_at;
+  uint16_t name_len;
+  struct server_list list;
+};
+
+/*
+ * Every server named anywhere sits in one slot, once, so that the default list and the
+ * routes that name the same server share its connection and its back-off: connections,
+ * g_down_until and g_server_log are indexed by slot.
+ */
 struct config {
-  struct server servers[MAX_SERVERS];
-  unsigned nservers;
+  struct server slots[MAX_SLOTS];
+  unsigned nslots;
+  struct server_list servers;       /* the default list: servers= */
+  struct route routes[MAX_ROUTES];  /* servers.FUNCTION= */
+  unsigned nroutes;
+  char names[ROUTE_NAMES_SIZE];
+  unsigned names_len;
   int timeout_ms;
   int backoff_ms;
   bool allow_servers_set;
@@ -290,17 +328,129 @@ static void config_error(struct config *c, const char *fmt, ...)
 static void config_defaults(struct config *c)
 {
   memset(c, 0, sizeof *c);
-  snprintf(c->servers[0].host, MAX_HOST, "%s", DEFAULT_HOST);
-  c->servers[0].port = DEFAULT_PORT;
-  c->nservers = 1;
+  snprintf(c->slots[0].host, MAX_HOST, "%s", DEFAULT_HOST);
+  c->slots[0].port = DEFAULT_PORT;
+  c->nslots = 1;
+  c->servers.n = 1;
   c->timeout_ms = DEFAULT_TIMEOUT_MS;
   c->backoff_ms = DEFAULT_BACKOFF_MS;
+}
+
+/* Fail closed: no server in any list. */
+static void config_no_servers(struct config *c)
+{
+  c->nslots = 0;
+  c->servers.n = 0;
+  c->nroutes = 0;
+  c->names_len = 0;
 }
 
 /* Whether byte ch would break gearmand's text protocols (whitespace, control, NUL). */
 static bool is_blank_or_control(char ch)
 {
   return (unsigned char)ch <= ' ' || ch == 0x7f;
+}
+
+/* What is wrong with a function name or unique of n bytes, or NULL if nothing. */
+static const char *name_problem(const char *p, size_t n, size_t max)
+{
+  if (n > max)
+    return max == MAX_FUNCTION ? "is longer than 511 bytes" : "is longer than 63 bytes";
+  for (size_t i = 0; i < n; i++)
+    if (is_blank_or_control(p[i]))
+      return "must not contain whitespace or control characters";
+  return NULL;
+}
+
+static int config_find_route(const struct config *c, const char *name, size_t len)
+{
+  for (unsigned r = 0; r < c->nroutes; r++)
+    if (c->routes[r].name_len == len && memcmp(c->names + c->routes[r].name_at, name, len) == 0)
+      return (int)r;
+  return -1;
+}
+
+/* The servers for function (n bytes): its own, or else the default list. */
+static const struct server_list *config_servers_for(const struct config *c, const char *function,
+                                                   size_t n)
+{
+  int r = config_find_route(c, function, n);
+  return r < 0 ? &c->servers : &c->routes[r].list;
+}
+
+/* Drop the slots that no list names any more, so that a replaced list frees its slots. */
+static void config_compact(struct config *c)
+{
+  bool used[MAX_SLOTS] = { false };
+  uint8_t moved[MAX_SLOTS];
+  for (unsigned k = 0; k < c->servers.n; k++)
+    used[c->servers.slot[k]] = true;
+  for (unsigned r = 0; r < c->nroutes; r++)
+    for (unsigned k = 0; k < c->routes[r].list.n; k++)
+      used[c->routes[r].list.slot[k]] = true;
+  unsigned kept = 0;
+  for (unsigned i = 0; i < c->nslots; i++) {
+    if (!used[i])
+      continue;
+    if (kept != i)
+      c->slots[kept] = c->slots[i];
+    moved[i] = (uint8_t)kept++;
+  }
+  c->nslots = kept;
+  for (unsigned k = 0; k < c->servers.n; k++)
+    c->servers.slot[k] = moved[c->servers.slot[k]];
+  for (unsigned r = 0; r < c->nroutes; r++)
+    for (unsigned k = 0; k < c->routes[r].list.n; k++)
+      c->routes[r].list.slot[k] = moved[c->routes[r].list.slot[k]];
+}
+
+/*
+ * Make servers[0..n) the list of function (len bytes; NULL for the default list), replacing
+ * what it had. False and a reason if it does not fit; c is then unusable (callers work on a
+ * copy, or fail closed).
+ */
+static bool config_set_servers(struct config *c, const char *function, size_t len,
+                               const struct server *servers, unsigned n, char *why, size_t size)
+{
+  struct server_list *list = &c->servers;
+  if (function != NULL) {
+    int r = config_find_route(c, function, len);
+    if (r < 0) {
+      if (c->nroutes == MAX_ROUTES) {
+        snprintf(why, size, "more than %d functions with servers of their own", MAX_ROUTES);
+        return false;
+      }
+      if (len + 1 > ROUTE_NAMES_SIZE - c->names_len) {
+        snprintf(why, size, "the names of functions with servers of their own are over %d "
+                 "bytes in all", ROUTE_NAMES_SIZE);
+        return false;
+      }
+      r = (int)c->nroutes++;
+      c->routes[r].name_at = (uint16_t)c->names_len;
+      c->routes[r].name_len = (uint16_t)len;
+      memcpy(c->names + c->names_len, function, len);
+      c->names[c->names_len + len] = '\0';
+      c->names_len += (unsigned)len + 1;
+    }
+    list = &c->routes[r].list;
+  }
+  list->n = 0;
+  config_compact(c);
+  for (unsigned k = 0; k < n; k++) {
+    unsigned i = 0;
+    while (i < c->nslots && !(c->slots[i].port == servers[k].port &&
+                              strcmp(c->slots[i].host, servers[k].host) == 0))
+      i++;
+    if (i == c->nslots) {
+      if (c->nslots == MAX_SLOTS) {
+        snprintf(why, size, "more than %d servers in all lists together", MAX_SLOTS);
+        return false;
+      }
+      c->slots[c->nslots++] = servers[k];
+    }
+    list->slot[list->n++] = (uint8_t)i;
+  }
+  return true;
 }
 
 /* "host[:port]" or "[v6addr][:port]" of n bytes; false and a reason in why if malformed. */
@@ -444,6 +594,31 @@ static const char *const config_keys[K_COUNT] = {
   "servers", "timeout_ms", "backoff_ms", "allow_servers_set",
 };
 
+/* servers.FUNCTION=value: the function's own servers, replacing the default list for it. */
+static bool config_route_line(const char *function, const char *value, struct config *c,
+                              char *why, size_t size)
+{
+  char echo[41], reason[160];
+  size_t len = strlen(function);
+  const char *problem = len == 0 ? "is empty" : name_problem(function, len, MAX_FUNCTION);
+  if (problem != NULL) {
+    snprintf(why, size, ROUTE_PREFIX "FUNCTION: the function name %s", problem);
+    return false;
+  }
+  if (config_find_route(c, function, len) >= 0) {
+    snprintf(why, size, ROUTE_PREFIX "%s given twice", shown(function, len, echo));
+    return false;
+  }
+  struct server parsed[MAX_SERVERS];
+  unsigned n;
+  if (!parse_servers(value, strlen(value), parsed, &n, reason, sizeof reason) ||
+      !config_set_servers(c, function, len, parsed, n, reason, sizeof reason)) {
+    snprintf(why, size, ROUTE_PREFIX "%s: %s", shown(function, len, echo), reason);
+    return false;
+  }
+  return true;
+}
+
 /* Apply one line of n bytes (its newline removed) to c; false and a reason if it is bad. */
 static bool config_line(char *line, size_t n, struct config *c, bool given[K_COUNT],
                         char *why, size_t size)
@@ -466,12 +641,14 @@ static bool config_line(char *line, size_t n, struct config *c, bool given[K_COU
   }
   *eq = '\0';
   char *key = trim(s), *value = trim(eq + 1);
+  if (strncmp(key, ROUTE_PREFIX, sizeof ROUTE_PREFIX - 1) == 0)
+    return config_route_line(key + sizeof ROUTE_PREFIX - 1, value, c, why, size);
   int k = 0;
   while (k < K_COUNT && strcmp(key, config_keys[k]) != 0)
     k++;
   if (k == K_COUNT) {
-    snprintf(why, size, "unknown key '%s' (known: servers, timeout_ms, backoff_ms, "
-             "allow_servers_set)", shown(key, strlen(key), echo));
+    snprintf(why, size, "unknown key '%s' (known: servers, servers.FUNCTION, timeout_ms, "
+             "backoff_ms, allow_servers_set)", shown(key, strlen(key), echo));
     return false;
   }
   if (given[k]) {
@@ -481,11 +658,15 @@ static bool config_line(char *line, size_t n, struct config *c, bool given[K_COU
   given[k] = true;
   char reason[160];
   switch (k) {
-  case K_SERVERS:
-    if (parse_servers(value, strlen(value), c->servers, &c->nservers, reason, sizeof reason))
+  case K_SERVERS: {
+    struct server parsed[MAX_SERVERS];
+    unsigned count;
+    if (parse_servers(value, strlen(value), parsed, &count, reason, sizeof reason) &&
+        config_set_servers(c, NULL, 0, parsed, count, reason, sizeof reason))
       return true;
     snprintf(why, size, "servers: %s", reason);
     return false;
+  }
   case K_TIMEOUT_MS:
   case K_BACKOFF_MS:
     if (parse_ms(value, k == K_TIMEOUT_MS ? &c->timeout_ms : &c->backoff_ms))
@@ -549,33 +730,36 @@ static void config_load(const char *path, struct config *c)
     fclose(f);
   }
   if (c->error[0] != '\0') {
-    c->nservers = 0;
+    config_no_servers(c);
     c->allow_servers_set = false;
   }
 }
 
 /*
- * g_config_lock guards g_config, g_servers_override and the g_config_* bookkeeping.
+ * g_config_lock guards g_file_config (what the file says), g_overrides (what
+ * gman_servers_set() set: a default list if servers.n > 0, and routes), g_config (the two
+ * together, what threads copy) and the g_config_* bookkeeping.
  * g_generation is written under it and read atomically without it: a thread whose
  * snapshot has an older generation drops its connections and copies g_config again.
  * g_down_until[i] (atomic, ms on the monotonic clock) is shared by all threads: until
- * then, server i of the current generation is skipped.
+ * then, slot i of the current generation is skipped.
  */
+#define CONFIG_DEFAULTS                                                                    \
+  {                                                                                        \
+    .slots = { { DEFAULT_HOST, DEFAULT_PORT } }, .nslots = 1, .servers = { { 0 }, 1 },     \
+    .timeout_ms = DEFAULT_TIMEOUT_MS, .backoff_ms = DEFAULT_BACKOFF_MS,                    \
+  }
 static pthread_mutex_t g_config_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct config g_config = {
-  .servers = { { DEFAULT_HOST, DEFAULT_PORT } },
-  .nservers = 1,
-  .timeout_ms = DEFAULT_TIMEOUT_MS,
-  .backoff_ms = DEFAULT_BACKOFF_MS,
-};
-static struct config g_servers_override; /* from gman_servers_set; nservers 0 if none */
+static struct config g_file_config = CONFIG_DEFAULTS;
+static struct config g_overrides;
+static struct config g_config = CONFIG_DEFAULTS;
 static int64_t g_config_checked_ms = INT64_MIN / 2;
 static bool g_config_loaded;
 static int g_config_errno;       /* of the last stat(): 0, ENOENT (no file) or another */
 static struct stat g_config_stat; /* of the last stat() that succeeded */
 static uint64_t g_generation = 1;
-static int64_t g_down_until[MAX_SERVERS];
-static struct rate_limit g_server_log[MAX_SERVERS];
+static int64_t g_down_until[MAX_SLOTS];
+static struct rate_limit g_server_log[MAX_SLOTS];
 static struct rate_limit g_job_log;
 static struct rate_limit g_misc_log;
 
@@ -593,11 +777,48 @@ static bool same_file_version(const struct stat *a, const struct stat *b)
          a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
 }
 
-/* Called with g_config_lock held: publish c as the new configuration. */
-static void config_publish(const struct config *c)
+/* Put list (of from's slots) into c as function's list; see config_set_servers. */
+static bool config_copy_list(struct config *c, const char *function, size_t len,
+                             const struct config *from, const struct server_list *list,
+                             char *why, size_t size)
 {
-  g_config = *c;
-  for (unsigned i = 0; i < MAX_SERVERS; i++)
+  struct server servers[MAX_SERVERS];
+  for (unsigned k = 0; k < list->n; k++)
+    servers[k] = from->slots[list->slot[k]];
+  return config_set_servers(c, function, len, servers, list->n, why, size);
+}
+
+/* c with the lists of ov (what gman_servers_set() set); false (c unusable) if they do not
+ * fit beside c's own. */
+static bool config_apply_overrides(struct config *c, const struct config *ov, char *why,
+                                   size_t size)
+{
+  if (ov->servers.n > 0 && !config_copy_list(c, NULL, 0, ov, &ov->servers, why, size))
+    return false;
+  for (unsigned r = 0; r < ov->nroutes; r++)
+    if (!config_copy_list(c, ov->names + ov->routes[r].name_at, ov->routes[r].name_len, ov,
+                          &ov->routes[r].list, why, size))
+      return false;
+  return true;
+}
+
+/*
+ * Called with g_config_lock held: g_config becomes the file's configuration with what
+ * gman_servers_set() set, as long as the file allows it, and every thread picks it up.
+ */
+static void config_publish(void)
+{
+  char why[160];
+  g_config = g_file_config;
+  if (!g_file_config.allow_servers_set) {
+    memset(&g_overrides, 0, sizeof g_overrides);
+  } else if (!config_apply_overrides(&g_config, &g_overrides, why, sizeof why)) {
+    UDF_LOG(NULL, "what gman_servers_set() set does not fit beside %s: %s; dropped",
+            config_path(), why);
+    memset(&g_overrides, 0, sizeof g_overrides);
+    g_config = g_file_config;
+  }
+  for (unsigned i = 0; i < MAX_SLOTS; i++)
     __atomic_store_n(&g_down_until[i], 0, __ATOMIC_RELAXED);
   __atomic_add_fetch(&g_generation, 1, __ATOMIC_RELEASE);
 }
@@ -625,30 +846,24 @@ static void config_refresh(void)
     return;
   }
 
-  struct config c;
+  struct config *c = &g_file_config;
   if (err == ENOENT) {
-    config_defaults(&c);
+    config_defaults(c);
     UDF_LOG(NULL, "%s: no such file; submitting to %s:%d, gman_servers_set refused", path,
             DEFAULT_HOST, DEFAULT_PORT);
   } else if (err != 0) {
-    config_defaults(&c);
-    config_error(&c, "%s: %s", path, strerror(err));
-    UDF_LOG(NULL, "%s; " CLOSED, c.error);
-    c.nservers = 0;
+    config_defaults(c);
+    config_error(c, "%s: %s", path, strerror(err));
+    UDF_LOG(NULL, "%s; " CLOSED, c->error);
+    config_no_servers(c);
   } else {
-    config_load(path, &c);
-  }
-  /* A runtime gman_servers_set() survives reloads as long as the file still allows it. */
-  if (!c.allow_servers_set) {
-    g_servers_override.nservers = 0;
-  } else if (g_servers_override.nservers > 0) {
-    memcpy(c.servers, g_servers_override.servers, sizeof c.servers);
-    c.nservers = g_servers_override.nservers;
+    config_load(path, c);
   }
   g_config_loaded = true;
   g_config_errno = err;
   g_config_stat = st;
-  config_publish(&c);
+  /* A runtime gman_servers_set() survives reloads as long as the file still allows it. */
+  config_publish();
   pthread_mutex_unlock(&g_config_lock);
 }
 
@@ -673,8 +888,8 @@ struct thread_state {
   struct thread_state *prev, *next; /* registry links, guarded by g_registry_lock */
   uint64_t generation;              /* of the config snapshot below */
   struct config config;
-  struct conn conns[MAX_SERVERS];
-  bool ever_open[MAX_SERVERS]; /* server i had a connection before: a new one reconnects */
+  struct conn conns[MAX_SLOTS];  /* one per slot of config */
+  bool ever_open[MAX_SLOTS]; /* slot i had a connection before: a new one reconnects */
 };
 
 /*
@@ -702,7 +917,7 @@ static void conn_close(struct conn *c)
 
 static void thread_state_close(struct thread_state *st)
 {
-  for (unsigned i = 0; i < MAX_SERVERS; i++)
+  for (unsigned i = 0; i < MAX_SLOTS; i++)
     conn_close(&st->conns[i]);
 }
 
@@ -792,7 +1007,7 @@ static struct thread_state *thread_state_get(void)
       free(st);
       return NULL;
     }
-    for (unsigned i = 0; i < MAX_SERVERS; i++)
+    for (unsigned i = 0; i < MAX_SLOTS; i++)
       st->conns[i].fd = -1;
     pthread_mutex_lock(&g_registry_lock);
     st->next = g_registry;
@@ -1132,6 +1347,41 @@ static uint32_t submit_type(const struct udf_spec *spec)
   return types[spec->kind][spec->priority];
 }
 
+/* Connect c to s, the server of slot i, counted in the status as this thread's. */
+static enum io slot_open(struct thread_state *st, unsigned i, struct conn *c,
+                         const struct server *s, int64_t deadline, char *why, size_t size)
+{
+  enum io r = conn_open(c, s, deadline, why, size);
+  if (r == IO_OK) {
+    count(C_CONNECTIONS_OPENED);
+    if (st->ever_open[i])
+      count(C_RECONNECTS);
+    st->ever_open[i] = true;
+  }
+  return r;
+}
+
+/* Send job's submit request (of the kind and priority spec says) on c. */
+static enum io send_submit(struct conn *c, const struct udf_spec *spec, const struct job *job,
+                           int64_t deadline)
+{
+  char head[HEADER_SIZE + MAX_FUNCTION + 1 + MAX_UNIQUE + 1 + 24];
+  size_t n = HEADER_SIZE;
+  memcpy(head + n, job->function, job->function_len);
+  n += job->function_len;
+  head[n++] = '\0';
+  memcpy(head + n, job->unique, job->unique_len);
+  n += job->unique_len;
+  head[n++] = '\0';
+  if (spec->kind == JOB_EPOCH)
+    n += (size_t)snprintf(head + n, sizeof head - n, "%lld", job->epoch) + 1;
+  memcpy(head, "\0REQ", 4);
+  put_be32(head + 4, submit_type(spec));
+  put_be32(head + 8, (uint32_t)(n - HEADER_SIZE + job->workload_len));
+  struct iovec iov[2] = { { head, n }, { (void *)job->workload, job->workload_len } };
+  return conn_send(c, iov, job->workload_len ? 2 : 1, deadline);
+}
+
 /* How one attempt on one server ended; submit() decides from it what comes next. */
 enum outcome {
   O_OK,              /* the handle, or the worker's result, is in the call */
@@ -1153,32 +1403,14 @@ static enum outcome submit_once(struct thread_state *st, unsigned i, struct call
 {
   struct conn *c = &st->conns[i];
   if (c->fd < 0) {
-    enum io r = conn_open(c, &st->config.servers[i], deadline, why, size);
+    enum io r = slot_open(st, i, c, &st->config.slots[i], deadline, why, size);
     if (r == IO_NO_MEMORY)
       return O_NO_MEMORY;
     if (r != IO_OK)
       return r == IO_TIMEOUT ? O_SERVER_TIMEOUT : O_UNREACHABLE;
-    count(C_CONNECTIONS_OPENED);
-    if (st->ever_open[i])
-      count(C_RECONNECTS);
-    st->ever_open[i] = true;
   }
 
-  char head[HEADER_SIZE + MAX_FUNCTION + 1 + MAX_UNIQUE + 1 + 24];
-  size_t n = HEADER_SIZE;
-  memcpy(head + n, job->function, job->function_len);
-  n += job->function_len;
-  head[n++] = '\0';
-  memcpy(head + n, job->unique, job->unique_len);
-  n += job->unique_len;
-  head[n++] = '\0';
-  if (call->spec->kind == JOB_EPOCH)
-    n += (size_t)snprintf(head + n, sizeof head - n, "%lld", job->epoch) + 1;
-  memcpy(head, "\0REQ", 4);
-  put_be32(head + 4, submit_type(call->spec));
-  put_be32(head + 8, (uint32_t)(n - HEADER_SIZE + job->workload_len));
-  struct iovec iov[2] = { { head, n }, { (void *)job->workload, job->workload_len } };
-  enum io r = conn_send(c, iov, job->workload_len ? 2 : 1, deadline);
+  enum io r = send_submit(c, call->spec, job, deadline);
   if (r != IO_OK)
     return r == IO_TIMEOUT ? O_SERVER_TIMEOUT : O_LOST_BEFORE_ACK;
 
@@ -1283,7 +1515,10 @@ static bool submit(struct call *call, const struct job *job)
   }
   int64_t deadline = now_ms() + st->config.timeout_ms;
   bool resubmit = false; /* the previous attempt lost its connection before the ack */
-  for (unsigned i = 0; i < st->config.nservers; i++) {
+  const struct server_list *list =
+      config_servers_for(&st->config, job->function, job->function_len);
+  for (unsigned k = 0; k < list->n; k++) {
+    unsigned i = list->slot[k];
     if (now_ms() < __atomic_load_n(&g_down_until[i], __ATOMIC_RELAXED)) {
       count(C_SKIPPED_BACKOFF);
       continue;
@@ -1314,7 +1549,7 @@ static bool submit(struct call *call, const struct job *job)
     } else {
       conn_close(c);
     }
-    const struct server *s = &st->config.servers[i];
+    const struct server *s = &st->config.slots[i];
     bool server_fault = o != O_JOB_FAILED && o != O_WORKER_TIMEOUT && o != O_NO_MEMORY;
     UDF_LOG(server_fault ? &g_server_log[i] : &g_job_log,
             "%s:%u: '%.*s' (timeout_ms=%d) %s%s%s", s->host, s->port,
@@ -1360,17 +1595,6 @@ static void init_error(char *message, const char *usage, const char *fmt, ...)
     snprintf(message, MESSAGE_SIZE, "%s: %s", usage, problem);
   else
     snprintf(message, MESSAGE_SIZE, "%s; usage: %s", problem, usage);
-}
-
-/* What is wrong with a function name or unique of n bytes, or NULL if nothing. */
-static const char *name_problem(const char *p, size_t n, size_t max)
-{
-  if (n > max)
-    return max == MAX_FUNCTION ? "is longer than 511 bytes" : "is longer than 63 bytes";
-  for (size_t i = 0; i < n; i++)
-    if (is_blank_or_control(p[i]))
-      return "must not contain whitespace or control characters";
-  return NULL;
 }
 
 /*
@@ -1429,6 +1653,27 @@ static bool const_epoch_ok(enum Item_result type, const char *value, unsigned lo
   return v >= 0 && v < (double)MAX_EPOCH + 1;
 }
 
+/* xxx_init's check of argument i, a function name: false, and the message filled, if it is
+ * not a string or is a literal that gearmand could not take. */
+static bool function_arg_ok(const char *usage, UDF_ARGS *args, unsigned i, char *message)
+{
+  const char *problem;
+  if (args->arg_type[i] != STRING_RESULT) {
+    init_error(message, usage, "function must be a string");
+    return false;
+  }
+  if (is_literal(args, i) && args->lengths[i] == 0) {
+    init_error(message, usage, "function must not be empty");
+    return false;
+  }
+  if (is_literal(args, i) &&
+      (problem = name_problem(args->args[i], args->lengths[i], MAX_FUNCTION)) != NULL) {
+    init_error(message, usage, "function %s", problem);
+    return false;
+  }
+  return true;
+}
+
 static udf_bool job_init(const struct udf_spec *spec, UDF_INIT *initid, UDF_ARGS *args,
                          char *message)
 {
@@ -1438,20 +1683,9 @@ static udf_bool job_init(const struct udf_spec *spec, UDF_INIT *initid, UDF_ARGS
                args->arg_count);
     return 1;
   }
-  if (args->arg_type[0] != STRING_RESULT) {
-    init_error(message, spec->usage, "function must be a string");
+  if (!function_arg_ok(spec->usage, args, 0, message))
     return 1;
-  }
   const char *problem;
-  if (is_literal(args, 0) && args->lengths[0] == 0) {
-    init_error(message, spec->usage, "function must not be empty");
-    return 1;
-  }
-  if (is_literal(args, 0) &&
-      (problem = name_problem(args->args[0], args->lengths[0], MAX_FUNCTION)) != NULL) {
-    init_error(message, spec->usage, "function %s", problem);
-    return 1;
-  }
   args->arg_type[1] = STRING_RESULT;
   if (spec->kind == JOB_EPOCH) {
     /* A string literal is refused; a string column is converted, NULL gives NULL. */
@@ -1597,16 +1831,22 @@ JOB_UDF(gman_do_low, "gman_do_low(function, workload [, unique])",
 /* ---------------------------------------------------------------- gman_servers_set */
 
 static const struct udf_spec servers_set_spec = {
-  "gman_servers_set(servers)", JOB_BACKGROUND, PRIORITY_NORMAL
+  "gman_servers_set(servers [, function])", JOB_BACKGROUND, PRIORITY_NORMAL
 };
 
 UDF_EXPORT udf_bool gman_servers_set_init(UDF_INIT *initid, UDF_ARGS *args, char *message)
 {
   const char *usage = servers_set_spec.usage;
-  if (args->arg_count != 1 || args->arg_type[0] != STRING_RESULT) {
-    init_error(message, usage, "expects one string like 'host:port,host:port'");
+  if (args->arg_count < 1 || args->arg_count > 2) {
+    init_error(message, usage, "expected 1 or 2 arguments, got %u", args->arg_count);
     return 1;
   }
+  if (args->arg_type[0] != STRING_RESULT) {
+    init_error(message, usage, "servers must be a string like 'host:port,host:port'");
+    return 1;
+  }
+  if (args->arg_count == 2 && !function_arg_ok(usage, args, 1, message))
+    return 1;
   config_refresh();
   pthread_mutex_lock(&g_config_lock);
   bool allowed = g_config.allow_servers_set;
@@ -1648,32 +1888,59 @@ UDF_EXPORT void gman_servers_set_deinit(UDF_INIT *initid)
   call_deinit(initid);
 }
 
+/*
+ * Without a function: the default list. With one: that function's own list, as a
+ * servers.FUNCTION= line would. Either lasts until the file changes to disallow it; a set
+ * that does not fit beside the file's lists (more than MAX_SLOTS servers, MAX_ROUTES
+ * functions) is ignored with a log line.
+ */
 UDF_EXPORT char *gman_servers_set(UDF_INIT *initid, UDF_ARGS *args, char *result,
                                   unsigned long *length, udf_flag *is_null, udf_flag *error)
 {
   struct call *call = (struct call *)initid->ptr;
-  struct config c;
-  char why[160];
+  struct server parsed[MAX_SERVERS];
+  unsigned n;
+  char why[160] = "out of memory", echo[41];
+  const char *function = args->arg_count == 2 ? args->args[1] : NULL;
+  size_t function_len = function != NULL ? args->lengths[1] : 0;
   (void)result;
   (void)error;
   *is_null = 1;
-  if (args->args[0] == NULL || !parse_servers(args->args[0], args->lengths[0], c.servers,
-                                              &c.nservers, why, sizeof why)) {
+  if (args->arg_count == 2 && (function == NULL || function_len == 0 ||
+                               name_problem(function, function_len, MAX_FUNCTION) != NULL)) {
+    UDF_LOG(&g_misc_log, "gman_servers_set: function '%s' %s; ignored",
+            function ? shown(function, function_len, echo) : "NULL",
+            function == NULL || function_len == 0
+                ? "is empty"
+                : name_problem(function, function_len, MAX_FUNCTION));
+    return NULL;
+  }
+  if (args->args[0] == NULL ||
+      !parse_servers(args->args[0], args->lengths[0], parsed, &n, why, sizeof why)) {
     UDF_LOG(&g_misc_log, "gman_servers_set: %s; ignored", args->args[0] ? why : "NULL");
     return NULL;
   }
+  /* Tried on copies: what does not fit changes nothing. On the heap: two configs are more
+   * than a mysqld thread's stack should carry. */
+  struct config *ov = malloc(2 * sizeof *ov), *next = ov + 1;
   pthread_mutex_lock(&g_config_lock);
-  bool allowed = g_config.allow_servers_set;
-  if (allowed) {
-    g_servers_override = c;
-    struct config next = g_config;
-    memcpy(next.servers, c.servers, sizeof c.servers);
-    next.nservers = c.nservers;
-    config_publish(&next);
+  bool allowed = g_config.allow_servers_set, ok = false;
+  if (allowed && ov != NULL) {
+    *ov = g_overrides;
+    *next = g_file_config;
+    ok = config_set_servers(ov, function, function_len, parsed, n, why, sizeof why) &&
+         config_apply_overrides(next, ov, why, sizeof why);
+    if (ok) {
+      g_overrides = *ov;
+      config_publish();
+    }
   }
   pthread_mutex_unlock(&g_config_lock);
+  free(ov);
+  if (allowed && !ok)
+    UDF_LOG(&g_misc_log, "gman_servers_set: %s; ignored", why);
   call->len = 0;
-  if (!allowed || !call_append(call, args->args[0], args->lengths[0]))
+  if (!ok || !call_append(call, args->args[0], args->lengths[0]))
     return NULL;
   *length = call->len;
   *is_null = 0;
@@ -1713,31 +1980,51 @@ static size_t json_str(char *buf, size_t cap, size_t len, const char *s)
       len = len + (size_t)w_ < cap ? len + (size_t)w_ : cap - 1;                           \
   } while (0)
 
-static size_t status_json(char *buf, size_t cap)
+/* Append list as a JSON array of "host:port" strings. */
+static size_t json_list(char *buf, size_t cap, size_t len, const struct config *c,
+                        const struct server_list *list)
 {
-  struct config c;
-  uint64_t generation;
-  size_t len = 0;
-  config_snapshot(&c, &generation);
-  APPEND("{\"version\":\"%s\",\"config\":", GMU_VERSION);
-  len = json_str(buf, cap, len, config_path());
-  APPEND(",\"config_error\":");
-  if (c.error[0])
-    len = json_str(buf, cap, len, c.error);
-  else
-    APPEND("null");
-  APPEND(",\"servers\":[");
-  for (unsigned i = 0; i < c.nservers; i++) {
+  APPEND("[");
+  for (unsigned k = 0; k < list->n; k++) {
+    const struct server *s = &c->slots[list->slot[k]];
     char one[MAX_HOST + 16];
-    bool v6 = strchr(c.servers[i].host, ':') != NULL;
-    snprintf(one, sizeof one, v6 ? "[%s]:%u" : "%s:%u", c.servers[i].host, c.servers[i].port);
-    if (i)
+    snprintf(one, sizeof one, strchr(s->host, ':') ? "[%s]:%u" : "%s:%u", s->host, s->port);
+    if (k)
       APPEND(",");
     len = json_str(buf, cap, len, one);
   }
-  APPEND("],\"timeout_ms\":%d,\"backoff_ms\":%d,\"allow_servers_set\":%s,"
-         "\"config_generation\":%llu,\"counters\":{", c.timeout_ms, c.backoff_ms,
-         c.allow_servers_set ? "true" : "false", (unsigned long long)generation);
+  APPEND("]");
+  return len;
+}
+
+static size_t status_json(char *buf, size_t cap)
+{
+  size_t len = 0;
+  /* Read in place, under the lock: a copy of the configuration is large for a stack. */
+  pthread_mutex_lock(&g_config_lock);
+  const struct config *c = &g_config;
+  APPEND("{\"version\":\"%s\",\"config\":", GMU_VERSION);
+  len = json_str(buf, cap, len, config_path());
+  APPEND(",\"config_error\":");
+  if (c->error[0])
+    len = json_str(buf, cap, len, c->error);
+  else
+    APPEND("null");
+  APPEND(",\"servers\":");
+  len = json_list(buf, cap, len, c, &c->servers);
+  APPEND(",\"routes\":{");
+  for (unsigned r = 0; r < c->nroutes; r++) {
+    if (r)
+      APPEND(",");
+    len = json_str(buf, cap, len, c->names + c->routes[r].name_at);
+    APPEND(":");
+    len = json_list(buf, cap, len, c, &c->routes[r].list);
+  }
+  APPEND("},\"timeout_ms\":%d,\"backoff_ms\":%d,\"allow_servers_set\":%s,"
+         "\"config_generation\":%llu,\"counters\":{", c->timeout_ms, c->backoff_ms,
+         c->allow_servers_set ? "true" : "false",
+         (unsigned long long)__atomic_load_n(&g_generation, __ATOMIC_RELAXED));
+  pthread_mutex_unlock(&g_config_lock);
   for (int i = 0; i < C_COUNT; i++)
     APPEND("%s\"%s\":%llu", i ? "," : "", counter_names[i],
            (unsigned long long)__atomic_load_n(&g_counters[i], __ATOMIC_RELAXED));

@@ -534,8 +534,11 @@ static void test_arguments(void)
   struct arg real = { REAL_RESULT, (const char *)&big, sizeof big, "1e30" };
   check(message_has(call3("gman_do_epoch_background", STR("f"), STR("w"), real),
                     "seconds, not milliseconds"), "epoch of 1e30 refused");
-  check(message_has(call("gman_servers_set", 0, NULL), "gman_servers_set(servers)"),
+  check(message_has(call("gman_servers_set", 0, NULL), "gman_servers_set(servers [, function])"),
         "gman_servers_set without arguments refused");
+  check(message_has(call2("gman_servers_set", STR("127.0.0.1:1"), STR("a b")),
+                    "function must not contain whitespace"),
+        "gman_servers_set with a function name holding a space refused");
   struct arg one[] = { STR("x") };
   check(message_has(call("gman_udf_status", 1, one), "takes no arguments"),
         "gman_udf_status with an argument refused");
@@ -745,6 +748,38 @@ static void test_config(void)
                     "whitespace or a control character"),
         "gman_servers_set rejects a tab in an entry");
 
+  /* A function with servers of its own; the others keep the default list. */
+  int dead = closed_port();
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d\nservers.driver_record=127.0.0.1:%d\n"
+           "timeout_ms=500\nallow_servers_set=1\n", dead, gearman_port);
+  write_config(text);
+  /* What gman_servers_set(servers) set above still holds (the file allows it): the one
+   * argument form sets the default list, and leaves the routes alone. */
+  snprintf(text, sizeof text, "127.0.0.1:%d", dead);
+  r = call("gman_servers_set", 1, (struct arg[]){ BYTES(text, strlen(text)) });
+  check(!r.is_null, "gman_servers_set(servers) sets the default list beside a route");
+  r = call2("gman_do_background", STR("driver_record"), STR("routed"));
+  check(!r.is_null && wait_seen(6) && seen_equals("routed", 6),
+        "servers.driver_record=: its jobs go to its own server");
+  check(call2("gman_do_background", STR("driver_none"), STR("w")).is_null,
+        "...and another function's to the default list (a closed port here)");
+  snprintf(text, sizeof text, "\"routes\":{\"driver_record\":[\"127.0.0.1:%d\"]}",
+           gearman_port);
+  check(status_has(text), "gman_udf_status shows the route");
+  snprintf(text, sizeof text, "127.0.0.1:%d", gearman_port);
+  r = call2("gman_servers_set", BYTES(text, strlen(text)), STR("driver_echo"));
+  check(!r.init_failed && !r.is_null, "gman_servers_set(servers, function) accepted");
+  r = call2("gman_do", STR("driver_echo"), STR("x"));
+  check(!r.is_null && r.length == 6, "...and that function's jobs go there");
+  check(call2("gman_do_background", STR("driver_none"), STR("w")).is_null,
+        "...while the default list stays as it was");
+  snprintf(text, sizeof text, "\"driver_echo\":[\"127.0.0.1:%d\"]", gearman_port);
+  check(status_has(text) && status_has("\"driver_record\":["),
+        "gman_udf_status shows the file's route and the one set");
+  write_config("servers=127.0.0.1:1\n");
+  check(status_has("\"routes\":{}"),
+        "a file that no longer allows gman_servers_set drops what it set");
+
   /* Fails closed: any bad line means no servers, never allow_servers_set. */
   static const char *const bad[] = {
     "servers=a:1;b:2\n",
@@ -753,6 +788,9 @@ static void test_config(void)
     "servers=127.0.0.1:4730\nservers=127.0.0.1:4731\n",
     "servers=1.1.1.1,1.1.1.2,1.1.1.3,1.1.1.4,1.1.1.5,1.1.1.6,1.1.1.7,1.1.1.8,1.1.1.9,"
     "1.1.1.10,1.1.1.11,1.1.1.12,1.1.1.13,1.1.1.14,1.1.1.15,1.1.1.16,1.1.1.17\n",
+    "servers=127.0.0.1:4730\nservers.f=127.0.0.1:99999\n",
+    "servers=127.0.0.1:4730\nservers.=127.0.0.1:4731\n",
+    "servers.f=127.0.0.1:4731\nservers=127.0.0.1:4730\nservers.f=127.0.0.1:4732\n",
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     write_config(bad[i]);
@@ -760,7 +798,7 @@ static void test_config(void)
     char what[160];
     snprintf(what, sizeof what, "bad config %zu: no servers, no gman_servers_set, NULL", i + 1);
     check(r.is_null && status_has("\"servers\":[]") && status_has("\"config_error\":\"") &&
-          status_has("\"allow_servers_set\":false"), what);
+          status_has("\"allow_servers_set\":false") && status_has("\"routes\":{}"), what);
   }
 
   unlink(config_file);
