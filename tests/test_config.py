@@ -17,6 +17,7 @@ from workerhost.config import (
     DatabaseConfig,
     HandlerConfig,
     RetryPolicy,
+    ScheduleConfig,
     Server,
     TriggerConfig,
     load_config,
@@ -237,7 +238,7 @@ def test_tls_keys_reach_the_connector() -> None:
          " max_lifetime, on_no_rows, accept, command, max_memory"),
         ("unknown-top-key.yaml",
          "unknown-top-key.yaml: unknown key 'handler' (did you mean 'handlers'?);"
-         " allowed: gearman, database, host, handlers, triggers, triggers_owner"),
+         " allowed: gearman, database, host, handlers, triggers, triggers_owner, schedules"),
         ("bad-duration.yaml",
          "bad-duration.yaml: handlers.resize_image.timeout: expected a duration like 30s,"
          " got '-1'"),
@@ -598,3 +599,79 @@ def test_metrics_listen_address_defaults_to_loopback(value: object, expected: co
 def test_metrics_listen_address_rejects_garbage() -> None:
     with pytest.raises(ValueError, match=r"expected host:port like 127\.0\.0\.1:4730, got 'nope'"):
         conv.listen_address("nope")
+
+
+# -- schedules ----------------------------------------------------------------------------------
+
+
+def test_schedules_load_with_their_defaults() -> None:
+    config = load_config("schedules.yaml", env={})
+    assert config.host.scheduler.enabled is False
+    tick, nightly, cleanup = config.schedules
+    assert tick == ScheduleConfig(name="tick", function="report", every=30)
+    assert (tick.timezone, tick.catch_up, dict(tick.payload)) == ("UTC", "latest", {})
+    assert (nightly.cron, nightly.timezone, nightly.catch_up) == (
+        "0 3 * * mon-fri", "Europe/Paris", "all")
+    assert dict(nightly.payload) == {"kind": "daily", "limits": {"rows": 100, "ratio": 0.5},
+                                     "tags": ["a", "b"], "note": None}
+    assert (cleanup.cron, cleanup.catch_up) == ("@hourly", "none")
+    minimal = load_config("minimal.yaml", env={})
+    assert (minimal.schedules, minimal.host.scheduler.enabled) == ((), True)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "message"),
+    [
+        ("schedule-bad-cron.yaml",
+         "schedule-bad-cron.yaml: schedules[0].cron: invalid cron expression '61 3 * * *': out"
+         " of range"),
+        ("schedule-cron-six-fields.yaml",
+         "schedule-cron-six-fields.yaml: schedules[0].cron: expected a cron expression of 5"
+         " fields (minute hour day-of-month month day-of-week) or one of @yearly, @annually,"
+         " @monthly, @weekly, @daily, @midnight, @hourly, got '*/10 * * * * *'"),
+        ("schedule-cron-matches-no-date.yaml",
+         "schedule-cron-matches-no-date.yaml: schedules[0].cron: cron expression '0 0 30 2 *'"
+         " matches no date"),
+        ("schedule-unknown-timezone.yaml",
+         "schedule-unknown-timezone.yaml: schedules[0].timezone: unknown time zone"
+         " 'Europe/Pariss': use a name of the tz database like 'Europe/Paris' or 'UTC'"),
+        ("schedule-every-and-cron.yaml",
+         "schedule-every-and-cron.yaml: schedules[0]: has both every: and cron:; keep one"),
+        ("schedule-neither-every-nor-cron.yaml",
+         "schedule-neither-every-nor-cron.yaml: schedules[0]: needs every: (a duration) or cron:"
+         " (an expression)"),
+        ("schedule-unknown-key.yaml",
+         "schedule-unknown-key.yaml: schedules[0]: unknown key 'catchup' (did you mean"
+         " 'catch_up'?); allowed: name, function, every, cron, timezone, payload, catch_up"),
+        ("schedule-bad-catch-up.yaml",
+         "schedule-bad-catch-up.yaml: schedules[0].catch_up: expected one of latest, all, none,"
+         " got 'some'"),
+        ("schedule-every-fraction.yaml",
+         "schedule-every-fraction.yaml: schedules[0].every: expected a whole number of seconds,"
+         " at least 1s, like 30s or 5m, got '1500ms'"),
+        ("schedule-timezone-with-every.yaml",
+         "schedule-timezone-with-every.yaml: schedules[0].timezone: applies to cron: only;"
+         " every: counts from 1970-01-01 00:00 UTC, so every: 1d fires at 00:00 UTC"),
+        ("schedule-payload-not-mapping.yaml",
+         "schedule-payload-not-mapping.yaml: schedules[0].payload: expected a mapping (a JSON"
+         " object), got a list"),
+        ("schedule-payload-sets-slot.yaml",
+         "schedule-payload-sets-slot.yaml: schedules[0].payload.slot: the host sets schedule,"
+         " slot and event_id in every scheduled job's payload; use another key"),
+        ("schedule-payload-date.yaml",
+         "schedule-payload-date.yaml: schedules[0].payload: window.since is a date (2026-01-01),"
+         " which JSON cannot hold; quote it to keep it as text"),
+        ("schedule-duplicate-name.yaml",
+         "schedule-duplicate-name.yaml: schedules[1].name: 'tick' is the name of schedules[0]"
+         " too; each schedule needs a name of its own"),
+        ("schedule-name-too-long.yaml",
+         "schedule-name-too-long.yaml: schedules[0].name: expected a name of letters, digits, _,"
+         " . or - (at most 24), got 'nightly_invoice_reminders'"),
+        ("schedule-missing-function.yaml",
+         "schedule-missing-function.yaml: schedules[0]: missing required key 'function'"),
+        ("schedules-not-a-list.yaml",
+         "schedules-not-a-list.yaml: schedules: expected a list, got a mapping"),
+    ],
+)  # fmt: skip
+def test_invalid_schedule_names_file_path_and_reason(fixture: str, message: str) -> None:
+    assert error_of(fixture) == message

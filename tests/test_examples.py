@@ -18,6 +18,7 @@ SECTIONS = {
     "top": config._TOP_KEYS, "gearman": config._GEARMAN_KEYS,
     "database": config._DATABASE_KEYS, "host": config._HOST_KEYS, "relay": config._RELAY_KEYS,
     "handlers.NAME": config._HANDLER_KEYS, "retries": config._RETRY_KEYS,
+    "schedules[]": config._SCHEDULE_KEYS, "scheduler": config._SCHEDULER_KEYS,
     "triggers[]": config._TRIGGER_KEYS, "console": config._CONSOLE_KEYS,
     "console.users.NAME": config._CONSOLE_USER_KEYS,
 }  # fmt: skip
@@ -49,3 +50,10 @@ def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
                             text=True, timeout=60, check=False)
     problems = [line for line in result.stderr.splitlines() if "workerhost.service" in line]
     assert not problems, result.stderr
+
+
+def test_the_annotated_example_has_schedules_of_both_kinds() -> None:
+    loaded = config.load_config(ANNOTATED, env={"DB_PASSWORD": "x"})
+    assert [(s.name, s.cron, s.every, s.timezone) for s in loaded.schedules] == [
+        ("nightly_report", "30 2 * * *", None, "Europe/Paris"), ("heartbeat", None, 300, "UTC")]
+    assert loaded.host.scheduler.enabled

@@ -79,9 +79,19 @@ ACCEPT = ("ledger", "any")
 Accept = Literal["ledger", "any"]
 TRIGGER_EVENTS = ("insert", "update", "delete")
 DELIVERIES = ("immediate", "outbox")  # submit from the trigger, or via the outbox table
+# What becomes of a schedule's slots that came due while no host led it (scheduler.py): the
+# newest of them fires once, every one fires in order, or none does.
+CATCH_UPS = ("latest", "all", "none")
+DEFAULT_CATCH_UP = "latest"
+DEFAULT_SCHEDULE_ZONE = "UTC"  # the time zone cron: expressions are read in
+# Keys the host adds to every scheduled job's payload; a payload of the file may not set them.
+SCHEDULE_PAYLOAD_KEYS = ("schedule", "slot", "event_id")
+# Every host whose file has schedules runs the scheduler; the database picks one per schedule.
+DEFAULT_SCHEDULER_ENABLED = True
 
 OnNoRows = Literal["ignore", "retry", "dead_letter"]
 Delivery = Literal["immediate", "outbox"]
+CatchUp = Literal["latest", "all", "none"]
 Role = Literal["admin", "viewer"]
 T = TypeVar("T")
 
@@ -171,12 +181,20 @@ class ConsoleConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SchedulerConfig:
+    """The scheduler child, which fires the jobs of the schedules: section."""
+
+    enabled: bool = DEFAULT_SCHEDULER_ENABLED
+
+
+@dataclass(frozen=True, kw_only=True)
 class HostConfig:
     """Settings of the host process itself."""
 
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     metrics: Server | None = None  # listen address for metrics and health; None = off
     relay: RelayConfig = field(default_factory=RelayConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
 
 
@@ -230,6 +248,20 @@ class TriggerConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ScheduleConfig:
+    """A job submitted at every slot of a timetable (timetable.py): `every` seconds, or a
+    `cron` expression read in `timezone`."""
+
+    name: str
+    function: str
+    every: int | None = None  # seconds; slots at its multiples since the Unix epoch
+    cron: str | None = None
+    timezone: str = DEFAULT_SCHEDULE_ZONE
+    payload: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    catch_up: CatchUp = "latest"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """The whole file."""
 
@@ -242,6 +274,7 @@ class Config:
     # Recorded in the triggers this file creates: `triggers --apply` replaces and drops only
     # its own. The file's name without its extension unless set.
     triggers_owner: str = "workerhost"
+    schedules: tuple[ScheduleConfig, ...] = ()
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
@@ -303,6 +336,7 @@ def parse_config(
             for name in handlers.data
         }),
         triggers=_triggers(top) if top.data.get("triggers") is not None else (),
+        schedules=_schedules(top) if top.data.get("schedules") is not None else (),
         triggers_owner=top.get("triggers_owner", conv.owner_name, _default_owner(file)),
     )  # fmt: skip
 
@@ -313,15 +347,18 @@ def _default_owner(file: str) -> str:
     return name or "workerhost"
 
 
-_TOP_KEYS = ("gearman", "database", "host", "handlers", "triggers", "triggers_owner")
+_TOP_KEYS = ("gearman", "database", "host", "handlers", "triggers", "triggers_owner",
+             "schedules")
 _GEARMAN_KEYS = ("servers", "reconnect_backoff", "max_reconnect_backoff")
 _DATABASE_KEYS = ("host", "port", "unix_socket", "user", "password", "database", "connect_timeout",
                   "ssl_ca", "ssl_cert", "ssl_key", "ssl_verify_cert", "ssl_verify_identity",
                   "ssl_disabled")
-_HOST_KEYS = ("shutdown_timeout", "metrics", "relay", "console")
+_HOST_KEYS = ("shutdown_timeout", "metrics", "relay", "console", "scheduler")
 _CONSOLE_KEYS = ("listen", "users")
 _CONSOLE_USER_KEYS = ("password", "password_file", "role")
 _RELAY_KEYS = ("enabled", "batch", "interval", "lease")
+_SCHEDULER_KEYS = ("enabled",)
+_SCHEDULE_KEYS = ("name", "function", "every", "cron", "timezone", "payload", "catch_up")
 _HANDLER_KEYS = ("python", "sql", "processes", "batch", "timeout", "retries", "max_jobs",
                  "max_lifetime", "on_no_rows", "accept", "command", "max_memory")  # fmt: skip
 _RETRY_KEYS = ("attempts", "backoff", "max_backoff")
@@ -544,6 +581,8 @@ def _host(section: _Section) -> HostConfig:
             interval=relay.get("interval", conv.positive_duration, DEFAULT_RELAY_INTERVAL),
             lease=relay.get("lease", conv.positive_duration, DEFAULT_RELAY_LEASE),
         ),
+        scheduler=SchedulerConfig(enabled=section.section("scheduler", _SCHEDULER_KEYS).get(
+            "enabled", conv.boolean, DEFAULT_SCHEDULER_ENABLED)),
         console=_console(section.section("console", _CONSOLE_KEYS)),
     )
 
@@ -629,3 +668,40 @@ def _triggers(top: _Section) -> tuple[TriggerConfig, ...]:
                 raise section.error(f"repeats triggers[{earlier}]: {message}")
         triggers.append(trigger)
     return tuple(triggers)
+
+
+def _schedules(top: _Section) -> tuple[ScheduleConfig, ...]:
+    schedules: list[ScheduleConfig] = []
+    items = top.data["schedules"]
+    if not isinstance(items, list):
+        raise top.error(f"expected a list, got {show(items)}", "schedules")
+    for index, item in enumerate(items):
+        section = _Section(item, f"schedules[{index}]", top.file, _SCHEDULE_KEYS,
+                           required=("name", "function"))  # fmt: skip
+        if ("every" in section.data) == ("cron" in section.data):
+            raise section.error("has both every: and cron:; keep one" if "every" in section.data
+                                else "needs every: (a duration) or cron: (an expression)")
+        if "every" in section.data and "timezone" in section.data:
+            raise section.error("applies to cron: only; every: counts from 1970-01-01 00:00 "
+                                "UTC, so every: 1d fires at 00:00 UTC", "timezone")
+        payload: dict[str, object] = section.get("payload", conv.json_object, {})
+        for key in SCHEDULE_PAYLOAD_KEYS:
+            if key in payload:
+                raise section.error("the host sets schedule, slot and event_id in every "
+                                    "scheduled job's payload; use another key", f"payload.{key}")
+        schedule = ScheduleConfig(
+            name=section.get("name", conv.schedule_name, ""),
+            function=section.get("function", conv.function_name, ""),
+            every=section.optional("every", conv.interval),
+            cron=section.optional("cron", conv.cron_expression),
+            timezone=section.get("timezone", conv.time_zone, DEFAULT_SCHEDULE_ZONE),
+            payload=MappingProxyType(payload),
+            catch_up=cast(CatchUp, section.get("catch_up", conv.one_of(*CATCH_UPS),
+                                               DEFAULT_CATCH_UP)),
+        )  # fmt: skip
+        for earlier, other in enumerate(schedules):
+            if other.name == schedule.name:
+                raise section.error(f"{schedule.name!r} is the name of schedules[{earlier}] "
+                                    "too; each schedule needs a name of its own", "name")
+        schedules.append(schedule)
+    return tuple(schedules)

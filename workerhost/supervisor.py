@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workerhost import failures, logs, metrics, relay, reloading, worker
+from workerhost import failures, logs, metrics, relay, reloading, scheduler, worker
 from workerhost.config import Config
 from workerhost.db import RUN_ERRORS, Database
 from workerhost.errors import ConfigError
@@ -50,6 +50,7 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 TICK = 0.1  # seconds between two looks at the children
 KEY_SIZE = 520  # bytes of a job key shared with the supervisor (see Job.key)
 RELAY = "(outbox relay)"  # the name under which the relay child is supervised
+SCHEDULER = "(scheduler)"  # and the scheduler child, when the file has schedules
 # Seconds the database gets to count a lost job; the supervisor's loop waits meanwhile.
 COUNT_PATIENCE = 5.0
 CONSOLE = "(console)"  # and the console child, when host.console.listen is set
@@ -144,6 +145,8 @@ def _child_main(config: Config, handler: str, slot: worker.Slot) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if handler == RELAY:
         sys.exit(relay.main(config))
+    if handler == SCHEDULER:
+        sys.exit(scheduler.main(config))
     if handler == metrics.SERVER:
         sys.exit(metrics.main(config))
     if handler == CONSOLE:
@@ -193,6 +196,8 @@ class Supervisor:
         names = [(name, i) for name, h in self.config.handlers.items() for i in range(h.processes)]
         if self.config.host.relay.enabled:
             names.append((RELAY, 0))
+        if self.config.schedules and self.config.host.scheduler.enabled:
+            names.append((SCHEDULER, 0))
         if self.config.host.metrics is not None:
             names.append((metrics.SERVER, 0))
         if self.config.host.console.listen is not None:

@@ -43,3 +43,15 @@ CREATE TABLE IF NOT EXISTS workerhost_dead_letters (
     failed_at        DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
     KEY by_function (`function`, id)
 ) ENGINE=InnoDB;
+
+-- How far each schedule (schedules: in the YAML) has got, in UTC. A slot fires by writing its
+-- job to the outbox in the transaction that moves last_slot past it, with this row locked: no
+-- two hosts fire the same slot. last_slot also moves past slots left out (catch_up);
+-- fired_slot is the newest slot that fired, fired_by the host (name:pid) that fired it.
+CREATE TABLE IF NOT EXISTS workerhost_schedules (
+    name        VARCHAR(64) NOT NULL PRIMARY KEY,
+    last_slot   DATETIME NOT NULL,
+    fired_slot  DATETIME NULL,
+    fired_at    DATETIME(6) NULL,
+    fired_by    VARCHAR(255) NULL
+) ENGINE=InnoDB;
