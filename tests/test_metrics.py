@@ -329,3 +329,37 @@ def test_is_child_of_reads_the_parent_from_proc() -> None:
     finally:
         child.kill()
         child.join()
+
+
+def test_a_scrape_shows_how_late_each_schedule_is() -> None:
+    from datetime import datetime, timedelta
+
+    from workerhost.tables import ScheduleRow
+    from workerhost.timetable import UTC
+
+    config = parse_config({
+        "gearman": {"servers": ["127.0.0.1:1"]},
+        "database": {"user": "u", "database": "d"},
+        "handlers": {"touch": {"sql": "DO 1"}},
+        "schedules": [{"name": "led", "function": "touch", "every": "1h"},
+                      {"name": "stuck", "function": "touch", "every": "1m"},
+                      {"name": "new", "function": "touch", "every": "1m"}],
+    }, file="test.yaml")  # fmt: skip
+    now = datetime.now(UTC)
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    rows = {"led": ScheduleRow(hour, hour, hour, "web1:1"),
+            "stuck": ScheduleRow(now - timedelta(minutes=10), None, None, None)}
+    collector = metrics.QueueCollector(
+        config, gearmand=lambda server, timeout: status.ServerStatus(str(server), error="x"),
+        database=lambda: status.DatabaseStatus("db", {}, status.Outbox(0, 0, 0, 0, None, None),
+                                               schedules=rows))
+    registry = CollectorRegistry()
+    registry.register(collector)
+    samples = parse(generate_latest(registry).decode())
+    age = value(samples, "workerhost_schedule_last_slot_age_seconds", schedule="led")
+    assert age is not None and 0 <= age <= (now - hour).total_seconds() + 5
+    assert value(samples, "workerhost_schedule_last_slot_age_seconds", schedule="stuck") is None
+    assert value(samples, "workerhost_schedule_overdue_seconds", schedule="led") == 0
+    stuck = value(samples, "workerhost_schedule_overdue_seconds", schedule="stuck")
+    assert stuck is not None and 8 * 60 < stuck <= 10 * 60
+    assert value(samples, "workerhost_schedule_overdue_seconds", schedule="new") == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -150,3 +151,91 @@ def test_a_database_error_that_quotes_the_password_shows_it_masked(fails: str) -
     assert "***" in found.error
     report = status.Report((), found)
     assert "s3cr3t" not in status.render(report) + json.dumps(status.as_json(report))
+
+
+# -- schedules ----------------------------------------------------------------------------------
+
+
+def test_a_schedules_figures_come_from_its_row() -> None:
+    from datetime import datetime, timedelta
+
+    from workerhost.config import ScheduleConfig
+    from workerhost.tables import ScheduleRow
+    from workerhost.timetable import UTC
+
+    now = datetime(2026, 11, 27, 10, 0, 30, tzinfo=UTC)
+    hourly = ScheduleConfig(name="hourly", function="report", every=3600)
+    fired = ScheduleRow(last_slot=now - timedelta(seconds=30), fired_slot=now - timedelta(
+        seconds=30), fired_at=now - timedelta(seconds=29), fired_by="web1:42")
+    shown = status.schedule_status(hourly, fired, now)
+    assert (shown.last_slot, shown.since_last, shown.overdue, shown.fired_by) == (
+        datetime(2026, 11, 27, 10, tzinfo=UTC), 30.0, 0.0, "web1:42")
+    assert shown.next_slot == datetime(2026, 11, 27, 11, tzinfo=UTC)
+    # Nobody led it for three hours: the slot after the last one decided is that late.
+    stale = ScheduleRow(now - timedelta(hours=3, seconds=30), None, None, None)
+    shown = status.schedule_status(hourly, stale, now)
+    assert (shown.last_slot, shown.since_last, shown.overdue) == (None, None, 7200.0 + 30.0)
+    assert shown.next_slot == datetime(2026, 11, 27, 11, tzinfo=UTC)
+    # Unknown to the database: it starts from now, so nothing is overdue.
+    assert status.schedule_status(hourly, None, now).overdue == 0.0
+
+
+def test_schedules_and_status_show_each_schedules_last_and_next_slot(
+    sandbox: Sandbox, db: Any, tmp_path: Path
+) -> None:
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from workerhost.timetable import UTC
+
+    config = tmp_path / "workerhost.yaml"
+    config.write_text(yaml.safe_dump(host_config(
+        sandbox, db.database, {"touch": {"sql": "DO 1"}},
+        schedules=[{"name": "nightly", "function": "report", "cron": "0 3 * * *",
+                    "timezone": "Europe/Paris"},
+                   {"name": "tick", "function": "touch", "every": "1h", "catch_up": "none"}])))
+    assert workerhost(sandbox, "check", "--connect", "-c", str(config)).returncode == 0
+    # Its last slot three nights ago (02:00 UTC, 03:00 in Paris in winter): no host has led
+    # it since, so the slots after it are overdue.
+    last = (datetime.now(UTC) - timedelta(days=3)).replace(hour=2, minute=0, second=0,
+                                                           microsecond=0, tzinfo=None)
+    db.cursor().execute("INSERT INTO workerhost_schedules (name, last_slot, fired_slot, fired_at, "
+                        "fired_by) VALUES ('nightly', %s, %s, %s, 'web1:42')", (last, last, last))
+
+    listed = workerhost(sandbox, "schedules", "-c", str(config))
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split() == ["SCHEDULE", "FUNCTION", "LAST", "SLOT", "AGO", "NEXT", "SLOT",
+                                "OVERDUE"]
+    paris = last.replace(tzinfo=UTC).astimezone(ZoneInfo("Europe/Paris")).isoformat()
+    # Days ago, and the slot after it days overdue; the next one is still to come.
+    assert re.fullmatch(rf"nightly +report +{re.escape(paris)} +\dd \d+h +\S+T03:00:00"
+                        rf"{re.escape(paris[-6:])} \dd \d+h", lines[1]), lines[1]
+    assert lines[2].split()[:3] == ["tick", "touch", "never"]
+    assert "  nightly: cron '0 3 * * *' Europe/Paris, catch_up: latest, fired by web1:42" in lines
+    assert "  tick: every 1h, catch_up: none" in lines
+
+    as_json = json.loads(workerhost(sandbox, "schedules", "--json", "-c", str(config)).stdout)
+    assert [(s["name"], s["last_slot"], s["fired_by"]) for s in as_json] == [
+        ("nightly", f"{last.isoformat()}+00:00", "web1:42"), ("tick", None, None)]
+    assert as_json[0]["overdue_seconds"] > 0 and as_json[1]["overdue_seconds"] == 0
+
+    shown = workerhost(sandbox, "status", "-c", str(config))
+    assert shown.returncode == 0, shown.stderr
+    assert "  schedules: 2" in shown.stdout
+    assert json.loads(workerhost(sandbox, "status", "--json", "-c", str(config)).stdout)[
+        "schedules"][0]["last_slot"] == f"{last.isoformat()}+00:00"
+
+
+def test_schedules_without_the_section_or_the_database(sandbox: Sandbox, tmp_path: Path) -> None:
+    config = tmp_path / "workerhost.yaml"
+    settings = host_config(sandbox, "nowhere", {"touch": {"sql": "DELETE FROM t"}})
+    config.write_text(yaml.safe_dump(settings))
+    none = workerhost(sandbox, "schedules", "-c", str(config))
+    assert (none.returncode, none.stdout) == (0, f"{config} has no schedules: section\n")
+    settings["schedules"] = [{"name": "tick", "function": "touch", "every": "1m"}]
+    settings["database"]["port"] = 1  # nothing listens there
+    config.write_text(yaml.safe_dump(settings))
+    away = workerhost(sandbox, "schedules", "-c", str(config))
+    assert away.returncode == 4 and "Traceback" not in away.stderr
+    assert "workerhost: error: cannot connect to database 'nowhere' at 127.0.0.1:1" in away.stderr

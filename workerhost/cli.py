@@ -262,6 +262,33 @@ def _retry_all(db: Database) -> int:
     return moved
 
 
+def _schedules(args: argparse.Namespace) -> int:
+    import time
+
+    from workerhost import status, tables
+
+    config = _load(args)
+    if not config.schedules:
+        print(f"{args.config} has no schedules: section")
+        return RET_OK
+    db = status.open_database(config.database)
+    try:
+        # A deadline: without one, a refused connection is retried for ever.
+        rows = db.run(tables.schedule_rows, deadline=time.monotonic() + status.STATUS_TIMEOUT)
+    finally:
+        db.close()
+    found = status.schedules(config, rows)
+    if args.json:
+        print(json.dumps([status.schedule_json(s) for s in found], indent=2))
+        return RET_OK
+    for line in status.render_schedules(found):
+        print(line.rstrip())
+    for s in found:
+        by = f", fired by {s.fired_by}" if s.fired_by else ""
+        print(f"  {s.name}: {s.timetable}, catch_up: {s.catch_up}{by}")
+    return RET_OK
+
+
 def _status(args: argparse.Namespace) -> int:
     from workerhost import status
 
@@ -425,6 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
         "status", help="queues per gearmand and function, dead letters, outbox backlog"))
     stat.add_argument("--json", action="store_true", help="machine-readable output")
     stat.set_defaults(func=_status)
+
+    sched = with_config(verbs.add_parser(
+        "schedules", help="the schedules: section, with the last and the next slot of each"))
+    sched.add_argument("--json", action="store_true", help="machine-readable output")
+    sched.set_defaults(func=_schedules)
 
     outbox = with_config(verbs.add_parser("outbox", help="the jobs waiting in the outbox"))
     outbox_verbs = outbox.add_subparsers(dest="outbox_verb", required=True, metavar="ACTION")

@@ -212,7 +212,8 @@ class QueueCollector:
         # scrape every few seconds does not need pooling.
         db = status.open_database(self.config.database, timeout=self.timeout)
         try:
-            return status.database(db, timeout=self.timeout)
+            return status.database(db, timeout=self.timeout,
+                                   schedules=bool(self.config.schedules))
         finally:
             db.close()
 
@@ -264,6 +265,24 @@ class QueueCollector:
             yield GaugeMetricFamily("workerhost_outbox_overdue_seconds", "How long the "
                                     "longest-waiting due row is past its due time (0 when "
                                     "none)", value=outbox.overdue or 0.0)  # fmt: skip
+        if self.config.schedules:
+            yield from self._schedules(db)
+
+    def _schedules(self, db: status.DatabaseStatus) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        age = GaugeMetricFamily("workerhost_schedule_last_slot_age_seconds", "Seconds since "
+                                "the schedule's last slot that fired (none until one has)",
+                                labels=["schedule"])
+        overdue = GaugeMetricFamily("workerhost_schedule_overdue_seconds", "How long the "
+                                    "schedule's next slot is past due: 0 while a host leads "
+                                    "it", labels=["schedule"])
+        for found in status.schedules(self.config, db.schedules):
+            if found.since_last is not None:
+                age.add_metric([found.name], found.since_last)
+            overdue.add_metric([found.name], found.overdue)
+        yield age
+        yield overdue
 
 
 # -- health --------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""What the queues hold right now: gearmand's figures per function, the outbox, dead letters.
+"""What the queues hold right now: gearmand's figures per function, the outbox, dead letters,
+and how far each schedule has got.
 
 `workerhost status` prints this; the metrics endpoint reads the same figures on every scrape.
 Every query is bounded by a short timeout, and a server that does not answer is reported as
@@ -11,16 +12,22 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import mysql.connector
 from mysql.connector import errorcode
 
 from workerhost import gearadmin, logs, tables
-from workerhost.config import Config, DatabaseConfig, Server
+from workerhost.config import Config, DatabaseConfig, ScheduleConfig, Server
 from workerhost.db import Connection, Database, is_transient
 from workerhost.errors import ConnectError
+from workerhost.timetable import UTC, Timetable
 
+# A schedule's next slot this late is shown as overdue: a leader fires at the slot's time, and
+# takes a moment to write it down.
+OVERDUE_SHOWN = 1.0
 # Seconds one server may take to answer; a status that waits longer than that on a dead
 # server is worse than one that says the server is dead.
 STATUS_TIMEOUT = 2.0
@@ -54,12 +61,58 @@ class DatabaseStatus:
     outbox: Outbox | None = None
     error: str | None = None
     reachable: bool = True  # False: no answer at all; else `error` is about what it answered
+    # How far each schedule the database knows has got; read only when the file has schedules.
+    schedules: Mapping[str, tables.ScheduleRow] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScheduleStatus:
+    """One schedule of the file, and how far the database says it has got."""
+
+    name: str
+    function: str
+    timetable: str  # "every 1h", "cron '0 3 * * *' Europe/Paris"
+    timezone: str  # the slots are shown in it
+    catch_up: str
+    last_slot: datetime | None  # the newest slot that fired; None: none yet
+    fired_at: datetime | None  # when it fired
+    fired_by: str | None  # the host (name:pid) that fired it
+    next_slot: datetime  # the next slot still to come
+    since_last: float | None  # seconds since last_slot
+    # How long the slot after the last one decided is past due: 0 while a host leads the
+    # schedule (the slot fires at its time), growing while none does.
+    overdue: float
+
+
+def schedule_status(schedule: ScheduleConfig, row: tables.ScheduleRow | None,
+                    now: datetime) -> ScheduleStatus:  # fmt: skip
+    timetable = Timetable(every=schedule.every, cron=schedule.cron, zone=schedule.timezone)
+    decided = now if row is None else row.last_slot  # a new schedule starts from now
+    due = timetable.after(decided)
+    last = None if row is None else row.fired_slot
+    return ScheduleStatus(
+        name=schedule.name, function=schedule.function, timetable=timetable.describe(),
+        timezone=schedule.timezone, catch_up=schedule.catch_up, last_slot=last,
+        fired_at=None if row is None else row.fired_at,
+        fired_by=None if row is None else row.fired_by,
+        next_slot=timetable.after(max(decided, now)),
+        since_last=None if last is None else max(0.0, (now - last).total_seconds()),
+        overdue=max(0.0, (now - due).total_seconds()),
+    )  # fmt: skip
+
+
+def schedules(config: Config, rows: Mapping[str, tables.ScheduleRow],
+              now: datetime | None = None) -> tuple[ScheduleStatus, ...]:  # fmt: skip
+    """The file's schedules, in file order, with the database's rows of them."""
+    now = now or datetime.now(UTC)
+    return tuple(schedule_status(s, rows.get(s.name), now) for s in config.schedules)
 
 
 @dataclass(frozen=True)
 class Report:
     servers: tuple[ServerStatus, ...]
     database: DatabaseStatus
+    schedules: tuple[ScheduleStatus, ...] = ()
 
     @property
     def reachable(self) -> bool:
@@ -99,9 +152,14 @@ def open_database(config: DatabaseConfig, *, timeout: float = STATUS_TIMEOUT) ->
     return Database(params)
 
 
-def database(db: Database, *, timeout: float = STATUS_TIMEOUT) -> DatabaseStatus:
-    def query(conn: Connection) -> tuple[dict[str, int], Outbox]:
-        return tables.dead_letters_by_function(conn), outbox_figures(conn)
+def database(db: Database, *, timeout: float = STATUS_TIMEOUT,
+             schedules: bool = False) -> DatabaseStatus:  # fmt: skip
+    """The database's figures; with `schedules`, also the rows of workerhost_schedules (a
+    table that a database older than schedules may lack)."""
+
+    def query(conn: Connection) -> tuple[dict[str, int], Outbox, dict[str, tables.ScheduleRow]]:
+        rows = tables.schedule_rows(conn) if schedules else {}
+        return tables.dead_letters_by_function(conn), outbox_figures(conn), rows
 
     def failed(message: str, *, reachable: bool) -> DatabaseStatus:
         # The server's words may quote the password (a statement, a connection string).
@@ -109,7 +167,7 @@ def database(db: Database, *, timeout: float = STATUS_TIMEOUT) -> DatabaseStatus
         return DatabaseStatus(db.describe(), error=shown, reachable=reachable)
 
     try:
-        letters, outbox = db.run(query, deadline=time.monotonic() + timeout)
+        letters, outbox, rows = db.run(query, deadline=time.monotonic() + timeout)
     except ConnectError as exc:
         return failed(f"unreachable ({exc.__cause__ or exc})", reachable=False)
     except mysql.connector.Error as exc:
@@ -119,16 +177,18 @@ def database(db: Database, *, timeout: float = STATUS_TIMEOUT) -> DatabaseStatus
         else:
             message = str(exc)
         return failed(message, reachable=not is_transient(exc))
-    return DatabaseStatus(db.describe(), letters, outbox)
+    return DatabaseStatus(db.describe(), letters, outbox, schedules=rows)
 
 
 def gather(config: Config, *, timeout: float = STATUS_TIMEOUT) -> Report:
     servers = tuple(gearmand(server, timeout=timeout) for server in config.gearman.servers)
     db = open_database(config.database, timeout=timeout)
     try:
-        return Report(servers, database(db, timeout=timeout))
+        answer = database(db, timeout=timeout, schedules=bool(config.schedules))
     finally:
         db.close()
+    return Report(servers, answer,
+                  schedules(config, answer.schedules) if not answer.error else ())
 
 
 def render(report: Report) -> str:
@@ -157,7 +217,36 @@ def render(report: Report) -> str:
     if db.dead_letters:
         lines.append(f"  {'FUNCTION':32} {'DEAD LETTERS':>12}")
         lines += [f"  {name:32} {count:>12}" for name, count in db.dead_letters.items()]
+    if report.schedules:
+        lines.append(f"  schedules: {len(report.schedules)}")
+        lines += ["  " + line for line in render_schedules(report.schedules)]
     return "\n".join(lines)
+
+
+def _span(seconds: float) -> str:
+    """A length of time for a person: 4.2s, 12m 5s, 3h 4m, 2d 6h."""
+    whole = int(seconds)
+    for big, small, size, unit in (("d", "h", 86400, 3600), ("h", "m", 3600, 60),
+                                   ("m", "s", 60, 1)):
+        if whole >= size:
+            return f"{whole // size}{big} {whole % size // unit}{small}"
+    return f"{seconds:.1f}s"
+
+
+def _moment(moment: datetime | None, zone: str) -> str:
+    return "never" if moment is None else moment.astimezone(ZoneInfo(zone)).isoformat()
+
+
+def render_schedules(found: tuple[ScheduleStatus, ...]) -> list[str]:
+    """A table of schedules: the last slot that fired, how long ago, and the next one."""
+    lines = [f"{'SCHEDULE':24} {'FUNCTION':20} {'LAST SLOT':25} {'AGO':>8}  {'NEXT SLOT':25} "
+             "OVERDUE"]
+    for s in found:
+        ago = "" if s.since_last is None else _span(s.since_last)
+        overdue = _span(s.overdue) if s.overdue >= OVERDUE_SHOWN else "-"
+        lines.append(f"{s.name:24} {s.function:20} {_moment(s.last_slot, s.timezone):25} "
+                     f"{ago:>8}  {_moment(s.next_slot, s.timezone):25} {overdue}")
+    return lines
 
 
 def _describe_outbox(outbox: Outbox) -> str:
@@ -190,4 +279,16 @@ def as_json(report: Report) -> dict[str, Any]:
                 "overdue_seconds": db.outbox.overdue,
             },
         },
+        "schedules": [schedule_json(s) for s in report.schedules],
     }  # fmt: skip
+
+
+def schedule_json(s: ScheduleStatus) -> dict[str, Any]:
+    def moment(value: datetime | None) -> str | None:
+        return None if value is None else value.isoformat()
+
+    return {"name": s.name, "function": s.function, "timetable": s.timetable,
+            "timezone": s.timezone, "catch_up": s.catch_up, "last_slot": moment(s.last_slot),
+            "fired_at": moment(s.fired_at), "fired_by": s.fired_by,
+            "next_slot": moment(s.next_slot), "seconds_since_last_slot": s.since_last,
+            "overdue_seconds": s.overdue}
