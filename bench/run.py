@@ -20,6 +20,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
+import bench_console
 import bench_outbox
 import bench_worker
 from common import ROOT, Figure, progress, spread
@@ -45,6 +46,7 @@ def sections(box: Sandbox, work: Path, database: str, quick: bool
         "e2e": lambda: bench_worker.end_to_end(box, work, database, quick),
         "latency": lambda: bench_worker.latency(box, work, database, quick),
         "memory": lambda: bench_worker.memory(box, work, database, quick),
+        "console": lambda: bench_console.run(box, work, quick),
     })
     return found
 

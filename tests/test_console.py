@@ -322,6 +322,14 @@ def log_in(driver: Any, console: Console, user: str) -> None:
     assert driver.find_element(By.ID, "visitor").text == user
 
 
+def text_of(driver: Any, css: str) -> str | None:
+    """An element's text, read in one step: the overview swaps its figures every few seconds,
+    and an element found before a swap is stale after it."""
+    text: str | None = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e && e.textContent.trim();", css)
+    return text
+
+
 def arrive(driver: Any, query: str) -> None:
     """Wait for the page a click asked for, whose URL holds `query`: until then the old page's
     elements are still there to be found."""
@@ -348,16 +356,13 @@ def test_in_a_browser_dead_letters_are_found_and_replayed_and_a_viewer_cannot(
 
     # The overview: each function's queue, and the figures refreshed without a reload.
     queue = f'table.queues tr[data-function="{waiting(db)}"]'
-    row = browser.find_element(By.CSS_SELECTOR, queue)
-    assert row.find_element(By.CSS_SELECTOR, ".queued").text == "3"
-    assert row.find_element(By.CSS_SELECTOR, ".workers").text == "0"
-    flaky = browser.find_element(By.CSS_SELECTOR, 'table.queues tr[data-function="flaky"]')
-    assert flaky.find_element(By.CSS_SELECTOR, ".workers").text == "1"
+    assert text_of(browser, f"{queue} .queued") == "3"
+    assert text_of(browser, f"{queue} .workers") == "0"
+    assert text_of(browser, 'table.queues tr[data-function="flaky"] .workers') == "1"
     submit(sandbox.gearman_server, waiting(db), [{"id": 3}])
-    wait_until(lambda: browser.find_element(By.CSS_SELECTOR, f"{queue} .queued").text == "4",
-        timeout=15, what="the overview to show the new job without a reload")
-    wait_until(lambda: browser.find_element(By.ID, "ledger-rows").text, timeout=15,
-               what="the ledger's figures")
+    wait_until(lambda: text_of(browser, f"{queue} .queued") == "4", timeout=15,
+               what="the overview to show the new job without a reload")
+    wait_until(lambda: text_of(browser, "#ledger-rows"), timeout=15, what="the ledger's figures")
     screenshot(browser, "overview")
 
     # Dead letters of one function; one opened.
@@ -409,3 +414,57 @@ def test_in_a_browser_dead_letters_are_found_and_replayed_and_a_viewer_cannot(
     assert "only an admin" in browser.find_element(By.ID, "error-message").text
     assert letters(db, "doomed") == [doomed]
     assert os.path.getsize(DOCS / "console-overview.png") > 10_000
+
+
+# -- pages by key --------------------------------------------------------------------------
+
+
+def test_ledger_and_dead_letters_are_paged_by_key_through_every_row(db: Any) -> None:
+    from workerhost import tables
+    from workerhost.db import cursor as shared_cursor
+
+    shared_cursor(db)  # the statements below share the connection's cursor, as the host's do
+    for statement in tables.schema_statements():
+        db.cursor().execute(statement)
+    cursor = db.cursor()
+    # Rows 1..90: due, leased, delayed in turn.
+    for i in range(1, 91):
+        cursor.execute(
+            f"INSERT INTO {tables.OUTBOX} (`function`, payload, not_before, ships) VALUES "
+            "(%s, %s, NOW(6) + INTERVAL %s SECOND, %s)",
+            (f"fn{i % 2}", f'{{"id": {i}}}', (0, 60, 60)[i % 3] - (1 if i % 3 == 0 else 0),
+             1 if i % 3 == 1 else 0))
+        cursor.execute(
+            f"INSERT INTO {tables.DEAD_LETTERS} (`function`, payload, attempts, error) VALUES "
+            "(%s, %s, 1, %s)", (f"fn{i % 2}", f'{{"id": {i}}}',
+                                "50%_off" if i % 10 == 0 else "boom"))
+
+    def walk(state: str | None, limit: int, scan: int) -> list[int]:
+        seen: list[int] = []
+        after: int | None = 0
+        while after is not None:
+            rows, after = tables.ledger_page(db, state, after, limit, scan, 10)
+            seen += [int(row[0]) for row in rows]
+        return seen
+
+    assert walk(None, 7, 20) == list(range(1, 91))
+    assert walk("due", 7, 20) == [i for i in range(1, 91) if i % 3 == 0]
+    assert walk("leased", 4, 11) == [i for i in range(1, 91) if i % 3 == 1]
+    assert walk("delayed", 50, 13) == [i for i in range(1, 91) if i % 3 == 2]
+
+    def letters_of(function: str | None, search: str | None) -> list[int]:
+        seen: list[int] = []
+        before = None
+        while True:
+            rows = tables.dead_letter_page(db, function, search, before, None, 8, 10)
+            seen += [int(row[0]) for row in rows]
+            if len(rows) < 8:
+                return seen
+            before = int(rows[-1][0])
+
+    assert letters_of(None, None) == list(range(90, 0, -1))
+    assert letters_of("fn1", None) == list(range(89, 0, -2))
+    # % and _ are searched as themselves, not as wildcards.
+    assert letters_of(None, "50%_") == list(range(90, 0, -10))
+    assert letters_of("fn0", "id\": 4") == [48, 46, 44, 42, 40, 4]
+    assert tables.count_dead_letters(db, None, "50%_", 0, 45) == 4
