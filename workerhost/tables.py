@@ -1,12 +1,12 @@
 """The host's own tables: their names, their DDL, and every statement run against them.
 
-Three tables live in the application's database beside its data (`sql/workerhost.sql`, package
+Four tables live in the application's database beside its data (`sql/workerhost.sql`, package
 data of this module): the outbox of jobs waiting for gearmand, the failed attempts of jobs in
-play, and the dead letters. Every other module calls the functions here, so that the SQL that
-must run on MySQL and MariaDB alike is written once: ``function`` is a column name and a
-reserved word in MySQL since 8.0.1, so it is always quoted; no statement uses ``VALUES(col)``
-in ``ON DUPLICATE KEY UPDATE`` (deprecated by MySQL 8.0.20, while MariaDB lacks the row-alias
-form that replaces it).
+play, the dead letters, and how far each schedule has got. Every other module calls the
+functions here, so that the SQL that must run on MySQL and MariaDB alike is written once:
+``function`` is a column name and a reserved word in MySQL since 8.0.1, so it is always quoted;
+no statement uses ``VALUES(col)`` in ``ON DUPLICATE KEY UPDATE`` (deprecated by MySQL 8.0.20,
+while MariaDB lacks the row-alias form that replaces it).
 
 Callers own the transaction: these functions run their statements on the connection's shared
 cursor (db.cursor) and never commit.
@@ -15,6 +15,8 @@ cursor (db.cursor) and never commit.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from importlib import resources
 from typing import Any
 
@@ -24,6 +26,7 @@ from workerhost.db import Connection
 OUTBOX = "workerhost_outbox"
 ATTEMPTS = "workerhost_attempts"
 DEAD_LETTERS = "workerhost_dead_letters"
+SCHEDULES = "workerhost_schedules"
 SCHEMA_RESOURCE = "sql/workerhost.sql"
 
 DEAD_LETTER_COLUMNS = ("id, `function`, payload, unique_key, attempts, error, traceback, "
@@ -411,3 +414,71 @@ def ledger_page(conn: Connection, state: str | None, after: int, limit: int, sca
     cursor.execute(f"SELECT {LEDGER_COLUMNS} FROM {OUTBOX} WHERE id IN ({_marks(ids)}) "
                    "ORDER BY id", [preview, *ids])  # fmt: skip
     return list(cursor.fetchall()), following
+
+
+# -- schedules ---------------------------------------------------------------------------------
+# Slots are stored as DATETIME in UTC, whatever the session's time zone: they are written as
+# values, never with NOW().
+
+
+@dataclass(frozen=True)
+class ScheduleRow:
+    """How far a schedule has got: no slot at or before `last_slot` fires again; `fired_slot`
+    is the newest slot that fired, when, and by which host."""
+
+    last_slot: datetime
+    fired_slot: datetime | None
+    fired_at: datetime | None
+    fired_by: str | None
+
+
+def _utc(value: Any) -> datetime | None:
+    return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+def _stored(moment: datetime) -> datetime:
+    return moment.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+def lock_schedule(conn: Connection, name: str, start: datetime) -> datetime:
+    """The schedule's last_slot, its row locked until the transaction ends, so that no other
+    host fires a slot of it meanwhile. A schedule new to the database starts at `start`."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"INSERT INTO {SCHEDULES} (name, last_slot) VALUES (%s, %s) "
+                   "ON DUPLICATE KEY UPDATE name = name", (name, _stored(start)))
+    cursor.execute(f"SELECT last_slot FROM {SCHEDULES} WHERE name = %s FOR UPDATE", (name,))
+    last_slot: datetime = cursor.fetchone()[0]
+    return last_slot.replace(tzinfo=timezone.utc)
+
+
+def advance_schedule(conn: Connection, name: str, last_slot: datetime,
+                     fired_slot: datetime | None, fired_by: str) -> None:  # fmt: skip
+    """Move the locked schedule past `last_slot`; `fired_slot`, if any, is the newest of the
+    slots whose jobs this transaction writes to the outbox."""
+    cursor = db.cursor(conn)
+    if fired_slot is None:
+        cursor.execute(f"UPDATE {SCHEDULES} SET last_slot = %s WHERE name = %s",
+                       (_stored(last_slot), name))
+    else:
+        cursor.execute(f"UPDATE {SCHEDULES} SET last_slot = %s, fired_slot = %s, "
+                       "fired_at = UTC_TIMESTAMP(6), fired_by = %s WHERE name = %s",
+                       (_stored(last_slot), _stored(fired_slot), fired_by[:255], name))
+
+
+def enqueue_many(conn: Connection, jobs: Sequence[tuple[str, bytes, str | None]]) -> None:
+    """Put (function, payload, unique) jobs in the outbox, due now, their ids in this order."""
+    if jobs:
+        db.cursor(conn).execute(
+            f"INSERT INTO {OUTBOX} (`function`, payload, unique_key) VALUES "
+            + ", ".join(["(%s, %s, %s)"] * len(jobs)),
+            [value for job in jobs for value in job],
+        )
+
+
+def schedule_rows(conn: Connection) -> dict[str, ScheduleRow]:
+    """Every schedule the database knows, by name (also those no file lists any more)."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT name, last_slot, fired_slot, fired_at, fired_by FROM {SCHEDULES}")
+    return {str(name): ScheduleRow(last_slot.replace(tzinfo=timezone.utc), _utc(fired_slot),
+                                   _utc(fired_at), None if fired_by is None else str(fired_by))
+            for name, last_slot, fired_slot, fired_at, fired_by in cursor.fetchall()}
