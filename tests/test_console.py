@@ -468,3 +468,28 @@ def test_ledger_and_dead_letters_are_paged_by_key_through_every_row(db: Any) -> 
     assert letters_of(None, "50%_") == list(range(90, 0, -10))
     assert letters_of("fn0", "id\": 4") == [48, 46, 44, 42, 40, 4]
     assert tables.count_dead_letters(db, None, "50%_", 0, 45) == 4
+
+
+# -- rates from the host's metrics ---------------------------------------------------------
+
+
+def test_rates_per_minute_come_from_two_readings_of_the_hosts_metrics() -> None:
+    from workerhost.console import figures
+
+    def exposition(complete: int, retry: int, dead: int) -> str:
+        return ("# TYPE workerhost_jobs counter\n"
+                f'workerhost_jobs_total{{function="resize",outcome="complete"}} {complete}\n'
+                f'workerhost_jobs_total{{function="resize",outcome="retry"}} {retry}\n'
+                f'workerhost_jobs_total{{function="mail",outcome="dead"}} {dead}\n'
+                f'workerhost_jobs_total{{function="mail",outcome="timeout"}} 7\n')
+
+    first = (100.0, figures.job_counts(exposition(10, 1, 0)))
+    second = (130.0, figures.job_counts(exposition(70, 4, 2)))
+    rates = figures.rates_between(first, second)
+    assert rates.completed == {"resize": 120.0}  # 60 jobs in 30 s
+    assert rates.failed == {"resize": 6.0, "mail": 4.0}  # a timeout is counted once, later
+    assert rates.seconds == 30.0
+    # A restarted host's counters start again from zero: counted from there, never negative.
+    again = figures.rates_between(second, (160.0, figures.job_counts(exposition(5, 0, 0))))
+    assert again.completed == {"resize": 10.0}
+    assert figures.metrics_url(figures.Server("0.0.0.0", 9464)) == "http://127.0.0.1:9464/metrics"
