@@ -170,9 +170,11 @@ def chaos(box: Sandbox, host: Host, writer: Writer, rng: random.Random,
     """Kill something every one to two seconds while the writer runs."""
     done: dict[str, int] = {}
     kinds = ["gearmand", "worker", "relay", "host"]
-    # Every kind once first, in random order (the database restart only then), then at random.
-    first = [*kinds, *(["database"] if restart_database else [])]
-    rng.shuffle(first)
+    # The database restart first (so that even a short run has it), then every other kind
+    # once in random order, then at random.
+    rest = list(kinds)
+    rng.shuffle(rest)
+    first = [*(["database"] if restart_database else []), *rest]
     while writer.is_alive():
         time.sleep(rng.uniform(1.0, 2.0))
         if not writer.is_alive():
