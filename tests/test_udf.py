@@ -42,7 +42,7 @@ BACKGROUND = ("gman_do_background", "gman_do_high_background", "gman_do_low_back
 FOREGROUND = ("gman_do", "gman_do_high", "gman_do_low")
 EPOCH = "gman_do_epoch_background"
 JOB_FUNCTIONS = (*BACKGROUND, EPOCH, *FOREGROUND)
-ALL_FUNCTIONS = (*JOB_FUNCTIONS, "gman_servers_set", "gman_udf_status")
+ALL_FUNCTIONS = (*JOB_FUNCTIONS, "gman_sum", "gman_servers_set", "gman_udf_status")
 
 
 # -- a worker over a raw socket ---------------------------------------------------------

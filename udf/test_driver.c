@@ -31,6 +31,9 @@ typedef char udf_bool;
 typedef udf_bool (*init_fn)(UDF_INIT *, UDF_ARGS *, char *);
 typedef void (*deinit_fn)(UDF_INIT *);
 typedef char *(*row_fn)(UDF_INIT *, UDF_ARGS *, char *, unsigned long *, char *, char *);
+typedef void (*clear_fn)(UDF_INIT *, char *, char *);
+typedef void (*add_fn)(UDF_INIT *, UDF_ARGS *, char *, char *);
+typedef long long (*longlong_fn)(UDF_INIT *, UDF_ARGS *, char *, char *);
 
 #define MAX_ARGS 5
 #define CONFIG_SETTLE_US 1150000 /* the library stats its config at most once a second */
@@ -264,6 +267,20 @@ static void *record_fn(gearman_job_st *job, void *ctx, size_t *size, gearman_ret
   return NULL;
 }
 
+/* "n" -> "2n\n", as a program printing its answer would. */
+static void *double_fn(gearman_job_st *job, void *ctx, size_t *size, gearman_return_t *ret)
+{
+  (void)ctx;
+  char number[32];
+  size_t n = gearman_job_workload_size(job);
+  snprintf(number, sizeof number, "%.*s", (int)(n < 31 ? n : 31),
+           (const char *)gearman_job_workload(job));
+  char *out = malloc(32);
+  *size = (size_t)snprintf(out, 32, "%lld\n", 2 * atoll(number));
+  *ret = GEARMAN_SUCCESS;
+  return out;
+}
+
 static void *worker_main(void *unused)
 {
   (void)unused;
@@ -273,6 +290,7 @@ static void *worker_main(void *unused)
   gearman_worker_add_function(w, "driver_echo", 0, echo_fn, NULL);
   gearman_worker_add_function(w, "driver_fail", 0, fail_fn, NULL);
   gearman_worker_add_function(w, "driver_record", 0, record_fn, NULL);
+  gearman_worker_add_function(w, "driver_double", 0, double_fn, NULL);
   while (!__atomic_load_n(&worker_stop, __ATOMIC_RELAXED))
     gearman_worker_work(w);
   gearman_worker_free(w);
@@ -334,6 +352,7 @@ enum fake_mode {
   FAKE_CLOSE,          /* closes the connection without an answer */
   FAKE_ERROR,          /* ERROR, as gearmand answers when its queue is full */
   FAKE_GARBAGE,        /* bytes that are no Gearman packet */
+  FAKE_ACK_ONLY,       /* JOB_CREATED for every request, and nothing more */
 };
 
 struct fake {
@@ -408,6 +427,14 @@ static void fake_serve(struct fake *f, int fd)
     case FAKE_GARBAGE:
       send(fd, "HTTP/1.0 400 Bad Request\r\n\r\n", 28, MSG_NOSIGNAL);
       continue;
+    case FAKE_ACK_ONLY: {
+      char numbered[32];
+      int n = snprintf(numbered, sizeof numbered, "H:fake:%d",
+                       __atomic_load_n(&f->requests, __ATOMIC_RELAXED));
+      if (!fake_send(fd, 8, numbered, (size_t)n))
+        return;
+      continue;
+    }
     case FAKE_STATUS_FOREVER:
     case FAKE_DATA_FOREVER:
       if (!fake_send(fd, 8, handle, sizeof handle - 1))
@@ -481,6 +508,80 @@ static bool library_mapped(void)
   if (f)
     fclose(f);
   return found;
+}
+
+/* ------------------------------------------------------------ an aggregate statement */
+
+/* gman_sum(function, id) over groups of rows, called as mysqld calls an aggregate. */
+struct sum_stmt {
+  UDF_INIT initid;
+  struct full_args full;
+  enum Item_result types[2];
+  char *values[2];
+  unsigned long lengths[2];
+  char maybe_null[2];
+  char *names[2];
+  unsigned long name_lengths[2];
+  char workload[32];
+  char message[MYSQL_ERRMSG_SIZE];
+  init_fn init;
+  deinit_fn deinit;
+  clear_fn clear;
+  add_fn add;
+  longlong_fn value;
+};
+
+/* init with function as the first argument (a literal, or a column if name is set). */
+static bool sum_open(struct sum_stmt *st, struct arg function)
+{
+  memset(st, 0, sizeof *st);
+  *(void **)&st->init = dlsym(lib, "gman_sum_init");
+  *(void **)&st->deinit = dlsym(lib, "gman_sum_deinit");
+  *(void **)&st->clear = dlsym(lib, "gman_sum_clear");
+  *(void **)&st->add = dlsym(lib, "gman_sum_add");
+  *(void **)&st->value = dlsym(lib, "gman_sum");
+  if (!st->init || !st->deinit || !st->clear || !st->add || !st->value) {
+    snprintf(st->message, sizeof st->message, "missing symbol for gman_sum");
+    return false;
+  }
+  st->types[0] = function.type;
+  st->values[0] = (char *)function.value;
+  st->lengths[0] = function.length;
+  st->names[0] = (char *)(function.name ? function.name : "'f'");
+  st->types[1] = INT_RESULT;
+  st->names[1] = "id";
+  for (int i = 0; i < 2; i++) {
+    st->maybe_null[i] = 1;
+    st->name_lengths[i] = strlen(st->names[i]);
+  }
+  st->full = (struct full_args){ { 2, st->types, st->values, st->lengths, st->maybe_null },
+                                 st->names, st->name_lengths, NULL };
+  return st->init(&st->initid, &st->full.a, st->message) == 0;
+}
+
+static void sum_clear(struct sum_stmt *st)
+{
+  char is_null = 0, error = 0;
+  st->clear(&st->initid, &is_null, &error);
+}
+
+/* One row: function (NULL: SQL NULL) and workload id. */
+static void sum_row(struct sum_stmt *st, const char *function, long long id)
+{
+  char is_null = 0, error = 0;
+  st->values[0] = (char *)function;
+  st->lengths[0] = function ? strlen(function) : 0;
+  st->lengths[1] = (unsigned long)snprintf(st->workload, sizeof st->workload, "%lld", id);
+  st->values[1] = st->workload;
+  st->add(&st->initid, &st->full.a, &is_null, &error);
+}
+
+/* The group's value; false if NULL. */
+static bool sum_value(struct sum_stmt *st, long long *out)
+{
+  char is_null = 0, error = 0;
+  *out = st->value(&st->initid, &st->full.a, &is_null, &error);
+  return !is_null && !error;
 }
 
 /* ------------------------------------------------------------ the checks */
@@ -829,6 +930,142 @@ static void test_config(void)
         "a comment longer than any buffer: its tail is no setting");
 }
 
+static void test_sum(void)
+{
+  char text[512];
+  struct sum_stmt st;
+  long long v = 0;
+  check(!sum_open(&st, STR("two words")) && strstr(st.message, "function must not contain"),
+        "gman_sum: a literal function name with a space refused by init");
+  struct arg three[] = { STR("f"), STR("w"), STR("u") };
+  check(message_has(call("gman_sum", 3, three), "gman_sum(function, workload): expected 2"),
+        "gman_sum: three arguments refused");
+
+  unsigned long long submitted = counter("submitted");
+  check(sum_open(&st, STR("driver_double")), "gman_sum: init");
+  sum_clear(&st);
+  for (int id = 1; id <= 100; id++)
+    sum_row(&st, "driver_double", id);
+  check(sum_value(&st, &v) && v == 10100, "gman_sum over 1..100 of a doubling worker: 10100");
+  check(sum_value(&st, &v) && v == 10100, "...and the same value when asked again");
+  check(counter("submitted") == submitted + 100, "...each job counted as submitted");
+
+  /* GROUP BY: each group its own sum; a failing group does not spoil the next. */
+  sum_clear(&st);
+  for (int id = 1; id <= 10; id++)
+    sum_row(&st, "driver_double", id);
+  bool first = sum_value(&st, &v) && v == 110;
+  sum_clear(&st);
+  sum_row(&st, "driver_double", 1);
+  sum_row(&st, "driver_fail", 2);
+  sum_row(&st, "driver_double", 3);
+  bool job_failed = !sum_value(&st, &v);
+  sum_clear(&st);
+  sum_row(&st, "driver_echo", 5);
+  bool not_integer = !sum_value(&st, &v);
+  sum_clear(&st);
+  bool empty = !sum_value(&st, &v);
+  sum_clear(&st);
+  sum_row(&st, NULL, 5);
+  bool only_null = !sum_value(&st, &v);
+  sum_clear(&st);
+  sum_row(&st, NULL, 5);
+  for (int id = 11; id <= 20; id++)
+    sum_row(&st, "driver_double", id);
+  bool last = sum_value(&st, &v) && v == 310;
+  check(first && last, "GROUP BY: each group its own sum (110, 310), NULL function rows left out");
+  check(job_failed, "a group with a failing job: NULL");
+  check(not_integer, "a group with a result that is not an integer: NULL");
+  check(empty && only_null, "a group without a job: NULL, as SUM() of nothing");
+  sum_clear(&st);
+  sum_row(&st, "driver_double", 1);
+  sum_row(&st, "a\tb", 2);
+  check(!sum_value(&st, &v), "a function name with a tab from a column: the group is NULL");
+
+  /* Another UDF of the same statement between the rows: its answers are its own. */
+  sum_clear(&st);
+  bool echoed = true;
+  for (int id = 1; id <= 20; id++) {
+    sum_row(&st, "driver_double", id);
+    struct result r = call2("gman_do", STR("driver_echo"), STR("x"));
+    echoed = echoed && !r.is_null && r.length == 6 && memcmp(r.bytes, "echo:x", 6) == 0;
+  }
+  check(echoed && sum_value(&st, &v) && v == 420,
+        "gman_do between a group's rows: both get their own answers");
+  unsigned long long opened = counter("connections_opened");
+  sum_clear(&st);
+  for (int id = 1; id <= 5; id++)
+    sum_row(&st, "driver_double", id);
+  check(sum_value(&st, &v) && v == 30 && counter("connections_opened") == opened,
+        "a group takes the thread's connection and gives it back");
+
+  /* More jobs than may be out at once: rows wait for room; the ring goes round twice. */
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d\ntimeout_ms=60000\n", gearman_port);
+  write_config(text);
+  st.deinit(&st.initid);
+  sum_open(&st, STR("driver_double"));
+  sum_clear(&st);
+  for (int id = 1; id <= 2200; id++)
+    sum_row(&st, "driver_double", id);
+  check(sum_value(&st, &v) && v == 2200LL * 2201, "2200 jobs, 1000 out at most: the sum is right");
+
+  /* Abandoned: mysqld may end a statement without asking for the value. */
+  sum_clear(&st);
+  for (int id = 1; id <= 50; id++)
+    sum_row(&st, "driver_double", id);
+  st.deinit(&st.initid);
+  sum_open(&st, STR("driver_double"));
+  sum_clear(&st);
+  for (int id = 1; id <= 5; id++)
+    sum_row(&st, "driver_double", id);
+  check(sum_value(&st, &v) && v == 30,
+        "a statement ended with jobs out: the next one sums right (valgrind: nothing leaks)");
+  st.deinit(&st.initid);
+
+  /* A server that closes with a job out: that job may have run, so the group is NULL; the
+   * server is backed off and the next group goes to the next server. */
+  struct fake closing;
+  fake_start(&closing, FAKE_CLOSE);
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d,127.0.0.1:%d\ntimeout_ms=2000\n",
+           closing.port, gearman_port);
+  write_config(text);
+  sum_open(&st, STR("driver_double"));
+  sum_clear(&st);
+  sum_row(&st, "driver_double", 1);
+  bool lost = !sum_value(&st, &v);
+  sum_clear(&st);
+  for (int id = 1; id <= 5; id++)
+    sum_row(&st, "driver_double", id);
+  check(lost && sum_value(&st, &v) && v == 30 && fake_stop(&closing) == 1,
+        "connection lost with a job out: NULL, then the next server takes the next group");
+  st.deinit(&st.initid);
+
+  /* A worker that never answers: NULL at the deadline, for the whole group. */
+  struct fake acking;
+  fake_start(&acking, FAKE_ACK_ONLY);
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d\ntimeout_ms=400\n", acking.port);
+  write_config(text);
+  unsigned long long timed_out = counter("timed_out");
+  sum_open(&st, STR("driver_slow"));
+  sum_clear(&st);
+  double t0 = now_ms();
+  for (int id = 1; id <= 20; id++)
+    sum_row(&st, "driver_slow", id);
+  bool null = !sum_value(&st, &v);
+  double took = now_ms() - t0;
+  printf("# gman_sum, 20 jobs never answered: NULL after %.0f ms (timeout_ms=400)\n", took);
+  check(null && took >= 380 && took < 1500, "jobs acknowledged, never answered: NULL at the deadline");
+  check(counter("timed_out") == timed_out + 1, "...counted once, as one group timed out");
+  sum_clear(&st);
+  sum_row(&st, "driver_slow", 1);
+  check(!sum_value(&st, &v) && fake_stop(&acking) == 21,
+        "...and the server is not backed off for it: the next group reaches it");
+  st.deinit(&st.initid);
+
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d\n", gearman_port);
+  write_config(text);
+}
+
 static void test_unload_with_live_threads(void)
 {
   enum { THREADS = 4 };
@@ -880,6 +1117,7 @@ int main(int argc, char **argv)
   test_submit();
   test_failures();
   test_config();
+  test_sum();
   /* Back to a reachable server for the unload test. */
   snprintf(text, sizeof text, "servers=127.0.0.1:%d\n", gearman_port);
   write_config(text);

@@ -23,6 +23,10 @@ CREATE FUNCTION gman_do_high RETURNS STRING SONAME 'gearman_udf.so';
 DROP FUNCTION IF EXISTS gman_do_low;
 CREATE FUNCTION gman_do_low RETURNS STRING SONAME 'gearman_udf.so';
 
+-- An aggregate: each group's jobs run side by side, their integer results summed.
+DROP FUNCTION IF EXISTS gman_sum;
+CREATE AGGREGATE FUNCTION gman_sum RETURNS INTEGER SONAME 'gearman_udf.so';
+
 DROP FUNCTION IF EXISTS gman_servers_set;
 CREATE FUNCTION gman_servers_set RETURNS STRING SONAME 'gearman_udf.so';
 

@@ -8,5 +8,6 @@ DROP FUNCTION IF EXISTS gman_do_epoch_background;
 DROP FUNCTION IF EXISTS gman_do;
 DROP FUNCTION IF EXISTS gman_do_high;
 DROP FUNCTION IF EXISTS gman_do_low;
+DROP FUNCTION IF EXISTS gman_sum;
 DROP FUNCTION IF EXISTS gman_servers_set;
 DROP FUNCTION IF EXISTS gman_udf_status;

@@ -44,5 +44,7 @@ typedef void (*Udf_func_deinit)(UDF_INIT *);
 typedef bool (*Udf_func_init)(UDF_INIT *, UDF_ARGS *, char *);
 typedef char *(*Udf_func_string)(UDF_INIT *, UDF_ARGS *, char *, unsigned long *,
                                  unsigned char *, unsigned char *);
+typedef long long (*Udf_func_longlong)(UDF_INIT *, UDF_ARGS *, unsigned char *,
+                                       unsigned char *);
 
 #endif

@@ -1,0 +1,191 @@
+"""gman_sum(function, workload): an aggregate whose jobs run side by side, on both servers.
+
+Each row's job is submitted as the row comes and not waited for; the group's value is the sum
+of the integer results, or NULL (with a line in mysqld's error log) when a job fails, a result
+is no integer or the group's timeout_ms passes.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from conftest import host_config, scalar, sequence
+from test_udf import CONFIG_SETTLE, TIMEOUT, counters, serving, stalling, udf_status
+
+from workerhost.sandbox import MEMORY_QUEUE, Sandbox
+
+# A program per job that takes 50 ms and prints twice its integer input, as `command:`
+# handlers run them: the payload on stdin, stdout the result ("200\n").
+DOUBLE_SLOWLY = ["sh", "-c", 'n=$(cat); sleep 0.05; echo $((n * 2))']
+PROCESSES = 8
+ROWS = 100
+# 100 jobs of 50 ms on 8 processes: 13 rounds, about 0.7 s of sleeping plus what each job
+# costs the host (a shell started, a transaction committed) on a busy 2-core machine. One
+# after another they would sleep 5 s alone. 2.5 s is half of that: it holds only if jobs run
+# side by side, and leaves the host room for its own overhead.
+SIDE_BY_SIDE_LIMIT = 2.5
+# A group's deadline for these tests: far beyond what 100 such jobs take, so that a slow
+# moment of the machine does not turn the sum into NULL.
+GROUP_TIMEOUT_MS = 20_000
+
+
+@pytest.fixture
+def fn() -> str:
+    """A Gearman function name no other test uses."""
+    return "sum_test_" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def numbers(db: Any) -> Any:
+    """The database with t(id) holding 1..ROWS."""
+    cursor = db.cursor()
+    cursor.execute("CREATE TABLE t (id INT PRIMARY KEY)")
+    cursor.execute(f"INSERT INTO t SELECT seq FROM {sequence(1, ROWS)}")
+    cursor.close()
+    return db
+
+
+@pytest.fixture
+def udf_settings(udf: Sandbox) -> Iterator[Callable[..., None]]:
+    """Rewrite the UDF's config file (the sandbox's defaults plus these); restored after."""
+    changed = False
+
+    def write(**settings: object) -> None:
+        nonlocal changed
+        changed = True
+        udf.write_udf_config(**settings)
+        time.sleep(CONFIG_SETTLE)
+
+    yield write
+    if changed:
+        udf.write_udf_config()
+        time.sleep(CONFIG_SETTLE)
+
+
+def logged_since(sandbox: Sandbox, offset: int) -> str:
+    """What mysqld's error log gained after offset bytes."""
+    with open(sandbox.mysql_log, "rb") as log:
+        log.seek(offset)
+        return log.read().decode(errors="replace")
+
+
+def log_size(sandbox: Sandbox) -> int:
+    return sandbox.mysql_log.stat().st_size
+
+
+# -- with the worker host's command: handlers ------------------------------------------------
+
+def test_a_groups_jobs_run_side_by_side(udf: Sandbox, numbers: Any, fn: str,
+                                        udf_settings: Callable[..., None],
+                                        host_factory: Callable[..., Any]) -> None:
+    udf_settings(timeout_ms=GROUP_TIMEOUT_MS)
+    host_factory(host_config(udf, numbers.database, {
+        fn: {"command": DOUBLE_SLOWLY, "processes": PROCESSES}}))
+    # Warm: every worker process has run a job, so the figure is the UDF's, not start-up's.
+    assert scalar(numbers, "SELECT gman_sum(%s, id) FROM t WHERE id <= %s", fn,
+                  2 * PROCESSES) == PROCESSES * (2 * PROCESSES + 1) * 2
+    started = time.monotonic()
+    total = scalar(numbers, "SELECT gman_sum(%s, id) FROM t", fn)
+    took = time.monotonic() - started
+    assert total == ROWS * (ROWS + 1)  # 2 * (1 + ... + 100) = 10100
+    assert took < SIDE_BY_SIDE_LIMIT, f"{ROWS} jobs of 50 ms took {took:.2f}s"
+
+
+def test_a_failing_job_makes_its_group_null(udf: Sandbox, numbers: Any, fn: str,
+                                            udf_settings: Callable[..., None],
+                                            host_factory: Callable[..., Any]) -> None:
+    udf_settings(timeout_ms=GROUP_TIMEOUT_MS)
+    fails_on_7 = ["sh", "-c", 'n=$(cat); [ "$n" != 7 ] || exit 3; echo $((n * 2))']
+    host_factory(host_config(udf, numbers.database, {
+        fn: {"command": fails_on_7, "processes": 4, "retries": {"attempts": 1}}}))
+    offset = log_size(udf)
+    before = counters(numbers)
+    assert scalar(numbers, "SELECT gman_sum(%s, id) FROM t", fn) is None
+    assert counters(numbers)["failed"] == before["failed"] + 1
+    assert f"gman_sum('{fn}'): " in logged_since(udf, offset)
+    assert "the worker failed job" in logged_since(udf, offset)
+    # GROUP BY: only the group holding 7 is NULL.
+    cursor = numbers.cursor()
+    cursor.execute("SELECT id <= 10 AS low, gman_sum(%s, id) FROM t GROUP BY low ORDER BY low",
+                   (fn,))
+    assert cursor.fetchall() == [(0, 2 * (sum(range(11, ROWS + 1)))), (1, None)]
+
+
+# -- with a worker of our own ----------------------------------------------------------------
+
+def double(workload: bytes) -> bytes:
+    return b"%d\n" % (2 * int(workload))
+
+
+def test_group_by_sums_each_group(udf: Sandbox, numbers: Any, fn: str) -> None:
+    expected = {g: 2 * sum(i for i in range(1, ROWS + 1) if i % 3 == g) for g in range(3)}
+    with serving(udf.gearman_port, fn, double) as seen:
+        cursor = numbers.cursor()
+        cursor.execute("SELECT id % 3 AS g, gman_sum(%s, id) FROM t GROUP BY g ORDER BY g",
+                       (fn,))
+        assert dict(cursor.fetchall()) == expected
+        cursor.close()
+    assert len(seen) == ROWS
+
+
+def test_rows_without_a_function_are_left_out_and_nothing_sums_to_null(
+        udf: Sandbox, numbers: Any, fn: str) -> None:
+    with serving(udf.gearman_port, fn, double) as seen:
+        assert scalar(numbers, "SELECT gman_sum(IF(id <= 3, %s, NULL), id) FROM t", fn) == 12
+        assert scalar(numbers, "SELECT gman_sum(%s, id) FROM t WHERE id > 1000", fn) is None
+        assert scalar(numbers, "SELECT gman_sum(NULL, id) FROM t") is None
+    assert len(seen) == 3
+
+
+def test_a_result_that_is_no_integer_makes_the_group_null(udf: Sandbox, numbers: Any,
+                                                          fn: str) -> None:
+    offset = log_size(udf)
+    answers = {b"1": b" 5\n", b"2": b"-3", b"3": b"+4", b"4": b"four"}
+    with serving(udf.gearman_port, fn, lambda w: answers[w]):
+        assert scalar(numbers, "SELECT gman_sum(%s, id) FROM t WHERE id <= 3", fn) == 6
+        assert scalar(numbers, "SELECT gman_sum(%s, id) FROM t WHERE id <= 4", fn) is None
+    assert "result 'four' is not an integer" in logged_since(udf, offset)
+
+
+def test_a_worker_that_never_answers_is_null_within_the_timeout(udf: Sandbox, numbers: Any,
+                                                                fn: str) -> None:
+    """The deadline bounds the group, not each job: 20 unanswered jobs cost one timeout_ms."""
+    offset = log_size(udf)
+    before = counters(numbers)
+    with stalling(udf.gearman_port, fn, None) as seen:
+        started = time.monotonic()
+        assert scalar(numbers, "SELECT gman_sum(%s, id) FROM t WHERE id <= 20", fn) is None
+        took = time.monotonic() - started
+    assert TIMEOUT * 0.9 <= took < 3 * TIMEOUT, f"took {took:.2f}s"
+    assert len(seen) >= 1
+    after = counters(numbers)
+    assert after["timed_out"] == before["timed_out"] + 1
+    assert after["failed"] == before["failed"] + 1
+    assert "not answered within timeout_ms=1000, which bounds the whole group" in \
+        logged_since(udf, offset)
+
+
+def test_a_job_function_between_the_rows_gets_its_own_answers(udf: Sandbox, numbers: Any,
+                                                              fn: str) -> None:
+    """gman_do runs on the same mysqld thread while the group's jobs are out: the group
+    works on connections of its own, so neither reads the other's answers."""
+    with serving(udf.gearman_port, fn, double), \
+            serving(udf.gearman_port, f"{fn}_plus1", lambda w: b"%d" % (int(w) + 1)):
+        total = scalar(numbers, "SELECT gman_sum(%s, gman_do(%s, id)) FROM t WHERE id <= 30",
+                       fn, f"{fn}_plus1")
+    assert total == 2 * sum(i + 1 for i in range(1, 31))
+
+
+def test_a_function_with_servers_of_its_own(udf: Sandbox, numbers: Any, fn: str,
+                                            udf_settings: Callable[..., None],
+                                            gearmand_factory: Callable[..., Any]) -> None:
+    other = gearmand_factory(MEMORY_QUEUE)
+    udf_settings(**{f"servers.{fn}": other.server})
+    assert udf_status(numbers)["routes"] == {fn: [other.server]}
+    with serving(other.port, fn, double) as seen:
+        assert scalar(numbers, "SELECT gman_sum(%s, id) FROM t WHERE id <= 10", fn) == 110
+    assert len(seen) == 10
