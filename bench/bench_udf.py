@@ -9,6 +9,10 @@ It also submits large workloads (16 MB and 60 MB, held in a user variable inside
 with gman_do_background, beside the same submission over a raw socket to the same gearmand in
 the same run, and LENGTH() of the variable, the floor of the SQL side.
 
+And it sums SUM_ROWS jobs of SUM_JOB_S each on SUM_WORKERS workers (threads here, each a plain
+Gearman worker that sleeps, then answers twice its input) with gman_sum, whose jobs run side
+by side, beside SUM(gman_do()), which runs them one after another.
+
 The jobs go to a gearmand the benchmark starts for itself without a persistent queue and
 with the sandbox's I/O threads (0 by default: I/O in its main thread), so the figure is the
 UDF's own cost and the queue disappears afterwards. The full run also repeats the bulk case
@@ -28,6 +32,7 @@ import json
 import socket
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -61,6 +66,12 @@ LARGE_FUNCTION = "bench_udf_large"
 # A generous deadline for the large submissions, so that a slow build is measured, not cut.
 LARGE_TIMEOUT_MS = 60_000
 GEARMAND_DEFAULT_THREADS = 4  # what gearmand runs with when not told otherwise
+SUM_FUNCTION = "bench_udf_sum"
+SUM_ROWS = 100
+SUM_WORKERS = 8
+SUM_JOB_S = 0.05  # each job's sleep: one after another, SUM_ROWS of them take 5 s at least
+SUM_TIMEOUT_MS = 60_000  # a group's deadline, far beyond either way of running them
+GRAB_JOB, NO_JOB, JOB_ASSIGN, WORK_COMPLETE, CAN_DO = 9, 10, 11, 13, 1
 
 
 @contextmanager
@@ -92,6 +103,59 @@ def _round_trip_us(port: int, count: int) -> float:
         return round((time.perf_counter() - started) / count * 1e6, 1)
     finally:
         sock.close()
+
+
+def _sleeping_worker(port: int, stop: threading.Event) -> None:
+    """A Gearman worker for SUM_FUNCTION: sleeps SUM_JOB_S per job, answers twice its input."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def send(kind: int, data: bytes) -> None:
+        sock.sendall(b"\0REQ" + kind.to_bytes(4, "big") + len(data).to_bytes(4, "big") + data)
+
+    try:
+        send(CAN_DO, SUM_FUNCTION.encode())
+        while not stop.is_set():
+            send(GRAB_JOB, b"")
+            header = sock.recv(12, socket.MSG_WAITALL)
+            size = int.from_bytes(header[8:12], "big")
+            data = sock.recv(size, socket.MSG_WAITALL) if size else b""
+            if int.from_bytes(header[4:8], "big") != JOB_ASSIGN:
+                time.sleep(0.005)  # NO_JOB: ask again soon
+                continue
+            handle, _function, workload = data.split(b"\0", 2)
+            time.sleep(SUM_JOB_S)
+            send(WORK_COMPLETE, handle + b"\0%d" % (2 * int(workload)))
+    finally:
+        sock.close()
+
+
+def _sum(cur: Any, port: int, repeats: int) -> dict[str, Any]:
+    """Seconds for gman_sum over SUM_ROWS rows, and for SUM(gman_do()) over the same rows."""
+    stop = threading.Event()
+    workers = [threading.Thread(target=_sleeping_worker, args=(port, stop), daemon=True)
+               for _ in range(SUM_WORKERS)]
+    for worker in workers:
+        worker.start()
+    expected = SUM_ROWS * (SUM_ROWS + 1)
+    rows = f"FROM seq_1_to_{SUM_ROWS}"
+    try:
+        side_by_side, one_by_one = [], []
+        for _ in range(repeats):
+            side_by_side.append(_timed_fetch(cur, f"SELECT gman_sum(%s, seq) {rows}",
+                                             (SUM_FUNCTION,)))
+        cur.execute(f"SELECT gman_sum(%s, seq) {rows}", (SUM_FUNCTION,))
+        if cur.fetchone()[0] != expected:
+            raise RuntimeError(f"gman_sum over 1..{SUM_ROWS} is not {expected}")
+        one_by_one.append(_timed_fetch(cur, f"SELECT SUM(gman_do(%s, seq)) {rows}",
+                                       (SUM_FUNCTION,)))
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(5)
+    return dict(sum_rows=SUM_ROWS, sum_workers=SUM_WORKERS, sum_job_s=SUM_JOB_S,
+                sum_gman_sum_runs_s=[round(t, 3) for t in side_by_side],
+                sum_one_by_one_s=[round(t, 3) for t in one_by_one])
 
 
 def _point_udf_at(sandbox: Sandbox, port: int, **settings: object) -> None:
@@ -245,6 +309,8 @@ def run(sandbox: Sandbox, quick: bool) -> dict[str, Any]:
                 queued = gearadmin.status("127.0.0.1", port)[FUNCTION].queued
                 _point_udf_at(sandbox, port, timeout_ms=LARGE_TIMEOUT_MS)
                 result.update(_large(cur, port, repeats))
+                _point_udf_at(sandbox, port, timeout_ms=SUM_TIMEOUT_MS)
+                result.update(_sum(cur, port, repeats))
             result.update(
                 gearman_threads=threads,
                 bulk_rows=bulk_rows,
@@ -313,6 +379,10 @@ def report(result: dict[str, Any]) -> str:
                                            result["large_raw_socket_s"], strict=True):
         lines.append(f"{size} MB workload: gman_do_background {udf_s}s (LENGTH() of it "
                      f"{floor_s}s), raw socket {raw_s}s")
+    lines.append(
+        f"gman_sum over {result['sum_rows']} jobs of {result['sum_job_s'] * 1000:.0f} ms on "
+        f"{result['sum_workers']} workers: {result['sum_gman_sum_runs_s']}s; one after another "
+        f"with SUM(gman_do()): {result['sum_one_by_one_s']}s")
     if "persistent_queue_bulk_overhead_us_per_row" in result:
         lines.append(
             "bulk against a gearmand with a libsqlite3 queue: "
