@@ -627,3 +627,20 @@ def test_a_worker_past_max_memory_is_killed_and_its_job_counted() -> None:
         (b"resize\0job-9", "its worker process grew to 300 MB, past max_memory, and was killed")
     ]
     assert h.child().process is not None, "restarted"
+
+
+def test_the_scheduler_is_supervised_when_the_file_has_schedules() -> None:
+    from workerhost.supervisor import SCHEDULER
+
+    schedules = [{"name": "tick", "function": "resize", "every": "1m"}]
+    h = Harness({**CONFIG, "schedules": schedules})
+    h.supervisor.tick()
+    assert (SCHEDULER, 0) in h.supervisor.children
+    h.advance(STARTSECS)
+    assert h.supervisor.children[(SCHEDULER, 0)].state == State.RUNNING
+    for config in (CONFIG, {**CONFIG, "schedules": schedules,
+                            "host": {"relay": {"enabled": False},
+                                     "scheduler": {"enabled": False}}}):
+        h = Harness(config)
+        h.supervisor.tick()
+        assert (SCHEDULER, 0) not in h.supervisor.children
