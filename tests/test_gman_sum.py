@@ -132,6 +132,22 @@ def test_group_by_sums_each_group(udf: Sandbox, numbers: Any, fn: str) -> None:
     assert len(seen) == ROWS
 
 
+def test_with_rollup_every_group_is_null_rather_than_wrong(udf: Sandbox, numbers: Any,
+                                                          fn: str) -> None:
+    """Both servers run WITH ROLLUP's levels through copies of the aggregate that share its
+    state, which would mix the levels' rows into wrong sums: NULL instead, and a log line."""
+    offset = log_size(udf)
+    with serving(udf.gearman_port, fn, double):
+        cursor = numbers.cursor()
+        cursor.execute("SELECT id % 2 AS g, gman_sum(%s, id) FROM t WHERE id <= 4 "
+                       "GROUP BY g WITH ROLLUP", (fn,))
+        assert cursor.fetchall() == [(0, None), (1, None), (None, None)]
+        cursor.close()
+        # The statement after it sums again.
+        assert scalar(numbers, "SELECT gman_sum(%s, id) FROM t WHERE id <= 4", fn) == 20
+    assert "called for two groups at once (WITH ROLLUP?)" in logged_since(udf, offset)
+
+
 def test_rows_without_a_function_are_left_out_and_nothing_sums_to_null(
         udf: Sandbox, numbers: Any, fn: str) -> None:
     with serving(udf.gearman_port, fn, double) as seen:

@@ -1858,6 +1858,7 @@ JOB_UDF(gman_do_low, "gman_do_low(function, workload [, unique])",
  *   statement, as in gman_sum('f', gman_do('g', x)), never reads answers meant for it.
  * - gearmand answers the submits of one connection in order: a JOB_CREATED belongs to the
  *   oldest job on that connection still without a handle; WORK_* packets name theirs.
+ * - WITH ROLLUP gives NULL for every group: see sum_group_of.
  */
 #define SUM_IN_FLIGHT 1000
 #define SUM_RESULT_MAX 32 /* a result's bytes: 20 for the integer, some for whitespace */
@@ -1878,7 +1879,8 @@ enum sum_state { SUM_IDLE, SUM_RUNNING, SUM_DONE, SUM_FAILED };
 
 /* Why a group gives NULL; each has a log line of its own, rate-limited apart. */
 enum sum_failure {
-  SF_JOB_FAILED, SF_NOT_INTEGER, SF_TIMED_OUT, SF_SERVER, SF_BAD_ROW, SF_NO_MEMORY, SF_COUNT
+  SF_JOB_FAILED, SF_NOT_INTEGER, SF_TIMED_OUT, SF_SERVER, SF_BAD_ROW, SF_NO_MEMORY, SF_SHARED,
+  SF_COUNT
 };
 static struct rate_limit g_sum_log[SF_COUNT];
 
@@ -1895,6 +1897,8 @@ struct sum_group {
   int64_t deadline;
   long long sum;
   char function[41];             /* the first row's (its first 40 bytes), for log lines */
+  UDF_INIT *caller;              /* the UDF_INIT of the first clear, add or value call */
+  bool shared;                   /* another UDF_INIT called too: see sum_group_of */
   char unique[GENERATED_UNIQUE_LEN + 1];
 };
 
@@ -2306,17 +2310,43 @@ UDF_EXPORT void gman_sum_deinit(UDF_INIT *initid)
   }
 }
 
+/*
+ * initid's group, or NULL if the statement's state is shared. WITH ROLLUP makes both servers
+ * call the aggregate through copies of its UDF_INIT that carry the same ptr: every level's
+ * rows and clears would land in one group, and the sums come out wrong. Calls from a second
+ * UDF_INIT are how that shows, so from then on every value of the statement is NULL.
+ */
+static struct sum_group *sum_group_of(UDF_INIT *initid)
+{
+  struct sum_group *g = (struct sum_group *)initid->ptr;
+  if (g->caller == NULL)
+    g->caller = initid;
+  if (g->caller == initid && !g->shared)
+    return g;
+  if (!g->shared) {
+    g->shared = true;
+    sum_reset(g);
+    UDF_LOG(&g_sum_log[SF_SHARED], "gman_sum('%s'): called for two groups at once (WITH "
+            "ROLLUP?), which would mix their rows; every group of the statement gives NULL",
+            g->function);
+    count(C_FAILED);
+  }
+  return NULL;
+}
+
 UDF_EXPORT void gman_sum_clear(UDF_INIT *initid, udf_flag *is_null, udf_flag *error)
 {
   (void)is_null;
   (void)error;
-  sum_reset((struct sum_group *)initid->ptr);
+  struct sum_group *g = sum_group_of(initid);
+  if (g != NULL)
+    sum_reset(g);
 }
 
 UDF_EXPORT void gman_sum_add(UDF_INIT *initid, UDF_ARGS *args, udf_flag *is_null,
                              udf_flag *error)
 {
-  struct sum_group *g = (struct sum_group *)initid->ptr;
+  struct sum_group *g = sum_group_of(initid);
   struct job job = {
     .function = args->args[0],
     .function_len = args->lengths[0],
@@ -2327,7 +2357,7 @@ UDF_EXPORT void gman_sum_add(UDF_INIT *initid, UDF_ARGS *args, udf_flag *is_null
   char echo[41];
   (void)is_null;
   (void)error; /* a failed group is NULL, never an error: see the header comment */
-  if (g->state == SUM_FAILED || g->state == SUM_DONE || job.function == NULL ||
+  if (g == NULL || g->state == SUM_FAILED || g->state == SUM_DONE || job.function == NULL ||
       job.function_len == 0)
     return;
   if (g->state == SUM_IDLE && !sum_start(g, job.function, job.function_len))
@@ -2358,9 +2388,13 @@ UDF_EXPORT void gman_sum_add(UDF_INIT *initid, UDF_ARGS *args, udf_flag *is_null
 UDF_EXPORT long long gman_sum(UDF_INIT *initid, UDF_ARGS *args, udf_flag *is_null,
                               udf_flag *error)
 {
-  struct sum_group *g = (struct sum_group *)initid->ptr;
+  struct sum_group *g = sum_group_of(initid);
   (void)args;
   (void)error;
+  if (g == NULL) {
+    *is_null = 1;
+    return 0;
+  }
   if (g->state == SUM_RUNNING) {
     sum_wait(g, UNTIL_ALL);
     if (g->state == SUM_RUNNING) {

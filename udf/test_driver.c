@@ -982,6 +982,21 @@ static void test_sum(void)
   sum_row(&st, "a\tb", 2);
   check(!sum_value(&st, &v), "a function name with a tab from a column: the group is NULL");
 
+  /* WITH ROLLUP: the server calls through a copy of the UDF_INIT with the same ptr. */
+  UDF_INIT rollup_copy = st.initid;
+  char rollup_null = 0, rollup_error = 0;
+  sum_clear(&st);
+  sum_row(&st, "driver_double", 1);
+  st.add(&rollup_copy, &st.full.a, &rollup_null, &rollup_error);
+  bool rollup_level = sum_value(&st, &v);
+  sum_clear(&st);
+  sum_row(&st, "driver_double", 2);
+  check(!rollup_level && !sum_value(&st, &v) &&
+        st.value(&rollup_copy, &st.full.a, &rollup_null, &rollup_error) == 0 && rollup_null,
+        "a second UDF_INIT calling (WITH ROLLUP): every group of the statement is NULL");
+  st.deinit(&st.initid);
+  sum_open(&st, STR("driver_double"));
+
   /* Another UDF of the same statement between the rows: its answers are its own. */
   sum_clear(&st);
   bool echoed = true;
