@@ -14,7 +14,15 @@ from typing import Any
 
 import pytest
 from conftest import host_config, scalar, sequence
-from test_udf import CONFIG_SETTLE, TIMEOUT, counters, serving, stalling, udf_status
+from test_udf import (
+    CONFIG_SETTLE,
+    TIMEOUT,
+    RawWorker,
+    counters,
+    serving,
+    stalling,
+    udf_status,
+)
 
 from workerhost.sandbox import MEMORY_QUEUE, Sandbox
 
@@ -183,6 +191,15 @@ def test_a_worker_that_never_answers_is_null_within_the_timeout(udf: Sandbox, nu
     assert after["failed"] == before["failed"] + 1
     assert "not answered within timeout_ms=1000, which bounds the whole group" in \
         logged_since(udf, offset)
+
+
+def test_a_failed_groups_jobs_that_no_worker_took_never_run(udf: Sandbox, numbers: Any,
+                                                           fn: str) -> None:
+    """No worker: NULL at the deadline. The group's connection is closed then, and gearmand
+    hands none of its jobs to a worker that comes later."""
+    assert scalar(numbers, "SELECT gman_sum(%s, id) FROM t WHERE id <= 20", fn) is None
+    with RawWorker(udf.gearman_port, fn) as worker:
+        assert worker.take(1, timeout=2) == []
 
 
 def test_a_job_function_between_the_rows_gets_its_own_answers(udf: Sandbox, numbers: Any,

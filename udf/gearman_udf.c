@@ -1865,6 +1865,7 @@ JOB_UDF(gman_do_low, "gman_do_low(function, workload [, unique])",
 /* A larger answer is neither a handle nor an integer; a status or warning this large is
  * no worker of ours. Fits the connection's first buffer, header included. */
 #define SUM_PACKET_MAX (IN_BUFFER_MIN - HEADER_SIZE)
+#define SUM_NO_SLOT (-1) /* for a failure of no server in particular */
 
 struct sum_job {
   uint8_t slot;       /* of the connection it went out on */
@@ -1939,7 +1940,7 @@ static void sum_abandon(struct sum_group *g)
     conn_close(&g->conns[i]);
 }
 
-/* The group gives NULL: log why (at slot's server, or none if slot < 0), stop. */
+/* The group gives NULL: log why (at slot's server, unless SUM_NO_SLOT), stop. */
 __attribute__((format(printf, 5, 6)))
 static void sum_fail(struct sum_group *g, enum sum_failure why, int slot, bool server_fault,
                      const char *fmt, ...)
@@ -1964,16 +1965,16 @@ static void sum_fail(struct sum_group *g, enum sum_failure why, int slot, bool s
   g->state = SUM_FAILED;
 }
 
-#define SUM_NO_SLOT (-1) /* a failure of no server in particular */
-
 /* The deadline has passed. A job gearmand never acknowledged is gearmand's fault (its
  * server is backed off); one acknowledged but not answered is not. */
 static void sum_time_out(struct sum_group *g)
 {
   int unacked = SUM_NO_SLOT;
-  for (uint64_t n = g->head; n < g->tail && unacked < 0; n++) {
+  unsigned long long waiting = 0;
+  for (uint64_t n = g->head; n < g->tail; n++) {
     const struct sum_job *job = &g->jobs[n % SUM_IN_FLIGHT];
-    if (!job->done && job->handle_len == 0)
+    waiting += !job->done;
+    if (!job->done && job->handle_len == 0 && unacked < 0)
       unacked = job->slot;
   }
   if (unacked >= 0)
@@ -1981,8 +1982,7 @@ static void sum_time_out(struct sum_group *g)
              "server skipped for backoff_ms", g->config.timeout_ms);
   else
     sum_fail(g, SF_TIMED_OUT, SUM_NO_SLOT, false, "%llu jobs not answered within "
-             "timeout_ms=%d, which bounds the whole group",
-             (unsigned long long)(g->tail - g->head), g->config.timeout_ms);
+             "timeout_ms=%d, which bounds the whole group", waiting, g->config.timeout_ms);
 }
 
 /* One answer on connection i. */
