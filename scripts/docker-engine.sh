@@ -44,6 +44,10 @@ engine=$!
 stop_engine() {
     kill -TERM "$engine" 2>/dev/null || true
     wait "$engine" 2>/dev/null || true
+    # dockerd leaves its default network namespace mounted under its exec root.
+    for mounted in $(awk -v root="$state/exec/" 'index($2, root) == 1 {print $2}' /proc/self/mounts); do
+        umount "$mounted" 2>/dev/null || true
+    done
 }
 trap stop_engine EXIT
 trap 'exit 130' INT
