@@ -87,6 +87,27 @@ def events(db: Any) -> Any:
     return db
 
 
+# The library stats its config file at most once a second; a change needs this long to show.
+CONFIG_SETTLE = 1.2
+
+
+@pytest.fixture
+def udf_config(udf: Sandbox) -> Iterator[Callable[..., None]]:
+    """Rewrite the UDF's config file (defaults plus overrides); restored after the test."""
+    changed = False
+
+    def write(**settings: object) -> None:
+        nonlocal changed
+        changed = True
+        udf.write_udf_config(**settings)
+        time.sleep(CONFIG_SETTLE)
+
+    yield write
+    if changed:
+        udf.write_udf_config()
+        time.sleep(CONFIG_SETTLE)
+
+
 class ExtraGearmand:
     """A gearmand of its own (a gearmand-only sandbox) that a test can stop and start."""
 
@@ -238,6 +259,18 @@ def sequence(first: int, last: int) -> str:
     recursion depth)."""
     return (f"(WITH RECURSIVE s (seq) AS (SELECT {first} UNION ALL SELECT seq + 1 FROM s "
             f"WHERE seq < {last}) SELECT seq FROM s) AS seq_{first}_to_{last}")
+
+
+def submit_json(server: str, function: str, payloads: list[Any]) -> None:
+    """Submit background jobs straight to gearmand, each payload as JSON."""
+    import json
+
+    import gearman
+
+    client = gearman.GearmanClient([server])
+    client.submit_multiple_jobs([{"task": function, "data": json.dumps(p)} for p in payloads],
+                                background=True, wait_until_complete=False)
+    client.shutdown()
 
 
 def scalar(db: Any, sql: str, *args: Any) -> Any:

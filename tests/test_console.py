@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gearman
 import pytest
 import yaml
 from conftest import ROOT, host_config, host_env, scalar, wait_until
+from conftest import submit_json as submit
 
 from workerhost.sandbox import Sandbox, free_port
 
@@ -135,13 +135,6 @@ def token(console: Console, user: str, jar: http.cookiejar.CookieJar) -> str:
 def waiting(db: Any) -> str:
     """A function no worker serves, of this test alone (gearmand lives for the session)."""
     return f"waiting_{db.database}"
-
-
-def submit(server: str, function: str, payloads: list[Any]) -> None:
-    client = gearman.GearmanClient([server])
-    client.submit_multiple_jobs([{"task": function, "data": json.dumps(p)} for p in payloads],
-                                background=True, wait_until_complete=False)
-    client.shutdown()
 
 
 @pytest.fixture

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from conftest import host_config, scalar, sequence
-from test_udf import (
-    CONFIG_SETTLE,
+from test_udf import (  # udf_config: a fixture, used by name
     TIMEOUT,
     RawWorker,
     counters,
@@ -57,22 +56,6 @@ def numbers(db: Any) -> Any:
     return db
 
 
-@pytest.fixture
-def udf_settings(udf: Sandbox) -> Iterator[Callable[..., None]]:
-    """Rewrite the UDF's config file (the sandbox's defaults plus these); restored after."""
-    changed = False
-
-    def write(**settings: object) -> None:
-        nonlocal changed
-        changed = True
-        udf.write_udf_config(**settings)
-        time.sleep(CONFIG_SETTLE)
-
-    yield write
-    if changed:
-        udf.write_udf_config()
-        time.sleep(CONFIG_SETTLE)
-
 
 def logged_since(sandbox: Sandbox, offset: int) -> str:
     """What mysqld's error log gained after offset bytes."""
@@ -88,9 +71,9 @@ def log_size(sandbox: Sandbox) -> int:
 # -- with the worker host's command: handlers ------------------------------------------------
 
 def test_a_groups_jobs_run_side_by_side(udf: Sandbox, numbers: Any, fn: str,
-                                        udf_settings: Callable[..., None],
+                                        udf_config: Callable[..., None],
                                         host_factory: Callable[..., Any]) -> None:
-    udf_settings(timeout_ms=GROUP_TIMEOUT_MS)
+    udf_config(timeout_ms=GROUP_TIMEOUT_MS)
     host_factory(host_config(udf, numbers.database, {
         fn: {"command": DOUBLE_SLOWLY, "processes": PROCESSES}}))
     # Warm: every worker process has run a job, so the figure is the UDF's, not start-up's.
@@ -104,9 +87,9 @@ def test_a_groups_jobs_run_side_by_side(udf: Sandbox, numbers: Any, fn: str,
 
 
 def test_a_failing_job_makes_its_group_null(udf: Sandbox, numbers: Any, fn: str,
-                                            udf_settings: Callable[..., None],
+                                            udf_config: Callable[..., None],
                                             host_factory: Callable[..., Any]) -> None:
-    udf_settings(timeout_ms=GROUP_TIMEOUT_MS)
+    udf_config(timeout_ms=GROUP_TIMEOUT_MS)
     fails_on_7 = ["sh", "-c", 'n=$(cat); [ "$n" != 7 ] || exit 3; echo $((n * 2))']
     host_factory(host_config(udf, numbers.database, {
         fn: {"command": fails_on_7, "processes": 4, "retries": {"attempts": 1}}}))
@@ -214,10 +197,10 @@ def test_a_job_function_between_the_rows_gets_its_own_answers(udf: Sandbox, numb
 
 
 def test_a_function_with_servers_of_its_own(udf: Sandbox, numbers: Any, fn: str,
-                                            udf_settings: Callable[..., None],
+                                            udf_config: Callable[..., None],
                                             gearmand_factory: Callable[..., Any]) -> None:
     other = gearmand_factory(MEMORY_QUEUE)
-    udf_settings(**{f"servers.{fn}": other.server})
+    udf_config(**{f"servers.{fn}": other.server})
     assert udf_status(numbers)["routes"] == {fn: [other.server]}
     with serving(other.port, fn, double) as seen:
         assert scalar(numbers, "SELECT gman_sum(%s, id) FROM t WHERE id <= 10", fn) == 110

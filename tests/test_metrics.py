@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import gearman
 import pytest
 from conftest import ExtraGearmand, host_config, scalar, wait_until
+from conftest import submit_json as submit
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -48,13 +48,6 @@ def health(port: int) -> tuple[int, dict[str, Any]]:
             return answer.status, json.loads(answer.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
-
-
-def submit(server: str, function: str, payloads: list[Any]) -> None:
-    client = gearman.GearmanClient([server])
-    client.submit_multiple_jobs([{"task": function, "data": json.dumps(p)} for p in payloads],
-                                background=True, wait_until_complete=False)
-    client.shutdown()
 
 
 @pytest.fixture

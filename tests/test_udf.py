@@ -23,15 +23,13 @@ from typing import Any
 
 import mysql.connector
 import pytest
-from conftest import ROOT, UDF_SO, scalar, sequence, wait_until
+from conftest import CONFIG_SETTLE, ROOT, UDF_SO, scalar, sequence, wait_until
 
 from workerhost import gearadmin
 from workerhost.sandbox import MEMORY_QUEUE, SANDBOX_UDF_TIMEOUT_MS, Sandbox
 
 SQL = ROOT / "sql"
 
-# The library stats its config file at most once a second; a change needs this long to show.
-CONFIG_SETTLE = 1.2
 # What "fast" and "within the timeout" allow on top of the figure itself, on a busy CI box.
 MARGIN = 0.5
 # The sandbox's timeout_ms, in seconds. A call that submitted its job a second time after a
@@ -175,23 +173,6 @@ def stalling(port: int, function: str, kind: int | None) -> Any:
 
 
 # -- fixtures -----------------------------------------------------------------------------
-
-@pytest.fixture
-def udf_config(udf: Sandbox) -> Iterator[Callable[..., None]]:
-    """Rewrite the UDF's config file (defaults plus overrides); restored after the test."""
-    changed = False
-
-    def write(**settings: object) -> None:
-        nonlocal changed
-        changed = True
-        udf.write_udf_config(**settings)
-        time.sleep(CONFIG_SETTLE)
-
-    yield write
-    if changed:
-        udf.write_udf_config()
-        time.sleep(CONFIG_SETTLE)
-
 
 @pytest.fixture
 def udf_config_file(udf: Sandbox) -> Iterator[Callable[[str], None]]:
