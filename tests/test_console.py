@@ -32,7 +32,8 @@ DOCS = ROOT / "docs"
 USERS = {"ada": {"password": "ada-admin-pw", "role": "admin"},
          "vic": {"password": "vic-viewer-pw", "role": "viewer"}}
 PAGES = ["/", "/live", "/dead-letters", "/dead-letters/1", "/ledger", "/ledger?state=due",
-         "/handlers", "/workers", "/dead-letters/retry", "/csrf-token"]
+         "/schedules", "/schedules/live", "/handlers", "/workers", "/dead-letters/retry",
+         "/csrf-token"]
 
 
 @dataclass
@@ -407,6 +408,62 @@ def test_in_a_browser_dead_letters_are_found_and_replayed_and_a_viewer_cannot(
     assert "only an admin" in browser.find_element(By.ID, "error-message").text
     assert letters(db, "doomed") == [doomed]
     assert os.path.getsize(DOCS / "console-overview.png") > 10_000
+
+
+def test_in_a_browser_the_schedules_page_shows_each_slot_that_fired(
+        sandbox: Sandbox, db: Any, host_factory: Any, console_factory: Any,
+        browser: Any) -> None:
+    from datetime import datetime
+
+    from selenium.webdriver.common.by import By
+
+    db.cursor().execute("CREATE TABLE ticks (id BIGINT AUTO_INCREMENT PRIMARY KEY, "
+                        "slot VARCHAR(40))")
+    config = host_config(sandbox, db.database, {
+        "tick": {"sql": "INSERT INTO ticks (slot) VALUES (%(slot)s)", "accept": "ledger"}},
+        schedules=[{"name": "heartbeat", "function": "tick", "every": "1s"},
+                   {"name": "nightly", "function": "tick", "cron": "30 2 * * *",
+                    "timezone": "Europe/Paris", "catch_up": "all"}])
+    host = host_factory(config)
+    console = console_factory({**config, "host": {**config["host"],
+                                                  "console": {"users": USERS}}})
+    log_in(browser, console, "vic")
+    row = 'table.schedules tr[data-schedule="heartbeat"]'
+    assert text_of(browser, f"{row} .leader") in ("led", "none")  # the overview's section
+    browser.find_element(By.LINK_TEXT, "Schedules").click()
+    arrive(browser, "/schedules")
+    assert text_of(browser, f"{row} td:nth-child(2)") == "tick"
+    assert text_of(browser, f"{row} .timetable") == "every 1s"
+    nightly = 'table.schedules tr[data-schedule="nightly"]'
+    assert text_of(browser, f"{nightly} .timetable") == "cron '30 2 * * *' Europe/Paris"
+    assert text_of(browser, f"{nightly} td:nth-child(4)") == "all"
+    assert text_of(browser, f"{nightly} .last-slot") == "never"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d 02:30:00\+0[12]:00",
+                        text_of(browser, f"{nightly} .next-slot") or "")
+
+    def shown_slot() -> datetime | None:
+        stamp = browser.execute_script(
+            "const e = document.querySelector(arguments[0]); "
+            "return e && e.getAttribute('datetime');", f"{row} .last-slot time")
+        return datetime.fromisoformat(stamp) if stamp else None
+
+    def ran() -> set[datetime]:
+        cursor = db.cursor()
+        cursor.execute("SELECT slot FROM ticks")
+        return {datetime.fromisoformat(slot) for (slot,) in cursor.fetchall()}
+
+    # The page refreshes itself: the slot it shows fired, and its job ran.
+    wait_until(lambda: (slot := shown_slot()) is not None and slot in ran(), timeout=20,
+               what="the schedules page to show a slot whose job ran")
+    assert (text_of(browser, f"{row} .fired-by") or "").endswith(f":{host.pid}")
+    assert text_of(browser, f"{row} .leader") == "led (connection " + str(
+        scalar(db, "SELECT IS_USED_LOCK(%s)", f"workerhost:{db.database}:heartbeat")) + ")"
+    screenshot(browser, "schedules")
+
+    # The host stopped, nobody leads: the page says so.
+    assert host.stop() == 0
+    wait_until(lambda: text_of(browser, f"{row} .leader") == "none: no host holds its lock",
+               timeout=15, what="the page to say that no host leads the schedule")
 
 
 # -- pages by key --------------------------------------------------------------------------

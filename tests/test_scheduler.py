@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import threading
 import time
@@ -167,6 +168,47 @@ def test_a_schedule_new_to_the_database_starts_with_its_next_slot(sandbox: Sandb
         host.db.close()
     assert scalar(db, "SELECT unique_key FROM workerhost_outbox") == (
         "schedule:tick:20261127T100010Z")
+
+
+def test_the_slots_fired_missed_and_skipped_are_counted_per_schedule(sandbox: Sandbox,
+                                                                     db: Any) -> None:
+    """Host a fires three slots; after a gap with no leader host b takes over: catch_up:
+    latest fires the newest of the five missed slots and skips four."""
+    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from workerhost import metrics
+
+    config = sandbox_config(sandbox, db.database, schedules=[
+        {"name": "tick", "function": "tick", "every": "1s", "catch_up": "latest"}])
+    clock = {"now": T0.timestamp() + 0.5}
+    with metrics.collecting():
+        hosts = []
+        try:
+            for name in "ab":
+                hosts.append(Scheduler(config, locks=AlwaysLeads(["tick"]),
+                                       wall_clock=lambda: clock["now"], identity=name))
+            hosts[0].db.run(tables.create)
+            hosts[0].step()  # a leads from T0 + 0.5s
+            clock["now"] += 2.7
+            hosts[0].step()  # T0 + 3.2s: slots 1, 2, 3
+            clock["now"] += 5.3
+            hosts[1].step()  # a is gone; b leads from T0 + 8.5s: 4 to 8 were missed
+            clock["now"] += 1.0
+            hosts[1].step()  # slot 9, on time
+        finally:
+            for host in hosts:
+                host.db.close()
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+            registry, path=os.environ[metrics.ENV])
+        counted = {sample.name: sample.value
+                   for family in text_string_to_metric_families(generate_latest(registry).decode())
+                   for sample in family.samples if sample.labels == {"schedule": "tick"}}
+    assert counted == {"workerhost_schedule_slots_fired_total": 5,
+                       "workerhost_schedule_slots_missed_total": 5,
+                       "workerhost_schedule_slots_skipped_total": 4}
+    assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox") == 5
 
 
 # -- hosts: workerhost run -------------------------------------------------------------------

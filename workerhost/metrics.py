@@ -72,6 +72,9 @@ class _Metrics:
     duration: Histogram
     in_flight: Gauge
     restarts: Counter
+    slots_fired: Counter
+    slots_missed: Counter
+    slots_skipped: Counter
 
 
 _metrics: _Metrics | None = None  # set by collecting(); inherited by every forked child
@@ -117,6 +120,14 @@ def collecting(enabled: bool = True) -> Iterator[None]:
                         multiprocess_mode="livesum", registry=None),
         restarts=Counter("workerhost_worker_restarts", "Child processes restarted after an "
                          "unexpected exit", ["handler"], registry=None),
+        slots_fired=Counter("workerhost_schedule_slots_fired", "Slots of the schedule whose "
+                            "job this host wrote to the ledger", ["schedule"], registry=None),
+        slots_missed=Counter("workerhost_schedule_slots_missed", "Slots of the schedule that "
+                             "came due while no host led it, found by this host (fired late "
+                             "or skipped, as catch_up says)", ["schedule"], registry=None),
+        slots_skipped=Counter("workerhost_schedule_slots_skipped", "Missed slots of the "
+                              "schedule that did not fire (catch_up: latest or none, or more "
+                              "than the catch-up limit)", ["schedule"], registry=None),
     )  # fmt: skip
     try:
         yield
@@ -182,6 +193,16 @@ def job_lost(function: str, outcome: str) -> None:
 def worker_restarted(handler: str) -> None:
     if _metrics is not None:
         _metrics.restarts.labels(handler).inc()
+
+
+def schedule_slots(schedule: str, *, fired: int, missed: int, skipped: int) -> None:
+    """The scheduler's count of one look at `schedule`, once its transaction committed."""
+    if _metrics is None:
+        return
+    for counter, count in ((_metrics.slots_fired, fired), (_metrics.slots_missed, missed),
+                           (_metrics.slots_skipped, skipped)):
+        if count > 0:
+            counter.labels(schedule).inc(count)
 
 
 def process_dead(pid: int) -> None:

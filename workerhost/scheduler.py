@@ -39,7 +39,7 @@ from zoneinfo import ZoneInfo
 
 import mysql.connector
 
-from workerhost import tables
+from workerhost import metrics, tables
 from workerhost.config import CatchUp, Config, ScheduleConfig
 from workerhost.db import RUN_ERRORS, Connection, Database
 from workerhost.exitcodes import EXIT_OK
@@ -67,6 +67,21 @@ def lock_name(database: str, schedule: str) -> str:
     if len(name) <= LOCK_NAME_LIMIT:
         return name
     return "workerhost:" + hashlib.sha1(f"{database}\0{schedule}".encode()).hexdigest()
+
+
+def lock_holders(conn: Connection, database: str,
+                 names: list[str]) -> dict[str, int | None]:  # fmt: skip
+    """Who leads each schedule now: the id of the connection that holds its lock (a
+    `workerhost run` host's scheduler), or None when no host leads it."""
+    if not names:
+        return {}
+    cursor = conn.cursor()
+    cursor.execute("SELECT " + ", ".join(["IS_USED_LOCK(%s)"] * len(names)),
+                   [lock_name(database, name) for name in names])
+    row = cursor.fetchone()
+    cursor.close()
+    return {name: None if held is None else int(held)
+            for name, held in zip(names, row, strict=True)}
 
 
 def job_of(schedule: ScheduleConfig, slot: datetime) -> tuple[str, bytes, str]:
@@ -252,8 +267,10 @@ class Scheduler:
         if decided.overflow:
             log.warning("scheduler: schedule %s: more than %d slots were due at once; the "
                         "older ones are skipped", name, CATCH_UP_LIMIT)
+        fired = sum(1 for slot in decided.missed if slot in decided.fire)
+        metrics.schedule_slots(name, fired=len(decided.fire), missed=len(decided.missed),
+                               skipped=len(decided.missed) - fired)
         if decided.missed:
-            fired = sum(1 for slot in decided.missed if slot in decided.fire)
             what = {"latest": "fires the newest of them", "all": "fires them in order",
                     "none": "skips them"}[schedule.catch_up]
             log.warning("scheduler: schedule %s: %d slot(s) came due while no host led it (%s "

@@ -16,7 +16,9 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import yaml
 from flask import (
@@ -102,6 +104,11 @@ def create_app(config: Config) -> Flask:
         response.headers.update(SECURITY_HEADERS)
         return response
 
+    @app.template_filter("in_zone")
+    def _in_zone(moment: datetime, zone: str) -> str:
+        """A moment as the schedule's time zone reads it, to the second."""
+        return moment.astimezone(ZoneInfo(zone)).isoformat(sep=" ", timespec="seconds")
+
     @app.context_processor
     def _globals() -> dict[str, Any]:
         return {"visitor": g.get("visitor"), "refresh": REFRESH_SECONDS,
@@ -178,6 +185,21 @@ def create_app(config: Config) -> Flask:
         return render_template("ledger.html", lines=lines, following=following, state=state,
                                after=after, states=tables.LEDGER_STATES,
                                scan=figures.LEDGER_SCAN)
+
+    @app.get("/schedules")
+    def schedules() -> str:
+        if not config.schedules:
+            return render_template("schedules.html", s=None)
+        with reading() as db:
+            return render_template("schedules.html", s=figures.schedules(config, db))
+
+    @app.get("/schedules/live")
+    def schedules_live() -> str:
+        """The schedules' table alone, fetched again every few seconds by console.js."""
+        if not config.schedules:
+            abort(404, description="the file has no schedules: section")
+        with reading() as db:
+            return render_template("_schedules.html", s=figures.schedules(config, db))
 
     @app.get("/handlers")
     def handlers() -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from workerhost import gearadmin, logs, status, tables
+from workerhost import gearadmin, logs, scheduler, status, tables
 from workerhost.config import Config, Server
 from workerhost.db import RUN_ERRORS, Database
 from workerhost.deadletters import DeadLetter, _row
@@ -80,6 +80,25 @@ class Overview:
     rates: Rates | None
     rates_note: str | None  # why there are no rates (no host.metrics, no answer, too early)
     functions: tuple[str, ...]  # every function any of the above knows, sorted
+    schedules: Schedules | None = None  # None: the file has no schedules
+
+
+@dataclass(frozen=True)
+class ScheduleLine:
+    """One schedule of the file: how far it has got, and whether a host leads it now."""
+
+    status: status.ScheduleStatus
+    leader: int | None  # the connection holding its lock; None: no host leads it
+
+    @property
+    def overdue(self) -> bool:
+        return self.status.overdue >= status.OVERDUE_SHOWN
+
+
+@dataclass(frozen=True)
+class Schedules:
+    lines: tuple[ScheduleLine, ...]
+    error: str | None  # the database's answer when it gave none of the above
 
 
 def metrics_url(address: Server) -> str:
@@ -272,7 +291,25 @@ def overview(config: Config, db: Database, sampler: Sampler) -> Overview:
     if rates is not None:
         names.update(rates.completed, rates.failed)
     return Overview(servers, letters, error, ledger, ledger_error, rates, note,
-                    tuple(sorted(names)))
+                    tuple(sorted(names)), schedules(config, db) if config.schedules else None)
+
+
+def schedules(config: Config, db: Database) -> Schedules:
+    """The file's schedules, with their rows in the database and the holders of their locks
+    (a few rows and one statement: cheap enough for every refresh of the overview)."""
+    names = [schedule.name for schedule in config.schedules]
+
+    def read(conn: Any) -> tuple[dict[str, tables.ScheduleRow], dict[str, int | None]]:
+        return (tables.schedule_rows(conn),
+                scheduler.lock_holders(conn, config.database.database, names))
+
+    try:
+        rows, holders = db.run(read, deadline=_deadline())
+    except RUN_ERRORS as exc:
+        db.reset()
+        return Schedules((), logs.mask(str(exc), config.database.password))
+    return Schedules(tuple(ScheduleLine(found, holders.get(found.name))
+                           for found in status.schedules(config, rows)), None)
 
 
 def _deadline() -> float:
