@@ -171,14 +171,18 @@ def letters(db: Any, function: str) -> list[int]:
 
 def test_without_a_login_every_page_is_refused(stack: dict[str, Any],
                                                console_factory: Any) -> None:
+    from limits import parse
+
+    from workerhost.console.throttle import FAILED_PER_CLIENT
+
     console = console_factory(stack)
-    for page in PAGES:
+    for n, page in enumerate(PAGES):
         script = request(console.url + page)
         assert script.status == 401, page
         assert script.headers["WWW-Authenticate"].startswith("Basic realm="), page
-        wrong = request(console.url + page,
-                        headers={"Authorization": "Basic " + b64encode(b"ada:guess").decode()})
-        assert wrong.status == 401, page
+        wrong = request(console.url + page, headers=basic("ada", "guess"))
+        # Each wrong password counts: past the limit of failed logins, 429.
+        assert wrong.status == (401 if n < parse(FAILED_PER_CLIENT).amount else 429), page
         browser = request(console.url + page, headers={"Accept": "text/html"})
         assert browser.status == 302, page
         assert urllib.parse.urlparse(browser.headers["Location"]).path == "/login", page
@@ -241,6 +245,63 @@ def test_an_action_needs_its_csrf_token_and_an_admin(
     assert done.status == 302
     assert letters(db, "doomed") == []
     assert re.search(r"ada \(basic\) purged dead letter \d+: 1 deleted", console.log())
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def form_login(console: Console, user: str, password: str,
+               jar: http.cookiejar.CookieJar) -> Answer:  # fmt: skip
+    """The login page's form, sent as a browser sends it (with its CSRF token)."""
+    page = request(console.url + "/login", jar=jar)
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page.body)
+    assert found, page.body
+    return request(console.url + "/login", data={"user": user, "password": password,
+                                                 "csrf_token": found.group(1)}, jar=jar)
+
+
+def test_failed_logins_past_the_limit_are_refused_with_429_form_and_basic(
+        stack: dict[str, Any], console_factory: Any) -> None:
+    from limits import parse
+
+    from workerhost.console.throttle import FAILED_PER_CLIENT
+
+    console = console_factory(stack)
+    allowed = parse(FAILED_PER_CLIENT).amount
+    for _ in range(allowed):
+        assert request(console.url + "/", headers=basic("ada", "guess")).status == 401
+    # The limit reached: refused before the password is looked at, the right one too.
+    refused = request(console.url + "/", user="ada")
+    assert refused.status == 429
+    assert "Too many failed logins from 127.0.0.1: try again in" in refused.body
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    # The login form counts the same failures, whatever the name.
+    jar = http.cookiejar.CookieJar()
+    page = form_login(console, "vic", str(USERS["vic"]["password"]), jar)
+    assert page.status == 429 and "Too many failed logins" in page.body
+    assert request(console.url + "/", jar=jar).status == 401  # no session was made
+    assert "console: a login from 127.0.0.1 refused: Too many failed logins" in console.log()
+
+
+def test_the_login_throttle_counts_per_client_and_per_user() -> None:
+    from werkzeug.exceptions import TooManyRequests
+
+    from workerhost.console.throttle import LoginThrottle
+
+    throttle = LoginThrottle(per_client="3 per minute", per_user="4 per minute")
+    for client in ("10.0.0.1", "10.0.0.2"):
+        for _ in range(2):
+            throttle.check(client, "ada")
+            throttle.failed(client, "ada")
+    with pytest.raises(TooManyRequests) as info:  # four failures as ada, from two addresses
+        throttle.check("10.0.0.3", "ada")
+    assert info.value.description.startswith("Too many failed logins as 'ada': try again in")
+    assert info.value.retry_after is not None
+    throttle.check("10.0.0.3", "vic")  # another name, another address: not refused
+    throttle.failed("10.0.0.1", "vic")
+    with pytest.raises(TooManyRequests, match=re.escape("from 10.0.0.1:")):  # its third failure
+        throttle.check("10.0.0.1", "vic")
 
 
 def test_without_users_it_listens_on_loopback_only_and_nobody_acts(

@@ -41,6 +41,7 @@ from werkzeug.wrappers import Response as AnyResponse
 from workerhost import logs, tables
 from workerhost.config import Config
 from workerhost.console import auth, figures
+from workerhost.console.throttle import LoginThrottle
 from workerhost.db import RUN_ERRORS, Database
 
 log = logging.getLogger("workerhost.console")
@@ -70,6 +71,7 @@ def create_app(config: Config) -> Flask:
     )
     CSRFProtect(app)
     users = config.host.console.users
+    throttle = LoginThrottle()
     sampler = figures.Sampler(config)
     local = threading.local()  # a database connection per server thread
 
@@ -93,7 +95,7 @@ def create_app(config: Config) -> Flask:
     def _before() -> AnyResponse | None:
         if request.endpoint in OPEN:
             return None
-        visitor = auth.identify(users)
+        visitor = auth.identify(users, throttle)
         if visitor is None:
             return auth.refuse()
         g.visitor = visitor
@@ -121,15 +123,14 @@ def create_app(config: Config) -> Flask:
             return redirect(url_for("overview"))
         failed = False
         if request.method == "POST":
-            user = auth.check(users, request.form.get("user", ""),
-                              request.form.get("password", ""))
+            user = auth.log_in_as(users, throttle, request.form.get("user", ""),
+                                  request.form.get("password", ""))
             if user is not None:
                 auth.log_in(user)
                 log.info("console: %s logged in from %s", user.name, request.remote_addr)
                 return redirect(auth.safe_next(request.args.get("next")))
             log.warning("console: a failed login as %r from %s",
                         request.form.get("user", "")[:64], request.remote_addr)
-            time.sleep(auth.FAILED_LOGIN_DELAY)
             failed = True
         return render_template("login.html", failed=failed), 401 if failed else 200
 
@@ -268,8 +269,14 @@ def create_app(config: Config) -> Flask:
         if error.code == 403:
             log.warning("console: %s refused: %s %s", getattr(g.get("visitor"), "name", "?"),
                         request.method, request.path)
+        elif error.code == 429:
+            log.warning("console: a login from %s refused: %s", request.remote_addr,
+                        error.description)
+        # The error's own headers, but the page's type: Retry-After of a 429, Allow of a 405.
+        headers = {name: value for name, value in error.get_headers()
+                   if name.lower() != "content-type"}
         return render_template("error.html", code=error.code,
-                               message=error.description), error.code or 500
+                               message=error.description), error.code or 500, headers
 
     return app
 

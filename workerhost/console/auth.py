@@ -2,9 +2,10 @@
 
 Users and roles come from `host.console.users`. Passwords are compared in constant time (as
 digests, so that not even their length shows), and a name that is no user costs the same
-time as a wrong password. A session names its user only: the role is read from the
-configuration on every request, so a user removed or demoted by a reload loses it at once
-(in `workerhost run`, whose console child is restarted with the new file).
+time as a wrong password; failed logins are counted, and past a limit refused (throttle.py).
+A session names its user only: the role is read from the configuration on every request,
+so a user removed or demoted by a reload loses it at once (in `workerhost run`, whose
+console child is restarted with the new file).
 
 Without users the console listens on loopback only (config.py refuses anything else), and
 whoever reaches it may look but not act.
@@ -23,13 +24,11 @@ from flask import Response, abort, redirect, request, session, url_for
 from werkzeug.wrappers import Response as AnyResponse
 
 from workerhost.config import ConsoleUser
+from workerhost.console.throttle import LoginThrottle
 
 SESSION_LIFETIME = 12 * 3600  # seconds a login lasts; then the login page again
 REALM = "workerhost console"
 ANONYMOUS = "(anyone on loopback)"  # who acts when no users are configured: a viewer
-# Seconds a failed login waits before it is answered: a guesser gets a few tries a second
-# per connection, a person does not notice.
-FAILED_LOGIN_DELAY = 0.5
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,17 +59,26 @@ def check(users: Mapping[str, ConsoleUser], name: str, password: str) -> Console
     return user if matches and user is not None else None
 
 
-def identify(users: Mapping[str, ConsoleUser]) -> Visitor | None:
+def log_in_as(users: Mapping[str, ConsoleUser], throttle: LoginThrottle, name: str,
+              password: str) -> ConsoleUser | None:
+    """check(), refused with 429 (before the password is compared) while this client or
+    this name has too many failed logins, and each failure counted."""
+    client = request.remote_addr or "?"
+    throttle.check(client, name)
+    user = check(users, name, password)
+    if user is None:
+        throttle.failed(client, name)
+    return user
+
+
+def identify(users: Mapping[str, ConsoleUser], throttle: LoginThrottle) -> Visitor | None:
     """The visitor of this request, or None when they must log in first."""
     if not users:
         return Visitor(ANONYMOUS, "viewer", "anonymous")
     auth = request.authorization
     if auth is not None and auth.type == "basic":
-        user = check(users, auth.username or "", auth.password or "")
-        if user is None:
-            time.sleep(FAILED_LOGIN_DELAY)
-            return None
-        return Visitor(user.name, user.role, "basic")
+        user = log_in_as(users, throttle, auth.username or "", auth.password or "")
+        return None if user is None else Visitor(user.name, user.role, "basic")
     name = session.get("user")
     since = session.get("since")
     if not isinstance(name, str) or not isinstance(since, (int, float)):
