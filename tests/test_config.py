@@ -209,6 +209,8 @@ def test_console_users_come_from_the_environment_and_files() -> None:
         "alice": ("a1ice", "admin"), "bob": ("b0b-secret", "viewer"), "carol": ("c4r0l", "viewer"),
     }
     assert "a1ice" not in repr(console)
+    key = (FIXTURES / "config" / "console-secret.key").read_text().strip()
+    assert console.secret_key == key and key not in repr(console)
     # Off unless set; loopback without users is allowed.
     assert load_config("minimal.yaml", env={}).host.console.listen is None
 
@@ -391,6 +393,12 @@ def test_tls_keys_reach_the_connector() -> None:
         ("console-bad-role.yaml",
          "console-bad-role.yaml: host.console.users.alice.role: expected one of admin, viewer,"
          " got 'root'"),
+        ("console-short-secret-key.yaml",
+         "console-short-secret-key.yaml: host.console.secret_key: expected at least 32"
+         " characters, got 20 (`openssl rand -hex 32` makes a key)"),
+        ("console-secret-key-and-file.yaml",
+         "console-secret-key-and-file.yaml: host.console.secret_key_file: cannot be combined"
+         " with secret_key; keep one"),
         ("console-password-unset-reference.yaml",
          "console-password-unset-reference.yaml: host.console.users.alice.password: an"
          " environment variable named in it is not set (the name is not shown: the value is a"

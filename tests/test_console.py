@@ -8,6 +8,7 @@ import http.cookiejar
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
 import urllib.error
@@ -302,6 +303,45 @@ def test_the_login_throttle_counts_per_client_and_per_user() -> None:
     throttle.failed("10.0.0.1", "vic")
     with pytest.raises(TooManyRequests, match=re.escape("from 10.0.0.1:")):  # its third failure
         throttle.check("10.0.0.1", "vic")
+
+
+def test_a_login_outlives_a_restart_of_the_console_that_keeps_its_secret_key(
+        db: Any, stack: dict[str, Any], console_factory: Any, tmp_path: Path) -> None:
+    key = secrets.token_hex(32)
+    (tmp_path / "console.key").write_text(key + "\n")
+    console = {**stack["host"]["console"], "secret_key_file": str(tmp_path / "console.key")}
+    config = {**stack, "host": {**stack["host"], "console": console}}
+    browser = {"Accept": "text/html"}
+    first = console_factory(config)
+    assert "logins kept across restarts" in first.log()
+    jar = http.cookiejar.CookieJar()
+    assert form_login(first, "ada", str(USERS["ada"]["password"]), jar).status == 302
+    page = request(first.url + "/dead-letters", jar=jar, headers=browser)
+    assert page.status == 200 and '<span id="visitor">ada</span>' in page.body
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.body)
+    assert csrf
+    first.process.terminate()
+    assert first.process.wait(10) == 0
+
+    # Another process (a restart, or the next one behind a balancer): the same session, and
+    # the CSRF token the first one gave is good for an action.
+    second = console_factory(config)
+    page = request(second.url + "/", jar=jar, headers=browser)
+    assert page.status == 200 and '<span id="visitor">ada</span>' in page.body
+    doomed = letters(db, "doomed")[0]
+    done = request(f"{second.url}/dead-letters/{doomed}/purge", jar=jar,
+                   data={"csrf_token": csrf.group(1)})
+    assert done.status == 302 and letters(db, "doomed") == []
+    handlers = request(second.url + "/handlers", jar=jar).body
+    assert key not in handlers and re.search(r"secret_key: (?:&#39;|')\*\*\*", handlers)
+
+    # The cookie is good only with the key: a console without it sends ada to log in, and so
+    # does one where ada's password has changed.
+    for other in (stack, {**config, "host": {**config["host"], "console": {
+            **console, "users": {**USERS, "ada": {"password": "new-pw", "role": "admin"}}}}}):
+        refused = request(console_factory(other).url + "/", jar=jar, headers=browser)
+        assert refused.status == 302, refused.body
+        assert urllib.parse.urlparse(refused.headers["Location"]).path == "/login"
 
 
 def test_without_users_it_listens_on_loopback_only_and_nobody_acts(

@@ -40,7 +40,7 @@ from workerhost.errors import ConfigError
 # Values a file may hold once its YAML aliases are expanded: a large real file holds a few
 # thousand; nested aliases can make a 1 KB file hold billions (an "alias bomb").
 MAX_YAML_VALUES = 100_000
-SECRET_KEYS = ("database.password",)  # values no message may quote
+SECRET_KEYS = ("database.password", "host.console.secret_key")  # values no message may quote
 # ... and these, whatever NAME is: the console's passwords.
 SECRET_PATTERN = re.compile(r"host\.console\.users\.[^.]+\.password")
 DEFAULT_GEARMAN_PORT = 4730  # gearmand's registered port, used when a server omits one
@@ -178,6 +178,9 @@ class ConsoleConfig:
 
     listen: Server | None = None  # where `workerhost run` serves it; None = not at all
     users: Mapping[str, ConsoleUser] = field(default_factory=lambda: MappingProxyType({}))
+    # What signs the login sessions; "" = a random key per console process, so a restart
+    # logs everyone out.
+    secret_key: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -354,7 +357,7 @@ _DATABASE_KEYS = ("host", "port", "unix_socket", "user", "password", "database",
                   "ssl_ca", "ssl_cert", "ssl_key", "ssl_verify_cert", "ssl_verify_identity",
                   "ssl_disabled")
 _HOST_KEYS = ("shutdown_timeout", "metrics", "relay", "console", "scheduler")
-_CONSOLE_KEYS = ("listen", "users")
+_CONSOLE_KEYS = ("listen", "users", "secret_key", "secret_key_file")
 _CONSOLE_USER_KEYS = ("password", "password_file", "role")
 _RELAY_KEYS = ("enabled", "batch", "interval", "lease")
 _SCHEDULER_KEYS = ("enabled",)
@@ -604,7 +607,12 @@ def _console(section: _Section) -> ConsoleConfig:
     if listen is not None and not found and not conv.is_loopback(listen.host):
         raise section.error(f"{listen} is reachable from other machines, and no users are "
                             "configured: add users, or listen on 127.0.0.1", "listen")
-    return ConsoleConfig(listen=listen, users=MappingProxyType(found))
+    keys = [key for key in ("secret_key", "secret_key_file") if key in section.data]
+    if len(keys) > 1:
+        raise section.error("cannot be combined with secret_key; keep one", keys[1])
+    secret_key = (section.get("secret_key", conv.secret_key, "") if keys == ["secret_key"] else
+                  section.get("secret_key_file", conv.secret_key_file, ""))
+    return ConsoleConfig(listen=listen, users=MappingProxyType(found), secret_key=secret_key)
 
 
 def _handler(section: _Section, name: str) -> HandlerConfig:

@@ -29,6 +29,9 @@ _PYTHON_REF = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Z
 _MAX_FUNCTION_NAME_BYTES = 255  # gearmand's limit on a function name
 MAX_OWNER_NAME = 64  # a triggers_owner, written into every trigger's body
 _OWNER_NAME = re.compile(rf"[A-Za-z0-9_.-]{{1,{MAX_OWNER_NAME}}}")
+# The least a console session key may hold: 32 hex digits are 128 bits (`openssl rand -hex 32`
+# makes 64).
+SECRET_KEY_LENGTH = 32
 
 
 @dataclass(frozen=True)
@@ -393,6 +396,29 @@ def password_file(value: object) -> str:
     if not first:
         raise ValueError(f"{show(value)} holds no password on its first line")
     return first
+
+
+def secret_key(value: object) -> str:
+    """A key that signs sessions: SECRET_KEY_LENGTH characters at least; never shown."""
+    text = secret(value)
+    if len(text) < SECRET_KEY_LENGTH:
+        raise ValueError(f"expected at least {SECRET_KEY_LENGTH} characters, got {len(text)} "
+                         "(`openssl rand -hex 32` makes a key)")
+    return text
+
+
+def secret_key_file(value: object) -> str:
+    """The key held in a file (its first line, the line break not included)."""
+    path = readable_file(value)
+    try:
+        with open(path, encoding="utf-8") as file:
+            first = file.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {show(value)}: {exc}") from None
+    try:
+        return secret_key(first)
+    except ValueError as exc:
+        raise ValueError(f"the first line of {show(value)}: {exc}") from None
 
 
 def is_loopback(host: str) -> bool:

@@ -52,7 +52,9 @@ def serve(config: Config, listen: Server) -> None:
     problem = exposure_problem(listen, config)
     if problem:
         raise ListenError(problem)
-    logs.redact(config.database.password, *(u.password for u in config.host.console.users.values()))
+    console = config.host.console
+    logs.redact(config.database.password, console.secret_key,
+                *(u.password for u in console.users.values()))
     app = create_app(config)
     try:
         server: Any = create_server(app, host=listen.host, port=listen.port, threads=THREADS,
@@ -66,8 +68,10 @@ def serve(config: Config, listen: Server) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info("console on http://%s/ (%s)", listen,
-             f"{len(config.host.console.users)} users" if config.host.console.users
-             else "no users: anyone on this machine may look, nobody may act")
+             (f"{len(console.users)} users; logins " + (
+                 "kept across restarts (secret_key)" if console.secret_key else
+                 "end when the console stops: set host.console.secret_key_file to keep them"))
+             if console.users else "no users: anyone on this machine may look, nobody may act")
     try:
         server.run()
     except _Stop:

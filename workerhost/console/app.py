@@ -61,9 +61,10 @@ SECURITY_HEADERS = {
 def create_app(config: Config) -> Flask:
     app = Flask("workerhost.console")
     app.config.update(
-        # A fresh key per process: a restart of the console logs everyone out, and no key
-        # lies in a file to be stolen.
-        SECRET_KEY=os.urandom(32),
+        # host.console.secret_key(_file): sessions outlive a restart, and every console
+        # process with the same key (behind one balancer) accepts them. Without it, a fresh
+        # key per process: a restart of the console logs everyone out.
+        SECRET_KEY=config.host.console.secret_key or os.urandom(32),
         SESSION_COOKIE_NAME="workerhost_console",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
@@ -317,7 +318,7 @@ def _as_loaded(config: Config) -> str:
             found = {}
             for item in dataclasses.fields(value):
                 inner = getattr(value, item.name)
-                if item.name == "password":
+                if item.name in ("password", "secret_key"):
                     found[item.name] = logs.MASK if inner else ""
                 elif not callable(inner) or dataclasses.is_dataclass(inner):
                     found[item.name] = plain(inner)
@@ -331,5 +332,6 @@ def _as_loaded(config: Config) -> str:
         return str(value)
 
     text = yaml.safe_dump(plain(config), sort_keys=False, allow_unicode=True)
-    secrets = [config.database.password, *(u.password for u in config.host.console.users.values())]
+    secrets = [config.database.password, config.host.console.secret_key,
+               *(u.password for u in config.host.console.users.values())]
     return logs.mask(text, *secrets)

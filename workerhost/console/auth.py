@@ -3,9 +3,10 @@
 Users and roles come from `host.console.users`. Passwords are compared in constant time (as
 digests, so that not even their length shows), and a name that is no user costs the same
 time as a wrong password; failed logins are counted, and past a limit refused (throttle.py).
-A session names its user only: the role is read from the configuration on every request,
-so a user removed or demoted by a reload loses it at once (in `workerhost run`, whose
-console child is restarted with the new file).
+A session names its user and a mark of their password only: the role is read from the
+configuration on every request, so a user removed or demoted by a reload loses it at once
+(in `workerhost run`, whose console child is restarted with the new file), and a session
+of a password since changed is over.
 
 Without users the console listens on loopback only (config.py refuses anything else), and
 whoever reaches it may look but not act.
@@ -20,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flask import Response, abort, redirect, request, session, url_for
+from flask import Response, abort, current_app, redirect, request, session, url_for
 from werkzeug.wrappers import Response as AnyResponse
 
 from workerhost.config import ConsoleUser
@@ -84,10 +85,22 @@ def identify(users: Mapping[str, ConsoleUser], throttle: LoginThrottle) -> Visit
     if not isinstance(name, str) or not isinstance(since, (int, float)):
         return None
     user = users.get(name)
-    if user is None or time.time() - since > SESSION_LIFETIME:
+    if (user is None or time.time() - since > SESSION_LIFETIME
+            or not hmac.compare_digest(str(session.get("pw", "")), _password_mark(user))):
         session.clear()
         return None
     return Visitor(user.name, user.role, "session")
+
+
+def _password_mark(user: ConsoleUser) -> str:
+    """A mark of the user's password in their session, so that a new password ends the
+    sessions of the old one (they outlive a restart when the key is kept). Keyed with the
+    session key: the cookie is signed, not encrypted, and must not give away a digest of
+    the password to guess against."""
+    key = current_app.secret_key
+    assert isinstance(key, (bytes, str))
+    raw = key.encode() if isinstance(key, str) else key
+    return hmac.new(raw, _digest(user.password), hashlib.sha256).hexdigest()[:32]
 
 
 def refuse() -> AnyResponse:
@@ -106,6 +119,7 @@ def log_in(user: ConsoleUser) -> None:
     session.clear()  # a fresh session (and CSRF token) for the new login
     session["user"] = user.name
     session["since"] = time.time()
+    session["pw"] = _password_mark(user)
 
 
 def safe_next(target: str | None) -> str:
