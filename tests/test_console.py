@@ -344,6 +344,59 @@ def test_a_login_outlives_a_restart_of_the_console_that_keeps_its_secret_key(
         assert urllib.parse.urlparse(refused.headers["Location"]).path == "/login"
 
 
+def test_the_overview_shows_each_functions_jobs_per_minute_from_the_hosts_counters(
+        sandbox: Sandbox, db: Any, host_factory: Any, console_factory: Any) -> None:
+    db.cursor().execute("CREATE TABLE results (id BIGINT PRIMARY KEY, attempt INT, "
+                        "unique_key VARCHAR(255), runs INT NOT NULL DEFAULT 1)")
+    config = host_config(sandbox, db.database, {
+        "record": {"python": "sample_handlers:record", "processes": 2},
+        "mixed": {"python": "sample_handlers:record_unless_told_to_fail",
+                  "retries": {"attempts": 1}},
+    }, host={"metrics": f"127.0.0.1:{free_port()}", "console": {"users": USERS}})
+    host_factory(config)
+    console = console_factory(config)
+
+    def live() -> str:
+        answer = request(console.url + "/live", user="vic")
+        assert answer.status == 200, answer.body
+        return answer.body
+
+    def cell(body: str, function: str, column: str) -> tuple[str, str] | None:
+        """(the figure, its title) of a function's row in the Functions table."""
+        found = re.search(rf'<tr data-function="{function}">.*?<td class="n {column}[^"]*"'
+                          r'(?: title="([^"]*)")?>([^<]*)<', body, re.DOTALL)
+        return None if found is None else (found.group(2), found.group(1) or "")
+
+    # Rates need two readings of the host's counters: the jobs go between them.
+    wait_until(lambda: "metrics so far; rates show after the next" in live(), timeout=30,
+               what="the console's first reading of the host's metrics")
+    assert cell(live(), "record", "completed") == ("\N{EN DASH}", "")
+    submit(sandbox.gearman_server, "record", [{"id": i} for i in range(30)])
+    submit(sandbox.gearman_server, "mixed", [{"id": 100 + i, "fail": i < 4} for i in range(10)])
+    wait_until(lambda: scalar(db, "SELECT COUNT(*) FROM results") == 36, what="36 rows")
+    wait_until(lambda: scalar(db, "SELECT COUNT(*) FROM workerhost_dead_letters") == 4,
+               what="4 dead letters")
+
+    def counted() -> str | None:
+        body = live()
+        found = cell(body, "record", "completed")
+        return body if found is not None and found[1].startswith("30 jobs") else None
+
+    body = wait_until(counted, timeout=30, what="the overview to count the 30 jobs of record")
+    span = re.search(r"rates over the last (\d+) s", body)
+    assert span, body
+    seconds = int(span.group(1))
+
+    def per_minute(jobs: int) -> Any:  # the page shows the span in whole seconds
+        return pytest.approx(jobs * 60 / seconds, rel=0.6 / seconds, abs=0.05)
+
+    for function, column, jobs in (("record", "completed", 30), ("record", "failed", 0),
+                                   ("mixed", "completed", 6), ("mixed", "failed", 4)):
+        figure, title = cell(body, function, column) or ("", "")
+        assert title == f"{jobs} jobs in {seconds} s", (function, column)
+        assert float(figure) == per_minute(jobs), (function, column)
+
+
 def test_without_users_it_listens_on_loopback_only_and_nobody_acts(
         sandbox: Sandbox, db: Any, stack: dict[str, Any], console_factory: Any,
         tmp_path: Path) -> None:

@@ -68,6 +68,8 @@ class Rates:
     completed: Mapping[str, float]
     failed: Mapping[str, float]
     seconds: float  # the span the rates are measured over
+    completed_jobs: Mapping[str, int]  # the jobs behind the rates, over `seconds`
+    failed_jobs: Mapping[str, int]
 
 
 @dataclass(frozen=True)
@@ -125,16 +127,18 @@ def rates_between(old: tuple[float, Mapping[tuple[str, str], float]],
     """Per-minute rates from two readings; a counter that went down (the host restarted)
     counts from zero."""
     seconds = max(new[0] - old[0], 1e-9)
-    completed: dict[str, float] = {}
-    failed: dict[str, float] = {}
+    completed: dict[str, int] = {}
+    failed: dict[str, int] = {}
     for (function, outcome), value in new[1].items():
         before = old[1].get((function, outcome), 0.0)
-        delta = value - before if value >= before else value
+        delta = round(value - before if value >= before else value)
         if outcome == "complete":
-            completed[function] = completed.get(function, 0.0) + delta * 60 / seconds
+            completed[function] = completed.get(function, 0) + delta
         elif outcome in FAILED:
-            failed[function] = failed.get(function, 0.0) + delta * 60 / seconds
-    return Rates(completed, failed, seconds)
+            failed[function] = failed.get(function, 0) + delta
+    return Rates({function: n * 60 / seconds for function, n in completed.items()},
+                 {function: n * 60 / seconds for function, n in failed.items()},
+                 seconds, completed, failed)
 
 
 class Sampler:
@@ -181,8 +185,11 @@ class Sampler:
         with self.lock:
             if self.metrics_error:
                 return None, self.metrics_error
+            if not self.readings:
+                return None, "measuring: waiting for the first reading of the host's metrics"
             if len(self.readings) < 2:
-                return None, "measuring: rates show after two readings of the host's metrics"
+                return None, ("measuring: one reading of the host's metrics so far; rates "
+                              "show after the next")
             return rates_between(self.readings[0], self.readings[-1]), None
 
     def _loop(self) -> None:
