@@ -33,8 +33,8 @@ DOCS = ROOT / "docs"
 USERS = {"ada": {"password": "ada-admin-pw", "role": "admin"},
          "vic": {"password": "vic-viewer-pw", "role": "viewer"}}
 PAGES = ["/", "/live", "/dead-letters", "/dead-letters/1", "/ledger", "/ledger?state=due",
-         "/schedules", "/schedules/live", "/handlers", "/workers", "/dead-letters/retry",
-         "/csrf-token"]
+         "/ledger?function=flaky&q=order", "/schedules", "/schedules/live", "/handlers",
+         "/workers", "/dead-letters/retry", "/csrf-token"]
 
 
 @dataclass
@@ -246,6 +246,28 @@ def test_an_action_needs_its_csrf_token_and_an_admin(
     assert done.status == 302
     assert letters(db, "doomed") == []
     assert re.search(r"ada \(basic\) purged dead letter \d+: 1 deleted", console.log())
+
+
+def test_an_admin_retries_every_dead_letter_of_every_function_at_once(
+        db: Any, stack: dict[str, Any], console_factory: Any) -> None:
+    console = console_factory(stack)
+    db.cursor().execute("UPDATE flags SET broken = FALSE")  # flaky's cause fixed; doomed's not
+    jar = http.cookiejar.CookieJar()
+    confirm = request(console.url + "/dead-letters/retry", user="ada", jar=jar)
+    assert re.search(r"6 dead letters\s*\(all of them\), up to id (\d+)\.", confirm.body)
+    upto = re.search(r'name="upto" value="(\d+)"', confirm.body)
+    assert upto
+    done = request(console.url + "/dead-letters/retry", user="ada", jar=jar,
+                   data={"csrf_token": token(console, "ada", jar), "function": "", "q": "",
+                         "upto": upto.group(1)})
+    assert done.status == 302
+    assert f"ada (basic) retried dead letters up to id {upto.group(1)}: 6 queued again" in (
+        console.log())
+    wait_until(lambda: scalar(db, "SELECT COUNT(*) FROM results") == 5, timeout=30,
+               what="flaky's 5 jobs to complete")
+    wait_until(lambda: letters(db, "doomed") and letters(db, "doomed")[0] > int(upto.group(1)),
+               timeout=30, what="doomed's job to fail again, a new dead letter")
+    assert letters(db, "flaky") == []
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -643,11 +665,12 @@ def test_ledger_and_dead_letters_are_paged_by_key_through_every_row(db: Any) -> 
             "(%s, %s, 1, %s)", (f"fn{i % 2}", f'{{"id": {i}}}',
                                 "50%_off" if i % 10 == 0 else "boom"))
 
-    def walk(state: str | None, limit: int, scan: int) -> list[int]:
+    def walk(state: str | None, limit: int, scan: int, function: str | None = None,
+             search: str | None = None) -> list[int]:
         seen: list[int] = []
         after: int | None = 0
         while after is not None:
-            rows, after = tables.ledger_page(db, state, after, limit, scan, 10)
+            rows, after = tables.ledger_page(db, state, after, limit, scan, 10, function, search)
             seen += [int(row[0]) for row in rows]
         return seen
 
@@ -655,6 +678,11 @@ def test_ledger_and_dead_letters_are_paged_by_key_through_every_row(db: Any) -> 
     assert walk("due", 7, 20) == [i for i in range(1, 91) if i % 3 == 0]
     assert walk("leased", 4, 11) == [i for i in range(1, 91) if i % 3 == 1]
     assert walk("delayed", 50, 13) == [i for i in range(1, 91) if i % 3 == 2]
+    assert walk(None, 7, 20, "fn1") == list(range(1, 91, 2))
+    assert walk("due", 5, 9, "fn0") == [i for i in range(1, 91) if i % 6 == 0]
+    assert walk(None, 4, 17, None, '"id": 4') == [4, *range(40, 50)]
+    assert walk(None, 4, 17, "fn1", '"id": 4') == [41, 43, 45, 47, 49]
+    assert walk(None, 4, 17, None, "_") == []  # a wildcard of LIKE, searched as itself
 
     def letters_of(function: str | None, search: str | None) -> list[int]:
         seen: list[int] = []

@@ -389,18 +389,29 @@ def ledger_figures_between(conn: Connection, low: int, high: int) -> tuple[Any, 
 
 
 def ledger_page(conn: Connection, state: str | None, after: int, limit: int, scan: int,
-                preview: int) -> tuple[list[tuple[Any, ...]], int | None]:
-    """Ledger rows in id order above `after`, of one state (LEDGER_STATES) or all, reading at
-    most `scan` rows: (the rows as LEDGER_COLUMNS, the id the next page starts after; None at
-    the end of the table)."""
+                preview: int, function: str | None = None, search: str | None = None
+                ) -> tuple[list[tuple[Any, ...]], int | None]:
+    """Ledger rows in id order above `after`, of one state (LEDGER_STATES) or all, of one
+    function or all, whose payload holds `search` or any, reading at most `scan` rows when
+    one of these is given: (the rows as LEDGER_COLUMNS, the id the next page starts after;
+    None at the end of the table)."""
     cursor = db.cursor(conn)
-    if state is None:  # every row: the next `limit` ids are the page
+    conditions: list[str] = [LEDGER_STATES[state]] if state else []
+    args: list[Any] = []
+    if function:
+        conditions.append("`function` = %s")
+        args.append(function)
+    if search:
+        conditions.append("payload LIKE %s ESCAPE '!'")
+        args.append(_like(search))
+    if not conditions:  # every row: the next `limit` ids are the page
         cursor.execute(f"SELECT id FROM {OUTBOX} WHERE id > %s ORDER BY id LIMIT %s",
                        (after, limit))
-    else:
-        cursor.execute(f"SELECT id FROM (SELECT id, not_before, ships FROM {OUTBOX} WHERE "
-                       f"id > %s ORDER BY id LIMIT %s) AS scanned WHERE {LEDGER_STATES[state]} "
-                       "ORDER BY id LIMIT %s", (after, scan, limit))  # fmt: skip
+    else:  # no index serves these: look through the next `scan` rows
+        columns = "id, `function`, not_before, ships" + (", payload" if search else "")
+        cursor.execute(f"SELECT id FROM (SELECT {columns} FROM {OUTBOX} WHERE id > %s "
+                       f"ORDER BY id LIMIT %s) AS scanned WHERE {' AND '.join(conditions)} "
+                       "ORDER BY id LIMIT %s", (after, scan, *args, limit))  # fmt: skip
     ids = [int(row[0]) for row in cursor.fetchall()]
     if len(ids) == limit:
         following: int | None = ids[-1]

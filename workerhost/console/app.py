@@ -182,11 +182,13 @@ def create_app(config: Config) -> Flask:
         if state is not None and state not in tables.LEDGER_STATES:
             abort(400, description=f"state is one of {', '.join(tables.LEDGER_STATES)}")
         after = request.args.get("after", 0, type=int)
+        function, search = _filter()
         with reading() as db:
-            lines, following = figures.ledger_page(db, state, after)
+            lines, following = figures.ledger_page(db, state, after, function, search)
         return render_template("ledger.html", lines=lines, following=following, state=state,
                                after=after, states=tables.LEDGER_STATES,
-                               scan=figures.LEDGER_SCAN)
+                               scan=figures.LEDGER_SCAN, function=function, search=search,
+                               functions=sorted(config.handlers))
 
     @app.get("/schedules")
     def schedules() -> str:

@@ -427,10 +427,11 @@ class LedgerLine:
     state: str
 
 
-def ledger_page(db: Database, state: str | None, after: int
-                ) -> tuple[list[LedgerLine], int | None]:
+def ledger_page(db: Database, state: str | None, after: int, function: str | None = None,
+                search: str | None = None) -> tuple[list[LedgerLine], int | None]:
     rows, following = db.run(
-        lambda conn: tables.ledger_page(conn, state, after, PAGE_SIZE, LEDGER_SCAN, PREVIEW),
+        lambda conn: tables.ledger_page(conn, state, after, PAGE_SIZE, LEDGER_SCAN, PREVIEW,
+                                        function, search),
         deadline=_deadline())  # fmt: skip
     password = str(db.param("password") or "")
     lines = []
