@@ -4,8 +4,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 UDF_SO := udf/build/gearman_udf.so
 
-# SERVER=mysql runs the demo and the sandbox on MySQL (in a container) instead of MariaDB.
+# SERVER=mysql runs the demo and the sandbox on MySQL (in a container) instead of MariaDB:
+# mysql is the newest line, mysql:9, mysql:8.4 and mysql:8.0 pick one.
 SERVER ?= mariadb
+ON_MYSQL := $(filter mysql mysql:%,$(SERVER))
+MYSQL_LINE := $(if $(filter mysql:%,$(SERVER)),$(patsubst mysql:%,%,$(SERVER)),9)
 # Runs a command with a Docker engine at hand (ours, started and stopped around it, if none runs).
 WITH_DOCKER := scripts/docker-engine.sh
 
@@ -15,7 +18,8 @@ WITH_DOCKER := scripts/docker-engine.sh
 setup:
 	@scripts/setup.sh
 
-# The MySQL image (Debian's MySQL in a chroot of Debian sid, imported into Docker): built once.
+# The MySQL images, one per line (9: Debian sid's; 8.4, 8.0: Ubuntu LTS's), each a chroot
+# imported into Docker: built once.
 setup-mysql: setup
 	@$(WITH_DOCKER) scripts/mysql-image.sh >/dev/null
 
@@ -28,13 +32,14 @@ udf-test: udf
 # A sandbox in a temporary directory, the example shop's triggers and handlers, sample orders
 # written back; everything is stopped again at the end (scripts/demo.py says each step).
 demo: udf
-ifeq ($(SERVER),mysql)
-	@$(WITH_DOCKER) sh -c 'scripts/mysql-image.sh >/dev/null && $(PY) scripts/demo.py --server mysql'
+ifneq ($(ON_MYSQL),)
+	@$(WITH_DOCKER) sh -c 'scripts/mysql-image.sh $(MYSQL_LINE) >/dev/null && $(PY) scripts/demo.py --server $(SERVER)'
 else
 	@$(PY) scripts/demo.py
 endif
 
-# Every database test runs on MariaDB and on MySQL (TEST_SERVERS=mariadb narrows a local run).
+# Every database test runs on MariaDB and on MySQL 9, 8.4 and 8.0 (TEST_SERVERS=mariadb,mysql:8.0
+# narrows a local run).
 test: setup udf
 	$(WITH_DOCKER) sh -c 'scripts/mysql-image.sh >/dev/null && $(PY) -m pytest $(PYTEST_ARGS)'
 
@@ -57,8 +62,8 @@ install-udf: udf
 # On MySQL the sandbox's mysqld runs in a container: it needs a Docker engine that stays up
 # (dockerd, or `systemctl start docker`), so this target does not start one for you.
 sandbox-up: udf
-ifeq ($(SERVER),mysql)
-	$(VENV)/bin/workerhost sandbox up --dir .sandbox --server mysql --install-udf udf
+ifneq ($(ON_MYSQL),)
+	$(VENV)/bin/workerhost sandbox up --dir .sandbox --server $(SERVER) --install-udf udf
 else
 	$(VENV)/bin/workerhost sandbox up --dir .sandbox --install-udf $(UDF_SO)
 endif
@@ -70,8 +75,8 @@ sandbox-down: setup
 # restart; prints lost and applied-twice counts per delivery (both must be 0).
 # CHAOS_ARGS="--server mysql", "--rows 20000 --seconds 40", "--seed N" to repeat a run.
 chaos: udf
-ifeq ($(SERVER),mysql)
-	@$(WITH_DOCKER) sh -c 'scripts/mysql-image.sh >/dev/null && $(PY) scripts/chaos.py --server mysql $(CHAOS_ARGS)'
+ifneq ($(ON_MYSQL),)
+	@$(WITH_DOCKER) sh -c 'scripts/mysql-image.sh $(MYSQL_LINE) >/dev/null && $(PY) scripts/chaos.py --server $(SERVER) $(CHAOS_ARGS)'
 else
 	@$(PY) scripts/chaos.py $(CHAOS_ARGS)
 endif

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from workerhost import triggers  # noqa: E402
 from workerhost.config import parse_config  # noqa: E402
 from workerhost.db import Database  # noqa: E402
-from workerhost.sandbox import MEMORY_QUEUE, Sandbox  # noqa: E402
+from workerhost.sandbox import MEMORY_QUEUE, SERVER_CHOICES, Sandbox  # noqa: E402
 
 DATABASE = "chaos"
 DELIVERIES = ("immediate", "outbox")
@@ -238,7 +238,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=20.0, help="how long rows go in")
-    parser.add_argument("--server", choices=("mariadb", "mysql"), default="mariadb")
+    parser.add_argument("--server", choices=SERVER_CHOICES, default="mariadb",
+                        help="mariadb, or mysql[:9|8.4|8.0] (in a container)")
     parser.add_argument("--lease", default="2s", help="host.relay.lease (default 2s)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--no-database-restart", action="store_true")
@@ -252,7 +253,7 @@ def main() -> int:
     try:
         say(f"seed {seed}; a {args.server} sandbox in {workdir} (gearmand's queue in memory)")
         box.up(gearman_queue=MEMORY_QUEUE)
-        box.install_udf(ROOT / "udf" if args.server == "mysql" else
+        box.install_udf(ROOT / "udf" if box.server == "mysql" else
                         ROOT / "udf" / "build" / "gearman_udf.so")
         config, env = prepare(box, workdir, args.lease)
         host = Host(config, workdir / "host.log", env)

@@ -36,7 +36,7 @@ from workerhost import triggers  # noqa: E402
 from workerhost.config import load_config  # noqa: E402
 from workerhost.db import Database  # noqa: E402
 from workerhost.errors import WorkerHostError  # noqa: E402
-from workerhost.sandbox import DATABASE_SERVERS, Sandbox, tail  # noqa: E402
+from workerhost.sandbox import DATABASE_SERVERS, SERVER_CHOICES, Sandbox, tail  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 CONFIG = EXAMPLES / "shop.yaml"
@@ -163,14 +163,14 @@ def report(conn: Any, ids: list[int]) -> bool:
 
 
 def demo(workdir: Path, server: str) -> bool:
-    process = DATABASE_SERVERS[server]
+    process = DATABASE_SERVERS[server.partition(":")[0]]
     step(1, f"starting a sandbox (gearmand + {process}) in {workdir}")
     with sandbox_in(workdir / "sandbox", server) as box:
         info(f"gearmand at {box.gearman_server}, {process} at 127.0.0.1:{box.mysql_port}")
 
-        library = UDF_SO if server == "mariadb" else UDF_SO.parent.parent
+        library = UDF_SO if box.server == "mariadb" else UDF_SO.parent.parent
         step(2, f"installing the UDF {library.relative_to(ROOT)}"
-                + ("" if server == "mariadb" else " (built in the MySQL image)"))
+                + ("" if box.server == "mariadb" else " (built in the MySQL image)"))
         box.install_udf(library)
         info("gman_do_background() and friends exist; triggers can submit jobs")
 
@@ -219,8 +219,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (logs, data) afterwards")
-    parser.add_argument("--server", choices=DATABASE_SERVERS, default="mariadb",
-                        help="the sandbox's database server (mysql runs in a container)")
+    parser.add_argument("--server", choices=SERVER_CHOICES, default="mariadb",
+                        help="the sandbox's database server: mariadb, or mysql[:9|8.4|8.0] "
+                             "(in a container)")
     args = parser.parse_args()
     if args.server == "mariadb" and not UDF_SO.is_file():
         print(f"demo: {UDF_SO} is missing; build it with: make udf", file=sys.stderr)

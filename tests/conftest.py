@@ -19,23 +19,33 @@ import pytest
 import yaml
 
 from workerhost.sandbox import PERSISTENT_QUEUE, Sandbox
+from workerhost.sandbox_options import MYSQL_VERSIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 UDF_DIR = ROOT / "udf"
 UDF_SO = UDF_DIR / "build" / "gearman_udf.so"
 
 
-# Every test on the sandbox runs on each server; its id says which ([mariadb] or [mysql]).
-# TEST_SERVERS=mariadb (a comma-separated list) narrows a developer's run; `make test` runs all.
-SERVERS = [name for name in os.environ.get("TEST_SERVERS", "mariadb,mysql").split(",") if name]
+# Every test on the sandbox runs on each server: MariaDB, and each MySQL line; its id says which
+# ([mariadb], [mysql-9], [mysql-8.4], [mysql-8.0]). TEST_SERVERS=mariadb,mysql:8.0 (a
+# comma-separated list of `workerhost sandbox up --server` choices) narrows a developer's run;
+# `make test` runs all.
+SERVERS = [name for name in os.environ.get(
+    "TEST_SERVERS", ",".join(("mariadb", *(f"mysql:{v}" for v in MYSQL_VERSIONS)))).split(",")
+    if name]
 
 
-@pytest.fixture(scope="session", params=SERVERS)
+def server_id(server: str) -> str:
+    return server.replace(":", "-")
+
+
+@pytest.fixture(scope="session", params=SERVERS, ids=server_id)
 def sandbox(request: pytest.FixtureRequest,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     """One sandbox per server and test session, always torn down (atexit covers a hard
     interrupt)."""
-    box = Sandbox(tmp_path_factory.mktemp(f"sandbox-{request.param}"), server=request.param)
+    box = Sandbox(tmp_path_factory.mktemp(f"sandbox-{server_id(request.param)}"),
+                  server=request.param)
     atexit.register(box.down)
     try:
         box.up()

@@ -11,11 +11,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, SERVERS
+from conftest import ROOT, SERVERS, server_id
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("server", SERVERS, ids=server_id)
 def test_nothing_lost_and_nothing_applied_twice_through_random_kills(server: str) -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "chaos.py"), "--server", server,

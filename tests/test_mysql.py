@@ -1,9 +1,10 @@
 """What only MySQL has: its defaults met as a new user meets them.
 
-Every test on the sandbox already runs on MySQL too (the [mysql] ids); these are the ones that
-mean something on MySQL alone: binary logging on by default, caching_sha2_password over TCP
-with a cold authentication cache, the server's own TLS certificates, and the UDF compiled
-against MySQL 8's UDF types without a server at hand.
+Every test on the sandbox already runs on each MySQL line too (the [mysql-9], [mysql-8.4] and
+[mysql-8.0] ids); these run on each MySQL line and mean something on MySQL alone: binary
+logging on by default, caching_sha2_password over TCP with a cold authentication cache, the
+server's own TLS certificates, and the UDF compiled against MySQL 8's UDF types without a
+server at hand.
 """
 
 from __future__ import annotations
@@ -19,13 +20,23 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT, RunningHost, host_env, scalar, sequence, wait_until
+from conftest import ROOT, SERVERS, RunningHost, host_env, scalar, sequence, server_id, wait_until
 
 from workerhost.sandbox import Sandbox
 
 UDF_MAKEFILE = ROOT / "udf" / "Makefile"
 ROWS = 2000
-ON_MYSQL = pytest.mark.parametrize("sandbox", ["mysql"], indirect=True)
+ON_MYSQL = pytest.mark.parametrize(
+    "sandbox", [server for server in SERVERS if server.startswith("mysql")], indirect=True,
+    ids=server_id)
+
+
+@ON_MYSQL
+def test_each_mysql_line_is_the_server_its_id_names(sandbox: Sandbox) -> None:
+    line = sandbox.spec.partition(":")[2]
+    assert line, f"{sandbox.spec}: the suite names each MySQL line it runs on"
+    version = str(scalar(sandbox.connect(), "SELECT VERSION()"))
+    assert version.startswith(f"{line}."), f"{sandbox.spec} runs MySQL {version}"
 
 
 def test_the_udf_compiles_against_mysql8_headers() -> None:

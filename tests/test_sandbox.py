@@ -83,7 +83,7 @@ def test_up_status_down_from_the_cli(tmp_path: Path) -> None:
 
 
 def test_two_sandboxes_run_side_by_side(sandbox: Sandbox, tmp_path: Path) -> None:
-    other = Sandbox(tmp_path / "other", server=sandbox.server)
+    other = Sandbox(tmp_path / "other", server=sandbox.spec)
     try:
         other.up()
         assert {other.gearman_port, other.mysql_port}.isdisjoint(

@@ -336,11 +336,11 @@ def _outbox_drain(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from workerhost.sandbox_options import (
-        DATABASE_SERVERS,
         DEFAULT_DATABASE_SERVER,
         DEFAULT_QUEUE,
         GEARMAN_QUEUES,
         GEARMAN_THREADS,
+        SERVER_CHOICES,
     )
 
     parser = argparse.ArgumentParser(
@@ -360,10 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = with_dir(sandbox_verbs.add_parser(
         "up", help="start gearmand and a database server under DIR"))
-    up.add_argument("--server", choices=DATABASE_SERVERS, default=DEFAULT_DATABASE_SERVER,
-                    help="mariadb (Debian's mariadbd, the default) or mysql (mysqld in a "
-                         "container: needs a Docker engine and the image that "
-                         "scripts/mysql-image.sh builds); an existing sandbox keeps its own")
+    up.add_argument("--server", choices=SERVER_CHOICES, default=DEFAULT_DATABASE_SERVER,
+                    help="mariadb (Debian's mariadbd, the default), or mysql, mysql:9, "
+                         "mysql:8.4 or mysql:8.0 (mysqld in a container: needs a Docker engine "
+                         "and the image that scripts/mysql-image.sh builds; plain mysql is the "
+                         "newest line); an existing sandbox keeps its own")
     up.add_argument("--gearman-port", type=int, help="default: a free port")
     up.add_argument("--mysql-port", type=int, help="default: a free port")
     up.add_argument("--gearman-queue", choices=GEARMAN_QUEUES, default=DEFAULT_QUEUE,

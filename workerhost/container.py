@@ -1,7 +1,9 @@
 """mysqld in a container, for the sandbox: MySQL is not packaged for Debian 12.
 
-The image is `workerhost-mysql:latest` (Debian's MySQL, a compiler and libgearman, made by
-scripts/mysql-image.sh), or whatever WORKERHOST_MYSQL_IMAGE names. A container shares the
+The image is `workerhost-mysql:VERSION` (a distribution's MySQL of that line and a compiler,
+made by scripts/mysql-image.sh: 9, 8.4 or 8.0), or, when no version is asked for, whatever
+WORKERHOST_MYSQL_IMAGE names (`workerhost-mysql:latest`, the newest line, without it). A
+container shares the
 host's network and process table, and has the sandbox directory mounted at its own path: every
 path the sandbox hands mysqld (datadir, socket, plugin_dir, the UDF's config file) means the
 same inside and out, and the sandbox watches and stops mysqld by its pid as it does mariadbd.
@@ -17,13 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from workerhost.errors import SandboxError
+from workerhost.sandbox_options import MYSQL_REPOSITORY
 
 IMAGE_ENV = "WORKERHOST_MYSQL_IMAGE"
-DEFAULT_IMAGE = "workerhost-mysql:latest"
+DEFAULT_IMAGE = f"{MYSQL_REPOSITORY}:latest"
 HOW_TO_BUILD = "scripts/docker-engine.sh scripts/mysql-image.sh (make setup-mysql does both)"
 
 
-def image() -> str:
+def image(version: str | None = None) -> str:
+    """The image for a MySQL line ("8.0"), or the default one when none is asked for."""
+    if version:
+        return f"{MYSQL_REPOSITORY}:{version}"
     return os.environ.get(IMAGE_ENV) or DEFAULT_IMAGE
 
 
@@ -61,13 +67,13 @@ def _check_image(client: Any, name: str) -> None:
             from exc
 
 
-def run_once(argv: Sequence[str], *, mounts: Sequence[Path], workdir: Path | None = None,
-             log: Path) -> None:
-    """Run argv to its end in a throwaway container; its output goes to `log`."""
+def run_once(argv: Sequence[str], *, image: str, mounts: Sequence[Path],
+             workdir: Path | None = None, log: Path) -> None:
+    """Run argv to its end in a throwaway container of `image`; its output goes to `log`."""
     import docker
 
     client = _client()
-    name = image()
+    name = image
     _check_image(client, name)
     volumes = {str(path): {"bind": str(path), "mode": "rw"} for path in mounts}
     try:
@@ -83,15 +89,15 @@ def run_once(argv: Sequence[str], *, mounts: Sequence[Path], workdir: Path | Non
                            f"its output is in {log}") from exc
 
 
-def start(argv: Sequence[str], *, env: Mapping[str, str], mount: Path) -> int:
-    """Start argv (a server) in a container; the host pid of its process."""
+def start(argv: Sequence[str], *, image: str, env: Mapping[str, str], mount: Path) -> int:
+    """Start argv (a server) in a container of `image`; the host pid of its process."""
     # The sandbox stops its servers itself (by pid); testcontainers' reaper container would
     # come from Docker Hub, which a machine without it must not need.
     os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
     from testcontainers.core.container import DockerContainer
 
     client = _client()
-    name = image()
+    name = image
     _check_image(client, name)
     container = DockerContainer(name, command=shlex.join(argv), env=dict(env),
                                 volumes=[(str(mount), str(mount), "rw")], network_mode="host",

@@ -33,7 +33,9 @@ from workerhost.sandbox_options import DEFAULT_QUEUE as DEFAULT_QUEUE
 from workerhost.sandbox_options import GEARMAN_QUEUES as GEARMAN_QUEUES
 from workerhost.sandbox_options import GEARMAN_THREADS as GEARMAN_THREADS
 from workerhost.sandbox_options import MEMORY_QUEUE as MEMORY_QUEUE
+from workerhost.sandbox_options import MYSQL_REPOSITORY as MYSQL_REPOSITORY
 from workerhost.sandbox_options import PERSISTENT_QUEUE as PERSISTENT_QUEUE
+from workerhost.sandbox_options import SERVER_CHOICES as SERVER_CHOICES
 
 HOST = "127.0.0.1"
 INFO_FILE = "sandbox.json"
@@ -128,6 +130,7 @@ class SandboxInfo:
     udf_config: str
     pids: dict[str, int] = field(default_factory=dict)
     server: str = DEFAULT_DATABASE_SERVER
+    image: str = ""  # MySQL: the container image mysqld runs from
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SandboxInfo:
@@ -138,6 +141,7 @@ class SandboxInfo:
             udf_config=str(data["udf_config"]),
             pids={str(k): int(v) for k, v in data.get("pids", {}).items()},
             server=str(data.get("server", DEFAULT_DATABASE_SERVER)),
+            image=str(data.get("image", "")),
         )
 
 
@@ -145,16 +149,33 @@ class Sandbox:
     """One sandbox directory; `up()` creates or restarts it, `down()` stops it."""
 
     def __init__(self, directory: str | Path, server: str = DEFAULT_DATABASE_SERVER) -> None:
-        if server not in DATABASE_SERVERS:
+        """`server` is mariadb, or mysql with an optional line: mysql:8.0, mysql:8.4, mysql:9."""
+        if server not in SERVER_CHOICES:
             raise SandboxError(f"unknown database server {server!r}; "
-                               f"choose one of {', '.join(DATABASE_SERVERS)}")
+                               f"choose one of {', '.join(SERVER_CHOICES)}")
         self.dir = Path(directory).resolve()
-        self.server = server  # what up() starts; an existing sandbox keeps its own
+        # What up() starts; an existing sandbox keeps its own.
+        self.server, _, version = server.partition(":")
+        self.image = ""
+        if self.server == "mysql":
+            from workerhost import container
+
+            self.image = container.image(version or None)
         self.info: SandboxInfo | None = None
         self._started: dict[int, subprocess.Popen[bytes]] = {}  # servers this object spawned
         if (self.dir / INFO_FILE).exists():
             self._load()
             self.server = self._need_info().server
+            self.image = self._need_info().image or self.image
+
+    @property
+    def spec(self) -> str:
+        """What to hand Sandbox() for another sandbox on the same server: mysql:8.0, mariadb."""
+        if self.server == "mysql" and self.image.startswith(f"{MYSQL_REPOSITORY}:"):
+            line = self.image.partition(":")[2]
+            if f"mysql:{line}" in SERVER_CHOICES:
+                return f"mysql:{line}"
+        return self.server
 
     @property
     def database_process(self) -> str:
@@ -248,6 +269,7 @@ class Sandbox:
                 plugin_dir=str(self.plugin_dir),
                 udf_config=str(self.udf_config_path),
                 server=self.server,
+                image=self.image,
             )
             self.write_udf_config()
         try:
@@ -337,7 +359,7 @@ class Sandbox:
                 # Tests make rows with recursive CTEs; MySQL stops them at 1000 by default.
                 "--cte-max-recursion-depth=1000000",
             ]
-            info.pids[name] = container.start(argv, env=env, mount=self.dir)
+            info.pids[name] = container.start(argv, image=self.image, env=env, mount=self.dir)
         else:
             if fresh:
                 self._install_db()
@@ -420,7 +442,8 @@ class Sandbox:
         out = self.dir / "udf-build"
         out.mkdir(exist_ok=True)
         container.run_once(["make", "--no-print-directory", "-B", f"BUILD={out}"],
-                           mounts=[source.resolve(), self.dir], workdir=source.resolve(),
+                           image=self.image, mounts=[source.resolve(), self.dir],
+                           workdir=source.resolve(),
                            log=out / "make.log")
         return out / "gearman_udf.so"
 
@@ -560,7 +583,7 @@ class Sandbox:
         container.run_once(
             ["mysqld", "--no-defaults", "--initialize-insecure", f"--datadir={self.datadir}",
              "--user=root"],
-            mounts=[self.dir], log=self.dir / "mysql" / "install-db.log",
+            image=self.image, mounts=[self.dir], log=self.dir / "mysql" / "install-db.log",
         )
 
     def _create_user(self) -> None:

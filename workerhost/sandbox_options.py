@@ -7,6 +7,11 @@ sandbox (processes, sockets, files) on the way to `workerhost run`.
 # The database servers a sandbox can run, and the name of each one's process.
 DATABASE_SERVERS = {"mariadb": "mariadbd", "mysql": "mysqld"}
 DEFAULT_DATABASE_SERVER = "mariadb"
+# The MySQL lines a sandbox can run, newest first: "mysql:8.0" picks one; plain "mysql" means
+# the default image (the newest line, or what WORKERHOST_MYSQL_IMAGE names).
+MYSQL_VERSIONS = ("9", "8.4", "8.0")
+MYSQL_REPOSITORY = "workerhost-mysql"  # the images scripts/mysql-image.sh makes
+SERVER_CHOICES = ("mariadb", "mysql", *(f"mysql:{version}" for version in MYSQL_VERSIONS))
 # gearmand's queue: "builtin" keeps jobs in memory only; "libsqlite3" keeps background jobs
 # across restarts (a file under DIR, one fsync per job added and removed: ten times slower end
 # to end). Memory is the default: the ledger in the database keeps every job a trigger fired
@@ -21,4 +26,5 @@ DEFAULT_QUEUE = MEMORY_QUEUE
 GEARMAN_THREADS = 0
 
 __all__ = ["DATABASE_SERVERS", "DEFAULT_DATABASE_SERVER", "DEFAULT_QUEUE", "GEARMAN_QUEUES",
-           "GEARMAN_THREADS", "MEMORY_QUEUE", "PERSISTENT_QUEUE"]
+           "GEARMAN_THREADS", "MEMORY_QUEUE", "MYSQL_REPOSITORY", "MYSQL_VERSIONS",
+           "PERSISTENT_QUEUE", "SERVER_CHOICES"]
