@@ -97,6 +97,8 @@ def db(monkeypatch: pytest.MonkeyPatch) -> FakeDatabase:
         i: store().ledger[i] for i in ids if i in store().ledger})
     monkeypatch.setattr(tables, "failures_of", lambda conn, keys: {
         k: store().attempts[k][0] for k in keys if k in store().attempts})
+    monkeypatch.setattr(tables, "claim_with_failures", lambda conn, ids, keys: (
+        tables.claim(conn, ids), tables.failures_of(conn, keys)))
     monkeypatch.setattr(tables, "failures_so_far",
                         lambda conn, key: store().attempts.get(key, (0, "", None))[0])
 
@@ -226,3 +228,27 @@ def test_outcomes_are_one_vocabulary() -> None:
 
     assert metrics.OUTCOMES == tuple(outcome.value for outcome in Outcome)
     assert str(Outcome.COMPLETE) == "complete"
+
+
+@pytest.mark.parametrize(("handler", "together"), [
+    ({"sql": "UPDATE t SET a = 1 WHERE id = %(id)s"}, True),
+    ({"sql": ["INSERT INTO t (id) VALUES (%(id)s)", "delete from u WHERE id = %(id)s"]}, True),
+    ({"sql": "REPLACE INTO t (id) VALUES (%(id)s)"}, True),
+    # Anything that could answer with more than one result, or none, runs job by job.
+    ({"sql": "UPDATE t SET a = 'x;y' WHERE id = %(id)s"}, False),
+    ({"sql": "CALL recompute(%(id)s)"}, False),
+    ({"sql": "/* first */ UPDATE t SET a = 1 WHERE id = %(id)s"}, False),
+    ({"python": "test_worker:handler_calls"}, False),
+    ({"command": ["cat"], "sql": "UPDATE t SET a = %(a)s WHERE id = 1"}, False),
+])
+def test_only_single_writes_of_sql_handlers_run_a_batch_in_one_query(
+    handler: dict[str, Any], together: bool
+) -> None:
+    from workerhost import handlers
+
+    config = parse_config({
+        "gearman": {"servers": ["127.0.0.1:4999"]},
+        "database": {"user": "u", "database": "d"},
+        "handlers": {"f": handler},
+    }, file="test.yaml")
+    assert handlers.runs_together(config.handlers["f"]) is together

@@ -542,22 +542,55 @@ def session_counters(conn: Any) -> dict[str, int]:
     return {name: int(value) for name, value in cursor.fetchall()}
 
 
-def test_a_batch_costs_one_select_and_one_commit_and_no_ping(
+def test_a_batch_costs_two_queries_and_one_commit_and_no_ping(
     sandbox: Sandbox, tables: Any
 ) -> None:
-    """The round trips a batch of `sql:` jobs makes to the database, counted by the server."""
+    """The round trips a batch of `sql:` jobs makes to the database: statements counted by
+    the server, queries counted as the client sends them."""
     worker = touch_worker(sandbox, tables, 64)
-    before = session_counters(worker.db.conn)
+    conn = worker.db.conn
+    send = conn.cmd_query
+    queries: list[str] = []
+
+    def counted_query(query: Any, *args: Any, **kwargs: Any) -> Any:
+        queries.append(query.decode() if isinstance(query, bytes) else str(query))
+        return send(query, *args, **kwargs)
+
+    before = session_counters(conn)
+    conn.cmd_query = counted_query
     assert worker.serve() == 0
-    counted = {k: v - before[k] for k, v in session_counters(worker.db.conn).items()}
+    conn.cmd_query = send
+    counted = {k: v - before[k] for k, v in session_counters(conn).items()}
     worker.db.close()
     assert scalar(tables, "SELECT COUNT(*) FROM items WHERE note = 'seen'") == 64
     batches = counted["Com_commit"]
     assert 4 <= batches <= 64
-    # Per batch: the failures lookup, the 16 UPDATEs, one COMMIT; no ping (COM_PING).
+    # Per batch: the failures lookup, then every UPDATE of the batch in one multi-statement
+    # query, then one COMMIT; no ping (COM_PING).
     assert counted["Com_select"] == batches
     assert counted["Com_update"] == 64
     assert counted["Com_admin_commands"] == 0
+    assert len(queries) == 2 * batches, queries
+    assert max(query.count("UPDATE items") for query in queries) > 1, "a batch in one query"
+
+
+def test_in_a_batch_sent_as_one_query_a_write_that_matches_no_row_fails_only_its_job(
+    sandbox: Sandbox, tables: Any, host_factory: Any
+) -> None:
+    host_factory(host_config(sandbox, tables.database, {
+        "touch": {"sql": ["UPDATE items SET note = %(note)s WHERE id = %(id)s",
+                          "UPDATE items SET seen_at = NOW(6) WHERE id = %(id)s"],
+                  "batch": 32, "on_no_rows": "dead_letter", "retries": {"attempts": 1}},
+    }))
+    # Rows 1..500 exist: ids past 500 match nothing, in the middle of batches.
+    ids = [*range(1, 121), 9001, *range(121, 241), 9002]
+    submit(sandbox, "touch", [{"id": i, "note": f"n{i};'--"} for i in ids])
+    wait_until(lambda: scalar(tables, "SELECT COUNT(seen_at) FROM items") == 240
+               and len(dead_letters(tables)) == 2, what="240 rows and 2 dead letters")
+    assert scalar(tables, "SELECT COUNT(*) FROM items WHERE note = CONCAT('n', id, ';''--')") \
+        == 240
+    assert sorted(json.loads(row[5])["id"] for row in dead_letters(tables)) == [9001, 9002]
+    assert all("matched no row" in row[3] for row in dead_letters(tables))
 
 
 def test_a_slow_commit_still_lets_jobs_be_held_and_batched(

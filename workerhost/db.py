@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import mysql.connector
@@ -76,6 +77,19 @@ def translate(exc: BaseException) -> BaseException:
         translated.__cause__ = exc
         return translated
     return exc
+
+
+@contextmanager
+def translating() -> Iterator[None]:
+    """Raise the C extension's raw errors as the mysql.connector errors they stand for: the
+    connector translates the errors of a query's first result, not those nextset() meets."""
+    try:
+        yield
+    except MySQLInterfaceError as exc:
+        translated = translate(exc)
+        if translated is exc:
+            raise
+        raise translated from exc
 
 
 def is_transient(exc: BaseException) -> bool:

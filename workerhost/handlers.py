@@ -6,8 +6,10 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import signal
 import subprocess
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from workerhost import db
@@ -26,6 +28,12 @@ class NoRowsMatched(JobError):
 COMMAND_TIMEOUT_SHARE = 0.9
 STDERR_KEPT = 64_000  # characters of a failed program's stderr kept with the failure
 _PR_SET_PDEATHSIG = 1
+# A statement that answers with exactly one result, an OK packet with its row count: a write
+# with no `;` anywhere (not even quoted), so that every job's rows can be told apart when the
+# statements of a whole batch go to the server in one round trip.
+_SINGLE_WRITE = re.compile(r"\s*(UPDATE|INSERT|DELETE|REPLACE)\b[^;]*\Z", re.IGNORECASE)
+# A placeholder as the connector reads it (sqlcheck has refused every other use of `%`).
+_PLACEHOLDER = re.compile(r"%\(([A-Za-z_][A-Za-z0-9_]*)\)s")
 
 
 class CommandFailed(Exception):
@@ -157,6 +165,53 @@ def run_sql(handler: HandlerConfig, job: Job, cursor: Any,
             retryable=handler.on_no_rows == "retry",
         )
     return json.dumps({"rows": matched}).encode()
+
+
+def runs_together(handler: HandlerConfig) -> bool:
+    """Whether a batch of this handler's jobs can run in one round trip (run_sql_together):
+    an `sql:` handler alone, whose statements are all single writes."""
+    return (handler.callable is None and not handler.command and bool(handler.sql)
+            and all(_SINGLE_WRITE.match(statement) for statement in handler.sql))
+
+
+def run_sql_together(handler: HandlerConfig, jobs: Sequence[Job], cursor: Any,
+                     then: tuple[str, Mapping[str, Any]] | None = None) -> list[bytes]:
+    """What run_sql gives each job, with the statements of every job, and then `then` (one
+    more single write with its named parameters), sent to the server as one multi-statement
+    query: one round trip for the batch instead of one per statement.
+
+    The server runs them in order and stops at the first error, which is raised here; so is
+    NoRowsMatched for the first job whose writes matched no row (unless on_no_rows: ignore).
+    Either way the caller rolls the whole transaction back.
+    """
+    texts: list[str] = []
+    params: dict[str, Any] = {}
+    for index, job in enumerate(jobs):
+        prefix = f"j{index}_"  # each job's parameters get names of their own
+        params.update((prefix + name, value)
+                      for name, value in sql_params(handler, job).items())
+        texts += [_PLACEHOLDER.sub(rf"%({prefix}\1)s", statement) for statement in handler.sql]
+    if then is not None:
+        texts.append(then[0])
+        params.update(then[1])
+    with db.translating():
+        cursor.execute(";\n".join(texts), params)
+        counts = [max(cursor.rowcount, 0)]
+        while cursor.nextset():
+            counts.append(max(cursor.rowcount, 0))
+    if len(counts) != len(texts):
+        raise RuntimeError(f"{len(texts)} statements sent together gave {len(counts)} results")
+    per_job = len(handler.sql)
+    answers = []
+    for index, job in enumerate(jobs):
+        matched = sum(counts[index * per_job:(index + 1) * per_job])
+        if matched == 0 and handler.on_no_rows != "ignore":
+            raise NoRowsMatched(
+                f"job {job.describe()}: the write matched no row (params "
+                f"{sql_params(handler, job)!r}); the row may not be committed yet, or never "
+                "existed", retryable=handler.on_no_rows == "retry")
+        answers.append(json.dumps({"rows": matched}).encode())
+    return answers
 
 
 def sql_params(handler: HandlerConfig, job: Job,

@@ -166,6 +166,31 @@ def lease(conn: Connection, ids: Sequence[int], seconds: float) -> None:
     )
 
 
+def claim_with_failures(conn: Connection, ids: Sequence[int], keys: Sequence[bytes]
+                        ) -> tuple[dict[int, tuple[str, bytes]], dict[bytes, int]]:
+    """claim(ids) and failures_of(keys) in one round trip (a multi-statement query)."""
+    if not ids:
+        return {}, failures_of(conn, keys)
+    cursor = db.cursor(conn)
+    with db.translating():
+        cursor.execute(
+            f"SELECT id, `function`, payload FROM {OUTBOX} WHERE id IN ({_marks(ids)}) "
+            f"FOR UPDATE;\nSELECT job_key, failures FROM {ATTEMPTS} "
+            f"WHERE job_key IN ({_marks(keys)})", [*ids, *keys])
+        claimed = {int(ident): (str(function), bytes(payload))
+                   for ident, function, payload in cursor.fetchall()}
+        cursor.nextset()
+        failed = {bytes(key): int(count) for key, count in cursor.fetchall()}
+    return claimed, failed
+
+
+def delete_outbox_statement(ids: Sequence[int]) -> tuple[str, dict[str, int]]:
+    """delete_outbox as a statement with named parameters, to send along with others."""
+    names = [f"ledger_{index}" for index in range(len(ids))]
+    marks = ", ".join(f"%({name})s" for name in names)
+    return f"DELETE FROM {OUTBOX} WHERE id IN ({marks})", dict(zip(names, ids, strict=True))
+
+
 def claim(conn: Connection, ids: Sequence[int]) -> dict[int, tuple[str, bytes]]:
     """The ledger rows of jobs about to run, locked until the transaction ends: id ->
     (function, payload). A row still being written by an open transaction (a trigger's)

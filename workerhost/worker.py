@@ -270,31 +270,54 @@ class Worker:
                 for job, r in zip(jobs, results, strict=True)]
 
     def _batch_attempt(self, conn: Connection, jobs: list[Job]) -> list[object]:
-        ledger = self._claim(conn, jobs)
-        earlier = tables.failures_of(conn, [job.key for job in jobs])
-        cursor = db.cursor(conn)
+        ledger, earlier = tables.claim_with_failures(
+            conn, [job.ledger for job in jobs if job.ledger is not None],
+            [job.key for job in jobs])
         results: list[object] = []
+        runnable: list[Job] = []
         for job in jobs:
             origin = self._origin(job, ledger)
             if origin is not None or earlier.get(job.key):
                 # Gone: answered at once. Refused, or failed before: dealt with on its own.
                 results.append(_DONE_BEFORE if origin is _DONE_BEFORE else _DEFERRED)
-                continue
-            job.attempt = 1
+            else:
+                job.attempt = 1
+                results.append(job)
+                runnable.append(job)
+        # The ledger rows go in the transaction that commits the effects.
+        done = [job.ledger for job in runnable if job.ledger is not None]
+        try:
+            if len(runnable) > 1 and handlers.runs_together(self.handler):
+                answers = self._run_together(conn, runnable, done)
+            else:
+                answers = [self._run_one(conn, job) for job in runnable]
+                if done:
+                    tables.delete_outbox(conn, done)
+        except Exception as exc:  # a handler's failure, whatever it is
+            if is_transient(exc):
+                raise
+            raise _BatchAborted from exc
+        answered = iter(answers)
+        return [next(answered) if isinstance(r, Job) else r for r in results]
+
+    def _run_one(self, conn: Connection, job: Job) -> bytes:
+        self._begin(job)
+        try:
+            return handlers.run(self.handler, job, conn, db.cursor(conn))
+        finally:
+            self._end()
+
+    def _run_together(self, conn: Connection, jobs: list[Job], done: list[int]) -> list[bytes]:
+        """The jobs' statements and the ledger rows' DELETE in one round trip."""
+        for job in jobs:
             self._begin(job)
-            try:
-                results.append(handlers.run(self.handler, job, conn, cursor))
-            except Exception as exc:  # a handler's failure, whatever it is
-                if is_transient(exc):
-                    raise
-                raise _BatchAborted from exc
-            finally:
+        try:
+            return handlers.run_sql_together(
+                self.handler, jobs, db.cursor(conn),
+                tables.delete_outbox_statement(done) if done else None)
+        finally:
+            for _ in jobs:
                 self._end()
-        done = [job.ledger for job, r in zip(jobs, results, strict=False)
-                if job.ledger is not None and r is not _DEFERRED and r is not _DONE_BEFORE]
-        if done:
-            tables.delete_outbox(conn, done)  # in the transaction that commits the effects
-        return results
 
     def _claim(self, conn: Connection, jobs: list[Job]) -> dict[int, tuple[str, bytes]]:
         ids = [job.ledger for job in jobs if job.ledger is not None]
