@@ -40,7 +40,8 @@ BACKGROUND = ("gman_do_background", "gman_do_high_background", "gman_do_low_back
 FOREGROUND = ("gman_do", "gman_do_high", "gman_do_low")
 EPOCH = "gman_do_epoch_background"
 JOB_FUNCTIONS = (*BACKGROUND, EPOCH, *FOREGROUND)
-ALL_FUNCTIONS = (*JOB_FUNCTIONS, "gman_sum", "gman_servers_set", "gman_udf_status")
+SHIP = "gman_ship"
+ALL_FUNCTIONS = (*JOB_FUNCTIONS, SHIP, "gman_sum", "gman_servers_set", "gman_udf_status")
 
 
 # -- a worker over a raw socket ---------------------------------------------------------
@@ -284,6 +285,15 @@ def test_function_from_sql_delivers_exact_bytes(udf: Sandbox, db: Any, fn: str,
         assert job.handle == handle
 
 
+def test_gman_ship_delivers_exact_bytes_and_returns_its_unique(udf: Sandbox, db: Any,
+                                                               fn: str) -> None:
+    payload = b"a\x00b\x00\xff{\"k\": 1}"
+    sent = scalar(db, f"SELECT {SHIP}(%s, UNHEX('{payload.hex()}'), 'ship-7')", fn)
+    assert sent == b"ship-7"
+    (job,) = drain(udf, fn, 1)
+    assert (job.workload, job.unique) == (payload, "ship-7")
+
+
 @pytest.mark.parametrize("udf_name", JOB_FUNCTIONS)
 def test_function_from_trigger_with_json_payload(udf: Sandbox, db: Any, fn: str,
                                                  udf_name: str) -> None:
@@ -395,7 +405,7 @@ def test_status_reports_config_and_counters(udf: Sandbox, db: Any) -> None:
     assert status["config"] == str(udf.udf_config_path)
     assert set(status["counters"]) == {
         "submitted", "failed", "timed_out", "resubmitted", "connections_opened", "reconnects",
-        "skipped_backoff",
+        "skipped_backoff", "ship_refused",
     }
     assert status["version"]
 
@@ -471,6 +481,29 @@ def test_bulk_insert_reuses_one_connection(udf: Sandbox, db: Any, fn: str,
     assert waits_after - waits_before <= 3
     assert scalar(db, "SELECT COUNT(DISTINCT r) FROM results") == 20000
     assert gearadmin.status("127.0.0.1", port)[fn].queued == 20000
+
+
+@pytest.mark.slow
+def test_gman_ship_sends_every_row_without_waiting_and_other_calls_stay_in_step(
+        udf: Sandbox, db: Any, fn: str, udf_config: Callable[..., None],
+        memory_gearmand: int) -> None:
+    udf_config(servers=f"127.0.0.1:{memory_gearmand}")
+    add_trigger(db, f"gman_ship('{fn}', '', CONCAT('row-', NEW.id))")
+    before = counters(db)
+    db.cursor().execute(f"INSERT INTO events SELECT seq, NULL FROM {sequence(1, 5000)}")
+    # Each row's job went out without waiting for its acknowledgement; what the trigger's
+    # UDF returned for each row (the unique) says it was sent.
+    assert scalar(db, "SELECT COUNT(*) FROM results WHERE r LIKE 'row-%'") == 5000
+    # On the same session, a call that waits for its answer is not thrown by the
+    # acknowledgements still owed for the ships.
+    handle = scalar(db, "SELECT gman_do_background(%s, 'after', 'after-ships')", fn)
+    assert handle, "the waiting call was answered"
+    assert (handle.decode() if isinstance(handle, (bytes, bytearray)) else handle).startswith("H:")
+    after = counters(db)
+    assert after["submitted"] - before["submitted"] == 5001
+    assert after["failed"] == before["failed"] and after["ship_refused"] == 0
+    wait_until(lambda: gearadmin.status("127.0.0.1", memory_gearmand)[fn].queued == 5001,
+               what="every shipped job queued in gearmand")
 
 
 @pytest.mark.slow

@@ -6,6 +6,8 @@
  *   gman_do_background(function, workload [, unique])       -> job handle, or NULL
  *   gman_do_high_background / gman_do_low_background        -> same, other priority
  *   gman_do_epoch_background(function, workload, unix_time [, unique]) -> job handle, or NULL
+ *   gman_ship(function, workload [, unique])                 -> the unique sent, or NULL: a
+ *                                 background job whose acknowledgement is read later
  *   gman_do(function, workload [, unique])                   -> the worker's result, or NULL
  *   gman_do_high / gman_do_low                               -> same, other priority
  *   gman_sum(function, workload)  AGGREGATE, RETURNS INTEGER -> the sum of the group's
@@ -40,6 +42,15 @@
  *     before gearmand acknowledged the job (JOB_CREATED): then it is sent again, on a new
  *     connection (a reused one may have outlived a gearmand restart) or to the next server.
  *     A failed job (WORK_FAIL, WORK_EXCEPTION) and a timeout are never submitted again.
+ *   - gman_ship sends its job and returns without waiting for gearmand's JOB_CREATED: the
+ *     acknowledgements are read by the thread's next gman_ship calls, which wait only while
+ *     SHIP_WINDOW of them are owed, and then for one. Ships have a connection per server of
+ *     their own, so that no other call queues behind them. A row then costs one send()
+ *     instead of a round trip and two context switches. It is
+ *     for jobs something else keeps until they are done: the host's ledger rows, which the
+ *     relay ships again when gearmand never took them. A job lost in transit or refused
+ *     afterwards (logged, counted as ship_refused) is not reported to the caller: NULL
+ *     means only that nothing could be sent (no server reachable, or a send that failed).
  *   - Back-off: a server that fails (no address, refuses, resets, answers ERROR, does not
  *     acknowledge a submit in time) is skipped by every thread for backoff_ms and the next
  *     one is tried. A foreground job that no worker finishes in time is no fault of the
@@ -175,6 +186,7 @@ _Static_assert(offsetof(struct udf_args_layout, maybe_null) == offsetof(UDF_ARGS
 #define MAX_EPOCH 4294967295LL
 #define IN_BUFFER_MIN 65536        /* a connection's first receive buffer */
 #define IN_BUFFER_KEEP (1 << 20)   /* a larger one, grown for a big result, is freed after */
+#define SHIP_WINDOW 1024           /* gman_ship acknowledgements owed on a connection, at most */
 /* gman_udf_status() at its largest: every list full of the longest names, every byte of a
  * route's name escaped, and room for the rest. */
 #define STATUS_BUF ((MAX_ROUTES + 1) * MAX_SERVERS * (MAX_HOST + 12) + 6 * ROUTE_NAMES_SIZE + \
@@ -265,12 +277,13 @@ enum counter {
   C_CONNECTIONS_OPENED,
   C_RECONNECTS,
   C_SKIPPED_BACKOFF,
+  C_SHIP_REFUSED,
   C_COUNT
 };
 
 static const char *const counter_names[C_COUNT] = {
   "submitted", "failed", "timed_out", "resubmitted", "connections_opened", "reconnects",
-  "skipped_backoff",
+  "skipped_backoff", "ship_refused",
 };
 
 /* Process-wide statistics; only ever touched with atomic adds and loads. */
@@ -887,6 +900,7 @@ struct conn {
   int fd; /* -1 when closed */
   char *in;
   size_t in_start, in_end, in_cap;
+  unsigned owed; /* acknowledgements of gman_ship jobs gearmand has still to send */
 };
 
 struct thread_state {
@@ -894,6 +908,7 @@ struct thread_state {
   uint64_t generation;              /* of the config snapshot below */
   struct config config;
   struct conn conns[MAX_SLOTS];  /* one per slot of config */
+  struct conn ships[MAX_SLOTS];  /* gman_ship's, one per slot too */
   bool ever_open[MAX_SLOTS]; /* slot i had a connection before: a new one reconnects */
 };
 
@@ -918,12 +933,15 @@ static void conn_close(struct conn *c)
   free(c->in);
   c->in = NULL;
   c->in_start = c->in_end = c->in_cap = 0;
+  c->owed = 0;
 }
 
 static void thread_state_close(struct thread_state *st)
 {
-  for (unsigned i = 0; i < MAX_SLOTS; i++)
+  for (unsigned i = 0; i < MAX_SLOTS; i++) {
     conn_close(&st->conns[i]);
+    conn_close(&st->ships[i]);
+  }
 }
 
 static void thread_state_free(void *p)
@@ -1013,7 +1031,7 @@ static struct thread_state *thread_state_get(void)
       return NULL;
     }
     for (unsigned i = 0; i < MAX_SLOTS; i++)
-      st->conns[i].fd = -1;
+      st->conns[i].fd = st->ships[i].fd = -1;
     pthread_mutex_lock(&g_registry_lock);
     st->next = g_registry;
     if (g_registry)
@@ -1289,6 +1307,34 @@ static enum io conn_read(struct conn *c, struct packet *p, int64_t deadline)
   return IO_OK;
 }
 
+/*
+ * Read the acknowledgements c owes for gman_ship jobs until at most `keep` are owed, or
+ * the deadline: IO_TIMEOUT then means more are owed (with a deadline already past, only
+ * what has arrived is read). A job gearmand refused is logged and counted; its ledger row
+ * ships it again.
+ */
+static enum io conn_settle(struct conn *c, unsigned keep, int64_t deadline)
+{
+  while (c->owed > keep) {
+    struct packet p = { 0, NULL, 0 };
+    enum io r = conn_read(c, &p, deadline);
+    if (r != IO_OK)
+      return r;
+    if (p.type == ERROR_PACKET) {
+      const char *text = memchr(p.body, '\0', p.size);
+      char echo[41];
+      text = text ? text + 1 : p.body;
+      count(C_SHIP_REFUSED);
+      UDF_LOG(&g_job_log, "gman_ship: gearmand answered ERROR '%s' to a job sent earlier",
+              shown(text, p.size - (size_t)(text - p.body), echo));
+    } else if (p.type != JOB_CREATED) {
+      return IO_PROTOCOL;
+    }
+    c->owed--;
+  }
+  return IO_OK;
+}
+
 /* ---------------------------------------------------------------- submitting */
 
 enum job_kind { JOB_FOREGROUND, JOB_BACKGROUND, JOB_EPOCH };
@@ -1298,6 +1344,7 @@ struct udf_spec {
   const char *usage;    /* the signature, as shown in every init message */
   enum job_kind kind;
   enum priority priority;
+  bool unacknowledged;  /* gman_ship: the acknowledgement is read later, see the header */
 };
 
 struct job {
@@ -1402,11 +1449,10 @@ enum outcome {
 };
 
 /* One attempt on server i with connection c (opened here if closed); why says more. */
-static enum outcome submit_once(struct thread_state *st, unsigned i, struct call *call,
-                                const struct job *job, int64_t deadline, char *why,
-                                size_t size)
+static enum outcome submit_once(struct thread_state *st, unsigned i, struct conn *c,
+                                struct call *call, const struct job *job, int64_t deadline,
+                                char *why, size_t size)
 {
-  struct conn *c = &st->conns[i];
   if (c->fd < 0) {
     enum io r = slot_open(st, i, c, &st->config.slots[i], deadline, why, size);
     if (r == IO_NO_MEMORY)
@@ -1420,6 +1466,10 @@ static enum outcome submit_once(struct thread_state *st, unsigned i, struct call
     return r == IO_TIMEOUT ? O_SERVER_TIMEOUT : O_LOST_BEFORE_ACK;
 
   call->len = 0;
+  if (call->spec->unacknowledged) {
+    c->owed++;
+    return call_append(call, job->unique, job->unique_len) ? O_OK : O_NO_MEMORY;
+  }
   size_t handle_len = 0;
   char handle[MAX_HANDLE];
   for (;;) {
@@ -1528,18 +1578,25 @@ static bool submit(struct call *call, const struct job *job)
       count(C_SKIPPED_BACKOFF);
       continue;
     }
-    struct conn *c = &st->conns[i];
-    if (c->fd >= 0 && conn_stale(c))
+    struct conn *c = call->spec->unacknowledged ? &st->ships[i] : &st->conns[i];
+    if (c->fd >= 0 && c->owed > 0) {
+      /* Read what has come; wait (for one) only when SHIP_WINDOW are owed. */
+      bool full = c->owed >= SHIP_WINDOW;
+      enum io r = conn_settle(c, full ? SHIP_WINDOW - 1 : 0, full ? deadline : now_ms());
+      if (r != IO_OK && !(r == IO_TIMEOUT && !full))
+        conn_close(c); /* what it owed is the ledger's to ship again */
+    }
+    if (c->fd >= 0 && c->owed == 0 && conn_stale(c))
       conn_close(c); /* gearmand restarted or closed it: nothing was sent on it yet */
     bool reused = c->fd >= 0;
     char why[160] = "";
     if (resubmit)
       count(C_RESUBMITTED);
-    enum outcome o = submit_once(st, i, call, job, deadline, why, sizeof why);
+    enum outcome o = submit_once(st, i, c, call, job, deadline, why, sizeof why);
     if (o == O_LOST_BEFORE_ACK && reused) {
       conn_close(c); /* lost between the check and the send: one more, on a new one */
       count(C_RESUBMITTED);
-      o = submit_once(st, i, call, job, deadline, why, sizeof why);
+      o = submit_once(st, i, c, call, job, deadline, why, sizeof why);
     }
     if (o == O_OK || o == O_JOB_FAILED) { /* the connection is in step: keep it */
       if (c->in_cap > IN_BUFFER_KEEP && c->in_start == c->in_end) {
@@ -1802,7 +1859,10 @@ static char *job_row(UDF_INIT *initid, UDF_ARGS *args, unsigned long *length,
 
 /* The three entry points of one job function; all of them share job_init and job_row. */
 #define JOB_UDF(name, usage_text, job_kind, job_priority)                                 \
-  static const struct udf_spec name##_spec = { usage_text, job_kind, job_priority };       \
+  JOB_UDF_ACK(name, usage_text, job_kind, job_priority, false)
+#define JOB_UDF_ACK(name, usage_text, job_kind, job_priority, unacknowledged)             \
+  static const struct udf_spec name##_spec = { usage_text, job_kind, job_priority,         \
+                                               unacknowledged };                           \
   UDF_EXPORT udf_bool name##_init(UDF_INIT *initid, UDF_ARGS *args, char *message)         \
   {                                                                                        \
     return job_init(&name##_spec, initid, args, message);                                  \
@@ -1827,6 +1887,8 @@ JOB_UDF(gman_do_low_background, "gman_do_low_background(function, workload [, un
 JOB_UDF(gman_do_epoch_background,
         "gman_do_epoch_background(function, workload, unix_time [, unique])",
         JOB_EPOCH, PRIORITY_NORMAL)
+JOB_UDF_ACK(gman_ship, "gman_ship(function, workload [, unique])", JOB_BACKGROUND,
+            PRIORITY_NORMAL, true)
 JOB_UDF(gman_do, "gman_do(function, workload [, unique])", JOB_FOREGROUND, PRIORITY_NORMAL)
 JOB_UDF(gman_do_high, "gman_do_high(function, workload [, unique])",
         JOB_FOREGROUND, PRIORITY_HIGH)
@@ -1904,7 +1966,7 @@ struct sum_group {
 };
 
 static const struct udf_spec sum_spec = {
-  "gman_sum(function, workload)", JOB_FOREGROUND, PRIORITY_NORMAL
+  "gman_sum(function, workload)", JOB_FOREGROUND, PRIORITY_NORMAL, false
 };
 
 /* A result as an integer: digits with an optional sign, whitespace around them allowed. */
@@ -2409,7 +2471,7 @@ UDF_EXPORT long long gman_sum(UDF_INIT *initid, UDF_ARGS *args, udf_flag *is_nul
 /* ---------------------------------------------------------------- gman_servers_set */
 
 static const struct udf_spec servers_set_spec = {
-  "gman_servers_set(servers [, function])", JOB_BACKGROUND, PRIORITY_NORMAL
+  "gman_servers_set(servers [, function])", JOB_BACKGROUND, PRIORITY_NORMAL, false
 };
 
 UDF_EXPORT udf_bool gman_servers_set_init(UDF_INIT *initid, UDF_ARGS *args, char *message)

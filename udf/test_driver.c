@@ -1081,6 +1081,58 @@ static void test_sum(void)
   write_config(text);
 }
 
+/* gman_ship: sent without waiting; the acknowledgements are read by later calls. */
+static void test_ship(void)
+{
+  char text[256];
+  /* This gearmand keeps its queue in SQLite: a write per job, so a long deadline. */
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d\ntimeout_ms=20000\n", gearman_port);
+  write_config(text);
+  pthread_mutex_lock(&seen_lock);
+  int base = seen_count;
+  pthread_mutex_unlock(&seen_lock);
+  struct result r = call3("gman_ship", STR("driver_record"), STR("shipped"), STR("ship-1"));
+  check(!r.is_null && r.length == 6 && memcmp(r.bytes, "ship-1", 6) == 0,
+        "gman_ship returns the unique it sent");
+  check(wait_seen(base + 1) && seen_equals("shipped", 7), "a shipped job reaches its worker");
+
+  unsigned long long opened = counter("connections_opened");
+  unsigned long long submitted = counter("submitted");
+  char unique[32];
+  int sent = 0;
+  double t0 = now_ms();
+  for (int i = 0; i < 2000; i++) { /* past SHIP_WINDOW acknowledgements owed */
+    snprintf(unique, sizeof unique, "ship-many-%d", i);
+    r = call3("gman_ship", STR("driver_none"), STR("w"), BYTES(unique, strlen(unique)));
+    sent += !r.is_null;
+  }
+  printf("# 2000 gman_ship calls: %.1f ms\n", now_ms() - t0);
+  check(sent == 2000 && counter("submitted") == submitted + 2000,
+        "2000 ships in a row are all sent");
+  check(counter("connections_opened") == opened, "on the connection already open");
+  r = call2("gman_do", STR("driver_echo"), STR("after"));
+  check(!r.is_null && r.length == 10 && memcmp(r.bytes, "echo:after", 10) == 0,
+        "gman_do after ships gets its answer: ships have connections of their own");
+
+  struct fake erring;
+  fake_start(&erring, FAKE_ERROR);
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d\ntimeout_ms=500\n", erring.port);
+  write_config(text);
+  unsigned long long refused = counter("ship_refused");
+  r = call3("gman_ship", STR("driver_none"), STR("w"), STR("ship-refused"));
+  check(!r.is_null, "a ship to a server that will refuse it is sent");
+  usleep(200000); /* the refusal is on its way back */
+  r = call3("gman_ship", STR("driver_none"), STR("w"), STR("ship-refused-2"));
+  check(!r.is_null && counter("ship_refused") == refused + 1,
+        "the refusal of a shipped job is read and counted by the next ship");
+  fake_stop(&erring);
+
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d\ntimeout_ms=300\n", closed_port());
+  write_config(text);
+  r = call3("gman_ship", STR("driver_none"), STR("w"), STR("ship-nowhere"));
+  check(r.is_null, "a ship with no server reachable gives NULL");
+}
+
 static void test_unload_with_live_threads(void)
 {
   enum { THREADS = 4 };
@@ -1133,6 +1185,7 @@ int main(int argc, char **argv)
   test_failures();
   test_config();
   test_sum();
+  test_ship();
   /* Back to a reachable server for the unload test. */
   snprintf(text, sizeof text, "servers=127.0.0.1:%d\n", gearman_port);
   write_config(text);

@@ -14,6 +14,11 @@ CREATE FUNCTION gman_do_low_background RETURNS STRING SONAME 'gearman_udf.so';
 DROP FUNCTION IF EXISTS gman_do_epoch_background;
 CREATE FUNCTION gman_do_epoch_background RETURNS STRING SONAME 'gearman_udf.so';
 
+-- A background job sent without waiting for gearmand's acknowledgement (triggers of the
+-- host's immediate delivery, whose ledger rows keep the job until it is done).
+DROP FUNCTION IF EXISTS gman_ship;
+CREATE FUNCTION gman_ship RETURNS STRING SONAME 'gearman_udf.so';
+
 DROP FUNCTION IF EXISTS gman_do;
 CREATE FUNCTION gman_do RETURNS STRING SONAME 'gearman_udf.so';
 
