@@ -584,11 +584,16 @@ def test_in_a_batch_sent_as_one_query_a_write_that_matches_no_row_fails_only_its
     }))
     # Rows 1..500 exist: ids past 500 match nothing, in the middle of batches.
     ids = [*range(1, 121), 9001, *range(121, 241), 9002]
-    submit(sandbox, "touch", [{"id": i, "note": f"n{i};'--"} for i in ids])
+    # Values the connector of 9.2 to 9.4 would take for a DELIMITER command with comments
+    # (its quote tracking ignores backslash escapes), and a statement separator.
+    note = "O'Brien {} delimiter $$ # not a comment;' -- nor this"
+    submit(sandbox, "touch", [{"id": i, "note": note.format(i)} for i in ids])
     wait_until(lambda: scalar(tables, "SELECT COUNT(seen_at) FROM items") == 240
                and len(dead_letters(tables)) == 2, what="240 rows and 2 dead letters")
-    assert scalar(tables, "SELECT COUNT(*) FROM items WHERE note = CONCAT('n', id, ';''--')") \
-        == 240
+    cursor = tables.cursor()
+    cursor.execute("SELECT id, note FROM items WHERE seen_at IS NOT NULL")
+    assert {ident: text for ident, text in cursor.fetchall()} == {
+        i: note.format(i) for i in range(1, 241)}
     assert sorted(json.loads(row[5])["id"] for row in dead_letters(tables)) == [9001, 9002]
     assert all("matched no row" in row[3] for row in dead_letters(tables))
 

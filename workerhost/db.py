@@ -5,13 +5,17 @@ from __future__ import annotations
 import random
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import mysql.connector
+import mysql.connector.cursor
+import mysql.connector.cursor_cext
 from mysql.connector import errorcode
 from mysql.connector.errors import get_mysql_exception
+from mysql.connector.types import MySQLScriptPartition
 
 from workerhost.errors import ConnectError
 
@@ -47,6 +51,24 @@ TRANSIENT_ERRNOS = frozenset({
 PATIENCE = 15.0
 TRANSIENT_BACKOFF = 0.05
 TRANSIENT_BACKOFF_MAX = 2.0
+
+
+
+def _as_written(sql_code: bytes, map_results: bool = False) -> Iterator[MySQLScriptPartition]:
+    """A statement goes to the server as written, its values bound in it.
+
+    mysql-connector 9.2 to 9.4 look for a DELIMITER command in every statement after the
+    values are bound in, and when they think they see one they strip what looks like
+    comments and split the text again; their quote tracking ignores backslash escapes, so
+    values such as "O'Brien delimiter $$" and "D'Arcy" in one query changed what it wrote.
+    Neither the host nor a handler sends DELIMITER scripts (a client-side command of the
+    mysql shell), so the connector's splitting is switched off for both of its cursors.
+    """
+    yield MySQLScriptPartition(single_stmts=deque(), mappable_stmt=sql_code)
+
+
+for _module in (mysql.connector.cursor, mysql.connector.cursor_cext):
+    _module.split_multi_statement = _as_written  # type: ignore[attr-defined]
 
 Connection = Any  # mysql.connector's connection classes carry no usable type information
 Connector = Callable[[], Connection]

@@ -195,7 +195,8 @@ def run_sql_together(handler: HandlerConfig, jobs: Sequence[Job], cursor: Any,
         texts.append(then[0])
         params.update(then[1])
     with db.translating():
-        cursor.execute(";\n".join(texts), params)
+        # Each `;` on a line of its own: a statement's trailing -- comment cannot swallow it.
+        cursor.execute("\n;\n".join(texts), params)
         counts = [max(cursor.rowcount, 0)]
         while cursor.nextset():
             counts.append(max(cursor.rowcount, 0))

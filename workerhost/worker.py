@@ -51,6 +51,9 @@ PREFETCH = 2
 ANSWER_TIMEOUT = 5.0
 # Share of a job's timeout spent waiting for a lost database before leaving the job to gearmand.
 DATABASE_WAIT_SHARE = 0.8
+# Payload bytes a batch of sql: jobs may carry in one query, at most (handlers.run_sql_together);
+# a larger batch runs job by job, well under any server's max_allowed_packet.
+ONE_QUERY_BYTES = 1 << 20
 
 
 @dataclass
@@ -287,7 +290,8 @@ class Worker:
         # The ledger rows go in the transaction that commits the effects.
         done = [job.ledger for job in runnable if job.ledger is not None]
         try:
-            if len(runnable) > 1 and handlers.runs_together(self.handler):
+            if (len(runnable) > 1 and handlers.runs_together(self.handler)
+                    and sum(len(job.payload) for job in runnable) <= ONE_QUERY_BYTES):
                 answers = self._run_together(conn, runnable, done)
             else:
                 answers = [self._run_one(conn, job) for job in runnable]
@@ -308,8 +312,13 @@ class Worker:
             self._end()
 
     def _run_together(self, conn: Connection, jobs: list[Job], done: list[int]) -> list[bytes]:
-        """The jobs' statements and the ledger rows' DELETE in one round trip."""
-        for job in jobs:
+        """The jobs' statements and the ledger rows' DELETE in one round trip.
+
+        The supervisor times the query as one job and sees the first job's key: when the
+        query runs past the handler's timeout, that job is counted as failed and runs on its
+        own next time, where a job that hangs is found out.
+        """
+        for job in reversed(jobs):
             self._begin(job)
         try:
             return handlers.run_sql_together(
