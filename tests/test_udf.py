@@ -405,7 +405,7 @@ def test_status_reports_config_and_counters(udf: Sandbox, db: Any) -> None:
     assert status["config"] == str(udf.udf_config_path)
     assert set(status["counters"]) == {
         "submitted", "failed", "timed_out", "resubmitted", "connections_opened", "reconnects",
-        "skipped_backoff", "ship_refused",
+        "skipped_backoff", "ship_refused", "ship_unacknowledged",
     }
     assert status["version"]
 

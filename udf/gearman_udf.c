@@ -49,8 +49,10 @@
  *     instead of a round trip and two context switches. It is
  *     for jobs something else keeps until they are done: the host's ledger rows, which the
  *     relay ships again when gearmand never took them. A job lost in transit or refused
- *     afterwards (logged, counted as ship_refused) is not reported to the caller: NULL
- *     means only that nothing could be sent (no server reachable, or a send that failed).
+ *     afterwards (logged, counted as ship_unacknowledged or ship_refused) is not reported
+ *     to the caller: NULL means only that nothing could be sent (no server reachable, or a
+ *     send that failed). A server that leaves SHIP_WINDOW jobs unacknowledged for
+ *     timeout_ms is backed off like one that does not acknowledge a submit in time.
  *   - Back-off: a server that fails (no address, refuses, resets, answers ERROR, does not
  *     acknowledge a submit in time) is skipped by every thread for backoff_ms and the next
  *     one is tried. A foreground job that no worker finishes in time is no fault of the
@@ -278,20 +280,26 @@ enum counter {
   C_RECONNECTS,
   C_SKIPPED_BACKOFF,
   C_SHIP_REFUSED,
+  C_SHIP_UNACKNOWLEDGED,
   C_COUNT
 };
 
 static const char *const counter_names[C_COUNT] = {
   "submitted", "failed", "timed_out", "resubmitted", "connections_opened", "reconnects",
-  "skipped_backoff", "ship_refused",
+  "skipped_backoff", "ship_refused", "ship_unacknowledged",
 };
 
 /* Process-wide statistics; only ever touched with atomic adds and loads. */
 static uint64_t g_counters[C_COUNT];
 
+static void count_n(enum counter c, uint64_t n)
+{
+  __atomic_fetch_add(&g_counters[c], n, __ATOMIC_RELAXED);
+}
+
 static void count(enum counter c)
 {
-  __atomic_fetch_add(&g_counters[c], 1, __ATOMIC_RELAXED);
+  count_n(c, 1);
 }
 
 /* ---------------------------------------------------------------- configuration */
@@ -910,6 +918,7 @@ struct thread_state {
   struct conn conns[MAX_SLOTS];  /* one per slot of config */
   struct conn ships[MAX_SLOTS];  /* gman_ship's, one per slot too */
   bool ever_open[MAX_SLOTS]; /* slot i had a connection before: a new one reconnects */
+  bool ever_shipped[MAX_SLOTS]; /* the same for ships[i] */
 };
 
 /*
@@ -1405,10 +1414,11 @@ static enum io slot_open(struct thread_state *st, unsigned i, struct conn *c,
 {
   enum io r = conn_open(c, s, deadline, why, size);
   if (r == IO_OK) {
+    bool *ever = c == &st->ships[i] ? &st->ever_shipped[i] : &st->ever_open[i];
     count(C_CONNECTIONS_OPENED);
-    if (st->ever_open[i])
+    if (*ever)
       count(C_RECONNECTS);
-    st->ever_open[i] = true;
+    *ever = true;
   }
   return r;
 }
@@ -1583,8 +1593,23 @@ static bool submit(struct call *call, const struct job *job)
       /* Read what has come; wait (for one) only when SHIP_WINDOW are owed. */
       bool full = c->owed >= SHIP_WINDOW;
       enum io r = conn_settle(c, full ? SHIP_WINDOW - 1 : 0, full ? deadline : now_ms());
-      if (r != IO_OK && !(r == IO_TIMEOUT && !full))
-        conn_close(c); /* what it owed is the ledger's to ship again */
+      if (r != IO_OK && !(r == IO_TIMEOUT && !full)) {
+        /* What it owed is the ledger's to ship again. A gearmand that acknowledges
+         * nothing for timeout_ms is stalled: skipped, so that rows are made due at once. */
+        const struct server *s = &st->config.slots[i];
+        count_n(C_SHIP_UNACKNOWLEDGED, c->owed);
+        UDF_LOG(&g_server_log[i], "%s:%u: %u jobs gman_ship sent were never acknowledged "
+                "(%s); their ledger rows ship them again", s->host, s->port, c->owed,
+                r == IO_TIMEOUT ? "none within timeout_ms; server skipped for backoff_ms"
+                : "connection lost");
+        conn_close(c);
+        if (r == IO_TIMEOUT) {
+          count(C_TIMED_OUT);
+          __atomic_store_n(&g_down_until[i], now_ms() + st->config.backoff_ms,
+                           __ATOMIC_RELAXED);
+          continue;
+        }
+      }
     }
     if (c->fd >= 0 && c->owed == 0 && conn_stale(c))
       conn_close(c); /* gearmand restarted or closed it: nothing was sent on it yet */

@@ -353,6 +353,7 @@ enum fake_mode {
   FAKE_ERROR,          /* ERROR, as gearmand answers when its queue is full */
   FAKE_GARBAGE,        /* bytes that are no Gearman packet */
   FAKE_ACK_ONLY,       /* JOB_CREATED for every request, and nothing more */
+  FAKE_SILENT,         /* reads every request and answers none: a stalled gearmand */
 };
 
 struct fake {
@@ -426,6 +427,8 @@ static void fake_serve(struct fake *f, int fd)
       continue;
     case FAKE_GARBAGE:
       send(fd, "HTTP/1.0 400 Bad Request\r\n\r\n", 28, MSG_NOSIGNAL);
+      continue;
+    case FAKE_SILENT:
       continue;
     case FAKE_ACK_ONLY: {
       char numbered[32];
@@ -1126,6 +1129,30 @@ static void test_ship(void)
   check(!r.is_null && counter("ship_refused") == refused + 1,
         "the refusal of a shipped job is read and counted by the next ship");
   fake_stop(&erring);
+
+  /* A gearmand that takes requests and acknowledges none: once SHIP_WINDOW are owed, the
+   * ship waits timeout_ms, gives NULL, and the server is skipped. */
+  struct fake silent;
+  fake_start(&silent, FAKE_SILENT);
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d\ntimeout_ms=300\nbackoff_ms=60000\n",
+           silent.port);
+  write_config(text);
+  unsigned long long unacknowledged = counter("ship_unacknowledged");
+  int shipped = 0;
+  t0 = now_ms();
+  for (int i = 0; i < 1025; i++) {
+    snprintf(unique, sizeof unique, "ship-stalled-%d", i);
+    r = call3("gman_ship", STR("driver_none"), STR("w"), BYTES(unique, strlen(unique)));
+    shipped += !r.is_null;
+  }
+  check(shipped == 1024 && r.is_null,
+        "a stalled gearmand takes SHIP_WINDOW ships; the next waits timeout_ms and gives NULL");
+  check(counter("ship_unacknowledged") == unacknowledged + 1024,
+        "the jobs it never acknowledged are counted");
+  t0 = now_ms();
+  r = call3("gman_ship", STR("driver_none"), STR("w"), STR("ship-skipped"));
+  check(r.is_null && now_ms() - t0 < 100, "then it is skipped: NULL at once");
+  fake_stop(&silent);
 
   snprintf(text, sizeof text, "servers=127.0.0.1:%d\ntimeout_ms=300\n", closed_port());
   write_config(text);
