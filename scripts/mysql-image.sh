@@ -65,9 +65,12 @@ ubuntu_keyring() {
         echo "$UBUNTU_KEYRING_SHA256  $deb" | sha256sum -c --quiet - || {
             say "Ubuntu's keyring package does not match its pinned digest; not trusting it"
             exit 1; }
+        # Into a new file, moved into place only when whole: a later run trusts what is there.
         dpkg-deb --fsys-tarfile "$deb" \
-            | tar -xO ./usr/share/keyrings/ubuntu-archive-keyring.gpg \
-            >"$dir/ubuntu-archive-keyring.gpg"
+            | tar -xO ./usr/share/keyrings/ubuntu-archive-keyring.gpg >"$dir/keyring.new" \
+            && [[ -s $dir/keyring.new ]] || {
+            say "cannot take the keyring out of Ubuntu's keyring package"; exit 1; }
+        mv "$dir/keyring.new" "$dir/ubuntu-archive-keyring.gpg"
         rm -f "$deb"
     fi
     echo "$PWD/$dir/ubuntu-archive-keyring.gpg"
@@ -90,7 +93,9 @@ build_image() {
     if [[ $mirror == "$UBUNTU_MIRROR" ]]; then
         # Debian 12's debootstrap has no script named after newer Ubuntu releases; gutsy's is
         # the one every later Ubuntu release uses.
-        keyring_args=(--keyring="$(ubuntu_keyring)")
+        local keyring
+        keyring=$(ubuntu_keyring) || exit 1  # $(...) does not stop the script by itself
+        keyring_args=(--keyring="$keyring")
         script=/usr/share/debootstrap/scripts/gutsy
     fi
 

@@ -166,7 +166,11 @@ class Sandbox:
         if (self.dir / INFO_FILE).exists():
             self._load()
             self.server = self._need_info().server
-            self.image = self._need_info().image or self.image
+            self.image = self._need_info().image
+            if self.server == "mysql" and not self.image:  # made before images had lines
+                from workerhost import container
+
+                self.image = container.image()
 
     @property
     def spec(self) -> str:
