@@ -80,6 +80,7 @@ class _Metrics:
 _metrics: _Metrics | None = None  # set by collecting(); inherited by every forked child
 # When the handler run in progress in this process began: a process runs one at a time.
 _started: float | None = None
+_starting = 0  # jobs begun together at _started
 
 
 @contextmanager
@@ -156,20 +157,24 @@ def _remove_stale_directories() -> None:
             pass  # another user's process, alive: its directory
 
 
-def job_started(function: str) -> None:
-    """A handler begins to run a job of `function` in this process."""
-    global _started
+def job_started(function: str, count: int = 1) -> None:
+    """A handler begins to run `count` jobs of `function` in this process, together (a batch
+    of sql: jobs sent as one query)."""
+    global _started, _starting
     if _metrics is not None:
-        _metrics.in_flight.labels(function).inc()
-        _started = time.monotonic()
+        _metrics.in_flight.labels(function).inc(count)
+        _started, _starting = time.monotonic(), count
 
 
 def job_ended(function: str) -> None:
-    """The handler run begun by job_started is over, however it ended (call it in `finally`)."""
+    """The handler run begun by job_started is over, however it ended (call it in `finally`);
+    jobs run together each count an equal share of the time they took."""
     global _started
     if _metrics is not None and _started is not None:
-        _metrics.duration.labels(function).observe(time.monotonic() - _started)
-        _metrics.in_flight.labels(function).dec()
+        share = (time.monotonic() - _started) / _starting
+        for _ in range(_starting):
+            _metrics.duration.labels(function).observe(share)
+        _metrics.in_flight.labels(function).dec(_starting)
         _started = None
 
 

@@ -72,9 +72,9 @@ class Slot:
         self.key.raw = key[: len(self.key)].ljust(len(self.key), b"\0")
         self.started.value = time.time()
 
-    def end(self) -> None:
+    def end(self, count: int = 1) -> None:
         self.started.value = 0.0
-        self.jobs.value += 1
+        self.jobs.value += count
 
 
 class DatabaseLost(Exception):
@@ -318,15 +318,13 @@ class Worker:
         query runs past the handler's timeout, that job is counted as failed and runs on its
         own next time, where a job that hangs is found out.
         """
-        for job in reversed(jobs):
-            self._begin(job)
+        self._begin(jobs[0], len(jobs))
         try:
             return handlers.run_sql_together(
                 self.handler, jobs, db.cursor(conn),
                 tables.delete_outbox_statement(done) if done else None)
         finally:
-            for _ in jobs:
-                self._end()
+            self._end(len(jobs))
 
     def _claim(self, conn: Connection, jobs: list[Job]) -> dict[int, tuple[str, bytes]]:
         ids = [job.ledger for job in jobs if job.ledger is not None]
@@ -362,15 +360,16 @@ class Worker:
             self.jobs_done += 1
             self._end()
 
-    def _begin(self, job: Job) -> None:
-        metrics.job_started(self.handler.name)
+    def _begin(self, job: Job, count: int = 1) -> None:
+        """`count` jobs begin, together; the supervisor sees `job`'s key."""
+        metrics.job_started(self.handler.name, count)
         if self.slot is not None:
             self.slot.begin(job.key)
 
-    def _end(self) -> None:
+    def _end(self, count: int = 1) -> None:
         metrics.job_ended(self.handler.name)
         if self.slot is not None:
-            self.slot.end()
+            self.slot.end(count)
 
     def _execute(self, job: Job) -> Answer:
         deadline = time.monotonic() + self.handler.timeout * DATABASE_WAIT_SHARE
