@@ -385,14 +385,19 @@ def password(value: object) -> str:
     return text
 
 
-def password_file(value: object) -> str:
-    """The password held in a file (its first line, the line break not included)."""
+def _first_line(value: object) -> str:
+    """The first line of the readable file `value` names, the line break not included."""
     path = readable_file(value)
     try:
         with open(path, encoding="utf-8") as file:
-            first = file.readline().rstrip("\r\n")
+            return file.readline().rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"cannot read {show(value)}: {exc}") from None
+
+
+def password_file(value: object) -> str:
+    """The password held in a file (its first line, the line break not included)."""
+    first = _first_line(value)
     if not first:
         raise ValueError(f"{show(value)} holds no password on its first line")
     return first
@@ -409,12 +414,7 @@ def secret_key(value: object) -> str:
 
 def secret_key_file(value: object) -> str:
     """The key held in a file (its first line, the line break not included)."""
-    path = readable_file(value)
-    try:
-        with open(path, encoding="utf-8") as file:
-            first = file.readline().rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read {show(value)}: {exc}") from None
+    first = _first_line(value)
     try:
         return secret_key(first)
     except ValueError as exc:
