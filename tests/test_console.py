@@ -725,3 +725,21 @@ def test_rates_per_minute_come_from_two_readings_of_the_hosts_metrics() -> None:
     again = figures.rates_between(second, (160.0, figures.job_counts(exposition(5, 0, 0))))
     assert again.completed == {"resize": 10.0}
     assert figures.metrics_url(figures.Server("0.0.0.0", 9464)) == "http://127.0.0.1:9464/metrics"
+
+
+def test_sigterm_leaves_waitress_loop_even_inside_a_connections_handler() -> None:
+    """The stop signal's exception, raised while waitress runs a connection's handler (as a
+    signal's can be), must leave the loop: waitress logs and swallows any other."""
+    from waitress import wasyncore
+
+    from workerhost import console
+
+    class Channel:
+        def handle_read_event(self) -> None:
+            raise console._Stop
+
+        def handle_error(self) -> None:
+            raise AssertionError("waitress swallowed the stop")
+
+    with pytest.raises(console._Stop):
+        wasyncore.read(Channel())

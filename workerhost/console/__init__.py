@@ -30,8 +30,13 @@ class ListenError(WorkerHostError):
     """The console cannot listen where it was asked to."""
 
 
-class _Stop(Exception):
-    """SIGTERM or SIGINT: leave the server's loop."""
+class _Stop(SystemExit):
+    """SIGTERM or SIGINT: leave the server's loop.
+
+    A SystemExit, because waitress's loop lets only those (and KeyboardInterrupt) through: any
+    other exception raised while a connection's handler runs, as a signal's can be, is logged
+    and swallowed there, and the console would go on serving after SIGTERM.
+    """
 
 
 def exposure_problem(listen: Server, config: Config) -> str | None:
