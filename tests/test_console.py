@@ -107,8 +107,8 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 def request(url: str, *, user: str | None = None, data: dict[str, str] | None = None,
-            headers: dict[str, str] | None = None,
-            jar: http.cookiejar.CookieJar | None = None) -> Answer:  # fmt: skip
+            headers: dict[str, str] | None = None, jar: http.cookiejar.CookieJar | None = None,
+            method: str | None = None) -> Answer:  # fmt: skip
     """One request, redirects not followed; HTTP errors are answers too."""
     sent = dict(headers or {})
     if user is not None:
@@ -118,7 +118,8 @@ def request(url: str, *, user: str | None = None, data: dict[str, str] | None = 
     opener = urllib.request.build_opener(NoRedirect(),
                                          urllib.request.HTTPCookieProcessor(jar))
     try:
-        with opener.open(urllib.request.Request(url, body, sent), timeout=30) as answer:
+        with opener.open(urllib.request.Request(url, body, sent, method=method),
+                         timeout=30) as answer:
             return Answer(answer.status, answer.headers, answer.read().decode())
     except urllib.error.HTTPError as error:
         return Answer(error.code, error.headers, error.read().decode())
@@ -246,6 +247,60 @@ def test_an_action_needs_its_csrf_token_and_an_admin(
     assert done.status == 302
     assert letters(db, "doomed") == []
     assert re.search(r"ada \(basic\) purged dead letter \d+: 1 deleted", console.log())
+
+
+def test_no_request_but_a_post_with_its_csrf_token_changes_anything(
+        db: Any, stack: dict[str, Any], console_factory: Any) -> None:
+    """HEAD once reached the actions (Flask answers it with a route's GET-or-POST view, and
+    CSRF protection checked POST, PUT, PATCH and DELETE only): a page of another site
+    purged a letter with one fetch(..., {method: "HEAD", credentials: "include"})."""
+    console = console_factory(stack)
+    doomed = letters(db, "doomed")[0]
+    before = {function: letters(db, function) for function in ("flaky", "doomed")}
+    upto = str(max(before["flaky"] + before["doomed"]))
+    basic_jar = http.cookiejar.CookieJar()
+    basic_token = token(console, "ada", basic_jar)
+    session = http.cookiejar.CookieJar()
+    assert form_login(console, "ada", str(USERS["ada"]["password"]), session).status == 302
+    page = request(console.url + "/dead-letters", jar=session, headers={"Accept": "text/html"})
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page.body)
+    assert found, page.body
+    session_token = found.group(1)
+    actions = [f"/dead-letters/{doomed}/retry", f"/dead-letters/{doomed}/purge",
+               "/dead-letters/retry", "/dead-letters/purge"]
+
+    def unchanged() -> None:
+        assert {function: letters(db, function) for function in before} == before
+
+    for path in actions:
+        form = {"upto": upto, "function": "", "q": ""}
+        for method in ("HEAD", "PUT", "PATCH", "DELETE", "PURGE", "TRACE", "OPTIONS"):
+            # With a good token too: only a POST acts, whatever else the request carries.
+            for jar, sent, who in ((basic_jar, basic_token, "ada"), (session, session_token,
+                                                                     None)):
+                answer = request(console.url + path, user=who, jar=jar, method=method,
+                                 data={**form, "csrf_token": sent},
+                                 headers={"X-CSRFToken": sent})
+                if method in ("HEAD", "OPTIONS"):
+                    assert answer.status == 200, (method, path)
+                else:
+                    assert answer.status == 405, (method, path, answer.status)
+                unchanged()
+        # A POST without its token, or with another session's, or a forged one.
+        for data, jar, who in (({}, session, None), ({}, basic_jar, "ada"),
+                               ({"csrf_token": basic_token}, session, None),
+                               ({"csrf_token": "forged"}, basic_jar, "ada")):
+            answer = request(console.url + path, user=who, jar=jar, data={**form, **data})
+            assert answer.status == 400 and "CSRF" in answer.body, (path, data)
+            unchanged()
+    # Logging out is a POST with its token too.
+    assert request(console.url + "/logout", jar=session, method="HEAD").status == 405
+    assert request(console.url + "/logout", jar=session, data={}).status == 400
+    assert request(console.url + "/", jar=session).status == 200
+    # The same session, and its token, in a POST: it acts (the checks above could fail).
+    done = request(f"{console.url}/dead-letters/{doomed}/purge", jar=session,
+                   data={"csrf_token": session_token})
+    assert done.status == 302 and letters(db, "doomed") == []
 
 
 def test_an_admin_retries_every_dead_letter_of_every_function_at_once(

@@ -1,10 +1,13 @@
 """The console's pages and actions, as a Flask application.
 
 Every request passes `_before` first: static files and the login page aside, a visitor
-without a login is refused (a browser is sent to the login page, a script gets 401), and
-every POST carries a CSRF token (Flask-WTF's CSRFProtect, which checks it before any view
-runs). Actions are admin-only, logged with the user, and answer with the page they came from
-and a line saying how many letters they moved or deleted.
+without a login is refused (a browser is sent to the login page, a script gets 401). The
+console takes four methods: GET, HEAD and OPTIONS, which change nothing (an action's GET is
+its confirmation page, a view of its own), and POST, the only one an action answers to, which
+must carry a CSRF token (Flask-WTF's, checked in `_before` before any view runs); any other
+method is refused with 405 before it reaches a view. Actions are admin-only, logged with the
+user, and answer with the page they came from and a line saying how many letters they moved
+or deleted.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from workerhost.db import RUN_ERRORS, Database
 
 log = logging.getLogger("workerhost.console")
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # methods no view changes anything for
 ACTION_BATCH = 500  # dead letters moved or deleted per transaction by an action on a filter
 OPEN = frozenset({"login", "static"})  # endpoints that need no login
 REFRESH_SECONDS = 3  # how often the overview's figures are fetched again
@@ -69,8 +73,11 @@ def create_app(config: Config) -> Flask:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the login's session
+        # Checked in _before for every method that is not safe, not only for the methods
+        # Flask-WTF lists (which left HEAD out, and HEAD reached the actions).
+        WTF_CSRF_CHECK_DEFAULT=False,
     )
-    CSRFProtect(app)
+    csrf = CSRFProtect(app)
     users = config.host.console.users
     throttle = LoginThrottle()
     sampler = figures.Sampler(config)
@@ -94,12 +101,15 @@ def create_app(config: Config) -> Flask:
 
     @app.before_request
     def _before() -> AnyResponse | None:
-        if request.endpoint in OPEN:
-            return None
-        visitor = auth.identify(users, throttle)
-        if visitor is None:
-            return auth.refuse()
-        g.visitor = visitor
+        if request.method not in SAFE_METHODS and request.method != "POST":
+            abort(405)
+        if request.endpoint not in OPEN:
+            visitor = auth.identify(users, throttle)
+            if visitor is None:
+                return auth.refuse()
+            g.visitor = visitor
+        if request.method == "POST":
+            csrf.protect()
         return None
 
     @app.after_request
@@ -215,16 +225,21 @@ def create_app(config: Config) -> Flask:
         return render_template("workers.html", servers=figures.workers(config))
 
     # -- acting: a confirmation page (GET), then the action (POST) ------------------------
-    @app.route("/dead-letters/<int:ident>/<any(retry, purge):verb>", methods=["GET", "POST"])
+    # Confirmations and actions are views of their own: HEAD, which Flask answers with the
+    # GET view, must never reach an action.
+    @app.get("/dead-letters/<int:ident>/<any(retry, purge):verb>")
+    def confirm_one(ident: int, verb: str) -> Any:
+        auth.admin_only(g.visitor)
+        with reading() as db:
+            letter = figures.dead_letter(db, ident)
+        if letter is None:
+            abort(404, description=f"no dead letter with id {ident} (retried or purged?)")
+        return render_template("confirm.html", verb=verb, count=1, letter=letter,
+                               function=None, search=None, upto=None, found=None)
+
+    @app.post("/dead-letters/<int:ident>/<any(retry, purge):verb>")
     def one(ident: int, verb: str) -> Any:
         auth.admin_only(g.visitor)
-        if request.method == "GET":
-            with reading() as db:
-                letter = figures.dead_letter(db, ident)
-            if letter is None:
-                abort(404, description=f"no dead letter with id {ident} (retried or purged?)")
-            return render_template("confirm.html", verb=verb, count=1, letter=letter,
-                                   function=None, search=None, upto=None, found=None)
         with reading() as db:
             if verb == "retry":
                 done = db.run(lambda conn: tables.requeue_dead_letters(conn, [ident]))
@@ -233,16 +248,20 @@ def create_app(config: Config) -> Flask:
         _report(verb, done, f"dead letter {ident}")
         return redirect(url_for("dead_letters"))
 
-    @app.route("/dead-letters/<any(retry, purge):verb>", methods=["GET", "POST"])
+    @app.get("/dead-letters/<any(retry, purge):verb>")
+    def confirm_matching(verb: str) -> Any:
+        auth.admin_only(g.visitor)
+        function, search = _filter()
+        with reading() as db:
+            found = figures.matching(db, function, search)
+        return render_template("confirm.html", verb=verb, count=found.count, letter=None,
+                               function=function, search=search, upto=found.upto,
+                               found=found)
+
+    @app.post("/dead-letters/<any(retry, purge):verb>")
     def matching(verb: str) -> Any:
         auth.admin_only(g.visitor)
-        function, search = _filter(request.values)
-        if request.method == "GET":
-            with reading() as db:
-                found = figures.matching(db, function, search)
-            return render_template("confirm.html", verb=verb, count=found.count, letter=None,
-                                   function=function, search=search, upto=found.upto,
-                                   found=found)
+        function, search = _filter(request.form)
         newest = request.form.get("upto", type=int)
         if newest is None:
             abort(400, description="upto: the newest id the confirmation page showed")
