@@ -312,6 +312,7 @@ LEDGER_STATES = {  # a row's state, as a condition on its columns
     "leased": "not_before > NOW(6) AND ships > 0",
     "delayed": "not_before > NOW(6) AND ships = 0",
 }
+MASKED = "***"  # what a page shows for a secret (logs.MASK)
 LEDGER_COLUMNS = ("id, `function`, unique_key, priority, not_before, created_at, ships, "
                   "LENGTH(payload), LEFT(payload, %s), not_before <= NOW(6)")
 
@@ -322,16 +323,32 @@ def _like(text: str) -> str:
     return "%" + text.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
 
 
+def _masked(column: str, secrets: Sequence[str]) -> tuple[str, list[str]]:
+    """`column` as a page shows it: each of `secrets` replaced by ***, in the order given.
+    A search goes through this, never through the raw text: otherwise it would find what
+    the page hides, and a prefix of a password at a time would give the password away.
+    REPLACE, like Python's str.replace, matches case-sensitively, left to right, without
+    overlaps, so with the page's list in the page's order it leaves what the page shows."""
+    args: list[str] = []
+    for secret in secrets:
+        column = f"REPLACE({column}, %s, %s)"
+        args += [secret, MASKED]
+    return column, args
+
+
 def _letter_filter(function: str | None, search: str | None, upto: int | None,
-                   above: int | None = None) -> tuple[list[str], list[Any]]:
+                   above: int | None = None, secrets: Sequence[str] = ()
+                   ) -> tuple[list[str], list[Any]]:
     clauses: list[str] = []
     args: list[Any] = []
     if function:
         clauses.append("`function` = %s")
         args.append(function)
     if search:
-        clauses.append("(error LIKE %s ESCAPE '!' OR payload LIKE %s ESCAPE '!')")
-        args += [_like(search), _like(search)]
+        error, error_args = _masked("error", secrets)
+        payload, payload_args = _masked("payload", secrets)
+        clauses.append(f"({error} LIKE %s ESCAPE '!' OR {payload} LIKE %s ESCAPE '!')")
+        args += [*error_args, _like(search), *payload_args, _like(search)]
     if upto is not None:
         clauses.append("id <= %s")
         args.append(upto)
@@ -346,13 +363,13 @@ def _where(clauses: Sequence[str]) -> str:
 
 
 def dead_letter_page(conn: Connection, function: str | None, search: str | None,
-                     before: int | None, floor: int | None, limit: int, preview: int
-                     ) -> list[tuple[Any, ...]]:
+                     before: int | None, floor: int | None, limit: int, preview: int,
+                     secrets: Sequence[str] = ()) -> list[tuple[Any, ...]]:
     """Dead letters newest first, below id `before` and from id `floor` on: (id, function,
     attempts, the error's first `preview` characters, the payload's first `preview` bytes,
-    failed_at)."""
+    failed_at). A search matches the text with `secrets` masked (_masked)."""
     clauses, args = _letter_filter(function, search, None,
-                                   None if floor is None else floor - 1)
+                                   None if floor is None else floor - 1, secrets)
     if before is not None:
         clauses.append("id < %s")
         args.append(before)
@@ -372,18 +389,18 @@ def dead_letter_ids(conn: Connection) -> tuple[int, int]:
 
 
 def count_dead_letters(conn: Connection, function: str | None, search: str | None,
-                       above: int, upto: int) -> int:
+                       above: int, upto: int, secrets: Sequence[str] = ()) -> int:
     """Dead letters of a filter with above < id <= upto."""
-    clauses, args = _letter_filter(function, search, upto, above)
+    clauses, args = _letter_filter(function, search, upto, above, secrets)
     cursor = db.cursor(conn)
     cursor.execute(f"SELECT COUNT(*) FROM {DEAD_LETTERS} {_where(clauses)}", args)
     return int(cursor.fetchone()[0])
 
 
 def lock_dead_letters(conn: Connection, function: str | None, search: str | None, after: int,
-                      upto: int, limit: int) -> list[int]:
+                      upto: int, limit: int, secrets: Sequence[str] = ()) -> list[int]:
     """Ids of the next `limit` dead letters of a filter above `after`, locked."""
-    clauses, args = _letter_filter(function, search, upto)
+    clauses, args = _letter_filter(function, search, upto, None, secrets)
     clauses.append("id > %s")
     cursor = db.cursor(conn)
     cursor.execute(f"SELECT id FROM {DEAD_LETTERS} {_where(clauses)} ORDER BY id LIMIT %s "
@@ -414,12 +431,12 @@ def ledger_figures_between(conn: Connection, low: int, high: int) -> tuple[Any, 
 
 
 def ledger_page(conn: Connection, state: str | None, after: int, limit: int, scan: int,
-                preview: int, function: str | None = None, search: str | None = None
-                ) -> tuple[list[tuple[Any, ...]], int | None]:
+                preview: int, function: str | None = None, search: str | None = None,
+                secrets: Sequence[str] = ()) -> tuple[list[tuple[Any, ...]], int | None]:
     """Ledger rows in id order above `after`, of one state (LEDGER_STATES) or all, of one
-    function or all, whose payload holds `search` or any, reading at most `scan` rows when
-    one of these is given: (the rows as LEDGER_COLUMNS, the id the next page starts after;
-    None at the end of the table)."""
+    function or all, whose payload (with `secrets` masked) holds `search` or any, reading
+    at most `scan` rows when one of these is given: (the rows as LEDGER_COLUMNS, the id the
+    next page starts after; None at the end of the table)."""
     cursor = db.cursor(conn)
     conditions: list[str] = [LEDGER_STATES[state]] if state else []
     args: list[Any] = []
@@ -427,8 +444,9 @@ def ledger_page(conn: Connection, state: str | None, after: int, limit: int, sca
         conditions.append("`function` = %s")
         args.append(function)
     if search:
-        conditions.append("payload LIKE %s ESCAPE '!'")
-        args.append(_like(search))
+        payload, payload_args = _masked("payload", secrets)
+        conditions.append(f"{payload} LIKE %s ESCAPE '!'")
+        args += [*payload_args, _like(search)]
     if not conditions:  # every row: the next `limit` ids are the page
         cursor.execute(f"SELECT id FROM {OUTBOX} WHERE id > %s ORDER BY id LIMIT %s",
                        (after, limit))

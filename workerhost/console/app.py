@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -81,6 +81,7 @@ def create_app(config: Config) -> Flask:
     users = config.host.console.users
     throttle = LoginThrottle()
     sampler = figures.Sampler(config)
+    secrets = figures.secret_spellings(config)  # what pages mask, and searches never see
     local = threading.local()  # a database connection per server thread
 
     def database() -> Database:
@@ -173,7 +174,7 @@ def create_app(config: Config) -> Flask:
         function, search = _filter()
         before = request.args.get("before", type=int)
         with reading() as db:
-            page = figures.dead_letter_page(db, function, search, before)
+            page = figures.dead_letter_page(db, function, search, before, secrets)
         return render_template("dead_letters.html", page=page, function=function,
                                search=search, before=before, functions=sorted(config.handlers))
 
@@ -194,7 +195,8 @@ def create_app(config: Config) -> Flask:
         after = request.args.get("after", 0, type=int)
         function, search = _filter()
         with reading() as db:
-            lines, following = figures.ledger_page(db, state, after, function, search)
+            lines, following = figures.ledger_page(db, state, after, function, search,
+                                                   secrets)
         return render_template("ledger.html", lines=lines, following=following, state=state,
                                after=after, states=tables.LEDGER_STATES,
                                scan=figures.LEDGER_SCAN, function=function, search=search,
@@ -253,7 +255,7 @@ def create_app(config: Config) -> Flask:
         auth.admin_only(g.visitor)
         function, search = _filter()
         with reading() as db:
-            found = figures.matching(db, function, search)
+            found = figures.matching(db, function, search, secrets)
         return render_template("confirm.html", verb=verb, count=found.count, letter=None,
                                function=function, search=search, upto=found.upto,
                                found=found)
@@ -266,7 +268,7 @@ def create_app(config: Config) -> Flask:
         if newest is None:
             abort(400, description="upto: the newest id the confirmation page showed")
         with reading() as db:
-            done = _in_batches(db, verb, function, search, newest)
+            done = _in_batches(db, verb, function, search, newest, secrets)
         what = ", ".join(part for part in (function and f"function {function}",
                                            search and f"matching {search!r}") if part)
         _report(verb, done, f"dead letters up to id {newest}" + (f" ({what})" if what else ""))
@@ -309,11 +311,12 @@ def _filter(values: Any = None) -> tuple[str | None, str | None]:
 
 
 def _in_batches(db: Database, verb: str, function: str | None, search: str | None,
-                upto: int) -> int:
+                upto: int, secrets: Sequence[str]) -> int:
     """Retry or purge every dead letter of a filter up to id `upto`, ACTION_BATCH per
     transaction, so that no lock is held for long and a failure keeps what was done."""
     def batch(conn: Any, after: int) -> tuple[int, int]:
-        ids = tables.lock_dead_letters(conn, function, search, after, upto, ACTION_BATCH)
+        ids = tables.lock_dead_letters(conn, function, search, after, upto, ACTION_BATCH,
+                                       secrets)
         if not ids:  # never an empty list below: requeue and purge take it as "all"
             return 0, after
         if verb == "retry":

@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.request
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -323,6 +323,31 @@ def _deadline() -> float:
     return time.monotonic() + PAGE_DEADLINE
 
 
+def secret_spellings(config: Config) -> tuple[str, ...]:
+    """Every spelling of every secret a page masks, longest first (a longer secret that holds
+    a shorter one goes first), ties in a fixed order: the pages mask them, and the searches
+    match text masked by tables._masked, in this one order, so that both see the same text."""
+    found = {*logs._secrets}
+    for secret in (config.database.password, config.host.console.secret_key,
+                   *(user.password for user in config.host.console.users.values())):
+        found.update(logs._spellings(secret))
+    return tuple(sorted(found, key=lambda text: (-len(text), text)))
+
+
+def masked(text: str, secrets: Sequence[str], limit: int | None = None) -> str:
+    """`text` as a page shows it: each of `secrets` as ***, then cut to `limit` characters
+    (after masking: a secret cut in two would show its first half)."""
+    for secret in secrets:
+        text = text.replace(secret, logs.MASK)
+    return text if limit is None else text[:limit]
+
+
+def _reach(preview: int, secrets: Sequence[str]) -> int:
+    """Characters to read for a preview of `preview`: a secret that straddles its end must be
+    read whole to be masked."""
+    return preview + max((len(secret) for secret in secrets), default=0)
+
+
 @dataclass(frozen=True)
 class LetterLine:
     """One dead letter in a list."""
@@ -343,7 +368,7 @@ class LetterPage:
 
 
 def dead_letter_page(db: Database, function: str | None, search: str | None,
-                     before: int | None) -> LetterPage:
+                     before: int | None, secrets: Sequence[str]) -> LetterPage:
     """A page of dead letters, newest first. A search (a LIKE over error and payload, which
     no index serves) looks through SEARCH_SCAN ids at most, and the next page goes on below
     them, however few it found."""
@@ -355,13 +380,13 @@ def dead_letter_page(db: Database, function: str | None, search: str | None,
             top = min(before - 1, high) if before is not None else high
             floor = max(low, top - SEARCH_SCAN + 1)
         rows = tables.dead_letter_page(conn, function, search, before, floor, PAGE_SIZE + 1,
-                                       PREVIEW)
+                                       _reach(PREVIEW, secrets), secrets)
         return rows, floor, top
 
     rows, floor, top = db.run(read, deadline=_deadline())
-    password = str(db.param("password") or "")
-    lines = [LetterLine(int(ident), str(fn), int(attempts), logs.mask(str(err), password),
-                        logs.mask(_text(payload), password), failed_at)
+    lines = [LetterLine(int(ident), str(fn), int(attempts),
+                        masked(str(err), secrets, PREVIEW),
+                        masked(_text(payload), secrets, PREVIEW), failed_at)
              for ident, fn, attempts, err, payload, failed_at in rows[:PAGE_SIZE]]
     if len(rows) > PAGE_SIZE:
         return LetterPage(lines, lines[-1].id, None if floor is None else (lines[-1].id, top))
@@ -398,7 +423,8 @@ class Matching:
     counted_from: int
 
 
-def matching(db: Database, function: str | None, search: str | None) -> Matching:
+def matching(db: Database, function: str | None, search: str | None,
+             secrets: Sequence[str]) -> Matching:
     """How many dead letters a filter matches, newest first, for COUNT_BUDGET seconds."""
     low, upto = db.run(tables.dead_letter_ids, deadline=_deadline())
     budget = time.monotonic() + COUNT_BUDGET
@@ -406,7 +432,7 @@ def matching(db: Database, function: str | None, search: str | None) -> Matching
     while high >= low and (time.monotonic() < budget or not search):
         above = max(low - 1, high - COUNT_CHUNK) if search else low - 1
         def chunk(conn: Any, a: int = above, b: int = high) -> int:
-            return tables.count_dead_letters(conn, function, search, a, b)
+            return tables.count_dead_letters(conn, function, search, a, b, secrets)
 
         count += db.run(chunk, deadline=_deadline())
         high = above
@@ -427,19 +453,19 @@ class LedgerLine:
     state: str
 
 
-def ledger_page(db: Database, state: str | None, after: int, function: str | None = None,
-                search: str | None = None) -> tuple[list[LedgerLine], int | None]:
+def ledger_page(db: Database, state: str | None, after: int, function: str | None,
+                search: str | None, secrets: Sequence[str]
+                ) -> tuple[list[LedgerLine], int | None]:  # fmt: skip
     rows, following = db.run(
-        lambda conn: tables.ledger_page(conn, state, after, PAGE_SIZE, LEDGER_SCAN, PREVIEW,
-                                        function, search),
+        lambda conn: tables.ledger_page(conn, state, after, PAGE_SIZE, LEDGER_SCAN,
+                                        _reach(PREVIEW, secrets), function, search, secrets),
         deadline=_deadline())  # fmt: skip
-    password = str(db.param("password") or "")
     lines = []
     for ident, function, unique, priority, not_before, created, ships, size, head, due in rows:
         shown = "due" if due else ("leased" if ships else "delayed")
         lines.append(LedgerLine(int(ident), str(function), unique, str(priority), not_before,
                                 created, int(ships), int(size),
-                                logs.mask(_text(head), password), shown))
+                                masked(_text(head), secrets, PREVIEW), shown))
     return lines, following
 
 
