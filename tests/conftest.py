@@ -4,6 +4,7 @@ test session."""
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import signal
 import subprocess
@@ -97,8 +98,28 @@ def events(db: Any) -> Any:
     return db
 
 
-# The library stats its config file at most once a second; a change needs this long to show.
-CONFIG_SETTLE = 1.2
+# The library stats its config file at most once a second: a change shows within about that.
+# A change not taken up by then is a failure, not a reason to wait longer.
+CONFIG_DEADLINE = 10.0
+
+
+def udf_config_generation(conn: Any) -> int:
+    """gman_udf_status()'s config_generation: it moves on each time the library takes up its
+    config file anew (and when gman_servers_set() sets servers)."""
+    return int(json.loads(scalar(conn, "SELECT gman_udf_status()"))["config_generation"])
+
+
+def change_udf_config(box: Sandbox, change: Callable[[], object]) -> None:
+    """Make `change` to the UDF's config file (or its path) and wait until the library in the
+    server has read it: polled, so the wait is as long as the library takes and no longer."""
+    conn = box.connect()
+    try:
+        before = udf_config_generation(conn)
+        change()
+        wait_until(lambda: udf_config_generation(conn) > before, timeout=CONFIG_DEADLINE,
+                   what=f"the UDF to read {box.udf_config_path} again")
+    finally:
+        conn.close()
 
 
 @pytest.fixture
@@ -109,13 +130,11 @@ def udf_config(udf: Sandbox) -> Iterator[Callable[..., None]]:
     def write(**settings: object) -> None:
         nonlocal changed
         changed = True
-        udf.write_udf_config(**settings)
-        time.sleep(CONFIG_SETTLE)
+        change_udf_config(udf, lambda: udf.write_udf_config(**settings))
 
     yield write
     if changed:
-        udf.write_udf_config()
-        time.sleep(CONFIG_SETTLE)
+        change_udf_config(udf, udf.write_udf_config)
 
 
 class ExtraGearmand:

@@ -23,7 +23,7 @@ from typing import Any
 
 import mysql.connector
 import pytest
-from conftest import CONFIG_SETTLE, ROOT, UDF_SO, scalar, sequence, wait_until
+from conftest import ROOT, UDF_SO, change_udf_config, scalar, sequence, wait_until
 
 from workerhost import gearadmin
 from workerhost.sandbox import MEMORY_QUEUE, SANDBOX_UDF_TIMEOUT_MS, Sandbox
@@ -181,19 +181,20 @@ def udf_config_file(udf: Sandbox) -> Iterator[Callable[[str], None]]:
     directory, a symlink) is replaced by the sandbox's defaults after the test."""
     path = udf.udf_config_path
 
-    def write(text: str) -> None:
+    def replace(text: str) -> None:
         staging = path.with_suffix(".new")
         staging.write_text(text)
         os.replace(staging, path)
-        time.sleep(CONFIG_SETTLE)
 
-    yield write
-    if path.is_dir() and not path.is_symlink():
-        path.rmdir()
-    else:
-        path.unlink(missing_ok=True)
-    udf.write_udf_config()
-    time.sleep(CONFIG_SETTLE)
+    def restore() -> None:
+        if path.is_dir() and not path.is_symlink():
+            path.rmdir()
+        else:
+            path.unlink(missing_ok=True)
+        udf.write_udf_config()
+
+    yield lambda text: change_udf_config(udf, lambda: replace(text))
+    change_udf_config(udf, restore)
 
 
 @pytest.fixture
@@ -634,8 +635,7 @@ def test_servers_set_refused_unless_the_config_allows_it(udf: Sandbox, db: Any,
     assert udf.udf_config_path.name in servers_set_refusal(db)
     udf_config_file("timeout_ms=1000\n")  # names no servers
     assert expected in servers_set_refusal(db)
-    udf.udf_config_path.unlink()
-    time.sleep(CONFIG_SETTLE)
+    change_udf_config(udf, udf.udf_config_path.unlink)
     assert expected in servers_set_refusal(db)
     assert udf_status(db)["servers"] == ["127.0.0.1:4730"]
 
@@ -902,15 +902,20 @@ def test_a_config_that_cannot_be_read_means_no_servers(udf: Sandbox, db: Any, fn
                                                        udf_config_file: Callable[[str], None]
                                                        ) -> None:
     path = udf.udf_config_path
-    path.unlink()
-    path.mkdir()
-    time.sleep(CONFIG_SETTLE)
+
+    def directory() -> None:
+        path.unlink()
+        path.mkdir()
+
+    def loop() -> None:  # a symbolic link to itself: unreadable even by root (ELOOP)
+        path.rmdir()
+        path.symlink_to(path.name)
+
+    change_udf_config(udf, directory)
     status = udf_status(db)
     assert status["servers"] == [] and "not a regular file" in status["config_error"]
     assert scalar(db, "SELECT gman_do_background(%s, 'closed')", fn) is None
-    path.rmdir()
-    path.symlink_to(path.name)  # unreadable even by root: ELOOP
-    time.sleep(CONFIG_SETTLE)
+    change_udf_config(udf, loop)
     status = udf_status(db)
     assert status["servers"] == [] and "symbolic links" in status["config_error"]
     assert scalar(db, "SELECT gman_do_background(%s, 'closed')", fn) is None

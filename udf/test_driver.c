@@ -36,7 +36,8 @@ typedef void (*add_fn)(UDF_INIT *, UDF_ARGS *, char *, char *);
 typedef long long (*longlong_fn)(UDF_INIT *, UDF_ARGS *, char *, char *);
 
 #define MAX_ARGS 5
-#define CONFIG_SETTLE_US 1150000 /* the library stats its config at most once a second */
+/* The library stats its config at most once a second: a change shows within about that. */
+#define CONFIG_DEADLINE_MS 10000
 
 static int passed, failed;
 static const char *so_path, *scratch;
@@ -59,18 +60,6 @@ static double now_ms(void)
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static void write_config(const char *text)
-{
-  FILE *f = fopen(config_file, "w");
-  if (f == NULL) {
-    perror(config_file);
-    exit(2);
-  }
-  fputs(text, f);
-  fclose(f);
-  usleep(CONFIG_SETTLE_US);
 }
 
 /* ------------------------------------------------------------ calling a UDF */
@@ -212,6 +201,49 @@ static bool status_has(const char *needle)
   struct result r = call("gman_udf_status", 0, NULL);
   r.bytes[r.length < sizeof r.bytes ? r.length : sizeof r.bytes - 1] = '\0';
   return strstr(r.bytes, needle) != NULL;
+}
+
+/* gman_udf_status()'s config_generation: it moves on each time the library takes up its
+ * config anew (and when gman_servers_set() sets servers). */
+static unsigned long long config_generation(void)
+{
+  return counter("config_generation");
+}
+
+/* After a change to the config file (or its path) made since config_generation() said
+ * before: wait until the library has read it. Polled, so the wait is as long as the library
+ * takes and no longer; past the deadline the change counts as a failed check. */
+static void await_config(unsigned long long before, const char *change)
+{
+  double deadline = now_ms() + CONFIG_DEADLINE_MS;
+  for (;;) {
+    unsigned long long now = config_generation();
+    if (now != ~0ULL && now > before)
+      return;
+    if (now == ~0ULL || now_ms() > deadline) {
+      char what[160];
+      snprintf(what, sizeof what, "the library reads its config again after %s", change);
+      check(false, what);
+      return;
+    }
+    usleep(20000);
+  }
+}
+
+/* Replace the config file (a new inode, never a half-written file), and once the library is
+ * loaded, wait until it has read it. */
+static void write_config(const char *text)
+{
+  unsigned long long before = lib ? config_generation() : 0;
+  char staging[sizeof config_file + 8];
+  snprintf(staging, sizeof staging, "%s.new", config_file);
+  FILE *f = fopen(staging, "w");
+  if (f == NULL || fputs(text, f) == EOF || fclose(f) != 0 || rename(staging, config_file)) {
+    perror(staging);
+    exit(2);
+  }
+  if (lib)
+    await_config(before, "a new file");
 }
 
 static bool message_has(struct result r, const char *needle)
@@ -832,8 +864,9 @@ static void test_config(void)
   check(status_has("\"servers\":[\"127.0.0.1:4730\"]") && status_has("\"config_error\":null"),
         "a config without servers means 127.0.0.1:4730");
 
+  unsigned long long before = config_generation();
   unlink(config_file);
-  usleep(CONFIG_SETTLE_US);
+  await_config(before, "its file was removed");
   check(message_has(call("gman_servers_set", 1, servers), "allow_servers_set=1"),
         "gman_servers_set refused without a config file");
 
@@ -905,9 +938,10 @@ static void test_config(void)
           status_has("\"allow_servers_set\":false") && status_has("\"routes\":{}"), what);
   }
 
+  before = config_generation();
   unlink(config_file);
   mkdir(config_file, 0700);
-  usleep(CONFIG_SETTLE_US);
+  await_config(before, "a directory took its file's place");
   check(status_has("not a regular file") && status_has("\"servers\":[]"),
         "a directory in place of the file: no servers");
   rmdir(config_file);
@@ -915,8 +949,9 @@ static void test_config(void)
   char nested[600];
   snprintf(nested, sizeof nested, "%s/gearman_udf.conf", config_file);
   write_config("servers=127.0.0.1:1\n");
+  before = config_generation();
   setenv("GEARMAN_UDF_CONFIG", nested, 1); /* a path through a file: ENOTDIR */
-  usleep(CONFIG_SETTLE_US);
+  await_config(before, "its path went through a file");
   check(status_has("Not a directory") && status_has("\"servers\":[]"),
         "a file that cannot be read: no servers");
   setenv("GEARMAN_UDF_CONFIG", config_file, 1);
