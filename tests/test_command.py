@@ -11,7 +11,7 @@ from typing import Any
 
 import gearman
 import pytest
-from conftest import host_config, scalar, wait_until
+from conftest import host_config, scalar, submit_json, wait_until
 
 from workerhost.config import parse_config
 from workerhost.errors import ConfigError
@@ -113,3 +113,196 @@ def test_a_command_that_does_not_exist_fails_check() -> None:
                       "handlers": {"resize": {"command": "resize --w 1"}}}, file="w.yaml")
     assert "expected a list of strings, the program first (no shell)" in str(raised.value)
     assert os.access("/bin/sh", os.X_OK)
+
+
+# -- containment: environment, memory, descendants ---------------------------------------------
+
+# A program that leaves a daemon behind: a child that calls setsid, then forks the daemon and
+# exits, so that the daemon is nobody's child and in no group of the program's. The daemon
+# writes its pid to argv[1] and sleeps; the program then sleeps too, or exits at once when
+# argv[2] is "exit" (after the daemon has written its pid).
+DAEMONIZE = """
+import os, sys, time
+pidfile, then = sys.argv[1], sys.argv[2]
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        with open(pidfile + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(pidfile + ".tmp", pidfile)
+        time.sleep(300)
+    os._exit(0)
+if then == "exit":
+    while not os.path.exists(pidfile):
+        time.sleep(0.01)
+    print("started")
+else:
+    time.sleep(300)
+"""
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie left to init does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def daemon_pid(pidfile: Path) -> int:
+    return int(wait_until(lambda: pidfile.exists() and pidfile.read_text(),
+                          what="the daemon's pid file"))
+
+
+def test_a_program_sees_only_the_environment_its_handler_names(
+    sandbox: Sandbox, items: Any, host_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IMAGE_TOKEN", "t0k3n")  # the host's, passed through by name
+    monkeypatch.setenv("UNNAMED_SECRET", "s3cr3t")  # the host's, named nowhere
+    program = [sys.executable, "-c", "import json, os; print(json.dumps(dict(os.environ)))"]
+    host_factory(host_config(sandbox, items.database, {"show_env": {
+        "command": program, "env": {"IMAGE_DIR": "/srv/images", "IMAGE_TOKEN": None}}}))
+    seen = json.loads(run_job(sandbox, "show_env", {"id": 1}).result)
+    assert "SANDBOX_DB_PASSWORD" not in seen, "the database password given as ${VAR}"
+    assert not [name for name, value in seen.items() if sandbox.password in value]
+    host_only = {name for name in seen if name not in ("PATH", "HOME", "LANG")
+                 and not name.startswith(("LC_", "WORKERHOST_"))}
+    assert host_only == {"IMAGE_DIR", "IMAGE_TOKEN"}
+    assert (seen["IMAGE_DIR"], seen["IMAGE_TOKEN"]) == ("/srv/images", "t0k3n")
+    assert seen["PATH"] == os.environ["PATH"]
+    assert seen["WORKERHOST_FUNCTION"] == "show_env"
+
+
+def test_a_program_whose_descendants_pass_max_memory_is_killed_with_them(
+    sandbox: Sandbox, items: Any, host_factory: Any, tmp_path: Path
+) -> None:
+    # The program itself stays small: its child grows, 8 MB at a time, up to 1 GB.
+    pidfile = tmp_path / "grower.pid"
+    grow = f"""
+import os, time
+pid = os.fork()
+if pid == 0:
+    open({str(pidfile)!r}, "w").write(str(os.getpid()))
+    data = bytearray()
+    while len(data) < 1 << 30:
+        data += b"x" * (8 << 20)
+        time.sleep(0.02)
+    time.sleep(300)
+os.waitpid(pid, 0)
+"""
+    host = host_factory(host_config(sandbox, items.database, {"grow": {
+        "command": [sys.executable, "-c", grow], "max_memory": "100MB", "timeout": "30s",
+        "retries": {"attempts": 1}}}))
+    started = time.monotonic()
+    run_job(sandbox, "grow", {"id": 1})
+    (letter,) = wait_until(lambda: dead_letters(items), what="a dead letter")
+    error = letter[2]
+    assert error.startswith(f"{sys.executable} and the processes it started grew to ")
+    assert error.endswith("MB, past max_memory (100 MB), and were killed")
+    assert time.monotonic() - started < 20, "killed for its memory, not for its timeout"
+    assert not running(int(pidfile.read_text())), "the child that grew is gone"
+    assert "restarting in" not in host.log(), "the worker itself stays"
+
+
+def test_a_timeout_leaves_no_descendant_alive_not_even_a_setsid_daemon(
+    sandbox: Sandbox, items: Any, host_factory: Any, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "daemon.pid"
+    host = host_factory(host_config(sandbox, items.database, {"slow": {
+        "command": [sys.executable, "-c", DAEMONIZE, str(pidfile), "sleep"], "timeout": "2s",
+        "retries": {"attempts": 1}}}))
+    run_job(sandbox, "slow", {"id": 1})
+    daemon = daemon_pid(pidfile)
+    (letter,) = wait_until(lambda: dead_letters(items), what="a dead letter")
+    assert letter[2] == f"{sys.executable} ran past 1.8s and was killed"
+    assert not Path(f"/proc/{daemon}").exists(), "the daemon was killed and reaped"
+    assert "restarting in" not in host.log(), "the worker itself stays"
+
+
+def test_a_daemon_a_program_leaves_behind_ends_with_the_job(
+    sandbox: Sandbox, items: Any, host_factory: Any, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "daemon.pid"
+    host = host_factory(host_config(sandbox, items.database, {"spawn": {
+        "command": [sys.executable, "-c", DAEMONIZE, str(pidfile), "exit"]}}))
+    assert run_job(sandbox, "spawn", {"id": 1}).result == b"started\n"
+    daemon = daemon_pid(pidfile)
+    assert not Path(f"/proc/{daemon}").exists(), "killed and reaped before the job's answer"
+    host.wait_for_log("left 1 process running; killed it")
+
+
+def test_a_host_stop_leaves_no_descendant_alive_not_even_a_setsid_daemon(
+    sandbox: Sandbox, items: Any, host_factory: Any, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "daemon.pid"
+    host = host_factory(host_config(
+        sandbox, items.database, {"slow": {
+            "command": [sys.executable, "-c", DAEMONIZE, str(pidfile), "sleep"],
+            "timeout": "120s"}},
+        host={"shutdown_timeout": "1s"}))
+    submit_json(sandbox.gearman_server, "slow", [{"id": 1}])
+    daemon = daemon_pid(pidfile)
+    assert running(daemon)
+    host.stop(timeout=30)
+    wait_until(lambda: not running(daemon), timeout=5, what="the daemon killed with the host")
+    assert "shutdown_timeout passed; killing 1 workers" in host.log()
+
+
+# -- handlers.NAME.env -------------------------------------------------------------------------
+
+def handler_env(env: Any, host: dict[str, str] | None = None, kind: str = "command") -> Any:
+    handler: dict[str, Any] = {"command": ["sh", "-c", "cat"]} if kind == "command" else {
+        "sql": "UPDATE t SET a = 1"}
+    return parse_config({"gearman": {"servers": ["127.0.0.1:4730"]},
+                         "database": {"user": "u", "database": "d"},
+                         "handlers": {"resize": {**handler, "env": env}}},
+                        file="w.yaml", env=host or {}).handlers["resize"].env
+
+
+def test_env_sets_values_and_passes_named_host_variables_through() -> None:
+    host = {"AWS_PROFILE": "images", "TZ": "UTC", "DB_PASSWORD": "pw"}
+    assert dict(handler_env({"IMAGE_DIR": "/srv/images", "WIDTH": 200, "AWS_PROFILE": None},
+                            host)) == {"IMAGE_DIR": "/srv/images", "WIDTH": "200",
+                                       "AWS_PROFILE": "images"}
+    assert dict(handler_env(["AWS_PROFILE", "TZ"], host)) == {"AWS_PROFILE": "images",
+                                                              "TZ": "UTC"}
+    assert dict(handler_env({"TOKEN": "${DB_PASSWORD}"}, host)) == {"TOKEN": "pw"}
+    assert dict(handler_env(None)) == {}
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"AWS_PROFILE": None},
+     "w.yaml: handlers.resize.env.AWS_PROFILE: not set in the host's environment, to be passed "
+     "through; set it, or give a value (NAME: value)"),
+    (["TZ", "AWS_PROFILE"],
+     "w.yaml: handlers.resize.env[1]: not set in the host's environment, to be passed "
+     "through; set it, or give a value (NAME: value)"),
+    (["TZ", "TZ"], "w.yaml: handlers.resize.env[1]: 'TZ' is listed twice"),
+    ({"WORKERHOST_ATTEMPT": "9"},
+     "w.yaml: handlers.resize.env.WORKERHOST_ATTEMPT: 'WORKERHOST_ATTEMPT': the host sets the "
+     "WORKERHOST_ variables itself"),
+    ({"IMAGE-DIR": "/srv"},
+     "w.yaml: handlers.resize.env.IMAGE-DIR: expected a variable name (letters, digits, _), "
+     "got 'IMAGE-DIR'"),
+    ({"SIZES": [1, 2]},
+     "w.yaml: handlers.resize.env.SIZES: expected a string or a number, got a list; quote it"),
+    ({"DEBUG": True},
+     "w.yaml: handlers.resize.env.DEBUG: expected a string or a number, got true; quote it"),
+    ("TZ=UTC",
+     "w.yaml: handlers.resize.env: expected a mapping of NAME: value, or a list of names "
+     "passed through from the host's environment, got 'TZ=UTC'"),
+])
+def test_a_bad_env_names_the_file_and_key(env: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        handler_env(env, {"TZ": "UTC"})
+    assert str(raised.value) == message
+
+
+def test_env_is_for_command_handlers_only() -> None:
+    with pytest.raises(ConfigError) as raised:
+        handler_env({"TZ": "UTC"}, kind="sql")
+    assert str(raised.value) == "w.yaml: handlers.resize.env: applies to command: handlers only"

@@ -231,6 +231,9 @@ class HandlerConfig:
     # is bound to the statements instead of the payload.
     command: tuple[str, ...] = ()
     max_memory: int | None = None  # bytes a worker process may use before it is recycled
+    # What a command: program finds in its environment besides PATH, HOME, LANG, LC_* and
+    # WORKERHOST_* (command.py); a name passed through from the host is read at load.
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
 
     @property
     def kind(self) -> Literal["python", "sql", "command"]:
@@ -317,7 +320,8 @@ def parse_config(
 
     ``base_dir``, if given, goes at the front of ``sys.path`` before handlers are imported.
     """
-    data = _expand(data, "", file, os.environ if env is None else env)
+    host_env = os.environ if env is None else env
+    data = _expand(data, "", file, host_env)
     if data is None:
         raise ConfigError("the file is empty; it needs gearman, database and handlers", file=file)
     if isinstance(data, dict):  # "x-" keys hold YAML anchors for reuse, as in docker compose
@@ -335,7 +339,7 @@ def parse_config(
         host=_host(top.section("host", _HOST_KEYS)),
         handlers=MappingProxyType({
             handlers.convert(name, conv.function_name, name):
-                _handler(handlers.section(name, _HANDLER_KEYS), name)
+                _handler(handlers.section(name, _HANDLER_KEYS), name, host_env)
             for name in handlers.data
         }),
         triggers=_triggers(top) if top.data.get("triggers") is not None else (),
@@ -363,7 +367,8 @@ _RELAY_KEYS = ("enabled", "batch", "interval", "lease")
 _SCHEDULER_KEYS = ("enabled",)
 _SCHEDULE_KEYS = ("name", "function", "every", "cron", "timezone", "payload", "catch_up")
 _HANDLER_KEYS = ("python", "sql", "processes", "batch", "timeout", "retries", "max_jobs",
-                 "max_lifetime", "on_no_rows", "accept", "command", "max_memory")  # fmt: skip
+                 "max_lifetime", "on_no_rows", "accept", "command", "max_memory",
+                 "env")  # fmt: skip
 _RETRY_KEYS = ("attempts", "backoff", "max_backoff")
 _TRIGGER_KEYS = ("table", "events", "function", "columns", "delivery")
 
@@ -615,7 +620,7 @@ def _console(section: _Section) -> ConsoleConfig:
     return ConsoleConfig(listen=listen, users=MappingProxyType(found), secret_key=secret_key)
 
 
-def _handler(section: _Section, name: str) -> HandlerConfig:
+def _handler(section: _Section, name: str, host_env: Mapping[str, str]) -> HandlerConfig:
     kinds = [kind for kind in ("python", "sql", "command") if kind in section.data]
     if not kinds:
         raise section.error("needs python, sql or command")
@@ -650,7 +655,62 @@ def _handler(section: _Section, name: str) -> HandlerConfig:
         accept=cast(Accept, section.get("accept", conv.one_of(*ACCEPT), "ledger")),
         command=command,
         max_memory=section.optional("max_memory", conv.size),
+        env=_program_env(section, host_env) if "env" in section.data else MappingProxyType({}),
     )  # fmt: skip
+
+
+def _program_env(section: _Section, host_env: Mapping[str, str]) -> Mapping[str, str]:
+    """handlers.NAME.env: a mapping of NAME: value, where a NAME without a value is passed
+    through from the host's environment; or a list of names, all passed through."""
+    if "command" not in section.data:
+        raise section.error("applies to command: handlers only", "env")
+    raw = section.data["env"]
+    if raw is None:  # entries all commented out, as in a section
+        raw = {}
+    items = _Section(None, section.child("env"), section.file, None)
+    pairs: dict[str, object] = {}
+    if isinstance(raw, list):
+        for index, name in enumerate(raw):
+            key = items.convert(index, _env_name, name)
+            if key in pairs:
+                raise items.error(f"{key!r} is listed twice", index)
+            pairs[key] = None
+    elif isinstance(raw, dict):
+        items = section.section("env", None)  # checks that every name is a string
+        pairs = {items.convert(name, _env_name, name): value for name, value in raw.items()}
+    else:
+        raise section.error("expected a mapping of NAME: value, or a list of names passed "
+                            f"through from the host's environment, got {show(raw)}", "env")
+    found: dict[str, str] = {}
+    for index, (name, value) in enumerate(pairs.items()):
+        where: str | int = index if isinstance(raw, list) else name
+        if value is None:
+            if name not in host_env:
+                raise items.error("not set in the host's environment, to be passed through; "
+                                  "set it, or give a value (NAME: value)", where)
+            value = host_env[name]
+        found[name] = items.convert(where, _env_value, value)
+    return MappingProxyType(found)
+
+
+def _env_name(value: object) -> str:
+    """The name of an environment variable the host does not set itself."""
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise ValueError(f"expected a variable name (letters, digits, _), got {show(value)}")
+    if value.upper().startswith("WORKERHOST_"):
+        raise ValueError(f"{value!r}: the host sets the WORKERHOST_ variables itself")
+    return value
+
+
+def _env_value(value: object) -> str:
+    """A variable's value: a string, or a number written as it is. The value itself is never
+    quoted in a message: it may be a secret."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"expected a string or a number, got {show(value)}; quote it")
+    text = str(value)
+    if "\0" in text:
+        raise ValueError("contains a NUL character, which no environment can hold")
+    return text
 
 
 def _triggers(top: _Section) -> tuple[TriggerConfig, ...]:

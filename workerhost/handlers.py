@@ -1,18 +1,15 @@
 """Running one job through its handler: a Python callable, SQL with bound parameters, or a
-program (any language) with the payload on its stdin."""
+program (any language) with the payload on its stdin, contained as command.py says."""
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
 import re
-import signal
-import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from workerhost import db
+from workerhost import command, db
+from workerhost.command import CommandFailed as CommandFailed  # the worker's to recognise
 from workerhost.config import HandlerConfig
 from workerhost.db import Connection
 from workerhost.errors import JobError
@@ -23,26 +20,12 @@ class NoRowsMatched(JobError):
     """An `sql:` write-back matched no row (the row was rolled back, or never existed)."""
 
 
-# Share of a handler's timeout a program may run: the worker kills it first, so that the
-# failure is the program's (with its stderr), not a dead worker's.
-COMMAND_TIMEOUT_SHARE = 0.9
-STDERR_KEPT = 64_000  # characters of a failed program's stderr kept with the failure
-_PR_SET_PDEATHSIG = 1
 # A statement that answers with exactly one result, an OK packet with its row count: a write
 # with no `;` anywhere (not even quoted), so that every job's rows can be told apart when the
 # statements of a whole batch go to the server in one round trip.
 _SINGLE_WRITE = re.compile(r"\s*(UPDATE|INSERT|DELETE|REPLACE)\b[^;]*\Z", re.IGNORECASE)
 # A placeholder as the connector reads it (sqlcheck has refused every other use of `%`).
 _PLACEHOLDER = re.compile(r"%\(([A-Za-z_][A-Za-z0-9_]*)\)s")
-
-
-class CommandFailed(Exception):
-    """A `command:` program exited non-zero, was killed, or ran past its timeout."""
-
-    def __init__(self, message: str, stderr: bytes) -> None:
-        super().__init__(message)
-        text = stderr.decode("utf-8", "replace")
-        self.stderr = text[-STDERR_KEPT:] if text else None
 
 
 class ConnectionMisuse(JobError):
@@ -92,46 +75,12 @@ def run(handler: HandlerConfig, job: Job, conn: Connection, cursor: Any = None) 
     if handler.callable is not None:
         return to_bytes(handler.callable(job, HandlerConnection(conn)))
     if handler.command:
-        output = run_command(handler, job)
+        output = command.run(handler, job)
         if not handler.sql:
             return output
         return run_sql(handler, job, cursor if cursor is not None else db.cursor(conn),
                        _command_result(output))
     return run_sql(handler, job, cursor if cursor is not None else db.cursor(conn))
-
-
-def run_command(handler: HandlerConfig, job: Job) -> bytes:
-    """Run the handler's program with the payload on stdin; its stdout, or CommandFailed."""
-    env = dict(os.environ, WORKERHOST_FUNCTION=job.function, WORKERHOST_UNIQUE=job.unique,
-               WORKERHOST_HANDLE=job.handle, WORKERHOST_ATTEMPT=str(job.attempt))
-    limit = handler.timeout * COMMAND_TIMEOUT_SHARE
-    program = subprocess.Popen(
-        handler.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=env, start_new_session=True, preexec_fn=_die_with_parent,
-    )
-    try:
-        out, err = program.communicate(job.payload, timeout=limit)
-    except subprocess.TimeoutExpired:
-        os.killpg(program.pid, signal.SIGKILL)  # the program and whatever it started
-        out, err = program.communicate()
-        raise CommandFailed(f"{handler.command[0]} ran past {limit:g}s and was killed",
-                            err) from None
-    except BaseException:
-        os.killpg(program.pid, signal.SIGKILL)
-        program.wait()
-        raise
-    if program.returncode != 0:
-        code = program.returncode
-        how = (f"was killed by signal {-code}" if code < 0 else f"exited with status {code}")
-        last = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["(no stderr)"]
-        raise CommandFailed(f"{handler.command[0]} {how}: {last[0][:500]}", err)
-    return out
-
-
-def _die_with_parent() -> None:
-    """In the program, before exec: SIGKILL when the worker process dies (Linux)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _command_result(output: bytes) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workerhost import failures, logs, metrics, relay, reloading, scheduler, worker
+from workerhost import command, failures, logs, metrics, relay, reloading, scheduler, worker
 from workerhost.config import Config
 from workerhost.db import RUN_ERRORS, Database
 from workerhost.errors import ConfigError
@@ -435,6 +435,10 @@ class Supervisor:
 
     def _signal(self, child: Child, signum: int) -> None:
         try:
-            self.kill(child.process.pid, signum)
+            if signum == signal.SIGKILL:
+                # With every process below it: what its command: programs started and left.
+                command.kill_tree(child.process.pid, self.kill)
+            else:
+                self.kill(child.process.pid, signum)
         except ProcessLookupError:
             pass
