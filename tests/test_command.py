@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,8 +15,10 @@ import gearman
 import pytest
 from conftest import host_config, scalar, submit_json, wait_until
 
+from workerhost import command
 from workerhost.config import parse_config
 from workerhost.errors import ConfigError
+from workerhost.job import Job
 from workerhost.sandbox import Sandbox
 
 
@@ -156,6 +160,49 @@ def running(pid: int) -> bool:
 def daemon_pid(pidfile: Path) -> int:
     return int(wait_until(lambda: pidfile.exists() and pidfile.read_text(),
                           what="the daemon's pid file"))
+
+
+def test_the_environment_holds_path_home_lang_lc_and_what_env_names_only() -> None:
+    host = {"PATH": "/usr/bin:/bin", "HOME": "/var/lib/workerhost", "LANG": "C.UTF-8",
+            "LC_TIME": "en_GB.UTF-8", "DB_PASSWORD": "pw", "PYTHONPATH": "/opt/app",
+            "AWS_PROFILE": "images"}
+    handler = parse_config({"gearman": {"servers": ["127.0.0.1:4730"]},
+                            "database": {"user": "u", "database": "d"},
+                            "handlers": {"resize": {"command": ["sh", "-c", "cat"], "env": {
+                                "AWS_PROFILE": None, "PATH": "/opt/resize/bin"}}}},
+                           file="w.yaml", env=host).handlers["resize"]
+    job = Job(function="resize", payload=b"{}", unique="u1", handle="H:1", attempt=2)
+    assert command.environment(handler, job, host) == {
+        "PATH": "/opt/resize/bin", "HOME": "/var/lib/workerhost", "LANG": "C.UTF-8",
+        "LC_TIME": "en_GB.UTF-8", "AWS_PROFILE": "images", "WORKERHOST_FUNCTION": "resize",
+        "WORKERHOST_UNIQUE": "u1", "WORKERHOST_HANDLE": "H:1", "WORKERHOST_ATTEMPT": "2"}
+
+
+def test_kill_tree_kills_a_process_and_every_process_below_it(tmp_path: Path) -> None:
+    # A child in a session of its own, and its child: both below the root while it lives.
+    pidfile = tmp_path / "pids"
+    tree = subprocess.Popen([sys.executable, "-c", f"""
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        with open({str(pidfile)!r} + ".tmp", "w") as f:
+            f.write(str(os.getppid()) + " " + str(os.getpid()))
+        os.rename({str(pidfile)!r} + ".tmp", {str(pidfile)!r})
+    time.sleep(300)
+time.sleep(300)
+"""])
+    try:
+        pids = [int(pid) for pid in wait_until(lambda: pidfile.exists() and pidfile.read_text(),
+                                               what="the pid file").split()]
+        assert sorted(command.descendants(tree.pid)) == sorted(pids)
+        command.kill_tree(tree.pid)
+        assert tree.wait(timeout=10) == -signal.SIGKILL
+        wait_until(lambda: not any(running(pid) for pid in pids), timeout=5,
+                   what="its child and grandchild killed")
+    finally:
+        tree.kill()
+        tree.wait()
 
 
 def test_a_program_sees_only_the_environment_its_handler_names(
