@@ -40,6 +40,12 @@ def server_id(server: str) -> str:
     return server.replace(":", "-")
 
 
+# For a test whose outcome does not depend on the database server (it needs only gearmand, or
+# a database but none in particular): it runs once, on the first server's sandbox, which the
+# other tests on that server share.
+ON_FIRST_SERVER = pytest.mark.parametrize("sandbox", SERVERS[:1], indirect=True, ids=server_id)
+
+
 @pytest.fixture(scope="session", params=SERVERS, ids=server_id)
 def sandbox(request: pytest.FixtureRequest,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import gearman
 import pytest
+from conftest import ON_FIRST_SERVER
 from gearman import protocol as p
 
 from workerhost import gearadmin, gearconn
@@ -58,6 +59,7 @@ def conn(sandbox: Sandbox, function: str) -> Iterator[WorkerConnection]:
     connection.close()
 
 
+@ON_FIRST_SERVER  # only gearmand takes part
 def test_one_connection_holds_up_to_its_capacity(
     sandbox: Sandbox, function: str, conn: WorkerConnection
 ) -> None:
@@ -77,6 +79,7 @@ def test_one_connection_holds_up_to_its_capacity(
     assert {j.handle for j in more}.isdisjoint({j.handle for j in jobs})
 
 
+@ON_FIRST_SERVER  # only gearmand takes part
 def test_every_held_job_goes_back_when_the_connection_drops(
     sandbox: Sandbox, function: str, conn: WorkerConnection
 ) -> None:
@@ -101,6 +104,7 @@ def test_every_held_job_goes_back_when_the_connection_drops(
     assert {job.data for job in again} <= {f"job {i}".encode() for i in range(1, 6)}
 
 
+@ON_FIRST_SERVER  # only gearmand takes part
 def test_an_idle_connection_sleeps_and_noop_wakes_it(
     sandbox: Sandbox, function: str, conn: WorkerConnection
 ) -> None:
@@ -115,6 +119,7 @@ def test_an_idle_connection_sleeps_and_noop_wakes_it(
     assert conn.sleeping and conn.holding == 1
 
 
+@ON_FIRST_SERVER  # only gearmand takes part
 def test_a_stopping_connection_asks_for_nothing_more(
     sandbox: Sandbox, function: str, conn: WorkerConnection
 ) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import gearman
 import pytest
+from conftest import ON_FIRST_SERVER
 
 from workerhost import gearadmin
 from workerhost.sandbox import MEMORY_QUEUE, PERSISTENT_QUEUE, Sandbox
@@ -121,6 +122,7 @@ def test_a_background_job_survives_a_gearmand_restart_only_with_the_persistent_q
     assert (kept.queued if kept else 0) == (1 if queue == PERSISTENT_QUEUE else 0)
 
 
+@ON_FIRST_SERVER
 def test_the_sandbox_keeps_gearmands_queue_in_memory_by_default(sandbox: Sandbox) -> None:
     assert sandbox.info is not None and sandbox.info.gearman["queue"] == MEMORY_QUEUE
 

@@ -15,7 +15,7 @@ import gearman
 import mysql.connector
 import pytest
 import yaml
-from conftest import ExtraGearmand, host_config, host_env
+from conftest import ON_FIRST_SERVER, ExtraGearmand, host_config, host_env
 
 from workerhost import status
 from workerhost.db import Database
@@ -93,6 +93,7 @@ def test_status_shows_each_servers_queue_and_survives_a_dead_one(
                                      "functions": {}}
 
 
+@ON_FIRST_SERVER  # no database is reached
 def test_status_without_the_database_exits_4_with_a_message(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
@@ -227,6 +228,7 @@ def test_schedules_and_status_show_each_schedules_last_and_next_slot(
         "schedules"][0]["last_slot"] == f"{last.isoformat()}+00:00"
 
 
+@ON_FIRST_SERVER  # no database is reached
 def test_schedules_without_the_section_or_the_database(sandbox: Sandbox, tmp_path: Path) -> None:
     config = tmp_path / "workerhost.yaml"
     settings = host_config(sandbox, "nowhere", {"touch": {"sql": "DELETE FROM t"}})

@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import ON_FIRST_SERVER
 
 from workerhost.sandbox import Sandbox
 
@@ -21,6 +22,7 @@ UDF_DIR = ROOT / "udf"
 
 
 @pytest.mark.slow
+@ON_FIRST_SERVER  # the driver needs only gearmand
 def test_driver_passes_under_valgrind(sandbox: Sandbox) -> None:
     if shutil.which("valgrind") is None:
         pytest.fail("valgrind is not installed; run: make setup (or apt-get install valgrind)")
