@@ -9,13 +9,17 @@ import json
 import os
 import re
 import secrets
+import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from base64 import b64encode
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -442,6 +446,90 @@ def test_the_login_throttle_counts_per_client_and_per_user() -> None:
     throttle.failed("10.0.0.1", "vic")
     with pytest.raises(TooManyRequests, match=re.escape("from 10.0.0.1:")):  # its third failure
         throttle.check("10.0.0.1", "vic")
+
+
+class Stall:
+    """A TCP proxy to the database that passes nothing on while `flowing` is clear: a server
+    that accepts connections and then never answers."""
+
+    def __init__(self, port: int) -> None:
+        self.target = ("127.0.0.1", port)
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                self.flowing.wait()  # held, as a hung server holds it
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            source.close()
+            sink.close()
+
+
+def test_with_the_database_hung_every_page_answers_within_seconds_and_recovers(
+        sandbox: Sandbox, db: Any, stack: dict[str, Any], console_factory: Any) -> None:
+    stall = Stall(sandbox.mysql_port)
+    console = console_factory({**stack, "database": {**stack["database"], "port": stall.port}})
+
+    def dead(body: str) -> str | None:
+        cell = re.search(r'data-function="flaky">\s*<td>flaky</td>\s*<td class="n dead">'
+                         r'(?:<a [^>]+>)?(?:<span [^>]+>)?([^<]+)<', body)
+        return cell.group(1) if cell else None
+
+    assert dead(request(console.url + "/live", user="vic").body) == "5"
+    # Every server thread with a connection open, as after a while in use.
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(lambda _: request(console.url + "/dead-letters", user="vic").status,
+                            range(16))) == {200}
+    stall.flowing.clear()
+    pages = ["/", "/live", "/dead-letters", "/dead-letters?q=order", "/ledger",
+             f"/dead-letters/{letters(db, 'flaky')[0]}", "/dead-letters/retry", "/schedules"]
+
+    def timed(page: str) -> tuple[float, Answer]:
+        started = time.monotonic()
+        answer = request(console.url + page, user="ada")
+        return time.monotonic() - started, answer
+
+    # More pages at once than the console has threads, and the login page behind them.
+    with ThreadPoolExecutor(len(pages) + 1) as pool:
+        stuck = [pool.submit(timed, page) for page in pages]
+        login = pool.submit(timed, "/login")
+        answers = dict(zip(pages, (future.result() for future in stuck), strict=True))
+        login_took, login_page = login.result()
+    for page, (took, answer) in answers.items():
+        assert took < 10, (page, took)  # two rounds of 4 threads, 3 s each
+        assert answer.status in (200, 503), (page, answer.status)
+    assert login_page.status == 200 and login_took < 10
+    assert answers["/dead-letters"][1].status == 503
+    assert "the database did not answer" in answers["/dead-letters"][1].body
+    # The overview answers, and says what it could not read: unknown, not 0.
+    assert answers["/live"][1].status == 200
+    assert dead(answers["/live"][1].body) == "unknown"
+
+    stall.flowing.set()
+    wait_until(lambda: request(console.url + "/dead-letters", user="vic").status == 200,
+               timeout=20, what="the console to read the database again")
+    assert dead(request(console.url + "/live", user="vic").body) == "5"
 
 
 def test_a_login_outlives_a_restart_of_the_console_that_keeps_its_secret_key(

@@ -87,7 +87,7 @@ def create_app(config: Config) -> Flask:
     def database() -> Database:
         db: Database | None = getattr(local, "db", None)
         if db is None:
-            db = local.db = Database(config.database.connect_kwargs())
+            db = local.db = Database(figures.database_params(config))
         return db
 
     @contextmanager

@@ -43,7 +43,11 @@ SAMPLE_SPACING = 4.0
 IDLE_AFTER = 30.0  # seconds after the last page that asked, the Sampler stops reading
 RATE_WINDOW = 60.0  # seconds of metrics the rates are measured over
 SCRAPE_TIMEOUT = 5.0  # the host's /metrics answer waits for its own database queries
-PAGE_DEADLINE = 5.0  # seconds a page's database work may retry through transient errors
+PAGE_DEADLINE = 2.0  # seconds a page's database work may retry through transient errors
+# Seconds one database call of the console may take (to connect, to send, to read an
+# answer): a hung database gives an error page after it, instead of holding a server thread
+# for good (four such pages held every thread, and then even the login page hung).
+DB_TIMEOUT = 3
 FAILED = ("retry", "dead", "refused")  # outcomes that are a failed attempt, each counted once
 
 
@@ -101,6 +105,15 @@ class ScheduleLine:
 class Schedules:
     lines: tuple[ScheduleLine, ...]
     error: str | None  # the database's answer when it gave none of the above
+
+
+def database_params(config: Config) -> dict[str, object]:
+    """Connection settings of every database connection of the console: DB_TIMEOUT on
+    each call."""
+    params = config.database.connect_kwargs()
+    params["connection_timeout"] = min(int(str(params["connection_timeout"])), DB_TIMEOUT)
+    params["read_timeout"] = params["write_timeout"] = DB_TIMEOUT
+    return params
 
 
 def metrics_url(address: Server) -> str:
@@ -193,7 +206,7 @@ class Sampler:
             return rates_between(self.readings[0], self.readings[-1]), None
 
     def _loop(self) -> None:
-        db = Database(self.config.database.connect_kwargs())
+        db = Database(database_params(self.config))
         try:
             while True:
                 with self.lock:
