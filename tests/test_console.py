@@ -71,10 +71,10 @@ def console_factory(sandbox: Sandbox, tmp_path: Path) -> Iterator[Callable[..., 
     """Start `workerhost console` on a free loopback port; each is stopped at teardown."""
     started: list[Console] = []
 
-    def start(config: dict[str, Any]) -> Console:
+    def start(config: dict[str, Any], port: int | None = None) -> Console:
         path = tmp_path / f"console-{len(started)}.yaml"
         path.write_text(yaml.safe_dump(config))
-        port = free_port()
+        port = port or free_port()
         log_path = tmp_path / f"console-{len(started)}.log"
         process = start_console(path, host_env(sandbox), log_path, f"127.0.0.1:{port}")
         console = Console(process, port, log_path)
@@ -428,7 +428,8 @@ def test_failed_logins_past_the_limit_are_refused_with_429_form_and_basic(
     assert "console: a login from 127.0.0.1 refused: Too many failed logins" in console.log()
 
 
-def test_the_login_throttle_counts_per_client_and_per_user() -> None:
+def test_the_login_throttle_counts_per_client_and_per_user_and_locks_nobody_out() -> None:
+    """30 wrong passwords from anywhere once locked a user out, the right password too."""
     from werkzeug.exceptions import TooManyRequests
 
     from workerhost.console.throttle import LoginThrottle
@@ -438,11 +439,20 @@ def test_the_login_throttle_counts_per_client_and_per_user() -> None:
         for _ in range(2):
             throttle.check(client, "ada")
             throttle.failed(client, "ada")
-    with pytest.raises(TooManyRequests) as info:  # four failures as ada, from two addresses
+    # Four failures as ada, from two addresses: those are refused as ada ...
+    for client in ("10.0.0.1", "10.0.0.2"):
+        with pytest.raises(TooManyRequests) as info:
+            throttle.check(client, "ada")
+        assert info.value.description.startswith("Too many failed logins as 'ada': try again in")
+        assert info.value.retry_after is not None
+    # ... but ada, from an address without failures, may still log in, and a guesser's new
+    # address gets one guess before it is refused too.
+    throttle.check("10.0.0.3", "ada")
+    throttle.failed("10.0.0.3", "ada")
+    with pytest.raises(TooManyRequests, match="as 'ada'"):
         throttle.check("10.0.0.3", "ada")
-    assert info.value.description.startswith("Too many failed logins as 'ada': try again in")
-    assert info.value.retry_after is not None
-    throttle.check("10.0.0.3", "vic")  # another name, another address: not refused
+    throttle.check("10.0.0.4", "ada")
+    throttle.check("10.0.0.1", "vic")  # another name: not refused from there
     throttle.failed("10.0.0.1", "vic")
     with pytest.raises(TooManyRequests, match=re.escape("from 10.0.0.1:")):  # its third failure
         throttle.check("10.0.0.1", "vic")
@@ -552,7 +562,7 @@ def test_a_login_outlives_a_restart_of_the_console_that_keeps_its_secret_key(
 
     # Another process (a restart, or the next one behind a balancer): the same session, and
     # the CSRF token the first one gave is good for an action.
-    second = console_factory(config)
+    second = console_factory(config, first.port)
     page = request(second.url + "/", jar=jar, headers=browser)
     assert page.status == 200 and '<span id="visitor">ada</span>' in page.body
     doomed = letters(db, "doomed")[0]
@@ -566,9 +576,133 @@ def test_a_login_outlives_a_restart_of_the_console_that_keeps_its_secret_key(
     # does one where ada's password has changed.
     for other in (stack, {**config, "host": {**config["host"], "console": {
             **console, "users": {**USERS, "ada": {"password": "new-pw", "role": "admin"}}}}}):
-        refused = request(console_factory(other).url + "/", jar=jar, headers=browser)
+        second.process.terminate()
+        assert second.process.wait(10) == 0
+        second = console_factory(other, first.port)
+        refused = request(second.url + "/", jar=jar, headers=browser)
         assert refused.status == 302, refused.body
         assert urllib.parse.urlparse(refused.headers["Location"]).path == "/login"
+
+
+def test_a_logout_ends_the_session_everywhere_and_each_console_has_its_own_cookie(
+        stack: dict[str, Any], console_factory: Any) -> None:
+    browser = {"Accept": "text/html"}
+    first, second = console_factory(stack), console_factory(stack)
+    jar = http.cookiejar.CookieJar()
+    for console in (first, second):  # one browser, two consoles on one host
+        assert form_login(console, "ada", str(USERS["ada"]["password"]), jar).status == 302
+    assert {cookie.name for cookie in jar} == {f"workerhost_console_{first.port}",
+                                               f"workerhost_console_{second.port}"}
+    for console in (first, second):
+        assert request(console.url + "/", jar=jar, headers=browser).status == 200
+    copied = http.cookiejar.CookieJar()
+    for cookie in jar:
+        copied.set_cookie(cookie)
+    page = request(first.url + "/", jar=jar, headers=browser)
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page.body)
+    assert found
+    assert request(first.url + "/logout", jar=jar, data={"csrf_token": found.group(1)}
+                   ).status == 302
+    # The copy of the cookie, taken before the logout, is refused too.
+    refused = request(first.url + "/dead-letters", jar=copied, headers=browser)
+    assert refused.status == 302
+    assert urllib.parse.urlparse(refused.headers["Location"]).path == "/login"
+    assert request(second.url + "/", jar=copied, headers=browser).status == 200  # the other
+    # A form sent after the session ended leads to the login page, not to a CSRF error.
+    sent = request(first.url + "/dead-letters/retry", jar=copied, headers=browser,
+                   data={"csrf_token": found.group(1), "upto": "1"})
+    assert sent.status == 303 and urllib.parse.urlparse(sent.headers["Location"]).path == (
+        "/login")
+
+
+def test_behind_a_trusted_tls_proxy_the_cookie_is_secure_and_hsts_is_sent(
+        stack: dict[str, Any], console_factory: Any) -> None:
+    proxied = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.7"}
+    config = {**stack, "host": {**stack["host"], "console": {
+        **stack["host"]["console"], "trusted_proxies": ["127.0.0.0/8"]}}}
+    for settings, trusted in ((stack, False), (config, True)):
+        console = console_factory(settings)
+        jar = http.cookiejar.CookieJar()
+        page = request(console.url + "/login", jar=jar, headers=proxied)
+        cookie = page.headers["Set-Cookie"]
+        assert cookie.startswith(f"workerhost_console_{console.port}=")
+        assert ("; Secure" in cookie) is trusted, cookie
+        assert ("Strict-Transport-Security" in page.headers) is trusted
+    # The client a failed login counts against: the proxy's word for it, when trusted.
+    for _ in range(10):
+        request(console.url + "/", headers={**proxied, **basic("ada", "guess")})
+    refused = request(console.url + "/", headers={**proxied, **basic("ada", "guess")})
+    assert "Too many failed logins from 203.0.113.7" in refused.body
+    # Another client of the same proxy is not refused for it.
+    assert request(console.url + "/", user="vic", headers={
+        **proxied, "X-Forwarded-For": "203.0.113.8"}).status == 200
+
+
+def test_without_users_it_answers_to_its_own_host_names_only(
+        stack: dict[str, Any], console_factory: Any) -> None:
+    config = {**stack, "host": {**stack["host"], "console": {
+        "allowed_hosts": ["console.example.test:8080"]}}}
+    console = console_factory(config)
+    for host in ("127.0.0.1", "localhost", "[::1]"):
+        assert request(console.url + "/handlers",
+                       headers={"Host": f"{host}:{console.port}"}).status == 200, host
+    assert request(console.url + "/handlers",
+                   headers={"Host": "console.example.test:8080"}).status == 200
+    # A page of a rebinding DNS name: refused, and shown nothing.
+    for host in ("rebind.example.test:" + str(console.port), "localhost:1", "localhost"):
+        answer = request(console.url + "/handlers", headers={"Host": host})
+        assert answer.status == 421 and "sample_handlers" not in answer.body, host
+
+
+def test_next_goes_to_a_path_of_this_console_only(
+        stack: dict[str, Any], console_factory: Any) -> None:
+    console = console_factory(stack)
+    for target, landing in (("/dead-letters?q=a", "/dead-letters?q=a"),
+                            ("/\t/evil.example", "/"), ("//evil.example", "/"),
+                            ("/\\evil.example", "/"), ("https://evil.example/", "/"),
+                            ("/ledger\n/x", "/"), ("/%09/evil.example", "/%09/evil.example")):
+        jar = http.cookiejar.CookieJar()
+        page = request(console.url + "/login?" + urllib.parse.urlencode({"next": target}),
+                       jar=jar)
+        found = re.search(r'name="csrf_token" value="([^"]+)"', page.body)
+        assert found
+        answer = request(console.url + "/login?" + urllib.parse.urlencode({"next": target}),
+                         jar=jar, data={"user": "vic", "password": str(USERS["vic"]["password"]),
+                                        "csrf_token": found.group(1)})
+        assert answer.status == 302, (target, answer.status)
+        assert answer.headers["Location"] == landing, target
+
+
+def test_a_newline_in_a_field_cannot_forge_a_log_line(
+        db: Any, stack: dict[str, Any], console_factory: Any) -> None:
+    console = console_factory(stack)
+    jar = http.cookiejar.CookieJar()
+    forged = "console: ada (basic) purged dead letters up to id 1: 999 deleted"
+    answer = request(console.url + "/dead-letters/purge", user="ada", jar=jar,
+                     data={"csrf_token": token(console, "ada", jar), "upto": "1",
+                           "function": f"nothing\n{forged}"})
+    assert answer.status == 302
+    assert "function nothing\\nconsole: ada" in console.log()
+    assert not [line for line in console.log().splitlines() if line.startswith(forged)]
+    request(console.url + "/x%0aconsole:%20forged", user="ada", data={})  # no CSRF token
+    assert "a POST to /x\\nconsole: forged refused" in console.log()
+    assert not [line for line in console.log().splitlines() if line.startswith("console: f")]
+
+
+def test_an_unknown_user_costs_the_same_work_as_a_known_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from workerhost.config import ConsoleUser
+    from workerhost.console import auth
+
+    users = {"ada": ConsoleUser(name="ada", password="pw", role="admin")}
+    digested: list[str] = []
+    real = auth._digest
+    monkeypatch.setattr(auth, "_digest", lambda text: digested.append(text) or real(text))
+    assert auth.check(users, "ada", "guess") is None
+    known = len(digested)
+    assert auth.check(users, "nobody", "guess") is None
+    assert len(digested) == 2 * known and known == 2
+    assert auth.check(users, "ada", "pw") == users["ada"]
 
 
 def test_the_overview_shows_each_functions_jobs_per_minute_from_the_hosts_counters(

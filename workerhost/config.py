@@ -17,6 +17,7 @@ makes later, inside a job, must keep working.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -163,6 +164,9 @@ class RelayConfig:
     lease: float = DEFAULT_RELAY_LEASE
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 @dataclass(frozen=True, kw_only=True)
 class ConsoleUser:
     """Someone who may log in to the console, and what they may do there."""
@@ -181,6 +185,13 @@ class ConsoleConfig:
     # What signs the login sessions; "" = a random key per console process, so a restart
     # logs everyone out.
     secret_key: str = field(default="", repr=False)
+    # Addresses whose X-Forwarded-Proto and X-Forwarded-For the console believes (its TLS
+    # proxies); anyone else's are ignored, since anyone can send them.
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    # Host: names the console answers to without users, beside localhost, 127.0.0.1 and
+    # [::1] at its port (a page of another site that a rebinding DNS name points here gets
+    # nothing).
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -361,7 +372,8 @@ _DATABASE_KEYS = ("host", "port", "unix_socket", "user", "password", "database",
                   "ssl_ca", "ssl_cert", "ssl_key", "ssl_verify_cert", "ssl_verify_identity",
                   "ssl_disabled")
 _HOST_KEYS = ("shutdown_timeout", "metrics", "relay", "console", "scheduler")
-_CONSOLE_KEYS = ("listen", "users", "secret_key", "secret_key_file")
+_CONSOLE_KEYS = ("listen", "users", "secret_key", "secret_key_file", "trusted_proxies",
+                 "allowed_hosts")
 _CONSOLE_USER_KEYS = ("password", "password_file", "role")
 _RELAY_KEYS = ("enabled", "batch", "interval", "lease")
 _SCHEDULER_KEYS = ("enabled",)
@@ -617,7 +629,31 @@ def _console(section: _Section) -> ConsoleConfig:
         raise section.error("cannot be combined with secret_key; keep one", keys[1])
     secret_key = (section.get("secret_key", conv.secret_key, "") if keys == ["secret_key"] else
                   section.get("secret_key_file", conv.secret_key_file, ""))
-    return ConsoleConfig(listen=listen, users=MappingProxyType(found), secret_key=secret_key)
+    proxies = (section.values("trusted_proxies", _ip_network, single=True)
+               if "trusted_proxies" in section.data else ())
+    hosts = (section.values("allowed_hosts", _host_header, single=True)
+             if "allowed_hosts" in section.data else ())
+    return ConsoleConfig(listen=listen, users=MappingProxyType(found), secret_key=secret_key,
+                         trusted_proxies=proxies, allowed_hosts=hosts)
+
+
+def _ip_network(value: object) -> IPNetwork:
+    """An address or a network of them: 10.0.0.5, 10.0.0.0/24, ::1."""
+    try:
+        return ipaddress.ip_network(conv.string(value).strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"expected an IP address or network like 10.0.0.0/24, "
+                         f"got {conv.show(value)}") from None
+
+
+def _host_header(value: object) -> str:
+    """A Host: header's value as a browser sends it: a name, with :port unless it is the
+    scheme's default (console.example.com, console.example.com:9465)."""
+    text = conv.string(value).strip().lower()
+    if not re.fullmatch(r"(?:[a-z0-9_.-]+|\[[0-9a-f:.]+\])(?::\d{1,5})?", text):
+        raise ValueError(f"expected a host name, with :port unless 80 or 443, "
+                         f"got {conv.show(value)}")
+    return text
 
 
 def _handler(section: _Section, name: str, host_env: Mapping[str, str]) -> HandlerConfig:

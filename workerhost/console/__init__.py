@@ -60,10 +60,14 @@ def serve(config: Config, listen: Server) -> None:
     console = config.host.console
     logs.redact(config.database.password, console.secret_key,
                 *(u.password for u in console.users.values()))
-    app = create_app(config)
+    app = create_app(config, listen)
     try:
+        # The proxy headers reach the application, which believes them from
+        # host.console.trusted_proxies only (proxies.py); waitress's own setting takes one
+        # address, not networks.
         server: Any = create_server(app, host=listen.host, port=listen.port, threads=THREADS,
-                                    ident="workerhost-console")  # fmt: skip
+                                    ident="workerhost-console",
+                                    clear_untrusted_proxy_headers=False)  # fmt: skip
     except OSError as exc:
         raise ListenError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
 

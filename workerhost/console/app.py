@@ -34,16 +34,17 @@ from flask import (
     redirect,
     render_template,
     request,
-    session,
     url_for,
 )
+from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as AnyResponse
 
 from workerhost import logs, tables
-from workerhost.config import Config
+from workerhost.config import Config, Server
 from workerhost.console import auth, figures
+from workerhost.console.proxies import TrustedProxies
 from workerhost.console.throttle import LoginThrottle
 from workerhost.db import RUN_ERRORS, Database
 
@@ -60,16 +61,37 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+HSTS = "max-age=31536000"  # a year of HTTPS only, sent when the request came over TLS
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")  # Host: names of loopback, without users
 
 
-def create_app(config: Config) -> Flask:
+class _Sessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, the cookie Secure whenever the request came over TLS
+    (to the console, or to a trusted proxy: proxies.py), so it never travels in the clear."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return request.is_secure
+
+
+def _field(text: str) -> str:
+    """`text` for a log line: control characters escaped, so that a newline in a form's
+    field cannot start a forged line of its own."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def create_app(config: Config, listen: Server) -> Flask:
     app = Flask("workerhost.console")
+    app.session_interface = _Sessions()
+    app.wsgi_app = TrustedProxies(app.wsgi_app,  # type: ignore[method-assign]
+                                  config.host.console.trusted_proxies)
     app.config.update(
         # host.console.secret_key(_file): sessions outlive a restart, and every console
         # process with the same key (behind one balancer) accepts them. Without it, a fresh
         # key per process: a restart of the console logs everyone out.
         SECRET_KEY=config.host.console.secret_key or os.urandom(32),
-        SESSION_COOKIE_NAME="workerhost_console",
+        # One name per port: cookies are per host, not per port, and two consoles on one
+        # host with one name would each take the other's cookie for a bad one (a logout).
+        SESSION_COOKIE_NAME=f"workerhost_console_{listen.port}",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the login's session
@@ -80,6 +102,11 @@ def create_app(config: Config) -> Flask:
     csrf = CSRFProtect(app)
     users = config.host.console.users
     throttle = LoginThrottle()
+    revoked = auth.Revoked()
+    # Without users, any page of any site whose DNS name is made to point at 127.0.0.1 (DNS
+    # rebinding) would be same-origin with the console: answer only to its own names.
+    hosts = {*(f"{name}:{listen.port}" for name in LOOPBACK_NAMES),
+             *config.host.console.allowed_hosts}
     sampler = figures.Sampler(config)
     secrets = figures.secret_spellings(config)  # what pages mask, and searches never see
     local = threading.local()  # a database connection per server thread
@@ -102,10 +129,13 @@ def create_app(config: Config) -> Flask:
 
     @app.before_request
     def _before() -> AnyResponse | None:
+        if not users and request.host.lower() not in hosts:
+            abort(421, description=f"this console answers to {', '.join(sorted(hosts))} "
+                  "only (host.console.allowed_hosts)")
         if request.method not in SAFE_METHODS and request.method != "POST":
             abort(405)
         if request.endpoint not in OPEN:
-            visitor = auth.identify(users, throttle)
+            visitor = auth.identify(users, throttle, revoked)
             if visitor is None:
                 return auth.refuse()
             g.visitor = visitor
@@ -116,6 +146,8 @@ def create_app(config: Config) -> Flask:
     @app.after_request
     def _headers(response: Response) -> Response:
         response.headers.update(SECURITY_HEADERS)
+        if request.is_secure:
+            response.headers["Strict-Transport-Security"] = HSTS
         return response
 
     @app.template_filter("in_zone")
@@ -148,7 +180,7 @@ def create_app(config: Config) -> Flask:
 
     @app.post("/logout")
     def logout() -> Any:
-        session.clear()
+        auth.log_out(revoked)
         return redirect(url_for("login"))
 
     @app.get("/csrf-token")
@@ -277,22 +309,24 @@ def create_app(config: Config) -> Flask:
     def _report(verb: str, done: int, what: str) -> None:
         moved = "queued again" if verb == "retry" else "deleted"
         log.info("console: %s (%s) %s %s: %d %s", g.visitor.name, g.visitor.via,
-                 "retried" if verb == "retry" else "purged", what, done, moved)
+                 "retried" if verb == "retry" else "purged", _field(what), done, moved)
         flash(f"{done} dead letter{'s' if done != 1 else ''} {moved}"
               + ("" if done else ": none matched any more (retried or purged meanwhile?)"))
 
     # -- errors --------------------------------------------------------------------------
     @app.errorhandler(CSRFError)
     def _csrf(error: CSRFError) -> Any:
-        log.warning("console: a %s to %s refused: %s", request.method, request.path,
+        log.warning("console: a %s to %s refused: %s", request.method, _field(request.path),
                     error.description)
+        if request.endpoint == "login":  # a login page left open across a restart
+            return render_template("login.html", failed=False, stale=True), 400
         return render_template("error.html", code=400, message=error.description), 400
 
     @app.errorhandler(HTTPException)
     def _http(error: HTTPException) -> Any:
         if error.code == 403:
             log.warning("console: %s refused: %s %s", getattr(g.get("visitor"), "name", "?"),
-                        request.method, request.path)
+                        request.method, _field(request.path))
         elif error.code == 429:
             log.warning("console: a login from %s refused: %s", request.remote_addr,
                         error.description)

@@ -6,7 +6,9 @@ time as a wrong password; failed logins are counted, and past a limit refused (t
 A session names its user and a mark of their password only: the role is read from the
 configuration on every request, so a user removed or demoted by a reload loses it at once
 (in `workerhost run`, whose console child is restarted with the new file), and a session
-of a password since changed is over.
+of a password since changed is over. A session also carries an id of its own, which a logout
+puts on the console's list of ended sessions (Revoked), so that a copy of its cookie is
+refused from then on.
 
 Without users the console listens on loopback only (config.py refuses anything else), and
 whoever reaches it may look but not act.
@@ -16,7 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+import secrets
+import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -49,13 +55,15 @@ def _digest(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 
-_NOBODY = _digest("\0no such user\0")  # compared against when the name is no user's
+# Compared against when the name is no user's: the same digest computed, the same
+# comparison made, so that an unknown name costs what a known one does.
+_NOBODY = secrets.token_hex(16)
 
 
 def check(users: Mapping[str, ConsoleUser], name: str, password: str) -> ConsoleUser | None:
     """The user `name` if `password` is theirs; the same work either way."""
     user = users.get(name)
-    expected = _digest(user.password) if user is not None else _NOBODY
+    expected = _digest(user.password if user is not None else _NOBODY)
     matches = hmac.compare_digest(expected, _digest(password))
     return user if matches and user is not None else None
 
@@ -72,7 +80,29 @@ def log_in_as(users: Mapping[str, ConsoleUser], throttle: LoginThrottle, name: s
     return user
 
 
-def identify(users: Mapping[str, ConsoleUser], throttle: LoginThrottle) -> Visitor | None:
+class Revoked:
+    """Ids of the sessions logged out, each kept until it would have run out anyway. Held
+    by one console process: consoles behind one balancer do not share it, and a restart
+    forgets it (the README says so)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.lock = threading.Lock()  # guards `until`: server threads log out at once
+        self.until: dict[str, float] = {}
+
+    def add(self, sid: str, since: float) -> None:
+        now = self.clock()
+        with self.lock:
+            self.until = {key: end for key, end in self.until.items() if end > now}
+            self.until[sid] = since + SESSION_LIFETIME
+
+    def __contains__(self, sid: object) -> bool:
+        with self.lock:
+            return sid in self.until
+
+
+def identify(users: Mapping[str, ConsoleUser], throttle: LoginThrottle,
+             revoked: Revoked) -> Visitor | None:  # fmt: skip
     """The visitor of this request, or None when they must log in first."""
     if not users:
         return Visitor(ANONYMOUS, "viewer", "anonymous")
@@ -82,10 +112,12 @@ def identify(users: Mapping[str, ConsoleUser], throttle: LoginThrottle) -> Visit
         return None if user is None else Visitor(user.name, user.role, "basic")
     name = session.get("user")
     since = session.get("since")
-    if not isinstance(name, str) or not isinstance(since, (int, float)):
+    sid = session.get("sid")
+    if (not isinstance(name, str) or not isinstance(since, (int, float))
+            or not isinstance(sid, str)):
         return None
     user = users.get(name)
-    if (user is None or time.time() - since > SESSION_LIFETIME
+    if (user is None or sid in revoked or time.time() - since > SESSION_LIFETIME
             or not hmac.compare_digest(str(session.get("pw", "")), _password_mark(user))):
         session.clear()
         return None
@@ -110,6 +142,8 @@ def refuse() -> AnyResponse:
     if accepts_html and request.method == "GET":
         target = request.full_path if request.query_string else request.path
         return redirect(url_for("login", next=target))
+    if accepts_html:  # a form sent after the login ran out: to log in again, not a 400
+        return redirect(url_for("login"), 303)
     return Response("a login is needed: HTTP Basic, or the login page\n", 401,
                     {"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"',
                      "Content-Type": "text/plain; charset=utf-8"})
@@ -120,11 +154,29 @@ def log_in(user: ConsoleUser) -> None:
     session["user"] = user.name
     session["since"] = time.time()
     session["pw"] = _password_mark(user)
+    session["sid"] = secrets.token_urlsafe(16)
+
+
+def log_out(revoked: Revoked) -> None:
+    """End this session here and now: its cookie, copied or not, is refused from now on."""
+    sid, since = session.get("sid"), session.get("since")
+    if isinstance(sid, str) and isinstance(since, (int, float)):
+        revoked.add(sid, since)
+    session.clear()
+
+
+# A path on this console, in printable ASCII without spaces: a browser drops tabs and line
+# breaks from a URL (so /\t/evil.example is //evil.example to it, another site), and reads a
+# backslash as a slash.
+_SAME_ORIGIN_PATH = re.compile(r"/(?![/\\])[\x21-\x7e]*")
 
 
 def safe_next(target: str | None) -> str:
     """Where to go after the login: a path on this console, never another site."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    if not target or "\\" in target or not _SAME_ORIGIN_PATH.fullmatch(target):
+        return url_for("overview")
+    parts = urllib.parse.urlsplit(target)
+    if parts.scheme or parts.netloc:
         return url_for("overview")
     return target
 

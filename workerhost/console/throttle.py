@@ -1,10 +1,13 @@
 """Failed logins, counted per client address and per user name, and refused past a limit.
 
-A guesser gets FAILED_PER_CLIENT wrong passwords a minute from one address, and all the
-guessers together FAILED_PER_USER a quarter of an hour at one name; past either, every login
-of that address or name is refused with 429 and a Retry-After, the right password too (or
-the limit would only slow a guess down). Successful logins count nothing and reset nothing: a
-guesser who owns a viewer's login must not wipe their count with it.
+A guesser gets FAILED_PER_CLIENT wrong passwords a minute from one address: past it, every
+login from that address is refused with 429 and a Retry-After, the right password too (or the
+limit would only slow a guess down). All the guessers together get FAILED_PER_USER a quarter
+of an hour at one name: past it, a login as that name is refused from every address that has
+failed lately, but not from one that has not, so that a guesser cannot lock the user out
+(their own address has no failures, and the right password gets them in), while each of the
+guesser's addresses gets one more guess at most. Successful logins count nothing and reset
+nothing: a guesser who owns a viewer's login must not wipe their count with it.
 
 The counts are those of the `limits` library (a moving window, held in memory): they belong
 to one console process, and a restart starts them afresh.
@@ -38,8 +41,13 @@ class LoginThrottle:
         return [(self.per_client, "client", client), (self.per_user, "user", user[:64])]
 
     def check(self, client: str, user: str) -> None:
-        """Refuse (429) a login from `client` as `user` while either has too many failures."""
+        """Refuse (429) a login from `client` while it has too many failures, and as `user`
+        while that name has, unless `client` has none."""
+        clean = self.limiter.get_window_stats(self.per_client, "client", client).remaining == (
+            self.per_client.amount)
         for item, kind, key in self._keys(client, user):
+            if kind == "user" and clean:
+                continue
             if not self.limiter.test(item, kind, key):
                 reset = self.limiter.get_window_stats(item, kind, key).reset_time
                 # The library's windows run on the wall clock, which it reads itself.
