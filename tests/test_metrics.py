@@ -290,6 +290,22 @@ def test_a_scrape_reports_a_dead_server_as_down_and_goes_on() -> None:
     assert value(samples, "workerhost_outbox_oldest_age_seconds") == 61.5
 
 
+def test_a_scrape_shows_the_unserved_rows_of_each_function() -> None:
+    collector = metrics.QueueCollector(
+        _config(["127.0.0.1:1"]),
+        gearmand=lambda server, timeout: status.ServerStatus(str(server), error="refused"),
+        database=lambda: status.DatabaseStatus(
+            "db", {}, status.Outbox(7, 0, 7, 0, 900.0, None),
+            {"resize": status.Unserved("resize", 7, 900.0)}))
+    registry = CollectorRegistry()
+    registry.register(collector)
+    samples = parse(generate_latest(registry).decode())
+    assert value(samples, "workerhost_ledger_unserved_rows", function="resize") == 7
+    assert value(samples, "workerhost_ledger_unserved_oldest_age_seconds",
+                 function="resize") == 900.0
+    assert value(samples, "workerhost_ledger_unserved_rows", function="touch") is None
+
+
 def test_a_scrape_without_the_database_says_so() -> None:
     collector = metrics.QueueCollector(
         _config(["127.0.0.1:1"]),

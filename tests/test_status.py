@@ -125,6 +125,27 @@ def test_render_lists_functions_sorted_and_says_when_a_server_knows_none() -> No
     assert report.problems() == []
 
 
+def test_unserved_rows_are_listed_per_function_and_marked_when_the_file_has_no_handler() -> None:
+    unserved = {"resize": status.Unserved("resize", 3, 754.0),
+                "gone": status.Unserved("gone", 120, 90061.0)}
+    report = status.Report((), status.DatabaseStatus(
+        "database 'd' at h:3", {}, status.Outbox(123, 0, 123, 0, 90061.0, None), unserved),
+        unserved_after=600.0, handled=frozenset({"resize", "touch"}))
+    lines = status.render(report).splitlines()
+    start = lines.index("  rows older than 10m 0s (host.relay.unserved_after): 123")
+    assert lines[start + 1].split() == ["FUNCTION", "ROWS", "OLDEST"]
+    assert [line.split() for line in lines[start + 2:start + 4]] == [
+        ["gone", "120", "1d", "1h", "no", "handler", "in", "this", "file"],
+        ["resize", "3", "12m", "34s"]]
+    assert status.as_json(report)["database"]["unserved"] == [
+        {"function": "gone", "rows": 120, "oldest_age_seconds": 90061.0, "handled_here": False},
+        {"function": "resize", "rows": 3, "oldest_age_seconds": 754.0, "handled_here": True}]
+    quiet = status.Report((), status.DatabaseStatus("d", {}, status.Outbox(0, 0, 0, 0, None,
+                                                                           None)),
+                          unserved_after=60.0)
+    assert "  rows older than 1m 0s (host.relay.unserved_after): none" in status.render(quiet)
+
+
 @pytest.mark.parametrize("fails", ["connect", "query"])
 def test_a_database_error_that_quotes_the_password_shows_it_masked(fails: str) -> None:
     secret = "s3cr3t'pw"

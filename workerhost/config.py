@@ -59,6 +59,9 @@ DEFAULT_RELAY_INTERVAL = 0.2  # seconds between polls of an empty outbox
 # How long a shipped ledger row waits for its job's effect before it is shipped again (then
 # twice as long, up to 16 times): how soon a job gearmand lost runs after all.
 DEFAULT_RELAY_LEASE = 30.0
+# A ledger row shipped again at this age or older has waited that long for a worker to
+# complete it: the relay warns, status lists it (most often no host serves its function).
+DEFAULT_RELAY_UNSERVED_AFTER = 600.0
 DEFAULT_PROCESSES = 1  # worker processes per handler
 DEFAULT_TIMEOUT = 60.0  # seconds one job may run before its worker is killed
 DEFAULT_RETRY_ATTEMPTS = 3  # total tries including the first; 1 means never retry
@@ -162,6 +165,7 @@ class RelayConfig:
     batch: int = DEFAULT_RELAY_BATCH
     interval: float = DEFAULT_RELAY_INTERVAL
     lease: float = DEFAULT_RELAY_LEASE
+    unserved_after: float = DEFAULT_RELAY_UNSERVED_AFTER
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -375,7 +379,7 @@ _HOST_KEYS = ("shutdown_timeout", "metrics", "relay", "console", "scheduler")
 _CONSOLE_KEYS = ("listen", "users", "secret_key", "secret_key_file", "trusted_proxies",
                  "allowed_hosts")
 _CONSOLE_USER_KEYS = ("password", "password_file", "role")
-_RELAY_KEYS = ("enabled", "batch", "interval", "lease")
+_RELAY_KEYS = ("enabled", "batch", "interval", "lease", "unserved_after")
 _SCHEDULER_KEYS = ("enabled",)
 _SCHEDULE_KEYS = ("name", "function", "every", "cron", "timezone", "payload", "catch_up")
 _HANDLER_KEYS = ("python", "sql", "processes", "batch", "timeout", "retries", "max_jobs",
@@ -600,6 +604,8 @@ def _host(section: _Section) -> HostConfig:
             batch=relay.get("batch", conv.positive_int, DEFAULT_RELAY_BATCH),
             interval=relay.get("interval", conv.positive_duration, DEFAULT_RELAY_INTERVAL),
             lease=relay.get("lease", conv.positive_duration, DEFAULT_RELAY_LEASE),
+            unserved_after=relay.get("unserved_after", conv.positive_duration,
+                                     DEFAULT_RELAY_UNSERVED_AFTER),
         ),
         scheduler=SchedulerConfig(enabled=section.section("scheduler", _SCHEDULER_KEYS).get(
             "enabled", conv.boolean, DEFAULT_SCHEDULER_ENABLED)),

@@ -75,6 +75,7 @@ class _Metrics:
     slots_fired: Counter
     slots_missed: Counter
     slots_skipped: Counter
+    unserved: Counter
 
 
 _metrics: _Metrics | None = None  # set by collecting(); inherited by every forked child
@@ -129,6 +130,9 @@ def collecting(enabled: bool = True) -> Iterator[None]:
         slots_skipped=Counter("workerhost_schedule_slots_skipped", "Missed slots of the "
                               "schedule that did not fire (catch_up: latest or none, or more "
                               "than the catch-up limit)", ["schedule"], registry=None),
+        unserved=Counter("workerhost_ledger_unserved_ships", "Ledger rows the relay shipped "
+                         "again at host.relay.unserved_after or older: no worker completed "
+                         "them", ["function"], registry=None),
     )  # fmt: skip
     try:
         yield
@@ -210,6 +214,12 @@ def schedule_slots(schedule: str, *, fired: int, missed: int, skipped: int) -> N
             counter.labels(schedule).inc(count)
 
 
+def unserved_shipped(function: str, rows: int) -> None:
+    """The relay shipped `rows` rows of `function` again that waited unserved_after or more."""
+    if _metrics is not None and rows > 0:
+        _metrics.unserved.labels(function).inc(rows)
+
+
 def process_dead(pid: int) -> None:
     """Drop the live gauges of a child that exited (its counters stay: they still count)."""
     directory = os.environ.get(ENV)
@@ -239,7 +249,8 @@ class QueueCollector:
         db = status.open_database(self.config.database, timeout=self.timeout)
         try:
             return status.database(db, timeout=self.timeout,
-                                   schedules=bool(self.config.schedules))
+                                   schedules=bool(self.config.schedules),
+                                   unserved_after=self.config.host.relay.unserved_after)
         finally:
             db.close()
 
@@ -291,8 +302,23 @@ class QueueCollector:
             yield GaugeMetricFamily("workerhost_outbox_overdue_seconds", "How long the "
                                     "longest-waiting due row is past its due time (0 when "
                                     "none)", value=outbox.overdue or 0.0)  # fmt: skip
+        yield from self._unserved(db)
         if self.config.schedules:
             yield from self._schedules(db)
+
+    def _unserved(self, db: status.DatabaseStatus) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        rows = GaugeMetricFamily("workerhost_ledger_unserved_rows", "Ledger rows written "
+                                 "host.relay.unserved_after ago or earlier, not yet done",
+                                 labels=["function"])
+        oldest = GaugeMetricFamily("workerhost_ledger_unserved_oldest_age_seconds", "Age of "
+                                   "the function's oldest such row", labels=["function"])
+        for function, found in db.unserved.items():
+            rows.add_metric([function], found.rows)
+            oldest.add_metric([function], found.oldest_age)
+        yield rows
+        yield oldest
 
     def _schedules(self, db: status.DatabaseStatus) -> Iterator[Metric]:
         from prometheus_client.core import GaugeMetricFamily

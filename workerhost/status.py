@@ -55,10 +55,22 @@ class Outbox:
 
 
 @dataclass(frozen=True)
+class Unserved:
+    """Ledger rows of one function written host.relay.unserved_after ago or earlier and not
+    done yet: most often, no host serves the function."""
+
+    function: str
+    rows: int
+    oldest_age: float  # seconds since the oldest of them was written
+
+
+@dataclass(frozen=True)
 class DatabaseStatus:
     where: str
     dead_letters: Mapping[str, int] = field(default_factory=dict)  # rows per function
     outbox: Outbox | None = None
+    # Per function, rows older than unserved_after (read only when it is given).
+    unserved: Mapping[str, Unserved] = field(default_factory=dict)
     error: str | None = None
     reachable: bool = True  # False: no answer at all; else `error` is about what it answered
     # How far each schedule the database knows has got; read only when the file has schedules.
@@ -113,6 +125,8 @@ class Report:
     servers: tuple[ServerStatus, ...]
     database: DatabaseStatus
     schedules: tuple[ScheduleStatus, ...] = ()
+    unserved_after: float | None = None  # host.relay.unserved_after: the age rows are listed at
+    handled: frozenset[str] = frozenset()  # the functions of this file's handlers
 
     @property
     def reachable(self) -> bool:
@@ -152,14 +166,19 @@ def open_database(config: DatabaseConfig, *, timeout: float = STATUS_TIMEOUT) ->
     return Database(params)
 
 
-def database(db: Database, *, timeout: float = STATUS_TIMEOUT,
-             schedules: bool = False) -> DatabaseStatus:  # fmt: skip
+def database(db: Database, *, timeout: float = STATUS_TIMEOUT, schedules: bool = False,
+             unserved_after: float | None = None) -> DatabaseStatus:
     """The database's figures; with `schedules`, also the rows of workerhost_schedules (a
-    table that a database older than schedules may lack)."""
+    table that a database older than schedules may lack); with `unserved_after`, the ledger
+    rows that old or older per function."""
 
-    def query(conn: Connection) -> tuple[dict[str, int], Outbox, dict[str, tables.ScheduleRow]]:
+    def query(conn: Connection) -> tuple[dict[str, int], Outbox, dict[str, tables.ScheduleRow],
+                                         dict[str, Unserved]]:
         rows = tables.schedule_rows(conn) if schedules else {}
-        return tables.dead_letters_by_function(conn), outbox_figures(conn), rows
+        unserved = {} if unserved_after is None else {
+            function: Unserved(function, count, int(oldest) / 1e6)
+            for function, (count, oldest) in tables.unserved_rows(conn, unserved_after).items()}
+        return tables.dead_letters_by_function(conn), outbox_figures(conn), rows, unserved
 
     def failed(message: str, *, reachable: bool) -> DatabaseStatus:
         # The server's words may quote the password (a statement, a connection string).
@@ -167,7 +186,7 @@ def database(db: Database, *, timeout: float = STATUS_TIMEOUT,
         return DatabaseStatus(db.describe(), error=shown, reachable=reachable)
 
     try:
-        letters, outbox, rows = db.run(query, deadline=time.monotonic() + timeout)
+        letters, outbox, rows, unserved = db.run(query, deadline=time.monotonic() + timeout)
     except ConnectError as exc:
         return failed(f"unreachable ({exc.__cause__ or exc})", reachable=False)
     except mysql.connector.Error as exc:
@@ -177,18 +196,21 @@ def database(db: Database, *, timeout: float = STATUS_TIMEOUT,
         else:
             message = str(exc)
         return failed(message, reachable=not is_transient(exc))
-    return DatabaseStatus(db.describe(), letters, outbox, schedules=rows)
+    return DatabaseStatus(db.describe(), letters, outbox, unserved, schedules=rows)
 
 
 def gather(config: Config, *, timeout: float = STATUS_TIMEOUT) -> Report:
     servers = tuple(gearmand(server, timeout=timeout) for server in config.gearman.servers)
     db = open_database(config.database, timeout=timeout)
     try:
-        answer = database(db, timeout=timeout, schedules=bool(config.schedules))
+        answer = database(db, timeout=timeout, schedules=bool(config.schedules),
+                          unserved_after=config.host.relay.unserved_after)
     finally:
         db.close()
     return Report(servers, answer,
-                  schedules(config, answer.schedules) if not answer.error else ())
+                  schedules(config, answer.schedules) if not answer.error else (),
+                  unserved_after=config.host.relay.unserved_after,
+                  handled=frozenset(config.handlers))
 
 
 def render(report: Report) -> str:
@@ -213,6 +235,8 @@ def render(report: Report) -> str:
     lines.append(db.where)
     if db.outbox is not None:
         lines.append(f"  outbox: {_describe_outbox(db.outbox)}")
+    if report.unserved_after is not None:
+        lines += ["  " + line for line in render_unserved(report)]
     lines.append(f"  dead letters: {sum(db.dead_letters.values())}")
     if db.dead_letters:
         lines.append(f"  {'FUNCTION':32} {'DEAD LETTERS':>12}")
@@ -223,7 +247,7 @@ def render(report: Report) -> str:
     return "\n".join(lines)
 
 
-def _span(seconds: float) -> str:
+def span(seconds: float) -> str:
     """A length of time for a person: 4.2s, 12m 5s, 3h 4m, 2d 6h."""
     whole = int(seconds)
     for big, small, size, unit in (("d", "h", 86400, 3600), ("h", "m", 3600, 60),
@@ -242,10 +266,28 @@ def render_schedules(found: tuple[ScheduleStatus, ...]) -> list[str]:
     lines = [f"{'SCHEDULE':24} {'FUNCTION':20} {'LAST SLOT':25} {'AGO':>8}  {'NEXT SLOT':25} "
              "OVERDUE"]
     for s in found:
-        ago = "" if s.since_last is None else _span(s.since_last)
-        overdue = _span(s.overdue) if s.overdue >= OVERDUE_SHOWN else "-"
+        ago = "" if s.since_last is None else span(s.since_last)
+        overdue = span(s.overdue) if s.overdue >= OVERDUE_SHOWN else "-"
         lines.append(f"{s.name:24} {s.function:20} {_moment(s.last_slot, s.timezone):25} "
                      f"{ago:>8}  {_moment(s.next_slot, s.timezone):25} {overdue}")
+    return lines
+
+
+NOT_HANDLED = "no handler in this file"  # marks a function of unserved rows
+
+
+def render_unserved(report: Report) -> list[str]:
+    """The ledger rows older than unserved_after, per function, as a table."""
+    after = span(report.unserved_after or 0.0)
+    found = report.database.unserved
+    if not found:
+        return [f"rows older than {after} (host.relay.unserved_after): none"]
+    lines = [f"rows older than {after} (host.relay.unserved_after): "
+             f"{sum(u.rows for u in found.values())}",
+             f"{'FUNCTION':32} {'ROWS':>8} {'OLDEST':>8}"]
+    for name, u in sorted(found.items()):
+        mark = "" if name in report.handled else f"  {NOT_HANDLED}"
+        lines.append(f"{name:32} {u.rows:>8} {span(u.oldest_age):>8}{mark}")
     return lines
 
 
@@ -278,6 +320,10 @@ def as_json(report: Report) -> dict[str, Any]:
                 "oldest_age_seconds": db.outbox.oldest_age,
                 "overdue_seconds": db.outbox.overdue,
             },
+            "unserved_after_seconds": report.unserved_after,
+            "unserved": [{"function": name, "rows": u.rows, "oldest_age_seconds": u.oldest_age,
+                          "handled_here": name in report.handled}
+                         for name, u in sorted(db.unserved.items())],
         },
         "schedules": [schedule_json(s) for s in report.schedules],
     }  # fmt: skip
