@@ -52,12 +52,16 @@ lint: setup
 	$(PY) -m mypy --strict
 	$(PY) -m ruff check workerhost tests bench scripts
 
-# For a real server: copies the library into @@plugin_dir and creates the functions.
-# Needs root on the host (to write plugin_dir) and INSERT on mysql.func (e.g. the root account).
-# MYSQL="mariadb -uroot" by default; mysqld must have GEARMAN_UDF_CONFIG in its environment
-# (or use the default /etc/mysql/gearman_udf.conf).
+# For a real server: builds the library, copies it into @@plugin_dir and creates the functions.
+# Needs only a C compiler, the server's headers and its client: no developer setup (no venv,
+# no packages installed). Needs root on the host (to write plugin_dir) and INSERT on mysql.func
+# (e.g. the root account). MYSQL="mariadb -uroot" by default; mysqld must have
+# GEARMAN_UDF_CONFIG in its environment (or use the default /etc/mysql/gearman_udf.conf).
+# From a wheel, without a checkout: `workerhost udf install -c FILE` does the same and writes
+# gearman_udf.conf from the file's gearman.servers.
 MYSQL ?= mariadb -uroot
-install-udf: udf
+install-udf:
+	@$(MAKE) --no-print-directory -C udf GEARMAN_CFLAGS= GEARMAN_LIBS= build/gearman_udf.so
 	@plugin_dir=$$($(MYSQL) -N -B -e 'SELECT @@plugin_dir'); \
 	  test -n "$$plugin_dir" || { echo "install-udf: cannot read @@plugin_dir via: $(MYSQL)"; exit 1; }; \
 	  install -m 0755 $(UDF_SO) "$$plugin_dir/gearman_udf.so.new" && \

@@ -15,6 +15,7 @@ from workerhost.errors import ConfigError, ConnectError, SandboxError, WorkerHos
 from workerhost.exitcodes import (
     RET_CONFIG,
     RET_CONNECT,
+    RET_DOCTOR,
     RET_ERROR,
     RET_OK,
     RET_SANDBOX,
@@ -128,6 +129,78 @@ def _check(args: argparse.Namespace) -> int:
         db.run(tables.create)
         db.close()
         print(f"{db.describe()}: reachable; the host's tables are in place")
+    return RET_OK
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from workerhost import doctor
+
+    config = _load(args)
+    checks = []
+    for check in doctor.diagnose(config, str(args.config), probe=args.probe):
+        checks.append(check)
+        for line in check.lines():
+            print(line, flush=True)
+    failed = [c for c in checks if c.outcome == "FAIL"]
+    print(f"{len(failed)} checks failed, {sum(c.outcome == 'warn' for c in checks)} warnings, "
+          f"{sum(c.outcome == 'ok' for c in checks)} ok")
+    if any(c.unreachable for c in failed):
+        return RET_CONNECT
+    return RET_DOCTOR if failed else RET_OK
+
+
+def _udf_connection(args: argparse.Namespace, config: Config) -> Any:
+    """The installer's connection: the file's database settings, or an administrator's."""
+    import os
+
+    from workerhost.udf_install import connect
+
+    params = config.database.connect_kwargs()
+    if args.user:
+        params["user"] = args.user
+        params["password"] = os.environ.get(args.password_env, "") if args.password_env else ""
+    if args.socket:
+        params.pop("host", None)
+        params.pop("port", None)
+        params["unix_socket"] = str(args.socket)
+    return connect(params)
+
+
+def _udf_build(args: argparse.Namespace) -> int:
+    from workerhost import udf_install
+
+    udf_install.build(args.output, print, args.server)
+    return RET_OK
+
+
+def _udf_install(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from workerhost import udf_install
+
+    config = _load(args)
+    conn = _udf_connection(args, config)
+    try:
+        with tempfile.TemporaryDirectory(prefix="workerhost-udf-") as work:
+            library = args.so or udf_install.build(Path(work) / "gearman_udf.so", print,
+                                                   udf_install.server_flavor(conn))
+            udf_install.install(conn, library, servers=[str(s) for s in config.gearman.servers],
+                                source=str(args.config), config_file=args.config_file,
+                                force=args.force, say=print)
+    finally:
+        conn.close()
+    print(f"UDF installed; next: workerhost doctor -c {args.config}")
+    return RET_OK
+
+
+def _udf_uninstall(args: argparse.Namespace) -> int:
+    from workerhost import udf_install
+
+    conn = _udf_connection(args, _load(args))
+    try:
+        udf_install.uninstall(conn, force=args.force, say=print)
+    finally:
+        conn.close()
     return RET_OK
 
 
@@ -400,6 +473,55 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--connect", action="store_true",
                        help="also reach every gearmand and the database")
     check.set_defaults(func=_check)
+
+    doc = with_config(verbs.add_parser(
+        "doctor", help="check, check by check, that this host can work on this database"))
+    doc.add_argument("--probe", action="store_true",
+                     help="also send one job from the database server through the UDF to a "
+                          "worker of doctor's own on gearman.servers, and time it (writes no "
+                          "row, runs no handler)")
+    doc.set_defaults(func=_doctor)
+
+    from workerhost.udf import DEFAULT_CONFIG_FILE
+
+    udf_verb = verbs.add_parser("udf", help="build, install or remove the Gearman UDF")
+    udf_verbs = udf_verb.add_subparsers(dest="udf_verb", required=True, metavar="ACTION")
+    udf_build = udf_verbs.add_parser(
+        "build", help="compile the package's gearman_udf.c against the server's headers")
+    udf_build.add_argument("-o", "--output", type=Path, default=Path("gearman_udf.so"),
+                           help="where the library goes (default ./gearman_udf.so)")
+    udf_build.add_argument("--server", choices=("mariadb", "mysql"),
+                           help="whose headers to look for first (default: mariadb_config, "
+                                "then mysql_config, then pkg-config)")
+    udf_build.set_defaults(func=_udf_build)
+
+    force_help = {
+        "install": "replace a gearman_udf.conf that names other servers",
+        "uninstall": "drop the functions even while triggers call gman_ship",
+    }
+
+    def with_admin(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--user", help="connect as this account instead of the file's (one "
+                                      "that may create functions: root)")
+        p.add_argument("--password-env", metavar="VAR",
+                       help="with --user: the environment variable holding its password")
+        p.add_argument("--socket", type=Path, help="connect through this unix socket")
+        p.add_argument("--force", action="store_true", help=force_help[p.prog.split()[-1]])
+        return p
+
+    udf_install = with_admin(with_config(udf_verbs.add_parser(
+        "install", help="put the library into @@plugin_dir, create the functions, and write "
+                        "gearman_udf.conf from gearman.servers (on the database server)")))
+    udf_install.add_argument("--so", type=Path,
+                             help="a library built before (udf build); default: build it now")
+    udf_install.add_argument("--config-file", type=Path,
+                             help="the UDF's config file (default: the one a loaded UDF reads, "
+                                  f"else {DEFAULT_CONFIG_FILE}; mysqld's GEARMAN_UDF_CONFIG "
+                                  "names another)")
+    udf_install.set_defaults(func=_udf_install)
+    udf_uninstall = with_admin(with_config(udf_verbs.add_parser(
+        "uninstall", help="drop the functions (refused while triggers call gman_ship)")))
+    udf_uninstall.set_defaults(func=_udf_uninstall)
 
     run = with_config(verbs.add_parser("run", help="run the worker host"))
     run.add_argument("--log-format", choices=("text", "json"), default="text")

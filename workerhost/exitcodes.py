@@ -17,6 +17,7 @@ RET_CONFIG = 3  # the configuration file is invalid
 RET_CONNECT = 4  # gearmand or the database could not be reached
 RET_SANDBOX = 5  # the sandbox could not be started, stopped or read
 RET_KILLED = 6  # `run`: a second stop signal killed the workers without waiting for their jobs
+RET_DOCTOR = 7  # `doctor`: a check failed (each FAIL line says what fixes it)
 RET_INTERRUPTED = 130  # Ctrl-C outside `run` (128 + SIGINT, as a shell reports it)
 
 # -- a child process of `workerhost run` ---------------------------------------------------

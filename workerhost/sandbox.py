@@ -425,7 +425,8 @@ class Sandbox:
         if source.is_dir():
             source = self.build_udf(source)
         if not source.is_file():
-            raise SandboxError(f"no UDF library at {source}; build it with: make udf")
+            raise SandboxError(f"no UDF library at {source}; build one with: workerhost udf "
+                               "build -o PATH (in a checkout: make udf)")
         target = self.plugin_dir / "gearman_udf.so"
         # A new inode via rename: overwriting a library that mariadbd has mapped would crash it.
         staging = target.with_suffix(".so.new")
@@ -439,7 +440,9 @@ class Sandbox:
         if self.server != "mysql":
             built = source / "build" / "gearman_udf.so"
             if not built.is_file():
-                raise SandboxError(f"no UDF library at {built}; build it with: make udf")
+                raise SandboxError(f"no UDF library at {built}; build one with: workerhost "
+                                   "udf build -o PATH, and give that PATH (in a checkout: "
+                                   "make udf)")
             return built
         from workerhost import container
 

@@ -1,0 +1,1 @@
+../../udf/gearman_udf.c
