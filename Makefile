@@ -81,8 +81,11 @@ sandbox-down: setup
 	$(VENV)/bin/workerhost sandbox down --dir .sandbox
 
 # Rows through random SIGKILLs of gearmand, workers, the relay and the host, and a database
-# restart; prints lost and applied-twice counts per delivery (both must be 0).
-# CHAOS_ARGS="--server mysql", "--rows 20000 --seconds 40", "--seed N" to repeat a run.
+# restart; prints lost and applied-twice counts per delivery (both must be 0), and the rows
+# shipped more than once. CHAOS_ARGS="--mode two-gearmand": two gearmand servers, a 300ms
+# lease and stalled (SIGSTOPped) workers, so rows are shipped again to the other server.
+# SERVER=mysql:8.0 (or CHAOS_ARGS="--server mysql:8.0"), CHAOS_ARGS="--rows 20000 --seconds 40",
+# "--seed N" to repeat a run.
 chaos: udf
 ifneq ($(ON_MYSQL),)
 	@$(WITH_DOCKER) sh -c 'scripts/mysql-image.sh $(MYSQL_LINE) >/dev/null && $(PY) scripts/chaos.py --server $(SERVER) $(CHAOS_ARGS)'

@@ -11,9 +11,16 @@ handlers that are not idempotent (`n = n + 1` on the row's effect). While rows g
   gearmand may be killed too),
 - and, once, the database server (stopped and started again).
 
+`--mode two-gearmand` adds a second gearmand, named in the host's config and the UDF's (the
+relay goes round both, a trigger ships to the first that answers), a lease of 300ms, and
+stalls: one worker, or every worker of one handler, stopped (SIGSTOP) for one to three
+seconds, so that the relay ships the rows of the jobs they hold or leave queued again, to the
+other server too, while the first copies wait. Either gearmand is the one killed.
+
 Then the host runs until the ledger is empty, and the script counts, per delivery, the
-committed rows whose effect is missing (lost) and those whose effect happened more than once
-(applied twice). It exits 0 only when both are 0 everywhere.
+committed rows whose effect is missing (lost), those whose effect happened more than once
+(applied twice), and those shipped more than once (a trigger on the ledger records every row
+whose `ships` passed 1). It exits 0 only when lost and applied twice are 0 everywhere.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -39,12 +47,24 @@ from workerhost import triggers  # noqa: E402
 from workerhost.config import parse_config  # noqa: E402
 from workerhost.db import Database  # noqa: E402
 from workerhost.sandbox import MEMORY_QUEUE, SERVER_CHOICES, Sandbox  # noqa: E402
+from workerhost.supervisor import RELAY  # noqa: E402
+from workerhost.tables import OUTBOX  # noqa: E402
 
 DATABASE = "chaos"
 DELIVERIES = ("immediate", "outbox")
 SETTLE_TIMEOUT = 180.0  # seconds for the ledger to empty after the chaos
 EFFECT = ("INSERT INTO effects (`function`, row_id, n) VALUES (%s, %(id)s, 1) "
           "ON DUPLICATE KEY UPDATE n = n + 1")
+# The ledger deletes a row once its effect commits, so its `ships` is recorded as it rises.
+SHIPPED_AGAIN = (f"CREATE TRIGGER chaos_shipped_again AFTER UPDATE ON {OUTBOX} FOR EACH ROW "
+                 "BEGIN IF NEW.ships >= 2 AND NEW.ships > OLD.ships THEN "
+                 "INSERT INTO shipped_again (`function`, row_id, ships) "
+                 "VALUES (NEW.`function`, NEW.id, NEW.ships) "
+                 "ON DUPLICATE KEY UPDATE ships = GREATEST(ships, NEW.ships); END IF; END")
+MODES = ("one-gearmand", "two-gearmand")
+LEASES = {"one-gearmand": "2s", "two-gearmand": "300ms"}  # host.relay.lease by mode
+STALL_SECONDS = (1.0, 3.0)
+STARTED = re.compile(r"started (.+) \(pid (\d+)\)")  # the supervisor's line for each child
 
 
 def say(text: str) -> None:
@@ -67,15 +87,20 @@ class Host:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def children(self) -> list[int]:
+    def children(self) -> dict[int, str]:
+        """The live children by pid: their names ("outbox[1]", the relay's) come from the
+        supervisor's log line for each."""
         if not self.running():
-            return []
+            return {}
         assert self.process is not None
         path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         try:
-            return [int(pid) for pid in path.read_text().split()]
+            pids = [int(pid) for pid in path.read_text().split()]
         except OSError:
-            return []
+            return {}
+        names = {int(pid): name for name, pid in
+                 STARTED.findall(self.log.read_text(errors="replace"))}
+        return {pid: names[pid] for pid in pids if pid in names}
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -129,7 +154,62 @@ class Writer(threading.Thread):
             conn.close()
 
 
-def prepare(box: Sandbox, workdir: Path, lease: str) -> tuple[Path, dict[str, str]]:
+class Backlog(threading.Thread):
+    """The most jobs each gearmand held at once (queued or running), read every 100ms: both
+    servers carry jobs in the two-gearmand mode."""
+
+    def __init__(self, gearmands: list[Sandbox]) -> None:
+        super().__init__(daemon=True)
+        self.gearmands = gearmands
+        self.most = {gearmand.gearman_server: 0 for gearmand in gearmands}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.1):
+            for gearmand in self.gearmands:
+                try:
+                    held = sum(row.queued for row in gearmand.gearman_status().values())
+                except OSError:  # being restarted
+                    continue
+                server = gearmand.gearman_server
+                self.most[server] = max(self.most[server], held)
+
+
+class Stalls:
+    """Processes stopped with SIGSTOP, each continued by a timer of its own."""
+
+    def __init__(self) -> None:
+        self.timers: list[tuple[threading.Timer, int]] = []
+
+    def stall(self, pids: list[int], seconds: float) -> None:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+            timer = threading.Timer(seconds, resume, (pid,))
+            timer.start()
+            self.timers.append((timer, pid))
+
+    def release(self) -> None:
+        for timer, pid in self.timers:
+            timer.cancel()
+            resume(pid)
+
+
+def resume(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:  # killed while stopped
+        pass
+
+
+def restart_gearmand(box: Sandbox) -> None:
+    assert box.info is not None
+    os.kill(box.info.pids["gearmand"], signal.SIGKILL)
+    box.stop_gearmand()  # reaps it
+    box.start_gearmand()
+
+
+def prepare(box: Sandbox, workdir: Path, lease: str,
+            servers: list[str]) -> tuple[Path, dict[str, str]]:
     admin = box.connect()
     cursor = admin.cursor()
     cursor.execute(f"DROP DATABASE IF EXISTS `{DATABASE}`")
@@ -138,9 +218,11 @@ def prepare(box: Sandbox, workdir: Path, lease: str) -> tuple[Path, dict[str, st
     cursor.execute("CREATE TABLE events (id BIGINT PRIMARY KEY)")
     cursor.execute("CREATE TABLE effects (`function` VARCHAR(32) NOT NULL, row_id BIGINT NOT "
                    "NULL, n INT NOT NULL, PRIMARY KEY (`function`, row_id))")
+    cursor.execute("CREATE TABLE shipped_again (`function` VARCHAR(64) NOT NULL, row_id BIGINT "
+                   "NOT NULL, ships INT NOT NULL, PRIMARY KEY (`function`, row_id))")
     admin.close()
     config = {
-        "gearman": {"servers": [box.gearman_server], "reconnect_backoff": "100ms",
+        "gearman": {"servers": servers, "reconnect_backoff": "100ms",
                     "max_reconnect_backoff": "1s"},
         "database": {"host": "127.0.0.1", "port": box.mysql_port, "user": box.user,
                      "password": "${CHAOS_DB_PASSWORD}", "database": DATABASE},
@@ -160,44 +242,52 @@ def prepare(box: Sandbox, workdir: Path, lease: str) -> tuple[Path, dict[str, st
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     parsed = parse_config(config, file=str(path), env=env)
     database = Database(parsed.database.connect_kwargs())
-    triggers.apply(parsed, database)
+    triggers.apply(parsed, database)  # creates the ledger too
     database.close()
+    conn = box.connect(database=DATABASE)
+    conn.cursor().execute(SHIPPED_AGAIN)
+    conn.close()
     return path, env
 
 
-def chaos(box: Sandbox, host: Host, writer: Writer, rng: random.Random,
-          restart_database: bool) -> dict[str, int]:
-    """Kill something every one to two seconds while the writer runs."""
+def chaos(box: Sandbox, gearmands: list[Sandbox], host: Host, writer: Writer,
+          rng: random.Random, restart_database: bool, stalls: Stalls | None) -> dict[str, int]:
+    """Kill (or stall) something every one to two seconds while the writer runs."""
     done: dict[str, int] = {}
     kinds = ["gearmand", "worker", "relay", "host"]
-    # The database restart first (so that even a short run has it), then every other kind
-    # once in random order, then at random.
+    # The database restart first (so that even a short run has it), a stall next when there are
+    # stalls (what the mode is for), then every other kind once in random order, then at random.
     rest = list(kinds)
     rng.shuffle(rest)
-    first = [*(["database"] if restart_database else []), *rest]
+    first = [*(["database"] if restart_database else []), *(["stall"] if stalls else []), *rest]
+    if stalls:
+        kinds += ["stall", "stall"]
     while writer.is_alive():
         time.sleep(rng.uniform(1.0, 2.0))
         if not writer.is_alive():
             break
         what = first.pop(0) if first else rng.choice(kinds)
         if what == "gearmand":
-            assert box.info is not None
-            os.kill(box.info.pids["gearmand"], signal.SIGKILL)
-            box.stop_gearmand()  # reaps it
-            box.start_gearmand()
-        elif what in ("worker", "relay"):
-            children = host.children()
+            restart_gearmand(rng.choice(gearmands))
+        elif what in ("worker", "relay", "stall"):
+            children = [(pid, name) for pid, name in sorted(host.children().items())
+                        if name.startswith(RELAY) == (what == "relay")]
             if not children:
                 continue
-            os.kill(rng.choice(children), signal.SIGKILL)
+            if stalls is not None and what == "stall":
+                # One worker, or all of one handler's: only then does a backlog build up in
+                # gearmand (an idle worker stopped holds no job; its sibling takes them all).
+                handler = rng.choice(sorted({name.partition("[")[0] for _, name in children}))
+                pids = [pid for pid, name in children if name.partition("[")[0] == handler]
+                stalls.stall(pids if rng.random() < 0.5 else [rng.choice(pids)],
+                             rng.uniform(*STALL_SECONDS))
+            else:
+                os.kill(rng.choice(children)[0], signal.SIGKILL)
         elif what == "host":
             host.kill()
             time.sleep(rng.uniform(0.5, 2.0))  # a backlog builds up in gearmand meanwhile
             if rng.random() < 0.5:
-                assert box.info is not None
-                os.kill(box.info.pids["gearmand"], signal.SIGKILL)
-                box.stop_gearmand()
-                box.start_gearmand()
+                restart_gearmand(rng.choice(gearmands))
             host.start()
         else:
             box.stop_mysql()
@@ -206,8 +296,9 @@ def chaos(box: Sandbox, host: Host, writer: Writer, rng: random.Random,
     return done
 
 
-def count(box: Sandbox) -> dict[str, tuple[int, int, int]]:
-    """Per delivery: (committed rows, rows without their effect, rows with it twice or more)."""
+def count(box: Sandbox) -> dict[str, tuple[int, int, int, int]]:
+    """Per delivery: (committed rows, rows without their effect, rows with it twice or more,
+    rows shipped more than once)."""
     conn = box.connect(database=DATABASE)
     cursor = conn.cursor()
     cursor.execute("SELECT COUNT(*) FROM events")
@@ -220,9 +311,20 @@ def count(box: Sandbox) -> dict[str, tuple[int, int, int]]:
         cursor.execute("SELECT COUNT(*) FROM effects WHERE `function` = %s AND n > 1",
                        (delivery,))
         (twice,) = cursor.fetchone()
-        found[delivery] = (int(rows), int(lost), int(twice))
+        cursor.execute("SELECT COUNT(*) FROM shipped_again WHERE `function` = %s", (delivery,))
+        (again,) = cursor.fetchone()
+        found[delivery] = (int(rows), int(lost), int(twice), int(again))
     conn.close()
     return found
+
+
+def most_ships(box: Sandbox) -> int:
+    conn = box.connect(database=DATABASE)
+    cursor = conn.cursor()
+    cursor.execute("SELECT COALESCE(MAX(ships), 0) FROM shipped_again")
+    (most,) = cursor.fetchone()
+    conn.close()
+    return int(most)
 
 
 def ledger_rows(box: Sandbox) -> int:
@@ -236,35 +338,54 @@ def ledger_rows(box: Sandbox) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--mode", choices=MODES, default=MODES[0],
+                        help="two-gearmand: a second gearmand, a 300ms lease, stalled workers")
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=20.0, help="how long rows go in")
     parser.add_argument("--server", choices=SERVER_CHOICES, default="mariadb",
                         help="mariadb, or mysql[:9|8.4|8.0] (in a container)")
-    parser.add_argument("--lease", default="2s", help="host.relay.lease (default 2s)")
+    parser.add_argument("--lease", default=None,
+                        help="host.relay.lease (default 2s; 300ms with --mode two-gearmand)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--no-database-restart", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the directory afterwards")
     args = parser.parse_args()
+    lease = args.lease or LEASES[args.mode]
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
     workdir = Path(tempfile.mkdtemp(prefix="workerhost-chaos-"))
     box = Sandbox(workdir / "sandbox", server=args.server)
+    gearmands = [box]
+    stalls = Stalls() if args.mode == "two-gearmand" else None
     host: Host | None = None
+    keep = args.keep
     try:
-        say(f"seed {seed}; a {args.server} sandbox in {workdir} (gearmand's queue in memory)")
+        say(f"seed {seed}; mode {args.mode}, lease {lease}; a {args.server} sandbox in "
+            f"{workdir} (gearmand's queue in memory)")
         box.up(gearman_queue=MEMORY_QUEUE)
+        if args.mode == "two-gearmand":
+            second = Sandbox(workdir / "gearmand-2")
+            gearmands.append(second)
+            second.up(servers=("gearmand",), gearman_queue=MEMORY_QUEUE)
+        servers = [gearmand.gearman_server for gearmand in gearmands]
+        box.write_udf_config(servers=",".join(servers))
         box.install_udf(ROOT / "udf" if box.server == "mysql" else
                         ROOT / "udf" / "build" / "gearman_udf.so")
-        config, env = prepare(box, workdir, args.lease)
+        config, env = prepare(box, workdir, lease, servers)
         host = Host(config, workdir / "host.log", env)
         host.start()
         time.sleep(1.5)
-        say(f"{args.rows} rows over {args.seconds:g}s, two non-idempotent jobs each; killing "
+        say(f"{args.rows} rows over {args.seconds:g}s, two non-idempotent jobs each, gearmand "
+            f"at {', '.join(servers)}; {'killing or stalling' if stalls else 'killing'} "
             "something every 1-2s")
         writer = Writer(box, args.rows, args.seconds)
+        backlog = Backlog(gearmands)
+        backlog.start()
         writer.start()
-        killed = chaos(box, host, writer, rng, not args.no_database_restart)
+        killed = chaos(box, gearmands, host, writer, rng, not args.no_database_restart, stalls)
         writer.join()
+        if stalls is not None:
+            stalls.release()
         say("killed: " + ", ".join(f"{what} x{n}" for what, n in sorted(killed.items())))
         if not host.running():
             host.start()
@@ -272,21 +393,29 @@ def main() -> int:
         while (left := ledger_rows(box)) and time.monotonic() < deadline:
             time.sleep(0.5)
         host.stop()
+        backlog.done.set()
         if left:
             say(f"{left} ledger rows left after {SETTLE_TIMEOUT:.0f}s")
         results = count(box)
-        print(f"{'delivery':10} {'rows':>8} {'lost':>6} {'applied twice':>14}")
-        for delivery, (rows, lost, twice) in results.items():
-            print(f"{delivery:10} {rows:>8} {lost:>6} {twice:>14}")
-        ok = not left and all(lost == 0 and twice == 0 for _, lost, twice in results.values())
+        print(f"{'delivery':10} {'rows':>8} {'lost':>6} {'applied twice':>14} "
+              f"{'shipped again':>14}")
+        for delivery, (rows, lost, twice, again) in results.items():
+            print(f"{delivery:10} {rows:>8} {lost:>6} {twice:>14} {again:>14}")
+        say(f"most ships of one row: {most_ships(box)}; most jobs held at once: " + ", ".join(
+            f"{server} {held}" for server, held in backlog.most.items()))
+        ok = not left and all(lost == 0 and twice == 0 for _, lost, twice, _ in results.values())
         say("OK: nothing lost, nothing applied twice" if ok else
             f"FAILED (seed {seed}); the host's log: {workdir / 'host.log'}")
+        keep = keep or not ok
         return 0 if ok else 1
     finally:
+        if stalls is not None:
+            stalls.release()
         if host is not None:
             host.kill()
-        box.down()
-        if args.keep:
+        for gearmand in reversed(gearmands):
+            gearmand.down()
+        if keep:
             say(f"kept {workdir}")
         else:
             import shutil
