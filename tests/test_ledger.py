@@ -79,14 +79,14 @@ def test_a_job_run_twice_has_its_effect_once(
     config = config_for(udf, events.database)
     events.cursor().execute("INSERT INTO events (id) VALUES (1)")
     cursor = events.cursor()
-    cursor.execute("SELECT id, `function`, payload, unique_key FROM workerhost_outbox "
+    cursor.execute("SELECT id, `function`, payload, token FROM workerhost_outbox "
                    "WHERE `function` = 'now'")
-    ident, function, payload, unique = cursor.fetchone()
+    ident, function, payload, token = cursor.fetchone()
     host_factory(config)
     wait_until(lambda: each_row_once(events, 1), what="the row's jobs done")
     # gearmand hands the same job out again (a worker died after its commit, say).
     client = gearman.GearmanClient([udf.gearman_server])
-    again = client.submit_job(function, bytes(payload).decode(), unique=f"L{ident}:{unique}",
+    again = client.submit_job(function, bytes(payload).decode(), unique=f"L{ident}:{token}",
                               background=False, wait_until_complete=False)
     client.wait_until_jobs_completed([again], poll_timeout=30)
     client.shutdown()
@@ -133,12 +133,13 @@ def test_jobs_no_ledger_row_vouches_for_are_refused(
     assert all(cursor.fetchone()), "both submitted"
     del config["handlers"]["later"]  # its row stays in the ledger while `now` jobs run
     host_factory(config)
-    wait_until(lambda: scalar(events, "SELECT COUNT(*) FROM workerhost_dead_letters") == 2,
+    wait_until(lambda: scalar(events, "SELECT COUNT(*) FROM workerhost_refused") == 2,
                what="two refusals")
-    cursor.execute("SELECT error FROM workerhost_dead_letters ORDER BY id")
+    cursor.execute("SELECT reason FROM workerhost_refused ORDER BY id")
     errors = sorted(str(error) for (error,) in cursor.fetchall())
     assert errors[0].startswith(f"refused: ledger row {later_row} belongs to 'later'")
     assert errors[1].startswith("refused: the job names no ledger row")
+    assert scalar(events, "SELECT COUNT(*) FROM workerhost_dead_letters") == 0
     wait_until(lambda: set(captured(events)) == {("now", 1)}, what="the real job")
     assert scalar(events, "SELECT `function` FROM workerhost_outbox") == "later", \
         "the row the forged job named is untouched"
@@ -187,6 +188,9 @@ def test_an_outbox_of_the_first_layout_gains_its_new_column(db: Any, udf: Sandbo
     database.run(tables.create)  # re-runnable
     database.close()
     assert scalar(db, "SELECT ships FROM workerhost_outbox") == 0
+    assert len(scalar(db, "SELECT token FROM workerhost_outbox")) == 32, "old rows get tokens"
+    assert scalar(db, "SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = "
+                  "DATABASE() AND TABLE_NAME = 'workerhost_outbox' AND INDEX_NAME = 'due'") == 1
 
 
 def test_many_writers_and_a_restarting_gearmand_lose_nothing_and_repeat_nothing(

@@ -10,7 +10,8 @@ from conftest import host_config, scalar
 
 from workerhost import tables
 from workerhost.config import parse_config
-from workerhost.relay import Relay, row_unique
+from workerhost.job import row_unique
+from workerhost.relay import Relay
 from workerhost.sandbox import Sandbox
 
 EVENT_ID = "bb4bb0aa-e9a0-11f1-9215-02fc00000001"
@@ -19,27 +20,27 @@ EVENT_ID = "bb4bb0aa-e9a0-11f1-9215-02fc00000001"
 def test_a_trigger_payload_gives_its_event_id() -> None:
     payload = ('{"id": 7, "name": "it\'s", "table": "t", "event": "insert", '
                f'"event_id": "{EVENT_ID}"}}').encode()
-    assert row_unique(payload, 1) == EVENT_ID.encode()
+    assert row_unique(payload, 1) == EVENT_ID
 
 
 def test_keys_in_another_order_still_give_the_event_id() -> None:
     # MySQL 8 stores JSON objects with their keys sorted by length.
     payload = f'{{"id": 7, "event_id": "{EVENT_ID}", "customer_name": "x"}}'.encode()
-    assert row_unique(payload, 1) == EVENT_ID.encode()
+    assert row_unique(payload, 1) == EVENT_ID
 
 
 def test_a_payload_without_an_event_id_gets_a_unique_made_of_its_row() -> None:
     for payload in (b'{"id": 7}', b"not json", b"", b'{"event_id": 12}', b'["event_id"]',
                     b'{"event_id": "x", "broken"'):
         # The same row shipped twice (its batch retried) keeps its unique; rows differ.
-        assert row_unique(payload, 41) == row_unique(payload, 41) == b"workerhost-outbox-41"
+        assert row_unique(payload, 41) == row_unique(payload, 41) == "workerhost-outbox-41"
         assert row_unique(payload, 42) != row_unique(payload, 41)
 
 
-def test_a_row_gearmand_refuses_is_dead_lettered_and_the_rest_ship(
+def test_every_row_ships_under_its_id_and_token_whatever_its_unique_key(
     sandbox: Sandbox, db: Any
 ) -> None:
-    function = "refused_" + uuid.uuid4().hex[:8]
+    function = "tokens_" + uuid.uuid4().hex[:8]
     config = parse_config(host_config(sandbox, db.database, {function: {"sql": "DO 1"}}),
                           file="test.yaml", env={"SANDBOX_DB_PASSWORD": sandbox.password})
     relay = Relay(config)
@@ -49,16 +50,13 @@ def test_a_row_gearmand_refuses_is_dead_lettered_and_the_rest_ship(
         for unique in ("good-1", "x" * 100, None):  # gearmand's limit is 64 bytes
             cursor.execute("INSERT INTO workerhost_outbox (`function`, payload, unique_key) "
                            "VALUES (%s, '{}', %s)", (function, unique))
-        assert relay.ship_once() == 2
-        # The shipped rows stay, leased, until their job's effect commits; the refused one
-        # is gone to the dead letters.
-        assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox WHERE ships = 1") == 2
-        assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox") == 2
-        cursor.execute("SELECT unique_key, attempts, error FROM workerhost_dead_letters")
-        assert cursor.fetchall() == [
-            ("x" * 100, 0, "gearmand refused the job: ARGUMENT_TOO_LARGE: Unique value too large")
-        ]
-        assert sandbox.gearman_status()[function].queued == 2
+        # The Gearman unique is L<id>:<token> whatever the row's unique_key: a long one
+        # ships too, and every row has a token of its own.
+        assert relay.ship_once() == 3
+        assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox WHERE ships = 1") == 3
+        assert scalar(db, "SELECT COUNT(DISTINCT token) FROM workerhost_outbox") == 3
+        assert scalar(db, "SELECT MIN(LENGTH(token)) FROM workerhost_outbox") == 32
+        assert sandbox.gearman_status()[function].queued == 3
         # A batch shipped again (its commit lost) queues nothing twice: the uniques are stable.
         cursor.execute("INSERT INTO workerhost_outbox (`function`, payload) VALUES (%s, '{}')",
                        (function,))
@@ -66,7 +64,7 @@ def test_a_row_gearmand_refuses_is_dead_lettered_and_the_rest_ship(
         assert len(rows) == 1, "leased rows are not due"
         relay.submit(rows)
         relay.submit(rows)
-        assert sandbox.gearman_status()[function].queued == 3
+        assert sandbox.gearman_status()[function].queued == 4
     finally:
         relay.close()
         relay.db.close()

@@ -105,7 +105,7 @@ class Harness:
         self.resident: dict[int, int] = {}  # pid -> bytes; 50 MB when not set
         self.supervisor = Supervisor(
             parse_config(config, file="test.yaml"), "test.yaml", clock=lambda: self.now,
-            wall_clock=self.wall, kill=self.kill, spawn=self.spawn, load=self.load,
+            job_clock=self.wall, kill=self.kill, spawn=self.spawn, load=self.load,
             database=lambda cfg: self.db,  # type: ignore[arg-type,return-value]
             memory=lambda pid: self.resident.get(pid, 50 << 20),
         )

@@ -53,11 +53,14 @@ def test_entries_on_one_table_and_event_become_one_trigger() -> None:
     # a: immediate, a leased ledger row, then the UDF naming the row; due at once when the
     # UDF gives NULL. b: outbox, a ledger row due at once.
     assert ("IF gman_ship('a', '', CONCAT('L', LAST_INSERT_ID(), ':', "
-            "wh_event_id)) IS NULL THEN") in insert
+            "wh_token)) IS NULL THEN") in insert
+    assert insert.count("DECLARE wh_token CHAR(32) DEFAULT HEX(RANDOM_BYTES(16));") == 1
     assert ("UPDATE `workerhost_outbox` SET `not_before` = NOW(6), `ships` = 0 "
             "WHERE `id` = LAST_INSERT_ID();") in insert
-    assert "NOW(6) + INTERVAL 30000000 MICROSECOND, 1);" in insert  # the default lease, 30s
-    assert insert.count("DECLARE") == 1  # the body runs per row: one local variable only
+    # The default lease, 30s, and the token the job carries.
+    assert "NOW(6) + INTERVAL 30000000 MICROSECOND, 1, wh_token);" in insert
+    # The body runs per row: the event id, and the token of immediate entries, only.
+    assert insert.count("DECLARE") == 2
     assert insert.count("INSERT INTO `workerhost_outbox`") == 2
     assert "gman_ship('b'" not in insert
     assert "OLD.`id`" in plan[1].create_sql() and "NEW." not in plan[1].create_sql()

@@ -17,7 +17,7 @@ import pytest
 from workerhost import tables
 from workerhost.config import parse_config
 from workerhost.job import Job, Outcome
-from workerhost.worker import Worker
+from workerhost.worker import LATER, Worker
 
 
 @dataclass
@@ -25,6 +25,10 @@ class Store:
     """The host's tables, in memory."""
 
     ledger: dict[int, tuple[str, bytes]] = field(default_factory=dict)
+    tokens: dict[int, str] = field(default_factory=dict)
+    held: set[int] = field(default_factory=set)  # rows another transaction holds
+    early: set[int] = field(default_factory=set)  # rows waiting for a retry's delay
+    refused: list[tuple[str, bytes, bytes, str]] = field(default_factory=list)
     due_in: dict[int, float] = field(default_factory=dict)  # rescheduled ledger rows
     attempts: dict[bytes, tuple[int, str, str | None]] = field(default_factory=dict)
     outbox: list[tuple[str, bytes, str | None, float]] = field(default_factory=list)
@@ -33,6 +37,8 @@ class Store:
 
 
 class FakeConnection:
+    unread_result = False
+
     def __init__(self, db: FakeDatabase) -> None:
         self.db = db
 
@@ -66,7 +72,8 @@ class FakeDatabase:
         self.commits = 0
         self.last_commit_seconds = 0.0
 
-    def run(self, work: Any, *, deadline: float | None = None, give_up: Any = None) -> Any:
+    def run(self, work: Any, *, deadline: float | None = None, give_up: Any = None,
+            guarded: bool = False) -> Any:
         self.snapshot = copy.deepcopy(self.store)
         try:
             result = work(FakeConnection(self))
@@ -75,6 +82,9 @@ class FakeDatabase:
             raise
         self.commits += 1
         return result
+
+    def restart(self) -> None:
+        self.store = copy.deepcopy(self.snapshot)
 
     def describe(self) -> str:
         return "the fake database"
@@ -93,12 +103,17 @@ def db(monkeypatch: pytest.MonkeyPatch) -> FakeDatabase:
     def store() -> Store:
         return fake.store
 
-    monkeypatch.setattr(tables, "claim", lambda conn, ids: {
-        i: store().ledger[i] for i in ids if i in store().ledger})
-    monkeypatch.setattr(tables, "failures_of", lambda conn, keys: {
-        k: store().attempts[k][0] for k in keys if k in store().attempts})
-    monkeypatch.setattr(tables, "claim_with_failures", lambda conn, ids, keys: (
-        tables.claim(conn, ids), tables.failures_of(conn, keys)))
+    def claim(conn: Any, ids: Any, keys: Any) -> tables.Claim:
+        ledger = store().ledger
+        rows = {i: tables.LedgerRow(i, ledger[i][0], ledger[i][1], None, store().tokens[i],
+                                    i not in store().early)
+                for i in ids if i in ledger and i not in store().held}
+        return tables.Claim(rows, frozenset(i for i in ids if i in store().held),
+                            {k: store().attempts[k][0] for k in keys if k in store().attempts})
+
+    monkeypatch.setattr(tables, "claim", claim)
+    monkeypatch.setattr(tables, "add_refused", lambda conn, function, unique, payload, reason:
+                        store().refused.append((function, unique, payload, reason)))
     monkeypatch.setattr(tables, "failures_so_far",
                         lambda conn, key: store().attempts.get(key, (0, "", None))[0])
 
@@ -151,11 +166,14 @@ def worker(db: FakeDatabase, **handler: Any) -> Worker:
     return Worker(config, config.handlers["f"], database=db)  # type: ignore[arg-type]
 
 
-def ledger_job(db: FakeDatabase, ident: int, payload: bytes, function: str = "f") -> Job:
+def ledger_job(db: FakeDatabase, ident: int, payload: bytes, function: str = "f",
+               proof: str | None = None) -> Job:
     db.store.ledger[ident] = (function, payload)
+    db.store.tokens[ident] = f"T{ident:031d}"
     # gearmand's copy of the workload is not the one that runs: the ledger row's is.
-    return Job(function="f", payload=b"", unique=f"event-{ident}", handle=f"H:{ident}",
-               ledger=ident)
+    token = db.store.tokens[ident] if proof is None else proof
+    return Job(function="f", payload=b"", unique=token, handle=f"H:{ident}", ledger=ident,
+               proof=token, unique_sent=f"L{ident}:{token}")
 
 
 def test_a_batch_commits_once_and_deletes_its_ledger_rows(db: FakeDatabase) -> None:
@@ -204,12 +222,13 @@ def test_a_job_with_earlier_failures_is_deferred_and_dead_lettered_on_its_last(
 def test_a_job_without_a_ledger_row_is_refused_unless_the_handler_accepts_any(
     db: FakeDatabase,
 ) -> None:
-    loose = Job(function="f", payload=b'{"id": 9}', unique="u-9", handle="H:9")
+    loose = Job(function="f", payload=b'{"id": 9}', unique="u-9", handle="H:9",
+                unique_sent="u-9")
     assert worker(db).run_batch([loose]) == [None]
-    (letter,) = db.store.dead
-    assert letter[3].startswith("refused: the job names no ledger row")
-    assert db.store.writes == []
-    db.store.dead.clear()
+    (refusal,) = db.store.refused
+    assert refusal[:3] == ("f", b"u-9", b'{"id": 9}')
+    assert refusal[3].startswith("refused: the job names no ledger row")
+    assert db.store.writes == [] and db.store.dead == [], "refused: never a dead letter"
     assert worker(db, accept="any").run_batch([loose]) == [b"done 9"]
 
 
@@ -219,8 +238,65 @@ def test_a_job_naming_another_functions_ledger_row_is_refused_and_the_row_kept(
     forged = ledger_job(db, 6, b'{"id": 6}', function="payroll")
     assert worker(db).run_batch([forged]) == [None]
     assert db.store.ledger == {6: ("payroll", b'{"id": 6}')}
-    assert db.store.dead[0][3] == "refused: ledger row 6 belongs to 'payroll', not to this function"
-    assert db.store.writes == []
+    assert db.store.refused[0][3] == ("refused: ledger row 6 belongs to 'payroll', not to "
+                                      "this function")
+    assert db.store.writes == [] and db.store.dead == []
+
+
+def test_copies_of_one_delivery_in_a_batch_run_once(db: FakeDatabase) -> None:
+    first = ledger_job(db, 1, b'{"id": 1}')
+    copy_ = ledger_job(db, 1, b'{"id": 1}')
+    other = ledger_job(db, 2, b'{"id": 2}')
+    assert worker(db).run_batch([first, other, copy_]) == [b"done 1", b"done 2", b""]
+    assert db.store.writes == ["INSERT 1", "INSERT 2"]
+    assert db.store.ledger == {}
+
+
+def test_a_forged_token_is_refused_and_the_real_copy_beside_it_runs_once(
+    db: FakeDatabase,
+) -> None:
+    forged = ledger_job(db, 3, b'{"id": 3}', proof="0" * 32)
+    real = ledger_job(db, 3, b'{"id": 3}')
+    assert worker(db).run_batch([forged]) == [None]
+    (refusal,) = db.store.refused
+    assert "without the row's token" in refusal[3]
+    assert db.store.attempts == {} and db.store.dead == [], "a forgery counts no failure"
+    assert db.store.ledger[3] == ("f", b'{"id": 3}'), "the row is untouched"
+    # Beside the real delivery: the forgery is dealt with after the batch, whose commit took
+    # the row, so it is answered without running.
+    assert worker(db).run_batch([forged, real]) == [b"", b"done 3"]
+    assert db.store.writes == ["INSERT 3"]
+
+
+def test_a_forged_delivery_of_a_failing_row_counts_nothing_and_runs_nothing(
+    db: FakeDatabase,
+) -> None:
+    failing = ledger_job(db, 4, b'{"id": 4, "fail": true}')
+    forged = ledger_job(db, 4, b'{"id": 4, "fail": true}', proof="f" * 32)
+    for _ in range(5):
+        assert worker(db).run_batch([forged]) == [None]
+    assert db.store.attempts == {}, "failures count only for deliveries with the row's token"
+    assert worker(db).run_batch([failing]) == [None]
+    assert db.store.attempts[failing.key][0] == 1
+    assert failing.key == b"f\0L4", "counted per ledger row, whatever the unique says"
+
+
+def test_a_row_another_transaction_holds_waits_and_the_others_run(db: FakeDatabase) -> None:
+    held = ledger_job(db, 5, b'{"id": 5}')
+    free = ledger_job(db, 6, b'{"id": 6}')
+    db.store.held.add(5)
+    answers = worker(db).run_batch([held, free])
+    assert answers[1] == b"done 6" and answers[0] is LATER
+    assert db.store.attempts == {}, "waiting is no attempt"
+    db.store.held.clear()  # its transaction committed
+    assert worker(db).run_batch([held]) == [b"done 5"]
+
+
+def test_a_copy_of_a_row_waiting_for_its_retry_does_not_run_early(db: FakeDatabase) -> None:
+    job = ledger_job(db, 7, b'{"id": 7}')
+    db.store.early.add(7)
+    assert worker(db).run_batch([job]) == [b""]
+    assert db.store.writes == [] and 7 in db.store.ledger
 
 
 def test_outcomes_are_one_vocabulary() -> None:

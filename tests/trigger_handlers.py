@@ -54,3 +54,52 @@ def fail_once_per_row(job: Job, db: Any) -> str:
     if job.attempt == 1:
         raise RuntimeError("the first attempt fails")
     return capture(job, db)
+
+
+def capture_with_pause(job: Job, db: Any) -> str:
+    """Captures like `capture`, then takes 50 ms: a backlog builds up behind it."""
+    capture(job, db)
+    time.sleep(0.05)
+    return "ok"
+
+
+def commit_on_first_attempt(job: Job, db: Any) -> str:
+    """Captures, then tries to end the host's transaction through SQL on its first attempt
+    (the statement is in the payload's `end`), and leaves a session variable behind."""
+    capture(job, db)
+    cursor = db.cursor()
+    cursor.execute("SET @left_behind = 'by an earlier job'")
+    if job.attempt == 1:
+        cursor.execute(job.json()["end"])
+    cursor.close()
+    return "ok"
+
+
+def report_session(job: Job, db: Any) -> str:
+    """Captures, with what the session carried in from earlier jobs as its unique_key
+    (@left_behind, autocommit, the sql_mode holding ANSI_QUOTES), then leaves a variable and a
+    setting behind for the next job."""
+    cursor = db.cursor()
+    cursor.execute("SELECT CONCAT_WS(',', COALESCE(@left_behind, '-'), @@autocommit + 0, "
+                   "FIND_IN_SET('ANSI_QUOTES', @@sql_mode) > 0)")
+    (seen,) = cursor.fetchone()
+    cursor.execute("SET @left_behind = 'by an earlier job', "
+                   "SESSION sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES')")
+    cursor.close()
+    event = job.json()
+    cursor = db.cursor()
+    cursor.execute(
+        "INSERT INTO captured (`function`, event_id, unique_key, payload, row_id, attempt) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE runs = runs + 1",
+        (job.function, event["event_id"], seen, job.payload, event.get("id"), job.attempt))
+    cursor.close()
+    return "ok"
+
+
+def leave_rows_unread(job: Job, db: Any) -> str:
+    """Captures, then reads one row of a many-row SELECT on an unbuffered cursor."""
+    capture(job, db)
+    cursor = db.cursor()
+    cursor.execute("SELECT seq FROM (SELECT 1 AS seq UNION ALL SELECT 2 UNION ALL SELECT 3) s")
+    cursor.fetchone()
+    return "ok"

@@ -752,6 +752,15 @@ static void config_load(const char *path, struct config *c)
       config_error(c, "%s: read error", path);
       UDF_LOG(NULL, "%s; " CLOSED, c->error);
     }
+    bool any = c->nroutes > 0;
+    for (int k = 0; k < K_COUNT; k++)
+      any = any || given[k];
+    /* Only a missing file means the defaults: an empty one (a truncated write, a template
+     * never filled in) must not send every job to whatever listens on 127.0.0.1:4730. */
+    if (!any && c->error[0] == '\0') {
+      config_error(c, "%s: no settings in the file (write servers=HOST:PORT,...)", path);
+      UDF_LOG(NULL, "%s; " CLOSED, c->error);
+    }
     free(line);
     fclose(f);
   }

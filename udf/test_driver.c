@@ -954,6 +954,8 @@ static void test_config(void)
     "servers=127.0.0.1:4730\nservers.f=127.0.0.1:99999\n",
     "servers=127.0.0.1:4730\nservers.=127.0.0.1:4731\n",
     "servers.f=127.0.0.1:4731\nservers=127.0.0.1:4730\nservers.f=127.0.0.1:4732\n",
+    "", /* only a missing file means the defaults */
+    "# servers=127.0.0.1:4730\n\n   \n; a template never filled in\n",
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     write_config(bad[i]);

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import random
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -131,13 +133,25 @@ def backoff_delays(first: float = TRANSIENT_BACKOFF, cap: float = TRANSIENT_BACK
         delay = min(delay * 2, cap)
 
 
-class Database:
-    """A lazily opened connection that is re-opened after a transient failure."""
+# What the server answers to COMMIT, ROLLBACK, DDL, START TRANSACTION, LOCK TABLES or a change
+# of autocommit inside an XA transaction: how a guarded transaction refuses to be ended early.
+ER_XAER_RMFAIL = 1399
 
-    def __init__(self, params: Mapping[str, Any], *, connect: Connector | None = None) -> None:
+
+class Database:
+    """A lazily opened connection that is re-opened after a transient failure.
+
+    `session` statements run on every new connection (and after a session reset).
+    """
+
+    def __init__(self, params: Mapping[str, Any], *, connect: Connector | None = None,
+                 session: Sequence[str] = ()) -> None:
         self._params = dict(params)
         self._connect = connect or (lambda: mysql.connector.connect(**self._params))
         self._conn: Any = None
+        self._session = tuple(session)
+        self._xid: str | None = None  # the guarded transaction under way, if any
+        self._xids = itertools.count(1)
         # How long the last commit took: a cost per transaction, not per job (pace.py).
         self.last_commit_seconds = 0.0
 
@@ -158,8 +172,13 @@ class Database:
                 self._conn = self._connect()
             except mysql.connector.Error as exc:
                 raise ConnectError(f"cannot connect to {self.describe()}: {exc}") from exc
-            self._conn.autocommit = False
+            self._start_session(self._conn)
         return self._conn
+
+    def _start_session(self, conn: Connection) -> None:
+        conn.autocommit = False
+        for statement in self._session:
+            cursor(conn).execute(statement)
 
     def reset(self) -> None:
         """Forget the connection (after an error); the next use opens a new one."""
@@ -176,19 +195,54 @@ class Database:
         self._conn = None
 
     def rollback(self) -> None:
-        if self._conn is not None:
-            try:
+        if self._conn is None:
+            self._xid = None
+            return
+        xid, self._xid = self._xid, None
+        try:
+            if xid is None:
                 self._conn.rollback()
-            except Exception:  # whatever it is, the connection is of no further use
-                self.reset()
+            else:
+                if self._conn.unread_result:
+                    self._conn.consume_results()
+                cursor(self._conn).execute(f"XA END '{xid}'")
+                cursor(self._conn).execute(f"XA ROLLBACK '{xid}'")
+        except Exception:  # whatever it is, the connection is of no further use
+            self.reset()  # the server rolls back a transaction whose connection closes
+
+    def restart(self) -> None:
+        """Roll back what the transaction under way did, and go on in a new one (guarded if
+        it was), which run() then commits."""
+        guarded = self._xid is not None
+        self.rollback()
+        if guarded:
+            self._begin_guarded(self.conn)
+
+    def _begin_guarded(self, conn: Connection) -> None:
+        self._xid = f"workerhost-{os.getpid()}-{next(self._xids)}"
+        cursor(conn).execute(f"XA START '{self._xid}'")
+
+    def _commit(self, conn: Connection) -> None:
+        xid, self._xid = self._xid, None
+        if xid is None:
+            conn.commit()
+            return
+        cursor(conn).execute(f"XA END '{xid}'")
+        cursor(conn).execute(f"XA COMMIT '{xid}' ONE PHASE")
 
     def run(self, work: Callable[[Connection], Any], *, deadline: float | None = None,
-            give_up: Callable[[], bool] = lambda: False) -> Any:
+            give_up: Callable[[], bool] = lambda: False, guarded: bool = False) -> Any:
         """Run `work(conn)` in a transaction and commit; retry it on transient errors.
 
         Gives up with the last error once `deadline` (a time.monotonic() value) has passed;
         by default PATIENCE seconds from now, so that a refused connection fails, not hangs.
         `give_up()` true ends the retries early the same way (a stop requested meanwhile).
+
+        `guarded`: the transaction is an XA transaction, in which the server refuses every
+        statement that would end it early (COMMIT, ROLLBACK, DDL, START TRANSACTION, LOCK
+        TABLES, SET autocommit: ER_XAER_RMFAIL), so that code run inside it (a handler's)
+        cannot commit part of its work; the session is reset after it, so that nothing that
+        code set reaches the next transaction.
         """
         if deadline is None:
             deadline = time.monotonic() + PATIENCE
@@ -196,15 +250,18 @@ class Database:
         while True:
             try:
                 conn = self.conn
+                if guarded:
+                    self._begin_guarded(conn)
                 result = work(conn)
                 started = time.monotonic()
-                conn.commit()
+                self._commit(conn)
                 self.last_commit_seconds = time.monotonic() - started
-                return result
             except RUN_ERRORS as raised:
                 exc = translate(raised)
                 cause = exc.__cause__ if isinstance(exc, ConnectError) else exc
                 self.rollback()
+                if guarded:
+                    self._fresh_session()
                 transient = cause is not None and is_transient(cause)
                 if cause is not None and transient and _connection_lost(cause):
                     self.reset()
@@ -213,9 +270,27 @@ class Database:
                         raise
                     raise exc from raised
                 time.sleep(next(delays))
+                continue
             except BaseException:
                 self.rollback()
+                if guarded:
+                    self._fresh_session()
                 raise
+            if guarded:
+                self._fresh_session()
+            return result
+
+    def _fresh_session(self) -> None:
+        """After a guarded transaction: what it left in the session (variables, temporary
+        tables, settings) goes, and the host's own settings come back. When that fails the
+        connection goes, and the next one starts afresh."""
+        if self._conn is None:
+            return
+        try:
+            self._conn.cmd_reset_connection()
+            self._start_session(self._conn)
+        except Exception:
+            self.reset()
 
     def close(self) -> None:
         self.reset()

@@ -2,13 +2,14 @@
 
 gearmand never retries a failed job, and re-queues the job of a dead worker forever; both caps
 are kept here. A failure is counted in `workerhost_attempts` under the job's key (function and
-unique). While attempts remain, the job goes back through `workerhost_outbox` with a
-`not_before` in the future, and the relay ships it when due; after the last attempt it becomes
-a row in `workerhost_dead_letters`. Each of these steps is one transaction.
+ledger row, or function and unique). While attempts remain, the job goes back through
+`workerhost_outbox` with a `not_before` in the future, and the relay ships it when due; after
+the last attempt it becomes a row in `workerhost_dead_letters`. Each step is one transaction.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -77,7 +78,9 @@ def handle_failure(conn: Connection, job: Job, policy: RetryPolicy, failure: Fai
     if job.ledger is not None:
         tables.reschedule(conn, job.ledger, delay)
     else:
-        tables.enqueue(conn, job.function, job.payload, stable_unique(job), delay=delay)
+        ident = tables.enqueue(conn, job.function, job.payload, stable_unique(job), delay=delay)
+        # From now on a ledger job, whose failures count under its row.
+        tables.rekey_failures(conn, job.key, dataclasses.replace(job, ledger=ident).key)
     return Outcome.RETRY
 
 

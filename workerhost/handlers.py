@@ -13,7 +13,7 @@ from workerhost.command import CommandFailed as CommandFailed  # the worker's to
 from workerhost.config import HandlerConfig
 from workerhost.db import Connection
 from workerhost.errors import JobError
-from workerhost.job import Job
+from workerhost.job import Job, strict_json
 
 
 class NoRowsMatched(JobError):
@@ -73,7 +73,15 @@ def run(handler: HandlerConfig, job: Job, conn: Connection, cursor: Any = None) 
     `sql:` handlers run on `cursor`, by default the connection's reused one (db.cursor).
     """
     if handler.callable is not None:
-        return to_bytes(handler.callable(job, HandlerConnection(conn)))
+        result = to_bytes(handler.callable(job, HandlerConnection(conn)))
+        if conn.unread_result:
+            # The host's next statement on the connection would fail ("Unread result found").
+            conn.consume_results()
+            raise ConnectionMisuse(
+                "the handler left a result set unread on the connection it is given: read "
+                "every row (fetchall()) or use a buffered cursor (conn.cursor(buffered=True))",
+                retryable=True)
+        return result
     if handler.command:
         output = command.run(handler, job)
         if not handler.sql:
@@ -85,7 +93,7 @@ def run(handler: HandlerConfig, job: Job, conn: Connection, cursor: Any = None) 
 
 def _command_result(output: bytes) -> dict[str, Any]:
     try:
-        result = json.loads(output)
+        result = strict_json(output)
     except (ValueError, RecursionError) as exc:
         raise JobError(f"the program's output is not JSON ({exc}): {output[:80]!r}; with "
                        "sql: beside command:, it must print a JSON object",

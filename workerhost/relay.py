@@ -4,17 +4,16 @@ A row stays in the ledger until the transaction that commits its job's effect de
 (worker.py). The relay ships the rows that are due (new rows of outbox delivery, retries whose
 delay is over, and rows whose lease ran out because gearmand lost their job or a worker died
 with it) and moves each one's due time on by its lease, in the transaction that locked it,
-committed once gearmand has answered every job of the batch. Each job carries its row's id in
-its unique (job.ledger_unique): gearmand queues a row shipped twice once, and a worker that gets
-a job whose row is gone already answers it without running it. Relays on several hosts share
+committed once gearmand has answered every job of the batch. Each job carries its row's id and
+token in its unique (job.ledger_unique): one gearmand queues a row shipped twice once, and a
+worker that gets a job whose row is gone already, or a second copy from another gearmand,
+answers it without running it. Relays on several hosts share
 the table: `FOR UPDATE SKIP LOCKED` gives each batch to one of them.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import signal
 import time
 from typing import Any
@@ -32,8 +31,6 @@ log = logging.getLogger("workerhost.relay")
 
 # How long gearmand may take to accept a batch before the relay gives up on it (and retries).
 ACCEPT_TIMEOUT = 10.0
-# How a trigger's payload ends on MariaDB, which keeps JSON_OBJECT's key order.
-_EVENT_ID_TAIL = re.compile(rb'"event_id": "([0-9a-f-]{36})"}\Z')
 
 
 class SubmitFailed(Exception):
@@ -83,11 +80,8 @@ class Relay:
     def submit(self, rows: list[tuple[Any, ...]]) -> list[bytes | Refused]:
         """Hand every row's job to one gearmand; its answer to each (a handle, or why it
         refused that one). SubmitFailed when no server answered them all."""
-        jobs = []
-        for ident, function, payload, unique, priority in rows:
-            data = bytes(payload)
-            own = unique.encode() if unique else row_unique(data, ident)
-            jobs.append((function, ledger_unique(ident, own.decode()).encode(), data, priority))
+        jobs = [(function, ledger_unique(ident, token).encode(), bytes(payload), priority)
+                for ident, function, payload, _unique, priority, token in rows]
         errors = []
         for _ in self.submitters:
             submitter = self.submitters[self.turn % len(self.submitters)]
@@ -126,28 +120,6 @@ class Relay:
         deadline = time.monotonic() + seconds
         while not self.stopping and time.monotonic() < deadline:
             time.sleep(min(0.05, deadline - time.monotonic()))
-
-
-def row_unique(payload: bytes, ident: int) -> bytes:
-    """The unique of a row written without one: its payload's event id, else one made of the
-    row's id, so that a row shipped twice (its batch retried) keeps its unique and gearmand
-    queues it once.
-
-    A trigger with a single outbox entry leaves unique_key NULL: a second UUID() would cost
-    every INSERT a local variable, while the event id is already in the payload.
-    """
-    match = _EVENT_ID_TAIL.search(payload, max(0, len(payload) - 64))
-    if match:
-        return match.group(1)
-    if payload.startswith(b"{") and b'"event_id"' in payload:  # MySQL 8 reorders the keys
-        try:
-            event_id = json.loads(payload).get("event_id")
-        except (ValueError, AttributeError):
-            event_id = None
-        if isinstance(event_id, str) and 0 < len(event_id.encode()) < 64:
-            return event_id.encode()
-    # Anything else (a row written by hand).
-    return f"workerhost-outbox-{ident}".encode()
 
 
 def main(config: Config) -> int:

@@ -168,7 +168,7 @@ def fork_child(config: Config, child: Child) -> Any:
 class Supervisor:
     def __init__(self, config: Config, config_path: str | Path | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time,
+                 job_clock: Callable[[], float] = time.monotonic,
                  kill: Callable[[int, int], None] = os.kill,
                  spawn: Callable[[Config, Child], Any] | None = None,
                  database: Callable[[Config], Database] | None = None,
@@ -178,10 +178,11 @@ class Supervisor:
         self.config = config
         self.config_path = config_path
         # Seams: unit tests replace the clocks, signals, processes, loading and the database.
-        # `clock` times everything of the supervisor's own; `wall_clock` is only compared with
-        # a job's start, which the worker writes into the slot as wall time.
+        # `clock` times everything of the supervisor's own; `job_clock` is only compared with
+        # a job's start, which the worker writes into the slot from time.monotonic() (one
+        # clock for every process of the machine, which no clock step moves).
         self.clock = clock
-        self.wall_clock = wall_clock
+        self.job_clock = job_clock
         self.kill = kill
         self.spawn = spawn or fork_child
         self.database = database or (lambda cfg: Database(cfg.database.connect_kwargs()))
@@ -328,7 +329,7 @@ class Supervisor:
         handler = (child.config or self.config).handlers.get(child.handler)
         if not started or handler is None or child.timed_out is not None:
             return
-        if self.wall_clock() - started > handler.timeout:
+        if self.job_clock() - started > handler.timeout:
             child.timed_out = handler.timeout
             log.error("%s: job ran past its timeout of %gs; killing pid %d",
                       child.name, handler.timeout, child.process.pid)

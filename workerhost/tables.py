@@ -1,12 +1,12 @@
 """The host's own tables: their names, their DDL, and every statement run against them.
 
-Four tables live in the application's database beside its data (`sql/workerhost.sql`, package
-data of this module): the outbox of jobs waiting for gearmand, the failed attempts of jobs in
-play, the dead letters, and how far each schedule has got. Every other module calls the
-functions here, so that the SQL that must run on MySQL and MariaDB alike is written once:
-``function`` is a column name and a reserved word in MySQL since 8.0.1, so it is always quoted;
-no statement uses ``VALUES(col)`` in ``ON DUPLICATE KEY UPDATE`` (deprecated by MySQL 8.0.20,
-while MariaDB lacks the row-alias form that replaces it).
+Five tables live in the application's database beside its data (`sql/workerhost.sql`, package
+data of this module): the outbox (the ledger) of jobs waiting for gearmand, the failed attempts
+of jobs in play, the dead letters, the refused deliveries, and how far each schedule has got.
+Every other module calls the functions here, so that the SQL that must run on MySQL and
+MariaDB alike is written once: ``function`` is a column name and a reserved word in MySQL
+since 8.0.1, so it is always quoted; no statement uses ``VALUES(col)`` in ``ON DUPLICATE KEY
+UPDATE`` (deprecated by MySQL 8.0.20, while MariaDB lacks the row-alias form that replaces it).
 
 Callers own the transaction: these functions run their statements on the connection's shared
 cursor (db.cursor) and never commit.
@@ -14,6 +14,7 @@ cursor (db.cursor) and never commit.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,7 +27,14 @@ from workerhost.db import Connection
 OUTBOX = "workerhost_outbox"
 ATTEMPTS = "workerhost_attempts"
 DEAD_LETTERS = "workerhost_dead_letters"
+REFUSED = "workerhost_refused"
 SCHEDULES = "workerhost_schedules"
+# Refused deliveries kept, the newest ones: forged jobs must not fill the disk.
+REFUSED_KEPT = 1000
+# Bytes of a refused delivery's payload kept to recognise it by (its digest covers the rest).
+REFUSED_HEAD = 256
+# Lock errors of a NOWAIT read: MariaDB answers a lock wait timeout, MySQL a NOWAIT error.
+_LOCKED_ERRNOS = frozenset({1205, 3572})
 SCHEMA_RESOURCE = "sql/workerhost.sql"
 
 DEAD_LETTER_COLUMNS = ("id, `function`, payload, unique_key, attempts, error, traceback, "
@@ -34,8 +42,12 @@ DEAD_LETTER_COLUMNS = ("id, `function`, payload, unique_key, attempts, error, tr
 # The columns a trigger's outbox INSERT names: a lone entry leaves unique_key NULL.
 OUTBOX_TRIGGER_COLUMNS = "(`function`, `payload`)"
 OUTBOX_TRIGGER_COLUMNS_UNIQUE = "(`function`, `payload`, `unique_key`)"
-# Immediate delivery's row: shipped by the trigger itself, so leased from the start.
-OUTBOX_TRIGGER_COLUMNS_LEASED = "(`function`, `payload`, `unique_key`, `not_before`, `ships`)"
+# Immediate delivery's row: shipped by the trigger itself, so leased from the start, with the
+# token the trigger ships (every other writer leaves the token to the column's default).
+OUTBOX_TRIGGER_COLUMNS_LEASED = ("(`function`, `payload`, `unique_key`, `not_before`, `ships`, "
+                                 "`token`)")
+# What a trigger makes a row's token of, as the column's default does (sql/workerhost.sql).
+TOKEN_EXPRESSION = "HEX(RANDOM_BYTES(16))"
 
 
 def _marks(values: Sequence[Any]) -> str:
@@ -55,8 +67,21 @@ def _created_table(statement: str) -> str:
     return statement.split("EXISTS", 1)[1].split("(", 1)[0].strip().strip("`")
 
 
-# Columns added since the first layout, with their definition: create() adds what is missing.
-MIGRATIONS = ((OUTBOX, "ships", "INT UNSIGNED NOT NULL DEFAULT 0"),)
+# Columns added since the first layout, with the statements that add them: create() runs
+# those of the columns that are missing. The token is added empty, filled, and only then given
+# its default: MySQL refuses (with binary logging on) to fill existing rows from a default
+# that differs from call to call.
+MIGRATIONS = (
+    (OUTBOX, "ships", (f"ALTER TABLE {OUTBOX} ADD COLUMN ships INT UNSIGNED NOT NULL DEFAULT 0",)),
+    (OUTBOX, "token", (
+        f"ALTER TABLE {OUTBOX} ADD COLUMN token CHAR(32) CHARACTER SET ascii NULL",
+        f"UPDATE {OUTBOX} SET token = {TOKEN_EXPRESSION} WHERE token IS NULL",
+        f"ALTER TABLE {OUTBOX} MODIFY COLUMN token CHAR(32) CHARACTER SET ascii NOT NULL "
+        f"DEFAULT ({TOKEN_EXPRESSION})",
+    )),
+)
+# Indexes added since the first layout: create() adds what is missing.
+INDEX_MIGRATIONS = ((OUTBOX, "due", "(not_before)"),)
 
 
 def create(conn: Connection) -> None:
@@ -78,9 +103,19 @@ def create(conn: Connection) -> None:
         f"({_marks(MIGRATIONS)})", [table for table, _, _ in MIGRATIONS],
     )
     present = {(str(table), str(column)) for table, column in cursor.fetchall()}
-    for table, column, definition in MIGRATIONS:
+    for table, column, statements in MIGRATIONS:
         if (table, column) not in present:
-            cursor.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            for statement in statements:
+                cursor.execute(statement)
+    cursor.execute(
+        "SELECT DISTINCT TABLE_NAME, INDEX_NAME FROM information_schema.STATISTICS "
+        f"WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN ({_marks(INDEX_MIGRATIONS)})",
+        [table for table, _, _ in INDEX_MIGRATIONS],
+    )
+    indexed = {(str(table), str(index)) for table, index in cursor.fetchall()}
+    for table, index, columns in INDEX_MIGRATIONS:
+        if (table, index) not in indexed:
+            cursor.execute(f"ALTER TABLE {table} ADD INDEX {index} {columns}")
 
 
 # -- failed attempts ---------------------------------------------------------------------------
@@ -128,31 +163,47 @@ def forget(conn: Connection, key: bytes) -> None:
 # -- outbox ------------------------------------------------------------------------------------
 def enqueue(
     conn: Connection, function: str, payload: bytes, unique: str | None, *, delay: float = 0.0
-) -> None:
-    """Put a job in the outbox, due `delay` seconds from now."""
-    db.cursor(conn).execute(
+) -> int:
+    """Put a job in the outbox, due `delay` seconds from now; its ledger row's id."""
+    cursor = db.cursor(conn)
+    cursor.execute(
         f"INSERT INTO {OUTBOX} (`function`, payload, unique_key, not_before) "
         "VALUES (%s, %s, %s, NOW(6) + INTERVAL %s MICROSECOND)",
         (function, payload, unique or None, int(delay * 1_000_000)),
     )
+    return int(cursor.lastrowid)
+
+
+def rekey_failures(conn: Connection, old: bytes, new: bytes) -> None:
+    """The failures counted under `old` count under `new` from now on."""
+    db.cursor(conn).execute(f"UPDATE {ATTEMPTS} SET job_key = %s WHERE job_key = %s", (new, old))
 
 
 def lock_due(conn: Connection, limit: int) -> list[tuple[Any, ...]]:
-    """Due outbox rows in id order, locked for this transaction and skipped by other relays:
-    (id, function, payload, unique_key, priority)."""
+    """Due outbox rows, the longest due first, locked for this transaction and skipped by
+    other relays: (id, function, payload, unique_key, priority, token). Read through the index
+    on not_before, so a poll costs the due rows, not the leased backlog."""
     cursor = db.cursor(conn)
     # No gap locks: under REPEATABLE READ they deadlock the triggers' outbox INSERTs.
     cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
     cursor.execute(
-        f"SELECT id, `function`, payload, unique_key, priority FROM {OUTBOX} "
-        "WHERE not_before <= NOW(6) ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
+        f"SELECT id, `function`, payload, unique_key, priority, token FROM {OUTBOX} "
+        "FORCE INDEX (due) WHERE not_before <= NOW(6) ORDER BY not_before, id LIMIT %s "
+        "FOR UPDATE SKIP LOCKED",
         (limit,),
     )
     return list(cursor.fetchall())
 
 
+# A DELETE of rows by id reads by the primary key only with ORDER BY id LIMIT: else, on a small
+# table, the optimizer scans it, and under READ COMMITTED a DELETE (unlike an UPDATE) waits on
+# every row another transaction holds (a trigger's row not yet committed), not only on its own.
+_BY_IDS = "WHERE id IN ({}) ORDER BY id LIMIT {}"
+
+
 def delete_outbox(conn: Connection, ids: Sequence[int]) -> None:
-    db.cursor(conn).execute(f"DELETE FROM {OUTBOX} WHERE id IN ({_marks(ids)})", list(ids))
+    db.cursor(conn).execute(f"DELETE FROM {OUTBOX} {_BY_IDS.format(_marks(ids), len(ids))}",
+                            list(ids))
 
 
 def lease(conn: Connection, ids: Sequence[int], seconds: float) -> None:
@@ -166,40 +217,91 @@ def lease(conn: Connection, ids: Sequence[int], seconds: float) -> None:
     )
 
 
-def claim_with_failures(conn: Connection, ids: Sequence[int], keys: Sequence[bytes]
-                        ) -> tuple[dict[int, tuple[str, bytes]], dict[bytes, int]]:
-    """claim(ids) and failures_of(keys) in one round trip (a multi-statement query)."""
+@dataclass(frozen=True)
+class LedgerRow:
+    """A ledger row claimed for its job: locked until the transaction ends."""
+
+    ident: int
+    function: str
+    payload: bytes
+    unique: str | None  # unique_key
+    token: str
+    runnable: bool  # shipped (leased) or due; False: a retry whose delay is not over
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a claim found: rows locked for this transaction; ids held by another open
+    transaction (a trigger's not yet committed, or another worker's); failures so far by key.
+    An id in neither is gone: done already, or its transaction rolled back."""
+
+    rows: dict[int, LedgerRow]
+    held: frozenset[int]
+    failures: dict[bytes, int]
+
+
+_CLAIM = ("SELECT id, `function`, payload, unique_key, token, "
+          f"(ships > 0 OR not_before <= NOW(6)) FROM {OUTBOX} FORCE INDEX (PRIMARY) "
+          "WHERE id IN ({}) FOR UPDATE SKIP LOCKED")
+
+
+def claim(conn: Connection, ids: Sequence[int], keys: Sequence[bytes]) -> Claim:
+    """Lock the ledger rows of jobs about to run, without waiting on any, and read the jobs'
+    failures so far, in one round trip (a multi-statement query); then tell the rows another
+    transaction holds from the rows that are gone, in one more when some are missing.
+
+    A row another transaction holds is never waited for: its job waits in the worker instead,
+    and every other job runs on. The session must read committed (no gap locks), as
+    Database sessions of the worker do.
+    """
     if not ids:
-        return {}, failures_of(conn, keys)
+        return Claim({}, frozenset(), failures_of(conn, keys) if keys else {})
     cursor = db.cursor(conn)
     with db.translating():
-        cursor.execute(
-            f"SELECT id, `function`, payload FROM {OUTBOX} WHERE id IN ({_marks(ids)}) "
-            f"FOR UPDATE;\nSELECT job_key, failures FROM {ATTEMPTS} "
-            f"WHERE job_key IN ({_marks(keys)})", [*ids, *keys])
-        claimed = {int(ident): (str(function), bytes(payload))
-                   for ident, function, payload in cursor.fetchall()}
-        cursor.nextset()
-        failed = {bytes(key): int(count) for key, count in cursor.fetchall()}
-    return claimed, failed
+        if keys:
+            cursor.execute(f"{_CLAIM.format(_marks(ids))};\nSELECT job_key, failures FROM "
+                           f"{ATTEMPTS} WHERE job_key IN ({_marks(keys)})", [*ids, *keys])
+        else:
+            cursor.execute(_CLAIM.format(_marks(ids)), list(ids))
+        rows = {int(ident): LedgerRow(int(ident), str(function), bytes(payload),
+                                      None if unique is None else str(unique), str(token),
+                                      bool(runnable))
+                for ident, function, payload, unique, token, runnable in cursor.fetchall()}
+        failed: dict[bytes, int] = {}
+        if keys:
+            cursor.nextset()
+            failed = {bytes(key): int(count) for key, count in cursor.fetchall()}
+    missing = [ident for ident in dict.fromkeys(ids) if ident not in rows]
+    return Claim(rows, _held(conn, missing), failed)
+
+
+def _held(conn: Connection, ids: Sequence[int]) -> frozenset[int]:
+    """Which of `ids` (rows SKIP LOCKED passed over) another transaction holds. A row being
+    inserted by an open transaction is invisible to reads, so only a lock tells it from a
+    row that is gone: NOWAIT fails at once on any held row. When it fails for several, all
+    count as held; the gone among them are told apart on the next claim."""
+    if not ids:
+        return frozenset()
+    try:
+        with db.translating():
+            db.cursor(conn).execute(f"SELECT id FROM {OUTBOX} FORCE INDEX (PRIMARY) WHERE id IN "
+                                    f"({_marks(ids)}) FOR UPDATE NOWAIT", list(ids))
+            # Rows unlocked since the claim are locked now: held all the same, by this
+            # transaction until it ends, and claimed next time.
+            return frozenset(int(row[0]) for row in db.cursor(conn).fetchall())
+    except db.ERRORS as exc:
+        error = db.translate(exc)
+        if getattr(error, "errno", None) in _LOCKED_ERRNOS:
+            return frozenset(ids)  # only the statement failed: the transaction goes on
+        raise
 
 
 def delete_outbox_statement(ids: Sequence[int]) -> tuple[str, dict[str, int]]:
     """delete_outbox as a statement with named parameters, to send along with others."""
     names = [f"ledger_{index}" for index in range(len(ids))]
     marks = ", ".join(f"%({name})s" for name in names)
-    return f"DELETE FROM {OUTBOX} WHERE id IN ({marks})", dict(zip(names, ids, strict=True))
-
-
-def claim(conn: Connection, ids: Sequence[int]) -> dict[int, tuple[str, bytes]]:
-    """The ledger rows of jobs about to run, locked until the transaction ends: id ->
-    (function, payload). A row still being written by an open transaction (a trigger's)
-    is waited for; a missing one is a job done already, or whose transaction rolled back."""
-    cursor = db.cursor(conn)
-    cursor.execute(f"SELECT id, `function`, payload FROM {OUTBOX} WHERE id IN ({_marks(ids)}) "
-                   "FOR UPDATE", list(ids))  # fmt: skip
-    return {int(ident): (str(function), bytes(payload))
-            for ident, function, payload in cursor.fetchall()}
+    return (f"DELETE FROM {OUTBOX} {_BY_IDS.format(marks, len(ids))}",
+            dict(zip(names, ids, strict=True)))
 
 
 def reschedule(conn: Connection, ident: int, delay: float) -> None:
@@ -269,10 +371,15 @@ def dead_letter(conn: Connection, ident: int) -> tuple[Any, ...] | None:
     return tuple(row) if row else None
 
 
+# Dead letters that a host older than the refused table wrote for refused deliveries: never
+# moved back into the ledger, since nothing proves where their payloads came from.
+_NOT_REFUSED = "NOT (attempts = 0 AND error LIKE 'refused:%')"
+
+
 def requeue_dead_letters(conn: Connection, ids: Sequence[int] | None) -> int:
     """Move dead letters (all when `ids` is None) back to the outbox; how many moved."""
     cursor = db.cursor(conn)
-    where = f"WHERE id IN ({_marks(ids)})" if ids else ""
+    where = f"WHERE id IN ({_marks(ids)}) AND {_NOT_REFUSED}" if ids else f"WHERE {_NOT_REFUSED}"
     cursor.execute(f"SELECT id FROM {DEAD_LETTERS} {where} ORDER BY id FOR UPDATE", ids or [])
     found = [int(row[0]) for row in cursor.fetchall()]
     if not found:
@@ -295,6 +402,36 @@ def purge_dead_letters(conn: Connection, ids: Sequence[int] | None, function: st
     else:
         cursor.execute(f"DELETE FROM {DEAD_LETTERS}")
     return int(cursor.rowcount)
+
+
+# -- refused deliveries ------------------------------------------------------------------------
+def add_refused(conn: Connection, function: str, unique: bytes, payload: bytes,
+                reason: str) -> None:
+    """Record a refused delivery in bounded form (function, size, digest, first bytes), and
+    drop the oldest beyond REFUSED_KEPT."""
+    cursor = db.cursor(conn)
+    cursor.execute(
+        f"INSERT INTO {REFUSED} (`function`, unique_key, size, sha256, head, reason) "
+        "VALUES (%s, %s, %s, %s, %s, %s)",
+        (function[:255], unique[:64], len(payload), hashlib.sha256(payload).hexdigest(),
+         payload[:REFUSED_HEAD], reason[:512]),
+    )
+    cursor.execute(f"DELETE FROM {REFUSED} WHERE id + %s <= LAST_INSERT_ID()", (REFUSED_KEPT,))
+
+
+def refused(conn: Connection, limit: int) -> list[tuple[Any, ...]]:
+    """The newest refused deliveries: (id, function, unique_key, size, sha256, head, reason,
+    refused_at)."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT id, `function`, unique_key, size, sha256, head, reason, refused_at "
+                   f"FROM {REFUSED} ORDER BY id DESC LIMIT %s", (limit,))
+    return list(cursor.fetchall())
+
+
+def count_refused(conn: Connection) -> int:
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT COUNT(*) FROM {REFUSED}")
+    return int(cursor.fetchone()[0])
 
 
 def dead_letters_by_function(conn: Connection) -> dict[str, int]:

@@ -15,11 +15,22 @@ to one (pace.py). When it stops, the jobs it holds but has not started go back t
 queue.
 A batch never waits to fill up. When a job of the batch fails, the batch rolls back and its
 jobs run again one by one, so that one bad job costs the others nothing but a second run.
+
+Exactly once, whatever arrives: a ledger job runs only in the transaction that locks its ledger
+row and deletes it with the job's effect, and only when it carries the row's token (job.py).
+Copies of one row in a batch run once; a copy whose row is gone, or waits for a retry's delay,
+is answered without running; a forged one is refused and recorded in bounded form. The claim
+never waits on a lock: a job whose row another transaction holds (a trigger's, not yet
+committed) is held by the worker and tried again a moment later, while its other jobs run on,
+and is left to the relay (its row's lease) if the row stays held past the lease. The wait is
+neither an attempt nor part of the job's timeout. Python handlers run in an XA transaction, so
+the server refuses whatever they send that would end it early (COMMIT, DDL, SET autocommit,
+...), and their session is reset after each transaction.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import hmac
 import logging
 import os
 import random
@@ -36,7 +47,7 @@ from workerhost.db import Connection, Database, is_transient
 from workerhost.errors import JobError
 from workerhost.exitcodes import EXIT_DATABASE, EXIT_OK
 from workerhost.gearconn import Assigned, GearmanLost, WorkerConnection
-from workerhost.job import Job, Outcome, parse_unique
+from workerhost.job import Job, Outcome, parse_unique, row_unique
 from workerhost.pace import Pace
 
 log = logging.getLogger("workerhost.worker")
@@ -54,13 +65,20 @@ DATABASE_WAIT_SHARE = 0.8
 # Payload bytes a batch of sql: jobs may carry in one query, at most (handlers.run_sql_together);
 # a larger batch runs job by job, well under any server's max_allowed_packet.
 ONE_QUERY_BYTES = 1 << 20
+# A job whose ledger row another transaction holds is tried again after this long, doubled
+# each time up to HOLD_MAX: a trigger's transaction commits within milliseconds, mostly.
+HOLD_FIRST = 0.002
+HOLD_MAX = 0.1
+# The session of every worker connection: no gap locks (a claim of a row not yet committed must
+# not block the INSERTs of other triggers), and each statement sees what committed before it.
+SESSION = ("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",)
 
 
 @dataclass
 class Slot:
     """What a worker tells its supervisor, through memory they share.
 
-    `started` is the wall time the current job began (0.0 when idle) and `key` the job's key;
+    `started` is the time.monotonic() the current job began (0.0 when idle), `key` its key;
     the supervisor reads them to enforce the timeout and to count a job whose process died.
     """
 
@@ -70,7 +88,9 @@ class Slot:
 
     def begin(self, key: bytes) -> None:
         self.key.raw = key[: len(self.key)].ljust(len(self.key), b"\0")
-        self.started.value = time.time()
+        # CLOCK_MONOTONIC is one clock for every process of the machine, and no clock step
+        # (NTP, an operator's `date`) moves it: a timeout is the job's own time, nothing else.
+        self.started.value = time.monotonic()
 
     def end(self, count: int = 1) -> None:
         self.started.value = 0.0
@@ -88,7 +108,18 @@ class _BatchAborted(Exception):
 # What a job ends with: bytes for WORK_COMPLETE, None for WORK_FAIL.
 Answer = bytes | None
 _DEFERRED = object()  # in a batch: a job with earlier failures, run on its own afterwards
-_DONE_BEFORE = object()  # a job whose ledger row is gone: done already, or rolled back
+_DONE_BEFORE = object()  # a job whose ledger row is gone, or not due: nothing to run now
+LATER = object()  # a job whose ledger row another transaction holds: held, tried again
+
+
+@dataclass
+class _Held:
+    """A job whose ledger row another transaction held at its last claim."""
+
+    assigned: Assigned
+    since: float
+    delay: float = HOLD_FIRST
+    next_try: float = 0.0
 
 
 class Worker:
@@ -99,7 +130,9 @@ class Worker:
         self.config = config
         self.handler = handler
         self.slot = slot
-        self.db = database or Database(config.database.connect_kwargs())
+        self.db = database or Database(config.database.connect_kwargs(), session=SESSION)
+        # A Python handler gets the connection: its transactions are guarded (db.run).
+        self.guarded = handler.callable is not None
         self.stopping = False
         self.jobs_done = 0
         lifetime = handler.max_lifetime
@@ -147,12 +180,15 @@ class Worker:
         limit = self.handler.batch * len(conns)  # jobs run in one transaction, at most
         held: list[Assigned] = []
         held_since = 0.0
+        waiting: list[_Held] = []  # jobs whose rows other transactions held
         try:
             while self.keep_going():
                 self._connect(conns)
                 # Held jobs run once BATCH_WAIT has passed since the first of them came in.
-                timeout = (max(0.0, held_since + BATCH_WAIT - time.monotonic()) if held
-                           else POLL_INTERVAL)
+                now = time.monotonic()
+                timeout = max(0.0, held_since + BATCH_WAIT - now) if held else POLL_INTERVAL
+                if waiting:
+                    timeout = min(timeout, max(0.0, min(w.next_try for w in waiting) - now))
                 if not any(c.connected for c in conns):
                     time.sleep(min(timeout, 0.1))
                 for conn in gearconn.wait(conns, timeout):
@@ -166,11 +202,18 @@ class Worker:
                         held_since = time.monotonic()
                     held.extend(fresh)
                 asking = any(c.asking and c.connected for c in conns)
-                if held and (len(held) >= limit or not asking
-                             or time.monotonic() - held_since >= BATCH_WAIT):
-                    # A connection lost since (even while answering) took its jobs back.
+                now = time.monotonic()
+                ready = bool(held) and (len(held) >= limit or not asking
+                                        or now - held_since >= BATCH_WAIT)
+                # A connection lost since (even while answering) took its jobs back.
+                waiting = [w for w in waiting if w.assigned.answerable]
+                again = [w for w in waiting if w.next_try <= now][:limit]
+                if ready or again:
+                    waiting = [w for w in waiting if w not in again]
                     held = [a for a in held if a.answerable]
-                    batch, held = held[:limit], held[limit:]
+                    room = limit - len(again)
+                    fresh, held = (held[:room], held[room:]) if ready else ([], held)
+                    batch = [w.assigned for w in again] + fresh
                     if batch:
                         started = time.monotonic()
                         answers = self.run_batch([_job(a) for a in batch])
@@ -181,7 +224,9 @@ class Worker:
                         # Before answering: answering asks for more, within the new capacity.
                         for conn in conns:
                             conn.capacity = pace.per_connection(len(conns))
-                        self._answer(batch, answers)
+                        waiting += self._hold(batch, answers, again)
+                        # A connection whose jobs all wait asks for more all the same.
+                        self._answer(*_answered(batch, answers), {a.conn for a in batch})
                     # What is left arrived while that batch ran: it runs next, at once.
             self._say_goodbye(conns)
         except DatabaseLost as exc:
@@ -193,6 +238,29 @@ class Worker:
         if held:
             log.info("stopping: %d jobs held and not started go back to gearmand", len(held))
         return EXIT_OK
+
+    def _hold(self, batch: list[Assigned], answers: list[Answer | object],
+              again: list[_Held]) -> list[_Held]:
+        """The jobs of a batch whose rows another transaction still holds, to try again; one
+        held past the relay's lease is answered instead (as done, without running), and its
+        row shipped again by the relay once it is due."""
+        before = {id(w.assigned): w for w in again}
+        now = time.monotonic()
+        holding: list[_Held] = []
+        for index, (assigned, answer) in enumerate(zip(batch, answers, strict=True)):
+            if answer is not LATER:
+                continue
+            held = before.get(id(assigned)) or _Held(assigned, now)
+            if now - held.since >= self.config.host.relay.lease:
+                log.warning("job %s: its ledger row stayed held by another transaction for "
+                            "%.0fs; leaving it to the relay", _job(assigned).describe(),
+                            now - held.since)
+                answers[index] = b""
+                continue
+            held.next_try = now + held.delay
+            held.delay = min(held.delay * 2, HOLD_MAX)
+            holding.append(held)
+        return holding
 
     def _say_goodbye(self, conns: list[WorkerConnection]) -> None:
         """Make sure the last answers reach gearmand before the connections close."""
@@ -231,9 +299,11 @@ class Worker:
         self._retry_at[name] = time.monotonic() + delay
         log.warning("%s; reconnecting in %.1fs", exc, delay)
 
-    def _answer(self, held: list[Assigned], answers: list[Answer]) -> None:
-        """Answer each job on the connection that got it, then ask for more: one write each."""
-        touched: set[WorkerConnection] = set()
+    def _answer(self, held: list[Assigned], answers: list[Answer],
+                touched: set[WorkerConnection] | None = None) -> None:
+        """Answer each job on the connection that got it, then ask for more (on `touched` as
+        well): one write each."""
+        touched = set() if touched is None else {c for c in touched if c.connected}
         for assigned, answer in zip(held, answers, strict=True):
             if not assigned.answerable:
                 continue  # gearmand has re-queued it already: it runs again elsewhere
@@ -253,8 +323,27 @@ class Worker:
                 self._lost(conn, exc)
 
     # -- the database side ---------------------------------------------------------------
-    def run_batch(self, jobs: list[Job]) -> list[Answer]:
-        """Run jobs in one transaction when they all succeed; else one at a time."""
+    def run_batch(self, jobs: list[Job]) -> list[Answer | object]:
+        """Run jobs in one transaction when they all succeed; else one at a time. A job whose
+        ledger row another transaction holds gets LATER instead of an answer.
+
+        Copies of one delivery (a row shipped again, through another gearmand) run once: the
+        others are answered as done, since their row is the first one's to settle."""
+        seen: dict[tuple[int, str], int] = {}
+        copies: dict[int, int] = {}  # index of a copy -> index of the job it copies
+        for index, job in enumerate(jobs):
+            if job.ledger is not None:
+                copies_of = seen.setdefault((job.ledger, job.proof), index)
+                if copies_of != index:
+                    copies[index] = copies_of
+        if copies:
+            metrics.job_finished(self.handler.name, Outcome.DONE_BEFORE, len(copies))
+            self.jobs_done += len(copies)
+            firsts = [job for index, job in enumerate(jobs) if index not in copies]
+            answered = iter(self.run_batch(firsts))
+            answers = [None if index in copies else next(answered)
+                       for index in range(len(jobs))]
+            return [b"" if index in copies else answer for index, answer in enumerate(answers)]
         if len(jobs) == 1:
             return [self.execute(jobs[0])]
         deadline = time.monotonic() + self.handler.timeout * DATABASE_WAIT_SHARE
@@ -264,29 +353,28 @@ class Worker:
         except _BatchAborted:
             return [self.execute(job) for job in jobs]
         gone = sum(1 for r in results if r is _DONE_BEFORE)
-        completed = len(results) - results.count(_DEFERRED) - gone
+        completed = len(results) - results.count(_DEFERRED) - results.count(LATER) - gone
         self.jobs_done += completed + gone
         metrics.job_finished(self.handler.name, Outcome.COMPLETE, completed)
         metrics.job_finished(self.handler.name, Outcome.DONE_BEFORE, gone)
         return [self.execute(job) if r is _DEFERRED else b"" if r is _DONE_BEFORE
-                else r  # type: ignore[misc]
-                for job, r in zip(jobs, results, strict=True)]
+                else r for job, r in zip(jobs, results, strict=True)]
 
     def _batch_attempt(self, conn: Connection, jobs: list[Job]) -> list[object]:
-        ledger, earlier = tables.claim_with_failures(
-            conn, [job.ledger for job in jobs if job.ledger is not None],
-            [job.key for job in jobs])
+        claim = tables.claim(conn, [job.ledger for job in jobs if job.ledger is not None],
+                             [job.key for job in jobs])
         results: list[object] = []
         runnable: list[Job] = []
         for job in jobs:
-            origin = self._origin(job, ledger)
-            if origin is not None or earlier.get(job.key):
-                # Gone: answered at once. Refused, or failed before: dealt with on its own.
-                results.append(_DONE_BEFORE if origin is _DONE_BEFORE else _DEFERRED)
-            else:
+            verdict = self._verdict(job, claim)
+            if verdict is None and not claim.failures.get(job.key):
                 job.attempt = 1
                 results.append(job)
                 runnable.append(job)
+            elif verdict is _DONE_BEFORE or verdict is LATER:
+                results.append(verdict)
+            else:  # refused, or failed before: dealt with on its own
+                results.append(_DEFERRED)
         # The ledger rows go in the transaction that commits the effects.
         done = [job.ledger for job in runnable if job.ledger is not None]
         try:
@@ -326,13 +414,10 @@ class Worker:
         finally:
             self._end(len(jobs))
 
-    def _claim(self, conn: Connection, jobs: list[Job]) -> dict[int, tuple[str, bytes]]:
-        ids = [job.ledger for job in jobs if job.ledger is not None]
-        return tables.claim(conn, ids) if ids else {}
-
-    def _origin(self, job: Job, ledger: dict[int, tuple[str, bytes]]) -> object | None:
-        """None when the job may run (its payload then is its ledger row's); _DONE_BEFORE
-        when its ledger row is gone; else the Failure that refuses it."""
+    def _verdict(self, job: Job, claim: tables.Claim) -> object | None:
+        """None when the job may run (its payload and unique then are its ledger row's);
+        _DONE_BEFORE when its row is gone, or waits for a retry's delay; LATER when another
+        transaction holds its row; else the Failure that refuses it."""
         if job.ledger is None:
             if self.handler.accept == "any":
                 return None
@@ -340,25 +425,29 @@ class Worker:
                 "refused: the job names no ledger row, so nothing proves that a trigger fired "
                 "it (any SQL account can call the UDF, any client can reach gearmand); give "
                 "the handler accept: any to run such jobs", final=True)
-        row = ledger.get(job.ledger)
+        row = claim.rows.get(job.ledger)
         if row is None:
-            return _DONE_BEFORE
-        function, payload = row
-        if function != job.function:
+            return LATER if job.ledger in claim.held else _DONE_BEFORE
+        if row.function != job.function:
             return failures.Failure(
-                f"refused: ledger row {job.ledger} belongs to {function!r}, not to this "
+                f"refused: ledger row {job.ledger} belongs to {row.function!r}, not to this "
                 "function", final=True)
-        job.use_payload(payload)
+        if not hmac.compare_digest(row.token.encode(), job.proof.encode()):
+            return failures.Failure(
+                f"refused: the job names ledger row {job.ledger} without the row's token, so "
+                "it was not shipped from the ledger (a forged or stale unique)", final=True)
+        if not row.runnable:
+            return _DONE_BEFORE  # a copy from before a failure: the relay ships the retry
+        job.use_payload(row.payload)
+        job.unique = row.unique or row_unique(row.payload, row.ident)
         return None
 
-    def execute(self, job: Job) -> Answer:
-        """Run one job to its end in its own transaction."""
-        self._begin(job)
-        try:
-            return self._execute(job)
-        finally:
+    def execute(self, job: Job) -> Answer | object:
+        """Run one job to its end in its own transaction (LATER: its row is held)."""
+        outcome, value = self._execute(job)
+        if outcome is not LATER:
             self.jobs_done += 1
-            self._end()
+        return value if outcome is LATER else self._settle(job, outcome, value)
 
     def _begin(self, job: Job, count: int = 1) -> None:
         """`count` jobs begin, together; the supervisor sees `job`'s key."""
@@ -371,19 +460,24 @@ class Worker:
         if self.slot is not None:
             self.slot.end(count)
 
-    def _execute(self, job: Job) -> Answer:
+    def _execute(self, job: Job) -> tuple[object, object]:
         deadline = time.monotonic() + self.handler.timeout * DATABASE_WAIT_SHARE
         policy = self.handler.retries
 
-        def attempt(conn: Connection) -> tuple[Outcome | None, bytes | failures.Failure]:
-            origin = self._origin(job, self._claim(conn, [job]))
-            if origin is _DONE_BEFORE:
+        def attempt(conn: Connection) -> tuple[object, object]:
+            claim = tables.claim(conn, [job.ledger] if job.ledger is not None else [],
+                                 [job.key])
+            verdict = self._verdict(job, claim)
+            if verdict is LATER:
+                return LATER, LATER
+            if verdict is _DONE_BEFORE:
                 return Outcome.DONE_BEFORE, b""
-            if isinstance(origin, failures.Failure):
-                # Refused: a ledger row it names is not its own, so it must stay as it is.
-                failures.dead_letter(conn, dataclasses.replace(job, ledger=None), 0, origin)
-                return Outcome.REFUSED, origin
-            done = tables.failures_so_far(conn, job.key)
+            if isinstance(verdict, failures.Failure):
+                # Refused: kept in bounded form, never as a job that could run again.
+                tables.add_refused(conn, job.function, job.unique_sent.encode(), job.payload,
+                                   verdict.error)
+                return Outcome.REFUSED, verdict
+            done = claim.failures.get(job.key, 0)
             job.attempt = done + 1
             if done >= policy.attempts:
                 # Its worker died (or timed out) on the last attempt: never run it again.
@@ -392,11 +486,11 @@ class Worker:
                 failures.dead_letter(conn, job, done, last)
                 return Outcome.DEAD, failure
             try:
-                result = handlers.run(self.handler, job, conn)
+                result = self._run_one(conn, job)
             except Exception as exc:  # a handler's failure, whatever it is
                 if is_transient(exc):
                     raise
-                conn.rollback()  # what it wrote before it failed: it runs again from scratch
+                self.db.restart()  # what it wrote before it failed: it runs again from scratch
                 return None, _failure(exc)
             if done:
                 tables.forget(conn, job.key)
@@ -405,12 +499,22 @@ class Worker:
             return Outcome.COMPLETE, result
 
         outcome, value = self._in_transaction(attempt, deadline, job)
+        return outcome, value
+
+    def _settle(self, job: Job, outcome: object, value: object) -> Answer:
+        """Count, log and (for a failure) record how the job ended; its answer."""
+        deadline = time.monotonic() + self.handler.timeout * DATABASE_WAIT_SHARE
         if outcome in (Outcome.COMPLETE, Outcome.DONE_BEFORE):
-            assert isinstance(value, bytes)
+            assert isinstance(value, bytes) and isinstance(outcome, Outcome)
             metrics.job_finished(job.function, outcome)
             return value
         assert isinstance(value, failures.Failure)
-        if outcome is not None:  # dead or refused: a dead letter, the job never ran
+        if outcome is Outcome.REFUSED:
+            metrics.job_finished(job.function, Outcome.REFUSED)
+            log.error("job %s refused without running: %s", job.describe(), value.error,
+                      extra=logs.job_fields(job))
+            return None
+        if isinstance(outcome, Outcome):  # dead: a dead letter, the job never ran
             metrics.job_finished(job.function, outcome)
             log.error("job %s dead-lettered without running: %s", job.describe(), value.error,
                       extra=logs.job_fields(job))
@@ -446,20 +550,36 @@ class Worker:
 
     def _in_transaction(self, work: Callable[[Connection], Any], deadline: float, job: Job) -> Any:
         try:
-            return self.db.run(work, deadline=deadline)
+            return self.db.run(work, deadline=deadline, guarded=self.guarded)
         except db.RUN_ERRORS as exc:
             raise DatabaseLost(f"job {job.describe()}: {self.db.describe()} failed: {exc}") from exc
 
 
 def _job(assigned: Assigned) -> Job:
-    ledger, unique = parse_unique(assigned.unique.decode("utf-8", "replace"))
+    sent = assigned.unique.decode("utf-8", "replace")
+    ledger, rest = parse_unique(sent)
     return Job(
         function=assigned.function.decode("utf-8", "replace"), payload=assigned.data,
-        unique=unique, handle=assigned.handle.decode("utf-8", "replace"), ledger=ledger,
+        unique=rest, handle=assigned.handle.decode("utf-8", "replace"), ledger=ledger,
+        proof=rest if ledger is not None else "", unique_sent=sent,
     )
 
 
+def _answered(batch: list[Assigned], answers: list[Answer | object]
+              ) -> tuple[list[Assigned], list[Answer]]:
+    """The jobs of a batch that have their answer, and those answers."""
+    pairs = [(a, answer) for a, answer in zip(batch, answers, strict=True) if answer is not LATER]
+    return [a for a, _ in pairs], [answer for _, answer in pairs]  # type: ignore[misc]
+
+
 def _failure(exc: BaseException) -> failures.Failure:
+    if getattr(db.translate(exc), "errno", None) == db.ER_XAER_RMFAIL:
+        return failures.Failure(
+            "the handler tried to end the host's transaction through SQL (COMMIT, ROLLBACK, "
+            "START TRANSACTION, DDL, LOCK TABLES or SET autocommit), which the server refused: "
+            "the host commits a job's effect together with its ledger row, so a handler must "
+            f"not; raise an exception to roll back ({exc})",
+            "".join(traceback.format_exception(exc)))
     if isinstance(exc, handlers.CommandFailed):
         return failures.Failure(str(exc), exc.stderr)  # the program's stderr, not our stack
     if isinstance(exc, JobError):

@@ -8,7 +8,12 @@
 -- shipped again when its lease runs out, and a job that runs twice finds its row gone the
 -- second time. Rows are due at not_before: the relay ships due rows in id order and leases
 -- them (not_before moves on, ships counts up); a failed attempt makes its row due again later.
--- No secondary index: every trigger pays for each index on every row it writes here.
+-- Each row holds a random token (made by the server for every row, whoever writes it) that
+-- every delivery of its job carries in its Gearman unique, L<id>:<token>: a job naming the row
+-- without the token is refused, so no SQL account (which may call the UDF, but cannot read
+-- this table) can make a row's job run, or count its failures, by forging its unique.
+-- One secondary index, on the due time: a relay's poll reads the due rows, not the whole
+-- leased backlog before them. Every trigger pays for each index on every row it writes here.
 CREATE TABLE IF NOT EXISTS workerhost_outbox (
     id          BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
     `function`  VARCHAR(255) NOT NULL,
@@ -17,7 +22,9 @@ CREATE TABLE IF NOT EXISTS workerhost_outbox (
     priority    ENUM('normal', 'high', 'low') NOT NULL DEFAULT 'normal',
     not_before  DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
     created_at  DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-    ships       INT UNSIGNED NOT NULL DEFAULT 0
+    ships       INT UNSIGNED NOT NULL DEFAULT 0,
+    token       CHAR(32) CHARACTER SET ascii NOT NULL DEFAULT (HEX(RANDOM_BYTES(16))),
+    KEY due (not_before)
 ) ENGINE=InnoDB;
 
 -- Failed attempts of jobs still in play, keyed by function and unique: a handler exception,
@@ -42,6 +49,21 @@ CREATE TABLE IF NOT EXISTS workerhost_dead_letters (
     first_failed_at  DATETIME(6) NULL,
     failed_at        DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
     KEY by_function (`function`, id)
+) ENGINE=InnoDB;
+
+-- Deliveries refused because nothing proved their origin (no ledger row named, a token that
+-- is not the row's, a row of another function): kept in bounded form only (never the whole
+-- payload, the newest REFUSED_KEPT of them), so that forged jobs can neither fill the disk nor
+-- ever be replayed: nothing moves a refused delivery back into the ledger.
+CREATE TABLE IF NOT EXISTS workerhost_refused (
+    id           BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    `function`   VARCHAR(255) NOT NULL,
+    unique_key   VARBINARY(64) NOT NULL,
+    size         BIGINT UNSIGNED NOT NULL,
+    sha256       CHAR(64) CHARACTER SET ascii NOT NULL,
+    head         VARBINARY(256) NOT NULL,
+    reason       VARCHAR(512) NOT NULL,
+    refused_at   DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
 ) ENGINE=InnoDB;
 
 -- How far each schedule (schedules: in the YAML) has got, in UTC. A slot fires by writing its

@@ -1,5 +1,6 @@
 -- Mirror of workerhost.sql: drops the worker host's tables and everything in them.
 DROP TABLE IF EXISTS workerhost_schedules;
+DROP TABLE IF EXISTS workerhost_refused;
 DROP TABLE IF EXISTS workerhost_dead_letters;
 DROP TABLE IF EXISTS workerhost_attempts;
 DROP TABLE IF EXISTS workerhost_outbox;
