@@ -14,11 +14,12 @@ Every entry on one row change shares the event id; gearmand scopes uniques per f
 Delivery, per entry:
 
 ``immediate``
-    The job's ledger row goes into ``workerhost_outbox``, leased, and ``gman_ship(function,
-    '', 'L<row id>:<event id>')`` sends the job to gearmand at once, without waiting for its
-    acknowledgement (the ledger row keeps the job until its effect commits). The worker's
-    claim of the row waits for the trigger's transaction: a job never runs before its row
-    commits, and one whose transaction rolled back finds no row and does nothing. When the
+    The job's ledger row goes into ``workerhost_outbox``, leased, with a random token, and
+    ``gman_ship(function, '', 'L<row id>:<token>')`` sends the job to gearmand at once,
+    without waiting for its acknowledgement (the ledger row keeps the job until its effect
+    commits). A job never runs before its row commits: the worker holds a job whose row the
+    trigger's transaction still holds, runs its other jobs meanwhile, and runs it once the
+    row commits; one whose transaction rolled back finds no row and does nothing. When the
     UDF gives NULL (no gearmand reachable; the UDF never raises) the row is made due at once
     and the relay ships it; a job lost after it was sent is shipped again when the lease
     ends.
@@ -69,6 +70,7 @@ from workerhost.tables import (
     OUTBOX_TRIGGER_COLUMNS,
     OUTBOX_TRIGGER_COLUMNS_LEASED,
     OUTBOX_TRIGGER_COLUMNS_UNIQUE,
+    TOKEN_EXPRESSION,
 )
 
 TRIGGER_PREFIX = "workerhost_"  # every trigger with this prefix belongs to workerhost
@@ -133,17 +135,21 @@ class Trigger:
             return "\n".join([*head, self._outbox(self.jobs[0], None, f"/* {generated} */ ")])
         lines = [*head, "BEGIN", f"  -- {generated}",
                  "  DECLARE wh_event_id CHAR(36) DEFAULT UUID();"]
+        if any(job.delivery == "immediate" for job in self.jobs):
+            # The proof the job carries (job.py): random, in the row, unreadable to the
+            # accounts that may call the UDF. Every entry of the row change shares it.
+            lines.append(f"  DECLARE wh_token CHAR(32) DEFAULT {TOKEN_EXPRESSION};")
         for job in self.jobs:
             if job.delivery == "immediate":
                 lease = f"NOW(6) + INTERVAL {round(self.lease * 1_000_000)} MICROSECOND"
                 lines += [
                     f"  INSERT INTO {quote(OUTBOX)} {OUTBOX_TRIGGER_COLUMNS_LEASED} VALUES "
                     f"({sql_string(job.function)}, {self._payload(job, 'wh_event_id')}, "
-                    f"wh_event_id, {lease}, 1);",
+                    f"wh_event_id, {lease}, 1, wh_token);",
                     # No workload: the worker reads the payload from the ledger row, so it
                     # is neither built twice per row nor held twice, in gearmand as well.
                     f"  IF {UDF}({sql_string(job.function)}, '',"
-                    " CONCAT('L', LAST_INSERT_ID(), ':', wh_event_id)) IS NULL THEN",
+                    " CONCAT('L', LAST_INSERT_ID(), ':', wh_token)) IS NULL THEN",
                     f"    UPDATE {quote(OUTBOX)} SET `not_before` = NOW(6), `ships` = 0 "
                     "WHERE `id` = LAST_INSERT_ID();",
                     "  END IF;",
