@@ -181,13 +181,15 @@ def rekey_failures(conn: Connection, old: bytes, new: bytes) -> None:
 
 def lock_due(conn: Connection, limit: int) -> list[tuple[Any, ...]]:
     """Due outbox rows, the longest due first, locked for this transaction and skipped by
-    other relays: (id, function, payload, unique_key, priority, token). Read through the index
-    on not_before, so a poll costs the due rows, not the leased backlog."""
+    other relays: (id, function, payload, unique_key, priority, token, ships, age in
+    microseconds since the row was written). Read through the index on not_before, so a poll
+    costs the due rows, not the leased backlog."""
     cursor = db.cursor(conn)
     # No gap locks: under REPEATABLE READ they deadlock the triggers' outbox INSERTs.
     cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
     cursor.execute(
-        f"SELECT id, `function`, payload, unique_key, priority, token FROM {OUTBOX} "
+        f"SELECT id, `function`, payload, unique_key, priority, token, ships, "
+        f"TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6)) FROM {OUTBOX} "
         "FORCE INDEX (due) WHERE not_before <= NOW(6) ORDER BY not_before, id LIMIT %s "
         "FOR UPDATE SKIP LOCKED",
         (limit,),
@@ -327,6 +329,19 @@ def outbox_figures(conn: Connection) -> tuple[int, int, int, int, Any, Any]:
     )
     rows, due, leased, delayed, oldest, overdue = cursor.fetchone()
     return int(rows), int(due), int(leased), int(delayed), oldest, overdue
+
+
+def unserved_rows(conn: Connection, older_than: float) -> dict[str, tuple[int, int]]:
+    """Rows written `older_than` seconds ago or earlier, per function: (rows, age in
+    microseconds of the oldest). One scan of the ledger, as outbox_figures makes."""
+    cursor = db.cursor(conn)
+    cursor.execute(
+        "SELECT `function`, COUNT(*), TIMESTAMPDIFF(MICROSECOND, MIN(created_at), NOW(6)) "
+        f"FROM {OUTBOX} WHERE created_at <= NOW(6) - INTERVAL %s MICROSECOND "
+        "GROUP BY `function` ORDER BY `function`", (int(older_than * 1_000_000),),
+    )
+    return {str(function): (int(rows), int(oldest))
+            for function, rows, oldest in cursor.fetchall()}
 
 
 # -- dead letters ------------------------------------------------------------------------------
