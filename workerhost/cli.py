@@ -17,6 +17,7 @@ from workerhost.exitcodes import (
     RET_CONNECT,
     RET_DOCTOR,
     RET_ERROR,
+    RET_INTERRUPTED,
     RET_OK,
     RET_SANDBOX,
     RET_USAGE,
@@ -612,7 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return RET_ERROR
     except KeyboardInterrupt:
         print("workerhost: interrupted", file=sys.stderr)
-        return 130
+        return RET_INTERRUPTED
     return code
 
 

@@ -37,6 +37,7 @@ import mysql.connector
 
 from workerhost import gearadmin, status
 from workerhost.errors import ConnectError
+from workerhost.exitcodes import EXIT_START_FAILED
 from workerhost.job import Outcome
 
 if TYPE_CHECKING:
@@ -50,7 +51,6 @@ log = logging.getLogger("workerhost.metrics")
 ENV = "PROMETHEUS_MULTIPROC_DIR"  # where prometheus_client's multiprocess mode keeps its files
 DIRECTORY_PREFIX = "workerhost-metrics-"  # then the supervisor's pid: stale ones can be found
 SERVER = "(metrics)"  # the name under which the supervisor runs the HTTP server child
-EXIT_START_FAILED = 3  # as worker.EXIT_START_FAILED: the address cannot be listened on
 # How long one scrape or health check may wait for each server; Prometheus' own scrape
 # timeout is 10s by default, and a scrape must answer within it even when a server is dead.
 SCRAPE_TIMEOUT = 2.0

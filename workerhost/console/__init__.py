@@ -18,11 +18,11 @@ from workerhost import logs
 from workerhost.config import DEFAULT_CONSOLE_PORT, Config, Server
 from workerhost.converters import is_loopback
 from workerhost.errors import WorkerHostError
+from workerhost.exitcodes import EXIT_START_FAILED
 
 log = logging.getLogger("workerhost.console")
 
 DEFAULT_LISTEN = Server("127.0.0.1", DEFAULT_CONSOLE_PORT)
-EXIT_START_FAILED = 3  # as worker.EXIT_START_FAILED: the address cannot be listened on
 THREADS = 4  # requests served at once; a slow one (a bulk retry) does not hold up the rest
 
 
