@@ -584,11 +584,13 @@ def ledger_figures_between(conn: Connection, low: int, high: int) -> tuple[Any, 
 
 def ledger_page(conn: Connection, state: str | None, after: int, limit: int, scan: int,
                 preview: int, function: str | None = None, search: str | None = None,
-                secrets: Sequence[str] = ()) -> tuple[list[tuple[Any, ...]], int | None]:
-    """Ledger rows in id order above `after`, of one state (LEDGER_STATES) or all, of one
-    function or all, whose payload (with `secrets` masked) holds `search` or any, reading
-    at most `scan` rows when one of these is given: (the rows as LEDGER_COLUMNS, the id the
-    next page starts after; None at the end of the table)."""
+                secrets: Sequence[str] = (), newest: bool = False
+                ) -> tuple[list[tuple[Any, ...]], int | None]:  # fmt: skip
+    """Ledger rows in id order past `after` (above it; with `newest`, newest first below it,
+    0 for the newest row), of one state (LEDGER_STATES) or all, of one function or all,
+    whose payload (with `secrets` masked) holds `search` or any, reading at most `scan` rows
+    when one of these is given: (the rows as LEDGER_COLUMNS, the id the next page starts
+    past; None at the end of the table)."""
     cursor = db.cursor(conn)
     conditions: list[str] = [LEDGER_STATES[state]] if state else []
     args: list[Any] = []
@@ -599,27 +601,125 @@ def ledger_page(conn: Connection, state: str | None, after: int, limit: int, sca
         payload, payload_args = _masked("payload", secrets)
         conditions.append(f"{payload} LIKE %s ESCAPE '!'")
         args += [*payload_args, _like(search)]
+    order = "DESC" if newest else "ASC"
+    if newest and not after:
+        past, past_args = "", []
+    else:
+        past, past_args = ("WHERE id < %s" if newest else "WHERE id > %s"), [after]
     if not conditions:  # every row: the next `limit` ids are the page
-        cursor.execute(f"SELECT id FROM {OUTBOX} WHERE id > %s ORDER BY id LIMIT %s",
-                       (after, limit))
+        cursor.execute(f"SELECT id FROM {OUTBOX} {past} ORDER BY id {order} LIMIT %s",
+                       (*past_args, limit))
     else:  # no index serves these: look through the next `scan` rows
         columns = "id, `function`, not_before, ships" + (", payload" if search else "")
-        cursor.execute(f"SELECT id FROM (SELECT {columns} FROM {OUTBOX} WHERE id > %s "
-                       f"ORDER BY id LIMIT %s) AS scanned WHERE {' AND '.join(conditions)} "
-                       "ORDER BY id LIMIT %s", (after, scan, *args, limit))  # fmt: skip
+        cursor.execute(f"SELECT id FROM (SELECT {columns} FROM {OUTBOX} {past} ORDER BY id "
+                       f"{order} LIMIT %s) AS scanned WHERE {' AND '.join(conditions)} "
+                       f"ORDER BY id {order} LIMIT %s",
+                       (*past_args, scan, *args, limit))  # fmt: skip
     ids = [int(row[0]) for row in cursor.fetchall()]
     if len(ids) == limit:
         following: int | None = ids[-1]
-    else:  # the window held fewer: go on after its last row, if the table goes on
-        cursor.execute(f"SELECT MAX(id), COUNT(*) FROM (SELECT id FROM {OUTBOX} WHERE id > %s "
-                       "ORDER BY id LIMIT %s) AS scanned", (after, scan))  # fmt: skip
+    else:  # the window held fewer: go on past its last row, if the table goes on
+        cursor.execute(f"SELECT {'MIN' if newest else 'MAX'}(id), COUNT(*) FROM (SELECT id "
+                       f"FROM {OUTBOX} {past} ORDER BY id {order} LIMIT %s) AS scanned",
+                       (*past_args, scan))  # fmt: skip
         last, read = cursor.fetchone()
         following = int(last) if last is not None and int(read) == scan else None
     if not ids:
         return [], following
     cursor.execute(f"SELECT {LEDGER_COLUMNS} FROM {OUTBOX} WHERE id IN ({_marks(ids)}) "
-                   "ORDER BY id", [preview, *ids])  # fmt: skip
+                   f"ORDER BY id {order}", [preview, *ids])  # fmt: skip
     return list(cursor.fetchall()), following
+
+
+def dead_letters_among(conn: Connection, ids: Sequence[int]) -> list[int]:
+    """Which of `ids` are dead letters."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT id FROM {DEAD_LETTERS} WHERE id IN ({_marks(ids)}) ORDER BY id",
+                   list(ids))
+    return [int(row[0]) for row in cursor.fetchall()]
+
+
+def ledger_key(function: str, ident: int) -> bytes:
+    """The key a ledger row's job counts its failed attempts under (Job.key)."""
+    return f"{function}\0L{ident}".encode()[:520]
+
+
+def ledger_row(conn: Connection, ident: int, head: int
+               ) -> tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]:  # fmt: skip
+    """One ledger row, its payload's first `head` bytes: (id, function, unique_key, priority,
+    not_before, created_at, ships, LENGTH(payload), LEFT(payload, head), due) or None; and
+    its job's failed attempts so far: (failures, first_at, last_error, traceback) or None."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT {LEDGER_COLUMNS} FROM {OUTBOX} WHERE id = %s", (head, ident))
+    row = cursor.fetchone()
+    if row is None:
+        return None, None
+    cursor.execute(f"SELECT failures, first_at, last_error, traceback FROM {ATTEMPTS} "
+                   "WHERE job_key = %s", (ledger_key(str(row[1]), ident),))  # fmt: skip
+    attempts = cursor.fetchone()
+    return tuple(row), None if attempts is None else tuple(attempts)
+
+
+def functions_seen(conn: Connection, window: int) -> set[str]:
+    """Every function of a dead letter (read on their index, one entry per function), and of
+    the newest `window` ledger rows (the ledger has no index on `function`)."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT DISTINCT `function` FROM {DEAD_LETTERS}")
+    found = {str(row[0]) for row in cursor.fetchall()}
+    cursor.execute(f"SELECT DISTINCT `function` FROM (SELECT `function` FROM {OUTBOX} ORDER BY "
+                   "id DESC LIMIT %s) AS recent", (window,))  # fmt: skip
+    return found | {str(row[0]) for row in cursor.fetchall()}
+
+
+def lock_ledger_row(conn: Connection, ident: int) -> tuple[str, str] | None:
+    """Lock a ledger row for an action, without waiting: (its function, its state: one of
+    LEDGER_STATES, or "held" while another transaction holds it, a worker running its job);
+    None when there is no such row."""
+    cursor = db.cursor(conn)
+    states = " ".join(f"WHEN {condition} THEN '{name}'"
+                       for name, condition in LEDGER_STATES.items())
+    try:
+        with db.translating():
+            cursor.execute(f"SELECT `function`, CASE {states} END FROM {OUTBOX} WHERE id = %s "
+                           "FOR UPDATE NOWAIT", (ident,))  # fmt: skip
+            row = cursor.fetchone()
+    except db.ERRORS as exc:
+        if getattr(db.translate(exc), "errno", None) in _LOCKED_ERRNOS:
+            return None if _gone(conn, ident) else ("", "held")
+        raise
+    return None if row is None else (str(row[0]), str(row[1]))
+
+
+def _gone(conn: Connection, ident: int) -> bool:
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT COUNT(*) FROM {OUTBOX} WHERE id = %s", (ident,))
+    return not int(cursor.fetchone()[0])
+
+
+def run_ledger_row_now(conn: Connection, ident: int) -> int:
+    """A delayed row (a retry waiting out its back-off) due now: rows changed (0 or 1)."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"UPDATE {OUTBOX} SET not_before = NOW(6) WHERE id = %s AND "
+                   f"{LEDGER_STATES['delayed']}", (ident,))  # fmt: skip
+    return int(cursor.rowcount)
+
+
+def ledger_row_to_dead_letters(conn: Connection, ident: int, function: str, error: str) -> int:
+    """Move a ledger row (locked by lock_ledger_row) to the dead letters with its failures so
+    far, which are forgotten: rows moved (0 or 1). Its job, shipped already, finds no row
+    and does nothing."""
+    key = ledger_key(function, ident)
+    cursor = db.cursor(conn)
+    cursor.execute(
+        f"INSERT INTO {DEAD_LETTERS} (`function`, payload, unique_key, attempts, error, "
+        "traceback, first_failed_at) SELECT o.`function`, o.payload, o.unique_key, "
+        "COALESCE(a.failures, 0), %s, a.traceback, COALESCE(a.first_at, NOW(6)) "
+        f"FROM {OUTBOX} AS o LEFT JOIN {ATTEMPTS} AS a ON a.job_key = %s WHERE o.id = %s",
+        (error, key, ident))  # fmt: skip
+    moved = int(cursor.rowcount)
+    cursor.execute(f"DELETE FROM {OUTBOX} WHERE id = %s", (ident,))
+    cursor.execute(f"DELETE FROM {ATTEMPTS} WHERE job_key = %s", (key,))
+    return moved
 
 
 # -- schedules ---------------------------------------------------------------------------------
