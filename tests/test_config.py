@@ -349,7 +349,7 @@ def test_tls_keys_reach_the_connector() -> None:
          " least 1, got '0'"),
         ("bad-handler-name.yaml",
          "bad-handler-name.yaml: handlers.mark seen: expected a Gearman function name (no"
-         " whitespace, at most 255 bytes), got 'mark seen'"),
+         " whitespace or control characters, at most 255 bytes), got 'mark seen'"),
         ("trigger-bad-event.yaml",
          "trigger-bad-event.yaml: triggers[0].events[1]: expected one of insert, update,"
          " delete, got 'upsert'"),
@@ -547,10 +547,10 @@ def test_identifier_rejects(bad: object) -> None:
 
 def test_function_name_limit_is_in_bytes() -> None:
     assert conv.function_name("x" * 255) == "x" * 255
-    for bad in ("é" * 128, "", "a\tb"):
+    for bad in ("é" * 128, "", "a\tb", "bell\x07", "del\x7f", "nul\x00"):
         assert reason(conv.function_name, bad) == (
-            "expected a Gearman function name (no whitespace, at most 255 bytes),"
-            f" got {conv.show(bad)}"
+            "expected a Gearman function name (no whitespace or control characters, at most "
+            f"255 bytes), got {conv.show(bad)}"
         )
 
 

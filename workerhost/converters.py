@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from workerhost import sqlcheck
+from workerhost import limits, sqlcheck
 
 # Duration units in seconds; a bare number means seconds.
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -26,7 +26,6 @@ _IDENTIFIER = re.compile(r"[A-Za-z0-9_$]{1,64}")
 _ENV_REFERENCE = re.compile(r"\$(\$?)\{([^}]*)(\}?)")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PYTHON_REF = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
-_MAX_FUNCTION_NAME_BYTES = 255  # gearmand's limit on a function name
 MAX_OWNER_NAME = 64  # a triggers_owner, written into every trigger's body
 _OWNER_NAME = re.compile(rf"[A-Za-z0-9_.-]{{1,{MAX_OWNER_NAME}}}")
 # The least a console session key may hold: 32 hex digits are 128 bits (`openssl rand -hex 32`
@@ -179,16 +178,17 @@ def identifier(value: object) -> str:
 
 
 def function_name(value: object) -> str:
-    """A Gearman function name: non-empty, no whitespace, at most 255 bytes of UTF-8."""
+    """A Gearman function name: non-empty, no whitespace or control character (the UDF refuses
+    them), at most limits.FUNCTION_NAME_BYTES bytes of UTF-8 (the ledger's column)."""
     if (
         not isinstance(value, str)
         or not value
         or any(char.isspace() for char in value)
-        or len(value.encode("utf-8")) > _MAX_FUNCTION_NAME_BYTES
+        or limits.name_problem(value, limits.FUNCTION_NAME_BYTES) is not None
     ):
         raise ValueError(
-            "expected a Gearman function name (no whitespace, at most 255 bytes),"
-            f" got {show(value)}"
+            "expected a Gearman function name (no whitespace or control characters, at most "
+            f"{limits.FUNCTION_NAME_BYTES} bytes), got {show(value)}"
         )
     return value
 
@@ -432,10 +432,7 @@ def is_loopback(host: str) -> bool:
 
 
 # -- schedules ---------------------------------------------------------------------------------
-# A schedule's job carries the Gearman unique L<ledger id>:schedule:<name>:<slot>, where the
-# slot is 16 characters (20261127T100000Z) and gearmand takes 64 bytes at most: a name of 24
-# leaves room for ledger ids of 12 digits.
-MAX_SCHEDULE_NAME = 24
+MAX_SCHEDULE_NAME = limits.SCHEDULE_NAME_CHARS
 _SCHEDULE_NAME = re.compile(rf"[A-Za-z0-9_.-]{{1,{MAX_SCHEDULE_NAME}}}")
 _CRON_WORDS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 

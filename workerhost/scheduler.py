@@ -11,8 +11,8 @@ transaction that moves the schedule's row (`workerhost_schedules`) past the slot
 row locked. A host that still believes it leads after its lock went elsewhere (a process
 stalled past the lock connection's idle timeout) finds the row moved on and fires nothing, so
 the lock decides who does the work and the row decides what is done, once. From the ledger the
-job goes as a trigger's does: the relay ships it with the unique `schedule:NAME:SLOT`, a worker
-runs it, and its effect commits once.
+job goes as a trigger's does: the relay ships it (its row's unique_key, `schedule:NAME:SLOT`, is
+the job's unique for its handler), a worker runs it, and its effect commits once.
 
 A slot that came due while no host led its schedule (every host stopped, the database away,
 the moments of a takeover or of a reload) is missed. `catch_up` says what becomes of missed
