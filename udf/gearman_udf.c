@@ -132,6 +132,26 @@ typedef unsigned char udf_flag;
 #define UDF_EXPORT __attribute__((visibility("default")))
 
 /*
+ * Every SQL function of the library, listed once. The declarations below, the MySQL 8
+ * signature check (compat/mysql8_signatures.c) and tests/test_udf_list.py (against
+ * sql/install.sql and sql/uninstall.sql, and the symbols the .so exports) all read it.
+ * STRING(name): name, name_init and name_deinit, RETURNS STRING; AGGREGATE(name): also
+ * name_clear and name_add, RETURNS INTEGER.
+ */
+#define GMU_FUNCTIONS(STRING, AGGREGATE)                                                    \
+  STRING(gman_do_background)                                                                \
+  STRING(gman_do_high_background)                                                           \
+  STRING(gman_do_low_background)                                                            \
+  STRING(gman_do_epoch_background)                                                          \
+  STRING(gman_ship)                                                                         \
+  STRING(gman_do)                                                                           \
+  STRING(gman_do_high)                                                                      \
+  STRING(gman_do_low)                                                                       \
+  AGGREGATE(gman_sum)                                                                       \
+  STRING(gman_servers_set)                                                                  \
+  STRING(gman_udf_status)
+
+/*
  * UDF_ARGS as both servers pass it. Their server headers declare each argument's name
  * (attributes) after maybe_null, as MariaDB's udf_example.c reads them; Connector/C's copy
  * of the struct, which MariaDB builds compile against, ends at maybe_null.
@@ -1890,6 +1910,23 @@ static char *job_row(UDF_INIT *initid, UDF_ARGS *args, unsigned long *length,
   *length = call->len;
   return call->buf;
 }
+
+/* Each entry point declared from the list, so that a definition that strays from the type
+ * mysqld calls it through does not compile. */
+#define DECLARE_STRING_UDF(name)                                                            \
+  UDF_EXPORT udf_bool name##_init(UDF_INIT *initid, UDF_ARGS *args, char *message);         \
+  UDF_EXPORT void name##_deinit(UDF_INIT *initid);                                          \
+  UDF_EXPORT char *name(UDF_INIT *initid, UDF_ARGS *args, char *result,                     \
+                        unsigned long *length, udf_flag *is_null, udf_flag *error);
+#define DECLARE_AGGREGATE_UDF(name)                                                         \
+  UDF_EXPORT udf_bool name##_init(UDF_INIT *initid, UDF_ARGS *args, char *message);         \
+  UDF_EXPORT void name##_deinit(UDF_INIT *initid);                                          \
+  UDF_EXPORT void name##_clear(UDF_INIT *initid, udf_flag *is_null, udf_flag *error);       \
+  UDF_EXPORT void name##_add(UDF_INIT *initid, UDF_ARGS *args, udf_flag *is_null,           \
+                             udf_flag *error);                                              \
+  UDF_EXPORT long long name(UDF_INIT *initid, UDF_ARGS *args, udf_flag *is_null,            \
+                            udf_flag *error);
+GMU_FUNCTIONS(DECLARE_STRING_UDF, DECLARE_AGGREGATE_UDF)
 
 /* The three entry points of one job function; all of them share job_init and job_row. */
 #define JOB_UDF(name, usage_text, job_kind, job_priority)                                 \
