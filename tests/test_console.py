@@ -1023,6 +1023,20 @@ def test_ledger_and_dead_letters_are_paged_by_key_through_every_row(db: Any) -> 
     assert walk(None, 4, 17, "fn1", '"id": 4') == [41, 43, 45, 47, 49]
     assert walk(None, 4, 17, None, "_") == []  # a wildcard of LIKE, searched as itself
 
+    def newest(state: str | None, limit: int, scan: int, function: str | None = None) -> list[int]:
+        seen: list[int] = []
+        after: int | None = 0
+        while after is not None:
+            rows, after = tables.ledger_page(db, state, after, limit, scan, 10, function,
+                                             newest=True)
+            seen += [int(row[0]) for row in rows]
+        return seen
+
+    assert newest(None, 7, 20) == list(range(90, 0, -1))
+    assert newest("leased", 4, 11) == [i for i in range(90, 0, -1) if i % 3 == 1]
+    assert newest("due", 5, 9, "fn0") == [i for i in range(90, 0, -1) if i % 6 == 0]
+    assert tables.functions_seen(db, 1) == {"fn0", "fn1"}  # the dead letters hold both
+
     def letters_of(function: str | None, search: str | None) -> list[int]:
         seen: list[int] = []
         before = None
@@ -1082,3 +1096,247 @@ def test_sigterm_leaves_waitress_loop_even_inside_a_connections_handler() -> Non
 
     with pytest.raises(console._Stop):
         wasyncore.read(Channel())
+
+
+# -- charts, a page per ledger row, selection, the JSON API ------------------------------------
+
+
+def delayed_row(db: Any, function: str, payload: str, failures: int, error: str) -> int:
+    """A ledger row whose retry waits a day, with `failures` failed attempts so far."""
+    from workerhost import tables
+
+    cursor = db.cursor()
+    cursor.execute("INSERT INTO workerhost_outbox (`function`, payload, not_before) VALUES "
+                   "(%s, %s, NOW(6) + INTERVAL 1 DAY)", (function, payload))
+    ident = int(cursor.lastrowid)
+    cursor.execute("INSERT INTO workerhost_attempts (job_key, failures, last_error, traceback) "
+                   "VALUES (%s, %s, %s, %s)", (tables.ledger_key(function, ident), failures,
+                                               error, f"Traceback: {error}"))
+    return ident
+
+
+def test_in_a_browser_the_overview_charts_the_jobs_that_ran(
+        sandbox: Sandbox, db: Any, host_factory: Any, console_factory: Any,
+        browser: Any) -> None:
+    db.cursor().execute("CREATE TABLE results (id BIGINT PRIMARY KEY, attempt INT, "
+                        "unique_key VARCHAR(255), runs INT NOT NULL DEFAULT 1)")
+    config = host_config(sandbox, db.database, {
+        "record": {"python": "sample_handlers:record"},
+        "mixed": {"python": "sample_handlers:record_unless_told_to_fail",
+                  "retries": {"attempts": 1}},
+    }, host={"metrics": f"127.0.0.1:{free_port()}", "console": {"users": USERS}})
+    host_factory(config)
+    console = console_factory(config)
+    log_in(browser, console, "vic")
+
+    def points(chart: str) -> int:
+        found = browser.execute_script(
+            "const f = document.querySelector(`figure[data-chart='${arguments[0]}']`); "
+            "return f && f.querySelectorAll('svg circle.point').length;", chart)
+        return int(found or 0)
+
+    # The ledger is sampled from the start; jobs need two readings of the host's metrics.
+    wait_until(lambda: points("backlog") >= 1, timeout=20, what="a point of the ledger's rows")
+    assert points("completed") == 0
+    assert text_of(browser, "figure[data-chart='completed'] p.quiet") == "no samples yet"
+    wait_until(lambda: "rates show after the next" in (text_of(browser, "#rates-note") or "")
+               or not text_of(browser, "#rates-note"), timeout=30,
+               what="the console's first reading of the host's metrics")
+    submit(sandbox.gearman_server, "record", [{"id": i} for i in range(20)])
+    submit(sandbox.gearman_server, "mixed", [{"id": 100 + i, "fail": i < 3} for i in range(6)])
+    wait_until(lambda: scalar(db, "SELECT COUNT(*) FROM results") == 23, what="23 rows")
+    def jobs(chart: str) -> dict[str, float]:
+        """Each line's jobs per minute, summed over its points (their titles)."""
+        titles = browser.execute_script(
+            "return [...document.querySelectorAll(`figure[data-chart='${arguments[0]}'] "
+            "circle title`)].map(t => t.textContent);", chart)
+        summed: dict[str, float] = {}
+        for title in titles:
+            found = re.fullmatch(r"(\w+), \d\d:\d\d UTC: ([\d.]+) jobs/min", title)
+            assert found, title
+            summed[found.group(1)] = summed.get(found.group(1), 0) + float(found.group(2))
+        return summed
+
+    # The page redraws itself (no reload), a point a minute per function.
+    wait_until(lambda: jobs("completed") == {"record": 20, "mixed": 3}, timeout=30,
+               what="the chart of completed jobs to draw the jobs that ran")
+    wait_until(lambda: jobs("failed") == {"record": 0, "mixed": 3}, timeout=10,
+               what="the chart of failed jobs")
+    assert points("completed") >= 2
+    screenshot(browser, "charts")
+    # The day: the same samples, a point per five minutes.
+    browser.find_element("link text", "last day").click()
+    arrive(browser, "span=day")
+    wait_until(lambda: browser.execute_script(
+        "return document.querySelectorAll(`figure[data-chart='completed'] polyline`).length"),
+        timeout=10, what="the day's chart")
+    assert request(console.url + "/?span=week", user="vic").status == 400
+
+
+def test_in_a_browser_a_ledger_rows_page_opens_from_the_ledger_and_acts(
+        sandbox: Sandbox, db: Any, stack: dict[str, Any], console_factory: Any,
+        browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    password = sandbox.password
+    ident = delayed_row(db, "vault", json.dumps({"id": 7, "dsn": f"mysql://app:{password}@db"}),
+                        2, f"cannot connect with {password}")
+    older = delayed_row(db, "vault", '{"id": 6}', 0, "")
+    assert older > ident
+    console = console_factory(stack)
+    log_in(browser, console, "ada")
+    browser.find_element(By.LINK_TEXT, "Ledger").click()
+    arrive(browser, "/ledger")
+    browser.find_element(By.ID, "newest-first").click()
+    arrive(browser, "order=newest")
+    ids = [int(row.get_attribute("data-id"))
+           for row in browser.find_elements(By.CSS_SELECTOR, "table.ledger tbody tr")]
+    assert ids[:2] == [older, ident] and ids == sorted(ids, reverse=True)
+    functions = [option.text for option in browser.find_elements(By.CSS_SELECTOR,
+                                                                   "#function option")]
+    assert "vault" in functions  # no handler of the file: seen in the ledger
+    browser.find_element(By.CSS_SELECTOR, f'tr[data-id="{ident}"] a').click()
+    arrive(browser, f"/ledger/{ident}")
+    assert browser.find_element(By.ID, "row-function").text == "vault"
+    assert browser.find_element(By.ID, "row-state").text == "delayed"
+    assert browser.find_element(By.ID, "row-attempts").text.startswith("2 failed, the first ")
+    assert browser.find_element(By.ID, "row-error").text == "cannot connect with ***"
+    assert json.loads(browser.find_element(By.ID, "payload").text) == {
+        "id": 7, "dsn": "mysql://app:***@db"}
+    assert password not in browser.page_source
+    screenshot(browser, "ledger-row")
+
+    # Run now: due at once, and shipped by the relay.
+    browser.find_element(By.ID, "run-now").click()
+    arrive(browser, f"/ledger/{ident}/run")
+    browser.find_element(By.ID, "confirm").click()
+    wait_until(lambda: urllib.parse.urlparse(browser.current_url).path == f"/ledger/{ident}",
+               timeout=10, what="the row's page again")
+    assert browser.find_element(By.CSS_SELECTOR, ".flash").text == (
+        f"ledger row {ident} made due now")
+    assert browser.find_element(By.ID, "row-state").text in ("due", "leased")
+    # To the dead letters, with its failed attempts: the other row stays.
+    browser.find_element(By.ID, "bury").click()
+    arrive(browser, f"/ledger/{ident}/bury")
+    browser.find_element(By.ID, "confirm").click()
+    arrive(browser, "/ledger")
+    assert browser.find_element(By.CSS_SELECTOR, ".flash").text == (
+        f"ledger row {ident} moved to the dead letters")
+    assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox WHERE id = %s", ident) == 0
+    assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox WHERE id = %s", older) == 1
+    cursor = db.cursor()
+    cursor.execute("SELECT attempts, error FROM workerhost_dead_letters WHERE `function` = "
+                   "'vault'")
+    assert cursor.fetchall() == [(2, "moved to the dead letters by ada (console)")]
+    assert scalar(db, "SELECT COUNT(*) FROM workerhost_attempts WHERE job_key LIKE 'vault%'") == 1
+    assert f"ada (session) ledger row {ident} moved to the dead letters: done" in console.log()
+    browser.get(f"{console.url}/ledger/{ident}")
+    assert browser.find_element(By.ID, "error-code").text == "404"
+    # A viewer sees a row, and no action.
+    log_in(browser, console, "vic")
+    browser.get(f"{console.url}/ledger/{older}")
+    assert browser.find_element(By.ID, "row-state").text == "delayed"
+    browser.implicitly_wait(0)
+    assert not browser.find_elements(By.ID, "run-now")
+    assert request(f"{console.url}/ledger/{older}/bury", user="vic").status == 403
+
+
+def test_in_a_browser_two_selected_dead_letters_are_retried_and_the_others_stay(
+        db: Any, stack: dict[str, Any], console_factory: Any, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    console = console_factory(stack)
+    db.cursor().execute("UPDATE flags SET broken = FALSE")
+    flaky, doomed = letters(db, "flaky"), letters(db, "doomed")
+    chosen = [flaky[1], flaky[3]]
+    log_in(browser, console, "ada")
+    browser.find_element(By.LINK_TEXT, "Dead letters").click()
+    arrive(browser, "/dead-letters")
+    for ident in chosen:
+        browser.find_element(By.CSS_SELECTOR, f'tr[data-id="{ident}"] input[type=checkbox]'
+                             ).click()
+    browser.find_element(By.ID, "retry-selected").click()
+    arrive(browser, "/dead-letters/selected/retry?")
+    assert browser.find_element(By.ID, "matching").text == (
+        f"2 dead letters: {chosen[0]}, {chosen[1]}.")
+    browser.find_element(By.ID, "confirm").click()
+    arrive(browser, "/dead-letters")
+    wait_until(lambda: "/selected/" not in browser.current_url, timeout=10, what="the list")
+    assert browser.find_element(By.CSS_SELECTOR, ".flash").text == "2 dead letters queued again"
+    wait_until(lambda: scalar(db, "SELECT COUNT(*) FROM results") == 2, timeout=30,
+               what="the 2 retried jobs to complete")
+    assert letters(db, "flaky") == [i for i in flaky if i not in chosen]
+    assert letters(db, "doomed") == doomed
+    assert (f"ada (session) retried dead letters {chosen[0]}, {chosen[1]}: 2 queued again"
+            in console.log())
+
+    # Ids are checked; a POST needs its token and an admin.
+    jar = http.cookiejar.CookieJar()
+    for query in ("", "?id=abc", "?id=-1", "?id=1e3", "?id=" + "9" * 30,
+                  "?" + "&".join(f"id={i}" for i in range(1, 502))):
+        answer = request(f"{console.url}/dead-letters/selected/purge{query}", user="ada")
+        assert answer.status == 400 and "id: " in answer.body, query
+    purge = f"{console.url}/dead-letters/selected/purge"
+    assert request(purge, user="ada", jar=jar, data={"id": str(doomed[0])}).status == 400
+    viewer = http.cookiejar.CookieJar()
+    assert request(purge, user="vic", jar=viewer, data={
+        "id": str(doomed[0]), "csrf_token": token(console, "vic", viewer)}).status == 403
+    assert letters(db, "doomed") == doomed
+    done = request(purge, user="ada", jar=jar, data={
+        "id": str(doomed[0]), "csrf_token": token(console, "ada", jar)})
+    assert done.status == 302 and letters(db, "doomed") == []
+
+
+def test_the_api_answers_what_the_pages_show_with_secrets_masked(
+        sandbox: Sandbox, db: Any, stack: dict[str, Any], console_factory: Any) -> None:
+    password = sandbox.password
+    cursor = db.cursor()
+    cursor.execute("INSERT INTO workerhost_dead_letters (`function`, payload, attempts, error) "
+                   "VALUES ('vault', %s, 1, %s)", (f'{{"k":"{password}"}}', f"bad {password}"))
+    vault = int(cursor.lastrowid)
+    row = delayed_row(db, "vault", f'{{"k":"{password}"}}', 3, f"refused {password}")
+    console = console_factory(stack)
+
+    def api(path: str) -> Any:
+        answer = request(console.url + path, user="vic")
+        assert answer.status == 200, (path, answer.body)
+        assert answer.headers["Content-Type"] == "application/json"
+        assert password not in answer.body, path
+        return json.loads(answer.body)
+
+    def shown_ids(page: str) -> list[int]:
+        return [int(i) for i in re.findall(r'<tr data-id="(\d+)"', request(
+            console.url + page, user="vic").body)]
+
+    found = api("/api/dead-letters")
+    assert [letter["id"] for letter in found["letters"]] == shown_ids("/dead-letters")
+    assert [letter["function"] for letter in found["letters"]].count("flaky") == 5
+    letter = api(f"/api/dead-letters/{vault}")
+    assert (letter["error"], letter["payload"]) == ("bad ***", '{"k":"***"}')
+    assert api("/api/dead-letters?function=vault&q=bad")["letters"][0]["error"] == "bad ***"
+    assert re.search(r"<option\s*>vault</option>",  # no handler of the file: seen
+                     request(console.url + "/dead-letters", user="vic").body)
+
+    ledger = api("/api/ledger?order=newest")
+    assert [line["id"] for line in ledger["rows"]] == shown_ids("/ledger?order=newest")
+    assert ledger["rows"][0]["id"] == row
+    detail = api(f"/api/ledger/{row}")
+    assert (detail["function"], detail["state"], detail["payload"]) == (
+        "vault", "delayed", '{"k":"***"}')
+    assert detail["attempts"]["failures"] == 3
+    assert detail["attempts"]["last_error"] == "refused ***"
+    overview = api("/api/overview")
+    assert overview["dead_letters"] == {"flaky": 5, "doomed": 1, "vault": 1}
+    assert overview["servers"][0]["functions"][waiting(db)]["queued"] == 3
+    assert "the host serves no metrics" in overview["rates_note"]
+
+    # The same logins; GET only; errors as JSON.
+    assert request(console.url + "/api/overview").status == 401
+    missing = request(f"{console.url}/api/ledger/{row + 1000}", user="vic")
+    assert missing.status == 404 and json.loads(missing.body)["code"] == 404
+    assert request(console.url + "/api/ledger?state=lost", user="vic").status == 400
+    jar = http.cookiejar.CookieJar()
+    sent = request(f"{console.url}/api/dead-letters/{vault}", user="ada", jar=jar,
+                   data={"csrf_token": token(console, "ada", jar)})
+    assert sent.status == 405
+    assert letters(db, "vault") == [vault]

@@ -7,7 +7,7 @@ its confirmation page, a view of its own), and POST, the only one an action answ
 must carry a CSRF token (Flask-WTF's, checked in `_before` before any view runs); any other
 method is refused with 405 before it reaches a view. Actions are admin-only, logged with the
 user, and answer with the page they came from and a line saying how many letters they moved
-or deleted.
+or deleted. api.py serves what the pages show as JSON, behind the same logins.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from werkzeug.wrappers import Response as AnyResponse
 
 from workerhost import logs, tables
 from workerhost.config import Config, Server
-from workerhost.console import auth, figures
+from workerhost.console import api, auth, charts, figures, query
 from workerhost.console.proxies import TrustedProxies
 from workerhost.console.throttle import LoginThrottle
 from workerhost.db import RUN_ERRORS, Database
@@ -108,6 +108,7 @@ def create_app(config: Config, listen: Server) -> Flask:
     hosts = {*(f"{name}:{listen.port}" for name in LOOPBACK_NAMES),
              *config.host.console.allowed_hosts}
     sampler = figures.Sampler(config)
+    sampler.start()  # the charts' history is read from the start, whoever looks
     secrets = figures.secret_spellings(config)  # what pages mask, and searches never see
     local = threading.local()  # a database connection per server thread
 
@@ -189,26 +190,36 @@ def create_app(config: Config, listen: Server) -> Flask:
         return jsonify(csrf_token=generate_csrf())
 
     # -- looking -------------------------------------------------------------------------
+    def _span() -> str:
+        span = request.args.get("span") or "hour"
+        if span not in charts.SPANS:
+            abort(400, description=f"span is one of {', '.join(charts.SPANS)}")
+        return span
+
     @app.get("/")
     def overview() -> str:
+        span = _span()
         with reading() as db:
-            return render_template("overview.html",
-                                   o=figures.overview(config, db, sampler))
+            return render_template("overview.html", o=figures.overview(config, db, sampler),
+                                   span=span, charts=sampler.history.charts(span))
 
     @app.get("/live")
     def live() -> str:
         """The overview's figures alone, fetched again every few seconds by console.js."""
+        span = _span()
         with reading() as db:
-            return render_template("_live.html", o=figures.overview(config, db, sampler))
+            return render_template("_live.html", o=figures.overview(config, db, sampler),
+                                   span=span, charts=sampler.history.charts(span))
 
     @app.get("/dead-letters")
     def dead_letters() -> str:
-        function, search = _filter()
+        function, search = query.filter_of()
         before = request.args.get("before", type=int)
         with reading() as db:
             page = figures.dead_letter_page(db, function, search, before, secrets)
+            functions = figures.functions(config, db)
         return render_template("dead_letters.html", page=page, function=function,
-                               search=search, before=before, functions=sorted(config.handlers))
+                               search=search, before=before, functions=functions)
 
     @app.get("/dead-letters/<int:ident>")
     def dead_letter(ident: int) -> str:
@@ -221,18 +232,25 @@ def create_app(config: Config, listen: Server) -> Flask:
 
     @app.get("/ledger")
     def ledger() -> str:
-        state = request.args.get("state") or None
-        if state is not None and state not in tables.LEDGER_STATES:
-            abort(400, description=f"state is one of {', '.join(tables.LEDGER_STATES)}")
-        after = request.args.get("after", 0, type=int)
-        function, search = _filter()
+        state, after, function, search, newest = query.ledger_filter()
         with reading() as db:
             lines, following = figures.ledger_page(db, state, after, function, search,
-                                                   secrets)
+                                                   secrets, newest)
+            functions = figures.functions(config, db)
         return render_template("ledger.html", lines=lines, following=following, state=state,
                                after=after, states=tables.LEDGER_STATES,
                                scan=figures.LEDGER_SCAN, function=function, search=search,
-                               functions=sorted(config.handlers))
+                               functions=functions, order="newest" if newest else None)
+
+    @app.get("/ledger/<int:ident>")
+    def ledger_row(ident: int) -> str:
+        with reading() as db:
+            row = figures.ledger_row(db, ident, secrets)
+        if row is None:
+            abort(404, description=f"no ledger row with id {ident} (its job is done, or it "
+                  "went to the dead letters)")
+        return render_template("ledger_row.html", row=row,
+                               payload=figures.pretty_payload(row.line.payload.encode()))
 
     @app.get("/schedules")
     def schedules() -> str:
@@ -282,10 +300,71 @@ def create_app(config: Config, listen: Server) -> Flask:
         _report(verb, done, f"dead letter {ident}")
         return redirect(url_for("dead_letters"))
 
+    @app.get("/dead-letters/selected/<any(retry, purge):verb>")
+    def confirm_selected(verb: str) -> Any:
+        auth.admin_only(g.visitor)
+        ids = query.selected(request.args)
+        with reading() as db:
+            found = db.run(lambda conn: tables.dead_letters_among(conn, ids))
+        return render_template("confirm.html", verb=verb, count=len(found), letter=None,
+                               ids=found, function=None, search=None, upto=None, found=None)
+
+    @app.post("/dead-letters/selected/<any(retry, purge):verb>")
+    def selected(verb: str) -> Any:
+        auth.admin_only(g.visitor)
+        ids = query.selected(request.form)
+        with reading() as db:
+            if verb == "retry":
+                done = db.run(lambda conn: tables.requeue_dead_letters(conn, ids))
+            else:
+                done = db.run(lambda conn: tables.purge_dead_letters(conn, ids, None))
+        _report(verb, done, "dead letters " + ", ".join(map(str, ids)))
+        return redirect(url_for("dead_letters"))
+
+    @app.get("/ledger/<int:ident>/<any(run, bury):verb>")
+    def confirm_ledger(ident: int, verb: str) -> Any:
+        auth.admin_only(g.visitor)
+        with reading() as db:
+            row = figures.ledger_row(db, ident, secrets)
+        if row is None:
+            abort(404, description=f"no ledger row with id {ident} (its job is done, or it "
+                  "went to the dead letters)")
+        return render_template("confirm_ledger.html", verb=verb, row=row)
+
+    @app.post("/ledger/<int:ident>/<any(run, bury):verb>")
+    def ledger_action(ident: int, verb: str) -> Any:
+        auth.admin_only(g.visitor)
+        reason = f"moved to the dead letters by {g.visitor.name} (console)"
+
+        def act(conn: Any) -> str:
+            found = tables.lock_ledger_row(conn, ident)
+            if found is None or found[1] == "held":
+                return "gone" if found is None else "held"
+            if verb == "run":
+                return "done" if tables.run_ledger_row_now(conn, ident) else found[1]
+            return "done" if tables.ledger_row_to_dead_letters(conn, ident, found[0],
+                                                               reason) else "gone"
+
+        with reading() as db:
+            outcome = db.run(act, deadline=time.monotonic() + figures.PAGE_DEADLINE)
+        what = {"run": "made due now", "bury": "moved to the dead letters"}[verb]
+        log.info("console: %s (%s) ledger row %d %s: %s", g.visitor.name, g.visitor.via,
+                 ident, what, outcome)
+        flash({"done": f"ledger row {ident} {what}",
+               "gone": f"ledger row {ident} is gone: its job is done, or it went to the dead "
+                       "letters",
+               "held": f"ledger row {ident} is held by a worker running its job: try again "
+                       "when it ends"}.get(outcome, f"ledger row {ident} is {outcome} now, "
+                                                    "not delayed: left as it is"))
+        if outcome == "done" and verb == "bury":
+            return redirect(url_for("ledger"))
+        return redirect(url_for("ledger_row", ident=ident) if outcome != "gone"
+                        else url_for("ledger"))
+
     @app.get("/dead-letters/<any(retry, purge):verb>")
     def confirm_matching(verb: str) -> Any:
         auth.admin_only(g.visitor)
-        function, search = _filter()
+        function, search = query.filter_of()
         with reading() as db:
             found = figures.matching(db, function, search, secrets)
         return render_template("confirm.html", verb=verb, count=found.count, letter=None,
@@ -295,7 +374,7 @@ def create_app(config: Config, listen: Server) -> Flask:
     @app.post("/dead-letters/<any(retry, purge):verb>")
     def matching(verb: str) -> Any:
         auth.admin_only(g.visitor)
-        function, search = _filter(request.form)
+        function, search = query.filter_of(request.form)
         newest = request.form.get("upto", type=int)
         if newest is None:
             abort(400, description="upto: the newest id the confirmation page showed")
@@ -312,6 +391,8 @@ def create_app(config: Config, listen: Server) -> Flask:
                  "retried" if verb == "retry" else "purged", _field(what), done, moved)
         flash(f"{done} dead letter{'s' if done != 1 else ''} {moved}"
               + ("" if done else ": none matched any more (retried or purged meanwhile?)"))
+
+    app.register_blueprint(api.blueprint(config, reading, sampler, secrets))
 
     # -- errors --------------------------------------------------------------------------
     @app.errorhandler(CSRFError)
@@ -333,15 +414,12 @@ def create_app(config: Config, listen: Server) -> Flask:
         # The error's own headers, but the page's type: Retry-After of a 429, Allow of a 405.
         headers = {name: value for name, value in error.get_headers()
                    if name.lower() != "content-type"}
+        if request.path.startswith(api.PREFIX + "/"):
+            return jsonify(error=error.description, code=error.code), error.code or 500, headers
         return render_template("error.html", code=error.code,
                                message=error.description), error.code or 500, headers
 
     return app
-
-
-def _filter(values: Any = None) -> tuple[str | None, str | None]:
-    values = request.args if values is None else values
-    return (values.get("function") or None), (values.get("q") or None)
 
 
 def _in_batches(db: Database, verb: str, function: str | None, search: str | None,

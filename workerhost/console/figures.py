@@ -5,8 +5,9 @@ page reads by key (an id range, or `function` and id on the dead letters) and ne
 whole table. The two figures that need a whole table, or a slow answer, are read by a
 Sampler thread instead, and pages show its latest reading with its age: the ledger's backlog
 (counted in id ranges, so no statement holds the table for long) and the host's job rates
-(its /metrics endpoint reads the ledger too on every scrape). The Sampler works only while
-someone looks, so an idle console costs the database nothing.
+(its /metrics endpoint reads the ledger too on every scrape). The Sampler reads every
+SAMPLE_EVERY seconds while someone looks, and every HISTORY_EVERY seconds otherwise, so that
+the overview's charts (charts.py) have no gaps; each reading also goes into their History.
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ from typing import Any
 
 from workerhost import gearadmin, logs, scheduler, status, tables
 from workerhost.config import Config, Server
+from workerhost.console.charts import History
 from workerhost.db import RUN_ERRORS, Database
 from workerhost.deadletters import DeadLetter, _row
 
 log = logging.getLogger("workerhost.console")
 
 PAGE_SIZE = 50  # rows on one page of dead letters or of the ledger
+DETAIL_BYTES = 1 << 20  # bytes of a payload a ledger row's page shows at most
+FUNCTION_WINDOW = 10_000  # newest ledger rows whose functions the filters offer
 PREVIEW = 160  # characters of an error, bytes of a payload, shown in a list
 LEDGER_SCAN = 20_000  # ledger rows one page reads at most to find its rows of one state
 SEARCH_SCAN = 20_000  # dead letter ids one page of a search looks through at most
@@ -40,7 +44,8 @@ SAMPLE_EVERY = 5.0  # seconds between two readings of the Sampler, at least
 # ... and at least this many times as long as the last count of the ledger took, so that a
 # big ledger is not counted all the time.
 SAMPLE_SPACING = 4.0
-IDLE_AFTER = 30.0  # seconds after the last page that asked, the Sampler stops reading
+IDLE_AFTER = 30.0  # seconds after the last page that asked, the Sampler slows down
+HISTORY_EVERY = 60.0  # seconds between two readings while nobody looks: a point a minute
 RATE_WINDOW = 60.0  # seconds of metrics the rates are measured over
 SCRAPE_TIMEOUT = 5.0  # the host's /metrics answer waits for its own database queries
 PAGE_DEADLINE = 2.0  # seconds a page's database work may retry through transient errors
@@ -155,13 +160,17 @@ def rates_between(old: tuple[float, Mapping[tuple[str, str], float]],
 
 
 class Sampler:
-    """Reads the ledger's backlog and the host's job counters in a thread, while wanted."""
+    """Reads the ledger's backlog and the host's job counters in a thread: often while
+    wanted, once a minute otherwise."""
 
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic,
-                 scrape: Callable[[str], str] | None = None) -> None:  # fmt: skip
+                 scrape: Callable[[str], str] | None = None,
+                 history: History | None = None) -> None:  # fmt: skip
         self.config = config
         self.clock = clock
         self.scrape = scrape or _scrape
+        self.history = history or History()
+        self.wake = threading.Event()  # set by a page after a quiet spell: read at once
         self.lock = threading.Lock()  # guards every attribute below
         self.ledger: LedgerCount | None = None
         self.ledger_error: str | None = None
@@ -171,10 +180,18 @@ class Sampler:
         self.thread: threading.Thread | None = None
 
     def want(self) -> bool:
-        """A page shows the figures: keep reading them for IDLE_AFTER seconds more. True
-        when this started the readings afresh."""
+        """A page shows the figures: read them often for IDLE_AFTER seconds more. True when
+        this started the readings afresh (the first page, or after a quiet spell)."""
         with self.lock:
+            quiet = self.clock() - self.last_wanted > IDLE_AFTER
             self.last_wanted = self.clock()
+        if quiet:
+            self.wake.set()
+        return self.start() or quiet
+
+    def start(self) -> bool:
+        """Start the readings, unless they run already; True when this started them."""
+        with self.lock:
             if self.thread is not None and self.thread.is_alive():
                 return False
             self.thread = threading.Thread(target=self._loop, name="console-sampler",
@@ -209,15 +226,14 @@ class Sampler:
         db = Database(database_params(self.config))
         try:
             while True:
-                with self.lock:
-                    if self.clock() - self.last_wanted > IDLE_AFTER:
-                        self.thread = None
-                        return
+                self.wake.clear()
                 self._count_ledger(db)
                 self._read_metrics()
                 with self.lock:
                     took = self.ledger.took if self.ledger is not None else 0.0
-                time.sleep(max(SAMPLE_EVERY, SAMPLE_SPACING * took))
+                    watched = self.clock() - self.last_wanted <= IDLE_AFTER
+                self.wake.wait(max(SAMPLE_EVERY if watched else HISTORY_EVERY,
+                                   SAMPLE_SPACING * took))
         finally:
             db.close()
 
@@ -232,10 +248,15 @@ class Sampler:
             return
         with self.lock:
             self.ledger, self.ledger_error = count, None
+        self.history.add_ledger(count.counted_at, count.rows, count.oldest_age)
 
     def _read_metrics(self) -> None:
         address = self.config.host.metrics
-        if address is None:
+        with self.lock:
+            # Woken by a page just after a reading: a rate over a moment says nothing.
+            recent = bool(self.readings) and (
+                self.clock() - self.readings[-1][0] < SAMPLE_EVERY / 2)
+        if address is None or recent:
             return
         url = metrics_url(address)
         try:
@@ -247,6 +268,9 @@ class Sampler:
         now = self.clock()
         with self.lock:
             self.metrics_error = None
+            if self.readings:
+                jobs = rates_between(self.readings[-1], (now, counts))
+                self.history.add_jobs(self.history.wall(), jobs.completed_jobs, jobs.failed_jobs)
             self.readings.append((now, counts))
             while len(self.readings) > 2 and now - self.readings[1][0] >= RATE_WINDOW:
                 self.readings.popleft()
@@ -467,19 +491,65 @@ class LedgerLine:
 
 
 def ledger_page(db: Database, state: str | None, after: int, function: str | None,
-                search: str | None, secrets: Sequence[str]
+                search: str | None, secrets: Sequence[str], newest: bool = False
                 ) -> tuple[list[LedgerLine], int | None]:  # fmt: skip
     rows, following = db.run(
         lambda conn: tables.ledger_page(conn, state, after, PAGE_SIZE, LEDGER_SCAN,
-                                        _reach(PREVIEW, secrets), function, search, secrets),
+                                        _reach(PREVIEW, secrets), function, search, secrets,
+                                        newest),
         deadline=_deadline())  # fmt: skip
-    lines = []
-    for ident, function, unique, priority, not_before, created, ships, size, head, due in rows:
-        shown = "due" if due else ("leased" if ships else "delayed")
-        lines.append(LedgerLine(int(ident), str(function), unique, str(priority), not_before,
-                                created, int(ships), int(size),
-                                masked(_text(head), secrets, PREVIEW), shown))
-    return lines, following
+    return [_ledger_line(row, secrets, PREVIEW) for row in rows], following
+
+
+def _ledger_line(row: Sequence[Any], secrets: Sequence[str], limit: int) -> LedgerLine:
+    ident, function, unique, priority, not_before, created, ships, size, head, due = row
+    shown = "due" if due else ("leased" if ships else "delayed")
+    return LedgerLine(int(ident), str(function),
+                      None if unique is None else masked(str(unique), secrets),
+                      str(priority), not_before, created, int(ships), int(size),
+                      masked(_text(head), secrets, limit), shown)
+
+
+@dataclass(frozen=True)
+class Attempts:
+    """A ledger row's job's failed attempts so far (workerhost_attempts)."""
+
+    failures: int
+    first_at: datetime
+    last_error: str
+    traceback: str | None
+
+
+@dataclass(frozen=True)
+class LedgerDetail:
+    line: LedgerLine  # its payload whole, up to DETAIL_BYTES
+    attempts: Attempts | None  # None: no failed attempt so far
+
+    @property
+    def cut(self) -> bool:
+        return self.line.size > DETAIL_BYTES
+
+
+def ledger_row(db: Database, ident: int, secrets: Sequence[str]) -> LedgerDetail | None:
+    row, attempts = db.run(
+        lambda conn: tables.ledger_row(conn, ident, _reach(DETAIL_BYTES, secrets)),
+        deadline=_deadline())  # fmt: skip
+    if row is None:
+        return None
+    tried = None
+    if attempts is not None:
+        failures, first_at, error, traceback = attempts
+        tried = Attempts(int(failures), first_at, masked(str(error or "unknown"), secrets),
+                         None if traceback is None else masked(str(traceback), secrets))
+    return LedgerDetail(_ledger_line(row, secrets, DETAIL_BYTES), tried)
+
+
+def functions(config: Config, db: Database) -> list[str]:
+    """Every function a filter offers: the file's handlers, every dead letter's, and those
+    of the newest FUNCTION_WINDOW ledger rows."""
+    seen = db.run(lambda conn: tables.functions_seen(conn, FUNCTION_WINDOW),
+                  deadline=_deadline())  # fmt: skip
+    return sorted({*config.handlers, *seen})
 
 
 def workers(config: Config) -> list[tuple[str, list[gearadmin.Connection] | None, str | None]]:
