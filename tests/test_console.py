@@ -1241,6 +1241,31 @@ def test_in_a_browser_a_ledger_rows_page_opens_from_the_ledger_and_acts(
     assert request(f"{console.url}/ledger/{older}/bury", user="vic").status == 403
 
 
+def test_in_a_browser_every_page_fits_a_phone_and_follows_a_dark_scheme(
+        db: Any, stack: dict[str, Any], console_factory: Any, browser: Any) -> None:
+    row = delayed_row(db, "vault", json.dumps({"note": "x" * 300}), 1, "y" * 300)
+    console = console_factory(stack)
+    log_in(browser, console, "ada")
+
+    def background() -> str:
+        colour: str = browser.execute_script(
+            "return getComputedStyle(document.body).backgroundColor;")
+        return colour
+
+    assert background() == "rgb(246, 248, 250)"
+    browser.set_window_size(400, 900)
+    width = browser.execute_script("return window.innerWidth")
+    for page in ("/", "/dead-letters", "/ledger", f"/ledger/{row}",
+                 f"/dead-letters/{letters(db, 'flaky')[0]}", "/handlers"):
+        browser.get(console.url + page)
+        wide = browser.execute_script("return document.documentElement.scrollWidth")
+        assert wide <= width, (page, wide, width)  # no sideways scrolling of the page
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {
+        "features": [{"name": "prefers-color-scheme", "value": "dark"}]})
+    browser.get(console.url + "/")
+    assert background() == "rgb(18, 23, 29)"
+
+
 def test_in_a_browser_two_selected_dead_letters_are_retried_and_the_others_stay(
         db: Any, stack: dict[str, Any], console_factory: Any, browser: Any) -> None:
     from selenium.webdriver.common.by import By
