@@ -522,8 +522,10 @@ class Worker:
         verdict = self._record_failure(job, value, deadline)
         how = "dead-lettered" if verdict == Outcome.DEAD else "will be retried"
         metrics.job_finished(job.function, verdict)
-        log.error("job %s failed and %s: %s", job.describe(), how, value.error,
-                  extra=logs.job_fields(job))
+        # A retry is the system working as meant; only a dead letter needs a person.
+        log.log(logging.ERROR if verdict == Outcome.DEAD else logging.WARNING,
+                "job %s failed and %s: %s", job.describe(), how, value.error,
+                extra=logs.job_fields(job))
         return None
 
     def _record_failure(self, job: Job, failure: failures.Failure,
