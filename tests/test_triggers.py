@@ -120,6 +120,75 @@ def test_the_printed_script_runs_in_the_mariadb_client() -> None:
     assert "OR REPLACE" not in mysql
 
 
+def test_when_and_on_change_wrap_the_entry_in_if() -> None:
+    update, insert = triggers.plan(config_with([
+        {"table": "orders", "events": ["update"], "function": "a", "columns": ["id"],
+         "on_change": ["status", "total"], "when": "NEW.status = 'paid'"},
+        {"table": "orders", "events": ["insert"], "function": "b", "columns": ["id"],
+         "delivery": "outbox", "when": "NEW.`total` > 100"},
+    ]))  # fmt: skip
+    sql = update.create_sql()
+    assert ("\n  IF (NOT (OLD.`status` <=> NEW.`status`) OR NOT (OLD.`total` <=> NEW.`total`)) "
+            "AND (NEW.status = 'paid') THEN\n    INSERT INTO `workerhost_outbox`") in sql
+    assert sql.endswith("      UPDATE `workerhost_outbox` SET `not_before` = NOW(6), `ships` = 0 "
+                        "WHERE `id` = LAST_INSERT_ID();\n    END IF;\n  END IF;\nEND")
+    # A lone outbox entry with a condition needs BEGIN ... END for its IF.
+    assert insert.create_sql().splitlines()[5:] == [
+        "  IF (NEW.`total` > 100) THEN",
+        "    INSERT INTO `workerhost_outbox` (`function`, `payload`, `unique_key`) VALUES ('b', "
+        "JSON_OBJECT('id', NEW.`id`, 'table', 'orders', 'event', 'insert', 'event_id', "
+        "wh_event_id), wh_event_id);",
+        "  END IF;", "END"]
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"events": ["insert", "update"], "when": "OLD.status <> 'paid'"},
+     "triggers[0].when: reads OLD on insert, but there is no OLD row before an insert; give "
+     "insert an entry of its own"),
+    ({"events": ["delete"], "when": "new . `status` = 'paid'"},
+     "triggers[0].when: reads NEW on delete, but there is no NEW row after a delete; give "
+     "delete an entry of its own"),
+    ({"events": ["insert", "update"], "on_change": ["status"]},
+     "triggers[0].on_change: applies to update only (an insert changes no column); give "
+     "update an entry of its own"),
+    ({"when": "NEW.a = 1; DELETE FROM t"},
+     "triggers[0].when: holds ';': a condition is one expression, not statements"),
+    ({"when": "NEW.a = 1 -- ) THEN"},
+     "triggers[0].when: holds a comment at character 11; take it out (it could hide the THEN "
+     "that follows the condition)"),
+    ({"when": "NEW.a = 1 /*!99999 OR 1 */"},
+     "triggers[0].when: holds an executable comment at character 11; take it out (it could "
+     "hide the THEN that follows the condition)"),
+    ({"when": "NEW.a IN (SELECT a FROM secrets)"},
+     "triggers[0].when: 'SELECT' reads a table: a condition may look at the changed row only "
+     "(NEW and OLD); decide the rest in the handler"),
+    ({"when": "NEW.a = 1) OR (1"},
+     "triggers[0].when: closes a parenthesis it never opened"),
+    ({"when": "NEW.a = 'it''s"},
+     "triggers[0].when: the quote at character 9 is never closed"),
+    ({"when": 'NEW.a = "paid"'},
+     "triggers[0].when: reads differently when the server's sql_mode has ANSI_QUOTES, where "
+     "\"...\" is an identifier in which a backslash escapes nothing; write strings in '...'"),
+    ({"when": ""}, "triggers[0].when: expected an SQL condition on NEW and OLD, got ''"),
+])  # fmt: skip
+def test_a_condition_the_event_cannot_read_or_that_is_not_one_expression_is_refused(
+    entry: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config_with([{"table": "t", "events": ["update"], "function": "f", "columns": ["id"],
+                      **entry}])
+    assert str(caught.value) == f"t.yaml: {message}"
+
+
+def test_a_condition_may_call_functions_named_like_statements_and_quote_anything() -> None:
+    (trigger,) = triggers.plan(config_with([
+        {"table": "t", "events": ["update"], "function": "f", "columns": ["id"],
+         "when": "REPLACE(NEW.name, ';', '') <> INSERT(OLD.`select`, 1, 1, 'x') "
+                 "AND CASE WHEN NEW.a > 1 THEN 1 ELSE 0 END"},
+    ]))  # fmt: skip
+    assert "IF (REPLACE(NEW.name, ';', '') <> INSERT(OLD.`select`" in trigger.create_sql()
+
+
 # -- installed in the sandbox ------------------------------------------------------------
 
 
@@ -400,3 +469,61 @@ def test_a_trigger_that_names_no_owner_is_replaced_when_listed_and_kept_otherwis
                             "workerhost_orders_insert": None}
     dropped = run_cli(sandbox, "triggers", "-c", str(path), "--drop", "--prune")
     assert dropped.stdout == "dropped workerhost_items_insert, workerhost_orders_insert\n"
+
+
+def fired(db: Any) -> list[tuple[str, int]]:
+    """(function, payload id) of every ledger row, in the order they were written."""
+    cursor = db.cursor()
+    cursor.execute("SELECT `function`, payload FROM workerhost_outbox ORDER BY id")
+    rows = [(str(f), int(json.loads(p)["id"])) for f, p in cursor.fetchall()]
+    cursor.close()
+    return rows
+
+
+def test_a_when_trigger_fires_only_when_its_condition_holds(
+    udf: Sandbox, db: Any, tmp_path: Path
+) -> None:
+    db.cursor().execute("CREATE TABLE orders (id BIGINT PRIMARY KEY, status VARCHAR(16), "
+                        "total DECIMAL(8, 2))")
+    entries = [
+        {"table": "orders", "events": ["update"], "function": "paid", "columns": ["id"],
+         "when": "NEW.status = 'paid' AND OLD.status <> 'paid'"},
+        {"table": "orders", "events": ["update"], "function": "repriced", "columns": ["id"],
+         "on_change": ["total"], "delivery": "outbox"},
+        {"table": "orders", "events": ["insert"], "function": "big", "columns": ["id"],
+         "when": "NEW.total > 100", "delivery": "outbox"},
+    ]  # fmt: skip
+    handlers = {name: {"python": "trigger_handlers:capture"}
+                for name in ("paid", "repriced", "big")}
+    path = write_config(tmp_path, host_config(udf, db.database, handlers, triggers=entries))
+    applied = run_cli(udf, "triggers", "-c", str(path), "--apply")
+    assert applied.returncode == 0, applied.stderr
+    cursor = db.cursor()
+    cursor.execute("INSERT INTO orders VALUES (1, 'new', 50), (2, 'new', 500)")
+    assert fired(db) == [("big", 2)]
+    cursor.execute("UPDATE orders SET status = 'paid' WHERE id = 1")
+    cursor.execute("UPDATE orders SET status = 'paid', total = total WHERE id = 1")  # paid before
+    cursor.execute("UPDATE orders SET status = 'late' WHERE id = 2")
+    assert fired(db) == [("big", 2), ("paid", 1)]
+    # on_change, NULL-safe: a value to NULL is a change, NULL to NULL is none.
+    cursor.execute("UPDATE orders SET total = NULL WHERE id = 2")
+    cursor.execute("UPDATE orders SET total = NULL, status = 'new' WHERE id = 2")
+    cursor.execute("UPDATE orders SET total = 7 WHERE id = 2")
+    assert fired(db) == [("big", 2), ("paid", 1), ("repriced", 2), ("repriced", 2)]
+    # The immediate entry shipped its job (its row leased), the outbox ones wait for the relay.
+    cursor.execute("SELECT `function`, ships FROM workerhost_outbox ORDER BY id")
+    assert [row[1] for row in cursor.fetchall()] == [0, 1, 0, 0]
+
+
+def test_a_condition_on_a_column_the_table_lacks_changes_nothing(
+    sandbox: Sandbox, shop: Any, tmp_path: Path
+) -> None:
+    entries = [{"table": "items", "events": ["update"], "function": "capture",
+                "columns": ["id"], "when": "NEW.price > OLD.prize", "delivery": "outbox"}]
+    path = write_config(tmp_path, host_config(sandbox, shop.database, CAPTURE_HANDLERS,
+                                              triggers=entries))
+    result = run_cli(sandbox, "triggers", "-c", str(path), "--apply")
+    assert result.returncode == 3
+    assert result.stderr == (f"workerhost: error: {path}: triggers[0].when: table 'items' has no "
+                             "column 'prize'; it has id, name, price, secret\n")
+    assert trigger_names(shop) == []

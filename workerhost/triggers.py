@@ -11,6 +11,11 @@ The event id is also the job's Gearman unique: gearmand coalesces a re-submissio
 that is still queued, and a handler can use it to make its effect happen once (see below).
 Every entry on one row change shares the event id; gearmand scopes uniques per function.
 
+An entry with ``when:`` (an SQL condition on ``NEW``/``OLD``, checked by config.py with the
+tokenizer of ``sql:`` handlers) or ``on_change:`` (update only: one of these columns changed,
+NULL-safe) wraps its statements in ``IF <condition> THEN ... END IF;``: a row change that does
+not pass writes no ledger row and sends nothing.
+
 Delivery, per entry:
 
 ``immediate``
@@ -62,7 +67,7 @@ from typing import Literal, TypeVar
 import mysql.connector
 
 from workerhost import tables, udf
-from workerhost.config import DEFAULT_RELAY_LEASE, Config, TriggerConfig
+from workerhost.config import DEFAULT_RELAY_LEASE, Config, TriggerConfig, row_references
 from workerhost.db import Connection, Database
 from workerhost.errors import ConfigError, WorkerHostError
 from workerhost.tables import (
@@ -131,8 +136,9 @@ class Trigger:
         # A lone outbox entry leaves unique_key NULL; the relay reads the id from the payload,
         # and its one statement needs no BEGIN ... END block, which costs every row too.
         generated = GENERATED.format(owner=self.owner)
-        if len(self.jobs) == 1 and self.jobs[0].delivery == "outbox":
-            return "\n".join([*head, self._outbox(self.jobs[0], None, f"/* {generated} */ ")])
+        lone = self.jobs[0]
+        if len(self.jobs) == 1 and lone.delivery == "outbox" and condition(lone) is None:
+            return "\n".join([*head, self._outbox(lone, None, f"/* {generated} */ ")])
         lines = [*head, "BEGIN", f"  -- {generated}",
                  "  DECLARE wh_event_id CHAR(36) DEFAULT UUID();"]
         if any(job.delivery == "immediate" for job in self.jobs):
@@ -142,20 +148,25 @@ class Trigger:
         for job in self.jobs:
             if job.delivery == "immediate":
                 lease = f"NOW(6) + INTERVAL {round(self.lease * 1_000_000)} MICROSECOND"
-                lines += [
-                    f"  INSERT INTO {quote(OUTBOX)} {OUTBOX_TRIGGER_COLUMNS_LEASED} VALUES "
+                statements = [
+                    f"INSERT INTO {quote(OUTBOX)} {OUTBOX_TRIGGER_COLUMNS_LEASED} VALUES "
                     f"({sql_string(job.function)}, {self._payload(job, 'wh_event_id')}, "
                     f"wh_event_id, {lease}, 1, wh_token);",
                     # No workload: the worker reads the payload from the ledger row, so it
                     # is neither built twice per row nor held twice, in gearmand as well.
-                    f"  IF {UDF}({sql_string(job.function)}, '',"
+                    f"IF {UDF}({sql_string(job.function)}, '',"
                     " CONCAT('L', LAST_INSERT_ID(), ':', wh_token)) IS NULL THEN",
-                    f"    UPDATE {quote(OUTBOX)} SET `not_before` = NOW(6), `ships` = 0 "
+                    f"  UPDATE {quote(OUTBOX)} SET `not_before` = NOW(6), `ships` = 0 "
                     "WHERE `id` = LAST_INSERT_ID();",
-                    "  END IF;",
+                    "END IF;",
                 ]
             else:
-                lines.append(f"  {self._outbox(job, 'wh_event_id')};")
+                statements = [f"{self._outbox(job, 'wh_event_id')};"]
+            test = condition(job)
+            if test is not None:  # the row changes that do not pass write and send nothing
+                statements = [f"IF {test} THEN", *(f"  {line}" for line in statements),
+                              "END IF;"]
+            lines += [f"  {line}" for line in statements]
         lines.append("END")
         return "\n".join(lines)
 
@@ -210,6 +221,17 @@ class Applied:
                   "older workerhost made it, or a client that drops comments); apply the file "
                   "that lists it, or drop it with --prune" for t in self.kept]
         return lines
+
+
+def condition(job: TriggerConfig) -> str | None:
+    """The SQL condition an entry's row changes must pass (on_change, then when:); None for
+    every row. A column in on_change has changed unless OLD and NEW are equal or both NULL."""
+    tests = [f"NOT (OLD.{quote(column)} <=> NEW.{quote(column)})" for column in job.on_change]
+    changed = " OR ".join(tests)
+    if len(tests) > 1 and job.when is not None:
+        changed = f"({changed})"
+    parts = ([changed] if changed else []) + ([f"({job.when})"] if job.when is not None else [])
+    return " AND ".join(parts) or None
 
 
 def trigger_name(table: str, event: str) -> str:
@@ -427,13 +449,16 @@ def _check_tables(conn: Connection, config: Config, triggers: Sequence[Trigger])
                 file=config.file, path=f"triggers[{index}].table",
             )
         for job, source in zip(trigger.jobs, trigger.sources, strict=True):
-            for column in job.columns:
+            read = [("columns", column) for column in job.columns]
+            read += [("on_change", column) for column in job.on_change]
+            read += [("when", column) for _, column in row_references(job.when or "")]
+            for key, column in read:
                 # MySQL and MariaDB compare column names without regard to case.
                 if column.lower() not in (c.lower() for c in columns[trigger.table]):
                     raise ConfigError(
                         f"table {trigger.table!r} has no column {column!r}; it has "
                         f"{', '.join(columns[trigger.table])}",
-                        file=config.file, path=f"triggers[{source}].columns",
+                        file=config.file, path=f"triggers[{source}].{key}",
                     )
 
 
