@@ -162,14 +162,15 @@ def forget(conn: Connection, key: bytes) -> None:
 
 # -- outbox ------------------------------------------------------------------------------------
 def enqueue(
-    conn: Connection, function: str, payload: bytes, unique: str | None, *, delay: float = 0.0
+    conn: Connection, function: str, payload: bytes, unique: str | None, *, delay: float = 0.0,
+    priority: str = "normal",
 ) -> int:
     """Put a job in the outbox, due `delay` seconds from now; its ledger row's id."""
     cursor = db.cursor(conn)
     cursor.execute(
-        f"INSERT INTO {OUTBOX} (`function`, payload, unique_key, not_before) "
-        "VALUES (%s, %s, %s, NOW(6) + INTERVAL %s MICROSECOND)",
-        (function, payload, unique or None, int(delay * 1_000_000)),
+        f"INSERT INTO {OUTBOX} (`function`, payload, unique_key, not_before, priority) "
+        "VALUES (%s, %s, %s, NOW(6) + INTERVAL %s MICROSECOND, %s)",
+        (function, payload, unique or None, int(delay * 1_000_000), priority),
     )
     return int(cursor.lastrowid)
 

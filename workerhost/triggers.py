@@ -69,6 +69,7 @@ import mysql.connector
 from workerhost import tables, udf
 from workerhost.config import DEFAULT_RELAY_LEASE, Config, TriggerConfig, row_references
 from workerhost.db import Connection, Database
+from workerhost.enqueue import install as install_routine
 from workerhost.errors import ConfigError, WorkerHostError
 from workerhost.tables import (
     OUTBOX,
@@ -211,6 +212,8 @@ class Applied:
     created: tuple[str, ...]
     dropped: tuple[Installed, ...]
     kept: tuple[Installed, ...] = ()
+    routine: tuple[str, ...] = ()  # what became of the procedure workerhost_enqueue
+
 
     def report(self, file: str) -> list[str]:
         """One line per trigger, for a person."""
@@ -220,7 +223,7 @@ class Applied:
         lines += [f"kept {t.name}: not in {file}, and its body names no triggers_owner (an "
                   "older workerhost made it, or a client that drops comments); apply the file "
                   "that lists it, or drop it with --prune" for t in self.kept]
-        return lines
+        return lines + list(self.routine)
 
 
 def condition(job: TriggerConfig) -> str | None:
@@ -325,8 +328,11 @@ def apply(config: Config, db: Database, *, prune: bool = False) -> Applied:
     no longer lists (with ``prune``, every workerhost trigger it does not list).
 
     The host's tables are created first when missing, since every trigger writes to the
-    outbox. Tables, columns and owners are checked before anything changes, so a typo or a
-    conflict with another configuration changes nothing.
+    outbox; then, after the triggers, the procedure workerhost_enqueue when it is missing
+    (enqueue.py): like a trigger, a stored program that writes the ledger, needing the same
+    kind of account and reported the same way when binary logging refuses it. Tables,
+    columns and owners are checked before anything changes, so a typo or a conflict with
+    another configuration changes nothing.
     """
     triggers = plan(config)
     owner = config.triggers_owner
@@ -353,9 +359,11 @@ def apply(config: Config, db: Database, *, prune: bool = False) -> Applied:
                 cursor.execute(trigger.drop_sql())
             cursor.execute(trigger.create_sql(dialect))
         cursor.close()
+        routine = install_routine(conn)
         return Applied(owner=owner, created=tuple(t.name for t in triggers),
                        dropped=tuple(dropped),
-                       kept=tuple(t for t in stale if t not in dropped and t.owner is None))
+                       kept=tuple(t for t in stale if t not in dropped and t.owner is None),
+                       routine=tuple(routine.report()))
 
     return _run(db, work, "create the triggers")
 

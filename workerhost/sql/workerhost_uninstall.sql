@@ -1,4 +1,6 @@
--- Mirror of workerhost.sql: drops the worker host's tables and everything in them.
+-- Mirror of workerhost.sql and enqueue.sql: drops the worker host's tables and everything in
+-- them, and the procedure that writes to them.
+DROP PROCEDURE IF EXISTS workerhost_enqueue;
 DROP TABLE IF EXISTS workerhost_schedules;
 DROP TABLE IF EXISTS workerhost_refused;
 DROP TABLE IF EXISTS workerhost_dead_letters;
