@@ -86,7 +86,7 @@ def test_status_shows_each_servers_queue_and_survives_a_dead_one(
     assert "Traceback" not in degraded.stderr
     assert rows(degraded.stdout, first.server)[function] == [3, 0, 0]
     assert f"gearmand {second.server}: unreachable (Connection refused)" in degraded.stdout
-    assert f"workerhost: gearmand {second.server} did not answer" in degraded.stderr
+    assert second.server not in degraded.stderr, "said once, in the table"
     assert "dead letters: 3" in degraded.stdout, "the database part still shows"
     broken = json.loads(workerhost(sandbox, "status", "--json", "-c", str(config)).stdout)
     assert broken["gearmand"][1] == {"server": second.server, "error": "Connection refused",

@@ -372,6 +372,25 @@ def test_a_drain_stops_every_child_and_a_kill_ends_the_rest(
     assert moves(debug_log, "resize[1]")[-2:] == ["RUNNING -> STOPPING", "STOPPING -> STOPPED"]
 
 
+def test_a_second_stop_signal_kills_at_once_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness()
+    h.supervisor.tick()
+    h.advance(STARTSECS)
+
+    class TwoStops:
+        stops, reload = 2, False
+
+        def install(self) -> TwoStops:
+            return self
+
+    h.supervisor.signals = TwoStops()  # type: ignore[assignment]
+    with caplog.at_level(logging.WARNING, logger="workerhost.supervisor"):
+        assert h.supervisor.run() == exitcodes.RET_KILLED
+    assert "second stop signal: killing 2 processes without waiting for their jobs" \
+        in caplog.text
+    assert h.supervisor.children == {}
+
+
 def test_a_reload_replaces_running_children_one_at_a_time() -> None:
     h = Harness()
     h.supervisor.tick()

@@ -149,13 +149,13 @@ def test_exception_is_dead_lettered_then_replayed(
 
     listed = cli(sandbox, host, "dead-letters", "list")
     assert listed.returncode == 0, listed.stderr
-    assert "fragile" in listed.stdout and "1 dead letters" in listed.stdout
+    assert "fragile" in listed.stdout and "1 dead letter\n" in listed.stdout
     shown = cli(sandbox, host, "dead-letters", "show", str(ident))
     assert "the flag says broken" in shown.stdout and "traceback:" in shown.stdout
 
     tables.cursor().execute("UPDATE flags SET broken = FALSE")
     replay = cli(sandbox, host, "dead-letters", "retry", str(ident))
-    assert replay.returncode == 0 and "1 dead letters queued again" in replay.stdout
+    assert replay.returncode == 0 and "1 dead letter queued again" in replay.stdout
     wait_until(lambda: count_results(tables) == 1, what="the replayed job")
     assert dead_letters(tables) == []
 

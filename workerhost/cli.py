@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +35,46 @@ if TYPE_CHECKING:
     from workerhost.db import Database
 
 DEFAULT_SANDBOX_DIR = ".sandbox"
+# Where the configuration is looked for when neither -c nor WORKERHOST_CONFIG names one: the
+# file the systemd unit runs with, so that an operator on that machine can leave -c out.
+DEFAULT_CONFIG = Path("/etc/workerhost/workerhost.yaml")
+CONFIG_ENV = "WORKERHOST_CONFIG"
+CONFIG_HELP = (f"the YAML file; default: ${CONFIG_ENV}, else {DEFAULT_CONFIG}; "
+               "may stand anywhere on the line")
+
+
+class NoConfigFile(Exception):
+    """Neither -c, nor WORKERHOST_CONFIG, nor the default file: a usage error (exit 2)."""
+
+
+def config_path(given: Path | None, environ: Mapping[str, str]) -> Path:
+    """The file of -c, else of WORKERHOST_CONFIG, else DEFAULT_CONFIG when it exists."""
+    if given is not None:
+        return given
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])
+    if DEFAULT_CONFIG.exists():
+        return DEFAULT_CONFIG
+    raise NoConfigFile(f"no configuration file: give -c FILE, set {CONFIG_ENV}=FILE, or "
+                       f"write {DEFAULT_CONFIG}")
+
+
+def _verb(words: Sequence[str]) -> str | None:
+    """The first word that is neither an option nor the value of -c/--config."""
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in ("-c", "--config"):
+            skip = True
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 dead letter`, `2 dead letters`."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _threads(text: str) -> int:
@@ -206,6 +246,10 @@ def _udf_uninstall(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import logging
+    import time
+
+    from workerhost import db as db_module
     from workerhost import logs, metrics, tables
     from workerhost.db import Database
     from workerhost.supervisor import Supervisor
@@ -214,8 +258,20 @@ def _run(args: argparse.Namespace) -> int:
     config = _load(args)
     logs.redact(config.database.password)
     db = Database(config.database.connect_kwargs())
+
+    def stopping() -> bool:
+        return bool(args.signals.stops)
+
     try:
-        db.run(tables.create, give_up=lambda: args.signals.stops > 0)
+        try:  # one attempt first, so that a database that is down is said at once
+            db.run(tables.create, deadline=time.monotonic(), give_up=stopping)
+        except ConnectError as exc:
+            if stopping():
+                raise
+            logging.getLogger("workerhost.cli").warning(
+                "waiting for %s (%s); giving up after %gs", db.describe(), exc.__cause__ or exc,
+                db_module.PATIENCE)
+            db.run(tables.create, give_up=stopping)
     except ConnectError:
         if args.signals.stops:
             print("workerhost: stopped during start-up, before any worker ran", file=sys.stderr)
@@ -272,10 +328,18 @@ def _triggers(args: argparse.Namespace) -> int:
 
 
 def _dead_letters(args: argparse.Namespace) -> int:
-    from workerhost import deadletters
     from workerhost.db import Database
 
     db = Database(_load(args).database.connect_kwargs())
+    try:
+        return _dead_letter_action(args, db)
+    finally:
+        db.close()
+
+
+def _dead_letter_action(args: argparse.Namespace, db: Database) -> int:
+    from workerhost import deadletters
+
     action = args.dl_verb
     if action == "list":
         letters = deadletters.list_letters(db, args.function, args.limit)
@@ -283,33 +347,52 @@ def _dead_letters(args: argparse.Namespace) -> int:
         for dl in letters:
             print(f"{dl.id:>6}  {dl.function:20} {dl.attempts:>8}  {dl.failed_at!s:26} "
                   f"{dl.error.splitlines()[0][:80] if dl.error else ''}")
-        print(f"{len(letters)} dead letters")
-    elif action == "show":
+        print(plural(len(letters), "dead letter"))
+        return RET_OK
+    if action == "show":
         letter = deadletters.get(db, args.id)
         if letter is None:
-            print(f"no dead letter with id {args.id}", file=sys.stderr)
-            return RET_ERROR
+            return _no_such_letters([args.id])
         for name in ("id", "function", "unique", "attempts", "first_failed_at", "failed_at",
                      "error"):
             print(f"{name:16} {getattr(letter, name)}")
-        print(f"{'payload':16} {letter.payload[:4096]!r}")
+        print(f"{'payload':16} {deadletters.payload_text(letter.payload, SHOWN_PAYLOAD)}")
         if letter.traceback:
             print("traceback:\n" + letter.traceback)
-    elif action == "retry":
-        if not args.all and not args.ids:
-            print("name dead letter ids, or --all", file=sys.stderr)
-            return RET_USAGE
-        moved = _retry_all(db) if args.all else deadletters.retry(db, args.ids)
-        print(f"{moved} dead letters queued again")
-        if args.ids and moved < len(args.ids):
-            return RET_ERROR
-    elif action == "purge":
-        if not args.all and not args.ids and not args.function:
-            print("name dead letter ids, --function NAME, or --all", file=sys.stderr)
-            return RET_USAGE
-        print(f"{deadletters.purge(db, args.ids, args.function)} dead letters deleted")
-    db.close()
-    return RET_OK
+        return RET_OK
+    if action == "retry" and not args.all and not args.ids:
+        print("name dead letter ids, or --all", file=sys.stderr)
+        return RET_USAGE
+    if action == "purge" and not args.all and not args.ids and not args.function:
+        print("name dead letter ids, --function NAME, or --all", file=sys.stderr)
+        return RET_USAGE
+    # Named ids: those that exist are acted on; the others are named, and the exit is 1.
+    missing = [i for i in dict.fromkeys(args.ids) if deadletters.get(db, i) is None]
+    found = [i for i in dict.fromkeys(args.ids) if i not in missing]
+    if action == "retry":
+        if args.all:
+            moved = _retry_all(db)
+        else:  # never retry(db, []): an empty list would mean every letter
+            moved = deadletters.retry(db, found) if found else 0
+        print(f"{plural(moved, 'dead letter')} queued again")
+    else:
+        if args.ids:
+            deleted = deadletters.purge(db, found) if found else 0
+        else:
+            deleted = deadletters.purge(db, None, None if args.all else args.function)
+        print(f"{plural(deleted, 'dead letter')} deleted")
+    return _no_such_letters(missing) if missing else RET_OK
+
+
+SHOWN_PAYLOAD = 4096  # bytes of a payload that `dead-letters show` prints
+
+
+def _no_such_letters(ids: list[int]) -> int:
+    """The one answer of show, retry and purge to ids that name no dead letter: exit 1."""
+    named = ", ".join(str(i) for i in ids)
+    print(f"workerhost: error: no dead letter with id {named}" if len(ids) == 1 else
+          f"workerhost: error: no dead letters with ids {named}", file=sys.stderr)
+    return RET_ERROR
 
 
 RETRY_BATCH = 100  # dead letters moved back to the outbox per transaction by retry --all
@@ -367,9 +450,13 @@ def _status(args: argparse.Namespace) -> int:
     from workerhost import status
 
     report = status.gather(_load(args))
-    print(json.dumps(status.as_json(report), indent=2) if args.json else status.render(report))
-    for problem in report.problems():
-        print(f"workerhost: {problem}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(status.as_json(report), indent=2))
+        # The JSON is for a program; a person running it still sees what failed, once.
+        for problem in report.problems():
+            print(f"workerhost: {problem}", file=sys.stderr)
+    else:  # the tables already say, in place, which server did not answer and why
+        print(status.render(report))
     if not report.reachable:
         return RET_CONNECT
     return RET_ERROR if report.problems() else RET_OK
@@ -422,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run Gearman jobs fired by MySQL/MariaDB triggers and write results back.",
     )
     parser.add_argument("--version", action="version", version=f"workerhost {__version__}")
+    parser.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS,
+                        help=CONFIG_HELP)
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     sandbox = verbs.add_parser("sandbox", help="a throwaway local gearmand + MariaDB or MySQL")
@@ -467,7 +556,11 @@ def build_parser() -> argparse.ArgumentParser:
     install.set_defaults(func=_sandbox_install_udf)
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("-c", "--config", type=Path, required=True, help="the YAML file")
+        # SUPPRESS: a sub-action's parser leaves a -c given before it alone instead of
+        # writing its own default over it.
+        p.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS,
+                       help=CONFIG_HELP)
+        p.set_defaults(needs_config=True)
         return p
 
     check = with_config(verbs.add_parser("check", help="validate a configuration file"))
@@ -532,15 +625,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     dead = with_config(verbs.add_parser("dead-letters", help="inspect and replay dead letters"))
     dead_verbs = dead.add_subparsers(dest="dl_verb", required=True, metavar="ACTION")
-    dl_list = dead_verbs.add_parser("list", help="list dead letters")
+    dl_list = with_config(dead_verbs.add_parser("list", help="list dead letters"))
     dl_list.add_argument("--function", help="only this function")
     dl_list.add_argument("--limit", type=int, default=100)
-    dl_show = dead_verbs.add_parser("show", help="one dead letter, with payload and traceback")
+    dl_show = with_config(dead_verbs.add_parser(
+        "show", help="one dead letter, with payload and traceback"))
     dl_show.add_argument("id", type=int)
-    dl_retry = dead_verbs.add_parser("retry", help="queue dead letters again")
+    dl_retry = with_config(dead_verbs.add_parser("retry", help="queue dead letters again"))
     dl_retry.add_argument("ids", type=int, nargs="*")
     dl_retry.add_argument("--all", action="store_true")
-    dl_purge = dead_verbs.add_parser("purge", help="delete dead letters")
+    dl_purge = with_config(dead_verbs.add_parser("purge", help="delete dead letters"))
     dl_purge.add_argument("ids", type=int, nargs="*")
     dl_purge.add_argument("--function", help="all of this function")
     dl_purge.add_argument("--all", action="store_true")
@@ -584,7 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     outbox = with_config(verbs.add_parser("outbox", help="the jobs waiting in the outbox"))
     outbox_verbs = outbox.add_subparsers(dest="outbox_verb", required=True, metavar="ACTION")
-    drain = outbox_verbs.add_parser("drain", help="ship every due row to gearmand now")
+    drain = with_config(outbox_verbs.add_parser("drain", help="ship every due row to gearmand now"))
     drain.set_defaults(func=_outbox_drain)
 
     return parser
@@ -593,9 +687,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     # Before anything else: `run` keeps a SIGTERM or SIGHUP that comes during its start-up.
-    signals = Signals().install() if words[:1] == ["run"] else None
+    signals = Signals().install() if _verb(words) == "run" else None
     args = build_parser().parse_args(words)
     args.signals = signals
+    if getattr(args, "needs_config", False):
+        import os
+
+        try:
+            args.config = config_path(getattr(args, "config", None), os.environ)
+        except NoConfigFile as exc:
+            print(f"workerhost: error: {exc}", file=sys.stderr)
+            return RET_USAGE
     from workerhost.db import ERRORS, translate
 
     try:

@@ -41,6 +41,26 @@ def _row(row: tuple[Any, ...], password: str) -> DeadLetter:
                       None if tb is None else mask(tb), first, failed)
 
 
+def payload_text(payload: bytes, limit: int) -> str:
+    """A payload for a terminal: its text when it is UTF-8, else escaped (\\xNN for a byte
+    that is not); control characters other than newline and tab escaped either way, so that
+    a payload cannot move the cursor or recolour the screen. Past `limit` bytes, cut and
+    said so."""
+    head = payload[:limit]
+    try:
+        text, note = head.decode("utf-8"), ""
+    except UnicodeDecodeError as exc:
+        if exc.reason == "unexpected end of data" and len(payload) > limit:  # cut at the limit
+            text, note = head[:exc.start].decode("utf-8"), ""
+        else:
+            text, note = head.decode("utf-8", "backslashreplace"), " (not UTF-8: \\xNN escapes)"
+    text = "".join(c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode()
+                   for c in text)
+    if len(payload) > limit:
+        note += f" (the first {limit} of {len(payload)} bytes)"
+    return text + note
+
+
 def list_letters(db: Database, function: str | None = None, limit: int = 100) -> list[DeadLetter]:
     rows = db.run(lambda conn: tables.dead_letters(conn, function, limit))
     return [_row(row, _password(db)) for row in rows]

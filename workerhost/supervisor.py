@@ -212,6 +212,8 @@ class Supervisor:
             f"{name} x{h.processes}" for name, h in self.config.handlers.items()))
         while True:
             if signals.stops >= 2:
+                log.warning("second stop signal: killing %d processes without waiting for "
+                            "their jobs", len(self.alive()))
                 self.kill_all()
                 return RET_KILLED
             if signals.stops == 1 and self.drain_deadline is None:
