@@ -29,6 +29,8 @@ class Store:
     held: set[int] = field(default_factory=set)  # rows another transaction holds
     early: set[int] = field(default_factory=set)  # rows waiting for a retry's delay
     refused: list[tuple[str, bytes, bytes, str]] = field(default_factory=list)
+    paused: set[str] = field(default_factory=set)
+    parked: set[int] = field(default_factory=set)
     due_in: dict[int, float] = field(default_factory=dict)  # rescheduled ledger rows
     attempts: dict[bytes, tuple[int, str, str | None]] = field(default_factory=dict)
     outbox: list[tuple[str, bytes, str | None, float]] = field(default_factory=list)
@@ -103,15 +105,17 @@ def db(monkeypatch: pytest.MonkeyPatch) -> FakeDatabase:
     def store() -> Store:
         return fake.store
 
-    def claim(conn: Any, ids: Any, keys: Any) -> tables.Claim:
+    def claim(conn: Any, ids: Any, keys: Any, function: str | None = None) -> tables.Claim:
         ledger = store().ledger
         rows = {i: tables.LedgerRow(i, ledger[i][0], ledger[i][1], None, store().tokens[i],
                                     i not in store().early)
                 for i in ids if i in ledger and i not in store().held}
         return tables.Claim(rows, frozenset(i for i in ids if i in store().held),
-                            {k: store().attempts[k][0] for k in keys if k in store().attempts})
+                            {k: store().attempts[k][0] for k in keys if k in store().attempts},
+                            function in store().paused)
 
     monkeypatch.setattr(tables, "claim", claim)
+    monkeypatch.setattr(tables, "park", lambda conn, ids: store().parked.update(ids))
     monkeypatch.setattr(tables, "add_refused", lambda conn, function, unique, payload, reason:
                         store().refused.append((function, unique, payload, reason)))
     monkeypatch.setattr(tables, "failures_so_far",
@@ -328,3 +332,14 @@ def test_only_single_writes_of_sql_handlers_run_a_batch_in_one_query(
         "handlers": {"f": handler},
     }, file="test.yaml")
     assert handlers.runs_together(config.handlers["f"]) is together
+
+
+def test_a_paused_functions_jobs_are_parked_and_run_nothing(db: FakeDatabase) -> None:
+    jobs = [ledger_job(db, 11, b'{"id": 11}'), ledger_job(db, 12, b'{"id": 12}')]
+    db.store.paused.add("f")
+    assert worker(db).run_batch(jobs) == [b"", b""]
+    assert db.store.writes == [] and db.store.parked == {11, 12}
+    assert set(db.store.ledger) == {11, 12}, "the rows wait in the ledger"
+    assert db.store.attempts == {}
+    db.store.paused.clear()  # resumed: the relay ships the rows again, and they run
+    assert worker(db).run_batch(jobs) == [b"done 11", b"done 12"]

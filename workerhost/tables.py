@@ -28,6 +28,10 @@ OUTBOX = "workerhost_outbox"
 ATTEMPTS = "workerhost_attempts"
 DEAD_LETTERS = "workerhost_dead_letters"
 REFUSED = "workerhost_refused"
+PAUSED = "workerhost_paused"
+# When a paused function's ledger rows are due: a moment that never comes, so that no relay
+# ships them; resume() finds them again through the index on not_before.
+PARKED = "9999-12-31 00:00:00"
 SCHEDULES = "workerhost_schedules"
 # Refused deliveries kept, the newest ones: forged jobs must not fill the disk.
 REFUSED_KEPT = 1000
@@ -241,6 +245,7 @@ class Claim:
     rows: dict[int, LedgerRow]
     held: frozenset[int]
     failures: dict[bytes, int]
+    paused: bool = False  # the function is paused: nothing of it runs, its rows are parked
 
 
 _CLAIM = ("SELECT id, `function`, payload, unique_key, token, "
@@ -248,7 +253,8 @@ _CLAIM = ("SELECT id, `function`, payload, unique_key, token, "
           "WHERE id IN ({}) FOR UPDATE SKIP LOCKED")
 
 
-def claim(conn: Connection, ids: Sequence[int], keys: Sequence[bytes]) -> Claim:
+def claim(conn: Connection, ids: Sequence[int], keys: Sequence[bytes],
+          function: str | None = None) -> Claim:
     """Lock the ledger rows of jobs about to run, without waiting on any, and read the jobs'
     failures so far, in one round trip (a multi-statement query); then tell the rows another
     transaction holds from the rows that are gone, in one more when some are missing.
@@ -257,8 +263,9 @@ def claim(conn: Connection, ids: Sequence[int], keys: Sequence[bytes]) -> Claim:
     and every other job runs on. The session must read committed (no gap locks), as
     Database sessions of the worker do.
     """
+    paused = function is not None and is_paused(conn, function)
     if not ids:
-        return Claim({}, frozenset(), failures_of(conn, keys) if keys else {})
+        return Claim({}, frozenset(), failures_of(conn, keys) if keys else {}, paused)
     cursor = db.cursor(conn)
     with db.translating():
         if keys:
@@ -266,16 +273,16 @@ def claim(conn: Connection, ids: Sequence[int], keys: Sequence[bytes]) -> Claim:
                            f"{ATTEMPTS} WHERE job_key IN ({_marks(keys)})", [*ids, *keys])
         else:
             cursor.execute(_CLAIM.format(_marks(ids)), list(ids))
-        rows = {int(ident): LedgerRow(int(ident), str(function), bytes(payload),
+        rows = {int(ident): LedgerRow(int(ident), str(name), bytes(payload),
                                       None if unique is None else str(unique), str(token),
                                       bool(runnable))
-                for ident, function, payload, unique, token, runnable in cursor.fetchall()}
+                for ident, name, payload, unique, token, runnable in cursor.fetchall()}
         failed: dict[bytes, int] = {}
         if keys:
             cursor.nextset()
             failed = {bytes(key): int(count) for key, count in cursor.fetchall()}
     missing = [ident for ident in dict.fromkeys(ids) if ident not in rows]
-    return Claim(rows, _held(conn, missing), failed)
+    return Claim(rows, _held(conn, missing), failed, paused)
 
 
 def _held(conn: Connection, ids: Sequence[int]) -> frozenset[int]:
@@ -448,6 +455,61 @@ def count_refused(conn: Connection) -> int:
     cursor = db.cursor(conn)
     cursor.execute(f"SELECT COUNT(*) FROM {REFUSED}")
     return int(cursor.fetchone()[0])
+
+
+# -- paused functions --------------------------------------------------------------------------
+def is_paused(conn: Connection, function: str) -> bool:
+    """Whether the function is paused (a primary-key read of a small table)."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT COUNT(*) FROM {PAUSED} WHERE `function` = %s", (function,))
+    return bool(cursor.fetchone()[0])
+
+
+def pause(conn: Connection, function: str, by: str) -> int:
+    """Pause a function and park its ledger rows; how many were parked. Rows a worker is
+    running now are left to finish; rows written later are parked by the worker that gets
+    their job."""
+    cursor = db.cursor(conn)
+    # Semi-consistent reads: the UPDATE waits on no row it does not change.
+    cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+    cursor.execute(f"INSERT INTO {PAUSED} (`function`, paused_by) VALUES (%s, %s) "
+                   "ON DUPLICATE KEY UPDATE paused_by = paused_by", (function, by[:255]))
+    cursor.execute(f"UPDATE {OUTBOX} SET not_before = %s WHERE `function` = %s AND "
+                   "not_before < %s", (PARKED, function, PARKED))  # fmt: skip
+    return int(cursor.rowcount)
+
+
+def park(conn: Connection, ids: Sequence[int]) -> None:
+    """Park ledger rows this transaction holds (their function is paused)."""
+    db.cursor(conn).execute(f"UPDATE {OUTBOX} SET not_before = %s WHERE id IN ({_marks(ids)})",
+                            [PARKED, *ids])
+
+
+def resume(conn: Connection, function: str) -> tuple[bool, int]:
+    """Resume a function: (whether it was paused, how many parked rows are due again)."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"DELETE FROM {PAUSED} WHERE `function` = %s", (function,))
+    was_paused = bool(cursor.rowcount)
+    cursor.execute(f"UPDATE {OUTBOX} SET not_before = NOW(6), ships = 0 WHERE not_before >= %s "
+                   "AND `function` = %s", (PARKED, function))  # fmt: skip
+    return was_paused, int(cursor.rowcount)
+
+
+def paused_functions(conn: Connection) -> list[tuple[str, datetime, str | None]]:
+    """Every paused function: (function, paused_at, paused_by)."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT `function`, paused_at, paused_by FROM {PAUSED} ORDER BY `function`")
+    return [(str(f), at, None if by is None else str(by)) for f, at, by in cursor.fetchall()]
+
+
+def cancel_ledger_row(conn: Connection, ident: int, function: str) -> int:
+    """Delete a ledger row (locked by lock_ledger_row) and its failed attempts: its job never
+    runs, though a copy may sit in gearmand (it finds no row). Rows deleted (0 or 1)."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"DELETE FROM {OUTBOX} WHERE id = %s", (ident,))
+    deleted = int(cursor.rowcount)
+    cursor.execute(f"DELETE FROM {ATTEMPTS} WHERE job_key = %s", (ledger_key(function, ident),))
+    return deleted
 
 
 def dead_letters_by_function(conn: Connection) -> dict[str, int]:

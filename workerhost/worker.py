@@ -362,12 +362,15 @@ class Worker:
 
     def _batch_attempt(self, conn: Connection, jobs: list[Job]) -> list[object]:
         claim = tables.claim(conn, [job.ledger for job in jobs if job.ledger is not None],
-                             [job.key for job in jobs])
+                             [job.key for job in jobs], self.handler.name)
         results: list[object] = []
         runnable: list[Job] = []
         for job in jobs:
             verdict = self._verdict(job, claim)
-            if verdict is None and not claim.failures.get(job.key):
+            if verdict is None and claim.paused:
+                self._park(conn, job)
+                results.append(_DONE_BEFORE)
+            elif verdict is None and not claim.failures.get(job.key):
                 job.attempt = 1
                 results.append(job)
                 runnable.append(job)
@@ -442,6 +445,16 @@ class Worker:
         job.unique = row.unique or row_unique(row.payload, row.ident)
         return None
 
+    def _park(self, conn: Connection, job: Job) -> None:
+        """The function is paused: the job waits in the ledger, parked, until it is resumed
+        (a job from outside the ledger gets a row of its own there first)."""
+        ident = job.ledger
+        if ident is None:
+            ident = tables.enqueue(conn, job.function, job.payload, failures.stable_unique(job))
+        tables.park(conn, [ident])
+        log.info("job %s parked in the ledger: %s is paused", job.describe(), job.function,
+                 extra=logs.job_fields(job))
+
     def execute(self, job: Job) -> Answer | object:
         """Run one job to its end in its own transaction (LATER: its row is held)."""
         outcome, value = self._execute(job)
@@ -466,10 +479,13 @@ class Worker:
 
         def attempt(conn: Connection) -> tuple[object, object]:
             claim = tables.claim(conn, [job.ledger] if job.ledger is not None else [],
-                                 [job.key])
+                                 [job.key], self.handler.name)
             verdict = self._verdict(job, claim)
             if verdict is LATER:
                 return LATER, LATER
+            if verdict is None and claim.paused:
+                self._park(conn, job)
+                return Outcome.DONE_BEFORE, b""
             if verdict is _DONE_BEFORE:
                 return Outcome.DONE_BEFORE, b""
             if isinstance(verdict, failures.Failure):

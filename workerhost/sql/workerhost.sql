@@ -66,6 +66,14 @@ CREATE TABLE IF NOT EXISTS workerhost_refused (
     refused_at   DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
 ) ENGINE=InnoDB;
 
+-- Functions paused (`workerhost pause FUNCTION`, on every host at once): their ledger rows are
+-- parked (due at PARKED, a moment that never comes, so no relay ships them) until resumed.
+CREATE TABLE IF NOT EXISTS workerhost_paused (
+    `function`  VARCHAR(255) NOT NULL PRIMARY KEY,
+    paused_at   DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    paused_by   VARCHAR(255) NULL
+) ENGINE=InnoDB;
+
 -- How far each schedule (schedules: in the YAML) has got, in UTC. A slot fires by writing its
 -- job to the outbox in the transaction that moves last_slot past it, with this row locked: no
 -- two hosts fire the same slot. last_slot also moves past slots left out (catch_up);

@@ -3,6 +3,7 @@
 DROP PROCEDURE IF EXISTS workerhost_enqueue;
 DROP TABLE IF EXISTS workerhost_schedules;
 DROP TABLE IF EXISTS workerhost_refused;
+DROP TABLE IF EXISTS workerhost_paused;
 DROP TABLE IF EXISTS workerhost_dead_letters;
 DROP TABLE IF EXISTS workerhost_attempts;
 DROP TABLE IF EXISTS workerhost_outbox;
