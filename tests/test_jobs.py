@@ -106,3 +106,38 @@ def test_a_delayed_retry_runs_now_when_told(
         assert jobs.run_now(database, ident) == "missing"
     finally:
         database.close()
+
+
+def test_the_cli_pauses_lists_cancels_and_resumes(
+    udf: Sandbox, events: Any, tmp_path: Any,
+) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import ROOT, host_env
+
+    config, database = setup(udf, events.database, "outbox")
+    database.close()
+    path = tmp_path / "host.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    def cli(*words: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "workerhost.cli", *words, "-c", str(path)],
+                              env=host_env(udf), capture_output=True, text=True, cwd=ROOT,
+                              timeout=60)
+
+    events.cursor().execute(f"INSERT INTO events (id) SELECT seq FROM {sequence(1, 3)}")
+    paused = cli("pause", "work")
+    assert paused.returncode == 0, paused.stderr
+    assert "work paused on every host; 3 waiting jobs parked" in paused.stdout
+    listed = cli("jobs", "list", "--state", "paused")
+    assert listed.returncode == 0 and "3 jobs (newest first)" in listed.stdout
+    first = scalar(events, "SELECT MIN(id) FROM workerhost_outbox")
+    cancelled = cli("jobs", "cancel", str(first), "999999999")
+    assert cancelled.returncode == 1
+    assert f"job {first}: cancelled" in cancelled.stdout
+    assert "job 999999999: no such job" in cancelled.stdout
+    resumed = cli("resume", "work")
+    assert resumed.returncode == 0 and "2 parked jobs due again" in resumed.stdout
+    assert cli("resume", "work").returncode == 1, "resuming what is not paused says so"

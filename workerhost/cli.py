@@ -386,6 +386,75 @@ def _dead_letter_action(args: argparse.Namespace, db: Database) -> int:
 
 SHOWN_PAYLOAD = 4096  # bytes of a payload that `dead-letters show` prints
 
+# What `jobs cancel` and `jobs retry-now` say of each id, and whether it counts as done.
+_JOB_ANSWERS = {
+    "cancelled": ("cancelled", True), "due": ("due now", True),
+    "running": ("left alone: a worker runs it now", False),
+    "missing": ("no such job (done, cancelled, or never there)", False),
+    "not delayed": ("not delayed: due or shipped already", False),
+}
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from workerhost import jobs
+    from workerhost.db import Database
+
+    db = Database(_load(args).database.connect_kwargs())
+    try:
+        if args.jobs_verb == "list":
+            found = jobs.list_jobs(db, args.function, args.state, args.search, args.limit)
+            print(f"{'ID':>8}  {'FUNCTION':20} {'STATE':8} {'SHIPS':>5}  {'CREATED AT':26} "
+                  "PAYLOAD")
+            for job in found:
+                print(f"{job.id:>8}  {job.function:20} {job.state:8} {job.ships:>5}  "
+                      f"{job.created_at!s:26} {job.payload[:60]!r}")
+            print(f"{plural(len(found), 'job')} (newest first)")
+            return RET_OK
+        if args.jobs_verb == "show":
+            shown = jobs.show(db, args.id)
+            if shown is None:
+                print(f"workerhost: no job {args.id} in the ledger (done, cancelled, or never "
+                      "there)", file=sys.stderr)
+                return RET_ERROR
+            for name in ("id", "function", "unique", "priority", "state", "not_before",
+                         "created_at", "ships", "size", "failures", "last_error"):
+                print(f"{name:12} {getattr(shown, name)}")
+            print(f"{'payload':12} {shown.payload}")
+            return RET_OK
+        act = jobs.cancel if args.jobs_verb == "cancel" else jobs.run_now
+        failed = False
+        for ident in dict.fromkeys(args.ids):
+            said, done = _JOB_ANSWERS[act(db, ident)]
+            print(f"job {ident}: {said}")
+            failed = failed or not done
+        return RET_ERROR if failed else RET_OK
+    finally:
+        db.close()
+
+
+def _pause(args: argparse.Namespace) -> int:
+    from workerhost import jobs
+    from workerhost.db import Database
+
+    db = Database(_load(args).database.connect_kwargs())
+    try:
+        if args.func is _pause:
+            parked = jobs.pause(db, args.function)
+            print(f"{args.function} paused on every host; {plural(parked, 'waiting job')} "
+                  f"parked in the ledger until `workerhost resume {args.function}`")
+            return RET_OK
+        was_paused, due = jobs.resume(db, args.function)
+        if not was_paused:
+            print(f"workerhost: {args.function} was not paused", file=sys.stderr)
+        print(f"{args.function} resumed; {plural(due, 'parked job')} due again")
+        return RET_OK if was_paused else RET_ERROR
+    finally:
+        db.close()
+
+
+def _resume(args: argparse.Namespace) -> int:
+    return _pause(args)
+
 
 def _no_such_letters(ids: list[int]) -> int:
     """The one answer of show, retry and purge to ids that name no dead letter: exit 1."""
@@ -639,6 +708,33 @@ def build_parser() -> argparse.ArgumentParser:
     dl_purge.add_argument("--function", help="all of this function")
     dl_purge.add_argument("--all", action="store_true")
     dead.set_defaults(func=_dead_letters, function=None, all=False, ids=[])
+
+    job_verb = with_config(verbs.add_parser(
+        "jobs", help="jobs waiting or running (the ledger): list, show, cancel, run now"))
+    job_verbs = job_verb.add_subparsers(dest="jobs_verb", required=True, metavar="ACTION")
+    job_list = with_config(job_verbs.add_parser("list", help="the newest jobs of the ledger"))
+    job_list.add_argument("--function", help="only this function")
+    job_list.add_argument("--state", choices=("due", "leased", "delayed", "paused"))
+    job_list.add_argument("--search", help="only jobs whose payload holds this text")
+    job_list.add_argument("--limit", type=int, default=50)
+    job_show = with_config(job_verbs.add_parser("show", help="one job, with its failures"))
+    job_show.add_argument("id", type=int)
+    job_cancel = with_config(job_verbs.add_parser(
+        "cancel", help="cancel jobs: they never run, even a copy already in gearmand"))
+    job_cancel.add_argument("ids", type=int, nargs="+")
+    job_now = with_config(job_verbs.add_parser(
+        "retry-now", help="run delayed retries now instead of after their back-off"))
+    job_now.add_argument("ids", type=int, nargs="+")
+    job_verb.set_defaults(func=_jobs, function=None, state=None, search=None, limit=50)
+
+    pause = with_config(verbs.add_parser(
+        "pause", help="pause a function on every host: its jobs wait in the ledger"))
+    pause.add_argument("function")
+    pause.set_defaults(func=_pause)
+    resume = with_config(verbs.add_parser(
+        "resume", help="resume a paused function: its parked jobs run, each once"))
+    resume.add_argument("function")
+    resume.set_defaults(func=_resume)
 
     cons = with_config(verbs.add_parser(
         "console", help="the operator console in the browser: queues, ledger, dead letters"))
