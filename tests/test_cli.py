@@ -4,6 +4,7 @@ the database."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -47,6 +48,24 @@ def test_c_may_stand_before_or_after_the_sub_action(
     missing = tmp_path / "missing.yaml"  # loading it fails at once, naming it: -c got through
     assert cli.main([word.format(missing) for word in argv]) == RET_CONFIG
     assert f"{missing}: file not found" in capsys.readouterr().err
+
+
+def leaves(parser: argparse.ArgumentParser, inherited: bool = False) -> list[tuple[str, bool]]:
+    """Every parser without sub-actions: its prog, and whether it or one above it reads the file."""
+    reads = inherited or bool(parser.get_default("needs_config"))
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found += leaves(child, reads)
+    return found or [(parser.prog, reads and "-c" in parser._option_string_actions)]
+
+
+def test_every_action_of_a_verb_that_reads_the_file_takes_c_itself() -> None:
+    found = leaves(cli.build_parser())
+    assert ("workerhost dead-letters list", True) in found
+    assert [prog for prog, takes in found if not takes and not prog.startswith(
+        ("workerhost sandbox", "workerhost udf build"))] == []
 
 
 def test_workerhost_config_names_the_file_when_c_is_left_out(
