@@ -8,7 +8,7 @@ from typing import Any
 
 from conftest import host_config, scalar, sequence, wait_until
 
-from workerhost import jobs, triggers
+from workerhost import jobs, status, triggers
 from workerhost.config import parse_config
 from workerhost.db import Database
 from workerhost.sandbox import Sandbox
@@ -67,6 +67,9 @@ def test_a_paused_function_runs_nothing_until_resumed_then_everything_once(
         wait_until(lambda: runs(events) == {1: 1}, what="a job before the pause")
         assert jobs.pause(database, "work") == 0
         assert [name for name, _, _ in jobs.paused(database)] == ["work"]
+        shown = status.database(database)
+        assert shown.paused == ("work",)
+        assert status.as_json(status.Report((), shown, ()))["database"]["paused"] == ["work"]
         # Jobs that reach a worker while paused, and jobs written before it (shipped later).
         events.cursor().execute(f"INSERT INTO events (id) SELECT seq FROM {sequence(2, 30)}")
         wait_until(lambda: scalar(events, "SELECT COUNT(*) FROM workerhost_outbox WHERE "

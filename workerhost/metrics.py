@@ -303,6 +303,12 @@ class QueueCollector:
                                     "longest-waiting due row is past its due time (0 when "
                                     "none)", value=outbox.overdue or 0.0)  # fmt: skip
         yield from self._unserved(db)
+        paused = GaugeMetricFamily("workerhost_function_paused", "1 while the function is "
+                                   "paused on every host (`workerhost pause`)",
+                                   labels=["function"])
+        for function in db.paused:
+            paused.add_metric([function], 1)
+        yield paused
         if self.config.schedules:
             yield from self._schedules(db)
 

@@ -75,6 +75,7 @@ class DatabaseStatus:
     reachable: bool = True  # False: no answer at all; else `error` is about what it answered
     # How far each schedule the database knows has got; read only when the file has schedules.
     schedules: Mapping[str, tables.ScheduleRow] = field(default_factory=dict)
+    paused: tuple[str, ...] = ()  # functions paused on every host (`workerhost pause`)
 
 
 @dataclass(frozen=True)
@@ -173,12 +174,14 @@ def database(db: Database, *, timeout: float = STATUS_TIMEOUT, schedules: bool =
     rows that old or older per function."""
 
     def query(conn: Connection) -> tuple[dict[str, int], Outbox, dict[str, tables.ScheduleRow],
-                                         dict[str, Unserved]]:
+                                         dict[str, Unserved], tuple[str, ...]]:
         rows = tables.schedule_rows(conn) if schedules else {}
         unserved = {} if unserved_after is None else {
             function: Unserved(function, count, int(oldest) / 1e6)
             for function, (count, oldest) in tables.unserved_rows(conn, unserved_after).items()}
-        return tables.dead_letters_by_function(conn), outbox_figures(conn), rows, unserved
+        paused = tuple(name for name, _, _ in tables.paused_functions(conn))
+        return (tables.dead_letters_by_function(conn), outbox_figures(conn), rows, unserved,
+                paused)
 
     def failed(message: str, *, reachable: bool) -> DatabaseStatus:
         # The server's words may quote the password (a statement, a connection string).
@@ -186,7 +189,8 @@ def database(db: Database, *, timeout: float = STATUS_TIMEOUT, schedules: bool =
         return DatabaseStatus(db.describe(), error=shown, reachable=reachable)
 
     try:
-        letters, outbox, rows, unserved = db.run(query, deadline=time.monotonic() + timeout)
+        letters, outbox, rows, unserved, paused = db.run(
+            query, deadline=time.monotonic() + timeout)
     except ConnectError as exc:
         return failed(f"unreachable ({exc.__cause__ or exc})", reachable=False)
     except mysql.connector.Error as exc:
@@ -196,7 +200,8 @@ def database(db: Database, *, timeout: float = STATUS_TIMEOUT, schedules: bool =
         else:
             message = str(exc)
         return failed(message, reachable=not is_transient(exc))
-    return DatabaseStatus(db.describe(), letters, outbox, unserved, schedules=rows)
+    return DatabaseStatus(db.describe(), letters, outbox, unserved, schedules=rows,
+                          paused=paused)
 
 
 def gather(config: Config, *, timeout: float = STATUS_TIMEOUT) -> Report:
@@ -237,6 +242,9 @@ def render(report: Report) -> str:
         lines.append(f"  outbox: {_describe_outbox(db.outbox)}")
     if report.unserved_after is not None:
         lines += ["  " + line for line in render_unserved(report)]
+    if db.paused:
+        lines.append(f"  paused: {', '.join(db.paused)} (`workerhost resume FUNCTION` runs "
+                     "their parked jobs)")
     lines.append(f"  dead letters: {sum(db.dead_letters.values())}")
     if db.dead_letters:
         lines.append(f"  {'FUNCTION':32} {'DEAD LETTERS':>12}")
@@ -320,6 +328,7 @@ def as_json(report: Report) -> dict[str, Any]:
                 "oldest_age_seconds": db.outbox.oldest_age,
                 "overdue_seconds": db.outbox.overdue,
             },
+            "paused": list(db.paused),
             "unserved_after_seconds": report.unserved_after,
             "unserved": [{"function": name, "rows": u.rows, "oldest_age_seconds": u.oldest_age,
                           "handled_here": name in report.handled}
