@@ -237,7 +237,7 @@ def test_tls_keys_reach_the_connector() -> None:
         ("unknown-key.yaml",
          "unknown-key.yaml: handlers.resize_image: unknown key 'timout' (did you mean"
          " 'timeout'?); allowed: python, sql, processes, batch, timeout, retries, max_jobs,"
-         " max_lifetime, on_no_rows, accept, command, max_memory, env"),
+         " max_lifetime, on_no_rows, accept, command, max_memory, env, limits"),
         ("unknown-top-key.yaml",
          "unknown-top-key.yaml: unknown key 'handler' (did you mean 'handlers'?);"
          " allowed: gearman, database, host, handlers, triggers, triggers_owner, schedules"),

@@ -103,3 +103,47 @@ def leave_rows_unread(job: Job, db: Any) -> str:
     cursor.execute("SELECT seq FROM (SELECT 1 AS seq UNION ALL SELECT 2 UNION ALL SELECT 3) s")
     cursor.fetchone()
     return "ok"
+
+
+def snooze_first(job: Job, db: Any) -> str:
+    """Writes a row, then snoozes its first run for half a second (the write rolls back with
+    it); captures on the next."""
+    from workerhost.errors import Snooze
+
+    cursor = db.cursor()
+    cursor.execute("INSERT INTO captured (`function`, event_id, payload) VALUES ('snoozed', "
+                   "UUID(), '') ")
+    cursor.close()
+    if job.snoozes == 0:
+        raise Snooze(0.5)
+    return capture(job, db)
+
+
+def count_at_once(job: Job, db: Any) -> str:
+    """Counts, in a file of the database's own, how many runs of it are under way at once,
+    keeping the most; takes 200 ms; then captures."""
+    import fcntl
+    import tempfile
+
+    cursor = db.cursor()
+    cursor.execute("SELECT DATABASE()")
+    (name,) = cursor.fetchone()
+    cursor.close()
+    path = Path(tempfile.gettempdir()) / f"workerhost-at-once-{name}"
+
+    def change(step: int) -> None:
+        with open(path, "a+") as file:
+            fcntl.flock(file, fcntl.LOCK_EX)
+            file.seek(0)
+            now, most = (int(part) for part in (file.read().split() or ["0", "0"]))
+            now += step
+            file.seek(0)
+            file.truncate()
+            file.write(f"{now} {max(most, now)}")
+
+    change(+1)
+    try:
+        time.sleep(0.2)
+    finally:
+        change(-1)
+    return capture(job, db)

@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from workerhost.config import HandlerConfig
+from workerhost.converters import positive_duration
+from workerhost.errors import Snooze
 from workerhost.job import Job
 
 log = logging.getLogger("workerhost.command")
@@ -50,6 +52,19 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 
 Kill = Callable[[int, int], None]
+
+
+# A program that exits with this (EX_TEMPFAIL) asks to run again later; it prints the delay.
+EXIT_SNOOZE = 75
+SNOOZE_DEFAULT = 60.0  # seconds, when the program printed no delay
+
+
+def _snooze_seconds(output: bytes) -> float:
+    """The delay a snoozing program printed (30, 30s, 2m), else SNOOZE_DEFAULT."""
+    try:
+        return positive_duration(output.decode("utf-8", "replace").strip() or "x")
+    except ValueError:
+        return SNOOZE_DEFAULT
 
 
 class CommandFailed(Exception):
@@ -101,6 +116,8 @@ def run(handler: HandlerConfig, job: Job) -> bytes:
     if left:
         log.warning("%s left %s running; killed %s", name,
                     f"{left} processes" if left > 1 else "1 process", "them" if left > 1 else "it")
+    if program.returncode == EXIT_SNOOZE:
+        raise Snooze(_snooze_seconds(out))
     if program.returncode != 0:
         code = program.returncode
         how = (f"was killed by signal {-code}" if code < 0 else f"exited with status {code}")

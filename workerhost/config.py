@@ -249,6 +249,9 @@ class HandlerConfig:
     # What a command: program finds in its environment besides PATH, HOME, LANG, LC_* and
     # WORKERHOST_* (command.py); a name passed through from the host is read at load.
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    # Jobs of the function running at once on every host together, at most (limits:
+    # concurrency, held through the database: tables.take_slot); None: no such limit.
+    concurrency: int | None = None
 
     @property
     def kind(self) -> Literal["python", "sql", "command"]:
@@ -386,8 +389,9 @@ _SCHEDULER_KEYS = ("enabled",)
 _SCHEDULE_KEYS = ("name", "function", "every", "cron", "timezone", "payload", "catch_up")
 _HANDLER_KEYS = ("python", "sql", "processes", "batch", "timeout", "retries", "max_jobs",
                  "max_lifetime", "on_no_rows", "accept", "command", "max_memory",
-                 "env")  # fmt: skip
+                 "env", "limits")  # fmt: skip
 _RETRY_KEYS = ("attempts", "backoff", "max_backoff")
+_LIMIT_KEYS = ("concurrency",)
 _TRIGGER_KEYS = ("table", "events", "function", "columns", "delivery", "when", "on_change")
 
 
@@ -700,6 +704,8 @@ def _handler(section: _Section, name: str, host_env: Mapping[str, str]) -> Handl
         command=command,
         max_memory=section.optional("max_memory", conv.size),
         env=_program_env(section, host_env) if "env" in section.data else MappingProxyType({}),
+        concurrency=section.section("limits", _LIMIT_KEYS).optional("concurrency",
+                                                                    conv.positive_int),
     )  # fmt: skip
 
 

@@ -136,6 +136,8 @@ def backoff_delays(first: float = TRANSIENT_BACKOFF, cap: float = TRANSIENT_BACK
 # What the server answers to COMMIT, ROLLBACK, DDL, START TRANSACTION, LOCK TABLES or a change
 # of autocommit inside an XA transaction: how a guarded transaction refuses to be ended early.
 ER_XAER_RMFAIL = 1399
+# A SIGNAL SQLSTATE '45000' of the application's own (an sql: handler's snooze, say).
+ER_SIGNAL_EXCEPTION = 1644
 
 
 class Database:

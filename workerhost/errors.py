@@ -26,6 +26,20 @@ class ConnectError(WorkerHostError):
     """gearmand or the database could not be reached."""
 
 
+class Snooze(Exception):
+    """Raised by a handler: run this job again after `seconds`, without spending an attempt.
+
+    Its writes roll back, its ledger row waits out the delay; a job snoozed more than
+    MAX_SNOOZES times fails its attempt instead (worker.py). An `sql:` handler snoozes with
+    SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'workerhost snooze 30s', a `command:`
+    program by exiting with status 75 (EX_TEMPFAIL) after printing the delay (30s) on stdout.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"snoozed for {seconds:g}s")
+        self.seconds = seconds
+
+
 class JobError(WorkerHostError):
     """A job failed for a reason the host can name; by default retrying cannot fix it."""
 

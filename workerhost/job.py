@@ -30,7 +30,8 @@ class Outcome(str, enum.Enum):
     CRASHED = "crashed"  # its worker process died while running it
     OVER_MEMORY = "over_memory"  # its worker passed the handler's max_memory and was killed
     DONE_BEFORE = "done_before"  # its ledger row was gone: done already, or rolled back
-    REFUSED = "refused"  # nothing proved where it came from: a dead letter, never run
+    REFUSED = "refused"  # nothing proved where it came from: recorded, never run
+    SNOOZED = "snoozed"  # the handler asked to run it again later: no attempt spent
 
     def __str__(self) -> str:  # the value, as a metric label or in a log line
         return self.value
@@ -96,6 +97,7 @@ class Job:
     unique: str
     handle: str
     attempt: int = 1
+    snoozes: int = 0  # how often it asked to run later (errors.Snooze), no attempt spent
     ledger: int | None = None  # the ledger row that proves where the job came from
     proof: str = ""  # the token a ledger job carries, which must be its row's
     unique_sent: str = ""  # the Gearman unique as it arrived

@@ -29,10 +29,12 @@ ATTEMPTS = "workerhost_attempts"
 DEAD_LETTERS = "workerhost_dead_letters"
 REFUSED = "workerhost_refused"
 PAUSED = "workerhost_paused"
+SLOTS = "workerhost_slots"
 # When a paused function's ledger rows are due: a moment that never comes, so that no relay
 # ships them; resume() finds them again through the index on not_before.
 PARKED = "9999-12-31 00:00:00"
 SCHEDULES = "workerhost_schedules"
+WORKERS = "workerhost_workers"  # heartbeats: each worker process of each host
 # Refused deliveries kept, the newest ones: forged jobs must not fill the disk.
 REFUSED_KEPT = 1000
 # Bytes of a refused delivery's payload kept to recognise it by (its digest covers the rest).
@@ -83,6 +85,8 @@ MIGRATIONS = (
         f"ALTER TABLE {OUTBOX} MODIFY COLUMN token CHAR(32) CHARACTER SET ascii NOT NULL "
         f"DEFAULT ({TOKEN_EXPRESSION})",
     )),
+    (OUTBOX, "snoozes", (f"ALTER TABLE {OUTBOX} ADD COLUMN snoozes INT UNSIGNED NOT NULL "
+                         "DEFAULT 0",)),
 )
 # Indexes added since the first layout: create() adds what is missing.
 INDEX_MIGRATIONS = ((OUTBOX, "due", "(not_before)"),)
@@ -234,6 +238,7 @@ class LedgerRow:
     unique: str | None  # unique_key
     token: str
     runnable: bool  # shipped (leased) or due; False: a retry whose delay is not over
+    snoozes: int = 0  # how often its job asked to run later (errors.Snooze)
 
 
 @dataclass(frozen=True)
@@ -249,7 +254,7 @@ class Claim:
 
 
 _CLAIM = ("SELECT id, `function`, payload, unique_key, token, "
-          f"(ships > 0 OR not_before <= NOW(6)) FROM {OUTBOX} FORCE INDEX (PRIMARY) "
+          f"(ships > 0 OR not_before <= NOW(6)), snoozes FROM {OUTBOX} FORCE INDEX (PRIMARY) "
           "WHERE id IN ({}) FOR UPDATE SKIP LOCKED")
 
 
@@ -275,8 +280,8 @@ def claim(conn: Connection, ids: Sequence[int], keys: Sequence[bytes],
             cursor.execute(_CLAIM.format(_marks(ids)), list(ids))
         rows = {int(ident): LedgerRow(int(ident), str(name), bytes(payload),
                                       None if unique is None else str(unique), str(token),
-                                      bool(runnable))
-                for ident, name, payload, unique, token, runnable in cursor.fetchall()}
+                                      bool(runnable), int(snoozes))
+                for ident, name, payload, unique, token, runnable, snoozes in cursor.fetchall()}
         failed: dict[bytes, int] = {}
         if keys:
             cursor.nextset()
@@ -312,6 +317,36 @@ def delete_outbox_statement(ids: Sequence[int]) -> tuple[str, dict[str, int]]:
     marks = ", ".join(f"%({name})s" for name in names)
     return (f"DELETE FROM {OUTBOX} {_BY_IDS.format(marks, len(ids))}",
             dict(zip(names, ids, strict=True)))
+
+
+def snooze(conn: Connection, ident: int, delay: float) -> int:
+    """A job asked to run again later: its row due after `delay`, with no attempt spent;
+    how many times it has snoozed, this one included."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"UPDATE {OUTBOX} SET not_before = NOW(6) + INTERVAL %s MICROSECOND, "
+                   "ships = 0, snoozes = snoozes + 1 WHERE id = %s",
+                   (int(delay * 1_000_000), ident))  # fmt: skip
+    cursor.execute(f"SELECT snoozes FROM {OUTBOX} WHERE id = %s", (ident,))
+    row = cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+def set_slots(conn: Connection, function: str, count: int) -> None:
+    """The function's concurrency slots are 0..count-1 (the last host to start decides)."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"INSERT IGNORE INTO {SLOTS} (`function`, slot) VALUES "
+                   + ", ".join(["(%s, %s)"] * count),
+                   [value for slot in range(count) for value in (function, slot)])
+    cursor.execute(f"DELETE FROM {SLOTS} WHERE `function` = %s AND slot >= %s", (function, count))
+
+
+def take_slot(conn: Connection, function: str) -> bool:
+    """Lock a free concurrency slot of the function until the transaction ends; False when
+    every slot is held (by transactions running its jobs, on any host)."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT slot FROM {SLOTS} WHERE `function` = %s LIMIT 1 FOR UPDATE "
+                   "SKIP LOCKED", (function,))  # fmt: skip
+    return cursor.fetchone() is not None
 
 
 def reschedule(conn: Connection, ident: int, delay: float) -> None:
@@ -851,3 +886,85 @@ def schedule_rows(conn: Connection) -> dict[str, ScheduleRow]:
     return {str(name): ScheduleRow(last_slot.replace(tzinfo=timezone.utc), _utc(fired_slot),
                                    _utc(fired_at), None if fired_by is None else str(fired_by))
             for name, last_slot, fired_slot, fired_at, fired_by in cursor.fetchall()}
+
+
+# -- heartbeats --------------------------------------------------------------------------------
+# Every time here is the server's UTC_TIMESTAMP(6): no host's clock is compared with another's,
+# and the session's time zone changes nothing.
+
+
+@dataclass(frozen=True)
+class WorkerBeat:
+    """One worker process as its supervisor publishes it."""
+
+    pid: int
+    function: str
+    index: int
+    state: str  # the supervisor's state of the child (supervisor.State)
+    job: str | None  # its job's key after the function (L<ledger id>, or the unique); None: idle
+    job_seconds: float | None  # how long that job has run
+    jobs: int  # jobs done by the process
+    resident_bytes: int | None  # None: not read
+    uptime: float  # seconds since the process started
+
+
+_WORKER_COLUMNS = ("host, supervisor_pid, pid, `function`, `index`, state, job, job_seconds, "
+                   "jobs, resident_bytes, started_at, seen_at")
+_WORKER_VALUES = ("(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                  "UTC_TIMESTAMP(6) - INTERVAL %s MICROSECOND, UTC_TIMESTAMP(6))")
+
+
+def publish_workers(conn: Connection, host: str, supervisor_pid: int,
+                    workers: Sequence[WorkerBeat]) -> None:
+    """Write the rows of `workers`, seen now, in one statement. REPLACE is the multi-row
+    upsert both servers take without VALUES() (see above); every column is written, so that
+    a row left by a host that died, whose pid a process has again, is overwritten whole."""
+    if not workers:
+        return
+    db.cursor(conn).execute(
+        f"REPLACE INTO {WORKERS} ({_WORKER_COLUMNS}) VALUES "
+        + ", ".join([_WORKER_VALUES] * len(workers)),
+        [value for w in workers for value in (
+            host[:255], supervisor_pid, w.pid, w.function, w.index, w.state, w.job,
+            w.job_seconds, w.jobs, w.resident_bytes, int(w.uptime * 1_000_000))],
+    )
+
+
+def forget_workers(conn: Connection, host: str, supervisor_pid: int,
+                   pids: Sequence[int] | None = None) -> None:
+    """Delete the rows of this supervisor's processes `pids` (ended); all of its rows when
+    None (it stops)."""
+    where, args = "host = %s AND supervisor_pid = %s", [host[:255], supervisor_pid]
+    if pids is not None:
+        if not pids:
+            return
+        where += f" AND pid IN ({_marks(pids)})"
+        args += list(pids)
+    db.cursor(conn).execute(f"DELETE FROM {WORKERS} WHERE {where}", args)
+
+
+def sweep_workers(conn: Connection, gone_after: float) -> int:
+    """Delete the rows, of any host, not seen for `gone_after` seconds: their host died
+    without a word. Rows deleted."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"DELETE FROM {WORKERS} WHERE seen_at < UTC_TIMESTAMP(6) - INTERVAL %s "
+                   "MICROSECOND", (int(gone_after * 1_000_000),))  # fmt: skip
+    return int(cursor.rowcount)
+
+
+def worker_rows(conn: Connection, gone_after: float) -> list[tuple[Any, ...]]:
+    """The rows seen within `gone_after` seconds, by host, supervisor, function and index:
+    (host, supervisor_pid, pid, function, index, state, job, seconds the job has run by now
+    (as of the row, plus the time since), jobs, resident_bytes, seconds since the process
+    started, seconds since the row was written). The table holds a row per worker process:
+    read whole, no index needed."""
+    since = "TIMESTAMPDIFF(MICROSECOND, {}, UTC_TIMESTAMP(6)) / 1000000"
+    cursor = db.cursor(conn)
+    cursor.execute(
+        "SELECT host, supervisor_pid, pid, `function`, `index`, state, job, "
+        f"job_seconds + {since.format('seen_at')}, jobs, resident_bytes, "
+        f"{since.format('started_at')}, {since.format('seen_at')} FROM {WORKERS} "
+        "WHERE seen_at >= UTC_TIMESTAMP(6) - INTERVAL %s MICROSECOND "
+        "ORDER BY host, supervisor_pid, `function`, `index`, pid",
+        (int(gone_after * 1_000_000),))  # fmt: skip
+    return list(cursor.fetchall())

@@ -34,6 +34,7 @@ import hmac
 import logging
 import os
 import random
+import re
 import signal
 import time
 import traceback
@@ -44,7 +45,7 @@ from typing import Any
 from workerhost import db, failures, gearconn, handlers, logs, metrics, tables
 from workerhost.config import Config, HandlerConfig
 from workerhost.db import Connection, Database, is_transient
-from workerhost.errors import JobError
+from workerhost.errors import JobError, Snooze
 from workerhost.exitcodes import EXIT_DATABASE, EXIT_OK
 from workerhost.gearconn import Assigned, GearmanLost, WorkerConnection
 from workerhost.job import Job, Outcome, parse_unique, row_unique
@@ -69,6 +70,10 @@ ONE_QUERY_BYTES = 1 << 20
 # each time up to HOLD_MAX: a trigger's transaction commits within milliseconds, mostly.
 HOLD_FIRST = 0.002
 HOLD_MAX = 0.1
+# How often one job may snooze (errors.Snooze) before a snooze counts as a failed attempt.
+MAX_SNOOZES = 100
+# What an sql: handler's SIGNAL says to snooze: MESSAGE_TEXT = 'workerhost snooze 30s'.
+_SQL_SNOOZE = re.compile(r"workerhost snooze (\S+)")
 # The session of every worker connection: no gap locks (a claim of a row not yet committed must
 # not block the INSERTs of other triggers), and each statement sees what committed before it.
 SESSION = ("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",)
@@ -143,6 +148,7 @@ class Worker:
         self._retry_at: dict[str, float] = {}  # per server: next connect attempt
         self._backoff: dict[str, float] = {}
         self._conns: list[WorkerConnection] = []
+        self._slots_set = False  # the function's concurrency slots written (limits:)
 
     def forked(self) -> None:
         """In a process a handler forked: let go of what is the worker's.
@@ -378,6 +384,10 @@ class Worker:
                 results.append(verdict)
             else:  # refused, or failed before: dealt with on its own
                 results.append(_DEFERRED)
+        if runnable and not self._take_slot(conn):
+            # Every concurrency slot of the function is held: they wait, like a held row.
+            results = [LATER if isinstance(r, Job) else r for r in results]
+            runnable = []
         # The ledger rows go in the transaction that commits the effects.
         done = [job.ledger for job in runnable if job.ledger is not None]
         try:
@@ -443,7 +453,35 @@ class Worker:
             return _DONE_BEFORE  # a copy from before a failure: the relay ships the retry
         job.use_payload(row.payload)
         job.unique = row.unique or row_unique(row.payload, row.ident)
+        job.snoozes = row.snoozes
         return None
+
+    def _take_slot(self, conn: Connection) -> bool:
+        """A concurrency slot of the function for this transaction (limits: concurrency);
+        True when the handler has no such limit."""
+        limit = self.handler.concurrency
+        if limit is None:
+            return True
+        if not self._slots_set:
+            # In a transaction of its own: writing slot rows waits on those held.
+            self.db.run(lambda other: tables.set_slots(other, self.handler.name, limit))
+            self._slots_set = True
+        return tables.take_slot(conn, self.handler.name)
+
+    def _snooze(self, conn: Connection, job: Job, seconds: float) -> tuple[object, object]:
+        """The handler asked to run the job again after `seconds`: its row waits, no attempt
+        is spent; past MAX_SNOOZES the snooze is a failed attempt."""
+        ident = job.ledger
+        if ident is None:  # from outside the ledger: it gets a row of its own there
+            ident = tables.enqueue(conn, job.function, job.payload, failures.stable_unique(job))
+        snoozes = tables.snooze(conn, ident, seconds)
+        if snoozes > MAX_SNOOZES:
+            return None, failures.Failure(
+                f"snoozed {snoozes} times, past the limit of {MAX_SNOOZES}: counted as a "
+                "failed attempt")
+        log.info("job %s snoozed for %gs (%d so far)", job.describe(), seconds, snoozes,
+                 extra=logs.job_fields(job))
+        return Outcome.SNOOZED, b""
 
     def _park(self, conn: Connection, job: Job) -> None:
         """The function is paused: the job waits in the ledger, parked, until it is resumed
@@ -501,13 +539,18 @@ class Worker:
                 last = failures.last_failure(conn, job.key) or failure
                 failures.dead_letter(conn, job, done, last)
                 return Outcome.DEAD, failure
+            if not self._take_slot(conn):
+                return LATER, LATER
             try:
                 result = self._run_one(conn, job)
             except Exception as exc:  # a handler's failure, whatever it is
                 if is_transient(exc):
                     raise
                 self.db.restart()  # what it wrote before it failed: it runs again from scratch
-                return None, _failure(exc)
+                seconds = _snoozed(exc)
+                if seconds is None:
+                    return None, _failure(exc)
+                return self._snooze(conn, job, seconds)
             if done:
                 tables.forget(conn, job.key)
             if job.ledger is not None:
@@ -520,7 +563,7 @@ class Worker:
     def _settle(self, job: Job, outcome: object, value: object) -> Answer:
         """Count, log and (for a failure) record how the job ended; its answer."""
         deadline = time.monotonic() + self.handler.timeout * DATABASE_WAIT_SHARE
-        if outcome in (Outcome.COMPLETE, Outcome.DONE_BEFORE):
+        if outcome in (Outcome.COMPLETE, Outcome.DONE_BEFORE, Outcome.SNOOZED):
             assert isinstance(value, bytes) and isinstance(outcome, Outcome)
             metrics.job_finished(job.function, outcome)
             return value
@@ -588,6 +631,24 @@ def _answered(batch: list[Assigned], answers: list[Answer | object]
     """The jobs of a batch that have their answer, and those answers."""
     pairs = [(a, answer) for a, answer in zip(batch, answers, strict=True) if answer is not LATER]
     return [a for a, _ in pairs], [answer for _, answer in pairs]  # type: ignore[misc]
+
+
+def _snoozed(exc: BaseException) -> float | None:
+    """The delay a handler's exception asks for (errors.Snooze, an sql: handler's SIGNAL
+    'workerhost snooze 30s', a command: program's exit status 75), else None."""
+    if isinstance(exc, Snooze):
+        return exc.seconds
+    error = db.translate(exc)
+    if getattr(error, "errno", None) == db.ER_SIGNAL_EXCEPTION:
+        match = _SQL_SNOOZE.search(str(getattr(error, "msg", "")))
+        if match:
+            from workerhost.converters import positive_duration
+
+            try:
+                return positive_duration(match.group(1))
+            except ValueError:
+                return None
+    return None
 
 
 def _failure(exc: BaseException) -> failures.Failure:

@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS workerhost_outbox (
     created_at  DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
     ships       INT UNSIGNED NOT NULL DEFAULT 0,
     token       CHAR(32) CHARACTER SET ascii NOT NULL DEFAULT (HEX(RANDOM_BYTES(16))),
+    snoozes     INT UNSIGNED NOT NULL DEFAULT 0,
     KEY due (not_before)
 ) ENGINE=InnoDB;
 
@@ -74,6 +75,14 @@ CREATE TABLE IF NOT EXISTS workerhost_paused (
     paused_by   VARCHAR(255) NULL
 ) ENGINE=InnoDB;
 
+-- A function's concurrency slots (handlers.NAME.limits.concurrency): a transaction that runs
+-- its jobs holds one row locked, so no more transactions run them at once, on every host.
+CREATE TABLE IF NOT EXISTS workerhost_slots (
+    `function`  VARCHAR(255) NOT NULL,
+    slot        INT UNSIGNED NOT NULL,
+    PRIMARY KEY (`function`, slot)
+) ENGINE=InnoDB;
+
 -- How far each schedule (schedules: in the YAML) has got, in UTC. A slot fires by writing its
 -- job to the outbox in the transaction that moves last_slot past it, with this row locked: no
 -- two hosts fire the same slot. last_slot also moves past slots left out (catch_up);
@@ -84,4 +93,25 @@ CREATE TABLE IF NOT EXISTS workerhost_schedules (
     fired_slot  DATETIME NULL,
     fired_at    DATETIME(6) NULL,
     fired_by    VARCHAR(255) NULL
+) ENGINE=InnoDB;
+
+-- Heartbeats: every worker process of every running host, as its supervisor last saw it (every
+-- few seconds, heartbeat.py), for the console's workers page. A host deletes the rows of its
+-- processes that ended, and all of its rows when it stops; a row not seen for three heartbeats
+-- is of a host that died without a word (SIGKILL): the console leaves it out, and the next
+-- host that starts deletes it. Times are UTC, by the database server's clock alone.
+CREATE TABLE IF NOT EXISTS workerhost_workers (
+    host            VARCHAR(255) NOT NULL,
+    pid             INT UNSIGNED NOT NULL,
+    supervisor_pid  INT UNSIGNED NOT NULL,
+    `function`      VARCHAR(255) NOT NULL,
+    `index`         INT UNSIGNED NOT NULL,
+    state           VARCHAR(16) CHARACTER SET ascii NOT NULL,
+    job             VARCHAR(520) CHARACTER SET utf8mb4 NULL,
+    job_seconds     DOUBLE NULL,
+    jobs            BIGINT UNSIGNED NOT NULL,
+    resident_bytes  BIGINT UNSIGNED NULL,
+    started_at      DATETIME(6) NOT NULL,
+    seen_at         DATETIME(6) NOT NULL,
+    PRIMARY KEY (host, pid)
 ) ENGINE=InnoDB;

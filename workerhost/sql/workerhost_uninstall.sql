@@ -1,9 +1,11 @@
 -- Mirror of workerhost.sql and enqueue.sql: drops the worker host's tables and everything in
 -- them, and the procedure that writes to them.
 DROP PROCEDURE IF EXISTS workerhost_enqueue;
+DROP TABLE IF EXISTS workerhost_workers;
 DROP TABLE IF EXISTS workerhost_schedules;
 DROP TABLE IF EXISTS workerhost_refused;
 DROP TABLE IF EXISTS workerhost_paused;
+DROP TABLE IF EXISTS workerhost_slots;
 DROP TABLE IF EXISTS workerhost_dead_letters;
 DROP TABLE IF EXISTS workerhost_attempts;
 DROP TABLE IF EXISTS workerhost_outbox;

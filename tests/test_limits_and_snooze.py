@@ -1,0 +1,105 @@
+"""Job control on every host: a global concurrency limit held through the database, and a
+handler that asks to run again later without spending an attempt."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from conftest import host_config, scalar, sequence, wait_until
+
+from workerhost import triggers
+from workerhost.config import parse_config
+from workerhost.db import Database
+from workerhost.sandbox import Sandbox
+
+
+def applied(udf: Sandbox, database: str, handler: dict[str, Any]) -> dict[str, Any]:
+    config = host_config(
+        udf, database, {"work": {"accept": "ledger", **handler}},
+        triggers=[{"table": "events", "events": ["insert"], "function": "work",
+                   "columns": ["id"], "delivery": "immediate"}])
+    parsed = parse_config(config, file="test.yaml", env={"SANDBOX_DB_PASSWORD": udf.password})
+    database_ = Database(parsed.database.connect_kwargs())
+    try:
+        triggers.apply(parsed, database_)
+    finally:
+        database_.close()
+    return config
+
+
+def runs(db: Any) -> dict[int, int]:
+    cursor = db.cursor()
+    cursor.execute("SELECT row_id, runs FROM captured WHERE row_id IS NOT NULL")
+    found = {int(row): int(count) for row, count in cursor.fetchall()}
+    cursor.close()
+    return found
+
+
+def test_two_hosts_never_run_more_jobs_at_once_than_the_limit(
+    udf: Sandbox, events: Any, host_factory: Callable[..., Any],
+) -> None:
+    config = applied(udf, events.database, {"python": "trigger_handlers:count_at_once",
+                                            "processes": 3, "batch": 1,
+                                            "limits": {"concurrency": 2}})
+    record = Path(tempfile.gettempdir()) / f"workerhost-at-once-{events.database}"
+    record.unlink(missing_ok=True)
+    try:
+        host_factory(config)
+        host_factory(config)  # six worker processes in all, on two hosts
+        events.cursor().execute(f"INSERT INTO events (id) SELECT seq FROM {sequence(1, 24)}")
+        wait_until(lambda: len(runs(events)) == 24, timeout=60, what="24 jobs")
+        now, most = (int(part) for part in record.read_text().split())
+        assert now == 0
+        assert most == 2, f"at most 2 at once, and the limit was reached: {most}"
+        assert set(runs(events).values()) == {1}
+        assert scalar(events, "SELECT COUNT(*) FROM workerhost_dead_letters") == 0
+    finally:
+        record.unlink(missing_ok=True)
+
+
+def test_a_snoozed_job_runs_again_later_without_spending_an_attempt(
+    udf: Sandbox, events: Any, host_factory: Callable[..., Any],
+) -> None:
+    config = applied(udf, events.database, {"python": "trigger_handlers:snooze_first",
+                                            "retries": {"attempts": 1}})
+    host = host_factory(config)
+    events.cursor().execute("INSERT INTO events (id) VALUES (1)")
+    wait_until(lambda: runs(events) == {1: 1}, what="the job, after its snooze")
+    cursor = events.cursor()
+    cursor.execute("SELECT attempt FROM captured WHERE row_id = 1")
+    assert cursor.fetchone()[0] == 1, "a snooze spends no attempt (attempts: 1 would be dead)"
+    cursor.close()
+    assert scalar(events, "SELECT COUNT(*) FROM captured WHERE `function` = 'snoozed'") == 1, \
+        "the snoozed run's write rolled back"
+    assert scalar(events, "SELECT COUNT(*) FROM workerhost_dead_letters") == 0
+    assert "snoozed for 0.5s (1 so far)" in host.log()
+
+
+def test_an_sql_signal_and_a_programs_exit_status_75_ask_for_a_snooze() -> None:
+    import pytest
+    from mysql.connector import errors
+
+    from workerhost import command, worker
+    from workerhost.errors import Snooze
+    from workerhost.job import Job
+
+    assert worker._snoozed(errors.DatabaseError(msg="workerhost snooze 2m", errno=1644)) == 120
+    assert worker._snoozed(errors.DatabaseError(msg="out of stock", errno=1644)) is None
+    assert worker._snoozed(RuntimeError("workerhost snooze 2m")) is None
+    assert worker._snoozed(Snooze(3)) == 3
+    handler = parse_config({
+        "gearman": {"servers": ["127.0.0.1:4999"]},
+        "database": {"user": "u", "database": "d"},
+        "handlers": {"f": {"command": ["sh", "-c", "echo 45s; exit 75"]},
+                     "g": {"command": ["sh", "-c", "exit 75"]}},
+    }, file="test.yaml").handlers
+    job = Job(function="f", payload=b"{}", unique="u", handle="H:1")
+    with pytest.raises(Snooze) as asked:
+        command.run(handler["f"], job)
+    assert asked.value.seconds == 45
+    with pytest.raises(Snooze) as asked:
+        command.run(handler["g"], job)
+    assert asked.value.seconds == command.SNOOZE_DEFAULT
