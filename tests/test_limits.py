@@ -9,13 +9,13 @@ from conftest import ROOT
 from workerhost import limits
 from workerhost.job import ledger_unique
 
-UDF_SOURCE = ROOT / "udf" / "gearman_udf.c"
+UDF_SOURCE = ROOT / "udf" / "src" / "gearman_udf.h"
 SCHEMA = ROOT / "workerhost" / "sql" / "workerhost.sql"
 
 
 def udf_define(name: str) -> int:
     match = re.search(rf"^#define {name} (\d+)\b", UDF_SOURCE.read_text(), re.MULTILINE)
-    assert match, f"udf/gearman_udf.c defines no {name}"
+    assert match, f"udf/src/gearman_udf.h defines no {name}"
     return int(match.group(1))
 
 

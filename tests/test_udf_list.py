@@ -1,4 +1,4 @@
-"""The UDF's functions are listed once (GMU_FUNCTIONS in udf/gearman_udf.c): the install and
+"""The UDF's functions are listed once (GMU_FUNCTIONS in udf/src/gearman_udf.h): the install and
 uninstall scripts and the symbols the library exports must name exactly those."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ SQL = ROOT / "workerhost" / "sql"
 
 def listed() -> dict[str, str]:
     """name -> STRING or AGGREGATE, from the list in the C source."""
-    source = (ROOT / "udf" / "gearman_udf.c").read_text()
+    source = (ROOT / "udf" / "src" / "gearman_udf.h").read_text()
     body = source.split("#define GMU_FUNCTIONS(STRING, AGGREGATE)", 1)[1].split("\n\n", 1)[0]
     found = dict((name, kind) for kind, name in re.findall(r"(STRING|AGGREGATE)\((\w+)\)", body))
     assert found, "no functions listed"

@@ -19,7 +19,7 @@ import mysql.connector
 
 from workerhost.db import Connection
 
-# The version of gearman_udf.c this package ships and expects in the server (its GMU_VERSION,
+# The version of the UDF's source this package ships and expects in the server (its GMU_VERSION,
 # which gman_udf_status() reports); tests/test_udf_install.py checks that the two agree.
 UDF_VERSION = "1.1.0"
 SHIP = "gman_ship"  # what immediate delivery's triggers call (sql/install.sql)
@@ -27,8 +27,10 @@ STATUS = "gman_udf_status"
 LIBRARY = "gearman_udf.so"
 # Where the UDF reads its config unless mysqld's environment says GEARMAN_UDF_CONFIG.
 DEFAULT_CONFIG_FILE = "/etc/mysql/gearman_udf.conf"
-# The package data: the UDF's source and its SQL scripts.
-SOURCE_RESOURCE = ("udf_source", "gearman_udf.c")
+# The package data: the UDF's source (every file of udf/src; SOURCE_RESOURCE holds its
+# GMU_VERSION) and its SQL scripts.
+SOURCE_DIR = "udf_source"
+SOURCE_RESOURCE = (SOURCE_DIR, "gearman_udf.c")
 INSTALL_RESOURCE = ("sql", "install.sql")
 UNINSTALL_RESOURCE = ("sql", "uninstall.sql")
 
@@ -132,6 +134,13 @@ def config_servers(text: str) -> tuple[str, ...] | None:
 def read_resource(parts: tuple[str, ...]) -> bytes:
     """One file of the package data (the UDF's source, its SQL scripts)."""
     return resources.files("workerhost").joinpath(*parts).read_bytes()
+
+
+def source_files() -> dict[str, bytes]:
+    """The UDF's source files (.c and .h) from the package data, by name."""
+    folder = resources.files("workerhost").joinpath(SOURCE_DIR)
+    return {item.name: item.read_bytes() for item in folder.iterdir()
+            if item.name.endswith((".c", ".h"))}
 
 
 def sql_statements(parts: tuple[str, ...]) -> list[str]:

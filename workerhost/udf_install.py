@@ -89,17 +89,20 @@ def find_compiler(say: Say) -> str:
 
 
 def build(output: Path, say: Say, server: str | None = None) -> Path:
-    """Compile the package's gearman_udf.c into `output`."""
+    """Compile the package's UDF source (every .c file, with its headers) into `output`."""
     compiler = find_compiler(say)
     headers = find_headers(say, server)
     output = output.resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="workerhost-udf-") as work:
-        source = Path(work) / udf.SOURCE_RESOURCE[-1]
-        source.write_bytes(udf.read_resource(udf.SOURCE_RESOURCE))
-        say(f"source: gearman_udf.c {udf.UDF_VERSION} from the workerhost package")
+        files = udf.source_files()
+        for name, text in files.items():
+            (Path(work) / name).write_bytes(text)
+        sources = [str(Path(work) / name) for name in sorted(files) if name.endswith(".c")]
+        say(f"source: {len(sources)} files of the UDF {udf.UDF_VERSION} from the workerhost "
+            "package")
         staging = output.with_name(output.name + ".new")
-        argv = [compiler, *CFLAGS, *headers, "-o", str(staging), str(source), *LIBS]
+        argv = [compiler, *CFLAGS, *headers, "-o", str(staging), *sources, *LIBS]
         say("compile: " + shlex.join(argv))
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:

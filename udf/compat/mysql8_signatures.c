@@ -1,8 +1,8 @@
 /*
- * Compiled by `make check-mysql8`: gearman_udf.c against MySQL 8's UDF types, plus a
- * check that every entry point has the exact type mysqld will call it through.
+ * Compiled by `make check-mysql8`, beside every file of src/ against MySQL 8's UDF types:
+ * a check that every entry point has the exact type mysqld will call it through.
  */
-#include "../gearman_udf.c"
+#include "../src/gearman_udf.h"
 
 #define CHECK_STRING_UDF(name)                                                             \
   static const Udf_func_init name##_init_type __attribute__((unused)) = name##_init;       \
@@ -17,5 +17,5 @@
   static const Udf_func_add name##_add_type __attribute__((unused)) = name##_add;          \
   static const Udf_func_longlong name##_type __attribute__((unused)) = name;
 
-/* Every function of the library: the list is gearman_udf.c's own. */
+/* Every function of the library: the list is gearman_udf.h's own. */
 GMU_FUNCTIONS(CHECK_STRING_UDF, CHECK_AGGREGATE_UDF)

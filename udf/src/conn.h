@@ -1,0 +1,65 @@
+/*
+ * conn.h: connections to gearmand (conn.c): each mysqld thread keeps one per server and
+ * reuses it for every row and statement; it is dropped after a failure and after a config
+ * change. Every wait on them ends at the call's deadline.
+ */
+#ifndef GMU_CONN_H
+#define GMU_CONN_H
+
+#include "config_state.h"
+
+#include <sys/uio.h>
+
+#define IN_BUFFER_MIN 65536        /* a connection's first receive buffer */
+#define IN_BUFFER_KEEP (1 << 20)   /* a larger one, grown for a big result, is freed after */
+
+/* What one socket operation came to. */
+enum io { IO_OK, IO_TIMEOUT, IO_LOST, IO_PROTOCOL, IO_NO_MEMORY };
+
+/* One connection to one server; received bytes wait in in[in_start, in_end). */
+struct conn {
+  int fd; /* -1 when closed */
+  char *in;
+  size_t in_start, in_end, in_cap;
+  unsigned owed; /* acknowledgements of gman_ship jobs gearmand has still to send */
+};
+
+struct thread_state {
+  struct thread_state *prev, *next; /* registry links, guarded by conn.c's g_registry_lock */
+  uint64_t generation;              /* of the config snapshot below */
+  struct config config;
+  struct conn conns[MAX_SLOTS];  /* one per slot of config */
+  struct conn ships[MAX_SLOTS];  /* gman_ship's, one per slot too */
+  bool ever_open[MAX_SLOTS]; /* slot i had a connection before: a new one reconnects */
+  bool ever_shipped[MAX_SLOTS]; /* the same for ships[i] */
+};
+
+/* The library's constructor and destructor call these. */
+void threads_start(void);
+void threads_stop(void);
+
+/* This thread's state, its config snapshot current; NULL only if out of memory. */
+struct thread_state *thread_state_get(void);
+
+/* Close c and free its buffer (whatever was received is of no use to a new connection). */
+void conn_close(struct conn *c);
+
+/* Milliseconds until deadline, 0 when it has passed. */
+int ms_left(int64_t deadline);
+/* 1 when fd is ready for events (or has an error to report), 0 at the deadline. */
+int wait_fd(int fd, short events, int64_t deadline);
+
+/* Connect c to s; IO_LOST (a reason in why) if no address takes the connection. */
+enum io conn_open(struct conn *c, const struct server *s, int64_t deadline, char *why,
+                  size_t size);
+/* Connect c to s, the server of slot i, counted in the status as this thread's. */
+enum io slot_open(struct thread_state *st, unsigned i, struct conn *c, const struct server *s,
+                  int64_t deadline, char *why, size_t size);
+/* Whether a kept connection was closed by the server (or holds bytes nobody asked for). */
+bool conn_stale(const struct conn *c);
+/* Send every byte of iov[0..n), straight from the caller's buffers. */
+enum io conn_send(struct conn *c, struct iovec *iov, int n, int64_t deadline);
+/* Receive until in[in_start, in_start + want) is filled; the buffer grows to fit. */
+enum io conn_fill(struct conn *c, size_t want, int64_t deadline);
+
+#endif
