@@ -82,14 +82,14 @@ def test_an_sql_signal_and_a_programs_exit_status_75_ask_for_a_snooze() -> None:
     import pytest
     from mysql.connector import errors
 
-    from workerhost import command, worker
+    from workerhost import command, runner
     from workerhost.errors import Snooze
     from workerhost.job import Job
 
-    assert worker._snoozed(errors.DatabaseError(msg="workerhost snooze 2m", errno=1644)) == 120
-    assert worker._snoozed(errors.DatabaseError(msg="out of stock", errno=1644)) is None
-    assert worker._snoozed(RuntimeError("workerhost snooze 2m")) is None
-    assert worker._snoozed(Snooze(3)) == 3
+    assert runner._snoozed(errors.DatabaseError(msg="workerhost snooze 2m", errno=1644)) == 120
+    assert runner._snoozed(errors.DatabaseError(msg="out of stock", errno=1644)) is None
+    assert runner._snoozed(RuntimeError("workerhost snooze 2m")) is None
+    assert runner._snoozed(Snooze(3)) == 3
     handler = parse_config({
         "gearman": {"servers": ["127.0.0.1:4999"]},
         "database": {"user": "u", "database": "d"},

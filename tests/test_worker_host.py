@@ -567,9 +567,10 @@ def test_a_batch_costs_two_queries_and_one_commit_and_no_ping(
     assert scalar(tables, "SELECT COUNT(*) FROM items WHERE note = 'seen'") == 64
     batches = counted["Com_commit"]
     assert 4 <= batches <= 64
-    # Per batch: the failures lookup, then every UPDATE of the batch in one multi-statement
-    # query, then one COMMIT; no ping (COM_PING).
-    assert counted["Com_select"] == batches
+    # Per batch: the failures lookup and whether the function is paused (two statements of
+    # one query), then every UPDATE of the batch in one multi-statement query, then one
+    # COMMIT; no ping (COM_PING).
+    assert counted["Com_select"] == 2 * batches
     assert counted["Com_update"] == 64
     assert counted["Com_admin_commands"] == 0
     assert len(queries) == 2 * batches, queries

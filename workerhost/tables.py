@@ -268,24 +268,40 @@ def claim(conn: Connection, ids: Sequence[int], keys: Sequence[bytes],
     and every other job runs on. The session must read committed (no gap locks), as
     Database sessions of the worker do.
     """
-    paused = function is not None and is_paused(conn, function)
-    if not ids:
-        return Claim({}, frozenset(), failures_of(conn, keys) if keys else {}, paused)
+    statements: list[str] = []
+    args: list[Any] = []
+    if ids:
+        statements.append(_CLAIM.format(_marks(ids)))
+        args += ids
+    if keys:
+        statements.append(f"SELECT job_key, failures FROM {ATTEMPTS} "
+                          f"WHERE job_key IN ({_marks(keys)})")
+        args += keys
+    if function is not None:
+        statements.append(f"SELECT COUNT(*) FROM {PAUSED} WHERE `function` = %s")
+        args.append(function)
+    if not statements:
+        return Claim({}, frozenset(), {})
     cursor = db.cursor(conn)
+    rows: dict[int, LedgerRow] = {}
+    failed: dict[bytes, int] = {}
+    paused = False
     with db.translating():
-        if keys:
-            cursor.execute(f"{_CLAIM.format(_marks(ids))};\nSELECT job_key, failures FROM "
-                           f"{ATTEMPTS} WHERE job_key IN ({_marks(keys)})", [*ids, *keys])
-        else:
-            cursor.execute(_CLAIM.format(_marks(ids)), list(ids))
-        rows = {int(ident): LedgerRow(int(ident), str(name), bytes(payload),
-                                      None if unique is None else str(unique), str(token),
-                                      bool(runnable), int(snoozes))
-                for ident, name, payload, unique, token, runnable, snoozes in cursor.fetchall()}
-        failed: dict[bytes, int] = {}
-        if keys:
-            cursor.nextset()
-            failed = {bytes(key): int(count) for key, count in cursor.fetchall()}
+        # One round trip: each statement on a line of its own (db._as_written).
+        cursor.execute(";\n".join(statements), args)
+        for index in range(len(statements)):
+            if index:
+                cursor.nextset()
+            found = cursor.fetchall()
+            if ids and index == 0:
+                rows = {int(row[0]): LedgerRow(
+                    int(row[0]), str(row[1]), bytes(row[2]),
+                    None if row[3] is None else str(row[3]), str(row[4]), bool(row[5]),
+                    int(row[6])) for row in found}
+            elif function is not None and index == len(statements) - 1:
+                paused = bool(found[0][0])
+            else:
+                failed = {bytes(key): int(count) for key, count in found}
     missing = [ident for ident in dict.fromkeys(ids) if ident not in rows]
     return Claim(rows, _held(conn, missing), failed, paused)
 
