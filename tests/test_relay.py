@@ -68,3 +68,37 @@ def test_every_row_ships_under_its_id_and_token_whatever_its_unique_key(
     finally:
         relay.close()
         relay.db.close()
+
+
+def test_a_poll_reads_the_due_rows_not_the_leased_backlog(sandbox: Sandbox, db: Any) -> None:
+    """2,000 leased rows before one due row: the relay's poll reads a handful of index
+    entries (the server's own handler counters say so), not the backlog."""
+    from conftest import sequence
+
+    function = "backlog_" + uuid.uuid4().hex[:8]
+    config = parse_config(host_config(sandbox, db.database, {function: {"sql": "DO 1"}}),
+                          file="test.yaml", env={"SANDBOX_DB_PASSWORD": sandbox.password})
+    relay = Relay(config)
+    try:
+        relay.db.run(tables.create)
+        cursor = db.cursor()
+        cursor.execute("INSERT INTO workerhost_outbox (`function`, payload, not_before, ships) "
+                       f"SELECT %s, '{{}}', NOW(6) + INTERVAL 1 HOUR, 1 FROM {sequence(1, 2000)}",
+                       (function,))
+        cursor.execute("INSERT INTO workerhost_outbox (`function`, payload) VALUES (%s, '{}')",
+                       (function,))
+
+        def poll(conn: Any) -> tuple[int, int]:
+            counters = "SHOW SESSION STATUS WHERE Variable_name LIKE 'Handler_read%'"
+            cur = conn.cursor(buffered=True)
+            cur.execute(counters)
+            before = sum(int(value) for _, value in cur.fetchall())
+            rows = tables.lock_due(conn, 10)
+            cur.execute(counters)
+            return len(rows), sum(int(value) for _, value in cur.fetchall()) - before
+
+        due, reads = relay.db.run(poll)
+        assert due == 1
+        assert reads < 50, f"the poll read {reads} rows or index entries"
+    finally:
+        relay.close()

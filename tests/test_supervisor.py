@@ -663,3 +663,22 @@ def test_the_scheduler_is_supervised_when_the_file_has_schedules() -> None:
         h = Harness(config)
         h.supervisor.tick()
         assert (SCHEDULER, 0) not in h.supervisor.children
+
+
+def test_job_timeouts_are_on_the_monotonic_clock_that_no_clock_step_moves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job's start is written and read on time.monotonic(): a step of the wall clock (NTP,
+    an operator's `date`) neither kills a job early nor spares a hung one."""
+    import inspect
+    import multiprocessing
+
+    from workerhost.supervisor import Supervisor
+    from workerhost.worker import Slot
+
+    slot = Slot(multiprocessing.Value("d", 0.0), multiprocessing.Array("c", 16),
+                multiprocessing.Value("Q", 0))
+    monkeypatch.setattr(time, "time", lambda: 4_000_000_000.0)  # the wall clock jumps ahead
+    slot.begin(b"f\0u")
+    assert abs(slot.started.value - time.monotonic()) < 5
+    assert inspect.signature(Supervisor).parameters["job_clock"].default is time.monotonic
