@@ -744,9 +744,10 @@ def test_the_overview_shows_each_functions_jobs_per_minute_from_the_hosts_counte
         return body if found is not None and found[1].startswith("30 jobs") else None
 
     body = wait_until(counted, timeout=30, what="the overview to count the 30 jobs of record")
-    span = re.search(r"rates over the last (\d+) s", body)
+    span = re.search(r"rates over the last (\d+) s of the host's metrics, read ([^;]+) ago", body)
     assert span, body
     seconds = int(span.group(1))
+    assert span.group(2).endswith(" s"), "how old the rates are, in seconds while fresh"
 
     def per_minute(jobs: int) -> Any:  # the page shows the span in whole seconds
         return pytest.approx(jobs * 60 / seconds, rel=0.6 / seconds, abs=0.05)

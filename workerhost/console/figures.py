@@ -19,7 +19,7 @@ import time
 import urllib.request
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -79,6 +79,9 @@ class Rates:
     seconds: float  # the span the rates are measured over
     completed_jobs: Mapping[str, int]  # the jobs behind the rates, over `seconds`
     failed_jobs: Mapping[str, int]
+    # Seconds since the newer of the two readings: figures that stopped being read (the
+    # host's metrics, or the console's sampler, stalled) say how old they are.
+    age: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -220,7 +223,8 @@ class Sampler:
             if len(self.readings) < 2:
                 return None, ("measuring: one reading of the host's metrics so far; rates "
                               "show after the next")
-            return rates_between(self.readings[0], self.readings[-1]), None
+            found = rates_between(self.readings[0], self.readings[-1])
+            return replace(found, age=self.clock() - self.readings[-1][0]), None
 
     def _loop(self) -> None:
         db = Database(database_params(self.config))
