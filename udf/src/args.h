@@ -69,6 +69,11 @@ bool call_reserve(struct call *call, size_t n);
 bool call_append(struct call *call, const char *bytes, size_t n);
 /* xxx_deinit of every function whose initid->ptr is a struct call. */
 void call_deinit(UDF_INIT *initid);
+#define CALL_DEINIT(name)                                                                  \
+  UDF_EXPORT void name##_deinit(UDF_INIT *initid)                                          \
+  {                                                                                        \
+    call_deinit(initid);                                                                   \
+  }
 
 bool is_number(enum Item_result t);
 /*

@@ -5,14 +5,15 @@
  *
  *   gearman_udf.h   the list of SQL functions (GMU_FUNCTIONS), limits, logging, counters
  *   log.c           rate-limited lines to mysqld's error log; the counters
- *   config.c/.h     the config file parsed, as pure functions (test_config.c tests them)
+ *   config.c/.h     the config file parsed, as pure functions (../test_config.c tests them)
  *   config_state.c  the configuration all threads share; its generation; back-offs
  *   conn.c          per-thread connections and socket I/O within a deadline
- *   protocol.c      Gearman's packets
- *   submit.c        a job to the first server that takes it: fail-over, back-off, resend
+ *   protocol.c      Gearman's packets: one table of every type, parsed and encoded from it
+ *   submit.c        submit_route(): the one path of fail-over, back-off and resend
  *   args.c          per-statement state and xxx_init's argument checks
  *   job_udfs.c      gman_do*, gman_ship
- *   sum.c           gman_sum
+ *   sum.c           gman_sum: the group and its jobs' submission
+ *   sum_answers.c   gman_sum: the answers read and summed
  *   servers_set.c   gman_servers_set
  *   status.c        gman_udf_status
  */

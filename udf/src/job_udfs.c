@@ -5,7 +5,209 @@
  */
 #include "submit.h"
 
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+
+#define SHIP_WINDOW 1024 /* gman_ship acknowledgements owed on a connection, at most */
+
+/* One job of a row on its way: what submit_route()'s callbacks are given. */
+struct job_submit {
+  struct thread_state *st;
+  struct call *call;
+  const struct job *job;
+  int64_t deadline;
+};
+
+/*
+ * Read the acknowledgements c owes for gman_ship jobs until at most `keep` are owed, or
+ * the deadline: IO_TIMEOUT then means more are owed (with a deadline already past, only
+ * what has arrived is read). A job gearmand refused is logged and counted; its ledger row
+ * ships it again.
+ */
+static enum io conn_settle(struct conn *c, unsigned keep, int64_t deadline)
+{
+  while (c->owed > keep) {
+    struct packet p = { 0, NULL, 0 };
+    enum io r = conn_read(c, &p, deadline);
+    if (r != IO_OK)
+      return r;
+    if (p.type == ERROR_PACKET) {
+      char echo[41];
+      count(C_SHIP_REFUSED);
+      UDF_LOG(&g_job_log, "gman_ship: gearmand answered ERROR '%s' to a job sent earlier",
+              packet_error_text(&p, echo));
+    } else if (p.type != JOB_CREATED) {
+      return IO_PROTOCOL;
+    }
+    c->owed--;
+  }
+  return IO_OK;
+}
+
+/* One attempt on server i with connection c (opened here if closed); why says more. */
+static enum outcome submit_once(void *self, unsigned i, struct conn *c, char *why, size_t size)
+{
+  struct job_submit *js = self;
+  struct thread_state *st = js->st;
+  struct call *call = js->call;
+  const struct job *job = js->job;
+  int64_t deadline = js->deadline;
+  if (c->fd < 0) {
+    enum io r = slot_open(st, i, c, &st->config.slots[i], deadline, why, size);
+    if (r == IO_NO_MEMORY)
+      return O_NO_MEMORY;
+    if (r != IO_OK)
+      return r == IO_TIMEOUT ? O_SERVER_TIMEOUT : O_UNREACHABLE;
+  }
+
+  enum io r = send_submit(c, call->spec, job, deadline);
+  if (r != IO_OK)
+    return r == IO_TIMEOUT ? O_SERVER_TIMEOUT : O_LOST_BEFORE_ACK;
+
+  call->len = 0;
+  if (call->spec->unacknowledged) {
+    c->owed++;
+    return call_append(call, job->unique, job->unique_len) ? O_OK : O_NO_MEMORY;
+  }
+  size_t handle_len = 0;
+  char handle[MAX_HANDLE];
+  for (;;) {
+    struct packet p = { 0, NULL, 0 };
+    r = conn_read(c, &p, deadline);
+    if (r == IO_TIMEOUT)
+      return handle_len ? O_WORKER_TIMEOUT : O_SERVER_TIMEOUT;
+    if (r == IO_LOST)
+      return handle_len ? O_LOST_AFTER_ACK : O_LOST_BEFORE_ACK;
+    if (r == IO_NO_MEMORY)
+      return O_NO_MEMORY;
+    if (r == IO_PROTOCOL)
+      return O_PROTOCOL;
+    if (handle_len == 0) {
+      if (p.type == ERROR_PACKET) {
+        char echo[41];
+        snprintf(why, size, "gearmand answered ERROR '%s'", packet_error_text(&p, echo));
+        return O_REFUSED;
+      }
+      if (p.type != JOB_CREATED || p.size == 0 || p.size > MAX_HANDLE)
+        return O_PROTOCOL;
+      memcpy(handle, p.body, p.size);
+      handle_len = p.size;
+      if (call->spec->kind != JOB_FOREGROUND)
+        return call_append(call, handle, handle_len) ? O_OK : O_NO_MEMORY;
+      continue;
+    }
+    /* Every packet about a foreground job is "handle[\0data]"; only ours can come. */
+    if (p.size < handle_len || memcmp(p.body, handle, handle_len) != 0 ||
+        (p.size > handle_len && p.body[handle_len] != '\0'))
+      return O_PROTOCOL;
+    size_t data_len = p.size > handle_len ? p.size - handle_len - 1 : 0;
+    const char *data = p.body + p.size - data_len;
+    switch (p.type) {
+    case WORK_STATUS:
+    case WORK_WARNING:
+      continue;
+    case WORK_DATA: /* the result in parts, as libgearman's gearman_client_do joins them */
+    case WORK_COMPLETE:
+      if (!call_append(call, data, data_len)) {
+        snprintf(why, size, "the result is over %u bytes or out of memory", MAX_PACKET);
+        return O_NO_MEMORY;
+      }
+      if (p.type == WORK_COMPLETE)
+        return O_OK;
+      continue;
+    case WORK_FAIL:
+    case WORK_EXCEPTION:
+      return O_JOB_FAILED;
+    default:
+      return O_PROTOCOL;
+    }
+  }
+}
+
+/* The thread's connection to slot i, its gman_ship acknowledgements read first. */
+static struct conn *job_take(void *self, unsigned i)
+{
+  struct job_submit *js = self;
+  struct thread_state *st = js->st;
+  struct conn *c = js->call->spec->unacknowledged ? &st->ships[i] : &st->conns[i];
+  if (c->fd >= 0 && c->owed > 0) {
+    /* Read what has come; wait (for one) only when SHIP_WINDOW are owed. */
+    bool full = c->owed >= SHIP_WINDOW;
+    enum io r = conn_settle(c, full ? SHIP_WINDOW - 1 : 0, full ? js->deadline : now_ms());
+    if (r != IO_OK && !(r == IO_TIMEOUT && !full)) {
+      /* What it owed is the ledger's to ship again. A gearmand that acknowledges
+       * nothing for timeout_ms is stalled: skipped, so that rows are made due at once. */
+      const struct server *s = &st->config.slots[i];
+      count_n(C_SHIP_UNACKNOWLEDGED, c->owed);
+      UDF_LOG(&g_server_log[i], "%s:%u: %u jobs gman_ship sent were never acknowledged "
+              "(%s); their ledger rows ship them again", s->host, s->port, c->owed,
+              r == IO_TIMEOUT ? "none within timeout_ms; server skipped for backoff_ms"
+              : "connection lost");
+      conn_close(c);
+      if (r == IO_TIMEOUT) {
+        count(C_TIMED_OUT);
+        server_back_off(i, st->config.backoff_ms);
+        return NULL;
+      }
+    }
+  }
+  if (c->fd >= 0 && c->owed == 0 && conn_stale(c))
+    conn_close(c); /* gearmand restarted or closed it: nothing was sent on it yet */
+  return c;
+}
+
+static void job_failed(void *self, unsigned i, enum outcome o, const char *why, bool next)
+{
+  struct job_submit *js = self;
+  const struct server *s = &js->st->config.slots[i];
+  bool server_fault = o != O_JOB_FAILED && o != O_WORKER_TIMEOUT && o != O_NO_MEMORY;
+  (void)next;
+  UDF_LOG(server_fault ? &g_server_log[i] : &g_job_log,
+          "%s:%u: '%.*s' (timeout_ms=%d) %s%s%s", s->host, s->port,
+          (int)(js->job->function_len > 100 ? 100 : js->job->function_len), js->job->function,
+          js->st->config.timeout_ms, why, why[0] ? ": " : "", outcome_text(o));
+  if (o == O_WORKER_TIMEOUT || o == O_SERVER_TIMEOUT)
+    count(C_TIMED_OUT);
+}
+
+/*
+ * Submit job to the first server that takes it, all within one deadline: the handle, the
+ * worker's result or (gman_ship) the unique in call's buffer.
+ */
+static bool submit(struct call *call, const struct job *job)
+{
+  struct thread_state *st = thread_state_get();
+  if (st == NULL) {
+    UDF_LOG(&g_misc_log, "out of memory");
+    count(C_FAILED);
+    return false;
+  }
+  struct job_submit js = { st, call, job, now_ms() + st->config.timeout_ms };
+  struct sender sender = {
+    .self = &js, .config = &st->config, .deadline = js.deadline,
+    .take = job_take, .attempt = submit_once, .failed = job_failed,
+  };
+  unsigned i = 0;
+  enum outcome o = submit_route(&sender, job, &i);
+  if (o == O_OK || o == O_JOB_FAILED) { /* the connection is in step: keep it */
+    struct conn *c = call->spec->unacknowledged ? &st->ships[i] : &st->conns[i];
+    if (c->in_cap > IN_BUFFER_KEEP && c->in_start == c->in_end) {
+      free(c->in);
+      c->in = NULL;
+      c->in_cap = c->in_start = c->in_end = 0;
+    }
+  }
+  if (o == O_OK) {
+    count(C_SUBMITTED);
+    return true;
+  }
+  if (o == O_DEADLINE)
+    count(C_TIMED_OUT);
+  count(C_FAILED);
+  return false;
+}
+
 
 static udf_bool job_init(const struct udf_spec *spec, UDF_INIT *initid, UDF_ARGS *args,
                          char *message)
@@ -128,10 +330,7 @@ static char *job_row(UDF_INIT *initid, UDF_ARGS *args, unsigned long *length,
   {                                                                                        \
     return job_init(&name##_spec, initid, args, message);                                  \
   }                                                                                        \
-  UDF_EXPORT void name##_deinit(UDF_INIT *initid)                                          \
-  {                                                                                        \
-    call_deinit(initid);                                                                   \
-  }                                                                                        \
+  CALL_DEINIT(name)                                                                        \
   UDF_EXPORT char *name(UDF_INIT *initid, UDF_ARGS *args, char *result,                    \
                         unsigned long *length, udf_flag *is_null, udf_flag *error)         \
   {                                                                                        \

@@ -59,10 +59,7 @@ UDF_EXPORT udf_bool gman_servers_set_init(UDF_INIT *initid, UDF_ARGS *args, char
   return 0;
 }
 
-UDF_EXPORT void gman_servers_set_deinit(UDF_INIT *initid)
-{
-  call_deinit(initid);
-}
+CALL_DEINIT(gman_servers_set)
 
 /*
  * Without a function: the default list. With one: that function's own list, as a

@@ -116,10 +116,7 @@ UDF_EXPORT udf_bool gman_udf_status_init(UDF_INIT *initid, UDF_ARGS *args, char 
   return 0;
 }
 
-UDF_EXPORT void gman_udf_status_deinit(UDF_INIT *initid)
-{
-  call_deinit(initid);
-}
+CALL_DEINIT(gman_udf_status)
 
 UDF_EXPORT char *gman_udf_status(UDF_INIT *initid, UDF_ARGS *args, char *result,
                                  unsigned long *length, udf_flag *is_null, udf_flag *error)

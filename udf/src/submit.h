@@ -1,14 +1,13 @@
 /*
  * submit.h: a job sent to the first of its servers that takes it (submit.c), with
- * fail-over, back-off and at most one resend, all within one deadline.
+ * fail-over, back-off and at most one resend, all within one deadline: one path for every
+ * family of functions (job_udfs.c, sum.c).
  */
 #ifndef GMU_SUBMIT_H
 #define GMU_SUBMIT_H
 
 #include "args.h"
 #include "protocol.h"
-
-#define SHIP_WINDOW 1024 /* gman_ship acknowledgements owed on a connection, at most */
 
 /* Log lines about a server, one rate limit per slot (atomic fields: no lock). */
 extern struct rate_limit g_server_log[MAX_SLOTS];
@@ -17,11 +16,43 @@ extern struct rate_limit g_server_log[MAX_SLOTS];
 enum io send_submit(struct conn *c, const struct udf_spec *spec, const struct job *job,
                     int64_t deadline);
 
-/*
- * Submit job to the first server that takes it, all within one deadline: the handle, the
- * worker's result or (gman_ship) the unique in call's buffer. See udf/README.md for when a
- * job is sent again and when a server is backed off.
- */
-bool submit(struct call *call, const struct job *job);
+/* How one attempt on one server ended; submit_route() decides from it what comes next. */
+enum outcome {
+  O_OK,              /* the handle, or the worker's result, is in the call */
+  O_JOB_FAILED,      /* WORK_FAIL or WORK_EXCEPTION: the job ran */
+  O_WORKER_TIMEOUT,  /* accepted, but no result before the deadline */
+  O_SERVER_TIMEOUT,  /* no connection or no JOB_CREATED before the deadline */
+  O_LOST_BEFORE_ACK, /* connection lost before JOB_CREATED: the job may be sent again */
+  O_LOST_AFTER_ACK,  /* connection lost after it: the job may run, it is not sent again */
+  O_UNREACHABLE,     /* no address, or the connection refused: nothing was sent */
+  O_REFUSED,         /* gearmand answered the submit with ERROR */
+  O_PROTOCOL,        /* bytes that are not a Gearman response to this job */
+  O_NO_MEMORY,
+  O_DEADLINE,        /* the deadline passed before the next server was tried */
+  O_NO_SERVER,       /* every server of the list skipped or tried */
+};
+
+
+/* The log line's text for an outcome that is not O_OK. */
+const char *outcome_text(enum outcome o);
+
+/* A family's way of sending one job on one server; submit_route() drives it. */
+struct sender {
+  void *self; /* what the callbacks are given */
+  const struct config *config; /* the snapshot whose slots the lists name */
+  int64_t deadline;
+  /* Whether the caller relies on its open connection to slot i (jobs of its own are out on
+   * it): then the server is used although backed off. NULL: never. */
+  bool (*in_use)(void *self, unsigned i);
+  /* Slot i's connection for the job (fd -1 if none is open), or NULL to skip the server. */
+  struct conn *(*take)(void *self, unsigned i);
+  /* Send the job on c, opened first if closed, and wait for what the family waits for. */
+  enum outcome (*attempt)(void *self, unsigned i, struct conn *c, char *why, size_t size);
+  /* An attempt failed with o (the server backed off already if it was its fault); `next`
+   * says the job goes on to the next server. */
+  void (*failed)(void *self, unsigned i, enum outcome o, const char *why, bool next);
+};
+
+enum outcome submit_route(const struct sender *s, const struct job *job, unsigned *slot);
 
 #endif
