@@ -62,18 +62,30 @@ class FakeProcess:
 
 
 class FakeDatabase:
+    """Failures counted, and workerhost_workers as the heartbeat's statements leave it."""
+
     def __init__(self) -> None:
         self.counted: list[tuple[bytes, str]] = []
-        self.deadlines: list[float | None] = []
+        self.deadlines: list[float | None] = []  # of the runs that counted a failure
+        self.workers: dict[int, dict[str, Any]] = {}  # the heartbeat's rows by pid
+        self.beats: list[float | None] = []  # deadlines of the runs that wrote rows
+        self.swept = 0  # sweeps of rows whose host is gone
+        self.down: Exception | None = None  # raised by every run while set
 
     def run(self, work: Any, deadline: float | None = None) -> Any:
+        if self.down is not None:
+            raise self.down
         recorder = self
-        self.deadlines.append(deadline)
+        counted, workers = len(self.counted), dict(self.workers)
 
         class Cursor:
-            def execute(self, sql: str, args: tuple[Any, ...]) -> None:
-                if sql.startswith("INSERT"):
+            rowcount = 0
+
+            def execute(self, sql: str, args: Any) -> None:
+                if sql.startswith("INSERT INTO workerhost_attempts"):
                     recorder.counted.append((args[0], args[1]))
+                elif "workerhost_workers" in sql:
+                    recorder.heartbeat(sql, list(args))
 
             def fetchone(self) -> tuple[int]:
                 return (1,)
@@ -85,7 +97,28 @@ class FakeDatabase:
             def cursor(self, buffered: bool = False) -> Cursor:
                 return Cursor()
 
-        return work(Conn())
+        result = work(Conn())
+        if len(self.counted) > counted:
+            self.deadlines.append(deadline)
+        if self.workers != workers:
+            self.beats.append(deadline)
+        return result
+
+    def heartbeat(self, sql: str, args: list[Any]) -> None:
+        if sql.startswith("REPLACE"):
+            columns = [c.strip(" `") for c in sql.split("(", 1)[1].split(")", 1)[0].split(",")]
+            columns.remove("seen_at")  # UTC_TIMESTAMP(6), no value sent
+            for at in range(0, len(args), len(columns)):
+                row = dict(zip(columns, args[at:at + len(columns)], strict=True))
+                self.workers[row["pid"]] = row
+        elif "seen_at <" in sql:
+            self.swept += 1
+        else:  # DELETE ... WHERE host = %s AND supervisor_pid = %s [AND pid IN (...)]
+            host, supervisor, *pids = args
+            for pid, row in list(self.workers.items()):
+                if ((row["host"], row["supervisor_pid"]) == (host, supervisor)
+                        and (not pids or pid in pids)):
+                    del self.workers[pid]
 
     def close(self) -> None:
         pass
@@ -663,6 +696,139 @@ def test_the_scheduler_is_supervised_when_the_file_has_schedules() -> None:
         h = Harness(config)
         h.supervisor.tick()
         assert (SCHEDULER, 0) not in h.supervisor.children
+
+
+# -- heartbeats ------------------------------------------------------------------------------
+
+
+def shown(h: Harness) -> dict[tuple[str, int], dict[str, Any]]:
+    """The heartbeat's rows by (function, index)."""
+    return {(row["function"], row["index"]): row for row in h.db.workers.values()}
+
+
+def test_the_heartbeat_publishes_each_worker_process_and_updates_it() -> None:
+    from workerhost.heartbeat import BEAT_PATIENCE, EVERY
+
+    h = Harness({**CONFIG, "host": {"relay": {"enabled": True}}})
+    h.supervisor.tick()
+    rows = shown(h)
+    assert sorted(rows) == [("resize", 0), ("resize", 1)], "the relay runs no jobs: left out"
+    first = rows[("resize", 0)]
+    assert first["pid"] == h.child(0).process.pid
+    assert first["supervisor_pid"] == os.getpid()
+    assert (first["state"], first["job"], first["job_seconds"], first["jobs"]) == (
+        "STARTING", None, None, 0)
+    assert first["resident_bytes"] == 50 << 20
+    [deadline] = h.db.beats
+    assert deadline is not None and 0 < deadline - time.monotonic() <= BEAT_PATIENCE
+    assert h.db.swept == 1, "rows of hosts that are gone are deleted once"
+
+    h.advance(EVERY - 0.5)
+    assert len(h.db.beats) == 1, "one heartbeat per interval"
+    h.child(0).slot.begin(b"resize\0L42")
+    h.child(0).slot.started.value = h.wall() - 3
+    h.child(1).slot.jobs.value += 7
+    h.resident[h.child(1).process.pid] = 80 << 20
+    h.advance(0.5)
+    rows = shown(h)
+    assert len(h.db.beats) == 2 and h.db.swept == 1
+    assert (rows[("resize", 0)]["state"], rows[("resize", 0)]["job"]) == ("RUNNING", "L42")
+    assert rows[("resize", 0)]["job_seconds"] == pytest.approx(3.5), "3 s, then 0.5 s more"
+    assert rows[("resize", 0)]["started_at"] == int(EVERY * 1_000_000), "uptime, in µs"
+    assert (rows[("resize", 1)]["jobs"], rows[("resize", 1)]["resident_bytes"]) == (7, 80 << 20)
+
+    h.child(0).slot.end()
+    h.advance(EVERY)
+    row = shown(h)[("resize", 0)]
+    assert (row["job"], row["job_seconds"], row["jobs"]) == (None, None, 1)
+
+
+def test_the_rows_of_ended_processes_go_and_a_stop_deletes_every_row() -> None:
+    from workerhost.heartbeat import EVERY
+
+    h = Harness()
+    h.supervisor.tick()
+    h.advance(STARTSECS + 5)
+    old = h.child(0).process.pid
+    h.child(0).process.exitcode = -signal.SIGSEGV
+    h.advance(EVERY)
+    new = h.child(0).process.pid
+    assert new != old
+    assert sorted(h.db.workers) == sorted([new, h.child(1).process.pid])
+    assert shown(h)[("resize", 0)]["state"] == "STARTING"
+
+    class OneStop:
+        stops, reload = 1, False
+
+        def install(self) -> OneStop:
+            return self
+
+    h.supervisor.signals = OneStop()  # type: ignore[assignment]
+    for process in h.processes:
+        process.exitcode = 0  # each finishes its job on SIGTERM and exits
+    assert h.supervisor.run() == exitcodes.RET_OK
+    assert h.db.workers == {}
+
+
+def test_a_failing_heartbeat_is_logged_once_a_minute_and_the_supervisor_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import mysql.connector
+
+    from workerhost.heartbeat import EVERY, LOG_EVERY
+
+    h = Harness()
+    h.db.down = mysql.connector.errors.OperationalError("2003: Can't connect", errno=2003)
+    with caplog.at_level(logging.INFO, logger="workerhost.heartbeat"):
+        h.supervisor.tick()
+        while h.now < 1000.0 + 2 * LOG_EVERY - EVERY:
+            h.advance(EVERY)
+        failed = [r for r in caplog.records if "heartbeat: could not publish" in r.getMessage()]
+        assert len(failed) == 2, "at most once a minute"
+        assert "OperationalError: 2003" in failed[0].getMessage()
+        assert [c.state for c in h.supervisor.children.values()] == [State.RUNNING] * 2
+        h.db.down = None
+        h.advance(EVERY)
+    assert "published again" in caplog.text
+    assert sorted(h.db.workers) == sorted(c.process.pid for c in h.supervisor.alive())
+    assert h.db.swept == 1
+
+
+def test_the_heartbeats_statements_on_the_server(db: Any) -> None:
+    """tables' heartbeat statements, on each server: written, updated, read, deleted."""
+    from workerhost import tables
+    from workerhost.tables import WorkerBeat
+
+    db.autocommit = True
+    tables.create(db)
+
+    def beat(pid: int, index: int, job: str | None = None, jobs: int = 0) -> WorkerBeat:
+        return WorkerBeat(pid=pid, function="resize", index=index, state="RUNNING", job=job,
+                          job_seconds=None if job is None else 2.5, jobs=jobs,
+                          resident_bytes=50 << 20, uptime=60.0)
+
+    tables.publish_workers(db, "web-1", 10, [beat(11, 0), beat(12, 1, "L42")])
+    tables.publish_workers(db, "web-2", 20, [beat(21, 0, "ünïcode-unique")])
+    tables.publish_workers(db, "web-1", 10, [beat(11, 0, jobs=3), beat(12, 1, "L42", 1)])
+    rows = {(r[0], r[2]): r for r in tables.worker_rows(db, 15.0)}
+    assert sorted(rows) == [("web-1", 11), ("web-1", 12), ("web-2", 21)]
+    host, supervisor, pid, function, index, state, job, job_seconds, jobs, resident, uptime, \
+        seen = rows[("web-1", 12)]
+    assert (host, supervisor, pid, function, index, state, job, jobs, resident) == (
+        "web-1", 10, 12, "resize", 1, "RUNNING", "L42", 1, 50 << 20)
+    assert 2.5 <= float(job_seconds) < 5 and 60 <= float(uptime) < 65 and 0 <= float(seen) < 3
+    assert rows[("web-1", 11)][6:9] == (None, None, 3)
+    assert rows[("web-2", 21)][6] == "ünïcode-unique"
+
+    tables.forget_workers(db, "web-1", 10, [12])
+    tables.forget_workers(db, "web-1", 99)  # another supervisor's rows: none of these
+    assert [(r[0], r[2]) for r in tables.worker_rows(db, 15.0)] == [("web-1", 11), ("web-2", 21)]
+    db.cursor().execute("UPDATE workerhost_workers SET seen_at = seen_at - INTERVAL 20 SECOND "
+                        "WHERE host = 'web-2'")  # a host killed 20 s ago
+    assert [(r[0], r[2]) for r in tables.worker_rows(db, 15.0)] == [("web-1", 11)]
+    assert tables.sweep_workers(db, 15.0) == 1
+    tables.forget_workers(db, "web-1", 10)
+    assert tables.worker_rows(db, 15.0) == []
 
 
 def test_job_timeouts_are_on_the_monotonic_clock_that_no_clock_step_moves(

@@ -11,6 +11,9 @@ Signals: SIGTERM or SIGINT drains (children finish their job, then exit; those s
 after `host.shutdown_timeout` are killed); a second one kills every child at once. SIGHUP
 re-reads the configuration and the handler modules (see reloading.py) and, if they load,
 replaces the children one at a time.
+
+Every few seconds the supervisor publishes its worker processes in the database, for the
+console's workers page (heartbeat.py), and deletes them when it stops.
 """
 
 from __future__ import annotations
@@ -27,13 +30,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workerhost import command, failures, logs, metrics, relay, reloading, scheduler, worker
+from workerhost import (
+    command,
+    failures,
+    heartbeat,
+    logs,
+    metrics,
+    relay,
+    reloading,
+    scheduler,
+    worker,
+)
 from workerhost.config import Config
 from workerhost.db import RUN_ERRORS, Database
 from workerhost.errors import ConfigError
 from workerhost.exitcodes import EXIT_OK, RET_KILLED, RET_OK, describe_child_exit
 from workerhost.job import Outcome
 from workerhost.signals import Signals
+from workerhost.tables import WorkerBeat
 
 log = logging.getLogger("workerhost.supervisor")
 
@@ -186,6 +200,9 @@ class Supervisor:
         self.kill = kill
         self.spawn = spawn or fork_child
         self.database = database or (lambda cfg: Database(cfg.database.connect_kwargs()))
+        # Every few seconds, the worker processes in the database for the console (heartbeat.py).
+        self.heartbeat = heartbeat.Heartbeat(
+            lambda: (database or heartbeat.database)(self.config))
         self.load = load
         self.memory = memory
         self.children: dict[tuple[str, int], Child] = {}
@@ -210,22 +227,25 @@ class Supervisor:
         signals = self.signals.install()
         log.info("workerhost %d starting: %s", os.getpid(), ", ".join(
             f"{name} x{h.processes}" for name, h in self.config.handlers.items()))
-        while True:
-            if signals.stops >= 2:
-                log.warning("second stop signal: killing %d processes without waiting for "
-                            "their jobs", len(self.alive()))
-                self.kill_all()
-                return RET_KILLED
-            if signals.stops == 1 and self.drain_deadline is None:
-                self.begin_drain()
-            if signals.reload and self.drain_deadline is None:
-                signals.reload = False
-                self.reload()
-            self.tick()
-            if self.drain_deadline is not None and not self.alive():
-                log.info("all workers stopped; bye")
-                return RET_OK
-            time.sleep(TICK)
+        try:
+            while True:
+                if signals.stops >= 2:
+                    log.warning("second stop signal: killing %d processes without waiting for "
+                                "their jobs", len(self.alive()))
+                    self.kill_all()
+                    return RET_KILLED
+                if signals.stops == 1 and self.drain_deadline is None:
+                    self.begin_drain()
+                if signals.reload and self.drain_deadline is None:
+                    signals.reload = False
+                    self.reload()
+                self.tick()
+                if self.drain_deadline is not None and not self.alive():
+                    log.info("all workers stopped; bye")
+                    return RET_OK
+                time.sleep(TICK)
+        finally:
+            self.heartbeat.stop(self.clock())
 
     def tick(self) -> None:
         now = self.clock()
@@ -236,17 +256,38 @@ class Supervisor:
                 log.warning("shutdown_timeout passed; killing %d workers",
                             len(self.alive()))
                 self.kill_all()
-            return
-        for key in self.wanted():
-            wanted = self.children.get(key)
-            if wanted is None:
-                wanted = self.children[key] = Child(key[0], key[1], new_slot())
-            if wanted.state in WAITING and now >= wanted.next_start:
-                self.start(wanted, now)
-        self.roll()
+        else:
+            for key in self.wanted():
+                wanted = self.children.get(key)
+                if wanted is None:
+                    wanted = self.children[key] = Child(key[0], key[1], new_slot())
+                if wanted.state in WAITING and now >= wanted.next_start:
+                    self.start(wanted, now)
+            self.roll()
+        self.heartbeat.tick(now, self.worker_beats)
 
     def alive(self) -> list[Child]:
         return [c for c in self.children.values() if c.state in LIVE]
+
+    def worker_beats(self) -> list[WorkerBeat]:
+        """What the heartbeat publishes of each worker process (the relay, scheduler, metrics
+        and console children run no jobs, and are left out)."""
+        now, job_now = self.clock(), self.job_clock()
+        beats = []
+        for child in self.alive():
+            if child.handler not in (child.config or self.config).handlers:
+                continue
+            started = child.slot.started.value
+            # Read while the worker goes on: a job that ended meanwhile shows until next time.
+            key = child.slot.key.raw.rstrip(b"\0") if started else None
+            beats.append(WorkerBeat(
+                pid=child.process.pid, function=child.handler, index=child.index,
+                state=child.state.name,
+                job=None if key is None else key.partition(b"\0")[2].decode(errors="replace"),
+                job_seconds=max(0.0, job_now - started) if started else None,
+                jobs=child.slot.jobs.value - child.jobs_at_start,
+                resident_bytes=self.memory(child.process.pid), uptime=now - child.started_at))
+        return beats
 
     def retiring(self, child: Child) -> bool:
         """Started before the last reload: it runs a configuration no longer in force."""
@@ -421,6 +462,7 @@ class Supervisor:
             return
         logs.redact(new.database.password)  # before anything can log it; the old one stays
         self.config = new
+        self.heartbeat.close()  # the next one connects with the new file's settings
         for child in list(self.children.values()):
             if child.state not in LIVE:
                 self.remove(child)  # FATAL or waiting to restart: start afresh
