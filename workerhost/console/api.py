@@ -16,7 +16,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, jsonify, request
 
 from workerhost.config import Config
-from workerhost.console import figures, query
+from workerhost.console import figures, processes, query
 from workerhost.db import Database
 
 PREFIX = "/api"
@@ -92,5 +92,12 @@ def blueprint(config: Config, reading: Callable[[], AbstractContextManager[Datab
         if letter is None:
             abort(404, description=f"no dead letter with id {ident}")
         return jsonify(plain(letter))
+
+    @api.get("/workers")
+    def workers() -> Response:
+        with reading() as db:
+            found = processes.read(config, db, secrets)
+        return jsonify(processes=plain(found.processes), error=found.error,
+                       gone_after=found.gone_after)
 
     return api

@@ -43,7 +43,7 @@ from werkzeug.wrappers import Response as AnyResponse
 
 from workerhost import logs, tables
 from workerhost.config import Config, Server
-from workerhost.console import api, auth, charts, figures, query
+from workerhost.console import api, auth, charts, figures, processes, query
 from workerhost.console.proxies import TrustedProxies
 from workerhost.console.throttle import LoginThrottle
 from workerhost.db import RUN_ERRORS, Database
@@ -274,7 +274,15 @@ def create_app(config: Config, listen: Server) -> Flask:
 
     @app.get("/workers")
     def workers() -> str:
-        return render_template("workers.html", servers=figures.workers(config))
+        with reading() as db:
+            found = processes.read(config, db, secrets)
+        return render_template("workers.html", p=found, servers=figures.workers(config))
+
+    @app.get("/workers/live")
+    def workers_live() -> str:
+        """The worker processes alone, fetched again every few seconds by console.js."""
+        with reading() as db:
+            return render_template("_workers.html", p=processes.read(config, db, secrets))
 
     # -- acting: a confirmation page (GET), then the action (POST) ------------------------
     # Confirmations and actions are views of their own: HEAD, which Flask answers with the
