@@ -1,7 +1,7 @@
 /*
  * test_config.c: unit tests of the config parser (src/config.c), which is pure: no mysqld,
  * no gearmand. Run by `make -C udf test` under valgrind; prints one "ok"/"not ok" line per
- * check and a last line "N passed, M failed".
+ * check and a last line "test_config: N passed, M failed".
  */
 #include "src/config.h"
 
@@ -149,6 +149,6 @@ int main(int argc, char **argv)
   test_ms();
   test_lines();
   test_load(argc > 1 ? argv[1] : "/tmp");
-  printf("%d passed, %d failed\n", passed, failed);
+  printf("test_config: %d passed, %d failed\n", passed, failed);
   return failed != 0;
 }
