@@ -94,8 +94,13 @@ else
 endif
 
 # Every figure beside its baseline, measured in the same run (never part of `make test`).
-# BENCH_ARGS=--quick for a sanity check in under a minute.
+# BENCH_ARGS=--quick for a sanity check in under a minute. BENCH_ARGS=--peers: this project's
+# deliveries beside a polling outbox and a binlog CDC reader (the extra `bench` installs the
+# reader's library; without it that peer is skipped with the reason).
 bench: udf
+	$(if $(filter --peers,$(BENCH_ARGS)),@$(PY) -c 'import pymysqlreplication' 2>/dev/null \
+	  || $(PY) -m pip install -q -e '.[bench]' \
+	  || echo "bench: could not install the extra bench; the CDC peer will be skipped")
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:

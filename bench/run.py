@@ -2,6 +2,8 @@
 
 Starts its own sandbox, prints one table, and writes it as JSON to build/bench.json.
 Usage: python bench/run.py [--quick] [--only NAME[,NAME...]]
+       python bench/run.py --peers [--quick] [--rounds N]   (this project beside its peers,
+       on a server with the binary log on: see peers.py; written to build/bench-peers.json)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 import bench_console
 import bench_outbox
 import bench_worker
+import peers
 from common import ROOT, Figure, progress, spread
 
 from workerhost.sandbox import GEARMAN_QUEUES, GEARMAN_THREADS, MEMORY_QUEUE, Sandbox
@@ -112,9 +115,20 @@ def main() -> int:
                              "which bounds every figure at gearmand's disk)")
     parser.add_argument("--gearman-threads", type=int, default=GEARMAN_THREADS, metavar="N",
                         help=f"gearmand's I/O threads (default {GEARMAN_THREADS}, the sandbox's)")
+    parser.add_argument("--peers", action="store_true",
+                        help="only this project's deliveries beside a polling outbox and a "
+                             "binlog CDC reader, on a server with its binary log on")
+    parser.add_argument("--rounds", type=int, default=3, metavar="N",
+                        help="--peers: rounds, the systems taking turns in each (default 3)")
     args = parser.parse_args()
     if args.gearman_threads < 0:
         parser.error(f"--gearman-threads: {args.gearman_threads} is negative; give 0 or more")
+    if args.rounds < 1:
+        parser.error(f"--rounds: {args.rounds}; give 1 or more")
+    if args.peers:
+        if args.only:
+            parser.error("--peers runs on a server of its own settings: not with --only")
+        return _peers(args)
 
     with tempfile.TemporaryDirectory(prefix="workerhost-bench-") as tmp:
         box = Sandbox(Path(tmp) / "sandbox")
@@ -149,6 +163,46 @@ def main() -> int:
         "quick": args.quick, "gearman_queue": args.gearman_queue,
         "gearman_threads": args.gearman_threads,
         "figures": [f.as_dict() for f in figures],
+    }, indent=2) + "\n")
+    print(f"\nwritten to {out.relative_to(ROOT)}")
+    return 0
+
+
+def _peers(args: argparse.Namespace) -> int:
+    reason = peers.cdc_unavailable()
+    if reason:
+        print(f"binlog CDC peer skipped: {reason}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="workerhost-bench-peers-") as tmp:
+        box = peers.BinlogSandbox(Path(tmp) / "sandbox")
+        progress(f"starting a sandbox with the binary log on in {box.dir}")
+        box.up(gearman_queue=args.gearman_queue, gearman_threads=args.gearman_threads)
+        try:
+            if not UDF_SO.exists():
+                raise SystemExit(f"{UDF_SO} is missing: immediate delivery needs the UDF "
+                                 "(make udf)")
+            box.install_udf(UDF_SO)
+            database = "bench"
+            admin = box.connect()
+            admin.cursor().execute(f"CREATE DATABASE IF NOT EXISTS {database}")
+            admin.close()
+            started = time.monotonic()
+            results, skipped = peers.run(box, Path(tmp), database, args.quick, args.rounds)
+            progress(f"peers done in {time.monotonic() - started:.0f}s")
+        finally:
+            box.down()
+    sizes = peers.Sizes.pick(args.quick)
+    print(f"medians of {args.rounds} rounds; MariaDB with {' '.join(peers.BINLOG_OPTIONS)}")
+    print(peers.table(results, sizes))
+    for system, why in skipped.items():
+        print(f"{system} skipped: {why}")
+    print()
+    print("\n".join(peers.verdict(results)))
+    out = ROOT / "build" / "bench-peers.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": _machine(),
+        "quick": args.quick, "rounds": args.rounds, "server_options": peers.BINLOG_OPTIONS,
+        "sizes": vars(sizes), "skipped": skipped, "runs": peers.as_dict(results),
     }, indent=2) + "\n")
     print(f"\nwritten to {out.relative_to(ROOT)}")
     return 0
