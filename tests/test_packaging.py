@@ -65,8 +65,26 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.fail("python -m build is missing: `pip install -e '.[test]'` (make setup) "
                     "installs it")
     out = tmp_path_factory.mktemp("dist")
-    ok(run([sys.executable, "-m", "build", "--outdir", out, ROOT], cwd=out, env=clean_env()))
+    built = run([sys.executable, "-m", "build", "--outdir", out, ROOT], cwd=out, env=clean_env())
+    ok(built)
+    (out / "build.log").write_text(built.stdout + built.stderr)
     return out
+
+
+def test_the_build_prints_no_warning(dist: Path) -> None:
+    """setuptools' "Package ... is absent from the `packages` configuration" (40 lines each),
+    MANIFEST.in's "no previously-included files matching ..." and the like."""
+    warnings = [line for line in (dist / "build.log").read_text().splitlines()
+                if "warning" in line.lower()]
+    assert not warnings, "\n".join(warnings)
+
+
+def test_python_m_build_runs_beside_a_build_directory(tmp_path: Path) -> None:
+    """A checkout has a build/ directory of its own (the Docker engine's data, MySQL images);
+    with PyPA's build installed, `python -m build` still runs that, not the directory."""
+    (tmp_path / "build" / "docker").mkdir(parents=True)
+    shown = run([sys.executable, "-m", "build", "--version"], cwd=tmp_path, env=clean_env())
+    assert shown.returncode == 0 and shown.stdout.startswith("build "), shown.stderr
 
 
 @pytest.fixture(scope="session")
@@ -92,10 +110,15 @@ def test_the_sdist_and_the_wheel_hold_what_they_must(dist: Path) -> None:
         members = {m.name.removeprefix(top): m for m in archive.getmembers()}
     for name in SDIST_HOLDS:
         assert name in members and members[name].isfile(), f"the sdist lacks {name}"
-    assert not [n for n in members if n.startswith("udf/build") or "__pycache__" in n]
+    assert not [n for n in members if n.startswith("udf/build") or "__pycache__" in n
+                or n.endswith((".pyc", ".pyo", ".so", ".o"))]
     names = zipfile.ZipFile(wheel).namelist()
     assert "workerhost/sql/workerhost.sql" in names and "workerhost/py.typed" in names
     assert not [n for n in names if n.startswith(("tests/", "udf/", "sql/"))]
+    for data in ("workerhost/console/static/console.css", "workerhost/console/templates/base.html",
+                 "workerhost/udf_source/gearman_udf.c", "workerhost/sql/install.sql"):
+        assert data in names, f"the wheel lacks {data}"
+    assert not [n for n in names if "__pycache__" in n]
 
 
 class InstalledHost:
