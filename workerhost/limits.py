@@ -1,7 +1,7 @@
 """Limits that the config, the triggers, the schedules, the ledger and the UDF share.
 
 Each is written here once; tests/test_limits.py fails when one of them disagrees with the
-UDF's own constants (udf/gearman_udf.c) or with the SQL schema (sql/workerhost.sql).
+UDF's own constants (udf/src/gearman_udf.h) or with the SQL schema (sql/workerhost.sql).
 """
 
 from __future__ import annotations
