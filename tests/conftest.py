@@ -260,6 +260,40 @@ def host_config(
     return config
 
 
+def apply_triggers(config: dict[str, Any], sandbox: Sandbox) -> dict[str, Any]:
+    """Apply a host config's triggers to its database; the config, for host_factory."""
+    from workerhost import triggers
+    from workerhost.config import parse_config
+    from workerhost.db import Database
+
+    parsed = parse_config(config, file="test.yaml", env={"SANDBOX_DB_PASSWORD": sandbox.password})
+    database = Database(parsed.database.connect_kwargs())
+    try:
+        triggers.apply(parsed, database)
+    finally:
+        database.close()
+    return config
+
+
+def work_on_events(sandbox: Sandbox, database: str, delivery: str, handler: dict[str, Any],
+                   **sections: Any) -> dict[str, Any]:
+    """A host config whose function `work` (accept: ledger, the handler given) a trigger on
+    `events` inserts fires with the row's id, its triggers applied (the `events` fixture)."""
+    return apply_triggers(host_config(
+        sandbox, database, {"work": {"accept": "ledger", **handler}},
+        triggers=[{"table": "events", "events": ["insert"], "function": "work",
+                   "columns": ["id"], "delivery": delivery}], **sections), sandbox)
+
+
+def captured_runs(db: Any) -> dict[int, int]:
+    """Row id -> how many times its effect committed (trigger_handlers.capture counts)."""
+    cursor = db.cursor()
+    cursor.execute("SELECT row_id, runs FROM captured WHERE row_id IS NOT NULL")
+    found = {int(row): int(count) for row, count in cursor.fetchall()}
+    cursor.close()
+    return found
+
+
 def host_env(sandbox: Sandbox) -> dict[str, str]:
     """The environment a host (or a CLI verb on its config) runs with in the tests."""
     return dict(os.environ, SANDBOX_DB_PASSWORD=sandbox.password,

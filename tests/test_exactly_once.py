@@ -15,41 +15,18 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import ROOT, host_config, host_env, scalar, sequence, wait_until
+from conftest import (
+    ROOT,
+    apply_triggers,
+    captured_runs,
+    host_env,
+    scalar,
+    sequence,
+    wait_until,
+    work_on_events,
+)
 
-from workerhost import triggers
-from workerhost.config import parse_config
-from workerhost.db import Database
 from workerhost.sandbox import Sandbox
-
-
-def applied(config: dict[str, Any], sandbox: Sandbox) -> dict[str, Any]:
-    """Apply the config's triggers; the config, for host_factory."""
-    parsed = parse_config(config, file="test.yaml", env={"SANDBOX_DB_PASSWORD": sandbox.password})
-    database = Database(parsed.database.connect_kwargs())
-    try:
-        triggers.apply(parsed, database)
-    finally:
-        database.close()
-    return config
-
-
-def on_events(sandbox: Sandbox, database: str, delivery: str, handler: dict[str, Any],
-              **sections: Any) -> dict[str, Any]:
-    """One trigger entry on `events` inserts, function `work`, with the handler given."""
-    return applied(host_config(
-        sandbox, database, {"work": {"accept": "ledger", **handler}},
-        triggers=[{"table": "events", "events": ["insert"], "function": "work",
-                   "columns": ["id"], "delivery": delivery}], **sections), sandbox)
-
-
-def runs(db: Any) -> dict[int, int]:
-    """Row id -> how many times its effect committed."""
-    cursor = db.cursor()
-    cursor.execute("SELECT row_id, runs FROM captured")
-    found = {int(row): int(count) for row, count in cursor.fetchall()}
-    cursor.close()
-    return found
 
 
 def ledger_empty(db: Any) -> bool:
@@ -79,7 +56,7 @@ def test_two_gearmand_and_a_backlog_past_the_lease_apply_each_effect_once(
     """The relay ships a row again, to the other server, every time its lease runs out while
     the backlog waits behind a slow handler: many copies of each row, each effect once."""
     second = gearmand_factory("builtin")
-    config = on_events(udf, events.database, "outbox",
+    config = work_on_events(udf, events.database, "outbox",
                        {"python": "trigger_handlers:capture_with_pause", "batch": 4},
                        host={"relay": {"enabled": True, "interval": "20ms", "lease": "300ms"}})
     config["gearman"]["servers"] = [udf.gearman_server, second.server]
@@ -88,9 +65,9 @@ def test_two_gearmand_and_a_backlog_past_the_lease_apply_each_effect_once(
     host_factory(config)
     wait_until(lambda: (scalar(events, "SELECT MAX(ships) FROM workerhost_outbox") or 0) >= 2,
                timeout=30, what="rows shipped again, to the other gearmand, after their lease")
-    wait_until(lambda: len(runs(events)) == rows, timeout=90, what="every row's effect")
+    wait_until(lambda: len(captured_runs(events)) == rows, timeout=90, what="every row's effect")
     wait_until(lambda: ledger_empty(events), what="an empty ledger")
-    assert set(runs(events).values()) == {1}, "no effect applied twice"
+    assert set(captured_runs(events).values()) == {1}, "no effect applied twice"
     assert scalar(events, "SELECT COUNT(*) FROM workerhost_dead_letters") == 0
     assert scalar(events, "SELECT COUNT(*) FROM workerhost_refused") == 0
 
@@ -98,7 +75,7 @@ def test_two_gearmand_and_a_backlog_past_the_lease_apply_each_effect_once(
 def test_copies_forged_by_an_account_with_no_privileges_change_nothing(
     udf: Sandbox, events: Any, nobody: Any, host_factory: Callable[..., Any], tmp_path: Any,
 ) -> None:
-    config = on_events(udf, events.database, "immediate",
+    config = work_on_events(udf, events.database, "immediate",
                        {"python": "trigger_handlers:capture",
                         "retries": {"attempts": 2, "backoff": "100ms"}})
     events.cursor().execute(f"INSERT INTO events (id) SELECT seq FROM {sequence(1, 20)}")
@@ -114,12 +91,12 @@ def test_copies_forged_by_an_account_with_no_privileges_change_nothing(
             assert cursor.fetchone()[0] is not None, "the UDF takes any account's jobs"
     cursor.close()
     host_factory(config)
-    wait_until(lambda: len(runs(events)) == 20 and ledger_empty(events),
+    wait_until(lambda: len(captured_runs(events)) == 20 and ledger_empty(events),
                what="the 20 real jobs")
     # The 60 naming a row were refused; the 30 naming no row did nothing.
     wait_until(lambda: scalar(events, "SELECT COUNT(*) FROM workerhost_refused") == 60,
                what="the forgeries refused")
-    assert runs(events) == {i: 1 for i in range(1, 21)}, "each effect once, no forged one"
+    assert captured_runs(events) == {i: 1 for i in range(1, 21)}, "each effect once, no forged one"
     assert scalar(events, "SELECT COUNT(*) FROM workerhost_attempts") == 0, \
         "a forgery counts no failure against the row it names"
     assert scalar(events, "SELECT COUNT(*) FROM workerhost_dead_letters") == 0
@@ -134,7 +111,7 @@ def test_copies_forged_by_an_account_with_no_privileges_change_nothing(
          "--all"], env=host_env(udf), capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert retry.returncode in (0, 1), retry.stderr
     time.sleep(0.5)  # what a retry would have run: give it the time to show
-    assert runs(events) == {i: 1 for i in range(1, 21)}
+    assert captured_runs(events) == {i: 1 for i in range(1, 21)}
 
 
 @pytest.mark.parametrize("end", [
@@ -144,18 +121,18 @@ def test_copies_forged_by_an_account_with_no_privileges_change_nothing(
 def test_a_handler_that_ends_the_transaction_through_sql_applies_its_effect_once(
     udf: Sandbox, events: Any, host_factory: Callable[..., Any], end: str,
 ) -> None:
-    config = on_events(udf, events.database, "outbox",
+    config = work_on_events(udf, events.database, "outbox",
                        {"python": "trigger_handlers:commit_on_first_attempt",
                         "retries": {"attempts": 3, "backoff": "100ms"}})
     config["handlers"]["after"] = {"python": "trigger_handlers:report_session",
                                    "accept": "any"}
     events.cursor().execute("ALTER TABLE events ADD COLUMN `end` VARCHAR(100)")
     config["triggers"][0]["columns"] = ["id", "end"]
-    applied(config, udf)
+    apply_triggers(config, udf)
     host = host_factory(config)
     events.cursor().execute("INSERT INTO events (id, `end`) VALUES (1, %s)", (end,))
-    wait_until(lambda: ledger_empty(events) and runs(events), what="the job done")
-    assert runs(events) == {1: 1}, "the first attempt's effect was rolled back"
+    wait_until(lambda: ledger_empty(events) and captured_runs(events), what="the job done")
+    assert captured_runs(events) == {1: 1}, "the first attempt's effect was rolled back"
     cursor = events.cursor()
     cursor.execute("SELECT attempt FROM captured WHERE row_id = 1")
     assert cursor.fetchone()[0] == 2, "the first attempt failed, and counted"
@@ -170,14 +147,14 @@ def test_what_a_handler_leaves_in_its_session_is_gone_for_the_next_job(
 ) -> None:
     """Each job records what its session carries, then leaves a variable and a setting
     behind; one worker process runs them all, one at a time."""
-    config = on_events(udf, events.database, "outbox",
+    config = work_on_events(udf, events.database, "outbox",
                        {"python": "trigger_handlers:report_session", "processes": 1,
                         "batch": 1})
     host_factory(config)
     cursor = events.cursor()
     for ident in (1, 2, 3):
         cursor.execute("INSERT INTO events (id) VALUES (%s)", (ident,))
-        wait_until(lambda n=ident: len(runs(events)) == n, what=f"job {ident}")
+        wait_until(lambda n=ident: len(captured_runs(events)) == n, what=f"job {ident}")
     cursor.execute("SELECT unique_key FROM captured ORDER BY row_id")
     assert [seen for (seen,) in cursor.fetchall()] == ["-,0,0"] * 3
     cursor.close()
@@ -186,7 +163,7 @@ def test_what_a_handler_leaves_in_its_session_is_gone_for_the_next_job(
 def test_a_handler_that_leaves_rows_unread_fails_its_job_and_the_worker_goes_on(
     udf: Sandbox, events: Any, host_factory: Callable[..., Any],
 ) -> None:
-    config = on_events(udf, events.database, "outbox",
+    config = work_on_events(udf, events.database, "outbox",
                        {"python": "trigger_handlers:leave_rows_unread",
                         "retries": {"attempts": 2, "backoff": "100ms"}, "processes": 1})
     host = host_factory(config)
@@ -195,14 +172,14 @@ def test_a_handler_that_leaves_rows_unread_fails_its_job_and_the_worker_goes_on(
                what="the job dead-lettered after its attempts")
     error = scalar(events, "SELECT error FROM workerhost_dead_letters")
     assert "left a result set unread" in error
-    assert runs(events) == {}, "its effect never committed"
+    assert captured_runs(events) == {}, "its effect never committed"
     assert "stayed unreachable" not in host.log()
 
 
 def test_a_row_held_by_an_open_transaction_does_not_delay_the_others(
     udf: Sandbox, events: Any, host_factory: Callable[..., Any],
 ) -> None:
-    config = on_events(udf, events.database, "immediate",
+    config = work_on_events(udf, events.database, "immediate",
                        {"python": "trigger_handlers:capture", "timeout": "2s",
                         "retries": {"attempts": 1}, "processes": 1})
     host_factory(config)
@@ -214,13 +191,13 @@ def test_a_row_held_by_an_open_transaction_does_not_delay_the_others(
         started = time.monotonic()
         for ident in range(2, 12):
             others.execute("INSERT INTO events (id) VALUES (%s)", (ident,))
-        wait_until(lambda: set(runs(events)) == set(range(2, 12)), timeout=10,
+        wait_until(lambda: set(captured_runs(events)) == set(range(2, 12)), timeout=10,
                    what="the other rows' jobs while row 1's transaction is open")
         assert time.monotonic() - started < 5
         time.sleep(3)  # longer than the handler's timeout: the wait is neither a timeout...
-        assert 1 not in runs(events), "nothing runs before its transaction commits"
+        assert 1 not in captured_runs(events), "nothing runs before its transaction commits"
         writer.commit()
-        wait_until(lambda: runs(events).get(1) == 1, what="row 1's job once it commits")
+        wait_until(lambda: captured_runs(events).get(1) == 1, what="row 1's job once it commits")
         # ... nor an attempt: with attempts: 1, a counted one would have dead-lettered it.
         assert scalar(events, "SELECT COUNT(*) FROM workerhost_dead_letters") == 0
         wait_until(lambda: ledger_empty(events), what="an empty ledger")
@@ -233,7 +210,8 @@ def test_rows_written_in_one_long_transaction_run_once_it_commits(
 ) -> None:
     """Immediate jobs reach the worker long before their rows commit: they wait, and run
     promptly once the transaction ends."""
-    config = on_events(udf, events.database, "immediate", {"python": "trigger_handlers:capture"})
+    config = work_on_events(udf, events.database, "immediate",
+                            {"python": "trigger_handlers:capture"})
     host_factory(config)
     writer = udf.connect(database=events.database, autocommit=False)
     try:
@@ -242,12 +220,12 @@ def test_rows_written_in_one_long_transaction_run_once_it_commits(
             cursor.execute(f"INSERT INTO events (id) SELECT seq FROM "
                            f"{sequence(start, start + 49)}")
             time.sleep(0.05)
-        assert runs(events) == {}
+        assert captured_runs(events) == {}
         writer.commit()
         committed = time.monotonic()
-        wait_until(lambda: len(runs(events)) == 500, timeout=30, what="500 rows")
+        wait_until(lambda: len(captured_runs(events)) == 500, timeout=30, what="500 rows")
         assert time.monotonic() - committed < 10
-        assert set(runs(events).values()) == {1}
+        assert set(captured_runs(events).values()) == {1}
         wait_until(lambda: ledger_empty(events), what="an empty ledger")
     finally:
         writer.close()

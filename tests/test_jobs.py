@@ -6,31 +6,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from conftest import host_config, scalar, sequence, wait_until
+from conftest import captured_runs, scalar, sequence, wait_until, work_on_events
 
-from workerhost import jobs, status, triggers
+from workerhost import jobs, status
 from workerhost.config import parse_config
 from workerhost.db import Database
 from workerhost.sandbox import Sandbox
 
 
 def setup(udf: Sandbox, database: str, delivery: str) -> tuple[dict[str, Any], Database]:
-    config = host_config(
-        udf, database, {"work": {"python": "trigger_handlers:capture", "accept": "ledger"}},
-        triggers=[{"table": "events", "events": ["insert"], "function": "work",
-                   "columns": ["id"], "delivery": delivery}])
+    config = work_on_events(udf, database, delivery, {"python": "trigger_handlers:capture"})
     parsed = parse_config(config, file="test.yaml", env={"SANDBOX_DB_PASSWORD": udf.password})
-    database_ = Database(parsed.database.connect_kwargs())
-    triggers.apply(parsed, database_)
-    return config, database_
-
-
-def runs(db: Any) -> dict[int, int]:
-    cursor = db.cursor()
-    cursor.execute("SELECT row_id, runs FROM captured")
-    found = {int(row): int(count) for row, count in cursor.fetchall()}
-    cursor.close()
-    return found
+    return config, Database(parsed.database.connect_kwargs())
 
 
 def test_a_cancelled_job_never_runs_though_its_copy_sits_in_gearmand(
@@ -48,10 +35,10 @@ def test_a_cancelled_job_never_runs_though_its_copy_sits_in_gearmand(
         assert jobs.cancel(database, doomed) == "missing"
         assert jobs.show(database, doomed) is None
         host_factory(config)
-        wait_until(lambda: len(runs(events)) == 4 and
+        wait_until(lambda: len(captured_runs(events)) == 4 and
                    scalar(events, "SELECT COUNT(*) FROM workerhost_outbox") == 0,
                    what="the four other jobs")
-        assert 1 not in runs(events), "the cancelled job did not run"
+        assert 1 not in captured_runs(events), "the cancelled job did not run"
         assert scalar(events, "SELECT COUNT(*) FROM workerhost_dead_letters") == 0
     finally:
         database.close()
@@ -64,7 +51,7 @@ def test_a_paused_function_runs_nothing_until_resumed_then_everything_once(
     try:
         host_factory(config)
         events.cursor().execute("INSERT INTO events (id) VALUES (1)")
-        wait_until(lambda: runs(events) == {1: 1}, what="a job before the pause")
+        wait_until(lambda: captured_runs(events) == {1: 1}, what="a job before the pause")
         assert jobs.pause(database, "work") == 0
         assert [name for name, _, _ in jobs.paused(database)] == ["work"]
         shown = status.database(database)
@@ -75,12 +62,12 @@ def test_a_paused_function_runs_nothing_until_resumed_then_everything_once(
         wait_until(lambda: scalar(events, "SELECT COUNT(*) FROM workerhost_outbox WHERE "
                                   "not_before >= '9999-01-01'") == 29,
                    what="every job of the paused function parked in the ledger")
-        assert runs(events) == {1: 1}, "nothing ran while paused"
+        assert captured_runs(events) == {1: 1}, "nothing ran while paused"
         assert {job.state for job in jobs.list_jobs(database, "work", None, None, 50)} \
             == {"paused"}
         assert jobs.resume(database, "work") == (True, 29)
-        wait_until(lambda: len(runs(events)) == 30, what="every job once resumed")
-        assert set(runs(events).values()) == {1}, "each once"
+        wait_until(lambda: len(captured_runs(events)) == 30, what="every job once resumed")
+        assert set(captured_runs(events).values()) == {1}, "each once"
         wait_until(lambda: scalar(events, "SELECT COUNT(*) FROM workerhost_outbox") == 0,
                    what="an empty ledger")
         assert jobs.resume(database, "work") == (False, 0)
@@ -105,7 +92,7 @@ def test_a_delayed_retry_runs_now_when_told(
         assert shown is not None and shown.failures == 1
         assert shown.last_error == "RuntimeError: the first attempt fails"
         assert jobs.run_now(database, ident) == "due"
-        wait_until(lambda: runs(events) == {7: 1}, what="the retry, now")
+        wait_until(lambda: captured_runs(events) == {7: 1}, what="the retry, now")
         assert jobs.run_now(database, ident) == "missing"
     finally:
         database.close()

@@ -8,53 +8,29 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import host_config, scalar, sequence, wait_until
+from conftest import captured_runs, scalar, sequence, wait_until, work_on_events
 
-from workerhost import triggers
 from workerhost.config import parse_config
-from workerhost.db import Database
 from workerhost.sandbox import Sandbox
-
-
-def applied(udf: Sandbox, database: str, handler: dict[str, Any]) -> dict[str, Any]:
-    config = host_config(
-        udf, database, {"work": {"accept": "ledger", **handler}},
-        triggers=[{"table": "events", "events": ["insert"], "function": "work",
-                   "columns": ["id"], "delivery": "immediate"}])
-    parsed = parse_config(config, file="test.yaml", env={"SANDBOX_DB_PASSWORD": udf.password})
-    database_ = Database(parsed.database.connect_kwargs())
-    try:
-        triggers.apply(parsed, database_)
-    finally:
-        database_.close()
-    return config
-
-
-def runs(db: Any) -> dict[int, int]:
-    cursor = db.cursor()
-    cursor.execute("SELECT row_id, runs FROM captured WHERE row_id IS NOT NULL")
-    found = {int(row): int(count) for row, count in cursor.fetchall()}
-    cursor.close()
-    return found
 
 
 def test_two_hosts_never_run_more_jobs_at_once_than_the_limit(
     udf: Sandbox, events: Any, host_factory: Callable[..., Any],
 ) -> None:
-    config = applied(udf, events.database, {"python": "trigger_handlers:count_at_once",
-                                            "processes": 3, "batch": 1,
-                                            "limits": {"concurrency": 2}})
+    config = work_on_events(udf, events.database, "immediate",
+                            {"python": "trigger_handlers:count_at_once", "processes": 3,
+                             "batch": 1, "limits": {"concurrency": 2}})
     record = Path(tempfile.gettempdir()) / f"workerhost-at-once-{events.database}"
     record.unlink(missing_ok=True)
     try:
         host_factory(config)
         host_factory(config)  # six worker processes in all, on two hosts
         events.cursor().execute(f"INSERT INTO events (id) SELECT seq FROM {sequence(1, 24)}")
-        wait_until(lambda: len(runs(events)) == 24, timeout=60, what="24 jobs")
+        wait_until(lambda: len(captured_runs(events)) == 24, timeout=60, what="24 jobs")
         now, most = (int(part) for part in record.read_text().split())
         assert now == 0
         assert most == 2, f"at most 2 at once, and the limit was reached: {most}"
-        assert set(runs(events).values()) == {1}
+        assert set(captured_runs(events).values()) == {1}
         assert scalar(events, "SELECT COUNT(*) FROM workerhost_dead_letters") == 0
     finally:
         record.unlink(missing_ok=True)
@@ -63,11 +39,11 @@ def test_two_hosts_never_run_more_jobs_at_once_than_the_limit(
 def test_a_snoozed_job_runs_again_later_without_spending_an_attempt(
     udf: Sandbox, events: Any, host_factory: Callable[..., Any],
 ) -> None:
-    config = applied(udf, events.database, {"python": "trigger_handlers:snooze_first",
-                                            "retries": {"attempts": 1}})
+    config = work_on_events(udf, events.database, "immediate",
+                            {"python": "trigger_handlers:snooze_first", "retries": {"attempts": 1}})
     host = host_factory(config)
     events.cursor().execute("INSERT INTO events (id) VALUES (1)")
-    wait_until(lambda: runs(events) == {1: 1}, what="the job, after its snooze")
+    wait_until(lambda: captured_runs(events) == {1: 1}, what="the job, after its snooze")
     cursor = events.cursor()
     cursor.execute("SELECT attempt FROM captured WHERE row_id = 1")
     assert cursor.fetchone()[0] == 1, "a snooze spends no attempt (attempts: 1 would be dead)"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -89,38 +90,33 @@ def show(db: Database, ident: int) -> JobRow | None:
                      "last_error": None if error is None else logs.mask(str(error), password)})
 
 
-def cancel(db: Database, ident: int) -> str:
-    """Cancel one job: "cancelled", "running" (a worker runs it now: it was left alone) or
-    "missing" (no such row: done, cancelled, or never there)."""
+def _on_row(db: Database, ident: int, act: Callable[[Any, str], str]) -> str:
+    """`act(conn, function)` on a job's ledger row, locked without waiting: its answer, or
+    "running" (a worker runs the job now: the row is left alone) or "missing" (no such row:
+    done, cancelled, or never there)."""
 
     def work(conn: Any) -> str:
         found = tables.lock_ledger_row(conn, ident)
         if found is None:
             return "missing"
         function, state = found
-        if state == "held":
-            return "running"
-        return "cancelled" if tables.cancel_ledger_row(conn, ident, function) else "missing"
+        return "running" if state == "held" else act(conn, function)
 
     outcome: str = db.run(work)
     return outcome
+
+
+def cancel(db: Database, ident: int) -> str:
+    """Cancel one job: "cancelled", "running" or "missing" (_on_row)."""
+    return _on_row(db, ident, lambda conn, function: "cancelled" if tables.cancel_ledger_row(
+        conn, ident, function) else "missing")
 
 
 def run_now(db: Database, ident: int) -> str:
     """Make a delayed job (a retry waiting out its back-off) due now: "due", "running",
-    "missing", or "not delayed" (due or leased already: the relay has it)."""
-
-    def work(conn: Any) -> str:
-        found = tables.lock_ledger_row(conn, ident)
-        if found is None:
-            return "missing"
-        _function, state = found
-        if state == "held":
-            return "running"
-        return "due" if tables.run_ledger_row_now(conn, ident) else "not delayed"
-
-    outcome: str = db.run(work)
-    return outcome
+    "missing" (_on_row), or "not delayed" (due or leased already: the relay has it)."""
+    return _on_row(db, ident, lambda conn, _function: "due" if tables.run_ledger_row_now(
+        conn, ident) else "not delayed")
 
 
 def pause(db: Database, function: str) -> int:
