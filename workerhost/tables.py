@@ -1,8 +1,10 @@
 """The host's own tables: their names, their DDL, and every statement run against them.
 
-Five tables live in the application's database beside its data (`sql/workerhost.sql`, package
-data of this module): the outbox (the ledger) of jobs waiting for gearmand, the failed attempts
-of jobs in play, the dead letters, the refused deliveries, and how far each schedule has got.
+The host's tables live in the application's database beside its data (`sql/workerhost.sql`,
+package data of this module): the outbox (the ledger) of jobs waiting or running, the failed
+attempts of jobs in play, the dead letters, the refused deliveries, the paused functions, the
+functions' concurrency slots, how far each schedule has got, and the worker processes'
+heartbeats.
 Every other module calls the functions here, so that the SQL that must run on MySQL and
 MariaDB alike is written once: ``function`` is a column name and a reserved word in MySQL
 since 8.0.1, so it is always quoted; no statement uses ``VALUES(col)`` in ``ON DUPLICATE KEY
