@@ -229,3 +229,33 @@ def test_rows_written_in_one_long_transaction_run_once_it_commits(
         wait_until(lambda: ledger_empty(events), what="an empty ledger")
     finally:
         writer.close()
+
+
+def test_jobs_squatting_on_a_schedules_predictable_uniques_hold_back_no_slot(
+    udf: Sandbox, db: Any, nobody: Any, host_factory: Callable[..., Any],
+) -> None:
+    """An account with no privileges queues far-future jobs under every unique a slot's job
+    could once be predicted to carry (schedule:NAME:SLOT, with or without a ledger id before
+    it): gearmand would fold the real job into such a squatter. A slot's job carries its
+    ledger row's random token instead, so every slot still runs."""
+    from datetime import UTC, datetime
+
+    from test_scheduler import SECOND, TICKS, tick_config, ticks
+
+    db.cursor().execute(TICKS)
+    config = tick_config(udf, db.database, [{"name": "tick", "function": "tick", "every": "1s",
+                                                   "payload": {"label": "x"}}])
+    start = datetime.now(UTC).replace(microsecond=0)
+    cursor = nobody.cursor()
+    for step in range(1, 16):
+        stamp = (start + step * SECOND).strftime("%Y%m%dT%H%M%SZ")
+        for unique in (f"schedule:tick:{stamp}", *(f"L{i}:schedule:tick:{stamp}"
+                                                   for i in range(1, 16))):
+            cursor.execute("SELECT gman_do_epoch_background('tick', '{}', 4000000000, %s)",
+                           (unique,))
+            assert cursor.fetchone()[0] is not None
+    cursor.close()
+    host_factory(config)
+    wait_until(lambda: len(ticks(db)) >= 5, timeout=30,
+               what="five slots run, the squatters notwithstanding")
+    assert scalar(db, "SELECT COUNT(*) FROM workerhost_dead_letters") == 0
