@@ -17,6 +17,15 @@ from workerhost.sandbox import Sandbox
 EVENT_ID = "bb4bb0aa-e9a0-11f1-9215-02fc00000001"
 
 
+def relay_of(sandbox: Sandbox, database: str, function: str) -> Relay:
+    """A relay for a host config of one sql: handler, the host's tables created."""
+    config = parse_config(host_config(sandbox, database, {function: {"sql": "DO 1"}}),
+                          file="test.yaml", env={"SANDBOX_DB_PASSWORD": sandbox.password})
+    relay = Relay(config)
+    relay.db.run(tables.create)
+    return relay
+
+
 def test_a_trigger_payload_gives_its_event_id() -> None:
     payload = ('{"id": 7, "name": "it\'s", "table": "t", "event": "insert", '
                f'"event_id": "{EVENT_ID}"}}').encode()
@@ -41,11 +50,8 @@ def test_every_row_ships_under_its_id_and_token_whatever_its_unique_key(
     sandbox: Sandbox, db: Any
 ) -> None:
     function = "tokens_" + uuid.uuid4().hex[:8]
-    config = parse_config(host_config(sandbox, db.database, {function: {"sql": "DO 1"}}),
-                          file="test.yaml", env={"SANDBOX_DB_PASSWORD": sandbox.password})
-    relay = Relay(config)
+    relay = relay_of(sandbox, db.database, function)
     try:
-        relay.db.run(tables.create)
         cursor = db.cursor()
         for unique in ("good-1", "x" * 100, None):  # gearmand's limit is 64 bytes
             cursor.execute("INSERT INTO workerhost_outbox (`function`, payload, unique_key) "
@@ -76,11 +82,8 @@ def test_a_poll_reads_the_due_rows_not_the_leased_backlog(sandbox: Sandbox, db: 
     from conftest import sequence
 
     function = "backlog_" + uuid.uuid4().hex[:8]
-    config = parse_config(host_config(sandbox, db.database, {function: {"sql": "DO 1"}}),
-                          file="test.yaml", env={"SANDBOX_DB_PASSWORD": sandbox.password})
-    relay = Relay(config)
+    relay = relay_of(sandbox, db.database, function)
     try:
-        relay.db.run(tables.create)
         cursor = db.cursor()
         cursor.execute("INSERT INTO workerhost_outbox (`function`, payload, not_before, ships) "
                        f"SELECT %s, '{{}}', NOW(6) + INTERVAL 1 HOUR, 1 FROM {sequence(1, 2000)}",

@@ -56,6 +56,11 @@ def parse_unique(unique: str) -> tuple[int | None, str]:
     return int(match.group(1)), match.group(2)
 
 
+def ledger_key(function: str, ident: int) -> bytes:
+    """The key a ledger row's job counts its failed attempts under, whatever its unique."""
+    return f"{function}\0L{ident}".encode()[:520]
+
+
 def row_unique(payload: bytes, ident: int) -> str:
     """The unique of a ledger row written without one: its payload's event id, else one made
     of the row's id.
@@ -109,7 +114,7 @@ class Job:
         """Identity across retries and redeliveries: function and ledger row, or else function
         and unique (or the handle)."""
         if self.ledger is not None:
-            return f"{self.function}\0L{self.ledger}".encode()[:520]
+            return ledger_key(self.function, self.ledger)
         return f"{self.function}\0{self.unique or self.handle}".encode()[:520]
 
     def use_payload(self, payload: bytes) -> None:

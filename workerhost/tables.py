@@ -25,6 +25,7 @@ from typing import Any
 
 from workerhost import db
 from workerhost.db import Connection
+from workerhost.job import ledger_key as ledger_key  # the console and its tests name it here
 
 OUTBOX = "workerhost_outbox"
 ATTEMPTS = "workerhost_attempts"
@@ -753,11 +754,6 @@ def dead_letters_among(conn: Connection, ids: Sequence[int]) -> list[int]:
     cursor.execute(f"SELECT id FROM {DEAD_LETTERS} WHERE id IN ({_marks(ids)}) ORDER BY id",
                    list(ids))
     return [int(row[0]) for row in cursor.fetchall()]
-
-
-def ledger_key(function: str, ident: int) -> bytes:
-    """The key a ledger row's job counts its failed attempts under (Job.key)."""
-    return f"{function}\0L{ident}".encode()[:520]
 
 
 def ledger_row(conn: Connection, ident: int, head: int
