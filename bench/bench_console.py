@@ -18,11 +18,11 @@ from pathlib import Path
 import yaml
 from common import Figure, processes, progress
 
-from workerhost import tables
-from workerhost.config import parse_config
+from workerhost.config.load import parse_config
 from workerhost.console import figures
-from workerhost.db import Database
-from workerhost.sandbox import Sandbox, free_port
+from workerhost.sandbox.stack import Sandbox, free_port
+from workerhost.store import schema
+from workerhost.store.db import Database
 
 DATABASE = "bench_console"
 LEDGER_ROWS = 1_000_000
@@ -53,7 +53,7 @@ def fill(box: Sandbox, quick: bool) -> tuple[int, int]:
     conn = box.connect(database=DATABASE)
     conn.autocommit = True
     cursor = conn.cursor()
-    for statement in tables.schema_statements():
+    for statement in schema.schema_statements():
         cursor.execute(statement)
     cursor.execute("CREATE TEMPORARY TABLE digits (n INT PRIMARY KEY)")
     cursor.execute("INSERT INTO digits VALUES " + ", ".join(f"({i})" for i in range(10)))
@@ -61,14 +61,14 @@ def fill(box: Sandbox, quick: bool) -> tuple[int, int]:
     for chunk in range(ledger // 100_000 or 1):
         # A third due, a third leased, a third delayed (waiting for a retry).
         cursor.execute(
-            f"INSERT INTO {tables.OUTBOX} (`function`, payload, unique_key, not_before, ships) "
+            f"INSERT INTO {schema.OUTBOX} (`function`, payload, unique_key, not_before, ships) "
             "SELECT CONCAT('fn', n % %s), CONCAT('{\"id\": ', n + %s, ', \"table\": "
             "\"orders\", \"event\": \"insert\"}'), UUID(), NOW(6) + INTERVAL "
             "(CAST(n % 3 AS SIGNED) - 1) * 60 SECOND, n % 3 = 2 "
             f"FROM {_numbers(5)} WHERE n < %s",
             (FUNCTIONS, chunk * 100_000, min(100_000, ledger)))  # fmt: skip
     cursor.execute(
-        f"INSERT INTO {tables.DEAD_LETTERS} (`function`, payload, unique_key, attempts, error, "
+        f"INSERT INTO {schema.DEAD_LETTERS} (`function`, payload, unique_key, attempts, error, "
         "traceback, first_failed_at) SELECT CONCAT('fn', n % %s), CONCAT('{\"id\": ', n, "
         "', \"customer\": \"c', n % 977, '\"}'), UUID(), 3, CONCAT('ValueError: order ', n, "
         f"' not found'), %s, NOW(6) FROM {_numbers(5)} WHERE n < %s",

@@ -9,11 +9,11 @@ from typing import Any
 import gearman
 from common import Figure, progress, repeat, wait_drained
 
-from workerhost import tables, triggers
-from workerhost.config import parse_config
-from workerhost.db import Database
-from workerhost.relay import Relay
-from workerhost.sandbox import Sandbox
+from workerhost.config.load import parse_config
+from workerhost.host.relay import Relay
+from workerhost.sandbox.stack import Sandbox
+from workerhost.store import schema, triggers
+from workerhost.store.db import Database
 
 # Two application tables: the narrowest possible one, where any trigger costs the most
 # relative to the INSERT, and one shaped like an ordinary orders table (the shop example's,
@@ -84,7 +84,7 @@ def trigger_overhead(sandbox: Sandbox, database: str, quick: bool) -> list[Figur
     n = 20000
     runs = 3 if quick else 7
     conn = sandbox.connect(database=database)
-    Database(_db_params(sandbox, database)).run(tables.create)
+    Database(_db_params(sandbox, database)).run(schema.create)
     cursor = conn.cursor()
     cursor.execute(f"CREATE OR REPLACE TABLE {FLOOR_TABLE} (id BIGINT PRIMARY KEY)")
     cursor.execute(f"CREATE OR REPLACE TABLE {MINIMAL_OUTBOX[0]} {MINIMAL_OUTBOX[1]}")
@@ -160,7 +160,7 @@ def _db_params(sandbox: Sandbox, database: str) -> dict[str, Any]:
 def relay_rate(sandbox: Sandbox, database: str, quick: bool) -> list[Figure]:
     n = 5000 if quick else 20000
     runs = 3
-    Database(_db_params(sandbox, database)).run(tables.create)
+    Database(_db_params(sandbox, database)).run(schema.create)
     conn = sandbox.connect(database=database)
     cursor = conn.cursor()
     config = parse_config({

@@ -43,13 +43,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from workerhost import gearadmin  # noqa: E402
-from workerhost.sandbox import (  # noqa: E402
-    GEARMAN_THREADS,
-    MEMORY_QUEUE,
-    PERSISTENT_QUEUE,
-    Sandbox,
-)
+from workerhost.gearman import admin as gearadmin  # noqa: E402
+from workerhost.sandbox.options import GEARMAN_THREADS, MEMORY_QUEUE, PERSISTENT_QUEUE  # noqa: E402
+from workerhost.sandbox.stack import Sandbox  # noqa: E402
 
 UDF_SO = ROOT / "udf" / "build" / "gearman_udf.so"
 TARGET_US = 130.0

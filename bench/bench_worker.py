@@ -28,10 +28,11 @@ from common import (
     wait_drained,
 )
 
-from workerhost import triggers
-from workerhost.config import DEFAULT_BATCH, parse_config
-from workerhost.db import Database
-from workerhost.sandbox import Sandbox
+from workerhost.config.load import parse_config
+from workerhost.config.settings import DEFAULT_BATCH
+from workerhost.sandbox.stack import Sandbox
+from workerhost.store import triggers
+from workerhost.store.db import Database
 
 UPDATE = "UPDATE bench_rows SET done_at = NOW(6) WHERE id = %(id)s"
 WARM_UP = 2000  # jobs before the memory growth is measured

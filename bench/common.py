@@ -19,7 +19,7 @@ from typing import Any
 import gearman
 import yaml
 
-from workerhost.sandbox import Sandbox
+from workerhost.sandbox.stack import Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"

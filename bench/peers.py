@@ -45,10 +45,10 @@ import peer_poller
 from bench_outbox import _discard
 from common import BENCH, children, host_command, processes, progress
 
-from workerhost import tables, triggers
-from workerhost.config import parse_config
-from workerhost.db import Database
-from workerhost.sandbox import Sandbox
+from workerhost.config.load import parse_config
+from workerhost.sandbox.stack import Sandbox
+from workerhost.store import schema, triggers
+from workerhost.store.db import Database
 
 SYSTEMS = ("immediate", "outbox", "poller", "cdc")
 LABELS = {
@@ -395,7 +395,7 @@ def run(box: Sandbox, work: Path, database: str, quick: bool, rounds: int
         skipped["cdc"] = reason
     systems = [s for s in SYSTEMS if s not in skipped]
     db = Database(_db(box, database))
-    db.run(tables.create)
+    db.run(schema.create)
     db.close()
     results = {s: Runs() for s in systems}
     for round_ in range(1, rounds + 1):

@@ -28,7 +28,8 @@ import bench_worker
 import peers
 from common import ROOT, Figure, progress, spread
 
-from workerhost.sandbox import GEARMAN_QUEUES, GEARMAN_THREADS, MEMORY_QUEUE, Sandbox
+from workerhost.sandbox.options import GEARMAN_QUEUES, GEARMAN_THREADS, MEMORY_QUEUE
+from workerhost.sandbox.stack import Sandbox
 
 UDF_SO = ROOT / "udf" / "build" / "gearman_udf.so"
 

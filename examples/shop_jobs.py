@@ -14,7 +14,7 @@ from typing import Any
 import mysql.connector
 from mysql.connector import errorcode
 
-from workerhost.job import Job
+from workerhost import Job
 
 POINTS_PER_EURO = 1
 

@@ -43,12 +43,13 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from workerhost import triggers  # noqa: E402
-from workerhost.config import parse_config  # noqa: E402
-from workerhost.db import Database  # noqa: E402
-from workerhost.sandbox import MEMORY_QUEUE, SERVER_CHOICES, Sandbox  # noqa: E402
-from workerhost.supervisor import RELAY  # noqa: E402
-from workerhost.tables import OUTBOX  # noqa: E402
+from workerhost.config.load import parse_config  # noqa: E402
+from workerhost.host.supervisor import RELAY  # noqa: E402
+from workerhost.sandbox.options import MEMORY_QUEUE, SERVER_CHOICES  # noqa: E402
+from workerhost.sandbox.stack import Sandbox  # noqa: E402
+from workerhost.store import triggers  # noqa: E402
+from workerhost.store.db import Database  # noqa: E402
+from workerhost.store.schema import OUTBOX  # noqa: E402
 
 DATABASE = "chaos"
 DELIVERIES = ("immediate", "outbox")

@@ -32,11 +32,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from workerhost import triggers  # noqa: E402
-from workerhost.config import load_config  # noqa: E402
-from workerhost.db import Database  # noqa: E402
+from workerhost.config.load import load_config  # noqa: E402
 from workerhost.errors import WorkerHostError  # noqa: E402
-from workerhost.sandbox import DATABASE_SERVERS, SERVER_CHOICES, Sandbox, tail  # noqa: E402
+from workerhost.sandbox.options import DATABASE_SERVERS, SERVER_CHOICES  # noqa: E402
+from workerhost.sandbox.stack import Sandbox, tail  # noqa: E402
+from workerhost.store import triggers  # noqa: E402
+from workerhost.store.db import Database  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 CONFIG = EXAMPLES / "shop.yaml"

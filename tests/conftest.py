@@ -19,8 +19,8 @@ import mysql.connector
 import pytest
 import yaml
 
-from workerhost.sandbox import PERSISTENT_QUEUE, Sandbox
-from workerhost.sandbox_options import MYSQL_VERSIONS
+from workerhost.sandbox.options import MYSQL_VERSIONS, PERSISTENT_QUEUE
+from workerhost.sandbox.stack import Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 UDF_DIR = ROOT / "udf"
@@ -262,9 +262,9 @@ def host_config(
 
 def apply_triggers(config: dict[str, Any], sandbox: Sandbox) -> dict[str, Any]:
     """Apply a host config's triggers to its database; the config, for host_factory."""
-    from workerhost import triggers
-    from workerhost.config import parse_config
-    from workerhost.db import Database
+    from workerhost.config.load import parse_config
+    from workerhost.store import triggers
+    from workerhost.store.db import Database
 
     parsed = parse_config(config, file="test.yaml", env={"SANDBOX_DB_PASSWORD": sandbox.password})
     database = Database(parsed.database.connect_kwargs())

@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any
 
-from workerhost.job import Job
+from workerhost import Job
 
 
 def record(job: Job, db: Any) -> dict[str, Any]:

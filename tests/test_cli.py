@@ -17,9 +17,11 @@ import yaml
 from conftest import ON_FIRST_SERVER, ROOT, host_config, host_env, wait_until
 
 from workerhost import cli
-from workerhost.deadletters import payload_text
+from workerhost.cli import common
+from workerhost.cli import parser as cli_parser
 from workerhost.exitcodes import RET_CONFIG, RET_ERROR, RET_OK, RET_USAGE
-from workerhost.sandbox import Sandbox
+from workerhost.sandbox.stack import Sandbox
+from workerhost.store.deadletters import payload_text
 
 VALID = {"gearman": {"servers": ["127.0.0.1:4730"]},
          "database": {"user": "u", "database": "d"},
@@ -62,7 +64,7 @@ def leaves(parser: argparse.ArgumentParser, inherited: bool = False) -> list[tup
 
 
 def test_every_action_of_a_verb_that_reads_the_file_takes_c_itself() -> None:
-    found = leaves(cli.build_parser())
+    found = leaves(cli_parser.build_parser())
     assert ("workerhost dead-letters list", True) in found
     assert [prog for prog, takes in found if not takes and not prog.startswith(
         ("workerhost sandbox", "workerhost udf build"))] == []
@@ -72,8 +74,8 @@ def test_workerhost_config_names_the_file_when_c_is_left_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     named = write(tmp_path / "named.yaml", VALID)
-    monkeypatch.setenv(cli.CONFIG_ENV, str(named))
-    monkeypatch.setattr(cli, "DEFAULT_CONFIG", write(tmp_path / "default.yaml", UNREACHABLE))
+    monkeypatch.setenv(common.CONFIG_ENV, str(named))
+    monkeypatch.setattr(common, "DEFAULT_CONFIG", write(tmp_path / "default.yaml", UNREACHABLE))
     assert cli.main(["check"]) == RET_OK
     assert capsys.readouterr().out.startswith(f"{named}: valid")
     other = write(tmp_path / "other.yaml", VALID)
@@ -84,9 +86,9 @@ def test_workerhost_config_names_the_file_when_c_is_left_out(
 def test_the_default_file_is_read_when_nothing_names_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.delenv(cli.CONFIG_ENV, raising=False)
+    monkeypatch.delenv(common.CONFIG_ENV, raising=False)
     default = write(tmp_path / "workerhost.yaml", VALID)
-    monkeypatch.setattr(cli, "DEFAULT_CONFIG", default)
+    monkeypatch.setattr(common, "DEFAULT_CONFIG", default)
     assert cli.main(["check"]) == RET_OK
     assert capsys.readouterr().out.startswith(f"{default}: valid")
 
@@ -94,18 +96,18 @@ def test_the_default_file_is_read_when_nothing_names_one(
 def test_without_any_file_the_error_says_the_three_ways_to_give_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.delenv(cli.CONFIG_ENV, raising=False)
-    monkeypatch.setattr(cli, "DEFAULT_CONFIG", tmp_path / "absent.yaml")
+    monkeypatch.delenv(common.CONFIG_ENV, raising=False)
+    monkeypatch.setattr(common, "DEFAULT_CONFIG", tmp_path / "absent.yaml")
     assert cli.main(["dead-letters", "list"]) == RET_USAGE
     err = capsys.readouterr().err
     assert "-c FILE" in err and "WORKERHOST_CONFIG" in err and str(tmp_path / "absent.yaml") in err
 
 
 def test_the_documented_default_is_the_systemd_units_file() -> None:
-    assert str(cli.DEFAULT_CONFIG) == "/etc/workerhost/workerhost.yaml"
+    assert str(common.DEFAULT_CONFIG) == "/etc/workerhost/workerhost.yaml"
     unit = (ROOT / "examples" / "workerhost.service").read_text()
-    assert f"-c {cli.DEFAULT_CONFIG}" in unit
-    assert f"{cli.CONFIG_ENV}" in (ROOT / "README.md").read_text()
+    assert f"-c {common.DEFAULT_CONFIG}" in unit
+    assert f"{common.CONFIG_ENV}" in (ROOT / "README.md").read_text()
 
 
 def test_payload_text_is_text_or_escaped_bytes_never_a_bytes_repr() -> None:
@@ -116,7 +118,7 @@ def test_payload_text_is_text_or_escaped_bytes_never_a_bytes_repr() -> None:
 
 
 def test_plural() -> None:
-    assert [cli.plural(n, "dead letter") for n in (0, 1, 2)] == [
+    assert [common.plural(n, "dead letter") for n in (0, 1, 2)] == [
         "0 dead letters", "1 dead letter", "2 dead letters"]
 
 

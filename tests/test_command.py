@@ -15,11 +15,11 @@ import gearman
 import pytest
 from conftest import host_config, scalar, submit_json, wait_until
 
-from workerhost import command
-from workerhost.config import parse_config
+from workerhost.config.load import parse_config
 from workerhost.errors import ConfigError
-from workerhost.job import Job
-from workerhost.sandbox import Sandbox
+from workerhost.host import command
+from workerhost.model.job import Job
+from workerhost.sandbox.stack import Sandbox
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""config.py and converters.py: each rule, checked against the message a user would see."""
+"""config/load.py and converters.py: each rule, checked against the message a user would see."""
 
 from __future__ import annotations
 
@@ -11,17 +11,16 @@ from pathlib import Path
 import pytest
 from mysql.connector.constants import ClientFlag
 
-from workerhost import converters as conv
-from workerhost.config import (
+from workerhost.config import converters as conv
+from workerhost.config.converters import Server
+from workerhost.config.load import load_config, parse_config
+from workerhost.config.settings import (
     Config,
     DatabaseConfig,
     HandlerConfig,
     RetryPolicy,
     ScheduleConfig,
-    Server,
     TriggerConfig,
-    load_config,
-    parse_config,
 )
 from workerhost.errors import ConfigError
 

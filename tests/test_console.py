@@ -29,7 +29,7 @@ import yaml
 from conftest import ROOT, host_config, host_env, scalar, wait_until
 from conftest import submit_json as submit
 
-from workerhost.sandbox import Sandbox, free_port
+from workerhost.sandbox.stack import Sandbox, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -691,7 +691,7 @@ def test_a_newline_in_a_field_cannot_forge_a_log_line(
 
 def test_an_unknown_user_costs_the_same_work_as_a_known_one(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from workerhost.config import ConsoleUser
+    from workerhost.config.settings import ConsoleUser
     from workerhost.console import auth
 
     users = {"ada": ConsoleUser(name="ada", password="pw", role="admin")}
@@ -986,22 +986,24 @@ def test_in_a_browser_the_schedules_page_shows_each_slot_that_fired(
 
 
 def test_ledger_and_dead_letters_are_paged_by_key_through_every_row(db: Any) -> None:
-    from workerhost import tables
-    from workerhost.db import cursor as shared_cursor
+    from workerhost.store import ledger as ledger_store
+    from workerhost.store import letters as letters_store
+    from workerhost.store import schema
+    from workerhost.store.db import cursor as shared_cursor
 
     shared_cursor(db)  # the statements below share the connection's cursor, as the host's do
-    for statement in tables.schema_statements():
+    for statement in schema.schema_statements():
         db.cursor().execute(statement)
     cursor = db.cursor()
     # Rows 1..90: due, leased, delayed in turn.
     for i in range(1, 91):
         cursor.execute(
-            f"INSERT INTO {tables.OUTBOX} (`function`, payload, not_before, ships) VALUES "
+            f"INSERT INTO {schema.OUTBOX} (`function`, payload, not_before, ships) VALUES "
             "(%s, %s, NOW(6) + INTERVAL %s SECOND, %s)",
             (f"fn{i % 2}", f'{{"id": {i}}}', (0, 60, 60)[i % 3] - (1 if i % 3 == 0 else 0),
              1 if i % 3 == 1 else 0))
         cursor.execute(
-            f"INSERT INTO {tables.DEAD_LETTERS} (`function`, payload, attempts, error) VALUES "
+            f"INSERT INTO {schema.DEAD_LETTERS} (`function`, payload, attempts, error) VALUES "
             "(%s, %s, 1, %s)", (f"fn{i % 2}", f'{{"id": {i}}}',
                                 "50%_off" if i % 10 == 0 else "boom"))
 
@@ -1010,7 +1012,8 @@ def test_ledger_and_dead_letters_are_paged_by_key_through_every_row(db: Any) -> 
         seen: list[int] = []
         after: int | None = 0
         while after is not None:
-            rows, after = tables.ledger_page(db, state, after, limit, scan, 10, function, search)
+            rows, after = ledger_store.ledger_page(db, state, after, limit, scan, 10, function,
+                                                   search)
             seen += [int(row[0]) for row in rows]
         return seen
 
@@ -1028,7 +1031,7 @@ def test_ledger_and_dead_letters_are_paged_by_key_through_every_row(db: Any) -> 
         seen: list[int] = []
         after: int | None = 0
         while after is not None:
-            rows, after = tables.ledger_page(db, state, after, limit, scan, 10, function,
+            rows, after = ledger_store.ledger_page(db, state, after, limit, scan, 10, function,
                                              newest=True)
             seen += [int(row[0]) for row in rows]
         return seen
@@ -1036,13 +1039,13 @@ def test_ledger_and_dead_letters_are_paged_by_key_through_every_row(db: Any) -> 
     assert newest(None, 7, 20) == list(range(90, 0, -1))
     assert newest("leased", 4, 11) == [i for i in range(90, 0, -1) if i % 3 == 1]
     assert newest("due", 5, 9, "fn0") == [i for i in range(90, 0, -1) if i % 6 == 0]
-    assert tables.functions_seen(db, 1) == {"fn0", "fn1"}  # the dead letters hold both
+    assert ledger_store.functions_seen(db, 1) == {"fn0", "fn1"}  # the dead letters hold both
 
     def letters_of(function: str | None, search: str | None) -> list[int]:
         seen: list[int] = []
         before = None
         while True:
-            rows = tables.dead_letter_page(db, function, search, before, None, 8, 10)
+            rows = letters_store.dead_letter_page(db, function, search, before, None, 8, 10)
             seen += [int(row[0]) for row in rows]
             if len(rows) < 8:
                 return seen
@@ -1053,7 +1056,7 @@ def test_ledger_and_dead_letters_are_paged_by_key_through_every_row(db: Any) -> 
     # % and _ are searched as themselves, not as wildcards.
     assert letters_of(None, "50%_") == list(range(90, 0, -10))
     assert letters_of("fn0", "id\": 4") == [48, 46, 44, 42, 40, 4]
-    assert tables.count_dead_letters(db, None, "50%_", 0, 45) == 4
+    assert letters_store.count_dead_letters(db, None, "50%_", 0, 45) == 4
 
 
 # -- rates from the host's metrics ---------------------------------------------------------
@@ -1104,14 +1107,14 @@ def test_sigterm_leaves_waitress_loop_even_inside_a_connections_handler() -> Non
 
 def delayed_row(db: Any, function: str, payload: str, failures: int, error: str) -> int:
     """A ledger row whose retry waits a day, with `failures` failed attempts so far."""
-    from workerhost import tables
+    from workerhost.model import job
 
     cursor = db.cursor()
     cursor.execute("INSERT INTO workerhost_outbox (`function`, payload, not_before) VALUES "
                    "(%s, %s, NOW(6) + INTERVAL 1 DAY)", (function, payload))
     ident = int(cursor.lastrowid)
     cursor.execute("INSERT INTO workerhost_attempts (job_key, failures, last_error, traceback) "
-                   "VALUES (%s, %s, %s, %s)", (tables.ledger_key(function, ident), failures,
+                   "VALUES (%s, %s, %s, %s)", (job.ledger_key(function, ident), failures,
                                                error, f"Traceback: {error}"))
     return ident
 

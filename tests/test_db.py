@@ -8,7 +8,7 @@ import mysql.connector
 import pytest
 from _mysql_connector import MySQLInterfaceError
 
-from workerhost.db import Database, translate
+from workerhost.store.db import Database, translate
 
 
 def interface_error(errno: int, message: str) -> MySQLInterfaceError:

@@ -19,11 +19,11 @@ import mysql.connector
 from conftest import host_config, scalar, sequence, wait_until
 from mysql.connector import errorcode
 
-from workerhost import triggers
-from workerhost.config import parse_config
-from workerhost.db import Database
-from workerhost.relay import Relay
-from workerhost.sandbox import Sandbox
+from workerhost.config.load import parse_config
+from workerhost.host.relay import Relay
+from workerhost.sandbox.stack import Sandbox
+from workerhost.store import triggers
+from workerhost.store.db import Database
 
 
 def setup(sandbox: Sandbox, database: str, delivery: str, handlers: dict[str, Any] | None = None,

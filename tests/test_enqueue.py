@@ -1,4 +1,4 @@
-"""workerhost/enqueue.py: jobs enqueued in the application's own transaction, from Python
+"""workerhost.enqueue: jobs enqueued in the application's own transaction, from Python
 and through the procedure workerhost_enqueue, run once after the commit and never after a
 rollback; EXECUTE on the procedure is the right to enqueue."""
 
@@ -18,9 +18,9 @@ from conftest import host_config, host_env, scalar, wait_until
 from trigger_handlers import CAPTURED
 
 import workerhost
-from workerhost import tables
-from workerhost.enqueue import install
-from workerhost.sandbox import Sandbox
+from workerhost.sandbox.stack import Sandbox
+from workerhost.store import schema
+from workerhost.store.enqueue import install
 
 HANDLERS = {"capture": {"python": "trigger_handlers:capture", "accept": "ledger"}}
 
@@ -145,7 +145,7 @@ def test_an_account_without_create_routine_is_told_what_to_grant(
     db: Any, account: Callable[..., Any]
 ) -> None:
     """triggers --apply goes on without the procedure (the triggers do not need it)."""
-    tables.create(db)
+    schema.create(db)
     conn = account("SELECT, INSERT, TRIGGER ON `{db}`.*")
     user = scalar(conn, "SELECT CURRENT_USER()").rpartition("@")[0]
     assert install(conn).report() == [

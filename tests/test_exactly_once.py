@@ -26,7 +26,7 @@ from conftest import (
     work_on_events,
 )
 
-from workerhost.sandbox import Sandbox
+from workerhost.sandbox.stack import Sandbox
 
 
 def ledger_empty(db: Any) -> bool:

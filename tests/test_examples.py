@@ -12,17 +12,17 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from workerhost import config
+from workerhost.config import load
 
 ANNOTATED = ROOT / "examples" / "workerhost.annotated.yaml"
 SERVICE = ROOT / "examples" / "workerhost.service"
 SECTIONS = {
-    "top": config._TOP_KEYS, "gearman": config._GEARMAN_KEYS,
-    "database": config._DATABASE_KEYS, "host": config._HOST_KEYS, "relay": config._RELAY_KEYS,
-    "handlers.NAME": config._HANDLER_KEYS, "retries": config._RETRY_KEYS,
-    "schedules[]": config._SCHEDULE_KEYS, "scheduler": config._SCHEDULER_KEYS,
-    "triggers[]": config._TRIGGER_KEYS, "console": config._CONSOLE_KEYS,
-    "console.users.NAME": config._CONSOLE_USER_KEYS,
+    "top": load._TOP_KEYS, "gearman": load._GEARMAN_KEYS,
+    "database": load._DATABASE_KEYS, "host": load._HOST_KEYS, "relay": load._RELAY_KEYS,
+    "handlers.NAME": load._HANDLER_KEYS, "retries": load._RETRY_KEYS,
+    "schedules[]": load._SCHEDULE_KEYS, "scheduler": load._SCHEDULER_KEYS,
+    "triggers[]": load._TRIGGER_KEYS, "console": load._CONSOLE_KEYS,
+    "console.users.NAME": load._CONSOLE_USER_KEYS,
 }  # fmt: skip
 
 
@@ -34,7 +34,7 @@ def test_the_annotated_example_mentions_every_key(section: str) -> None:
 
 
 def test_the_annotated_example_is_a_valid_config() -> None:
-    loaded = config.load_config(ANNOTATED, env={"DB_PASSWORD": "x"})
+    loaded = load.load_config(ANNOTATED, env={"DB_PASSWORD": "x"})
     assert loaded.host.metrics is not None and str(loaded.host.metrics) == "127.0.0.1:9464"
     assert loaded.handlers["award_points"].timeout == 30.0  # from the x- anchor
     assert loaded.handlers["confirm_order"].on_no_rows == "retry"
@@ -51,7 +51,7 @@ def test_the_annotated_example_checks_as_it_stands_in_an_empty_folder(tmp_path: 
                              check=False)
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout.startswith(f"{copy}: valid")
-    loaded = config.load_config(copy, env={})
+    loaded = load.load_config(copy, env={})
     assert [str(s) for s in loaded.gearman.servers] == ["127.0.0.1:4730"], "one gearmand"
 
 
@@ -104,7 +104,7 @@ def test_the_systemd_unit_rates_under_4_in_systemd_analyze_security(tmp_path: Pa
 
 
 def test_the_annotated_example_has_schedules_of_both_kinds() -> None:
-    loaded = config.load_config(ANNOTATED, env={"DB_PASSWORD": "x"})
+    loaded = load.load_config(ANNOTATED, env={"DB_PASSWORD": "x"})
     assert [(s.name, s.cron, s.every, s.timezone) for s in loaded.schedules] == [
         ("nightly_report", "30 2 * * *", None, "Europe/Paris"), ("heartbeat", None, 300, "UTC")]
     assert loaded.host.scheduler.enabled

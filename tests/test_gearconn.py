@@ -16,10 +16,11 @@ import pytest
 from conftest import ON_FIRST_SERVER
 from gearman import protocol as p
 
-from workerhost import gearadmin, gearconn
-from workerhost.converters import Server
-from workerhost.gearconn import Assigned, WorkerConnection
-from workerhost.sandbox import Sandbox
+from workerhost.config.converters import Server
+from workerhost.gearman import admin as gearadmin
+from workerhost.gearman import conn as gearconn
+from workerhost.gearman.conn import Assigned, WorkerConnection
+from workerhost.sandbox.stack import Sandbox
 
 
 def submit(sandbox: Sandbox, function: str, count: int) -> None:

@@ -23,7 +23,8 @@ from test_udf import (  # udf_config: a fixture, used by name
     udf_status,
 )
 
-from workerhost.sandbox import MEMORY_QUEUE, Sandbox
+from workerhost.sandbox.options import MEMORY_QUEUE
+from workerhost.sandbox.stack import Sandbox
 
 # A program per job that takes 50 ms and prints twice its integer input, as `command:`
 # handlers run them: the payload on stdin, stdout the result ("200\n").

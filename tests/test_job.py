@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from workerhost.errors import JobError
-from workerhost.job import Job, parse_unique, row_unique
+from workerhost.model.job import Job, parse_unique, row_unique
 
 
 @pytest.mark.parametrize("payload", [b'{"total": NaN}', b'{"total": Infinity}',

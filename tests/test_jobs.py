@@ -8,10 +8,11 @@ from typing import Any
 
 from conftest import captured_runs, scalar, sequence, wait_until, work_on_events
 
-from workerhost import jobs, status
-from workerhost.config import parse_config
-from workerhost.db import Database
-from workerhost.sandbox import Sandbox
+from workerhost.config.load import parse_config
+from workerhost.observe import status
+from workerhost.sandbox.stack import Sandbox
+from workerhost.store import jobs
+from workerhost.store.db import Database
 
 
 def setup(udf: Sandbox, database: str, delivery: str) -> tuple[dict[str, Any], Database]:

@@ -15,10 +15,10 @@ from typing import Any
 import gearman
 from conftest import host_config, scalar, sequence, wait_until
 
-from workerhost import tables, triggers
-from workerhost.config import parse_config
-from workerhost.db import Database
-from workerhost.sandbox import Sandbox
+from workerhost.config.load import parse_config
+from workerhost.sandbox.stack import Sandbox
+from workerhost.store import schema, triggers
+from workerhost.store.db import Database
 
 
 def config_for(sandbox: Sandbox, database: str, **handler: Any) -> dict[str, Any]:
@@ -184,8 +184,8 @@ def test_an_outbox_of_the_first_layout_gains_its_new_column(db: Any, udf: Sandbo
     cursor.execute("INSERT INTO workerhost_outbox (`function`, payload) VALUES ('f', '{}')")
     database = Database({"host": "127.0.0.1", "port": udf.mysql_port, "user": udf.user,
                          "password": udf.password, "database": db.database})
-    database.run(tables.create)
-    database.run(tables.create)  # re-runnable
+    database.run(schema.create)
+    database.run(schema.create)  # re-runnable
     database.close()
     assert scalar(db, "SELECT ships FROM workerhost_outbox") == 0
     assert len(scalar(db, "SELECT token FROM workerhost_outbox")) == 32, "old rows get tokens"

@@ -7,7 +7,7 @@ import re
 from conftest import ROOT
 
 from workerhost import limits
-from workerhost.job import ledger_unique
+from workerhost.model.job import ledger_unique
 
 UDF_SOURCE = ROOT / "udf" / "src" / "gearman_udf.h"
 SCHEMA = ROOT / "workerhost" / "sql" / "workerhost.sql"

@@ -10,8 +10,8 @@ from typing import Any
 
 from conftest import captured_runs, scalar, sequence, wait_until, work_on_events
 
-from workerhost.config import parse_config
-from workerhost.sandbox import Sandbox
+from workerhost.config.load import parse_config
+from workerhost.sandbox.stack import Sandbox
 
 
 def test_two_hosts_never_run_more_jobs_at_once_than_the_limit(
@@ -58,9 +58,9 @@ def test_an_sql_signal_and_a_programs_exit_status_75_ask_for_a_snooze() -> None:
     import pytest
     from mysql.connector import errors
 
-    from workerhost import command, runner
     from workerhost.errors import Snooze
-    from workerhost.job import Job
+    from workerhost.host import command, runner
+    from workerhost.model.job import Job
 
     assert runner._snoozed(errors.DatabaseError(msg="workerhost snooze 2m", errno=1644)) == 120
     assert runner._snoozed(errors.DatabaseError(msg="out of stock", errno=1644)) is None

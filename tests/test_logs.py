@@ -17,9 +17,9 @@ import pytest
 import yaml
 from conftest import RunningHost, host_config, host_env, wait_until
 
-from workerhost import logs
-from workerhost.job import Job
-from workerhost.sandbox import Sandbox
+from workerhost.model.job import Job
+from workerhost.observe import logs
+from workerhost.sandbox.stack import Sandbox
 
 # Handlers that fail the way real ones leak secrets: a connection string in an exception, and
 # a database error that quotes the statement. They read the password from the environment.
@@ -122,13 +122,13 @@ def test_json_lines_carry_the_job_fields(
 ) -> None:
     logs.setup("json", "info")
     job = Job(function="resize", payload=b"{}", unique="u-1", handle="H:host:7", attempt=2)
-    logging.getLogger("workerhost.worker").error("job %s failed", job.describe(),
+    logging.getLogger("workerhost.host.worker").error("job %s failed", job.describe(),
                                                  extra=logs.job_fields(job))
     entry = json.loads(capsys.readouterr().err)
     assert entry["message"] == "job resize handle=H:host:7 unique='u-1' attempt=2 failed"
     assert (entry["function"], entry["handle"], entry["unique"], entry["attempt"]) == (
         "resize", "H:host:7", "u-1", 2)
-    assert (entry["level"], entry["logger"]) == ("error", "workerhost.worker")
+    assert (entry["level"], entry["logger"]) == ("error", "workerhost.host.worker")
 
 
 @pytest.mark.parametrize("fmt", ["json", "text"])

@@ -18,9 +18,11 @@ from conftest import submit_json as submit
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from workerhost import gearadmin, metrics, status
-from workerhost.config import Config, parse_config
-from workerhost.sandbox import Sandbox, free_port
+from workerhost.config.load import parse_config
+from workerhost.config.settings import Config
+from workerhost.gearman import admin as gearadmin
+from workerhost.observe import metrics, status
+from workerhost.sandbox.stack import Sandbox, free_port
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -362,8 +364,8 @@ def test_is_child_of_reads_the_parent_from_proc() -> None:
 def test_a_scrape_shows_how_late_each_schedule_is() -> None:
     from datetime import datetime, timedelta
 
-    from workerhost.tables import ScheduleRow
-    from workerhost.timetable import UTC
+    from workerhost.model.timetable import UTC
+    from workerhost.store.schedule_table import ScheduleRow
 
     config = parse_config({
         "gearman": {"servers": ["127.0.0.1:1"]},

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from conftest import ROOT, SERVERS, RunningHost, host_env, scalar, sequence, server_id, wait_until
 
-from workerhost.sandbox import Sandbox
+from workerhost.sandbox.stack import Sandbox
 
 UDF_MAKEFILE = ROOT / "udf" / "Makefile"
 ROWS = 2000

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from workerhost.db import Database
-from workerhost.pace import FIRST_HOLD, HOLD_TIME, Pace
+from workerhost.host.pace import FIRST_HOLD, HOLD_TIME, Pace
+from workerhost.store.db import Database
 
 
 def test_a_process_holds_one_job_until_it_has_timed_one() -> None:

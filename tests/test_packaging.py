@@ -24,7 +24,7 @@ import yaml
 from conftest import ROOT, host_config, scalar, sequence, wait_until
 
 from workerhost import __version__
-from workerhost.sandbox import Sandbox
+from workerhost.sandbox.stack import Sandbox
 
 pytestmark = pytest.mark.slow
 
@@ -116,7 +116,7 @@ def test_the_sdist_and_the_wheel_hold_what_they_must(dist: Path) -> None:
     assert "workerhost/sql/workerhost.sql" in names and "workerhost/py.typed" in names
     assert not [n for n in names if n.startswith(("tests/", "udf/", "sql/"))]
     for data in ("workerhost/console/static/console.css", "workerhost/console/templates/base.html",
-                 "workerhost/udf_source/gearman_udf.c", "workerhost/sql/install.sql"):
+                 "workerhost/udf/source/gearman_udf.c", "workerhost/sql/install.sql"):
         assert data in names, f"the wheel lacks {data}"
     assert not [n for n in names if "__pycache__" in n]
 

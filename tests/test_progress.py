@@ -12,10 +12,10 @@ from typing import Any
 import yaml
 from conftest import host_config, host_env, scalar, sequence
 
-from workerhost import tables
-from workerhost.db import Database
-from workerhost.progress import BAR_WIDTH, Progress
-from workerhost.sandbox import Sandbox
+from workerhost.observe.progress import BAR_WIDTH, Progress
+from workerhost.sandbox.stack import Sandbox
+from workerhost.store import schema
+from workerhost.store.db import Database
 
 
 class FakeTerminal(io.StringIO):
@@ -105,7 +105,7 @@ def test_outbox_drain_without_gearmand_exits_4_and_keeps_the_rows(
         gearman={"servers": ["127.0.0.1:1"]})))
     host_db = Database({"host": "127.0.0.1", "port": sandbox.mysql_port, "user": sandbox.user,
                         "password": sandbox.password, "database": db.database})
-    host_db.run(tables.create)
+    host_db.run(schema.create)
     host_db.close()
     db.cursor().execute("INSERT INTO workerhost_outbox (`function`, payload) VALUES ('x', '{}')")
     drained = workerhost(sandbox, config, "outbox", "drain")

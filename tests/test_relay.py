@@ -8,11 +8,11 @@ from typing import Any
 
 from conftest import host_config, scalar
 
-from workerhost import tables
-from workerhost.config import parse_config
-from workerhost.job import row_unique
-from workerhost.relay import Relay
-from workerhost.sandbox import Sandbox
+from workerhost.config.load import parse_config
+from workerhost.host.relay import Relay
+from workerhost.model.job import row_unique
+from workerhost.sandbox.stack import Sandbox
+from workerhost.store import ledger, schema
 
 EVENT_ID = "bb4bb0aa-e9a0-11f1-9215-02fc00000001"
 
@@ -22,7 +22,7 @@ def relay_of(sandbox: Sandbox, database: str, function: str) -> Relay:
     config = parse_config(host_config(sandbox, database, {function: {"sql": "DO 1"}}),
                           file="test.yaml", env={"SANDBOX_DB_PASSWORD": sandbox.password})
     relay = Relay(config)
-    relay.db.run(tables.create)
+    relay.db.run(schema.create)
     return relay
 
 
@@ -66,7 +66,7 @@ def test_every_row_ships_under_its_id_and_token_whatever_its_unique_key(
         # A batch shipped again (its commit lost) queues nothing twice: the uniques are stable.
         cursor.execute("INSERT INTO workerhost_outbox (`function`, payload) VALUES (%s, '{}')",
                        (function,))
-        rows = relay.db.run(lambda conn: tables.lock_due(conn, 10))
+        rows = relay.db.run(lambda conn: ledger.lock_due(conn, 10))
         assert len(rows) == 1, "leased rows are not due"
         relay.submit(rows)
         relay.submit(rows)
@@ -96,7 +96,7 @@ def test_a_poll_reads_the_due_rows_not_the_leased_backlog(sandbox: Sandbox, db: 
             cur = conn.cursor(buffered=True)
             cur.execute(counters)
             before = sum(int(value) for _, value in cur.fetchall())
-            rows = tables.lock_due(conn, 10)
+            rows = ledger.lock_due(conn, 10)
             cur.execute(counters)
             return len(rows), sum(int(value) for _, value in cur.fetchall()) - before
 

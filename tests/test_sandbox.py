@@ -16,8 +16,9 @@ import gearman
 import pytest
 from conftest import ON_FIRST_SERVER
 
-from workerhost import gearadmin
-from workerhost.sandbox import MEMORY_QUEUE, PERSISTENT_QUEUE, Sandbox
+from workerhost.gearman import admin as gearadmin
+from workerhost.sandbox.options import MEMORY_QUEUE, PERSISTENT_QUEUE
+from workerhost.sandbox.stack import Sandbox
 
 CLI = [sys.executable, "-m", "workerhost.cli"]
 
@@ -169,7 +170,7 @@ def test_status_of_an_empty_directory(tmp_path: Path) -> None:
 def test_down_is_forceful_after_the_deadline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from workerhost import sandbox as module
+    from workerhost.sandbox import stack as module
 
     box = Sandbox(tmp_path / "box")
     box.up(servers=("gearmand",))
@@ -214,7 +215,7 @@ def test_a_thread_whose_id_was_a_servers_pid_is_not_taken_for_the_server() -> No
     import os
     import threading
 
-    from workerhost.sandbox import process_alive
+    from workerhost.sandbox.stack import process_alive
 
     marker = "python"
     ids: list[int] = []

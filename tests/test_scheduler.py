@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 from conftest import RunningHost, host_config, scalar, wait_until
 
-from workerhost import tables
-from workerhost.config import Config, ScheduleConfig, parse_config
-from workerhost.sandbox import Sandbox
-from workerhost.scheduler import CATCH_UP_LIMIT, Scheduler, job_of, lock_name, plan
-from workerhost.timetable import UTC, Timetable
+from workerhost.config.load import parse_config
+from workerhost.config.settings import Config, ScheduleConfig
+from workerhost.host.scheduler import CATCH_UP_LIMIT, Scheduler, job_of, lock_name, plan
+from workerhost.model.timetable import UTC, Timetable
+from workerhost.sandbox.stack import Sandbox
+from workerhost.store import schema
 
 SECOND = timedelta(seconds=1)
 T0 = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
@@ -119,7 +120,7 @@ def test_two_leaders_at_once_still_fire_each_slot_once(sandbox: Sandbox, db: Any
     clock = {"now": T0.timestamp() + 0.5}
     hosts = [Scheduler(config, locks=AlwaysLeads(["tick"]),
                        wall_clock=lambda: clock["now"], identity=name) for name in "ab"]
-    hosts[0].db.run(tables.create)
+    hosts[0].db.run(schema.create)
     try:
         for host in hosts:
             host.step()  # both lead from T0 + 0.5s; the first look makes the schedule's row
@@ -157,7 +158,7 @@ def test_a_schedule_new_to_the_database_starts_with_its_next_slot(sandbox: Sandb
     clock = {"now": T0.timestamp() + 5}
     host = Scheduler(config, locks=AlwaysLeads(["tick"]),
                      wall_clock=lambda: clock["now"], identity="a")
-    host.db.run(tables.create)
+    host.db.run(schema.create)
     try:
         host.step()  # nothing fires for T0: that was before the schedule's time
         assert host.next_slot["tick"] == T0 + 10 * SECOND
@@ -177,7 +178,7 @@ def test_the_slots_fired_missed_and_skipped_are_counted_per_schedule(sandbox: Sa
     from prometheus_client import CollectorRegistry, generate_latest, multiprocess
     from prometheus_client.parser import text_string_to_metric_families
 
-    from workerhost import metrics
+    from workerhost.observe import metrics
 
     config = sandbox_config(sandbox, db.database, schedules=[
         {"name": "tick", "function": "tick", "every": "1s", "catch_up": "latest"}])
@@ -188,7 +189,7 @@ def test_the_slots_fired_missed_and_skipped_are_counted_per_schedule(sandbox: Sa
             for name in "ab":
                 hosts.append(Scheduler(config, locks=AlwaysLeads(["tick"]),
                                        wall_clock=lambda: clock["now"], identity=name))
-            hosts[0].db.run(tables.create)
+            hosts[0].db.run(schema.create)
             hosts[0].step()  # a leads from T0 + 0.5s
             clock["now"] += 2.7
             hosts[0].step()  # T0 + 3.2s: slots 1, 2, 3

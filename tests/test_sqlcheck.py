@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from workerhost.sqlcheck import placeholders
+from workerhost.config.sqlcheck import placeholders
 
 IN_STRING = "is inside a quoted string; remove the quotes"
 IN_COMMENT = "is inside a comment, where it is still replaced"

@@ -17,10 +17,10 @@ import pytest
 import yaml
 from conftest import ON_FIRST_SERVER, ExtraGearmand, host_config, host_env
 
-from workerhost import status
-from workerhost.db import Database
-from workerhost.gearadmin import FunctionStatus
-from workerhost.sandbox import Sandbox
+from workerhost.gearman.admin import FunctionStatus
+from workerhost.observe import status
+from workerhost.sandbox.stack import Sandbox
+from workerhost.store.db import Database
 
 
 def workerhost(sandbox: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
@@ -181,9 +181,9 @@ def test_a_database_error_that_quotes_the_password_shows_it_masked(fails: str) -
 def test_a_schedules_figures_come_from_its_row() -> None:
     from datetime import datetime, timedelta
 
-    from workerhost.config import ScheduleConfig
-    from workerhost.tables import ScheduleRow
-    from workerhost.timetable import UTC
+    from workerhost.config.settings import ScheduleConfig
+    from workerhost.model.timetable import UTC
+    from workerhost.store.schedule_table import ScheduleRow
 
     now = datetime(2026, 11, 27, 10, 0, 30, tzinfo=UTC)
     hourly = ScheduleConfig(name="hourly", function="report", every=3600)
@@ -208,7 +208,7 @@ def test_schedules_and_status_show_each_schedules_last_and_next_slot(
     from datetime import datetime, timedelta
     from zoneinfo import ZoneInfo
 
-    from workerhost.timetable import UTC
+    from workerhost.model.timetable import UTC
 
     config = tmp_path / "workerhost.yaml"
     config.write_text(yaml.safe_dump(host_config(

@@ -21,11 +21,12 @@ import pytest
 import yaml
 from conftest import ROOT, RunningHost, host_config, host_env
 
-from workerhost import exitcodes, metrics, reloading
-from workerhost.config import Config, load_config, parse_config
+from workerhost import exitcodes
+from workerhost.config.load import load_config, parse_config
+from workerhost.config.settings import Config
 from workerhost.errors import ConfigError
-from workerhost.sandbox import Sandbox
-from workerhost.supervisor import (
+from workerhost.host import reloading
+from workerhost.host.supervisor import (
     LIVE,
     RELAY,
     STABLE_SECS,
@@ -38,6 +39,8 @@ from workerhost.supervisor import (
     Supervisor,
     new_slot,
 )
+from workerhost.observe import metrics
+from workerhost.sandbox.stack import Sandbox
 
 WALL_EPOCH = 1.9e9  # the fake wall clock reads this plus the fake monotonic one
 CONFIG = {
@@ -296,7 +299,7 @@ def test_a_worker_that_lost_the_database_is_logged_as_such_and_restarted(
     h.supervisor.tick()
     h.advance(STARTSECS + 5)
     h.child().process.exitcode = exitcodes.EXIT_DATABASE
-    with caplog.at_level(logging.WARNING, logger="workerhost.supervisor"):
+    with caplog.at_level(logging.WARNING, logger="workerhost.host.supervisor"):
         h.advance(0.1)
     assert "resize[0] exited (exit status 4: the database stayed unreachable); restarting in " \
         "0.0s" in caplog.text
@@ -327,7 +330,7 @@ def moves(caplog: pytest.LogCaptureFixture, name: str = "resize[0]") -> list[str
 
 @pytest.fixture
 def debug_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.DEBUG, logger="workerhost.supervisor")
+    caplog.set_level(logging.DEBUG, logger="workerhost.host.supervisor")
     return caplog
 
 
@@ -417,7 +420,7 @@ def test_a_second_stop_signal_kills_at_once_and_says_so(caplog: pytest.LogCaptur
             return self
 
     h.supervisor.signals = TwoStops()  # type: ignore[assignment]
-    with caplog.at_level(logging.WARNING, logger="workerhost.supervisor"):
+    with caplog.at_level(logging.WARNING, logger="workerhost.host.supervisor"):
         assert h.supervisor.run() == exitcodes.RET_KILLED
     assert "second stop signal: killing 2 processes without waiting for their jobs" \
         in caplog.text
@@ -682,7 +685,7 @@ def test_a_worker_past_max_memory_is_killed_and_its_job_counted() -> None:
 
 
 def test_the_scheduler_is_supervised_when_the_file_has_schedules() -> None:
-    from workerhost.supervisor import SCHEDULER
+    from workerhost.host.supervisor import SCHEDULER
 
     schedules = [{"name": "tick", "function": "resize", "every": "1m"}]
     h = Harness({**CONFIG, "schedules": schedules})
@@ -707,7 +710,7 @@ def shown(h: Harness) -> dict[tuple[str, int], dict[str, Any]]:
 
 
 def test_the_heartbeat_publishes_each_worker_process_and_updates_it() -> None:
-    from workerhost.heartbeat import BEAT_PATIENCE, EVERY
+    from workerhost.observe.heartbeat import BEAT_PATIENCE, EVERY
 
     h = Harness({**CONFIG, "host": {"relay": {"enabled": True}}})
     h.supervisor.tick()
@@ -744,7 +747,7 @@ def test_the_heartbeat_publishes_each_worker_process_and_updates_it() -> None:
 
 
 def test_the_rows_of_ended_processes_go_and_a_stop_deletes_every_row() -> None:
-    from workerhost.heartbeat import EVERY
+    from workerhost.observe.heartbeat import EVERY
 
     h = Harness()
     h.supervisor.tick()
@@ -775,11 +778,11 @@ def test_a_failing_heartbeat_is_logged_once_a_minute_and_the_supervisor_goes_on(
 ) -> None:
     import mysql.connector
 
-    from workerhost.heartbeat import EVERY, LOG_EVERY
+    from workerhost.observe.heartbeat import EVERY, LOG_EVERY
 
     h = Harness()
     h.db.down = mysql.connector.errors.OperationalError("2003: Can't connect", errno=2003)
-    with caplog.at_level(logging.INFO, logger="workerhost.heartbeat"):
+    with caplog.at_level(logging.INFO, logger="workerhost.observe.heartbeat"):
         h.supervisor.tick()
         while h.now < 1000.0 + 2 * LOG_EVERY - EVERY:
             h.advance(EVERY)
@@ -796,21 +799,21 @@ def test_a_failing_heartbeat_is_logged_once_a_minute_and_the_supervisor_goes_on(
 
 def test_the_heartbeats_statements_on_the_server(db: Any) -> None:
     """tables' heartbeat statements, on each server: written, updated, read, deleted."""
-    from workerhost import tables
-    from workerhost.tables import WorkerBeat
+    from workerhost.store import schema, worker_table
+    from workerhost.store.worker_table import WorkerBeat
 
     db.autocommit = True
-    tables.create(db)
+    schema.create(db)
 
     def beat(pid: int, index: int, job: str | None = None, jobs: int = 0) -> WorkerBeat:
         return WorkerBeat(pid=pid, function="resize", index=index, state="RUNNING", job=job,
                           job_seconds=None if job is None else 2.5, jobs=jobs,
                           resident_bytes=50 << 20, uptime=60.0)
 
-    tables.publish_workers(db, "web-1", 10, [beat(11, 0), beat(12, 1, "L42")])
-    tables.publish_workers(db, "web-2", 20, [beat(21, 0, "ünïcode-unique")])
-    tables.publish_workers(db, "web-1", 10, [beat(11, 0, jobs=3), beat(12, 1, "L42", 1)])
-    rows = {(r[0], r[2]): r for r in tables.worker_rows(db, 15.0)}
+    worker_table.publish_workers(db, "web-1", 10, [beat(11, 0), beat(12, 1, "L42")])
+    worker_table.publish_workers(db, "web-2", 20, [beat(21, 0, "ünïcode-unique")])
+    worker_table.publish_workers(db, "web-1", 10, [beat(11, 0, jobs=3), beat(12, 1, "L42", 1)])
+    rows = {(r[0], r[2]): r for r in worker_table.worker_rows(db, 15.0)}
     assert sorted(rows) == [("web-1", 11), ("web-1", 12), ("web-2", 21)]
     host, supervisor, pid, function, index, state, job, job_seconds, jobs, resident, uptime, \
         seen = rows[("web-1", 12)]
@@ -820,15 +823,16 @@ def test_the_heartbeats_statements_on_the_server(db: Any) -> None:
     assert rows[("web-1", 11)][6:9] == (None, None, 3)
     assert rows[("web-2", 21)][6] == "ünïcode-unique"
 
-    tables.forget_workers(db, "web-1", 10, [12])
-    tables.forget_workers(db, "web-1", 99)  # another supervisor's rows: none of these
-    assert [(r[0], r[2]) for r in tables.worker_rows(db, 15.0)] == [("web-1", 11), ("web-2", 21)]
+    worker_table.forget_workers(db, "web-1", 10, [12])
+    worker_table.forget_workers(db, "web-1", 99)  # another supervisor's rows: none of these
+    rows = worker_table.worker_rows(db, 15.0)
+    assert [(r[0], r[2]) for r in rows] == [("web-1", 11), ("web-2", 21)]
     db.cursor().execute("UPDATE workerhost_workers SET seen_at = seen_at - INTERVAL 20 SECOND "
                         "WHERE host = 'web-2'")  # a host killed 20 s ago
-    assert [(r[0], r[2]) for r in tables.worker_rows(db, 15.0)] == [("web-1", 11)]
-    assert tables.sweep_workers(db, 15.0) == 1
-    tables.forget_workers(db, "web-1", 10)
-    assert tables.worker_rows(db, 15.0) == []
+    assert [(r[0], r[2]) for r in worker_table.worker_rows(db, 15.0)] == [("web-1", 11)]
+    assert worker_table.sweep_workers(db, 15.0) == 1
+    worker_table.forget_workers(db, "web-1", 10)
+    assert worker_table.worker_rows(db, 15.0) == []
 
 
 def test_job_timeouts_are_on_the_monotonic_clock_that_no_clock_step_moves(
@@ -839,8 +843,8 @@ def test_job_timeouts_are_on_the_monotonic_clock_that_no_clock_step_moves(
     import inspect
     import multiprocessing
 
-    from workerhost.supervisor import Supervisor
-    from workerhost.worker import Slot
+    from workerhost.host.supervisor import Supervisor
+    from workerhost.host.worker import Slot
 
     slot = Slot(multiprocessing.Value("d", 0.0), multiprocessing.Array("c", 16),
                 multiprocessing.Value("Q", 0))

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from workerhost.timetable import UTC, Timetable
+from workerhost.model.timetable import UTC, Timetable
 
 NEW_YORK = "America/New_York"  # 2026: 02:00 -> 03:00 on 8 March, 02:00 -> 01:00 on 1 November
 

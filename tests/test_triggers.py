@@ -15,10 +15,10 @@ import yaml
 from conftest import host_config, host_env, scalar, wait_until
 from trigger_handlers import CAPTURED
 
-from workerhost import triggers
-from workerhost.config import parse_config
+from workerhost.config.load import parse_config
 from workerhost.errors import ConfigError
-from workerhost.sandbox import Sandbox
+from workerhost.sandbox.stack import Sandbox
+from workerhost.store import triggers
 
 # -- the generated SQL, without a server -------------------------------------------------
 

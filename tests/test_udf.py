@@ -25,8 +25,9 @@ import mysql.connector
 import pytest
 from conftest import ROOT, UDF_SO, change_udf_config, scalar, sequence, wait_until
 
-from workerhost import gearadmin
-from workerhost.sandbox import MEMORY_QUEUE, SANDBOX_UDF_TIMEOUT_MS, Sandbox
+from workerhost.gearman import admin as gearadmin
+from workerhost.sandbox.options import MEMORY_QUEUE
+from workerhost.sandbox.stack import SANDBOX_UDF_TIMEOUT_MS, Sandbox
 
 SQL = ROOT / "sql"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import ON_FIRST_SERVER
 
-from workerhost.sandbox import Sandbox
+from workerhost.sandbox.stack import Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 UDF_DIR = ROOT / "udf"

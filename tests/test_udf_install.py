@@ -14,9 +14,9 @@ import pytest
 import yaml
 from conftest import ROOT, host_config, host_env, scalar
 
-from workerhost import udf as udf_module
 from workerhost.exitcodes import RET_ERROR, RET_OK
-from workerhost.sandbox import Sandbox
+from workerhost.sandbox.stack import Sandbox
+from workerhost.udf import installed as udf_module
 
 
 def workerhost(sandbox: Sandbox, *args: str | Path) -> subprocess.CompletedProcess[str]:

@@ -17,11 +17,12 @@ from conftest import host_config, host_env, scalar, wait_until
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 from test_metrics import parse, scrape, value
 
-from workerhost import metrics, tables
-from workerhost.config import parse_config
+from workerhost.config.load import parse_config
 from workerhost.errors import ConfigError
-from workerhost.relay import UNSERVED_WARNING_INTERVAL, Relay
-from workerhost.sandbox import Sandbox, free_port
+from workerhost.host.relay import UNSERVED_WARNING_INTERVAL, Relay
+from workerhost.observe import metrics
+from workerhost.sandbox.stack import Sandbox, free_port
+from workerhost.store import schema
 
 
 def _counted(function: str) -> float | None:
@@ -33,7 +34,7 @@ def _counted(function: str) -> float | None:
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records
-            if r.name == "workerhost.relay" and r.levelno == logging.WARNING]
+            if r.name == "workerhost.host.relay" and r.levelno == logging.WARNING]
 
 
 def test_unserved_after_is_a_duration_with_a_default() -> None:
@@ -61,9 +62,9 @@ def test_the_relay_counts_rows_shipped_again_past_the_age_and_warns_once_a_minut
     now = [1000.0]
     relay = Relay(config, clock=lambda: now[0])
     cursor = db.cursor()
-    caplog.set_level(logging.WARNING, logger="workerhost.relay")
+    caplog.set_level(logging.WARNING, logger="workerhost.host.relay")
     try:
-        relay.db.run(tables.create)
+        relay.db.run(schema.create)
         insert = ("INSERT INTO workerhost_outbox (`function`, payload, ships, created_at) "
                   "VALUES (%s, '{}', %s, NOW(6) - INTERVAL %s SECOND)")
         # Shipped before and two hours old: unserved. Young, or never shipped before (a

@@ -1,9 +1,9 @@
 """The worker's database side with a fake database: batches, deferral, the ledger, dead letters.
 
-The fake stands in at the seam of the host's tables (tables.py) and keeps their rows in memory,
-with transactions: what a unit of work changed is kept when it returns, and undone when it
-raises or rolls back. The same branches run against the real servers in test_worker_host.py and
-test_ledger.py.
+The fake stands in at the seam of the host's tables (store/ledger.py and store/letters.py)
+and keeps their rows in memory, with transactions: what a unit of work changed is kept when it
+returns, and undone when it raises or rolls back. The same branches run against the real
+servers in test_worker_host.py and test_ledger.py.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from workerhost import tables
-from workerhost.config import parse_config
-from workerhost.job import Job, Outcome
-from workerhost.worker import LATER, Worker
+from workerhost.config.load import parse_config
+from workerhost.host.worker import LATER, Worker
+from workerhost.model.job import Job, Outcome
+from workerhost.store import ledger as ledger_store
+from workerhost.store import letters
 
 
 @dataclass
@@ -105,20 +106,20 @@ def db(monkeypatch: pytest.MonkeyPatch) -> FakeDatabase:
     def store() -> Store:
         return fake.store
 
-    def claim(conn: Any, ids: Any, keys: Any, function: str | None = None) -> tables.Claim:
+    def claim(conn: Any, ids: Any, keys: Any, function: str | None = None) -> ledger_store.Claim:
         ledger = store().ledger
-        rows = {i: tables.LedgerRow(i, ledger[i][0], ledger[i][1], None, store().tokens[i],
+        rows = {i: ledger_store.LedgerRow(i, ledger[i][0], ledger[i][1], None, store().tokens[i],
                                     i not in store().early)
                 for i in ids if i in ledger and i not in store().held}
-        return tables.Claim(rows, frozenset(i for i in ids if i in store().held),
+        return ledger_store.Claim(rows, frozenset(i for i in ids if i in store().held),
                             {k: store().attempts[k][0] for k in keys if k in store().attempts},
                             function in store().paused)
 
-    monkeypatch.setattr(tables, "claim", claim)
-    monkeypatch.setattr(tables, "park", lambda conn, ids: store().parked.update(ids))
-    monkeypatch.setattr(tables, "add_refused", lambda conn, function, unique, payload, reason:
+    monkeypatch.setattr(ledger_store, "claim", claim)
+    monkeypatch.setattr(ledger_store, "park", lambda conn, ids: store().parked.update(ids))
+    monkeypatch.setattr(letters, "add_refused", lambda conn, function, unique, payload, reason:
                         store().refused.append((function, unique, payload, reason)))
-    monkeypatch.setattr(tables, "failures_so_far",
+    monkeypatch.setattr(letters, "failures_so_far",
                         lambda conn, key: store().attempts.get(key, (0, "", None))[0])
 
     def count_failure(conn: Any, key: bytes, error: str, traceback: str | None) -> int:
@@ -126,19 +127,19 @@ def db(monkeypatch: pytest.MonkeyPatch) -> FakeDatabase:
         store().attempts[key] = (failures, error, traceback)
         return failures
 
-    monkeypatch.setattr(tables, "count_failure", count_failure)
-    monkeypatch.setattr(tables, "last_failure", lambda conn, key: store().attempts[key][1:]
+    monkeypatch.setattr(letters, "count_failure", count_failure)
+    monkeypatch.setattr(letters, "last_failure", lambda conn, key: store().attempts[key][1:]
                         if key in store().attempts else None)
-    monkeypatch.setattr(tables, "forget", lambda conn, key: store().attempts.pop(key, None))
+    monkeypatch.setattr(letters, "forget", lambda conn, key: store().attempts.pop(key, None))
 
     def delete(conn: Any, ids: Any) -> None:
         for ident in ids:
             store().ledger.pop(ident, None)
 
-    monkeypatch.setattr(tables, "delete_outbox", delete)
-    monkeypatch.setattr(tables, "reschedule",
+    monkeypatch.setattr(ledger_store, "delete_outbox", delete)
+    monkeypatch.setattr(ledger_store, "reschedule",
                         lambda conn, ident, delay: store().due_in.__setitem__(ident, delay))
-    monkeypatch.setattr(tables, "enqueue", lambda conn, function, payload, unique, delay:
+    monkeypatch.setattr(ledger_store, "enqueue", lambda conn, function, payload, unique, delay:
                         store().outbox.append((function, payload, unique, delay)))
 
     def add_dead_letter(conn: Any, key: bytes, function: str, payload: bytes,
@@ -147,7 +148,7 @@ def db(monkeypatch: pytest.MonkeyPatch) -> FakeDatabase:
         store().dead.append((function, payload, attempts, error))
         store().attempts.pop(key, None)
 
-    monkeypatch.setattr(tables, "add_dead_letter", add_dead_letter)
+    monkeypatch.setattr(letters, "add_dead_letter", add_dead_letter)
     return fake
 
 
@@ -304,7 +305,7 @@ def test_a_copy_of_a_row_waiting_for_its_retry_does_not_run_early(db: FakeDataba
 
 
 def test_outcomes_are_one_vocabulary() -> None:
-    from workerhost import metrics
+    from workerhost.observe import metrics
 
     assert metrics.OUTCOMES == tuple(outcome.value for outcome in Outcome)
     assert str(Outcome.COMPLETE) == "complete"
@@ -324,7 +325,7 @@ def test_outcomes_are_one_vocabulary() -> None:
 def test_only_single_writes_of_sql_handlers_run_a_batch_in_one_query(
     handler: dict[str, Any], together: bool
 ) -> None:
-    from workerhost import handlers
+    from workerhost.host import handlers
 
     config = parse_config({
         "gearman": {"servers": ["127.0.0.1:4999"]},

@@ -15,8 +15,8 @@ import gearman
 import pytest
 from conftest import RunningHost, host_config, host_env, scalar, sequence, wait_until
 
-from workerhost import tables as host_tables
-from workerhost.sandbox import Sandbox
+from workerhost.sandbox.stack import Sandbox
+from workerhost.store import schema
 
 RESULTS = """CREATE TABLE results (
     id BIGINT PRIMARY KEY, attempt INT, unique_key VARCHAR(255), runs INT NOT NULL DEFAULT 1,
@@ -515,14 +515,14 @@ def test_a_database_error_is_a_message_not_a_traceback(
 def touch_worker(sandbox: Sandbox, tables: Any, jobs: int) -> Any:
     """A worker of an `sql:` handler (batch 16), and `jobs` jobs queued for it; it stops
     once it has done them all."""
-    from workerhost.config import parse_config
-    from workerhost.worker import Worker
+    from workerhost.config.load import parse_config
+    from workerhost.host.worker import Worker
 
     config = parse_config(host_config(sandbox, tables.database, {
         "touch": {"sql": "UPDATE items SET note = 'seen' WHERE id = %(id)s", "batch": 16},
     }), file="test.yaml", env=host_env(sandbox))
     worker = Worker(config, config.handlers["touch"])
-    worker.db.run(host_tables.create)
+    worker.db.run(schema.create)
     submit(sandbox, "touch", [{"id": i} for i in range(1, jobs + 1)])
     answered = worker.run_batch
 
@@ -536,7 +536,7 @@ def touch_worker(sandbox: Sandbox, tables: Any, jobs: int) -> Any:
 
 
 def session_counters(conn: Any) -> dict[str, int]:
-    from workerhost import db
+    from workerhost.store import db
 
     cursor = db.cursor(conn)  # conn.cursor() would ping, and count itself
     cursor.execute("SHOW SESSION STATUS WHERE Variable_name IN "
@@ -675,7 +675,7 @@ def test_signals_during_start_up_are_kept_not_fatal(
 ) -> None:
     import yaml
 
-    from workerhost.sandbox import free_port
+    from workerhost.sandbox.stack import free_port
 
     # A database that refuses: start-up retries for seconds, the window a signal used to kill.
     config = host_config(sandbox, tables.database, {"record": {"python": "sample_handlers:record"}})

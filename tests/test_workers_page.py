@@ -16,8 +16,9 @@ from test_console import (  # browser, console_factory: fixtures, used by name
     text_of,
 )
 
-from workerhost import heartbeat, tables
-from workerhost.sandbox import Sandbox
+from workerhost.observe import heartbeat
+from workerhost.sandbox.stack import Sandbox
+from workerhost.store import ledger
 
 # Long enough to be seen running across two refreshes of the page; a stop waits for it.
 SLOW_JOB_SECONDS = 16
@@ -64,7 +65,7 @@ def test_in_a_browser_the_workers_page_lists_every_worker_process_of_a_running_h
     assert all(row["job"] == "idle" and row["memory"].endswith(" MB") for row in rows)
 
     # A slow job from the ledger: the page shows it, linked to its row, and for how long.
-    ident = tables.enqueue(db, slow, json.dumps({"id": 1, "seconds": SLOW_JOB_SECONDS}).encode(),
+    ident = ledger.enqueue(db, slow, json.dumps({"id": 1, "seconds": SLOW_JOB_SECONDS}).encode(),
                            None)
 
     def running() -> dict[str, str] | None:

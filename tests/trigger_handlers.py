@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from workerhost.job import Job
+from workerhost import Job
 
 CAPTURED = """CREATE TABLE captured (
     `function` VARCHAR(255) NOT NULL, event_id CHAR(36) NOT NULL, unique_key VARCHAR(255),

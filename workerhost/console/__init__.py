@@ -14,11 +14,11 @@ import logging
 import signal
 from typing import Any
 
-from workerhost import logs
-from workerhost.config import DEFAULT_CONSOLE_PORT, Config, Server
-from workerhost.converters import is_loopback
+from workerhost.config.converters import Server, is_loopback
+from workerhost.config.settings import DEFAULT_CONSOLE_PORT, Config
 from workerhost.errors import WorkerHostError
 from workerhost.exitcodes import EXIT_START_FAILED
+from workerhost.observe import logs
 
 log = logging.getLogger("workerhost.console")
 
@@ -40,7 +40,7 @@ class _Stop(SystemExit):
 
 
 def exposure_problem(listen: Server, config: Config) -> str | None:
-    """Why the console may not listen at `listen`, or None (config.py checks its own key;
+    """Why the console may not listen at `listen`, or None (config/load.py checks its own key;
     this checks --listen too)."""
     if config.host.console.users or is_loopback(listen.host):
         return None

@@ -15,9 +15,9 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, jsonify, request
 
-from workerhost.config import Config
+from workerhost.config.settings import Config
 from workerhost.console import figures, processes, query
-from workerhost.db import Database
+from workerhost.store.db import Database
 
 PREFIX = "/api"
 

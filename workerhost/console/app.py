@@ -41,12 +41,16 @@ from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as AnyResponse
 
-from workerhost import logs, tables
-from workerhost.config import Config, Server
+from workerhost.config.converters import Server
+from workerhost.config.settings import Config
 from workerhost.console import api, auth, charts, figures, processes, query
 from workerhost.console.proxies import TrustedProxies
 from workerhost.console.throttle import LoginThrottle
-from workerhost.db import RUN_ERRORS, Database
+from workerhost.model.ledger_state import STATES
+from workerhost.observe import logs
+from workerhost.store import ledger as ledger_store
+from workerhost.store import letters
+from workerhost.store.db import RUN_ERRORS, Database
 
 log = logging.getLogger("workerhost.console")
 
@@ -238,7 +242,7 @@ def create_app(config: Config, listen: Server) -> Flask:
                                                    secrets, newest)
             functions = figures.functions(config, db)
         return render_template("ledger.html", lines=lines, following=following, state=state,
-                               after=after, states=tables.LEDGER_STATES,
+                               after=after, states=STATES,
                                scan=figures.LEDGER_SCAN, function=function, search=search,
                                functions=functions, order="newest" if newest else None)
 
@@ -302,9 +306,9 @@ def create_app(config: Config, listen: Server) -> Flask:
         auth.admin_only(g.visitor)
         with reading() as db:
             if verb == "retry":
-                done = db.run(lambda conn: tables.requeue_dead_letters(conn, [ident]))
+                done = db.run(lambda conn: letters.requeue_dead_letters(conn, [ident]))
             else:
-                done = db.run(lambda conn: tables.purge_dead_letters(conn, [ident], None))
+                done = db.run(lambda conn: letters.purge_dead_letters(conn, [ident], None))
         _report(verb, done, f"dead letter {ident}")
         return redirect(url_for("dead_letters"))
 
@@ -313,7 +317,7 @@ def create_app(config: Config, listen: Server) -> Flask:
         auth.admin_only(g.visitor)
         ids = query.selected(request.args)
         with reading() as db:
-            found = db.run(lambda conn: tables.dead_letters_among(conn, ids))
+            found = db.run(lambda conn: letters.dead_letters_among(conn, ids))
         return render_template("confirm.html", verb=verb, count=len(found), letter=None,
                                ids=found, function=None, search=None, upto=None, found=None)
 
@@ -323,9 +327,9 @@ def create_app(config: Config, listen: Server) -> Flask:
         ids = query.selected(request.form)
         with reading() as db:
             if verb == "retry":
-                done = db.run(lambda conn: tables.requeue_dead_letters(conn, ids))
+                done = db.run(lambda conn: letters.requeue_dead_letters(conn, ids))
             else:
-                done = db.run(lambda conn: tables.purge_dead_letters(conn, ids, None))
+                done = db.run(lambda conn: letters.purge_dead_letters(conn, ids, None))
         _report(verb, done, "dead letters " + ", ".join(map(str, ids)))
         return redirect(url_for("dead_letters"))
 
@@ -345,12 +349,12 @@ def create_app(config: Config, listen: Server) -> Flask:
         reason = f"moved to the dead letters by {g.visitor.name} (console)"
 
         def act(conn: Any) -> str:
-            found = tables.lock_ledger_row(conn, ident)
+            found = ledger_store.lock_ledger_row(conn, ident)
             if found is None or found[1] == "held":
                 return "gone" if found is None else "held"
             if verb == "run":
-                return "done" if tables.run_ledger_row_now(conn, ident) else found[1]
-            return "done" if tables.ledger_row_to_dead_letters(conn, ident, found[0],
+                return "done" if ledger_store.run_ledger_row_now(conn, ident) else found[1]
+            return "done" if ledger_store.ledger_row_to_dead_letters(conn, ident, found[0],
                                                                reason) else "gone"
 
         with reading() as db:
@@ -435,13 +439,13 @@ def _in_batches(db: Database, verb: str, function: str | None, search: str | Non
     """Retry or purge every dead letter of a filter up to id `upto`, ACTION_BATCH per
     transaction, so that no lock is held for long and a failure keeps what was done."""
     def batch(conn: Any, after: int) -> tuple[int, int]:
-        ids = tables.lock_dead_letters(conn, function, search, after, upto, ACTION_BATCH,
+        ids = letters.lock_dead_letters(conn, function, search, after, upto, ACTION_BATCH,
                                        secrets)
         if not ids:  # never an empty list below: requeue and purge take it as "all"
             return 0, after
         if verb == "retry":
-            return tables.requeue_dead_letters(conn, ids), ids[-1]
-        return tables.purge_dead_letters(conn, ids, None), ids[-1]
+            return letters.requeue_dead_letters(conn, ids), ids[-1]
+        return letters.purge_dead_letters(conn, ids, None), ids[-1]
 
     after = done = 0
     while True:

@@ -10,7 +10,7 @@ of a password since changed is over. A session also carries an id of its own, wh
 puts on the console's list of ended sessions (Revoked), so that a copy of its cookie is
 refused from then on.
 
-Without users the console listens on loopback only (config.py refuses anything else), and
+Without users the console listens on loopback only (config/load.py refuses anything else), and
 whoever reaches it may look but not act.
 """
 
@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from flask import Response, abort, current_app, redirect, request, session, url_for
 from werkzeug.wrappers import Response as AnyResponse
 
-from workerhost.config import ConsoleUser
+from workerhost.config.settings import ConsoleUser
 from workerhost.console.throttle import LoginThrottle
 
 SESSION_LIFETIME = 12 * 3600  # seconds a login lasts; then the login page again

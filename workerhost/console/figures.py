@@ -23,11 +23,18 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from workerhost import gearadmin, logs, scheduler, status, tables
-from workerhost.config import Config, Server
+from workerhost.config.converters import Server
+from workerhost.config.settings import Config
 from workerhost.console.charts import History
-from workerhost.db import RUN_ERRORS, Database
-from workerhost.deadletters import DeadLetter, _row
+from workerhost.gearman import admin as gearadmin
+from workerhost.host import scheduler
+from workerhost.model.ledger_state import LedgerState
+from workerhost.observe import logs, status
+from workerhost.store import ledger as ledger_store
+from workerhost.store import letters as letters_store
+from workerhost.store import schedule_table
+from workerhost.store.db import RUN_ERRORS, Database
+from workerhost.store.deadletters import DeadLetter, letter_of_row
 
 log = logging.getLogger("workerhost.console")
 
@@ -289,7 +296,7 @@ def _scrape(url: str) -> str:
 def _count(db: Database, started: float) -> LedgerCount:
     """The ledger's backlog, one LEDGER_CHUNK of ids per statement."""
     deadline = started + PAGE_DEADLINE
-    span = db.run(tables.ledger_ids, deadline=deadline)
+    span = db.run(ledger_store.ledger_ids, deadline=deadline)
     rows = due = leased = delayed = 0
     oldest: datetime | None = None
     earliest_due: datetime | None = None
@@ -299,7 +306,7 @@ def _count(db: Database, started: float) -> LedgerCount:
         while low < span[1]:
             high = min(low + LEDGER_CHUNK, span[1])
             def chunk(conn: Any, a: int = low, b: int = high) -> tuple[Any, ...]:
-                return tables.ledger_figures_between(conn, a, b)
+                return ledger_store.ledger_figures_between(conn, a, b)
 
             n, d, ls, dl, first, due_at, now = db.run(chunk, deadline=time.monotonic()
                                                       + PAGE_DEADLINE)
@@ -326,7 +333,7 @@ def overview(config: Config, db: Database, sampler: Sampler) -> Overview:
     letters: Mapping[str, int] = {}
     error = None
     try:
-        letters = db.run(tables.dead_letters_by_function, deadline=_deadline())
+        letters = db.run(letters_store.dead_letters_by_function, deadline=_deadline())
     except RUN_ERRORS as exc:
         db.reset()
         error = logs.mask(str(exc), config.database.password)
@@ -347,8 +354,8 @@ def schedules(config: Config, db: Database) -> Schedules:
     (a few rows and one statement: cheap enough for every refresh of the overview)."""
     names = [schedule.name for schedule in config.schedules]
 
-    def read(conn: Any) -> tuple[dict[str, tables.ScheduleRow], dict[str, int | None]]:
-        return (tables.schedule_rows(conn),
+    def read(conn: Any) -> tuple[dict[str, schedule_table.ScheduleRow], dict[str, int | None]]:
+        return (schedule_table.schedule_rows(conn),
                 scheduler.lock_holders(conn, config.database.database, names))
 
     try:
@@ -367,7 +374,7 @@ def _deadline() -> float:
 def secret_spellings(config: Config) -> tuple[str, ...]:
     """Every spelling of every secret a page masks, longest first (a longer secret that holds
     a shorter one goes first), ties in a fixed order: the pages mask them, and the searches
-    match text masked by tables._masked, in this one order, so that both see the same text."""
+    match text masked by letters.masked, in this one order, so that both see the same text."""
     found = {*logs._secrets}
     for secret in (config.database.password, config.host.console.secret_key,
                    *(user.password for user in config.host.console.users.values())):
@@ -417,10 +424,10 @@ def dead_letter_page(db: Database, function: str | None, search: str | None,
     def read(conn: Any) -> tuple[list[tuple[Any, ...]], int | None, int]:
         floor, top = None, 0
         if search:
-            low, high = tables.dead_letter_ids(conn)
+            low, high = letters_store.dead_letter_ids(conn)
             top = min(before - 1, high) if before is not None else high
             floor = max(low, top - SEARCH_SCAN + 1)
-        rows = tables.dead_letter_page(conn, function, search, before, floor, PAGE_SIZE + 1,
+        rows = letters_store.dead_letter_page(conn, function, search, before, floor, PAGE_SIZE + 1,
                                        _reach(PREVIEW, secrets), secrets)
         return rows, floor, top
 
@@ -433,13 +440,13 @@ def dead_letter_page(db: Database, function: str | None, search: str | None,
         return LetterPage(lines, lines[-1].id, None if floor is None else (lines[-1].id, top))
     if floor is None:
         return LetterPage(lines, None, None)
-    low = db.run(tables.dead_letter_ids, deadline=_deadline())[0]
+    low = db.run(letters_store.dead_letter_ids, deadline=_deadline())[0]
     return LetterPage(lines, floor if floor > low else None, (floor, top))
 
 
 def dead_letter(db: Database, ident: int) -> DeadLetter | None:
-    row = db.run(lambda conn: tables.dead_letter(conn, ident), deadline=_deadline())
-    return _row(row, str(db.param("password") or "")) if row else None
+    row = db.run(lambda conn: letters_store.dead_letter(conn, ident), deadline=_deadline())
+    return letter_of_row(row, str(db.param("password") or "")) if row else None
 
 
 def pretty_payload(payload: bytes) -> str:
@@ -467,13 +474,13 @@ class Matching:
 def matching(db: Database, function: str | None, search: str | None,
              secrets: Sequence[str]) -> Matching:
     """How many dead letters a filter matches, newest first, for COUNT_BUDGET seconds."""
-    low, upto = db.run(tables.dead_letter_ids, deadline=_deadline())
+    low, upto = db.run(letters_store.dead_letter_ids, deadline=_deadline())
     budget = time.monotonic() + COUNT_BUDGET
     count, high = 0, upto
     while high >= low and (time.monotonic() < budget or not search):
         above = max(low - 1, high - COUNT_CHUNK) if search else low - 1
         def chunk(conn: Any, a: int = above, b: int = high) -> int:
-            return tables.count_dead_letters(conn, function, search, a, b, secrets)
+            return letters_store.count_dead_letters(conn, function, search, a, b, secrets)
 
         count += db.run(chunk, deadline=_deadline())
         high = above
@@ -498,7 +505,7 @@ def ledger_page(db: Database, state: str | None, after: int, function: str | Non
                 search: str | None, secrets: Sequence[str], newest: bool = False
                 ) -> tuple[list[LedgerLine], int | None]:  # fmt: skip
     rows, following = db.run(
-        lambda conn: tables.ledger_page(conn, state, after, PAGE_SIZE, LEDGER_SCAN,
+        lambda conn: ledger_store.ledger_page(conn, state, after, PAGE_SIZE, LEDGER_SCAN,
                                         _reach(PREVIEW, secrets), function, search, secrets,
                                         newest),
         deadline=_deadline())  # fmt: skip
@@ -507,7 +514,7 @@ def ledger_page(db: Database, state: str | None, after: int, function: str | Non
 
 def _ledger_line(row: Sequence[Any], secrets: Sequence[str], limit: int) -> LedgerLine:
     ident, function, unique, priority, not_before, created, ships, size, head, due = row
-    shown = "due" if due else ("leased" if ships else "delayed")
+    shown = LedgerState.of(not_before, due, int(ships)).value
     return LedgerLine(int(ident), str(function),
                       None if unique is None else masked(str(unique), secrets),
                       str(priority), not_before, created, int(ships), int(size),
@@ -536,7 +543,7 @@ class LedgerDetail:
 
 def ledger_row(db: Database, ident: int, secrets: Sequence[str]) -> LedgerDetail | None:
     row, attempts = db.run(
-        lambda conn: tables.ledger_row(conn, ident, _reach(DETAIL_BYTES, secrets)),
+        lambda conn: ledger_store.ledger_row(conn, ident, _reach(DETAIL_BYTES, secrets)),
         deadline=_deadline())  # fmt: skip
     if row is None:
         return None
@@ -551,7 +558,7 @@ def ledger_row(db: Database, ident: int, secrets: Sequence[str]) -> LedgerDetail
 def functions(config: Config, db: Database) -> list[str]:
     """Every function a filter offers: the file's handlers, every dead letter's, and those
     of the newest FUNCTION_WINDOW ledger rows."""
-    seen = db.run(lambda conn: tables.functions_seen(conn, FUNCTION_WINDOW),
+    seen = db.run(lambda conn: ledger_store.functions_seen(conn, FUNCTION_WINDOW),
                   deadline=_deadline())  # fmt: skip
     return sorted({*config.handlers, *seen})
 

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from workerhost import heartbeat, logs, tables
-from workerhost.config import Config
+from workerhost.config.settings import Config
 from workerhost.console import figures
-from workerhost.db import RUN_ERRORS, Database
+from workerhost.observe import heartbeat, logs
+from workerhost.store import worker_table
+from workerhost.store.db import RUN_ERRORS, Database
 
 _LEDGER_JOB = re.compile(r"L(\d{1,19})")  # a ledger row's job: its key after the function
 
@@ -60,7 +61,7 @@ def _number(value: Any) -> float | None:
 def read(config: Config, db: Database, secrets: Sequence[str]) -> Processes:
     """The worker processes of every host seen within heartbeat.GONE_AFTER."""
     try:
-        rows = db.run(lambda conn: tables.worker_rows(conn, heartbeat.GONE_AFTER),
+        rows = db.run(lambda conn: worker_table.worker_rows(conn, heartbeat.GONE_AFTER),
                       deadline=time.monotonic() + figures.PAGE_DEADLINE)  # fmt: skip
     except RUN_ERRORS as exc:
         db.reset()

@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from workerhost.config import IPNetwork
+from workerhost.config.settings import IPNetwork
 
 
 class TrustedProxies:

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import abort, request
 
-from workerhost import tables
+from workerhost.model.ledger_state import STATES
 
 ORDERS = ("oldest", "newest")  # the ledger's orders, by id
 SELECTED_MAX = 500  # dead letters one selection may name (a page shows 50)
@@ -22,8 +22,8 @@ def filter_of(values: Any = None) -> tuple[str | None, str | None]:
 def ledger_filter() -> tuple[str | None, int, str | None, str | None, bool]:
     """The ledger's filter: state, after, function, search, and whether newest first."""
     state = request.args.get("state") or None
-    if state is not None and state not in tables.LEDGER_STATES:
-        abort(400, description=f"state is one of {', '.join(tables.LEDGER_STATES)}")
+    if state is not None and state not in STATES:
+        abort(400, description=f"state is one of {', '.join(STATES)}")
     order = request.args.get("order") or ORDERS[0]
     if order not in ORDERS:
         abort(400, description=f"order is one of {', '.join(ORDERS)}")

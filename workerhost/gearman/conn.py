@@ -1,0 +1,309 @@
+"""Worker-side Gearman connections that hold several jobs at once.
+
+pygearman's worker holds one job at a time and swallows what goes wrong. The worker host keeps
+one connection per gearmand server and asks for up to `capacity` jobs on it with pipelined
+GRAB_JOBs: gearmand assigns a job per GRAB_JOB and tracks every job a connection holds (all of
+them go back to its queue when the connection drops). One write then answers a whole batch and
+asks for the next, and one read brings the next jobs in, so both sides pay a few system calls
+per batch instead of a few per job. The wire format is pygearman's (`gearman.protocol`); this
+module adds the socket handling, the grab/sleep cycle of the worker protocol, and errors that
+say what happened.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+from dataclasses import dataclass
+
+from gearman import protocol as p
+
+from workerhost.config.converters import Server
+
+# How long a connect may take before the server counts as unreachable for this round.
+CONNECT_TIMEOUT = 3.0
+RECV_SIZE = 262144
+
+
+class GearmanLost(Exception):
+    """A connection to gearmand broke; the jobs it held go back to gearmand's queue."""
+
+
+@dataclass
+class Assigned:
+    """A job gearmand assigned on one connection (in the connection's `generation`)."""
+
+    conn: WorkerConnection
+    generation: int
+    handle: bytes
+    function: bytes
+    unique: bytes
+    data: bytes
+
+    @property
+    def answerable(self) -> bool:
+        """False once the connection that got the job dropped: gearmand re-queued it."""
+        return self.conn.connected and self.conn.generation == self.generation
+
+
+def request(command: int, *args: bytes) -> bytes:
+    """One request packet, `args` in the protocol's order: pygearman's wire format, packed
+    without its per-call checks (which cost more than the rest of a job's handling)."""
+    body = b"\0".join(args)
+    return b"%s%s%s%s" % (
+        p.MAGIC_REQ_STRING, command.to_bytes(4, "big"), len(body).to_bytes(4, "big"), body)
+
+
+def take_packets(buffer: bytearray) -> list[tuple[int, bytes]]:
+    """The whole packets at the start of `buffer`, as (command, body), removed from it."""
+    packets = []
+    start = 0
+    while len(buffer) - start >= 12:
+        end = start + 12 + int.from_bytes(buffer[start + 8:start + 12], "big")
+        if len(buffer) < end:
+            break
+        packets.append((int.from_bytes(buffer[start + 4:start + 8], "big"),
+                        bytes(buffer[start + 12:end])))
+        start = end
+    del buffer[:start]
+    return packets
+
+
+_GRAB = request(p.GEARMAN_COMMAND_GRAB_JOB_UNIQ)
+
+
+class WorkerConnection:
+    """One connection to one gearmand for one function; it holds up to `capacity` jobs.
+
+    `asking` counts GRAB_JOBs not answered yet, `holding` the jobs assigned and not answered.
+    After a NO_JOB has answered the last GRAB_JOB, the connection sleeps (PRE_SLEEP) until
+    gearmand wakes it with NOOP; a woken connection asks for one job, and every job assigned
+    asks for one more, so a queue that fills up fills the pipeline again.
+    """
+
+    def __init__(self, server: Server, function: bytes, client_id: bytes,
+                 capacity: int = 1) -> None:
+        self.server = server
+        self.function = function
+        self.client_id = client_id
+        self.capacity = capacity
+        self.sock: socket.socket | None = None
+        self.generation = 0
+        self.asking = 0
+        self.holding = 0
+        self.sleeping = False
+        self.grabbing = True  # False once the worker stops taking jobs
+        self._in = bytearray()
+        self._out = bytearray()
+
+    def __repr__(self) -> str:
+        state = "sleeping" if self.sleeping else f"asking {self.asking}"
+        return f"<gearmand {self.server} holding {self.holding}, {state}>"
+
+    @property
+    def connected(self) -> bool:
+        return self.sock is not None
+
+    def fileno(self) -> int:
+        assert self.sock is not None
+        return self.sock.fileno()
+
+    def connect(self) -> None:
+        try:
+            sock = socket.create_connection((self.server.host, self.server.port), CONNECT_TIMEOUT)
+        except OSError as exc:
+            raise GearmanLost(f"cannot connect to gearmand {self.server}: {exc}") from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        self.sock, self._in, self._out = sock, bytearray(), bytearray()
+        self.generation += 1
+        self.asking = self.holding = 0
+        self.sleeping = False
+        self.send(p.GEARMAN_COMMAND_SET_CLIENT_ID, self.client_id)
+        self.send(p.GEARMAN_COMMAND_CAN_DO, self.function)
+        self.top_up()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
+        self.asking = self.holding = 0
+        self.sleeping = False
+
+    def send(self, command: int, *args: bytes) -> None:
+        self._out += request(command, *args)
+
+    def grab(self, count: int = 1) -> None:
+        """Ask for up to `count` more jobs, within the room `capacity` leaves."""
+        count = min(count, self.capacity - self.holding - self.asking)
+        if count <= 0 or not self.grabbing:
+            return
+        self._out += _GRAB * count
+        self.asking += count
+        self.sleeping = False
+
+    def top_up(self) -> None:
+        """Ask for as many jobs as there is room for, unless asleep (NOOP will wake it)."""
+        if not self.sleeping:
+            self.grab(self.capacity)
+
+    def complete(self, handle: bytes, result: bytes) -> None:
+        self.send(p.GEARMAN_COMMAND_WORK_COMPLETE, handle, result)
+        self.holding -= 1
+
+    def fail(self, handle: bytes) -> None:
+        # WORK_FAIL alone: WORK_EXCEPTION followed by WORK_FAIL confuses gearmand 1.1.
+        self.send(p.GEARMAN_COMMAND_WORK_FAIL, handle)
+        self.holding -= 1
+
+    def wants_write(self) -> bool:
+        return bool(self._out)
+
+    def flush(self) -> None:
+        if self.sock is None or not self._out:
+            return
+        try:
+            sent = self.sock.send(self._out)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.close()
+            raise GearmanLost(f"gearmand {self.server} went away: {exc}") from exc
+        del self._out[:sent]
+
+    def drain(self, timeout: float) -> None:
+        """Send everything still buffered, waiting up to `timeout` seconds for gearmand."""
+        if self.sock is None or not self._out:
+            return
+        try:
+            self.sock.settimeout(timeout)
+            self.sock.sendall(self._out)
+            self.sock.setblocking(False)
+        except OSError as exc:
+            self.close()
+            raise GearmanLost(f"gearmand {self.server} did not take the answers: {exc}") from exc
+        self._out.clear()
+
+    def read(self) -> list[Assigned]:
+        """Read what gearmand sent; react to the protocol; return the jobs it assigned."""
+        assert self.sock is not None
+        try:
+            chunk = self.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return []
+        except OSError as exc:
+            self.close()
+            raise GearmanLost(f"gearmand {self.server} went away: {exc}") from exc
+        if not chunk:
+            self.close()
+            raise GearmanLost(f"gearmand {self.server} closed the connection")
+        self._in += chunk
+        jobs = []
+        for command, body in take_packets(self._in):
+            job = self._react(command, body)
+            if job is not None:
+                jobs.append(job)
+        return jobs
+
+    def _react(self, command: int, body: bytes) -> Assigned | None:
+        if command == p.GEARMAN_COMMAND_JOB_ASSIGN_UNIQ:
+            handle, function, unique, data = body.split(b"\0", 3)
+            self.asking -= 1
+            self.holding += 1
+            self.grab(1)
+            return Assigned(self, self.generation, handle, function, unique, data)
+        if command == p.GEARMAN_COMMAND_NO_JOB:
+            self.asking -= 1
+            if self.asking == 0:
+                self.send(p.GEARMAN_COMMAND_PRE_SLEEP)
+                self.sleeping = True
+        elif command == p.GEARMAN_COMMAND_NOOP:
+            if self.sleeping:
+                self.sleeping = False
+                self.grab(1)
+        elif command == p.GEARMAN_COMMAND_ERROR:
+            code, _, text = body.partition(b"\0")
+            self.close()
+            raise GearmanLost(f"gearmand {self.server} answered ERROR {code!r}: {text!r}")
+        return None
+
+
+def wait(conns: list[WorkerConnection], timeout: float) -> list[WorkerConnection]:
+    """Flush what can be written, then wait until a connection has something to read."""
+    live = [c for c in conns if c.connected]
+    if not live:
+        return []
+    writers = [c for c in live if c.wants_write()]
+    readable, writable, _ = select.select(live, writers, [], timeout)
+    for conn in writable:
+        conn.flush()
+    return readable
+
+
+PRIORITY_COMMANDS = {
+    "normal": p.GEARMAN_COMMAND_SUBMIT_JOB_BG,
+    "high": p.GEARMAN_COMMAND_SUBMIT_JOB_HIGH_BG,
+    "low": p.GEARMAN_COMMAND_SUBMIT_JOB_LOW_BG,
+}
+
+
+@dataclass(frozen=True)
+class Refused:
+    """gearmand's answer to a job it would not take (ERROR instead of JOB_CREATED)."""
+
+    reason: str
+
+
+class Submitter:
+    """A client connection that submits background jobs pipelined: all requests of a batch go
+    out in one write, then the JOB_CREATED answers are read, one per job, in order."""
+
+    def __init__(self, server: Server, timeout: float) -> None:
+        self.server = server
+        self.timeout = timeout
+        self.sock: socket.socket | None = None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
+
+    def submit(self, jobs: list[tuple[str, bytes, bytes, str]]) -> list[bytes | Refused]:
+        """Submit (function, unique, payload, priority) jobs; gearmand's answer to each, in
+        order: its handle, or why it refused that job (it answers the others all the same).
+
+        Raises GearmanLost unless gearmand answered every one of them within the timeout.
+        """
+        try:
+            if self.sock is None:
+                self.sock = socket.create_connection(
+                    (self.server.host, self.server.port), CONNECT_TIMEOUT)
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock.settimeout(self.timeout)
+            self.sock.sendall(b"".join(
+                request(PRIORITY_COMMANDS.get(priority, PRIORITY_COMMANDS["normal"]),
+                        function.encode(), unique, data)
+                for function, unique, data, priority in jobs
+            ))
+            return self._created(len(jobs))
+        except OSError as exc:
+            self.close()
+            raise GearmanLost(f"gearmand {self.server} did not take the jobs: {exc}") from exc
+
+    def _created(self, count: int) -> list[bytes | Refused]:
+        assert self.sock is not None
+        handles: list[bytes | Refused] = []
+        buffer = bytearray()
+        while len(handles) < count:
+            chunk = self.sock.recv(RECV_SIZE)
+            if not chunk:
+                raise OSError("connection closed")
+            buffer += chunk
+            for command, body in take_packets(buffer):
+                if command == p.GEARMAN_COMMAND_JOB_CREATED:
+                    handles.append(body)
+                elif command == p.GEARMAN_COMMAND_ERROR:
+                    code, _, text = body.partition(b"\0")
+                    handles.append(Refused(": ".join(
+                        part.decode("utf-8", "replace") for part in (code, text) if part)))
+        return handles

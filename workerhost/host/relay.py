@@ -1,0 +1,184 @@
+"""The relay: ships due rows of the ledger (`workerhost_outbox`) to gearmand, and leases them.
+
+A row stays in the ledger until the transaction that commits its job's effect deletes it
+(worker.py). The relay ships the rows that are due (new rows of outbox delivery, retries whose
+delay is over, and rows whose lease ran out because gearmand lost their job or a worker died
+with it) and moves each one's due time on by its lease, in the transaction that locked it,
+committed once gearmand has answered every job of the batch. Each job carries its row's id and
+token in its unique (job.ledger_unique): one gearmand queues a row shipped twice once, and a
+worker that gets a job whose row is gone already, or a second copy from another gearmand,
+answers it without running it. Relays on several hosts share
+the table: `FOR UPDATE SKIP LOCKED` gives each batch to one of them.
+
+A row shipped again (its lease ran out) at `host.relay.unserved_after` or older has waited
+that long for a worker to complete it: most often no host serves its function, and its rows
+would pile up unseen. The relay counts such rows in the metrics and warns, per function, at
+most once a minute. It learns their age from the rows it locks anyway, so that the poll still
+costs the due rows only.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import mysql.connector
+
+from workerhost.config.settings import Config
+from workerhost.errors import ConnectError
+from workerhost.gearman.conn import GearmanLost, Refused, Submitter
+from workerhost.model.job import ledger_unique
+from workerhost.observe import metrics
+from workerhost.observe.status import span
+from workerhost.store import ledger, letters
+from workerhost.store.db import Connection, Database
+
+log = logging.getLogger("workerhost.host.relay")
+
+# How long gearmand may take to accept a batch before the relay gives up on it (and retries).
+ACCEPT_TIMEOUT = 10.0
+# Seconds between two warnings about one function's unserved rows: the rows come back at
+# every lease, and one line a minute is enough to act on.
+UNSERVED_WARNING_INTERVAL = 60.0
+
+
+class SubmitFailed(Exception):
+    """gearmand did not accept every job of a batch; the batch stays in the outbox."""
+
+
+@dataclass
+class _Unserved:
+    """Unserved rows of one function shipped since the last warning about it."""
+
+    ids: set[int] = field(default_factory=set)
+    oldest: float = 0.0  # seconds
+    warned: float | None = None  # clock() of the last warning
+
+
+class Relay:
+    def __init__(self, config: Config, *, database: Database | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        self.unserved: dict[str, _Unserved] = {}
+        self.db = database or Database(config.database.connect_kwargs())
+        self.servers = [str(server) for server in config.gearman.servers]
+        self.submitters = [Submitter(server, ACCEPT_TIMEOUT) for server in config.gearman.servers]
+        self.turn = 0  # batches go round the servers; a server that fails passes its turn on
+        self.stopping = False
+        self.shipped = 0
+
+    def request_stop(self, *_: object) -> None:
+        self.stopping = True
+
+    def ship_once(self, limit: int | None = None) -> int:
+        """Ship one batch of due rows; returns how many were shipped."""
+        batch = limit or self.config.host.relay.batch
+
+        def ship(conn: Connection) -> list[tuple[Any, ...]]:
+            rows = ledger.lock_due(conn, batch)
+            if not rows:
+                return []
+            answers = self.submit(rows)
+            refused = [(row, answer) for row, answer in zip(rows, answers, strict=True)
+                       if isinstance(answer, Refused)]
+            for (ident, function, *_), answer in refused:
+                # Shipping it again would be refused again, and hold up every row after it.
+                letters.outbox_to_dead_letters(
+                    conn, ident, f"gearmand refused the job: {answer.reason}")
+                log.error("outbox row %s (%s) dead-lettered: gearmand refused it: %s",
+                          ident, function, answer.reason)
+            shipped = [row for row, answer in zip(rows, answers, strict=True)
+                       if not isinstance(answer, Refused)]
+            if shipped:
+                ledger.lease(conn, [row[0] for row in shipped], self.config.host.relay.lease)
+            return shipped
+
+        shipped: list[tuple[Any, ...]] = self.db.run(
+            ship, deadline=time.monotonic() + ACCEPT_TIMEOUT)
+        self.shipped += len(shipped)
+        self.note_unserved(shipped)
+        return len(shipped)
+
+    def note_unserved(self, shipped: list[tuple[Any, ...]]) -> None:
+        """Count the rows of a committed batch that were shipped before and are older than
+        unserved_after, and warn about their functions (each at most once a minute)."""
+        after = self.config.host.relay.unserved_after
+        found: dict[str, list[tuple[int, float]]] = {}
+        for ident, function, *_, ships, age in shipped:
+            # A row never shipped before may be old only because no relay ran, or because a
+            # worker failed it and it waited for its retry: neither means it is unserved.
+            if ships > 0 and age / 1e6 >= after:
+                found.setdefault(function, []).append((int(ident), age / 1e6))
+        now = self.clock()
+        for function, rows in found.items():
+            metrics.unserved_shipped(function, len(rows))
+            seen = self.unserved.setdefault(function, _Unserved())
+            seen.ids.update(ident for ident, _ in rows)
+            seen.oldest = max(seen.oldest, *(age for _, age in rows))
+            if seen.warned is not None and now - seen.warned < UNSERVED_WARNING_INTERVAL:
+                continue
+            served = function in self.config.handlers
+            log.warning(
+                "ledger: %d rows of %s older than %s shipped again (oldest %s): no worker "
+                "completes them: is a handler for %s (accept: ledger or any) running on some "
+                "host?%s", len(seen.ids), function, span(after), span(seen.oldest), function,
+                "" if served else " (this host's config has none)")
+            seen.ids.clear()
+            seen.oldest, seen.warned = 0.0, now
+
+    def submit(self, rows: list[tuple[Any, ...]]) -> list[bytes | Refused]:
+        """Hand every row's job to one gearmand; its answer to each (a handle, or why it
+        refused that one). SubmitFailed when no server answered them all."""
+        jobs = [(function, ledger_unique(ident, token).encode(), bytes(payload), priority)
+                for ident, function, payload, _unique, priority, token, *_ in rows]
+        errors = []
+        for _ in self.submitters:
+            submitter = self.submitters[self.turn % len(self.submitters)]
+            self.turn += 1
+            try:
+                return submitter.submit(jobs)
+            except GearmanLost as exc:
+                errors.append(str(exc))
+        raise SubmitFailed("; ".join(errors))
+
+    def close(self) -> None:
+        for submitter in self.submitters:
+            submitter.close()
+
+    def serve(self) -> int:
+        interval = self.config.host.relay.interval
+        backoff = self.config.gearman.reconnect_backoff
+        while not self.stopping:
+            try:
+                shipped = self.ship_once()
+                backoff = self.config.gearman.reconnect_backoff
+            except (SubmitFailed, ConnectError, mysql.connector.Error) as exc:
+                log.warning("outbox relay: %s; trying again in %.1fs", exc, backoff)
+                self._sleep(backoff)
+                backoff = min(backoff * 2, self.config.gearman.max_reconnect_backoff)
+                continue
+            if shipped:
+                log.debug("outbox relay shipped %d jobs", shipped)
+            else:
+                self._sleep(interval)
+        self.close()
+        self.db.close()
+        return 0
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < deadline:
+            time.sleep(min(0.05, deadline - time.monotonic()))
+
+
+def main(config: Config) -> int:
+    """Entry point of the relay process (forked by the supervisor)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    relay = Relay(config)
+    signal.signal(signal.SIGTERM, relay.request_stop)
+    return relay.serve()

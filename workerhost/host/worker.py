@@ -1,0 +1,301 @@
+"""One worker process: takes jobs for one handler from gearmand, runs them, writes back.
+
+Ordering is the guarantee: the handler's writes are committed first, and only then is the job
+reported complete to gearmand. What runs in the database, and how each job ends, is the
+runner's (runner.py): this module is the gearmand side.
+
+Throughput comes from batches: the process runs up to `batch` jobs per gearmand server in one
+transaction, commits once, then answers each. It holds up to twice that many (on one connection
+per server, see gearman/conn.py), so that the next batch is already there when one commits and the
+process never waits for gearmand while jobs are queued; slow jobs are held fewer at a time, down
+to one (pace.py). When it stops, the jobs it holds but has not started go back to gearmand's
+queue. A batch never waits to fill up.
+
+A job whose ledger row another transaction holds (a trigger's, not yet committed) comes back
+from the runner as LATER: the worker holds it and tries it again a moment later, in a later
+batch, while its other jobs run on, and leaves it to the relay (its row's lease) if the row
+stays held past the lease. If the database does not answer in time, the process exits without
+an answer, so that gearmand gives the job to another worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+
+from workerhost.config.settings import Config, HandlerConfig
+from workerhost.exitcodes import EXIT_DATABASE, EXIT_OK
+from workerhost.gearman import conn as gearconn
+from workerhost.gearman.conn import Assigned, GearmanLost, WorkerConnection
+from workerhost.host.pace import Pace
+from workerhost.host.runner import LATER, SESSION, Answer, DatabaseLost, Runner, Slot
+from workerhost.model.job import Job, parse_unique
+from workerhost.store.db import Database
+
+__all__ = ["LATER", "DatabaseLost", "Slot", "Worker", "main"]
+
+log = logging.getLogger("workerhost.host.worker")
+
+# How often an idle worker wakes to look at its stop flag and its lifetime.
+POLL_INTERVAL = 0.5
+# How long held jobs wait for answers from servers still being asked for more, at most.
+BATCH_WAIT = 0.002
+# Jobs held per server, at most, in batches: one runs while the next one comes in.
+PREFETCH = 2
+# How long a stopping worker waits for gearmand to take its last answers.
+ANSWER_TIMEOUT = 5.0
+# A job whose ledger row another transaction holds is tried again after this long, doubled
+# each time up to HOLD_MAX: a trigger's transaction commits within milliseconds, mostly.
+HOLD_FIRST = 0.002
+HOLD_MAX = 0.1
+
+
+@dataclass
+class _Held:
+    """A job whose ledger row another transaction held at its last claim."""
+
+    assigned: Assigned
+    since: float
+    delay: float = HOLD_FIRST
+    next_try: float = 0.0
+
+
+class Worker:
+    """Runs one handler's jobs until told to stop or due for recycling."""
+
+    def __init__(self, config: Config, handler: HandlerConfig, slot: Slot | None = None,
+                 *, database: Database | None = None) -> None:
+        self.config = config
+        self.handler = handler
+        self.slot = slot
+        self.db = database or Database(config.database.connect_kwargs(), session=SESSION)
+        self.runner = Runner(config, handler, slot, self.db)
+        self.stopping = False
+        lifetime = handler.max_lifetime
+        # Jitter, so that workers started together are not all recycled at once.
+        self.retire_at = (
+            time.monotonic() + lifetime * random.uniform(0.9, 1.0) if lifetime else None
+        )
+        self._retry_at: dict[str, float] = {}  # per server: next connect attempt
+        self._backoff: dict[str, float] = {}
+        self._conns: list[WorkerConnection] = []
+
+    @property
+    def jobs_done(self) -> int:
+        return self.runner.jobs_done
+
+    def run_batch(self, jobs: list[Job]) -> list[Answer | object]:
+        """The runner's run_batch (runner.py): an answer, or LATER, for each job."""
+        return self.runner.run_batch(jobs)
+
+    def forked(self) -> None:
+        """In a process a handler forked: let go of what is the worker's.
+
+        Its gearmand connections are closed (the worker keeps its own copies): the child is no
+        worker of the function, and nothing it does reaches gearmand in the worker's name. Its
+        database connection is forgotten unused. SIGTERM ends it as it ends any process.
+        """
+        for conn in self._conns:
+            conn.close()  # the fd only: gearmand hears nothing while the worker holds its copy
+        self._conns = []
+        self.db.forget()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def request_stop(self, *_: object) -> None:
+        self.stopping = True
+
+    def keep_going(self) -> bool:
+        if self.handler.max_jobs and self.jobs_done >= self.handler.max_jobs:
+            return False
+        if self.retire_at is not None and time.monotonic() >= self.retire_at:
+            return False
+        return not self.stopping
+
+    # -- the gearmand side ---------------------------------------------------------------
+    def serve(self) -> int:
+        """The work loop. Returns the process's exit code."""
+        client_id = f"workerhost-{os.getpid()}".encode()
+        function = self.handler.name.encode()
+        servers = self.config.gearman.servers
+        pace = Pace(self.handler.batch * PREFETCH * len(servers))
+        conns = [WorkerConnection(server, function, client_id, pace.per_connection(len(servers)))
+                 for server in servers]
+        self._conns = conns
+        limit = self.handler.batch * len(conns)  # jobs run in one transaction, at most
+        held: list[Assigned] = []
+        held_since = 0.0
+        waiting: list[_Held] = []  # jobs whose rows other transactions held
+        try:
+            while self.keep_going():
+                self._connect(conns)
+                # Held jobs run once BATCH_WAIT has passed since the first of them came in.
+                now = time.monotonic()
+                timeout = max(0.0, held_since + BATCH_WAIT - now) if held else POLL_INTERVAL
+                if waiting:
+                    timeout = min(timeout, max(0.0, min(w.next_try for w in waiting) - now))
+                if not any(c.connected for c in conns):
+                    time.sleep(min(timeout, 0.1))
+                for conn in gearconn.wait(conns, timeout):
+                    try:
+                        fresh = conn.read()
+                    except GearmanLost as exc:
+                        self._lost(conn, exc)
+                        held = [a for a in held if a.answerable]
+                        continue
+                    if fresh and not held:
+                        held_since = time.monotonic()
+                    held.extend(fresh)
+                asking = any(c.asking and c.connected for c in conns)
+                now = time.monotonic()
+                ready = bool(held) and (len(held) >= limit or not asking
+                                        or now - held_since >= BATCH_WAIT)
+                # A connection lost since (even while answering) took its jobs back.
+                waiting = [w for w in waiting if w.assigned.answerable]
+                again = [w for w in waiting if w.next_try <= now][:limit]
+                if ready or again:
+                    waiting = [w for w in waiting if w not in again]
+                    held = [a for a in held if a.answerable]
+                    room = limit - len(again)
+                    fresh, held = (held[:room], held[room:]) if ready else ([], held)
+                    batch = [w.assigned for w in again] + fresh
+                    if batch:
+                        started = time.monotonic()
+                        answers = self.run_batch([_job(a) for a in batch])
+                        # One commit is the batch's own; the commits of jobs that had to run
+                        # alone (after a failure) are theirs, and count in the pace.
+                        pace.record(len(batch), time.monotonic() - started,
+                                    self.db.last_commit_seconds)
+                        # Before answering: answering asks for more, within the new capacity.
+                        for conn in conns:
+                            conn.capacity = pace.per_connection(len(conns))
+                        waiting += self._hold(batch, answers, again)
+                        # A connection whose jobs all wait asks for more all the same.
+                        self._answer(*_answered(batch, answers), {a.conn for a in batch})
+                    # What is left arrived while that batch ran: it runs next, at once.
+            self._say_goodbye(conns)
+        except DatabaseLost as exc:
+            log.error("%s; leaving %d held jobs to gearmand and exiting", exc, len(held))
+            return EXIT_DATABASE
+        finally:
+            for conn in conns:
+                conn.close()  # gearmand re-queues the jobs held and not started
+        if held:
+            log.info("stopping: %d jobs held and not started go back to gearmand", len(held))
+        return EXIT_OK
+
+    def _hold(self, batch: list[Assigned], answers: list[Answer | object],
+              again: list[_Held]) -> list[_Held]:
+        """The jobs of a batch whose rows another transaction still holds, to try again; one
+        held past the relay's lease is answered instead (as done, without running), and its
+        row shipped again by the relay once it is due."""
+        before = {id(w.assigned): w for w in again}
+        now = time.monotonic()
+        holding: list[_Held] = []
+        for index, (assigned, answer) in enumerate(zip(batch, answers, strict=True)):
+            if answer is not LATER:
+                continue
+            held = before.get(id(assigned)) or _Held(assigned, now)
+            if now - held.since >= self.config.host.relay.lease:
+                log.warning("job %s: its ledger row stayed held by another transaction for "
+                            "%.0fs; leaving it to the relay", _job(assigned).describe(),
+                            now - held.since)
+                answers[index] = b""
+                continue
+            held.next_try = now + held.delay
+            held.delay = min(held.delay * 2, HOLD_MAX)
+            holding.append(held)
+        return holding
+
+    def _say_goodbye(self, conns: list[WorkerConnection]) -> None:
+        """Make sure the last answers reach gearmand before the connections close."""
+        for conn in conns:
+            conn.grabbing = False
+            try:
+                conn.drain(ANSWER_TIMEOUT)
+            except GearmanLost as exc:
+                log.warning("%s; its last answers are lost, so those jobs run again", exc)
+
+    def _connect(self, conns: list[WorkerConnection]) -> None:
+        now = time.monotonic()
+        for conn in conns:
+            name = str(conn.server)
+            if conn.connected or now < self._retry_at.get(name, 0.0):
+                continue
+            try:
+                conn.connect()
+                conn.flush()
+            except GearmanLost as exc:
+                self._lost(conn, exc)
+                continue
+            if name in self._backoff:
+                log.info("connected to gearmand %s again", name)
+                del self._backoff[name]
+
+    def _lost(self, conn: WorkerConnection, exc: GearmanLost) -> None:
+        """Reconnect later, with jittered doubling back-off per server."""
+        conn.close()
+        name = str(conn.server)
+        gm = self.config.gearman
+        backoff = min(self._backoff.get(name, gm.reconnect_backoff / 2) * 2,
+                      gm.max_reconnect_backoff)
+        self._backoff[name] = backoff
+        delay = random.uniform(backoff / 2, backoff)
+        self._retry_at[name] = time.monotonic() + delay
+        log.warning("%s; reconnecting in %.1fs", exc, delay)
+
+    def _answer(self, held: list[Assigned], answers: list[Answer],
+                touched: set[WorkerConnection] | None = None) -> None:
+        """Answer each job on the connection that got it, then ask for more (on `touched` as
+        well): one write each."""
+        touched = set() if touched is None else {c for c in touched if c.connected}
+        for assigned, answer in zip(held, answers, strict=True):
+            if not assigned.answerable:
+                continue  # gearmand has re-queued it already: it runs again elsewhere
+            conn = assigned.conn
+            if answer is None:
+                conn.fail(assigned.handle)
+            else:
+                conn.complete(assigned.handle, answer)
+            touched.add(conn)
+        going = self.keep_going()
+        for conn in touched:
+            conn.grabbing = going
+            conn.top_up()
+            try:
+                conn.flush()
+            except GearmanLost as exc:
+                self._lost(conn, exc)
+
+def _job(assigned: Assigned) -> Job:
+    sent = assigned.unique.decode("utf-8", "replace")
+    ledger, rest = parse_unique(sent)
+    return Job(
+        function=assigned.function.decode("utf-8", "replace"), payload=assigned.data,
+        unique=rest, handle=assigned.handle.decode("utf-8", "replace"), ledger=ledger,
+        proof=rest if ledger is not None else "", unique_sent=sent,
+    )
+
+
+def _answered(batch: list[Assigned], answers: list[Answer | object]
+              ) -> tuple[list[Assigned], list[Answer]]:
+    """The jobs of a batch that have their answer, and those answers."""
+    pairs = [(a, answer) for a, answer in zip(batch, answers, strict=True) if answer is not LATER]
+    return [a for a, _ in pairs], [answer for _, answer in pairs]  # type: ignore[misc]
+
+
+def main(config: Config, handler_name: str, slot: Slot | None) -> int:
+    """Entry point of a worker process (forked by the supervisor)."""
+    # The terminal's ^C reaches the whole process group; the supervisor decides what it means.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    handler = config.handlers[handler_name]
+    worker = Worker(config, handler, slot)
+    signal.signal(signal.SIGTERM, worker.request_stop)
+    os.register_at_fork(after_in_child=worker.forked)
+    log.info("worker for %s started (pid %d)", handler_name, os.getpid())
+    code = worker.serve()
+    worker.db.close()
+    return code

@@ -1,0 +1,479 @@
+"""Every statement against the ledger (`workerhost_outbox`): jobs waiting or running.
+
+A row is a job from its enqueue (a trigger, `workerhost_enqueue`, a schedule, a retry) until
+the transaction that commits its effect deletes it. Shipping, leasing, claiming, snoozing,
+pausing and cancelling are statements here; the tables and their DDL are schema.py's. Callers
+own the transaction (schema.py says why and how the SQL stays portable).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from workerhost.model.job import ledger_key  # the console and its tests name it here
+from workerhost.model.ledger_state import PARKED, LedgerState
+from workerhost.store import db
+from workerhost.store.db import Connection
+from workerhost.store.letters import like_pattern, masked
+from workerhost.store.schema import (
+    _LOCKED_ERRNOS,
+    ATTEMPTS,
+    DEAD_LETTERS,
+    OUTBOX,
+    PAUSED,
+    SLOTS,
+    marks,
+)
+
+
+# -- outbox ------------------------------------------------------------------------------------
+def enqueue(
+    conn: Connection, function: str, payload: bytes, unique: str | None, *, delay: float = 0.0,
+    priority: str = "normal",
+) -> int:
+    """Put a job in the outbox, due `delay` seconds from now; its ledger row's id."""
+    cursor = db.cursor(conn)
+    cursor.execute(
+        f"INSERT INTO {OUTBOX} (`function`, payload, unique_key, not_before, priority) "
+        "VALUES (%s, %s, %s, NOW(6) + INTERVAL %s MICROSECOND, %s)",
+        (function, payload, unique or None, int(delay * 1_000_000), priority),
+    )
+    return int(cursor.lastrowid)
+
+
+def lock_due(conn: Connection, limit: int) -> list[tuple[Any, ...]]:
+    """Due outbox rows, the longest due first, locked for this transaction and skipped by
+    other relays: (id, function, payload, unique_key, priority, token, ships, age in
+    microseconds since the row was written). Read through the index on not_before, so a poll
+    costs the due rows, not the leased backlog."""
+    cursor = db.cursor(conn)
+    # No gap locks: under REPEATABLE READ they deadlock the triggers' outbox INSERTs.
+    cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+    cursor.execute(
+        f"SELECT id, `function`, payload, unique_key, priority, token, ships, "
+        f"TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6)) FROM {OUTBOX} "
+        "FORCE INDEX (due) WHERE not_before <= NOW(6) ORDER BY not_before, id LIMIT %s "
+        "FOR UPDATE SKIP LOCKED",
+        (limit,),
+    )
+    return list(cursor.fetchall())
+
+
+# A DELETE of rows by id reads by the primary key only with ORDER BY id LIMIT: else, on a small
+# table, the optimizer scans it, and under READ COMMITTED a DELETE (unlike an UPDATE) waits on
+# every row another transaction holds (a trigger's row not yet committed), not only on its own.
+_BY_IDS = "WHERE id IN ({}) ORDER BY id LIMIT {}"
+
+
+def delete_outbox(conn: Connection, ids: Sequence[int]) -> None:
+    db.cursor(conn).execute(f"DELETE FROM {OUTBOX} {_BY_IDS.format(marks(ids), len(ids))}",
+                            list(ids))
+
+
+def lease(conn: Connection, ids: Sequence[int], seconds: float) -> None:
+    """Shipped rows come due again after their lease: `seconds` the first time, doubled on
+    every ship after it up to 16 times, so that a long backlog in gearmand is not shipped
+    over and over."""
+    db.cursor(conn).execute(
+        f"UPDATE {OUTBOX} SET not_before = NOW(6) + INTERVAL (%s << LEAST(ships, 4)) "
+        f"MICROSECOND, ships = ships + 1 WHERE id IN ({marks(ids)})",
+        [int(seconds * 1_000_000), *ids],
+    )
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """A ledger row claimed for its job: locked until the transaction ends."""
+
+    ident: int
+    function: str
+    payload: bytes
+    unique: str | None  # unique_key
+    token: str
+    runnable: bool  # shipped (leased) or due; False: a retry whose delay is not over
+    snoozes: int = 0  # how often its job asked to run later (errors.Snooze)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a claim found: rows locked for this transaction; ids held by another open
+    transaction (a trigger's not yet committed, or another worker's); failures so far by key.
+    An id in neither is gone: done already, or its transaction rolled back."""
+
+    rows: dict[int, LedgerRow]
+    held: frozenset[int]
+    failures: dict[bytes, int]
+    paused: bool = False  # the function is paused: nothing of it runs, its rows are parked
+
+
+_CLAIM = ("SELECT id, `function`, payload, unique_key, token, "
+          f"(ships > 0 OR not_before <= NOW(6)), snoozes FROM {OUTBOX} FORCE INDEX (PRIMARY) "
+          "WHERE id IN ({}) FOR UPDATE SKIP LOCKED")
+
+
+def claim(conn: Connection, ids: Sequence[int], keys: Sequence[bytes],
+          function: str | None = None) -> Claim:
+    """Lock the ledger rows of jobs about to run, without waiting on any, and read the jobs'
+    failures so far, in one round trip (a multi-statement query); then tell the rows another
+    transaction holds from the rows that are gone, in one more when some are missing.
+
+    A row another transaction holds is never waited for: its job waits in the worker instead,
+    and every other job runs on. The session must read committed (no gap locks), as
+    Database sessions of the worker do.
+    """
+    statements: list[str] = []
+    args: list[Any] = []
+    if ids:
+        statements.append(_CLAIM.format(marks(ids)))
+        args += ids
+    if keys:
+        statements.append(f"SELECT job_key, failures FROM {ATTEMPTS} "
+                          f"WHERE job_key IN ({marks(keys)})")
+        args += keys
+    if function is not None:
+        statements.append(f"SELECT COUNT(*) FROM {PAUSED} WHERE `function` = %s")
+        args.append(function)
+    if not statements:
+        return Claim({}, frozenset(), {})
+    cursor = db.cursor(conn)
+    rows: dict[int, LedgerRow] = {}
+    failed: dict[bytes, int] = {}
+    paused = False
+    with db.translating():
+        # One round trip: each statement on a line of its own (db._as_written).
+        cursor.execute(";\n".join(statements), args)
+        for index in range(len(statements)):
+            if index:
+                cursor.nextset()
+            found = cursor.fetchall()
+            if ids and index == 0:
+                rows = {int(row[0]): LedgerRow(
+                    int(row[0]), str(row[1]), bytes(row[2]),
+                    None if row[3] is None else str(row[3]), str(row[4]), bool(row[5]),
+                    int(row[6])) for row in found}
+            elif function is not None and index == len(statements) - 1:
+                paused = bool(found[0][0])
+            else:
+                failed = {bytes(key): int(count) for key, count in found}
+    missing = [ident for ident in dict.fromkeys(ids) if ident not in rows]
+    return Claim(rows, _held(conn, missing), failed, paused)
+
+
+def _held(conn: Connection, ids: Sequence[int]) -> frozenset[int]:
+    """Which of `ids` (rows SKIP LOCKED passed over) another transaction holds. A row being
+    inserted by an open transaction is invisible to reads, so only a lock tells it from a
+    row that is gone: NOWAIT fails at once on any held row. When it fails for several, all
+    count as held; the gone among them are told apart on the next claim."""
+    if not ids:
+        return frozenset()
+    try:
+        with db.translating():
+            db.cursor(conn).execute(f"SELECT id FROM {OUTBOX} FORCE INDEX (PRIMARY) WHERE id IN "
+                                    f"({marks(ids)}) FOR UPDATE NOWAIT", list(ids))
+            # Rows unlocked since the claim are locked now: held all the same, by this
+            # transaction until it ends, and claimed next time.
+            return frozenset(int(row[0]) for row in db.cursor(conn).fetchall())
+    except db.ERRORS as exc:
+        error = db.translate(exc)
+        if getattr(error, "errno", None) in _LOCKED_ERRNOS:
+            return frozenset(ids)  # only the statement failed: the transaction goes on
+        raise
+
+
+def delete_outbox_statement(ids: Sequence[int]) -> tuple[str, dict[str, int]]:
+    """delete_outbox as a statement with named parameters, to send along with others."""
+    names = [f"ledger_{index}" for index in range(len(ids))]
+    marks = ", ".join(f"%({name})s" for name in names)
+    return (f"DELETE FROM {OUTBOX} {_BY_IDS.format(marks, len(ids))}",
+            dict(zip(names, ids, strict=True)))
+
+
+def snooze(conn: Connection, ident: int, delay: float) -> int:
+    """A job asked to run again later: its row due after `delay`, with no attempt spent;
+    how many times it has snoozed, this one included."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"UPDATE {OUTBOX} SET not_before = NOW(6) + INTERVAL %s MICROSECOND, "
+                   "ships = 0, snoozes = snoozes + 1 WHERE id = %s",
+                   (int(delay * 1_000_000), ident))  # fmt: skip
+    cursor.execute(f"SELECT snoozes FROM {OUTBOX} WHERE id = %s", (ident,))
+    row = cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+def set_slots(conn: Connection, function: str, count: int) -> None:
+    """The function's concurrency slots are 0..count-1 (the last host to start decides)."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"INSERT IGNORE INTO {SLOTS} (`function`, slot) VALUES "
+                   + ", ".join(["(%s, %s)"] * count),
+                   [value for slot in range(count) for value in (function, slot)])
+    cursor.execute(f"DELETE FROM {SLOTS} WHERE `function` = %s AND slot >= %s", (function, count))
+
+
+def take_slot(conn: Connection, function: str) -> bool:
+    """Lock a free concurrency slot of the function until the transaction ends; False when
+    every slot is held (by transactions running its jobs, on any host)."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT slot FROM {SLOTS} WHERE `function` = %s LIMIT 1 FOR UPDATE "
+                   "SKIP LOCKED", (function,))  # fmt: skip
+    return cursor.fetchone() is not None
+
+
+def reschedule(conn: Connection, ident: int, delay: float) -> None:
+    """A failed attempt: the job's ledger row is due again `delay` seconds from now."""
+    db.cursor(conn).execute(
+        f"UPDATE {OUTBOX} SET not_before = NOW(6) + INTERVAL %s MICROSECOND, ships = 0 "
+        "WHERE id = %s", (int(delay * 1_000_000), ident),
+    )
+
+
+def outbox_figures(conn: Connection) -> tuple[int, int, int, int, Any, Any]:
+    """Rows; due rows, leased ones (shipped, lease running) and delayed ones (a retry not yet
+    due); the age in microseconds of the oldest row and of the most overdue due row (None
+    when there is none)."""
+    cursor = db.cursor(conn)
+    cursor.execute(
+        "SELECT COUNT(*), COALESCE(SUM(not_before <= NOW(6)), 0), "
+        f"COALESCE(SUM({LedgerState.LEASED.condition}), 0), "
+        f"COALESCE(SUM({LedgerState.DELAYED.condition}), 0), "
+        "TIMESTAMPDIFF(MICROSECOND, MIN(created_at), NOW(6)), "
+        "TIMESTAMPDIFF(MICROSECOND, MIN(CASE WHEN not_before <= NOW(6) THEN not_before END), "
+        f"NOW(6)) FROM {OUTBOX}"
+    )
+    rows, due, leased, delayed, oldest, overdue = cursor.fetchone()
+    return int(rows), int(due), int(leased), int(delayed), oldest, overdue
+
+
+def unserved_rows(conn: Connection, older_than: float) -> dict[str, tuple[int, int]]:
+    """Rows written `older_than` seconds ago or earlier, per function: (rows, age in
+    microseconds of the oldest). One scan of the ledger, as outbox_figures makes."""
+    cursor = db.cursor(conn)
+    cursor.execute(
+        "SELECT `function`, COUNT(*), TIMESTAMPDIFF(MICROSECOND, MIN(created_at), NOW(6)) "
+        f"FROM {OUTBOX} WHERE created_at <= NOW(6) - INTERVAL %s MICROSECOND "
+        "GROUP BY `function` ORDER BY `function`", (int(older_than * 1_000_000),),
+    )
+    return {str(function): (int(rows), int(oldest))
+            for function, rows, oldest in cursor.fetchall()}
+
+
+# -- paused functions --------------------------------------------------------------------------
+def is_paused(conn: Connection, function: str) -> bool:
+    """Whether the function is paused (a primary-key read of a small table)."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT COUNT(*) FROM {PAUSED} WHERE `function` = %s", (function,))
+    return bool(cursor.fetchone()[0])
+
+
+def pause(conn: Connection, function: str, by: str) -> int:
+    """Pause a function and park its ledger rows; how many were parked. Rows a worker is
+    running now are left to finish; rows written later are parked by the worker that gets
+    their job."""
+    cursor = db.cursor(conn)
+    # Semi-consistent reads: the UPDATE waits on no row it does not change.
+    cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+    cursor.execute(f"INSERT INTO {PAUSED} (`function`, paused_by) VALUES (%s, %s) "
+                   "ON DUPLICATE KEY UPDATE paused_by = paused_by", (function, by[:255]))
+    cursor.execute(f"UPDATE {OUTBOX} SET not_before = %s WHERE `function` = %s AND "
+                   "not_before < %s", (PARKED, function, PARKED))  # fmt: skip
+    return int(cursor.rowcount)
+
+
+def park(conn: Connection, ids: Sequence[int]) -> None:
+    """Park ledger rows this transaction holds (their function is paused)."""
+    db.cursor(conn).execute(f"UPDATE {OUTBOX} SET not_before = %s WHERE id IN ({marks(ids)})",
+                            [PARKED, *ids])
+
+
+def resume(conn: Connection, function: str) -> tuple[bool, int]:
+    """Resume a function: (whether it was paused, how many parked rows are due again)."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"DELETE FROM {PAUSED} WHERE `function` = %s", (function,))
+    was_paused = bool(cursor.rowcount)
+    cursor.execute(f"UPDATE {OUTBOX} SET not_before = NOW(6), ships = 0 WHERE not_before >= %s "
+                   "AND `function` = %s", (PARKED, function))  # fmt: skip
+    return was_paused, int(cursor.rowcount)
+
+
+def paused_functions(conn: Connection) -> list[tuple[str, datetime, str | None]]:
+    """Every paused function: (function, paused_at, paused_by)."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT `function`, paused_at, paused_by FROM {PAUSED} ORDER BY `function`")
+    return [(str(f), at, None if by is None else str(by)) for f, at, by in cursor.fetchall()]
+
+
+def cancel_ledger_row(conn: Connection, ident: int, function: str) -> int:
+    """Delete a ledger row (locked by lock_ledger_row) and its failed attempts: its job never
+    runs, though a copy may sit in gearmand (it finds no row). Rows deleted (0 or 1)."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"DELETE FROM {OUTBOX} WHERE id = %s", (ident,))
+    deleted = int(cursor.rowcount)
+    cursor.execute(f"DELETE FROM {ATTEMPTS} WHERE job_key = %s", (ledger_key(function, ident),))
+    return deleted
+
+
+# -- the console: pages of big tables, each read by a key, never by OFFSET ---------------------
+# The ledger has no index but its primary key (triggers pay for each index), so every read of
+# it is a range of ids; the dead letters are read by id, or by (`function`, id).
+LEDGER_COLUMNS = ("id, `function`, unique_key, priority, not_before, created_at, ships, "
+                  "LENGTH(payload), LEFT(payload, %s), not_before <= NOW(6)")
+
+
+def ledger_ids(conn: Connection) -> tuple[int, int] | None:
+    """The lowest and highest id in the ledger, None when it is empty."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT MIN(id), MAX(id) FROM {OUTBOX}")
+    low, high = cursor.fetchone()
+    return None if low is None else (int(low), int(high))
+
+
+def ledger_figures_between(conn: Connection, low: int, high: int) -> tuple[Any, ...]:
+    """For ids low < id <= high: rows, due, leased, delayed, the oldest created_at and the
+    earliest not_before of a due row (None when there are none)."""
+    cursor = db.cursor(conn)
+    cursor.execute(
+        "SELECT COUNT(*), COALESCE(SUM(not_before <= NOW(6)), 0), "
+        f"COALESCE(SUM({LedgerState.LEASED.condition}), 0), "
+        f"COALESCE(SUM({LedgerState.DELAYED.condition}), 0), MIN(created_at), "
+        "MIN(CASE WHEN not_before <= NOW(6) THEN not_before END), NOW(6) "
+        f"FROM {OUTBOX} WHERE id > %s AND id <= %s", (low, high),
+    )
+    return tuple(cursor.fetchone())
+
+
+def ledger_page(conn: Connection, state: str | None, after: int, limit: int, scan: int,
+                preview: int, function: str | None = None, search: str | None = None,
+                secrets: Sequence[str] = (), newest: bool = False
+                ) -> tuple[list[tuple[Any, ...]], int | None]:  # fmt: skip
+    """Ledger rows in id order past `after` (above it; with `newest`, newest first below it,
+    0 for the newest row), of one state (LedgerState) or all, of one function or all,
+    whose payload (with `secrets` masked) holds `search` or any, reading at most `scan` rows
+    when one of these is given: (the rows as LEDGER_COLUMNS, the id the next page starts
+    past; None at the end of the table)."""
+    cursor = db.cursor(conn)
+    conditions: list[str] = [LedgerState(state).condition] if state else []
+    args: list[Any] = []
+    if function:
+        conditions.append("`function` = %s")
+        args.append(function)
+    if search:
+        payload, payload_args = masked("payload", secrets)
+        conditions.append(f"{payload} LIKE %s ESCAPE '!'")
+        args += [*payload_args, like_pattern(search)]
+    order = "DESC" if newest else "ASC"
+    if newest and not after:
+        past, past_args = "", []
+    else:
+        past, past_args = ("WHERE id < %s" if newest else "WHERE id > %s"), [after]
+    if not conditions:  # every row: the next `limit` ids are the page
+        cursor.execute(f"SELECT id FROM {OUTBOX} {past} ORDER BY id {order} LIMIT %s",
+                       (*past_args, limit))
+    else:  # no index serves these: look through the next `scan` rows
+        columns = "id, `function`, not_before, ships" + (", payload" if search else "")
+        cursor.execute(f"SELECT id FROM (SELECT {columns} FROM {OUTBOX} {past} ORDER BY id "
+                       f"{order} LIMIT %s) AS scanned WHERE {' AND '.join(conditions)} "
+                       f"ORDER BY id {order} LIMIT %s",
+                       (*past_args, scan, *args, limit))  # fmt: skip
+    ids = [int(row[0]) for row in cursor.fetchall()]
+    if len(ids) == limit:
+        following: int | None = ids[-1]
+    else:  # the window held fewer: go on past its last row, if the table goes on
+        cursor.execute(f"SELECT {'MIN' if newest else 'MAX'}(id), COUNT(*) FROM (SELECT id "
+                       f"FROM {OUTBOX} {past} ORDER BY id {order} LIMIT %s) AS scanned",
+                       (*past_args, scan))  # fmt: skip
+        last, read = cursor.fetchone()
+        following = int(last) if last is not None and int(read) == scan else None
+    if not ids:
+        return [], following
+    cursor.execute(f"SELECT {LEDGER_COLUMNS} FROM {OUTBOX} WHERE id IN ({marks(ids)}) "
+                   f"ORDER BY id {order}", [preview, *ids])  # fmt: skip
+    return list(cursor.fetchall()), following
+
+
+def ledger_row(conn: Connection, ident: int, head: int
+               ) -> tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]:  # fmt: skip
+    """One ledger row, its payload's first `head` bytes: (id, function, unique_key, priority,
+    not_before, created_at, ships, LENGTH(payload), LEFT(payload, head), due) or None; and
+    its job's failed attempts so far: (failures, first_at, last_error, traceback) or None."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT {LEDGER_COLUMNS} FROM {OUTBOX} WHERE id = %s", (head, ident))
+    row = cursor.fetchone()
+    if row is None:
+        return None, None
+    cursor.execute(f"SELECT failures, first_at, last_error, traceback FROM {ATTEMPTS} "
+                   "WHERE job_key = %s", (ledger_key(str(row[1]), ident),))  # fmt: skip
+    attempts = cursor.fetchone()
+    return tuple(row), None if attempts is None else tuple(attempts)
+
+
+def functions_seen(conn: Connection, window: int) -> set[str]:
+    """Every function of a dead letter (read on their index, one entry per function), and of
+    the newest `window` ledger rows (the ledger has no index on `function`)."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT DISTINCT `function` FROM {DEAD_LETTERS}")
+    found = {str(row[0]) for row in cursor.fetchall()}
+    cursor.execute(f"SELECT DISTINCT `function` FROM (SELECT `function` FROM {OUTBOX} ORDER BY "
+                   "id DESC LIMIT %s) AS recent", (window,))  # fmt: skip
+    return found | {str(row[0]) for row in cursor.fetchall()}
+
+
+def lock_ledger_row(conn: Connection, ident: int) -> tuple[str, str] | None:
+    """Lock a ledger row for an action, without waiting: (its function, its state: one of
+    LedgerState's values, or "held" while another transaction holds it, a worker running its job);
+    None when there is no such row."""
+    cursor = db.cursor(conn)
+    states = " ".join(f"WHEN {state.condition} THEN '{state.value}'" for state in LedgerState)
+    try:
+        with db.translating():
+            cursor.execute(f"SELECT `function`, CASE {states} END FROM {OUTBOX} WHERE id = %s "
+                           "FOR UPDATE NOWAIT", (ident,))  # fmt: skip
+            row = cursor.fetchone()
+    except db.ERRORS as exc:
+        if getattr(db.translate(exc), "errno", None) in _LOCKED_ERRNOS:
+            return None if _gone(conn, ident) else ("", "held")
+        raise
+    return None if row is None else (str(row[0]), str(row[1]))
+
+
+def _gone(conn: Connection, ident: int) -> bool:
+    cursor = db.cursor(conn)
+    cursor.execute(f"SELECT COUNT(*) FROM {OUTBOX} WHERE id = %s", (ident,))
+    return not int(cursor.fetchone()[0])
+
+
+def run_ledger_row_now(conn: Connection, ident: int) -> int:
+    """A delayed row (a retry waiting out its back-off) due now: rows changed (0 or 1)."""
+    cursor = db.cursor(conn)
+    cursor.execute(f"UPDATE {OUTBOX} SET not_before = NOW(6) WHERE id = %s AND "
+                   f"{LedgerState.DELAYED.condition}", (ident,))  # fmt: skip
+    return int(cursor.rowcount)
+
+
+def ledger_row_to_dead_letters(conn: Connection, ident: int, function: str, error: str) -> int:
+    """Move a ledger row (locked by lock_ledger_row) to the dead letters with its failures so
+    far, which are forgotten: rows moved (0 or 1). Its job, shipped already, finds no row
+    and does nothing."""
+    key = ledger_key(function, ident)
+    cursor = db.cursor(conn)
+    cursor.execute(
+        f"INSERT INTO {DEAD_LETTERS} (`function`, payload, unique_key, attempts, error, "
+        "traceback, first_failed_at) SELECT o.`function`, o.payload, o.unique_key, "
+        "COALESCE(a.failures, 0), %s, a.traceback, COALESCE(a.first_at, NOW(6)) "
+        f"FROM {OUTBOX} AS o LEFT JOIN {ATTEMPTS} AS a ON a.job_key = %s WHERE o.id = %s",
+        (error, key, ident))  # fmt: skip
+    moved = int(cursor.rowcount)
+    cursor.execute(f"DELETE FROM {OUTBOX} WHERE id = %s", (ident,))
+    cursor.execute(f"DELETE FROM {ATTEMPTS} WHERE job_key = %s", (key,))
+    return moved
+
+
+def enqueue_many(conn: Connection, jobs: Sequence[tuple[str, bytes, str | None]]) -> None:
+    """Put (function, payload, unique) jobs in the outbox, due now, their ids in this order."""
+    if jobs:
+        db.cursor(conn).execute(
+            f"INSERT INTO {OUTBOX} (`function`, payload, unique_key) VALUES "
+            + ", ".join(["(%s, %s, %s)"] * len(jobs)),
+            [value for job in jobs for value in job],
+        )

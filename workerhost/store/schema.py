@@ -1,0 +1,119 @@
+"""The host's own tables: their names, their DDL and their migrations.
+
+The host's tables live in the application's database beside its data (`sql/workerhost.sql`,
+package data): the ledger (`workerhost_outbox`) of jobs waiting or running, the failed
+attempts of jobs in play, the dead letters, the refused deliveries, the paused functions, the
+functions' concurrency slots, how far each schedule has got, and the worker processes'
+heartbeats. Every statement against them lives in this package (store/): ledger.py,
+letters.py, schedule_table.py and worker_table.py, so that the SQL that must run on MySQL and
+MariaDB alike is written once: ``function`` is a column name and a reserved word in MySQL since
+8.0.1, so it is always quoted; no statement uses ``VALUES(col)`` in ``ON DUPLICATE KEY UPDATE``
+(deprecated by MySQL 8.0.20, while MariaDB lacks the row-alias form that replaces it).
+
+Callers own the transaction: the store's functions run their statements on the connection's
+shared cursor (db.cursor) and never commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+from workerhost.store import db
+from workerhost.store.db import Connection
+
+OUTBOX = "workerhost_outbox"
+ATTEMPTS = "workerhost_attempts"
+DEAD_LETTERS = "workerhost_dead_letters"
+REFUSED = "workerhost_refused"
+PAUSED = "workerhost_paused"
+SLOTS = "workerhost_slots"
+SCHEDULES = "workerhost_schedules"
+WORKERS = "workerhost_workers"  # heartbeats: each worker process of each host
+# Refused deliveries kept, the newest ones: forged jobs must not fill the disk.
+REFUSED_KEPT = 1000
+# Bytes of a refused delivery's payload kept to recognise it by (its digest covers the rest).
+REFUSED_HEAD = 256
+# Lock errors of a NOWAIT read: MariaDB answers a lock wait timeout, MySQL a NOWAIT error.
+_LOCKED_ERRNOS = frozenset({1205, 3572})
+SCHEMA_RESOURCE = "sql/workerhost.sql"
+# The columns a trigger's outbox INSERT names: a lone entry leaves unique_key NULL.
+OUTBOX_TRIGGER_COLUMNS = "(`function`, `payload`)"
+OUTBOX_TRIGGER_COLUMNS_UNIQUE = "(`function`, `payload`, `unique_key`)"
+# Immediate delivery's row: shipped by the trigger itself, so leased from the start, with the
+# token the trigger ships (every other writer leaves the token to the column's default).
+OUTBOX_TRIGGER_COLUMNS_LEASED = ("(`function`, `payload`, `unique_key`, `not_before`, `ships`, "
+                                 "`token`)")
+# What a trigger makes a row's token of, as the column's default does (sql/workerhost.sql).
+TOKEN_EXPRESSION = "HEX(RANDOM_BYTES(16))"
+
+
+def marks(values: Sequence[Any]) -> str:
+    return ", ".join(["%s"] * len(values))
+
+
+# -- schema ------------------------------------------------------------------------------------
+def schema_statements() -> list[str]:
+    """The CREATE TABLE IF NOT EXISTS statements of sql/workerhost.sql, comments removed."""
+    text = resources.files("workerhost").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
+    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+    return [statement.strip() for statement in body.split(";") if statement.strip()]
+
+
+def created_table(statement: str) -> str:
+    """The table a CREATE TABLE IF NOT EXISTS statement of the schema creates."""
+    return statement.split("EXISTS", 1)[1].split("(", 1)[0].strip().strip("`")
+
+
+# Columns added since the first layout, with the statements that add them: create() runs
+# those of the columns that are missing. The token is added empty, filled, and only then given
+# its default: MySQL refuses (with binary logging on) to fill existing rows from a default
+# that differs from call to call.
+MIGRATIONS = (
+    (OUTBOX, "ships", (f"ALTER TABLE {OUTBOX} ADD COLUMN ships INT UNSIGNED NOT NULL DEFAULT 0",)),
+    (OUTBOX, "token", (
+        f"ALTER TABLE {OUTBOX} ADD COLUMN token CHAR(32) CHARACTER SET ascii NULL",
+        f"UPDATE {OUTBOX} SET token = {TOKEN_EXPRESSION} WHERE token IS NULL",
+        f"ALTER TABLE {OUTBOX} MODIFY COLUMN token CHAR(32) CHARACTER SET ascii NOT NULL "
+        f"DEFAULT ({TOKEN_EXPRESSION})",
+    )),
+    (OUTBOX, "snoozes", (f"ALTER TABLE {OUTBOX} ADD COLUMN snoozes INT UNSIGNED NOT NULL "
+                         "DEFAULT 0",)),
+)
+# Indexes added since the first layout: create() adds what is missing.
+INDEX_MIGRATIONS = ((OUTBOX, "due", "(not_before)"),)
+
+
+def create(conn: Connection) -> None:
+    """Create the tables that are missing and bring older layouts up to date (re-runnable).
+
+    Only what is missing is created: CREATE TABLE IF NOT EXISTS of a table that exists draws
+    a note (a warning on MySQL) on every start of every host.
+    """
+    cursor = db.cursor(conn)
+    cursor.execute("SELECT TABLE_NAME FROM information_schema.TABLES "
+                   "WHERE TABLE_SCHEMA = DATABASE()")
+    existing = {str(name) for (name,) in cursor.fetchall()}
+    for statement in schema_statements():
+        if created_table(statement) not in existing:
+            cursor.execute(statement)
+    cursor.execute(
+        "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS "
+        "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN "
+        f"({marks(MIGRATIONS)})", [table for table, _, _ in MIGRATIONS],
+    )
+    present = {(str(table), str(column)) for table, column in cursor.fetchall()}
+    for table, column, statements in MIGRATIONS:
+        if (table, column) not in present:
+            for statement in statements:
+                cursor.execute(statement)
+    cursor.execute(
+        "SELECT DISTINCT TABLE_NAME, INDEX_NAME FROM information_schema.STATISTICS "
+        f"WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN ({marks(INDEX_MIGRATIONS)})",
+        [table for table, _, _ in INDEX_MIGRATIONS],
+    )
+    indexed = {(str(table), str(index)) for table, index in cursor.fetchall()}
+    for table, index, columns in INDEX_MIGRATIONS:
+        if (table, index) not in indexed:
+            cursor.execute(f"ALTER TABLE {table} ADD INDEX {index} {columns}")

@@ -1,0 +1,248 @@
+"""`workerhost udf build | install | uninstall`: the UDF from the package's own copy of its
+source, so that a wheel is enough (no checkout, no `make`, no developer setup).
+
+`build` needs a C compiler and the database server's headers, found through `mariadb_config`,
+`mysql_config` or pkg-config (the library speaks Gearman itself: no libgearman). `install`
+runs on the database server's machine: it puts the library into the server's `@@plugin_dir`
+(read from the server), creates the functions (sql/install.sql) and writes gearman_udf.conf
+from the YAML file's gearman.servers. Each step is printed as it is taken.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import mysql.connector
+
+from workerhost.errors import WorkerHostError
+from workerhost.udf import installed as udf
+
+Say = Callable[[str], None]
+
+# How the server's headers are found, in this order (a MySQL server puts mysql_config first).
+HEADER_TOOLS: tuple[tuple[str, ...], ...] = (
+    ("mariadb_config", "--include"),
+    ("mysql_config", "--include"),
+    ("pkg-config", "--cflags", "mariadb"),
+    ("pkg-config", "--cflags", "mysqlclient"),
+)
+# Where distributions put them when none of the tools is installed.
+HEADER_DIRS = ("/usr/include/mariadb", "/usr/include/mysql")
+COMPILERS = ("cc", "gcc", "clang")
+# udf/Makefile's flags without -Werror: a newer compiler's new warning must not stop a user.
+CFLAGS = ("-std=gnu11", "-O2", "-Wall", "-Wextra", "-fPIC", "-fvisibility=hidden", "-pthread",
+          "-shared")
+# libanl holds getaddrinfo_a before glibc 2.34 and is an empty stub since.
+LIBS = ("-lanl", "-pthread")
+CONFIG_MODE = 0o644  # mysqld, whatever user it runs as, must read it
+
+
+class UdfInstallError(WorkerHostError):
+    """The UDF could not be built, installed or removed; the message says which step."""
+
+
+def _tool_flags(argv: Sequence[str]) -> list[str] | None:
+    if shutil.which(argv[0]) is None:
+        return None
+    done = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not done.stdout.strip():
+        return None
+    return shlex.split(done.stdout)
+
+
+def find_headers(say: Say, server: str | None = None) -> list[str]:
+    """Compiler flags for the server's headers (`server`: mariadb or mysql, when known)."""
+    tools = list(HEADER_TOOLS)
+    if server == "mysql":  # MySQL 8's UDF types differ: its own headers first
+        tools.sort(key=lambda argv: argv[0] != "mysql_config" and "mysqlclient" not in argv)
+    for argv in tools:
+        flags = _tool_flags(argv)
+        if flags is not None:
+            say(f"headers: {' '.join(flags)} (from {' '.join(argv)})")
+            return flags
+    for directory in HEADER_DIRS:
+        if (Path(directory) / "mysql.h").is_file():
+            say(f"headers: -I{directory} (no mariadb_config, mysql_config or pkg-config entry)")
+            return [f"-I{directory}"]
+    raise UdfInstallError(
+        "no headers of a MariaDB or MySQL server found (tried mariadb_config, mysql_config, "
+        f"pkg-config mariadb and mysqlclient, {', '.join(HEADER_DIRS)}): install them, e.g. "
+        "apt-get install libmariadb-dev (MariaDB) or libmysqlclient-dev (MySQL)")
+
+
+def find_compiler(say: Say) -> str:
+    wanted = os.environ.get("CC")
+    for name in ([wanted] if wanted else []) + list(COMPILERS):
+        found = shutil.which(name)
+        if found:
+            say(f"compiler: {found}")
+            return found
+    raise UdfInstallError("no C compiler found (cc, gcc or clang; or $CC): install one, e.g. "
+                          "apt-get install gcc")
+
+
+def build(output: Path, say: Say, server: str | None = None) -> Path:
+    """Compile the package's UDF source (every .c file, with its headers) into `output`."""
+    compiler = find_compiler(say)
+    headers = find_headers(say, server)
+    output = output.resolve()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="workerhost-udf-") as work:
+        files = udf.source_files()
+        for name, text in files.items():
+            (Path(work) / name).write_bytes(text)
+        sources = [str(Path(work) / name) for name in sorted(files) if name.endswith(".c")]
+        say(f"source: {len(sources)} files of the UDF {udf.UDF_VERSION} from the workerhost "
+            "package")
+        staging = output.with_name(output.name + ".new")
+        argv = [compiler, *CFLAGS, *headers, "-o", str(staging), *sources, *LIBS]
+        say("compile: " + shlex.join(argv))
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        staging.unlink(missing_ok=True)
+        raise UdfInstallError(f"the compiler failed (exit status {done.returncode}):\n"
+                              f"{done.stderr.strip()}")
+    os.replace(staging, output)
+    say(f"built {output}")
+    return output
+
+
+def connect(params: Mapping[str, Any]) -> Any:
+    """A connection (autocommit) for the installer; its errors name the server."""
+    kwargs = dict(params, autocommit=True)
+    try:
+        return mysql.connector.connect(**kwargs)
+    except mysql.connector.Error as exc:
+        where = kwargs.get("unix_socket") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+        raise UdfInstallError(f"cannot connect to the database server at {where} as "
+                              f"{kwargs.get('user')!r}: {exc}") from exc
+
+
+def _scalar(conn: Any, sql: str) -> Any:
+    cursor = conn.cursor()
+    cursor.execute(sql)
+    (value,) = cursor.fetchone()
+    cursor.close()
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def server_flavor(conn: Any) -> str:
+    return "mariadb" if "mariadb" in str(_scalar(conn, "SELECT VERSION()")).lower() else "mysql"
+
+
+def _run_script(conn: Any, parts: tuple[str, ...], say: Say, what: str) -> None:
+    statements = udf.sql_statements(parts)
+    cursor = conn.cursor()
+    try:
+        for statement in statements:
+            cursor.execute(statement)
+    except mysql.connector.Error as exc:
+        raise UdfInstallError(f"{'/'.join(parts)} failed at `{statement}`: {exc.msg}; the "
+                              "account needs INSERT and DELETE on mysql.* (an administrator "
+                              "such as root)") from exc
+    finally:
+        cursor.close()
+    count = sum(not s.upper().startswith("DROP") for s in statements) or len(statements)
+    say(f"{what}: {count} ({'/'.join(parts)})")
+
+
+def plan_config(path: Path, servers: list[str], source: str, force: bool) -> str | None:
+    """The text to write to gearman_udf.conf, or None when it names `servers` already.
+    Raises when it names others and `force` is not given; nothing is changed yet."""
+    try:
+        existing = path.read_text()
+    except FileNotFoundError:
+        return udf.config_text(servers, source)
+    except OSError as exc:
+        raise UdfInstallError(f"cannot read {path}: {exc}") from exc
+    theirs = udf.config_servers(existing)
+    if theirs == tuple(servers):
+        return None
+    if not force:
+        raise UdfInstallError(
+            f"{path} exists and names other gearmand servers: "
+            f"{','.join(theirs) if theirs else 'none (so the defaults, or nothing)'}, where "
+            f"{source} lists {','.join(servers)}; give --force to replace it, or edit it")
+    return udf.config_text(servers, source)
+
+
+def write_config(path: Path, text: str | None, servers: list[str], say: Say) -> None:
+    if text is None:
+        say(f"config: {path} names the same servers already ({','.join(servers)}); kept")
+        return
+    staging = path.with_name(path.name + ".new")
+    try:
+        staging.write_text(text)
+        staging.chmod(CONFIG_MODE)
+        os.replace(staging, path)  # the UDF never sees half a file
+    except OSError as exc:
+        raise UdfInstallError(f"cannot write {path}: {exc} (run as a user who may write "
+                              "there, or name another file with --config-file and point "
+                              "mysqld's GEARMAN_UDF_CONFIG at it)") from exc
+    say(f"config: wrote {path} (servers={','.join(servers)})")
+
+
+def install(conn: Any, library: Path, *, servers: list[str], source: str,
+            config_file: Path | None, force: bool, say: Say) -> udf.Status:
+    """Put `library` into the server's plugin_dir, create the functions, write the config.
+
+    `config_file` None: the file a loaded library reads already, else the UDF's default.
+    Everything is checked before anything changes."""
+    before = udf.status(conn)
+    if config_file is None:
+        config_file = Path(before.config if before else udf.DEFAULT_CONFIG_FILE)
+    config = plan_config(config_file, servers, source, force)
+    plugin_dir = Path(str(_scalar(conn, "SELECT @@plugin_dir")))
+    say(f"plugin_dir: {plugin_dir} (the server's @@plugin_dir)")
+    if not plugin_dir.is_dir() or not os.access(plugin_dir, os.W_OK):
+        raise UdfInstallError(
+            f"{plugin_dir} is not a directory this user may write on this machine: run "
+            "`workerhost udf install` on the database server's machine, as a user who may "
+            "write there (root)")
+    callers = udf.calling_triggers(conn)
+    if before is not None and callers:
+        # install.sql drops and creates each function; a trigger firing in between fails.
+        say(f"warning: {len(callers)} triggers call {udf.SHIP} ({', '.join(callers[:5])}); "
+            "an INSERT that fires one while its function is re-created fails")
+    target = plugin_dir / udf.LIBRARY
+    # A new inode via rename: overwriting a library that mysqld has mapped would crash it.
+    staging = target.with_name(udf.LIBRARY + ".new")
+    shutil.copyfile(library, staging)
+    staging.chmod(0o755)
+    os.replace(staging, target)
+    say(f"copied {library} to {target}")
+    write_config(config_file, config, servers, say)
+    _run_script(conn, udf.INSTALL_RESOURCE, say, "functions created")
+    found = udf.status(conn)
+    if found is None:
+        raise UdfInstallError(f"the functions were created but {udf.STATUS}() is not there")
+    say(f"check: {udf.STATUS}() answers: version {found.version}, config {found.config}, "
+        f"servers {','.join(found.servers) or 'none'}")
+    if found.version != udf.UDF_VERSION:
+        say(f"warning: the server runs version {found.version}, not {udf.UDF_VERSION}: the "
+            "old library stays loaded while any of its functions existed; restart the server")
+    if Path(found.config) != config_file:
+        say(f"warning: the library reads {found.config} (mysqld's GEARMAN_UDF_CONFIG), not "
+            f"{config_file}: give --config-file {found.config}")
+    return found
+
+
+def uninstall(conn: Any, *, force: bool, say: Say) -> None:
+    """Drop the functions (sql/uninstall.sql); refused while triggers call gman_ship."""
+    callers = udf.calling_triggers(conn)
+    if callers and not force:
+        raise UdfInstallError(
+            f"{len(callers)} triggers call {udf.SHIP} ({', '.join(callers)}): without it every "
+            "INSERT that fires them fails. Drop them first (`workerhost triggers -c FILE "
+            "--drop`), or give --force")
+    if callers:
+        say(f"warning: {len(callers)} triggers call {udf.SHIP}; their INSERTs fail from now on")
+    _run_script(conn, udf.UNINSTALL_RESOURCE, say, "functions dropped")
+    say(f"{udf.LIBRARY} stays in the plugin_dir; mysqld unloaded it with its last function")
