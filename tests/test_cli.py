@@ -107,7 +107,7 @@ def test_the_documented_default_is_the_systemd_units_file() -> None:
     assert str(common.DEFAULT_CONFIG) == "/etc/workerhost/workerhost.yaml"
     unit = (ROOT / "examples" / "workerhost.service").read_text()
     assert f"-c {common.DEFAULT_CONFIG}" in unit
-    assert f"{common.CONFIG_ENV}" in (ROOT / "README.md").read_text()
+    assert f"{common.CONFIG_ENV}" in (ROOT / "docs" / "configuration.md").read_text()
 
 
 def test_payload_text_is_text_or_escaped_bytes_never_a_bytes_repr() -> None:

@@ -307,10 +307,10 @@ def test_a_worker_that_lost_the_database_is_logged_as_such_and_restarted(
     assert h.db.counted == [], "the worker left its job to gearmand uncounted"
 
 
-def test_the_readme_lists_every_exit_code_by_name_and_value() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_the_docs_list_every_exit_code_by_name_and_value() -> None:
+    page = (ROOT / "docs" / "operations.md").read_text()
     documented = {name: int(code) for code, name in
-                  re.findall(r"^\| (\d+) \| `((?:RET|EXIT)_[A-Z_]+)` \|", readme, re.MULTILINE)}
+                  re.findall(r"^\| (\d+) \| `((?:RET|EXIT)_[A-Z_]+)` \|", page, re.MULTILINE)}
     defined = {name: value for name, value in vars(exitcodes).items()
                if name.startswith(("RET_", "EXIT_"))}
     assert documented == defined
