@@ -1,4 +1,4 @@
-"""Every exit code of workerhost, in one place: the README's table is this module.
+"""Every exit code of workerhost, in one place: the table in docs/operations.md is this module.
 
 `RET_*` are the codes of the `workerhost` command (every verb; `run` is the supervisor);
 `EXIT_*` those of the child processes the supervisor forks (workers, the outbox relay, the

@@ -83,7 +83,7 @@ def log_in_as(users: Mapping[str, ConsoleUser], throttle: LoginThrottle, name: s
 class Revoked:
     """Ids of the sessions logged out, each kept until it would have run out anyway. Held
     by one console process: consoles behind one balancer do not share it, and a restart
-    forgets it (the README says so)."""
+    forgets it (docs/console.md says so)."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
