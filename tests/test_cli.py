@@ -19,7 +19,7 @@ from conftest import ON_FIRST_SERVER, ROOT, host_config, host_env, wait_until
 from workerhost import cli
 from workerhost.cli import common
 from workerhost.cli import parser as cli_parser
-from workerhost.exitcodes import RET_CONFIG, RET_ERROR, RET_OK, RET_USAGE
+from workerhost.exitcodes import RET_CONFIG, RET_CONNECT, RET_ERROR, RET_OK, RET_USAGE
 from workerhost.sandbox.stack import Sandbox
 from workerhost.store.deadletters import payload_text
 
@@ -34,6 +34,26 @@ UNREACHABLE = {**VALID, "gearman": {"servers": ["127.0.0.1:1"]},
 def write(path: Path, config: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+BROKEN_HANDLER = {**UNREACHABLE, "handlers": {"touch": {"python": "broken_handlers:run"}}}
+
+
+@pytest.mark.parametrize(("argv", "code"), [
+    (["check"], RET_CONFIG),  # check imports the handlers: the broken module is reported
+    (["triggers"], RET_OK),  # the verbs that never run a handler do not import it ...
+    (["jobs", "list"], RET_CONNECT),  # (as far as the database, unreachable here)
+])
+def test_only_the_verbs_that_run_or_check_handlers_import_them(
+    argv: list[str], code: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """... so that a handler module that fails to import (or is slow to) leaves them usable."""
+    (tmp_path / "broken_handlers.py").write_text("raise ImportError('broken on purpose')\n")
+    config = write(tmp_path / "broken.yaml", BROKEN_HANDLER)
+    assert cli.main([*argv, "-c", str(config)]) == code
+    err = capsys.readouterr().err
+    assert ("broken on purpose" in err) == (argv == ["check"]), err
+    assert "broken_handlers" not in sys.modules
 
 
 @pytest.mark.parametrize("argv", [

@@ -39,7 +39,9 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
-def load(args: argparse.Namespace) -> Config:
+def load(args: argparse.Namespace, *, import_handlers: bool = False) -> Config:
+    """The file of -c; its python: handlers imported only for the verbs that run or check
+    them (check, doctor, run)."""
     from workerhost.config.load import load_config
 
-    return load_config(args.config)
+    return load_config(args.config, import_handlers=import_handlers)

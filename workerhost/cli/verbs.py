@@ -18,7 +18,7 @@ from workerhost.exitcodes import (
 
 
 def check(args: argparse.Namespace) -> int:
-    config = load(args)
+    config = load(args, import_handlers=True)
     print(f"{args.config}: valid; handlers: {', '.join(config.handlers)}")
     if args.connect:
         from workerhost.gearman import admin as gearadmin
@@ -41,7 +41,7 @@ def check(args: argparse.Namespace) -> int:
 def doctor(args: argparse.Namespace) -> int:
     from workerhost.observe import doctor
 
-    config = load(args)
+    config = load(args, import_handlers=True)
     checks = []
     for check in doctor.diagnose(config, str(args.config), probe=args.probe):
         checks.append(check)
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from workerhost.store.db import Database
 
     logs.setup(args.log_format, args.log_level)
-    config = load(args)
+    config = load(args, import_handlers=True)
     logs.redact(config.database.password)
     db = Database(config.database.connect_kwargs())
 

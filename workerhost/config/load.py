@@ -89,8 +89,13 @@ from workerhost.config.yamlfile import Section, UniqueKeyLoader, at_line, expand
 from workerhost.errors import ConfigError
 
 
-def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
-    """Read, check and resolve a config file; ``env`` defaults to ``os.environ``."""
+def load_config(path: str | Path, env: Mapping[str, str] | None = None, *,
+                import_handlers: bool = True) -> Config:
+    """Read, check and resolve a config file; ``env`` defaults to ``os.environ``.
+
+    ``import_handlers=False`` checks each ``python:`` reference's form but imports nothing:
+    for the verbs that never run a handler (status, jobs, dead letters, the console, ...), so
+    that they neither pay for nor depend on the handlers' code."""
     file = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -112,7 +117,8 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     except RecursionError:
         raise ConfigError("invalid YAML: lists or mappings nested too deeply to read",
                           file=file) from None
-    return parse_config(data, file=file, env=env, base_dir=Path(path).resolve().parent)
+    return parse_config(data, file=file, env=env, base_dir=Path(path).resolve().parent,
+                        import_handlers=import_handlers)
 
 
 def parse_config(
@@ -121,6 +127,7 @@ def parse_config(
     file: str,
     env: Mapping[str, str] | None = None,
     base_dir: Path | None = None,
+    import_handlers: bool = True,
 ) -> Config:
     """Check already-parsed YAML ``data``; ``file`` is only used in messages.
 
@@ -145,7 +152,7 @@ def parse_config(
         host=_host(top.section("host", _HOST_KEYS)),
         handlers=MappingProxyType({
             handlers.convert(name, conv.function_name, name):
-                _handler(handlers.section(name, _HANDLER_KEYS), name, host_env)
+                _handler(handlers.section(name, _HANDLER_KEYS), name, host_env, import_handlers)
             for name in handlers.data
         }),
         triggers=_triggers(top) if top.data.get("triggers") is not None else (),
@@ -301,7 +308,8 @@ def _host_header(value: object) -> str:
     return text
 
 
-def _handler(section: Section, name: str, host_env: Mapping[str, str]) -> HandlerConfig:
+def _handler(section: Section, name: str, host_env: Mapping[str, str],
+             import_handlers: bool) -> HandlerConfig:
     kinds = [kind for kind in ("python", "sql", "command") if kind in section.data]
     if not kinds:
         raise section.error("needs python, sql or command")
@@ -322,7 +330,8 @@ def _handler(section: Section, name: str, host_env: Mapping[str, str]) -> Handle
     return HandlerConfig(
         name=name,
         python=python,
-        callable=section.convert("python", conv.import_callable, python) if python else None,
+        callable=(section.convert("python", conv.import_callable, python)
+                  if python and import_handlers else None),
         sql=sql,
         params=tuple(params),
         processes=section.get("processes", conv.positive_int, DEFAULT_PROCESSES),

@@ -205,7 +205,7 @@ class HandlerConfig:
 
     name: str
     python: str | None = None  # "package.module:callable" as written
-    callable: Callable[..., object] | None = None  # the imported object; None for sql
+    callable: Callable[..., object] | None = None  # imported; None for sql, command, or unimported
     sql: tuple[str, ...] = ()
     params: tuple[str, ...] = ()  # %(name)s placeholders of all statements, first use first
     processes: int = DEFAULT_PROCESSES

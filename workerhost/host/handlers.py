@@ -72,7 +72,10 @@ def run(handler: HandlerConfig, job: Job, conn: Connection, cursor: Any = None) 
 
     `sql:` handlers run on `cursor`, by default the connection's reused one (db.cursor).
     """
-    if handler.callable is not None:
+    if handler.python is not None:
+        if handler.callable is None:  # load_config(import_handlers=False): never on `run`
+            raise RuntimeError(f"{handler.python} was not imported: the config was loaded "
+                               "without its handlers")
         result = to_bytes(handler.callable(job, HandlerConnection(conn)))
         if conn.unread_result:
             # The host's next statement on the connection would fail ("Unread result found").
@@ -127,7 +130,7 @@ def run_sql(handler: HandlerConfig, job: Job, cursor: Any,
 def runs_together(handler: HandlerConfig) -> bool:
     """Whether a batch of this handler's jobs can run in one round trip (run_sql_together):
     an `sql:` handler alone, whose statements are all single writes."""
-    return (handler.callable is None and not handler.command and bool(handler.sql)
+    return (handler.python is None and not handler.command and bool(handler.sql)
             and all(_SINGLE_WRITE.match(statement) for statement in handler.sql))
 
 

@@ -101,7 +101,7 @@ class Runner:
         self.slot = slot
         self.db = database
         # A Python handler gets the connection: its transactions are guarded (db.run).
-        self.guarded = handler.callable is not None
+        self.guarded = handler.python is not None
         self.jobs_done = 0
         self._slots_set = False  # the function's concurrency slots written (limits:)
     def run_batch(self, jobs: list[Job]) -> list[Answer | object]:
