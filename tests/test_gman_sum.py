@@ -2,7 +2,8 @@
 
 Each row's job is submitted as the row comes and not waited for; the group's value is the sum
 of the integer results, or NULL (with a line in mysqld's error log) when a job fails, a result
-is no integer or the group's timeout_ms passes.
+is no integer, the group's result_timeout_ms passes or gearmand acknowledges no job for
+timeout_ms.
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ from typing import Any
 import pytest
 from conftest import host_config, scalar, sequence
 from test_udf import (  # udf_config: a fixture, used by name
-    TIMEOUT,
+    DEFAULT_RESULT_TIMEOUT_MS,
+    DEFAULT_TIMEOUT_MS,
+    MARGIN,
+    RESULT_TIMEOUT,
+    RESULT_TIMEOUT_MS,
     RawWorker,
     counters,
     serving,
+    silent_server,
     stalling,
     udf_status,
 )
@@ -36,9 +42,8 @@ ROWS = 100
 # after another they would sleep 5 s alone. 2.5 s is half of that: it holds only if jobs run
 # side by side, and leaves the host room for its own overhead.
 SIDE_BY_SIDE_LIMIT = 2.5
-# A group's deadline for these tests: far beyond what 100 such jobs take, so that a slow
-# moment of the machine does not turn the sum into NULL.
-GROUP_TIMEOUT_MS = 20_000
+# The least such a group takes: 13 rounds of 50 ms.
+SIDE_BY_SIDE_FLOOR = -(-ROWS // PROCESSES) * 0.05
 
 
 @pytest.fixture
@@ -72,9 +77,7 @@ def log_size(sandbox: Sandbox) -> int:
 # -- with the worker host's command: handlers ------------------------------------------------
 
 def test_a_groups_jobs_run_side_by_side(udf: Sandbox, numbers: Any, fn: str,
-                                        udf_config: Callable[..., None],
                                         host_factory: Callable[..., Any]) -> None:
-    udf_config(timeout_ms=GROUP_TIMEOUT_MS)
     host_factory(host_config(udf, numbers.database, {
         fn: {"command": DOUBLE_SLOWLY, "processes": PROCESSES}}))
     # Warm: every worker process has run a job, so the figure is the UDF's, not start-up's.
@@ -87,10 +90,29 @@ def test_a_groups_jobs_run_side_by_side(udf: Sandbox, numbers: Any, fn: str,
     assert took < SIDE_BY_SIDE_LIMIT, f"{ROWS} jobs of 50 ms took {took:.2f}s"
 
 
+def test_a_group_of_100_jobs_of_50_ms_sums_with_the_default_config(
+        udf: Sandbox, numbers: Any, fn: str, udf_config: Callable[..., None],
+        host_factory: Callable[..., Any]) -> None:
+    """timeout_ms bounds connecting and submitting only; a group waits for its answers up to
+    result_timeout_ms. The group takes longer than a short timeout_ms, and used to be NULL."""
+    udf_config(timeout_ms=None)  # servers= alone: every other setting its default
+    status = udf_status(numbers)
+    assert (status["timeout_ms"], status["result_timeout_ms"]) == (
+        DEFAULT_TIMEOUT_MS, DEFAULT_RESULT_TIMEOUT_MS)
+    # accept: any, as for every job that comes straight to gearmand and not through the ledger.
+    host_factory(host_config(udf, numbers.database, {
+        fn: {"command": DOUBLE_SLOWLY, "processes": PROCESSES, "accept": "any"}}))
+    assert scalar(numbers, "SELECT gman_sum(%s, id) FROM t", fn) == ROWS * (ROWS + 1)
+
+    udf_config(timeout_ms=500)  # the issue's setting: shorter than the group takes
+    started = time.monotonic()
+    assert scalar(numbers, "SELECT gman_sum(%s, id) FROM t", fn) == ROWS * (ROWS + 1)
+    took = time.monotonic() - started
+    assert took > SIDE_BY_SIDE_FLOOR > 0.5, f"took {took:.2f}s"
+
+
 def test_a_failing_job_makes_its_group_null(udf: Sandbox, numbers: Any, fn: str,
-                                            udf_config: Callable[..., None],
                                             host_factory: Callable[..., Any]) -> None:
-    udf_config(timeout_ms=GROUP_TIMEOUT_MS)
     fails_on_7 = ["sh", "-c", 'n=$(cat); [ "$n" != 7 ] || exit 3; echo $((n * 2))']
     host_factory(host_config(udf, numbers.database, {
         fn: {"command": fails_on_7, "processes": 4, "retries": {"attempts": 1}}}))
@@ -159,28 +181,54 @@ def test_a_result_that_is_no_integer_makes_the_group_null(udf: Sandbox, numbers:
     assert "result 'four' is not an integer" in logged_since(udf, offset)
 
 
-def test_a_worker_that_never_answers_is_null_within_the_timeout(udf: Sandbox, numbers: Any,
-                                                                fn: str) -> None:
-    """The deadline bounds the group, not each job: 20 unanswered jobs cost one timeout_ms."""
+def test_a_worker_that_never_answers_is_null_within_the_result_timeout(
+        udf: Sandbox, numbers: Any, fn: str, udf_config: Callable[..., None]) -> None:
+    """result_timeout_ms bounds the group, not each job: 20 unanswered jobs cost one
+    result_timeout_ms, which is longer than timeout_ms (the sandbox's 1 s) here."""
+    udf_config(result_timeout_ms=RESULT_TIMEOUT_MS)
     offset = log_size(udf)
     before = counters(numbers)
     with stalling(udf.gearman_port, fn, None) as seen:
         started = time.monotonic()
         assert scalar(numbers, "SELECT gman_sum(%s, id) FROM t WHERE id <= 20", fn) is None
         took = time.monotonic() - started
-    assert TIMEOUT * 0.9 <= took < 3 * TIMEOUT, f"took {took:.2f}s"
+    assert RESULT_TIMEOUT * 0.9 <= took < 3 * RESULT_TIMEOUT, f"took {took:.2f}s"
     assert len(seen) >= 1
     after = counters(numbers)
     assert after["timed_out"] == before["timed_out"] + 1
     assert after["failed"] == before["failed"] + 1
-    assert "not answered within timeout_ms=1000, which bounds the whole group" in \
-        logged_since(udf, offset)
+    assert (f"not answered within result_timeout_ms={RESULT_TIMEOUT_MS}, which bounds the "
+            "whole group") in logged_since(udf, offset)
 
 
-def test_a_failed_groups_jobs_that_no_worker_took_never_run(udf: Sandbox, numbers: Any,
-                                                           fn: str) -> None:
+def test_a_stalled_server_ends_the_group_at_timeout_ms(udf: Sandbox, numbers: Any, fn: str,
+                                                      udf_config: Callable[..., None]) -> None:
+    """A server that takes the connection and acknowledges nothing: NULL once timeout_ms has
+    passed, however long result_timeout_ms is, and the server is skipped for backoff_ms."""
+    offset = log_size(udf)
+    with silent_server() as port:
+        udf_config(servers=f"127.0.0.1:{port}", timeout_ms=300, result_timeout_ms=20_000,
+                   backoff_ms=60_000)
+        before = counters(numbers)
+        started = time.monotonic()
+        assert scalar(numbers, "SELECT gman_sum(%s, id) FROM t WHERE id <= 20", fn) is None
+        took = time.monotonic() - started
+        assert 0.25 <= took < 0.3 + MARGIN, f"took {took:.2f}s"
+        started = time.monotonic()
+        assert scalar(numbers, "SELECT gman_sum(%s, id) FROM t WHERE id <= 20", fn) is None
+        assert time.monotonic() - started < MARGIN
+    after = counters(numbers)
+    assert after["timed_out"] == before["timed_out"] + 1
+    assert after["skipped_backoff"] > before["skipped_backoff"]
+    assert (f"127.0.0.1:{port}: 20 jobs not acknowledged within timeout_ms=300; server skipped "
+            "for backoff_ms") in logged_since(udf, offset)
+
+
+def test_a_failed_groups_jobs_that_no_worker_took_never_run(
+        udf: Sandbox, numbers: Any, fn: str, udf_config: Callable[..., None]) -> None:
     """No worker: NULL at the deadline. The group's connection is closed then, and gearmand
     hands none of its jobs to a worker that comes later."""
+    udf_config(result_timeout_ms=RESULT_TIMEOUT_MS)
     assert scalar(numbers, "SELECT gman_sum(%s, id) FROM t WHERE id <= 20", fn) is None
     with RawWorker(udf.gearman_port, fn) as worker:
         assert worker.take(1, timeout=2) == []

@@ -36,6 +36,13 @@ MARGIN = 0.5
 # The sandbox's timeout_ms, in seconds. A call that submitted its job a second time after a
 # timeout takes at least twice this long.
 TIMEOUT = SANDBOX_UDF_TIMEOUT_MS / 1000
+# The UDF's defaults when the file does not set them (DEFAULT_*_MS in udf/src/config.h).
+DEFAULT_TIMEOUT_MS = 1000
+DEFAULT_RESULT_TIMEOUT_MS = 30_000
+# result_timeout_ms for tests whose worker never answers: short, so they end soon, and longer
+# than timeout_ms, so that a call that lasts 0.9 of it was bounded by it and not by timeout_ms.
+RESULT_TIMEOUT_MS = 1500
+RESULT_TIMEOUT = RESULT_TIMEOUT_MS / 1000
 
 BACKGROUND = ("gman_do_background", "gman_do_high_background", "gman_do_low_background")
 FOREGROUND = ("gman_do", "gman_do_high", "gman_do_low")
@@ -401,7 +408,8 @@ def test_status_reports_config_and_counters(udf: Sandbox, db: Any) -> None:
     status = udf_status(db)
     assert status["servers"] == [udf.gearman_server]
     assert status["routes"] == {}
-    assert status["timeout_ms"] == 1000
+    assert status["timeout_ms"] == SANDBOX_UDF_TIMEOUT_MS
+    assert status["result_timeout_ms"] == DEFAULT_RESULT_TIMEOUT_MS  # the sandbox sets none
     assert status["allow_servers_set"] is False
     assert status["config_error"] is None
     assert status["config"] == str(udf.udf_config_path)
@@ -571,14 +579,17 @@ def silent_server() -> Iterator[int]:
 
 def test_stalled_server_gives_null_within_timeout(udf: Sandbox, db: Any,
                                                   udf_config: Callable[..., None]) -> None:
+    """A server that takes the connection and never answers: NULL at timeout_ms, for a
+    foreground call too, however long result_timeout_ms is."""
     with silent_server() as port:
-        udf_config(servers=f"127.0.0.1:{port}", timeout_ms=500)
+        udf_config(servers=f"127.0.0.1:{port}", timeout_ms=500, result_timeout_ms=20_000,
+                   backoff_ms=100)
         for udf_name in ("gman_do_background", "gman_do"):
             started = time.monotonic()
             assert scalar(db, f"SELECT {udf_name}('stalled', 'w')") is None
             took = time.monotonic() - started
-            assert took < 0.5 + MARGIN, f"{udf_name} took {took:.2f}s"
-            time.sleep(0.6)  # past backoff_ms, so the next call waits on the server again
+            assert 0.45 <= took < 0.5 + MARGIN, f"{udf_name} took {took:.2f}s"
+            time.sleep(0.2)  # past backoff_ms, so the next call waits on the server again
 
 
 @pytest.mark.slow
@@ -750,28 +761,34 @@ def test_install_and_uninstall_are_rerunnable(udf: Sandbox, db: Any) -> None:
     udf.install_udf(UDF_SO)
 
 
-# -- one deadline per call, one submission per call (issue #20) ------------------------------
+# -- a deadline for each call, one submission per call (issues #20, #30) ---------------------
 
 @pytest.mark.parametrize("kind", [WORK_STATUS, WORK_DATA, None], ids=["status", "data", "silent"])
 def test_one_deadline_bounds_the_whole_call(udf: Sandbox, db: Any, fn: str,
+                                            udf_config: Callable[..., None],
                                             kind: int | None) -> None:
     """A worker that keeps the job alive without finishing it, or never answers at all: NULL
-    once timeout_ms has passed since the call began, not for each packet; no KILL needed."""
+    once result_timeout_ms has passed since the call began, not for each packet and not at
+    timeout_ms (which ends only the submit); no KILL needed."""
+    udf_config(result_timeout_ms=RESULT_TIMEOUT_MS)
     before = counters(db)
     with stalling(udf.gearman_port, fn, kind) as seen:
         started = time.monotonic()
         assert scalar(db, "SELECT gman_do(%s, 'x')", fn) is None
         took = time.monotonic() - started
-    assert TIMEOUT * 0.9 <= took < 2 * TIMEOUT, f"took {took:.2f}s"  # twice: submitted again
+    # Twice: submitted again.
+    assert RESULT_TIMEOUT * 0.9 <= took < 2 * RESULT_TIMEOUT, f"took {took:.2f}s"
     assert len(seen) == 1
     after = counters(db)
     assert after["timed_out"] - before["timed_out"] == 1
     assert after["resubmitted"] == before["resubmitted"]
 
 
-def test_kill_query_is_not_needed_to_end_a_waiting_call(udf: Sandbox, db: Any, fn: str) -> None:
+def test_kill_query_is_not_needed_to_end_a_waiting_call(udf: Sandbox, db: Any, fn: str,
+                                                       udf_config: Callable[..., None]) -> None:
     """KILL QUERY only marked a call Killed while a worker kept sending WORK_STATUS; the
-    deadline now ends the call, and the statement then ends as killed."""
+    deadline (result_timeout_ms) now ends the call, and the statement then ends as killed."""
+    udf_config(result_timeout_ms=RESULT_TIMEOUT_MS)
     database = db.database
     session: list[int] = []
     outcome: list[object] = []
@@ -792,9 +809,9 @@ def test_kill_query_is_not_needed_to_end_a_waiting_call(udf: Sandbox, db: Any, f
         wait_until(lambda: session, what="the waiting session's id")
         time.sleep(0.2)
         db.cursor().execute(f"KILL QUERY {session[0]}")
-        waiting.join(10 * TIMEOUT)
+        waiting.join(10 * RESULT_TIMEOUT)
         took = time.monotonic() - started
-    assert not waiting.is_alive() and took < 3 * TIMEOUT, f"took {took:.2f}s"
+    assert not waiting.is_alive() and took < 3 * RESULT_TIMEOUT, f"took {took:.2f}s"
     assert len(outcome) == 1 and (outcome[0] is None or "interrupted" in str(outcome[0]))
 
 
@@ -830,9 +847,10 @@ def test_a_stopped_gearmand_costs_one_timeout(udf: Sandbox, db: Any, fn: str,
 
 
 @pytest.mark.slow
-def test_a_job_no_worker_answers_does_not_back_the_server_off(udf: Sandbox, db: Any,
-                                                              fn: str) -> None:
+def test_a_job_no_worker_answers_does_not_back_the_server_off(
+        udf: Sandbox, db: Any, fn: str, udf_config: Callable[..., None]) -> None:
     """One session waits for a worker that never comes; the others keep submitting."""
+    udf_config(result_timeout_ms=RESULT_TIMEOUT_MS)
     database = db.database
     waited: list[Any] = []
 

@@ -94,10 +94,12 @@ static void test_lines(void)
   struct config *c = malloc(sizeof *c);
   char why[160] = "";
   check(apply(c, why, (const char *const[]){ "servers=a:1,b:2  # two", "timeout_ms=50",
-                                             "backoff_ms = 70", "allow_servers_set=yes",
+                                             "result_timeout_ms=60", "backoff_ms = 70",
+                                             "allow_servers_set=yes",
                                              "servers.resize=b:2,c:3", NULL }) &&
-        c->servers.n == 2 && c->nslots == 3 && c->timeout_ms == 50 && c->backoff_ms == 70 &&
-        c->allow_servers_set && c->nroutes == 1,
+        c->servers.n == 2 && c->nslots == 3 && c->timeout_ms == 50 &&
+        c->result_timeout_ms == 60 && c->backoff_ms == 70 && c->allow_servers_set &&
+        c->nroutes == 1,
         "every key, a comment, a route sharing a server with the default list");
   const struct server_list *r = config_servers_for(c, "resize", 6);
   check(r->n == 2 && strcmp(c->slots[r->slot[0]].host, "b") == 0, "a route's own servers");
@@ -115,16 +117,61 @@ static void test_lines(void)
   free(c);
 }
 
+/* The two deadlines: timeout_ms to submit, result_timeout_ms for a foreground call. */
+static void test_deadlines(void)
+{
+  struct config *c = malloc(sizeof *c);
+  char why[160] = "";
+  check(apply(c, why, (const char *const[]){ NULL }) && c->timeout_ms == 1000 &&
+        c->result_timeout_ms == 30000 && config_result_wait_ms(c) == 30000,
+        "defaults: timeout_ms=1000 to submit, result_timeout_ms=30000 for results");
+  check(apply(c, why, (const char *const[]){ "result_timeout_ms = 45000  # long jobs", NULL }) &&
+        c->result_timeout_ms == 45000 && c->timeout_ms == 1000,
+        "result_timeout_ms is read, and leaves timeout_ms alone");
+  check(apply(c, why, (const char *const[]){ "timeout_ms=200", NULL }) &&
+        c->timeout_ms == 200 && c->result_timeout_ms == 30000,
+        "timeout_ms alone leaves result_timeout_ms at its default");
+  check(apply(c, why, (const char *const[]){ "timeout_ms=60000", NULL }) &&
+        config_result_wait_ms(c) == 60000,
+        "a result is waited for at least timeout_ms (a file from before result_timeout_ms)");
+  check(apply(c, why, (const char *const[]){ "timeout_ms=500", "result_timeout_ms=300", NULL }) &&
+        c->result_timeout_ms == 300 && config_result_wait_ms(c) == 500,
+        "result_timeout_ms below timeout_ms counts as timeout_ms");
+  check(!apply(c, why, (const char *const[]){ "result_timeout_ms=30s", NULL }) &&
+        strcmp(why, "result_timeout_ms: expected milliseconds 1..600000, got '30s'") == 0,
+        "a result_timeout_ms with a unit is refused, naming the key");
+  check(!apply(c, why, (const char *const[]){ "result_timeout_ms=0", NULL }) &&
+        strstr(why, "result_timeout_ms: expected milliseconds"), "result_timeout_ms=0 is refused");
+  check(!apply(c, why, (const char *const[]){ "result_timeout_ms=600001", NULL }) &&
+        strstr(why, "result_timeout_ms: expected milliseconds"),
+        "result_timeout_ms over ten minutes is refused");
+  check(!apply(c, why, (const char *const[]){ "result_timeout_ms=1", "result_timeout_ms=2",
+                                              NULL }) &&
+        strstr(why, "result_timeout_ms given twice"), "result_timeout_ms given twice is refused");
+  check(!apply(c, why, (const char *const[]){ "result_timeout=5000", NULL }) &&
+        strstr(why, "unknown key 'result_timeout'") &&
+        strstr(why, " timeout_ms, result_timeout_ms, backoff_ms,"),
+        "an unknown key is refused, and the known ones listed name result_timeout_ms");
+  free(c);
+}
+
 static void test_load(const char *dir)
 {
   struct config *c = malloc(sizeof *c);
   char path[512];
   snprintf(path, sizeof path, "%s/gearman_udf_test_config.%d", dir, (int)getpid());
   FILE *f = fopen(path, "w");
-  fputs("servers=g1:4730\ntimeout_ms=200\n", f);
+  fputs("servers=g1:4730\ntimeout_ms=200\nresult_timeout_ms=5000\n", f);
   fclose(f);
   config_load(path, c);
-  check(c->error[0] == '\0' && c->servers.n == 1 && c->timeout_ms == 200, "a file is loaded");
+  check(c->error[0] == '\0' && c->servers.n == 1 && c->timeout_ms == 200 &&
+        c->result_timeout_ms == 5000, "a file is loaded");
+  f = fopen(path, "w");
+  fputs("servers=g1:4730\nresult_timeout_ms=soon\n", f);
+  fclose(f);
+  config_load(path, c);
+  check(strstr(c->error, ":2: result_timeout_ms: expected milliseconds") &&
+        c->servers.n == 0, "a bad result_timeout_ms fails closed and names its line");
   f = fopen(path, "w");
   fputs("# nothing but a comment\n", f);
   fclose(f);
@@ -148,6 +195,7 @@ int main(int argc, char **argv)
   test_servers();
   test_ms();
   test_lines();
+  test_deadlines();
   test_load(argc > 1 ? argv[1] : "/tmp");
   printf("test_config: %d passed, %d failed\n", passed, failed);
   return failed != 0;

@@ -339,6 +339,21 @@ static void *double_fn(gearman_job_st *job, void *ctx, size_t *size, gearman_ret
   return out;
 }
 
+/* "n" -> "n" after n ms: a job that takes longer than the submit deadline. */
+static void *nap_fn(gearman_job_st *job, void *ctx, size_t *size, gearman_return_t *ret)
+{
+  (void)ctx;
+  char number[32];
+  size_t n = gearman_job_workload_size(job);
+  snprintf(number, sizeof number, "%.*s", (int)(n < 31 ? n : 31),
+           (const char *)gearman_job_workload(job));
+  usleep((useconds_t)atoi(number) * 1000);
+  char *out = malloc(32);
+  *size = (size_t)snprintf(out, 32, "%d", atoi(number));
+  *ret = GEARMAN_SUCCESS;
+  return out;
+}
+
 static void *worker_main(void *unused)
 {
   (void)unused;
@@ -349,6 +364,7 @@ static void *worker_main(void *unused)
   gearman_worker_add_function(w, "driver_fail", 0, fail_fn, NULL);
   gearman_worker_add_function(w, "driver_record", 0, record_fn, NULL);
   gearman_worker_add_function(w, "driver_double", 0, double_fn, NULL);
+  gearman_worker_add_function(w, "driver_nap", 0, nap_fn, NULL);
   while (!__atomic_load_n(&worker_stop, __ATOMIC_RELAXED))
     gearman_worker_work(w);
   gearman_worker_free(w);
@@ -804,18 +820,19 @@ static void test_failures(void)
   check(fake_stop(&closing) == 1 && fake_stop(&erring) == 1,
         "the closing and the erring server each saw the job once");
 
-  /* Deadlines: one for the whole call, whatever the worker keeps sending. */
+  /* Deadlines: result_timeout_ms for the whole foreground call, whatever the worker keeps
+   * sending; timeout_ms only until gearmand has acknowledged the job. */
   struct fake status, data;
   fake_start(&status, FAKE_STATUS_FOREVER);
   fake_start(&data, FAKE_DATA_FOREVER);
-  snprintf(text, sizeof text, "servers=127.0.0.1:%d,127.0.0.1:%d\ntimeout_ms=400\n",
-           status.port, data.port);
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d,127.0.0.1:%d\ntimeout_ms=100\n"
+           "result_timeout_ms=400\n", status.port, data.port);
   write_config(text);
   unsigned long long timed_out = counter("timed_out");
   t0 = now_ms();
   r = call2("gman_do", STR("driver_slow"), STR("w"));
   took = now_ms() - t0;
-  printf("# WORK_STATUS every 50 ms: NULL after %.0f ms (timeout_ms=400)\n", took);
+  printf("# WORK_STATUS every 50 ms: NULL after %.0f ms (result_timeout_ms=400)\n", took);
   check(r.is_null && took >= 380 && took < 1500, "WORK_STATUS forever: NULL at the deadline");
   check(counter("timed_out") == timed_out + 1, "the timeout is counted");
   t0 = now_ms();
@@ -826,12 +843,13 @@ static void test_failures(void)
         "a timed-out foreground job is not sent to the next server");
 
   fake_start(&data, FAKE_DATA_FOREVER);
-  snprintf(text, sizeof text, "servers=127.0.0.1:%d\ntimeout_ms=400\n", data.port);
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d\ntimeout_ms=100\nresult_timeout_ms=400\n",
+           data.port);
   write_config(text);
   t0 = now_ms();
   r = call2("gman_do", STR("driver_slow"), STR("w"));
   took = now_ms() - t0;
-  printf("# WORK_DATA every 50 ms: NULL after %.0f ms (timeout_ms=400)\n", took);
+  printf("# WORK_DATA every 50 ms: NULL after %.0f ms (result_timeout_ms=400)\n", took);
   check(r.is_null && took >= 380 && took < 1500, "WORK_DATA forever: NULL at the deadline");
   check(fake_stop(&data) == 1, "...and submitted once");
 
@@ -846,9 +864,12 @@ static void test_failures(void)
   check(!r.is_null && r.length == 6, "...which takes the next call while the first backs off");
   check(fake_stop(&garbage) == 1, "...and the garbage server saw the job once");
 
+  /* A server that takes the connection and never answers: timeout_ms bounds every call,
+   * a foreground one too, however long result_timeout_ms is. */
   int stalled_port;
   int stalled = listen_any(&stalled_port);
-  snprintf(text, sizeof text, "servers=127.0.0.1:%d\ntimeout_ms=300\n", stalled_port);
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d\ntimeout_ms=300\nresult_timeout_ms=10000\n",
+           stalled_port);
   write_config(text);
   t0 = now_ms();
   r = call2("gman_do_background", STR("driver_none"), STR("w"));
@@ -859,6 +880,28 @@ static void test_failures(void)
   r = call2("gman_do", STR("driver_echo"), STR("w"));
   check(r.is_null && now_ms() - t0 < 50, "stalled server then skipped by foreground call");
   close(stalled);
+  stalled = listen_any(&stalled_port);
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d\ntimeout_ms=300\nresult_timeout_ms=10000\n",
+           stalled_port);
+  write_config(text);
+  t0 = now_ms();
+  r = call2("gman_do", STR("driver_echo"), STR("w"));
+  took = now_ms() - t0;
+  printf("# stalled server, gman_do: NULL after %.0f ms (timeout_ms=300, "
+         "result_timeout_ms=10000)\n", took);
+  check(r.is_null && took >= 250 && took < 800,
+        "stalled server: gman_do gives NULL at timeout_ms, not result_timeout_ms");
+  close(stalled);
+
+  /* A worker that takes longer than timeout_ms: its result is waited for. */
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d\ntimeout_ms=100\nresult_timeout_ms=5000\n",
+           gearman_port);
+  write_config(text);
+  t0 = now_ms();
+  r = call2("gman_do", STR("driver_nap"), STR("400"));
+  took = now_ms() - t0;
+  check(!r.is_null && r.length == 3 && memcmp(r.bytes, "400", 3) == 0 && took >= 400,
+        "a result that takes 4 times timeout_ms comes back within result_timeout_ms");
 
   /* A worker that fails: no second submission on a reused connection. */
   snprintf(text, sizeof text, "servers=127.0.0.1:%d\n", gearman_port);
@@ -1081,7 +1124,7 @@ static void test_sum(void)
         "a group takes the thread's connection and gives it back");
 
   /* More jobs than may be out at once: rows wait for room; the ring goes round twice. */
-  snprintf(text, sizeof text, "servers=127.0.0.1:%d\ntimeout_ms=60000\n", gearman_port);
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d\nresult_timeout_ms=60000\n", gearman_port);
   write_config(text);
   st.deinit(&st.initid);
   sum_open(&st, STR("driver_double"));
@@ -1121,10 +1164,23 @@ static void test_sum(void)
         "connection lost with a job out: NULL, then the next server takes the next group");
   st.deinit(&st.initid);
 
-  /* A worker that never answers: NULL at the deadline, for the whole group. */
+  /* A group whose jobs take longer than timeout_ms in all: result_timeout_ms bounds it. */
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d\ntimeout_ms=100\nresult_timeout_ms=5000\n",
+           gearman_port);
+  write_config(text);
+  sum_open(&st, STR("driver_nap"));
+  sum_clear(&st);
+  for (int k = 0; k < 3; k++)
+    sum_row(&st, "driver_nap", 150);
+  check(sum_value(&st, &v) && v == 450,
+        "a group of 3 jobs of 150 ms on one worker, timeout_ms=100: the sum, not NULL");
+  st.deinit(&st.initid);
+
+  /* A worker that never answers: NULL at the group's deadline, result_timeout_ms. */
   struct fake acking;
   fake_start(&acking, FAKE_ACK_ONLY);
-  snprintf(text, sizeof text, "servers=127.0.0.1:%d\ntimeout_ms=400\n", acking.port);
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d\ntimeout_ms=100\nresult_timeout_ms=400\n",
+           acking.port);
   write_config(text);
   unsigned long long timed_out = counter("timed_out");
   sum_open(&st, STR("driver_slow"));
@@ -1134,13 +1190,38 @@ static void test_sum(void)
     sum_row(&st, "driver_slow", id);
   bool null = !sum_value(&st, &v);
   double took = now_ms() - t0;
-  printf("# gman_sum, 20 jobs never answered: NULL after %.0f ms (timeout_ms=400)\n", took);
+  printf("# gman_sum, 20 jobs never answered: NULL after %.0f ms (result_timeout_ms=400)\n",
+         took);
   check(null && took >= 380 && took < 1500, "jobs acknowledged, never answered: NULL at the deadline");
   check(counter("timed_out") == timed_out + 1, "...counted once, as one group timed out");
   sum_clear(&st);
   sum_row(&st, "driver_slow", 1);
   check(!sum_value(&st, &v) && fake_stop(&acking) == 21,
         "...and the server is not backed off for it: the next group reaches it");
+  st.deinit(&st.initid);
+
+  /* A gearmand that acknowledges nothing: NULL at timeout_ms, the server backed off. */
+  struct fake silent;
+  fake_start(&silent, FAKE_SILENT);
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d\ntimeout_ms=300\nresult_timeout_ms=10000\n"
+           "backoff_ms=60000\n", silent.port);
+  write_config(text);
+  sum_open(&st, STR("driver_slow"));
+  sum_clear(&st);
+  t0 = now_ms();
+  for (int id = 1; id <= 20; id++)
+    sum_row(&st, "driver_slow", id);
+  null = !sum_value(&st, &v);
+  took = now_ms() - t0;
+  printf("# gman_sum, 20 jobs never acknowledged: NULL after %.0f ms (timeout_ms=300, "
+         "result_timeout_ms=10000)\n", took);
+  check(null && took >= 280 && took < 1500,
+        "jobs never acknowledged: NULL at timeout_ms, not result_timeout_ms");
+  sum_clear(&st);
+  t0 = now_ms();
+  sum_row(&st, "driver_slow", 1);
+  check(!sum_value(&st, &v) && now_ms() - t0 < 100 && fake_stop(&silent) == 20,
+        "...and the server is backed off: the next group does not reach it");
   st.deinit(&st.initid);
 
   snprintf(text, sizeof text, "servers=127.0.0.1:%d\n", gearman_port);

@@ -32,6 +32,7 @@ void config_defaults(struct config *c)
   c->nslots = 1;
   c->servers.n = 1;
   c->timeout_ms = DEFAULT_TIMEOUT_MS;
+  c->result_timeout_ms = DEFAULT_RESULT_TIMEOUT_MS;
   c->backoff_ms = DEFAULT_BACKOFF_MS;
 }
 
@@ -262,6 +263,11 @@ bool parse_ms(const char *s, int *out)
   return true;
 }
 
+int config_result_wait_ms(const struct config *c)
+{
+  return c->result_timeout_ms > c->timeout_ms ? c->result_timeout_ms : c->timeout_ms;
+}
+
 static bool parse_flag(const char *s, bool *out)
 {
   if (strcmp(s, "1") == 0 || strcmp(s, "true") == 0 || strcmp(s, "yes") == 0 ||
@@ -289,7 +295,7 @@ static char *trim(char *s)
 }
 
 static const char *const config_keys[K_COUNT] = {
-  "servers", "timeout_ms", "backoff_ms", "allow_servers_set",
+  "servers", "timeout_ms", "result_timeout_ms", "backoff_ms", "allow_servers_set",
 };
 
 /* servers.FUNCTION=value: the function's own servers, replacing the default list for it. */
@@ -346,7 +352,7 @@ bool config_line(char *line, size_t n, struct config *c, bool given[K_COUNT],
     k++;
   if (k == K_COUNT) {
     snprintf(why, size, "unknown key '%s' (known: servers, servers.FUNCTION, timeout_ms, "
-             "backoff_ms, allow_servers_set)", shown(key, strlen(key), echo));
+             "result_timeout_ms, backoff_ms, allow_servers_set)", shown(key, strlen(key), echo));
     return false;
   }
   if (given[k]) {
@@ -366,8 +372,11 @@ bool config_line(char *line, size_t n, struct config *c, bool given[K_COUNT],
     return false;
   }
   case K_TIMEOUT_MS:
+  case K_RESULT_TIMEOUT_MS:
   case K_BACKOFF_MS:
-    if (parse_ms(value, k == K_TIMEOUT_MS ? &c->timeout_ms : &c->backoff_ms))
+    if (parse_ms(value, k == K_TIMEOUT_MS          ? &c->timeout_ms
+                        : k == K_RESULT_TIMEOUT_MS ? &c->result_timeout_ms
+                                                   : &c->backoff_ms))
       return true;
     snprintf(why, size, "%s: expected milliseconds 1..%d, got '%s'", config_keys[k],
              MAX_DURATION_MS, shown(value, strlen(value), echo));

@@ -14,7 +14,15 @@
 #define CONFIG_DEFAULT_PATH "/etc/mysql/gearman_udf.conf"
 #define DEFAULT_HOST "127.0.0.1"
 #define DEFAULT_PORT 4730
+/* Connecting and submitting, up to gearmand's acknowledgement: short, because a trigger's
+ * INSERT waits for it. */
 #define DEFAULT_TIMEOUT_MS 1000
+/* A foreground call (gman_do*) or a gman_sum group as a whole, its wait for results
+ * included: long enough for a group of hundreds of short jobs (100 jobs of 50 ms on 8
+ * workers take about a second), and below innodb_lock_wait_timeout's 50 s, so that a
+ * statement stuck on a lost worker releases its row locks before a transaction waiting
+ * for them gives up. */
+#define DEFAULT_RESULT_TIMEOUT_MS 30000
 #define DEFAULT_BACKOFF_MS 1000
 #define MAX_DURATION_MS 600000   /* ten minutes: anything longer is a typo */
 #define CONFIG_ERROR_SIZE 256     /* the first problem of a refused file, as status shows it */
@@ -56,7 +64,8 @@ struct config {
   unsigned nroutes;
   char names[ROUTE_NAMES_SIZE];
   unsigned names_len;
-  int timeout_ms;
+  int timeout_ms;        /* connect and submit, until gearmand acknowledges the job */
+  int result_timeout_ms; /* a foreground call or a gman_sum group as a whole */
   int backoff_ms;
   bool allow_servers_set;
   char error[CONFIG_ERROR_SIZE]; /* why the file was refused; empty when it was taken */
@@ -66,11 +75,14 @@ struct config {
 #define CONFIG_DEFAULTS                                                                    \
   {                                                                                        \
     .slots = { { DEFAULT_HOST, DEFAULT_PORT } }, .nslots = 1, .servers = { { 0 }, 1 },     \
-    .timeout_ms = DEFAULT_TIMEOUT_MS, .backoff_ms = DEFAULT_BACKOFF_MS,                    \
+    .timeout_ms = DEFAULT_TIMEOUT_MS, .result_timeout_ms = DEFAULT_RESULT_TIMEOUT_MS,      \
+    .backoff_ms = DEFAULT_BACKOFF_MS,                                                      \
   }
 
 /* The keys of the file, but servers.FUNCTION. */
-enum config_key { K_SERVERS, K_TIMEOUT_MS, K_BACKOFF_MS, K_ALLOW_SERVERS_SET, K_COUNT };
+enum config_key {
+  K_SERVERS, K_TIMEOUT_MS, K_RESULT_TIMEOUT_MS, K_BACKOFF_MS, K_ALLOW_SERVERS_SET, K_COUNT
+};
 
 /* Why the file is refused, in every log line that says so. */
 #define CLOSED "no servers until the file is fixed: every job gives NULL"
@@ -96,6 +108,10 @@ bool parse_server(const char *s, size_t n, struct server *out, char *why, size_t
 bool parse_servers(const char *s, size_t n, struct server *out, unsigned *count_out,
                    char *why, size_t size);
 bool parse_ms(const char *s, int *out);
+/* How long a foreground call or a gman_sum group may take in all: result_timeout_ms, but
+ * never less than timeout_ms, so that a file that raised timeout_ms for long jobs (when it
+ * bounded the wait for results too) still waits that long. */
+int config_result_wait_ms(const struct config *c);
 bool config_line(char *line, size_t n, struct config *c, bool given[K_COUNT], char *why,
                  size_t size);
 void config_load(const char *path, struct config *c);

@@ -16,7 +16,8 @@ struct job_submit {
   struct thread_state *st;
   struct call *call;
   const struct job *job;
-  int64_t deadline;
+  int64_t deadline;        /* connect and submit, up to JOB_CREATED: timeout_ms */
+  int64_t result_deadline; /* a foreground job's result: config_result_wait_ms() */
 };
 
 /*
@@ -74,7 +75,7 @@ static enum outcome submit_once(void *self, unsigned i, struct conn *c, char *wh
   char handle[MAX_HANDLE];
   for (;;) {
     struct packet p = { 0, NULL, 0 };
-    r = conn_read(c, &p, deadline);
+    r = conn_read(c, &p, handle_len ? js->result_deadline : deadline);
     if (r == IO_TIMEOUT)
       return handle_len ? O_WORKER_TIMEOUT : O_SERVER_TIMEOUT;
     if (r == IO_LOST)
@@ -160,20 +161,25 @@ static struct conn *job_take(void *self, unsigned i)
 static void job_failed(void *self, unsigned i, enum outcome o, const char *why, bool next)
 {
   struct job_submit *js = self;
-  const struct server *s = &js->st->config.slots[i];
+  const struct config *config = &js->st->config;
+  const struct server *s = &config->slots[i];
   bool server_fault = o != O_JOB_FAILED && o != O_WORKER_TIMEOUT && o != O_NO_MEMORY;
+  bool waited_for_result = o == O_WORKER_TIMEOUT;
   (void)next;
   UDF_LOG(server_fault ? &g_server_log[i] : &g_job_log,
-          "%s:%u: '%.*s' (timeout_ms=%d) %s%s%s", s->host, s->port,
+          "%s:%u: '%.*s' (%s=%d) %s%s%s", s->host, s->port,
           (int)(js->job->function_len > 100 ? 100 : js->job->function_len), js->job->function,
-          js->st->config.timeout_ms, why, why[0] ? ": " : "", outcome_text(o));
+          waited_for_result ? "result_timeout_ms" : "timeout_ms",
+          waited_for_result ? config_result_wait_ms(config) : config->timeout_ms, why,
+          why[0] ? ": " : "", outcome_text(o));
   if (o == O_WORKER_TIMEOUT || o == O_SERVER_TIMEOUT)
     count(C_TIMED_OUT);
 }
 
 /*
- * Submit job to the first server that takes it, all within one deadline: the handle, the
- * worker's result or (gman_ship) the unique in call's buffer.
+ * Submit job to the first server that takes it, within timeout_ms up to gearmand's
+ * acknowledgement and, for a foreground job, within config_result_wait_ms() in all: the
+ * handle, the worker's result or (gman_ship) the unique in call's buffer.
  */
 static bool submit(struct call *call, const struct job *job)
 {
@@ -183,7 +189,9 @@ static bool submit(struct call *call, const struct job *job)
     count(C_FAILED);
     return false;
   }
-  struct job_submit js = { st, call, job, now_ms() + st->config.timeout_ms };
+  int64_t started = now_ms();
+  struct job_submit js = { st, call, job, started + st->config.timeout_ms,
+                           started + config_result_wait_ms(&st->config) };
   struct sender sender = {
     .self = &js, .config = &st->config, .deadline = js.deadline,
     .take = job_take, .attempt = submit_once, .failed = job_failed,

@@ -84,10 +84,10 @@ static size_t status_json(char *buf, size_t cap)
     APPEND(":");
     len = json_list(buf, cap, len, c, &c->routes[r].list);
   }
-  APPEND("},\"timeout_ms\":%d,\"backoff_ms\":%d,\"allow_servers_set\":%s,"
-         "\"config_generation\":%llu,\"counters\":{", c->timeout_ms, c->backoff_ms,
-         c->allow_servers_set ? "true" : "false",
-         (unsigned long long)generation);
+  APPEND("},\"timeout_ms\":%d,\"result_timeout_ms\":%d,\"backoff_ms\":%d,"
+         "\"allow_servers_set\":%s,\"config_generation\":%llu,\"counters\":{",
+         c->timeout_ms, c->result_timeout_ms, c->backoff_ms,
+         c->allow_servers_set ? "true" : "false", (unsigned long long)generation);
   config_state_unlock();
   for (int i = 0; i < C_COUNT; i++)
     APPEND("%s\"%s\":%llu", i ? "," : "", counter_name((enum counter)i),

@@ -1,6 +1,6 @@
 /*
  * submit.c: a job sent to the first of its servers that takes it, with fail-over, back-off
- * and at most one resend, all within one deadline.
+ * and at most one resend, all within the submit deadline (timeout_ms).
  */
 #include "submit.h"
 
@@ -46,7 +46,7 @@ const char *outcome_text(enum outcome o)
   case O_JOB_FAILED:
     return "the worker failed the job";
   case O_WORKER_TIMEOUT:
-    return "accepted, but no result within timeout_ms (not submitted again)";
+    return "accepted, but no result within result_timeout_ms (not submitted again)";
   case O_SERVER_TIMEOUT:
     return "no answer within timeout_ms; server skipped for backoff_ms";
   case O_LOST_BEFORE_ACK:

@@ -1,7 +1,7 @@
 /*
  * submit.h: a job sent to the first of its servers that takes it (submit.c), with
- * fail-over, back-off and at most one resend, all within one deadline: one path for every
- * family of functions (job_udfs.c, sum.c).
+ * fail-over, back-off and at most one resend, all within the submit deadline (timeout_ms):
+ * one path for every family of functions (job_udfs.c, sum.c).
  */
 #ifndef GMU_SUBMIT_H
 #define GMU_SUBMIT_H
@@ -20,8 +20,8 @@ enum io send_submit(struct conn *c, const struct udf_spec *spec, const struct jo
 enum outcome {
   O_OK,              /* the handle, or the worker's result, is in the call */
   O_JOB_FAILED,      /* WORK_FAIL or WORK_EXCEPTION: the job ran */
-  O_WORKER_TIMEOUT,  /* accepted, but no result before the deadline */
-  O_SERVER_TIMEOUT,  /* no connection or no JOB_CREATED before the deadline */
+  O_WORKER_TIMEOUT,  /* accepted, but no result before the result deadline */
+  O_SERVER_TIMEOUT,  /* no connection or no JOB_CREATED before the submit deadline */
   O_LOST_BEFORE_ACK, /* connection lost before JOB_CREATED: the job may be sent again */
   O_LOST_AFTER_ACK,  /* connection lost after it: the job may run, it is not sent again */
   O_UNREACHABLE,     /* no address, or the connection refused: nothing was sent */
@@ -40,7 +40,7 @@ const char *outcome_text(enum outcome o);
 struct sender {
   void *self; /* what the callbacks are given */
   const struct config *config; /* the snapshot whose slots the lists name */
-  int64_t deadline;
+  int64_t deadline; /* no server is tried after it: the submit deadline */
   /* Whether the caller relies on its open connection to slot i (jobs of its own are out on
    * it): then the server is used although backed off. NULL: never. */
   bool (*in_use)(void *self, unsigned i);

@@ -15,7 +15,7 @@ static const struct udf_spec sum_spec = {
   "gman_sum(function, workload)", JOB_FOREGROUND, PRIORITY_NORMAL, false
 };
 
-/* A result as an integer: digits with an optional sign, whitespace around them allowed. */
+/* Close the group's connections: gearmand drops its jobs that no worker has started. */
 static void sum_abandon(struct sum_group *g)
 {
   for (unsigned i = 0; i < MAX_SLOTS; i++)
@@ -38,15 +38,15 @@ void sum_fail(struct sum_group *g, enum sum_failure why, int slot, bool server_f
           g->function, where, text, (unsigned long long)g->tail);
   if (server_fault && slot >= 0)
     server_back_off((unsigned)slot, g->config.backoff_ms);
-  if (why == SF_TIMED_OUT)
+  if (why == SF_TIMED_OUT || why == SF_SUBMIT_TIMED_OUT)
     count(C_TIMED_OUT);
   count(C_FAILED);
   sum_abandon(g);
   g->state = SUM_FAILED;
 }
 
-/* The deadline has passed. A job gearmand never acknowledged is gearmand's fault (its
- * server is backed off); one acknowledged but not answered is not. */
+/* The group ended in step: each connection with nothing of the group's left on it goes
+ * back to the thread, for its next call; the others are closed. */
 static void sum_give_back(struct sum_group *g)
 {
   struct thread_state *st = thread_state_get();
@@ -91,13 +91,13 @@ static enum outcome sum_send(void *self, unsigned i, struct conn *c, char *why, 
   enum io r = IO_OK;
   if (c->fd < 0) {
     struct thread_state *st = thread_state_get();
-    r = st == NULL ? IO_NO_MEMORY : slot_open(st, i, c, &g->config.slots[i], g->deadline,
-                                                why, size);
+    r = st == NULL ? IO_NO_MEMORY : slot_open(st, i, c, &g->config.slots[i],
+                                                g->submit_deadline, why, size);
     if (r == IO_LOST)
       return O_UNREACHABLE;
   }
   if (r == IO_OK)
-    r = send_submit(c, &sum_spec, g->job, g->deadline);
+    r = send_submit(c, &sum_spec, g->job, g->submit_deadline);
   switch (r) {
   case IO_OK:
     return O_OK;
@@ -110,6 +110,14 @@ static enum outcome sum_send(void *self, unsigned i, struct conn *c, char *why, 
   }
 }
 
+/* The setting that ends the row's submit: timeout_ms, unless the group's end comes first. */
+static const char *sum_submit_bound(const struct sum_group *g, int *ms)
+{
+  bool group = g->submit_deadline == g->deadline;
+  *ms = group ? config_result_wait_ms(&g->config) : g->config.timeout_ms;
+  return group ? "result_timeout_ms" : "timeout_ms";
+}
+
 static void sum_failed(void *self, unsigned i, enum outcome o, const char *why, bool next)
 {
   struct sum_group *g = self;
@@ -119,18 +127,24 @@ static void sum_failed(void *self, unsigned i, enum outcome o, const char *why, 
             s->host, s->port, g->function, why, why[0] ? ": " : "");
   else if (o == O_NO_MEMORY)
     sum_fail(g, SF_NO_MEMORY, SUM_NO_SLOT, false, "out of memory");
-  else
-    sum_fail(g, o == O_SERVER_TIMEOUT ? SF_TIMED_OUT : SF_SERVER, (int)i, false, "%s%s%s",
-             why, why[0] ? ": " : "",
-             o == O_SERVER_TIMEOUT ? "no connection, or no room to send, within timeout_ms"
-                                   : "connection lost with jobs out (not submitted again)");
+  else if (o == O_SERVER_TIMEOUT) {
+    int ms;
+    const char *bound = sum_submit_bound(g, &ms);
+    sum_fail(g, SF_SUBMIT_TIMED_OUT, (int)i, false, "%s%sno connection, or no room to send, "
+             "within %s=%d", why, why[0] ? ": " : "", bound, ms);
+  } else {
+    sum_fail(g, SF_SERVER, (int)i, false, "%s%sconnection lost with jobs out (not submitted "
+             "again)", why, why[0] ? ": " : "");
+  }
 }
 
 /* Send job to the first server of its list that takes it (submit_route, as gman_do's). */
 static void sum_submit(struct sum_group *g, const struct job *job)
 {
+  int64_t submit = now_ms() + g->config.timeout_ms;
+  g->submit_deadline = submit < g->deadline ? submit : g->deadline;
   struct sender sender = {
-    .self = g, .config = &g->config, .deadline = g->deadline,
+    .self = g, .config = &g->config, .deadline = g->submit_deadline,
     .in_use = sum_in_use, .take = sum_take, .attempt = sum_send, .failed = sum_failed,
   };
   unsigned i = 0;
@@ -141,15 +155,19 @@ static void sum_submit(struct sum_group *g, const struct job *job)
     struct sum_job *slot = &g->jobs[g->tail++ % SUM_IN_FLIGHT];
     *slot = (struct sum_job){ .slot = (uint8_t)i };
     g->out[i]++;
+    if (g->unacked[i]++ == 0)
+      g->ack_due[i] = now_ms() + g->config.timeout_ms;
   } else if (o == O_DEADLINE) {
-    sum_fail(g, SF_TIMED_OUT, SUM_NO_SLOT, false, "timeout_ms=%d passed before a server took "
-             "the job", g->config.timeout_ms);
+    int ms;
+    const char *bound = sum_submit_bound(g, &ms);
+    sum_fail(g, SF_SUBMIT_TIMED_OUT, SUM_NO_SLOT, false, "%s=%d passed before a server took "
+             "the job", bound, ms);
   } else if (o == O_NO_SERVER) {
     sum_fail(g, SF_SERVER, SUM_NO_SLOT, false, "no server took the job");
   }
 }
 
-/* The group's first row: its configuration, its deadline. */
+/* The group's first row: its configuration, its deadline (for the whole group). */
 static bool sum_start(struct sum_group *g, const char *function, size_t function_len)
 {
   struct thread_state *st = thread_state_get();
@@ -163,7 +181,7 @@ static bool sum_start(struct sum_group *g, const char *function, size_t function
     g->config = st->config;
     g->generation = st->generation;
   }
-  g->deadline = now_ms() + g->config.timeout_ms;
+  g->deadline = now_ms() + config_result_wait_ms(&g->config);
   return true;
 }
 
@@ -172,6 +190,7 @@ static void sum_reset(struct sum_group *g)
 {
   sum_abandon(g);
   memset(g->out, 0, sizeof g->out);
+  memset(g->unacked, 0, sizeof g->unacked);
   memset(g->ack_from, 0, sizeof g->ack_from);
   g->head = g->tail = 0;
   g->sum = 0;
@@ -279,11 +298,7 @@ UDF_EXPORT void gman_sum_add(UDF_INIT *initid, UDF_ARGS *args, udf_flag *is_null
     sum_fail(g, SF_BAD_ROW, SUM_NO_SLOT, false, "a workload over 1 GiB");
     return;
   }
-  if (now_ms() >= g->deadline) {
-    sum_time_out(g);
-    return;
-  }
-  sum_wait(g, UNTIL_ROOM);
+  sum_wait(g, UNTIL_ROOM); /* and gives up if a deadline has passed */
   if (g->state != SUM_RUNNING)
     return;
   unique_generate(g->unique);

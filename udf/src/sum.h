@@ -14,8 +14,11 @@
  * jobs run side by side on as many workers as there are; gman_sum then waits for the
  * answers still out and returns their sum.
  *
- * - The deadline is timeout_ms from the group's first row, for the whole group:
- *   submitting, waiting for room, every answer.
+ * - Two deadlines. The group's is config_result_wait_ms() (result_timeout_ms) from its
+ *   first row, for the whole group: submitting, waiting for room, every answer. Each row's
+ *   connect and send ends within timeout_ms too, and on each connection gearmand must
+ *   acknowledge a job (JOB_CREATED) within timeout_ms of its send or of the previous
+ *   acknowledgement: a stalled server fails the group as soon as gman_do's submit would.
  * - At most SUM_IN_FLIGHT jobs are out, counted from the oldest one not answered yet; the
  *   row that would be one more waits for it. A group holds that many struct sum_job (about
  *   100 KB) however many rows it has, and gearmand no more of its jobs.
@@ -52,7 +55,10 @@ enum sum_state { SUM_IDLE, SUM_RUNNING, SUM_DONE, SUM_FAILED };
 
 /* Why a group gives NULL; each has a log line of its own, rate-limited apart. */
 enum sum_failure {
-  SF_JOB_FAILED, SF_NOT_INTEGER, SF_TIMED_OUT, SF_SERVER, SF_BAD_ROW, SF_NO_MEMORY, SF_SHARED,
+  SF_JOB_FAILED, SF_NOT_INTEGER,
+  SF_TIMED_OUT,        /* the group's deadline: result_timeout_ms */
+  SF_SUBMIT_TIMED_OUT, /* no connection, no room to send or no JOB_CREATED in timeout_ms */
+  SF_SERVER, SF_BAD_ROW, SF_NO_MEMORY, SF_SHARED,
   SF_COUNT
 };
 
@@ -62,11 +68,14 @@ struct sum_group {
   uint64_t generation;
   struct conn conns[MAX_SLOTS];
   unsigned out[MAX_SLOTS];       /* jobs out on each connection */
+  unsigned unacked[MAX_SLOTS];   /* of those, jobs still without a JOB_CREATED */
+  int64_t ack_due[MAX_SLOTS];    /* while unacked[i] > 0: gearmand's next JOB_CREATED, by */
   uint64_t ack_from[MAX_SLOTS];  /* no job before this one waits for a JOB_CREATED there */
   struct sum_job *jobs;          /* job n of the group is jobs[n % SUM_IN_FLIGHT] */
   uint64_t head, tail;           /* jobs [head, tail) are out or answered out of order */
   enum sum_state state;
-  int64_t deadline;
+  int64_t deadline;              /* the group's, for everything: config_result_wait_ms() */
+  int64_t submit_deadline;       /* the row being submitted: timeout_ms, within deadline */
   long long sum;
   char function[41];             /* the first row's (its first 40 bytes), for log lines */
   UDF_INIT *caller;              /* the UDF_INIT of the first clear, add or value call */
@@ -79,12 +88,15 @@ struct sum_group {
 __attribute__((format(printf, 5, 6)))
 void sum_fail(struct sum_group *g, enum sum_failure why, int slot, bool server_fault,
               const char *fmt, ...);
-/* The deadline has passed: the group gives NULL. */
+/* The earliest deadline of the group: its own, or a JOB_CREATED's that is owed. */
+int64_t sum_next_deadline(const struct sum_group *g);
+/* sum_next_deadline() has passed: the group gives NULL. */
 void sum_time_out(struct sum_group *g);
 
 enum sum_until { UNTIL_NOTHING, UNTIL_ROOM, UNTIL_ALL };
 /* Act on the answers of every connection of the group: those already there (UNTIL_NOTHING),
- * or until a job more may go out (UNTIL_ROOM) or every job is answered (UNTIL_ALL). */
+ * or until a job more may go out (UNTIL_ROOM) or every job is answered (UNTIL_ALL); the
+ * latter two time the group out (sum_time_out) once sum_next_deadline() has passed. */
 void sum_wait(struct sum_group *g, enum sum_until until);
 
 #endif

@@ -36,23 +36,37 @@ static bool parse_integer(const char *s, size_t n, long long *out)
   return true;
 }
 
-/* Close every connection of the group: gearmand forgets its jobs no worker has started. */
+int64_t sum_next_deadline(const struct sum_group *g)
+{
+  int64_t next = g->deadline;
+  for (unsigned i = 0; i < MAX_SLOTS; i++)
+    if (g->unacked[i] > 0 && g->ack_due[i] < next)
+      next = g->ack_due[i];
+  return next;
+}
+
+/*
+ * Close every connection of the group: gearmand forgets its jobs no worker has started. A
+ * server that acknowledged nothing for timeout_ms is stalled (backed off); jobs it accepted
+ * but no worker answered in time are no fault of its.
+ */
 void sum_time_out(struct sum_group *g)
 {
-  int unacked = SUM_NO_SLOT;
-  unsigned long long waiting = 0;
-  for (uint64_t n = g->head; n < g->tail; n++) {
-    const struct sum_job *job = &g->jobs[n % SUM_IN_FLIGHT];
-    waiting += !job->done;
-    if (!job->done && job->handle_len == 0 && unacked < 0)
-      unacked = job->slot;
+  int64_t now = now_ms();
+  for (unsigned i = 0; i < MAX_SLOTS; i++) {
+    if (g->unacked[i] > 0 && now >= g->ack_due[i]) {
+      sum_fail(g, SF_SUBMIT_TIMED_OUT, (int)i, true, "%u jobs not acknowledged within "
+               "timeout_ms=%d; server skipped for backoff_ms", g->unacked[i],
+               g->config.timeout_ms);
+      return;
+    }
   }
-  if (unacked >= 0)
-    sum_fail(g, SF_TIMED_OUT, unacked, true, "a job not acknowledged within timeout_ms=%d; "
-             "server skipped for backoff_ms", g->config.timeout_ms);
-  else
-    sum_fail(g, SF_TIMED_OUT, SUM_NO_SLOT, false, "%llu jobs not answered within "
-             "timeout_ms=%d, which bounds the whole group", waiting, g->config.timeout_ms);
+  unsigned long long waiting = 0;
+  for (uint64_t n = g->head; n < g->tail; n++)
+    waiting += !g->jobs[n % SUM_IN_FLIGHT].done;
+  sum_fail(g, SF_TIMED_OUT, SUM_NO_SLOT, false, "%llu jobs not answered within "
+           "result_timeout_ms=%d, which bounds the whole group", waiting,
+           config_result_wait_ms(&g->config));
 }
 
 /* One answer on connection i. */
@@ -72,6 +86,8 @@ static void sum_packet(struct sum_group *g, unsigned i, const struct packet *p)
     memcpy(job->handle, p->body, p->size);
     job->handle_len = (uint8_t)p->size;
     g->ack_from[i] = n + 1;
+    if (--g->unacked[i] > 0) /* gearmand is moving: the next one is due timeout_ms from now */
+      g->ack_due[i] = now_ms() + g->config.timeout_ms;
     return;
   }
   if (p->type == ERROR_PACKET) {
@@ -178,37 +194,50 @@ static void sum_receive(struct sum_group *g, unsigned i)
     c->in_start = c->in_end = 0;
 }
 
-void sum_wait(struct sum_group *g, enum sum_until until)
+/* Wait up to timeout ms for answers on the group's connections, and act on what came. */
+static void sum_take_in(struct sum_group *g, int timeout)
 {
-  while (g->state == SUM_RUNNING) {
-    if ((until == UNTIL_ROOM && g->tail - g->head < SUM_IN_FLIGHT) ||
-        (until == UNTIL_ALL && g->head == g->tail))
-      return;
-    struct pollfd fds[MAX_SLOTS];
-    unsigned slot[MAX_SLOTS], n = 0;
-    for (unsigned i = 0; i < MAX_SLOTS; i++) {
-      if (g->conns[i].fd >= 0) {
-        fds[n] = (struct pollfd){ .fd = g->conns[i].fd, .events = POLLIN };
-        slot[n++] = i;
-      }
+  struct pollfd fds[MAX_SLOTS];
+  unsigned slot[MAX_SLOTS], n = 0;
+  for (unsigned i = 0; i < MAX_SLOTS; i++) {
+    if (g->conns[i].fd >= 0) {
+      fds[n] = (struct pollfd){ .fd = g->conns[i].fd, .events = POLLIN };
+      slot[n++] = i;
     }
-    int ready = poll(fds, n, until == UNTIL_NOTHING ? 0 : ms_left(g->deadline));
-    if (ready < 0 && errno == EINTR)
-      continue;
-    if (ready < 0) {
-      sum_fail(g, SF_NO_MEMORY, SUM_NO_SLOT, false, "cannot wait: %s", strerror(errno));
-      return;
-    }
-    if (ready == 0 && until != UNTIL_NOTHING) {
-      sum_time_out(g);
-      return;
-    }
-    for (unsigned k = 0; k < n && g->state == SUM_RUNNING; k++)
-      if (fds[k].revents != 0)
-        sum_receive(g, slot[k]);
-    if (until == UNTIL_NOTHING)
-      return;
   }
+  int ready = poll(fds, n, timeout);
+  if (ready < 0 && errno != EINTR) {
+    sum_fail(g, SF_NO_MEMORY, SUM_NO_SLOT, false, "cannot wait: %s", strerror(errno));
+    return;
+  }
+  for (unsigned k = 0; ready > 0 && k < n && g->state == SUM_RUNNING; k++)
+    if (fds[k].revents != 0)
+      sum_receive(g, slot[k]);
 }
 
-/* Give each connection back to the thread if the group ended in step on it, else close. */
+void sum_wait(struct sum_group *g, enum sum_until until)
+{
+  if (until == UNTIL_NOTHING) {
+    sum_take_in(g, 0);
+    return;
+  }
+  while (g->state == SUM_RUNNING) {
+    bool done = until == UNTIL_ROOM ? g->tail - g->head < SUM_IN_FLIGHT : g->head == g->tail;
+    int64_t deadline = sum_next_deadline(g);
+    if (now_ms() < deadline) {
+      if (done)
+        return;
+      sum_take_in(g, ms_left(deadline));
+      continue;
+    }
+    if (until == UNTIL_ALL && done)
+      return; /* every answer is in: the sum stands */
+    /* Past a deadline: first read what has come, since acknowledgements that waited in the
+     * socket while the group was busy sending are no stall; then give up. Also when
+     * packets keep coming (WORK_STATUS): they do not move the group's deadline. */
+    sum_take_in(g, 0);
+    if (g->state == SUM_RUNNING && !(until == UNTIL_ALL && g->head == g->tail) &&
+        now_ms() >= sum_next_deadline(g))
+      sum_time_out(g);
+  }
+}
