@@ -20,7 +20,8 @@ from common import Figure, processes, progress
 
 from workerhost.config.load import parse_config
 from workerhost.console import figures
-from workerhost.sandbox.stack import Sandbox, free_port
+from workerhost.sandbox.processes import free_port
+from workerhost.sandbox.stack import Sandbox
 from workerhost.store import schema
 from workerhost.store.db import Database
 

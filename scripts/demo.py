@@ -35,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 from workerhost.config.load import load_config  # noqa: E402
 from workerhost.errors import WorkerHostError  # noqa: E402
 from workerhost.sandbox.options import DATABASE_SERVERS, SERVER_CHOICES  # noqa: E402
-from workerhost.sandbox.stack import Sandbox, tail  # noqa: E402
+from workerhost.sandbox.processes import tail  # noqa: E402
+from workerhost.sandbox.stack import Sandbox  # noqa: E402
 from workerhost.store import triggers  # noqa: E402
 from workerhost.store.db import Database  # noqa: E402
 

@@ -29,7 +29,8 @@ import yaml
 from conftest import ROOT, host_config, host_env, scalar, wait_until
 from conftest import submit_json as submit
 
-from workerhost.sandbox.stack import Sandbox, free_port
+from workerhost.sandbox.processes import free_port
+from workerhost.sandbox.stack import Sandbox
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

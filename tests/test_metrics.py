@@ -22,7 +22,8 @@ from workerhost.config.load import parse_config
 from workerhost.config.settings import Config
 from workerhost.gearman import admin as gearadmin
 from workerhost.observe import metrics, status
-from workerhost.sandbox.stack import Sandbox, free_port
+from workerhost.sandbox.processes import free_port
+from workerhost.sandbox.stack import Sandbox
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

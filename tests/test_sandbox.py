@@ -215,7 +215,7 @@ def test_a_thread_whose_id_was_a_servers_pid_is_not_taken_for_the_server() -> No
     import os
     import threading
 
-    from workerhost.sandbox.stack import process_alive
+    from workerhost.sandbox.processes import process_alive
 
     marker = "python"
     ids: list[int] = []

@@ -21,7 +21,8 @@ from workerhost.config.load import parse_config
 from workerhost.errors import ConfigError
 from workerhost.host.relay import UNSERVED_WARNING_INTERVAL, Relay
 from workerhost.observe import metrics
-from workerhost.sandbox.stack import Sandbox, free_port
+from workerhost.sandbox.processes import free_port
+from workerhost.sandbox.stack import Sandbox
 from workerhost.store import schema
 
 

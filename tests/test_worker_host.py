@@ -675,7 +675,7 @@ def test_signals_during_start_up_are_kept_not_fatal(
 ) -> None:
     import yaml
 
-    from workerhost.sandbox.stack import free_port
+    from workerhost.sandbox.processes import free_port
 
     # A database that refuses: start-up retries for seconds, the window a signal used to kill.
     config = host_config(sandbox, tables.database, {"record": {"python": "sample_handlers:record"}})

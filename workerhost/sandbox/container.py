@@ -107,3 +107,12 @@ def start(argv: Sequence[str], *, image: str, env: Mapping[str, str], mount: Pat
     wrapped = container.get_wrapped_container()
     wrapped.reload()
     return int(wrapped.attrs["State"]["Pid"])
+
+
+def initialize(datadir: Path, *, image: str, mount: Path) -> None:
+    """mysqld --initialize-insecure: a data directory whose root has no password (only the
+    sandbox's socket reaches it; the sandbox's own user gets a password)."""
+    if datadir.is_dir() and not any(datadir.iterdir()):
+        datadir.rmdir()  # mysqld initializes only a directory that does not exist
+    run_once(["mysqld", "--no-defaults", "--initialize-insecure", f"--datadir={datadir}",
+              "--user=root"], image=image, mounts=[mount], log=mount / "mysql" / "install-db.log")

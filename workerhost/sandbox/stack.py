@@ -20,13 +20,15 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from workerhost.errors import SandboxError
 from workerhost.gearman import admin as gearadmin
+from workerhost.sandbox import processes, server_options
+from workerhost.sandbox.info import INFO_FILE, MysqlInfo, SandboxInfo
 from workerhost.sandbox.options import (
     DATABASE_SERVERS,
     DEFAULT_DATABASE_SERVER,
@@ -36,113 +38,19 @@ from workerhost.sandbox.options import (
     PERSISTENT_QUEUE,
     SERVER_CHOICES,
 )
+from workerhost.sandbox.processes import HOST
 
-HOST = "127.0.0.1"
-INFO_FILE = "sandbox.json"
 UDF_CONFIG_FILE = "gearman_udf.conf"
 # How long a server may take to answer after start, and to exit after SIGTERM before SIGKILL.
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
-PORT_WAIT = 5.0  # seconds a port held by a killed server's closing connections may take
 # The UDF's network wait bound in the sandbox; tests that need another one rewrite the file.
 SANDBOX_UDF_TIMEOUT_MS = 1000
-LOG_LINES_QUOTED = 15
 
 # Buckets of gearmand's job hash tables. Its default of 991 makes every job cost more as the
 # queue grows: with 100,000 jobs queued, gearmand spent 10 to 12 us of CPU per job handed out,
 # against 2.5 to 3 with a million buckets (which cost no memory until used).
 GEARMAN_HASH_BUCKETS = 1_000_003
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_is_free(port: int) -> bool:
-    """True when a server could listen on `port` (connections in TIME_WAIT do not count)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-        return True
-
-
-def tail(path: Path, lines: int = LOG_LINES_QUOTED) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return f"    (no log at {path})"
-    picked = [line for line in text.splitlines() if line.strip()][-lines:]
-    return "\n".join("    " + line for line in picked) or f"    ({path} is empty)"
-
-
-def process_alive(pid: int, marker: str) -> bool:
-    """True when `pid` is a running process whose command line mentions `marker`.
-
-    Guards against pid reuse: a server's pid, once free, may become a thread of the other
-    server (mariadbd starts one per connection), whose /proc entry shows the whole process's
-    command line, sandbox directory included. A thread is not the process we started.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            if stat.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
-                _reap(pid)
-                return False
-        with open(f"/proc/{pid}/status", "rb") as status:
-            leader = next((line.split()[1] for line in status if line.startswith(b"Tgid:")),
-                          b"")
-        if leader != str(pid).encode():
-            return False
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return marker.encode() in cmdline.read()
-    except (OSError, IndexError):
-        return False
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-@dataclass
-class MysqlInfo:
-    host: str
-    port: int
-    unix_socket: str
-    user: str
-    password: str
-
-
-@dataclass
-class SandboxInfo:
-    """The content of DIR/sandbox.json."""
-
-    gearman: dict[str, Any]
-    mysql: MysqlInfo
-    plugin_dir: str
-    udf_config: str
-    pids: dict[str, int] = field(default_factory=dict)
-    server: str = DEFAULT_DATABASE_SERVER
-    image: str = ""  # MySQL: the container image mysqld runs from
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> SandboxInfo:
-        return cls(
-            gearman=dict(data["gearman"]),
-            mysql=MysqlInfo(**data["mysql"]),
-            plugin_dir=str(data["plugin_dir"]),
-            udf_config=str(data["udf_config"]),
-            pids={str(k): int(v) for k, v in data.get("pids", {}).items()},
-            server=str(data.get("server", DEFAULT_DATABASE_SERVER)),
-            image=str(data.get("image", "")),
-        )
 
 
 class Sandbox:
@@ -296,14 +204,14 @@ class Sandbox:
 
     def status(self) -> dict[str, bool]:
         pids = self.info.pids if self.info else {}
-        return {name: name in pids and process_alive(pids[name], str(self.dir))
+        return {name: name in pids and processes.process_alive(pids[name], str(self.dir))
                 for name in self.servers}
 
     def start_gearmand(self) -> None:
         info = self._need_info()
         self._check_port(self.gearman_port, "gearmand")
         argv = [
-            _binary("gearmand", "gearman-job-server"),
+            processes.binary("gearmand", "gearman-job-server"),
             f"--listen={HOST}",
             f"--port={self.gearman_port}",
         ]
@@ -330,51 +238,25 @@ class Sandbox:
         name = self.database_process
         self._check_port(self.mysql_port, name)
         fresh = not (self.datadir / "mysql").is_dir()
-        common = [
-            "--no-defaults",
-            f"--datadir={self.datadir}",
-            f"--socket={self.unix_socket}",
-            f"--port={self.mysql_port}",
-            f"--bind-address={HOST}",
-            f"--pid-file={self.dir / 'mysql' / 'mysqld.pid'}",
-            f"--log-error={self.mysql_log}",
-            f"--plugin-dir={self.plugin_dir}",
-            "--skip-name-resolve",
-            "--innodb-buffer-pool-size=128M",
-            "--max-connections=400",
-            "--max-allowed-packet=64M",
-            "--character-set-server=utf8mb4",
-        ]
+        common = server_options.common(
+            datadir=self.datadir, socket=self.unix_socket, port=self.mysql_port,
+            pid_file=self.dir / "mysql" / "mysqld.pid", log=self.mysql_log,
+            plugin_dir=self.plugin_dir)
         env = {"GEARMAN_UDF_CONFIG": str(self.udf_config_path)}
         if self.server == "mysql":
             from workerhost.sandbox import container
 
+            files = self.dir / "mysql" / "files"
             if fresh:
-                self._initialize_mysql()
-            argv = [
-                "mysqld", *common,
-                # Inside the container mysqld runs as root (or as the caller's uid); --user
-                # only tells it that root is meant.
-                "--user=root",
-                # The X protocol would listen on 33060 of every address: one port for every
-                # sandbox, and beyond loopback.
-                "--mysqlx=OFF",
-                f"--secure-file-priv={self.dir / 'mysql' / 'files'}",
-                # Tests make rows with recursive CTEs; MySQL stops them at 1000 by default.
-                "--cte-max-recursion-depth=1000000",
-            ]
+                files.mkdir(exist_ok=True)
+                container.initialize(self.datadir, image=self.image, mount=self.dir)
+            argv = ["mysqld", *common, *server_options.mysql(files)]
             info.pids[name] = container.start(argv, image=self.image, env=env, mount=self.dir)
         else:
             if fresh:
                 self._install_db()
-            argv = [
-                _binary("mariadbd", "mariadb-server"), *common,
-                # The sandbox runs as whoever started it; as root mariadbd refuses without this.
-                f"--user={_current_user()}",
-                "--innodb-log-file-size=96M",
-                # Tests make rows with recursive CTEs, as on MySQL below.
-                "--max-recursive-iterations=1000000",
-            ]
+            argv = [processes.binary("mariadbd", "mariadb-server"), *common,
+                    *server_options.mariadb(processes.current_user())]
             info.pids[name] = self._spawn(argv, self.mysql_log, name,
                                           env=dict(os.environ, **env))
         self._save()
@@ -405,8 +287,8 @@ class Sandbox:
     def run_sql_file(self, path: Path, database: str | None = None) -> None:
         """Run a SQL script with the mariadb client (it understands DELIMITER and comments)."""
         argv = [
-            _binary("mariadb", "mariadb-client"), "--no-defaults", f"--socket={self.unix_socket}",
-            "-uroot", "--batch",
+            processes.binary("mariadb", "mariadb-client"), "--no-defaults",
+            f"--socket={self.unix_socket}", "-uroot", "--batch",
         ]
         if database:
             argv.append(database)
@@ -497,17 +379,17 @@ class Sandbox:
 
     def _pick_port(self, wanted: int | None, server: str) -> int:
         if wanted is None:
-            return free_port()
+            return processes.free_port()
         self._check_port(wanted, server)
         return wanted
 
     def _check_port(self, port: int, server: str) -> None:
         # Right after a server was killed, its connections may hold the port for a moment
         # (closing, their peers not yet gone): wait for that before calling it taken.
-        deadline = time.monotonic() + PORT_WAIT
-        while not port_is_free(port) and time.monotonic() < deadline:
+        deadline = time.monotonic() + processes.PORT_WAIT
+        while not processes.port_is_free(port) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if not port_is_free(port):
+        if not processes.port_is_free(port):
             raise SandboxError(
                 f"port {port} on {HOST} is taken, so {server} cannot listen there; stop what "
                 f"uses it (ss -ltnp 'sport = :{port}') or give the sandbox another directory"
@@ -532,20 +414,22 @@ class Sandbox:
         while time.monotonic() < deadline:
             ended = self._ended(pid)
             if ended:
-                raise SandboxError(f"{name} {ended} during start; the end of {log}:\n{tail(log)}")
+                raise SandboxError(f"{name} {ended} during start; the end of {log}:\n"
+                                   f"{processes.tail(log)}")
             if answers():
                 return
             time.sleep(0.05)
         self._stop(name)
         raise SandboxError(
-            f"{name} did not answer within {START_TIMEOUT:.0f}s; the end of {log}:\n{tail(log)}"
+            f"{name} did not answer within {START_TIMEOUT:.0f}s; the end of {log}:\n"
+            f"{processes.tail(log)}"
         )
 
     def _ended(self, pid: int) -> str:
         """How a server ended ("" while it runs); its exit status when this object started it."""
         proc = self._started.get(pid)
         if proc is None:
-            return "" if process_alive(pid, str(self.dir)) else "exited"
+            return "" if processes.process_alive(pid, str(self.dir)) else "exited"
         code = proc.poll()
         if code is None:
             return ""
@@ -569,29 +453,16 @@ class Sandbox:
 
     def _install_db(self) -> None:
         argv = [
-            _binary("mariadb-install-db", "mariadb-server"), "--no-defaults",
-            f"--datadir={self.datadir}", f"--user={_current_user()}",
+            processes.binary("mariadb-install-db", "mariadb-server"), "--no-defaults",
+            f"--datadir={self.datadir}", f"--user={processes.current_user()}",
             "--auth-root-authentication-method=normal", "--skip-test-db",
         ]
         log = self.dir / "mysql" / "install-db.log"
         with open(log, "wb") as out:
             done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False)
         if done.returncode != 0:
-            raise SandboxError(f"mariadb-install-db failed; the end of {log}:\n{tail(log)}")
-
-    def _initialize_mysql(self) -> None:
-        """mysqld --initialize-insecure: a data directory whose root has no password (only
-        the sandbox's socket reaches it; the sandbox user below gets a password)."""
-        from workerhost.sandbox import container
-
-        (self.dir / "mysql" / "files").mkdir(exist_ok=True)
-        if self.datadir.is_dir() and not any(self.datadir.iterdir()):
-            self.datadir.rmdir()  # mysqld initializes only a directory that does not exist
-        container.run_once(
-            ["mysqld", "--no-defaults", "--initialize-insecure", f"--datadir={self.datadir}",
-             "--user=root"],
-            image=self.image, mounts=[self.dir], log=self.dir / "mysql" / "install-db.log",
-        )
+            raise SandboxError(f"mariadb-install-db failed; the end of {log}:\n"
+                               f"{processes.tail(log)}")
 
     def _create_user(self) -> None:
         info = self._need_info().mysql
@@ -609,34 +480,14 @@ class Sandbox:
         if self.info is None or name not in self.info.pids:
             return False
         pid = self.info.pids[name]
-        if not process_alive(pid, str(self.dir)):
+        if not processes.process_alive(pid, str(self.dir)):
             return False
-        _signal(pid, signal.SIGTERM)
+        processes.send_signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT
-        while process_alive(pid, str(self.dir)):
+        while processes.process_alive(pid, str(self.dir)):
             if time.monotonic() > deadline:
-                _signal(pid, signal.SIGKILL)
+                processes.send_signal(pid, signal.SIGKILL)
                 deadline = time.monotonic() + STOP_TIMEOUT
             time.sleep(0.05)
-        _reap(pid)
+        processes.reap(pid)
         return True
-
-
-def _signal(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
-
-
-def _binary(name: str, package: str) -> str:
-    for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}"):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    raise SandboxError(f"{name} is not installed; run: make setup (or apt-get install {package})")
-
-
-def _current_user() -> str:
-    import pwd
-
-    return pwd.getpwuid(os.getuid()).pw_name

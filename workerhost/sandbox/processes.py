@@ -1,0 +1,94 @@
+"""The sandbox's processes and ports: free loopback ports, whether a pid is still the process
+it was, signals that tolerate a process already gone, and the tail of a server's log for an
+error message.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+from workerhost.errors import SandboxError
+
+HOST = "127.0.0.1"
+PORT_WAIT = 5.0  # seconds a port held by a killed server's closing connections may take
+LOG_LINES_QUOTED = 15
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    """True when a server could listen on `port` (connections in TIME_WAIT do not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+def tail(path: Path, lines: int = LOG_LINES_QUOTED) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"    (no log at {path})"
+    picked = [line for line in text.splitlines() if line.strip()][-lines:]
+    return "\n".join("    " + line for line in picked) or f"    ({path} is empty)"
+
+
+def process_alive(pid: int, marker: str) -> bool:
+    """True when `pid` is a running process whose command line mentions `marker`.
+
+    Guards against pid reuse: a server's pid, once free, may become a thread of the other
+    server (mariadbd starts one per connection), whose /proc entry shows the whole process's
+    command line, sandbox directory included. A thread is not the process we started.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            if stat.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
+                reap(pid)
+                return False
+        with open(f"/proc/{pid}/status", "rb") as status:
+            leader = next((line.split()[1] for line in status if line.startswith(b"Tgid:")),
+                          b"")
+        if leader != str(pid).encode():
+            return False
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return marker.encode() in cmdline.read()
+    except (OSError, IndexError):
+        return False
+
+
+def reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def send_signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def binary(name: str, package: str) -> str:
+    for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise SandboxError(f"{name} is not installed; run: make setup (or apt-get install {package})")
+
+
+def current_user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
