@@ -16,17 +16,18 @@ information_schema's privilege views, which show direct grants only.
 `--probe` sends one job along the trigger's path, from the database server through the UDF to
 gearmand and a worker, and times it: a foreground job (gman_do) of a function of its own,
 which doctor itself serves on every server of gearman.servers, echoing the job's data. No
-row is written and no handler runs; a job that reaches no worker ends with the UDF's
-timeout_ms, and gearmand drops it with its client.
+row is written and no handler runs. A job that reaches no worker fails the probe after
+PROBE_DEADLINE, without waiting for the UDF's own result_timeout_ms (30 s by default): the
+query is left to end in a daemon thread, and gearmand drops the job with its client.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -40,7 +41,7 @@ from workerhost.udf import installed as udf
 
 Outcome = Literal["ok", "FAIL", "warn"]
 PROBE_FUNCTION = "workerhost_doctor_probe"  # served by doctor --probe alone
-PROBE_DEADLINE = 10.0  # seconds; the UDF's own timeout_ms ends a lost probe well before
+PROBE_DEADLINE = 10.0  # seconds a probe's job may take to come back before it fails
 ER_ACCESS_DENIED = frozenset({1142, 1143})  # table or column command denied
 RUN_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 
@@ -368,26 +369,31 @@ def _probe(config: Config, params: dict[str, Any], immediate: Sequence[str],
         listeners.append(conn)
     database = mysql.connector.connect(**params)
     served: list[str] = []
+    answers: list[Any] = []
+    # A daemon thread, not a pool: a probe that reached no worker holds its query in the UDF
+    # for result_timeout_ms, and doctor must neither wait for it nor be kept from exiting.
+    query = threading.Thread(target=lambda: answers.append(_scalar(
+        database, f"SELECT gman_do('{PROBE_FUNCTION}', %s)", (token,))), daemon=True)
     try:
-        with ThreadPoolExecutor(1) as pool:
-            started = time.monotonic()
-            sent = pool.submit(_scalar, database, f"SELECT gman_do('{PROBE_FUNCTION}', %s)",
-                               (token,))
-            deadline = started + PROBE_DEADLINE
-            while not sent.done() and time.monotonic() < deadline:
-                for conn in gearconn.wait(listeners, 0.02):
-                    try:
-                        for job in conn.read():
-                            conn.complete(job.handle, job.data)  # echo: any probe's job
-                            served.append(str(conn.server))
-                    except gearconn.GearmanLost:
-                        pass
-            answer = sent.result(timeout=max(0.0, deadline - time.monotonic()) + 1)
-            elapsed = time.monotonic() - started
+        started = time.monotonic()
+        query.start()
+        deadline = started + PROBE_DEADLINE
+        while query.is_alive() and time.monotonic() < deadline:
+            for conn in gearconn.wait(listeners, 0.02):
+                try:
+                    for job in conn.read():
+                        conn.complete(job.handle, job.data)  # echo: any probe's job
+                        served.append(str(conn.server))
+                except gearconn.GearmanLost:
+                    pass
+        query.join(max(0.0, deadline - time.monotonic()))
+        elapsed = time.monotonic() - started
+        answer = answers[0] if answers else None
     finally:
         for conn in listeners:
             conn.close()
-        database.close()
+        if not query.is_alive():
+            database.close()  # else the thread still uses it; it goes with the process
     if answer == token:
         return Check("ok", "probe", f"a job from the database server through the UDF reached "
                                     f"a worker on {served[-1] if served else 'a gearmand'} and "
