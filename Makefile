@@ -31,11 +31,13 @@ udf-test: udf
 
 # A sandbox in a temporary directory, the example shop's triggers and handlers, sample orders
 # written back; everything is stopped again at the end (scripts/demo.py says each step).
+# KEEP=1 keeps its temporary directory (logs, data) afterwards; a failed demo always keeps it.
+DEMO_KEEP := $(if $(KEEP),--keep)
 demo: udf
 ifneq ($(ON_MYSQL),)
-	@$(WITH_DOCKER) sh -c 'scripts/mysql-image.sh $(MYSQL_LINE) >/dev/null && $(PY) scripts/demo.py --server $(SERVER)'
+	@$(WITH_DOCKER) sh -c 'scripts/mysql-image.sh $(MYSQL_LINE) >/dev/null && $(PY) scripts/demo.py --server $(SERVER) $(DEMO_KEEP)'
 else
-	@$(PY) scripts/demo.py
+	@$(PY) scripts/demo.py $(DEMO_KEEP)
 endif
 
 # Every database test runs on MariaDB and the newest MySQL line; TEST_SERVERS=all (what .ci/run
@@ -45,8 +47,13 @@ comma := ,
 TEST_SERVER_LIST := $(subst $(comma), ,$(TEST_SERVERS))
 TEST_MYSQL := $(patsubst mysql:%,%,$(patsubst mysql,mysql:9,$(filter mysql mysql:%,$(TEST_SERVER_LIST))))
 TEST_MYSQL_LINES := $(if $(filter all,$(TEST_SERVER_LIST)),9 8.4 8.0,$(if $(TEST_SERVER_LIST),$(TEST_MYSQL),9))
+# In parallel (pytest-xdist): -n auto is a worker per server plus one (tests/conftest.py), and
+# --dist loadgroup keeps each server's tests on the worker that runs its sandbox. PYTEST_ARGS
+# may set either itself: PYTEST_ARGS=-n0 runs in one process (for -s, or a debugger).
+TEST_PARALLEL := $(if $(filter -n% --numprocesses% %no:xdist,$(PYTEST_ARGS)),,-n auto) \
+                 $(if $(filter --dist% %no:xdist,$(PYTEST_ARGS)),,--dist loadgroup)
 test: setup udf
-	$(WITH_DOCKER) sh -c '$(if $(strip $(TEST_MYSQL_LINES)),scripts/mysql-image.sh $(TEST_MYSQL_LINES) >/dev/null && )$(PY) -m pytest $(PYTEST_ARGS)'
+	$(WITH_DOCKER) sh -c '$(if $(strip $(TEST_MYSQL_LINES)),scripts/mysql-image.sh $(TEST_MYSQL_LINES) >/dev/null && )$(PY) -m pytest $(strip $(TEST_PARALLEL)) $(PYTEST_ARGS)'
 
 lint: setup
 	$(PY) -m mypy --strict

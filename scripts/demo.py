@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from workerhost.config.load import load_config  # noqa: E402
 from workerhost.errors import WorkerHostError  # noqa: E402
+from workerhost.exitcodes import RET_ERROR, RET_INTERRUPTED, RET_OK  # noqa: E402
 from workerhost.sandbox.options import DATABASE_SERVERS, SERVER_CHOICES  # noqa: E402
 from workerhost.sandbox.processes import tail  # noqa: E402
 from workerhost.sandbox.stack import Sandbox  # noqa: E402
@@ -158,7 +159,8 @@ def report(conn: Any, ids: list[int]) -> bool:
         return False
     cursor = conn.cursor()
     cursor.execute("SELECT customer, points, orders FROM loyalty ORDER BY points DESC")
-    sums = ", ".join(f"{c} {p} ({n} orders)" for c, p, n in cursor.fetchall())
+    sums = ", ".join(f"{c} {p} ({n} order{'' if n == 1 else 's'})"
+                     for c, p, n in cursor.fetchall())
     cursor.close()
     info(f"loyalty totals: {sums}")
     return True
@@ -240,17 +242,24 @@ def main() -> int:
         ok = demo(workdir, args.server)
     except (KeyboardInterrupt, Stop):
         print("\ndemo: interrupted; everything it started is stopped", file=sys.stderr)
-        return 130
+        return RET_INTERRUPTED
     except WorkerHostError as exc:
         print(f"\ndemo: error: {exc}", file=sys.stderr)
-        return 1
+        return RET_ERROR
     finally:
-        if args.keep:
-            print(f"      kept {workdir}")
+        # A failed demo keeps its directory: the host's log and the servers' are what says why.
+        if args.keep or not ok:
+            print(f"      kept {workdir} (workerhost.log, sandbox/*/*.log); "
+                  f"remove it with: rm -rf {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    print("\ndemo: every order came back: OK" if ok else "\ndemo: FAILED", flush=True)
-    return 0 if ok else 1
+    if not ok:
+        print("\ndemo: FAILED", flush=True)
+        return RET_ERROR
+    print("\ndemo: every order came back: OK\n"
+          "next: the same on your own MariaDB or MySQL server and gearmand: docs/deploy.md",
+          flush=True)
+    return RET_OK
 
 
 if __name__ == "__main__":

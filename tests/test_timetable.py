@@ -1,4 +1,5 @@
-"""timetable.py: where slots fall, and what a clock change does to them (as the README says)."""
+"""timetable.py: where slots fall, and what a clock change does to them (as docs/schedules.md
+says)."""
 
 from __future__ import annotations
 
