@@ -25,6 +25,7 @@ from conftest import ROOT, host_config, scalar, sequence, wait_until
 
 from workerhost import __version__
 from workerhost.sandbox.stack import Sandbox
+from workerhost.udf import UDF_VERSION
 
 pytestmark = pytest.mark.slow
 
@@ -152,7 +153,7 @@ def test_the_installed_package_knows_its_version_and_nothing_of_the_checkout(
 ) -> None:
     env = clean_env()
     assert ok(run([installed / "bin" / "workerhost", "--version"], outside, env)) \
-        == f"workerhost {__version__}\n"
+        == f"workerhost {__version__} (UDF {UDF_VERSION})\n"
     where = ok(run([installed / "bin" / "python", "-c", (
         "import sys, importlib.resources as r, workerhost\n"
         "print(workerhost.__file__)\n"

@@ -11,6 +11,7 @@ from workerhost.cli import job_verbs, sandbox_verbs, udf_verbs, verbs
 from workerhost.cli.common import CONFIG_HELP
 from workerhost.cli.sandbox_verbs import DEFAULT_SANDBOX_DIR
 from workerhost.model.ledger_state import STATES
+from workerhost.udf import UDF_VERSION
 
 
 def _threads(text: str) -> int:
@@ -46,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="workerhost",
         description="Run Gearman jobs fired by MySQL/MariaDB triggers and write results back.",
     )
-    parser.add_argument("--version", action="version", version=f"workerhost {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"workerhost {__version__} (UDF {UDF_VERSION})")
     parser.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS,
                         help=CONFIG_HELP)
     verb_parsers = parser.add_subparsers(dest="verb", required=True, metavar="VERB")

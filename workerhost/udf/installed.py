@@ -18,10 +18,8 @@ from typing import Any
 import mysql.connector
 
 from workerhost.store.db import Connection
+from workerhost.udf import UDF_VERSION as UDF_VERSION
 
-# The version of the UDF's source this package ships and expects in the server (its GMU_VERSION,
-# which gman_udf_status() reports); tests/test_udf_install.py checks that the two agree.
-UDF_VERSION = "1.1.0"
 SHIP = "gman_ship"  # what immediate delivery's triggers call (sql/install.sql)
 STATUS = "gman_udf_status"
 LIBRARY = "gearman_udf.so"
