@@ -60,7 +60,7 @@ def test_status_reads_well_formed_lines() -> None:
 def test_status_leaves_out_a_function_listed_twice(caplog: pytest.LogCaptureFixture) -> None:
     # What gearmand prints for a real "ping" and a job named "ping\t777\t0\t0\nzzz".
     answer = b"ping\t777\t0\t0\nzzz\t1\t0\t0\nping\t3\t0\t2\n.\n"
-    with canned(answer) as port, caplog.at_level(logging.WARNING, "workerhost.gearman.admin"):
+    with canned(answer) as port, caplog.at_level(logging.WARNING, "workerhost.gearadmin"):
         found = gearadmin.status("127.0.0.1", port)
     assert "ping" not in found
     assert "'ping' listed twice in 'status' and left out" in caplog.text
@@ -79,7 +79,7 @@ def test_status_leaves_out_a_function_listed_twice(caplog: pytest.LogCaptureFixt
 def test_status_skips_and_reports_misshapen_lines(line: bytes,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     with canned(line + b"\nok\t5\t0\t1\n.\n") as port, \
-            caplog.at_level(logging.WARNING, "workerhost.gearman.admin"):
+            caplog.at_level(logging.WARNING, "workerhost.gearadmin"):
         found = gearadmin.status("127.0.0.1", port)
     assert found == {"ok": gearadmin.FunctionStatus("ok", 5, 0, 1)}
     assert "1 'status' line(s) not of the documented shape left out" in caplog.text
@@ -93,7 +93,7 @@ def test_workers_reads_lines_and_drops_a_repeated_descriptor(
               b"32 127.0.0.1 forged : a\n"
               b"33 127.0.0.1 x :resize\n"   # no space after the colon: not gearmand's shape
               b".\n")
-    with canned(answer) as port, caplog.at_level(logging.WARNING, "workerhost.gearman.admin"):
+    with canned(answer) as port, caplog.at_level(logging.WARNING, "workerhost.gearadmin"):
         found = gearadmin.workers("127.0.0.1", port)
     assert found == [gearadmin.Connection("::1", "-", ()),
                      gearadmin.Connection("127.0.0.1", "host-1-42", ("resize", "mail"))]
@@ -115,7 +115,7 @@ def test_a_forged_function_name_cannot_invent_figures(
     port = gearmand_factory(MEMORY_QUEUE).port
     _submit_background(port, b"ping", b"real-1")
     _submit_background(port, b"other", b"real-2")
-    with caplog.at_level(logging.WARNING, "workerhost.gearman.admin"):
+    with caplog.at_level(logging.WARNING, "workerhost.gearadmin"):
         assert gearadmin.status("127.0.0.1", port)["ping"].queued == 1
         _submit_background(port, b"ping\t777\t0\t0\nzzz", b"forged")
         found = gearadmin.status("127.0.0.1", port)

@@ -122,13 +122,13 @@ def test_json_lines_carry_the_job_fields(
 ) -> None:
     logs.setup("json", "info")
     job = Job(function="resize", payload=b"{}", unique="u-1", handle="H:host:7", attempt=2)
-    logging.getLogger("workerhost.host.worker").error("job %s failed", job.describe(),
+    logging.getLogger("workerhost.worker").error("job %s failed", job.describe(),
                                                  extra=logs.job_fields(job))
     entry = json.loads(capsys.readouterr().err)
     assert entry["message"] == "job resize handle=H:host:7 unique='u-1' attempt=2 failed"
     assert (entry["function"], entry["handle"], entry["unique"], entry["attempt"]) == (
         "resize", "H:host:7", "u-1", 2)
-    assert (entry["level"], entry["logger"]) == ("error", "workerhost.host.worker")
+    assert (entry["level"], entry["logger"]) == ("error", "workerhost.worker")
 
 
 @pytest.mark.parametrize("fmt", ["json", "text"])

@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from workerhost.config.load import parse_config
 from workerhost.config.settings import Config
 from workerhost.gearman import admin as gearadmin
-from workerhost.observe import metrics, status
+from workerhost.model.job import Outcome
+from workerhost.observe import events, metrics, status
 from workerhost.sandbox.processes import free_port
 from workerhost.sandbox.stack import Sandbox
 
@@ -186,9 +187,9 @@ def _config(servers: list[str]) -> Config:
 
 
 def _count_in_child(function: str) -> None:
-    metrics.job_started(function)
-    metrics.job_finished(function, "retry")
-    metrics.job_ended(function)
+    events.emit(events.JobsStarted(function))
+    events.emit(events.JobsFinished(function, Outcome.RETRY))
+    events.emit(events.JobsEnded(function))
 
 
 def test_children_count_into_one_directory_that_goes_at_the_end() -> None:
@@ -202,8 +203,8 @@ def test_children_count_into_one_directory_that_goes_at_the_end() -> None:
             child.join()
             assert child.exitcode == 0
             assert child.pid is not None
-            metrics.process_dead(child.pid)
-        metrics.worker_restarted("resize")
+            events.emit(events.ProcessGone(child.pid))
+        events.emit(events.WorkerRestarted("resize"))
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
@@ -222,7 +223,7 @@ def test_children_count_into_one_directory_that_goes_at_the_end() -> None:
 def test_jobs_run_together_count_each_once_and_leave_none_in_flight() -> None:
     with metrics.collecting():
         directory = os.environ[metrics.ENV]
-        metrics.job_started("touch", 4)  # a batch of sql: jobs sent as one query
+        events.emit(events.JobsStarted("touch", 4))  # a batch of sql: jobs sent as one query
         from prometheus_client import multiprocess
 
         def scrape_here() -> Samples:
@@ -231,7 +232,7 @@ def test_jobs_run_together_count_each_once_and_leave_none_in_flight() -> None:
             return parse(generate_latest(registry).decode())
 
         assert value(scrape_here(), "workerhost_jobs_in_flight", function="touch") == 4
-        metrics.job_ended("touch")
+        events.emit(events.JobsEnded("touch"))
         samples = scrape_here()
     assert value(samples, "workerhost_jobs_in_flight", function="touch") == 0
     assert value(samples, "workerhost_job_duration_seconds_count", function="touch") == 4
@@ -259,13 +260,21 @@ def _exited_pid() -> int:
     return child.pid
 
 
-def test_without_collecting_every_call_is_a_no_op() -> None:
-    metrics.job_started("x")
-    metrics.job_finished("x", "complete")
-    metrics.job_ended("x")
-    metrics.job_lost("x", "crashed")
-    metrics.worker_restarted("x")
-    metrics.process_dead(os.getpid())
+def test_without_collecting_metrics_hear_no_event() -> None:
+    """Metrics subscribe while collecting() runs, and only then: every event is a no-op."""
+    heard: list[events.Event] = []
+    with metrics.collecting():
+        unsubscribe = events.subscribe(heard.append)
+        events.emit(events.JobsStarted("x"))
+        unsubscribe()
+    assert heard == [events.JobsStarted("x")]
+    assert metrics.on_event not in events._listeners
+    events.emit(events.JobsStarted("x"))
+    events.emit(events.JobsFinished("x", Outcome.COMPLETE))
+    events.emit(events.JobsEnded("x"))
+    events.emit(events.JobLost("x", Outcome.CRASHED))
+    events.emit(events.WorkerRestarted("x"))
+    events.emit(events.ProcessGone(os.getpid()))
 
 
 def test_a_scrape_reports_a_dead_server_as_down_and_goes_on() -> None:

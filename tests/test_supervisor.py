@@ -299,7 +299,7 @@ def test_a_worker_that_lost_the_database_is_logged_as_such_and_restarted(
     h.supervisor.tick()
     h.advance(STARTSECS + 5)
     h.child().process.exitcode = exitcodes.EXIT_DATABASE
-    with caplog.at_level(logging.WARNING, logger="workerhost.host.supervisor"):
+    with caplog.at_level(logging.WARNING, logger="workerhost.supervisor"):
         h.advance(0.1)
     assert "resize[0] exited (exit status 4: the database stayed unreachable); restarting in " \
         "0.0s" in caplog.text
@@ -330,7 +330,7 @@ def moves(caplog: pytest.LogCaptureFixture, name: str = "resize[0]") -> list[str
 
 @pytest.fixture
 def debug_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.DEBUG, logger="workerhost.host.supervisor")
+    caplog.set_level(logging.DEBUG, logger="workerhost.supervisor")
     return caplog
 
 
@@ -420,7 +420,7 @@ def test_a_second_stop_signal_kills_at_once_and_says_so(caplog: pytest.LogCaptur
             return self
 
     h.supervisor.signals = TwoStops()  # type: ignore[assignment]
-    with caplog.at_level(logging.WARNING, logger="workerhost.host.supervisor"):
+    with caplog.at_level(logging.WARNING, logger="workerhost.supervisor"):
         assert h.supervisor.run() == exitcodes.RET_KILLED
     assert "second stop signal: killing 2 processes without waiting for their jobs" \
         in caplog.text
@@ -782,7 +782,7 @@ def test_a_failing_heartbeat_is_logged_once_a_minute_and_the_supervisor_goes_on(
 
     h = Harness()
     h.db.down = mysql.connector.errors.OperationalError("2003: Can't connect", errno=2003)
-    with caplog.at_level(logging.INFO, logger="workerhost.observe.heartbeat"):
+    with caplog.at_level(logging.INFO, logger="workerhost.heartbeat"):
         h.supervisor.tick()
         while h.now < 1000.0 + 2 * LOG_EVERY - EVERY:
             h.advance(EVERY)

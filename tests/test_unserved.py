@@ -35,7 +35,7 @@ def _counted(function: str) -> float | None:
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records
-            if r.name == "workerhost.host.relay" and r.levelno == logging.WARNING]
+            if r.name == "workerhost.relay" and r.levelno == logging.WARNING]
 
 
 def test_unserved_after_is_a_duration_with_a_default() -> None:
@@ -63,7 +63,7 @@ def test_the_relay_counts_rows_shipped_again_past_the_age_and_warns_once_a_minut
     now = [1000.0]
     relay = Relay(config, clock=lambda: now[0])
     cursor = db.cursor()
-    caplog.set_level(logging.WARNING, logger="workerhost.host.relay")
+    caplog.set_level(logging.WARNING, logger="workerhost.relay")
     try:
         relay.db.run(schema.create)
         insert = ("INSERT INTO workerhost_outbox (`function`, payload, ships, created_at) "

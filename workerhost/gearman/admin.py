@@ -19,7 +19,7 @@ from dataclasses import dataclass
 # An admin query is a single short exchange; a server that takes longer is treated as down.
 ADMIN_TIMEOUT = 3.0
 
-log = logging.getLogger("workerhost.gearman.admin")
+log = logging.getLogger("workerhost.gearadmin")
 
 _FIELD = r"[^\x00-\x20\x7f]+"  # no whitespace, no control characters
 _NAME = re.compile(_FIELD)

@@ -35,7 +35,7 @@ from workerhost.config.settings import HandlerConfig
 from workerhost.errors import Snooze
 from workerhost.model.job import Job
 
-log = logging.getLogger("workerhost.host.command")
+log = logging.getLogger("workerhost.command")
 
 # Share of a handler's timeout a program may run: the worker kills it first, so that the
 # failure is the program's (with its stderr), not a dead worker's.

@@ -32,12 +32,12 @@ from workerhost.config.settings import Config
 from workerhost.errors import ConnectError
 from workerhost.gearman.conn import GearmanLost, Refused, Submitter
 from workerhost.model.job import ledger_unique
-from workerhost.observe import metrics
+from workerhost.observe import events
 from workerhost.observe.status import span
 from workerhost.store import ledger, letters
 from workerhost.store.db import Connection, Database
 
-log = logging.getLogger("workerhost.host.relay")
+log = logging.getLogger("workerhost.relay")
 
 # How long gearmand may take to accept a batch before the relay gives up on it (and retries).
 ACCEPT_TIMEOUT = 10.0
@@ -116,7 +116,7 @@ class Relay:
                 found.setdefault(function, []).append((int(ident), age / 1e6))
         now = self.clock()
         for function, rows in found.items():
-            metrics.unserved_shipped(function, len(rows))
+            events.emit(events.UnservedShipped(function, len(rows)))
             seen = self.unserved.setdefault(function, _Unserved())
             seen.ids.update(ident for ident, _ in rows)
             seen.oldest = max(seen.oldest, *(age for _, age in rows))

@@ -33,11 +33,11 @@ from workerhost.config.settings import Config, HandlerConfig
 from workerhost.errors import JobError, Snooze
 from workerhost.host import command, failures, handlers
 from workerhost.model.job import Job, Outcome, row_unique
-from workerhost.observe import logs, metrics
+from workerhost.observe import events, logs
 from workerhost.store import db, ledger, letters
 from workerhost.store.db import Connection, Database, is_transient
 
-log = logging.getLogger("workerhost.host.worker")
+log = logging.getLogger("workerhost.worker")
 
 # Share of a job's timeout spent waiting for a lost database before leaving the job to gearmand.
 DATABASE_WAIT_SHARE = 0.8
@@ -118,7 +118,7 @@ class Runner:
                 if copies_of != index:
                     copies[index] = copies_of
         if copies:
-            metrics.job_finished(self.handler.name, Outcome.DONE_BEFORE, len(copies))
+            events.emit(events.JobsFinished(self.handler.name, Outcome.DONE_BEFORE, len(copies)))
             self.jobs_done += len(copies)
             firsts = [job for index, job in enumerate(jobs) if index not in copies]
             answered = iter(self.run_batch(firsts))
@@ -136,8 +136,8 @@ class Runner:
         gone = sum(1 for r in results if r is _DONE_BEFORE)
         completed = len(results) - results.count(_DEFERRED) - results.count(LATER) - gone
         self.jobs_done += completed + gone
-        metrics.job_finished(self.handler.name, Outcome.COMPLETE, completed)
-        metrics.job_finished(self.handler.name, Outcome.DONE_BEFORE, gone)
+        events.emit(events.JobsFinished(self.handler.name, Outcome.COMPLETE, completed))
+        events.emit(events.JobsFinished(self.handler.name, Outcome.DONE_BEFORE, gone))
         return [self.execute(job) if r is _DEFERRED else b"" if r is _DONE_BEFORE
                 else r for job, r in zip(jobs, results, strict=True)]
 
@@ -277,12 +277,12 @@ class Runner:
 
     def _begin(self, job: Job, count: int = 1) -> None:
         """`count` jobs begin, together; the supervisor sees `job`'s key."""
-        metrics.job_started(self.handler.name, count)
+        events.emit(events.JobsStarted(self.handler.name, count))
         if self.slot is not None:
             self.slot.begin(job.key)
 
     def _end(self, count: int = 1) -> None:
-        metrics.job_ended(self.handler.name)
+        events.emit(events.JobsEnded(self.handler.name))
         if self.slot is not None:
             self.slot.end(count)
 
@@ -340,26 +340,15 @@ class Runner:
         deadline = time.monotonic() + self.handler.timeout * DATABASE_WAIT_SHARE
         if outcome in (Outcome.COMPLETE, Outcome.DONE_BEFORE, Outcome.SNOOZED):
             assert isinstance(value, bytes) and isinstance(outcome, Outcome)
-            metrics.job_finished(job.function, outcome)
+            events.emit(events.JobsFinished(job.function, outcome))
             return value
         assert isinstance(value, failures.Failure)
-        if outcome is Outcome.REFUSED:
-            metrics.job_finished(job.function, Outcome.REFUSED)
-            log.error("job %s refused without running: %s", job.describe(), value.error,
-                      extra=logs.job_fields(job))
-            return None
-        if isinstance(outcome, Outcome):  # dead: a dead letter, the job never ran
-            metrics.job_finished(job.function, outcome)
-            log.error("job %s dead-lettered without running: %s", job.describe(), value.error,
-                      extra=logs.job_fields(job))
+        if isinstance(outcome, Outcome):  # refused, or dead: a dead letter, the job never ran
+            events.emit(events.JobsFinished(job.function, outcome, job=job, error=value.error,
+                                            ran=False))
             return None
         verdict = self._record_failure(job, value, deadline)
-        how = "dead-lettered" if verdict == Outcome.DEAD else "will be retried"
-        metrics.job_finished(job.function, verdict)
-        # A retry is the system working as meant; only a dead letter needs a person.
-        log.log(logging.ERROR if verdict == Outcome.DEAD else logging.WARNING,
-                "job %s failed and %s: %s", job.describe(), how, value.error,
-                extra=logs.job_fields(job))
+        events.emit(events.JobsFinished(job.function, verdict, job=job, error=value.error))
         return None
 
     def _record_failure(self, job: Job, failure: failures.Failure,

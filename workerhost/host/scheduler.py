@@ -42,11 +42,11 @@ import mysql.connector
 from workerhost.config.settings import CatchUp, Config, ScheduleConfig
 from workerhost.exitcodes import EXIT_OK
 from workerhost.model.timetable import UTC, Timetable, whole_seconds
-from workerhost.observe import metrics
+from workerhost.observe import events
 from workerhost.store import ledger, schedule_table
 from workerhost.store.db import RUN_ERRORS, Connection, Database
 
-log = logging.getLogger("workerhost.host.scheduler")
+log = logging.getLogger("workerhost.scheduler")
 
 LEAD_CHECK = 1.0  # seconds between two looks at the locks: how soon a standby takes over
 # The lock connection's wait_timeout, in seconds: a leader whose machine vanished (nothing
@@ -269,8 +269,9 @@ class Scheduler:
             log.warning("scheduler: schedule %s: more than %d slots were due at once; the "
                         "older ones are skipped", name, CATCH_UP_LIMIT)
         fired = sum(1 for slot in decided.missed if slot in decided.fire)
-        metrics.schedule_slots(name, fired=len(decided.fire), missed=len(decided.missed),
-                               skipped=len(decided.missed) - fired)
+        events.emit(events.ScheduleLooked(name, fired=len(decided.fire),
+                                          missed=len(decided.missed),
+                                          skipped=len(decided.missed) - fired))
         if decided.missed:
             what = {"latest": "fires the newest of them", "all": "fires them in order",
                     "none": "skips them"}[schedule.catch_up]

@@ -36,11 +36,11 @@ from workerhost.exitcodes import EXIT_OK, RET_KILLED, RET_OK, describe_child_exi
 from workerhost.host import command, failures, relay, reloading, scheduler, worker
 from workerhost.host.signals import Signals
 from workerhost.model.job import Outcome
-from workerhost.observe import heartbeat, logs, metrics
+from workerhost.observe import events, heartbeat, logs, metrics
 from workerhost.store.db import RUN_ERRORS, Database
 from workerhost.store.worker_table import WorkerBeat
 
-log = logging.getLogger("workerhost.host.supervisor")
+log = logging.getLogger("workerhost.supervisor")
 
 STARTSECS = 1.0  # a child must live this long to count as started
 START_RETRIES = 5  # failed starts in a row before a child is FATAL
@@ -311,7 +311,7 @@ class Supervisor:
         """The child's process ended: count its job if it had one, then decide what next."""
         process = child.process
         process.join()
-        metrics.process_dead(process.pid)
+        events.emit(events.ProcessGone(process.pid))
         code = process.exitcode
         child.process = None
         child.exit_codes = [*child.exit_codes[-9:], code]
@@ -333,7 +333,7 @@ class Supervisor:
             child.next_start = now  # max_jobs or max_lifetime reached
             return
         child.restarts += 1
-        metrics.worker_restarted(child.handler)
+        events.emit(events.WorkerRestarted(child.handler))
         if quick:
             child.start_failures += 1
             if child.start_failures >= START_RETRIES:
@@ -403,7 +403,7 @@ class Supervisor:
         else:
             reason = f"its worker process died while running it ({describe_child_exit(code)})"
             outcome = Outcome.CRASHED
-        metrics.job_lost(child.handler, outcome)
+        events.emit(events.JobLost(child.handler, outcome))
         log.error("%s: job %r %s", child.name, key.replace(b"\0", b" ").decode(errors="replace"),
                   reason)
         db = self.database(self.config)
@@ -439,7 +439,7 @@ class Supervisor:
             self._signal(child, signal.SIGKILL)
         for child in alive:
             child.process.join()
-            metrics.process_dead(child.process.pid)
+            events.emit(events.ProcessGone(child.process.pid))
             child.process = None
             self.remove(child)
 

@@ -38,7 +38,7 @@ from workerhost.store.db import Database
 
 __all__ = ["LATER", "DatabaseLost", "Slot", "Worker", "main"]
 
-log = logging.getLogger("workerhost.host.worker")
+log = logging.getLogger("workerhost.worker")
 
 # How often an idle worker wakes to look at its stop flag and its lifetime.
 POLL_INTERVAL = 0.5

@@ -28,7 +28,7 @@ from workerhost.store import worker_table
 from workerhost.store.db import RUN_ERRORS, Database
 from workerhost.store.worker_table import WorkerBeat
 
-log = logging.getLogger("workerhost.observe.heartbeat")
+log = logging.getLogger("workerhost.heartbeat")
 
 EVERY = 5.0  # seconds between two heartbeats of a host
 GONE_AFTER = 3 * EVERY  # a row not seen for this long is of a host that is gone

@@ -15,6 +15,9 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from workerhost.model.job import Outcome
+from workerhost.observe import events
+
 if TYPE_CHECKING:
     from workerhost.model.job import Job
 
@@ -115,7 +118,35 @@ class JsonFormatter(TextFormatter):
         return json.dumps(entry, default=str)
 
 
+# Where the lines about jobs that failed or were refused go: the worker's logger, as always.
+_jobs_log = logging.getLogger("workerhost.worker")
+_unsubscribe: Any = None
+
+
+def job_line(event: events.Event) -> None:
+    """The logs' listener (setup() subscribes it): a line for each job that failed or was
+    refused. A retry is the system working as meant (WARNING); only a dead letter or a refused
+    delivery needs a person (ERROR)."""
+    if not isinstance(event, events.JobsFinished) or event.job is None:
+        return
+    if event.outcome == Outcome.REFUSED:
+        level, what = logging.ERROR, "refused without running"
+    elif not event.ran:
+        level, what = logging.ERROR, "dead-lettered without running"
+    elif event.outcome == Outcome.DEAD:
+        level, what = logging.ERROR, "failed and dead-lettered"
+    elif event.outcome == Outcome.RETRY:
+        level, what = logging.WARNING, "failed and will be retried"
+    else:
+        return
+    _jobs_log.log(level, "job %s %s: %s", event.job.describe(), what, event.error,
+                  extra=job_fields(event.job))
+
+
 def setup(fmt: str = "text", level: str = "info") -> None:
+    global _unsubscribe
+    if _unsubscribe is None:  # once per process, however often the format is set
+        _unsubscribe = events.subscribe(job_line)
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_Scrub())
     if fmt == "json":

@@ -39,7 +39,7 @@ from workerhost.errors import ConnectError
 from workerhost.exitcodes import EXIT_START_FAILED
 from workerhost.gearman import admin as gearadmin
 from workerhost.model.job import Outcome
-from workerhost.observe import status
+from workerhost.observe import events, status
 
 if TYPE_CHECKING:
     from prometheus_client import Counter, Gauge, Histogram
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
     from workerhost.config.settings import Config
 
-log = logging.getLogger("workerhost.observe.metrics")
+log = logging.getLogger("workerhost.metrics")
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"  # where prometheus_client's multiprocess mode keeps its files
 DIRECTORY_PREFIX = "workerhost-metrics-"  # then the supervisor's pid: stale ones can be found
@@ -135,10 +135,12 @@ def collecting(enabled: bool = True) -> Iterator[None]:
                          "again at host.relay.unserved_after or older: no worker completed "
                          "them", ["function"], registry=None),
     )  # fmt: skip
+    unsubscribe = events.subscribe(on_event)
     try:
         yield
     finally:
         if os.getpid() == owner:  # not in a forked child: the directory is not its to remove
+            unsubscribe()
             _metrics = None
             if previous is None:
                 os.environ.pop(ENV, None)
@@ -162,7 +164,7 @@ def _remove_stale_directories() -> None:
             pass  # another user's process, alive: its directory
 
 
-def job_started(function: str, count: int = 1) -> None:
+def _job_started(function: str, count: int = 1) -> None:
     """A handler begins to run `count` jobs of `function` in this process, together (a batch
     of sql: jobs sent as one query)."""
     global _started, _starting
@@ -171,7 +173,7 @@ def job_started(function: str, count: int = 1) -> None:
         _started, _starting = time.monotonic(), count
 
 
-def job_ended(function: str) -> None:
+def _job_ended(function: str) -> None:
     """The handler run begun by job_started is over, however it ended (call it in `finally`);
     jobs run together each count an equal share of the time they took."""
     global _started
@@ -183,7 +185,7 @@ def job_ended(function: str) -> None:
         _started = None
 
 
-def job_finished(function: str, outcome: str, count: int = 1) -> None:
+def _job_finished(function: str, outcome: str, count: int = 1) -> None:
     """`count` jobs of `function` reached `outcome` (complete, retry, dead): once each."""
     if _metrics is None or count <= 0:
         return
@@ -194,18 +196,18 @@ def job_finished(function: str, outcome: str, count: int = 1) -> None:
         _metrics.dead_letters.labels(function).inc(count)
 
 
-def job_lost(function: str, outcome: str) -> None:
+def _job_lost(function: str, outcome: str) -> None:
     """The supervisor's count of a job whose process ended under it (timeout, crashed)."""
     if _metrics is not None:
         _metrics.jobs.labels(function, outcome).inc()
 
 
-def worker_restarted(handler: str) -> None:
+def _worker_restarted(handler: str) -> None:
     if _metrics is not None:
         _metrics.restarts.labels(handler).inc()
 
 
-def schedule_slots(schedule: str, *, fired: int, missed: int, skipped: int) -> None:
+def _schedule_slots(schedule: str, *, fired: int, missed: int, skipped: int) -> None:
     """The scheduler's count of one look at `schedule`, once its transaction committed."""
     if _metrics is None:
         return
@@ -215,13 +217,13 @@ def schedule_slots(schedule: str, *, fired: int, missed: int, skipped: int) -> N
             counter.labels(schedule).inc(count)
 
 
-def unserved_shipped(function: str, rows: int) -> None:
+def _unserved_shipped(function: str, rows: int) -> None:
     """The relay shipped `rows` rows of `function` again that waited unserved_after or more."""
     if _metrics is not None and rows > 0:
         _metrics.unserved.labels(function).inc(rows)
 
 
-def process_dead(pid: int) -> None:
+def _process_dead(pid: int) -> None:
     """Drop the live gauges of a child that exited (its counters stay: they still count)."""
     directory = os.environ.get(ENV)
     if _metrics is not None and directory:
@@ -231,6 +233,27 @@ def process_dead(pid: int) -> None:
 
 
 # -- what a scrape reads from the servers --------------------------------------------------
+
+
+def on_event(event: events.Event) -> None:
+    """The metrics' listener, subscribed while collecting(): each event to its counters."""
+    match event:
+        case events.JobsStarted(function, count):
+            _job_started(function, count)
+        case events.JobsEnded(function):
+            _job_ended(function)
+        case events.JobsFinished(function, outcome, count):
+            _job_finished(function, outcome, count)
+        case events.JobLost(handler, outcome):
+            _job_lost(handler, outcome)
+        case events.WorkerRestarted(handler):
+            _worker_restarted(handler)
+        case events.ProcessGone(pid):
+            _process_dead(pid)
+        case events.ScheduleLooked(schedule, fired, missed, skipped):
+            _schedule_slots(schedule, fired=fired, missed=missed, skipped=skipped)
+        case events.UnservedShipped(function, rows):
+            _unserved_shipped(function, rows)
 
 
 class QueueCollector:
