@@ -71,3 +71,26 @@ def test_translate_keeps_the_connectors_errors_and_others_as_they_are() -> None:
     other = ValueError("not a database error")
     assert translate(other) is other
     assert translate(interface_error(1213, "Deadlock")).errno == 1213
+
+
+def test_importing_changes_nothing_in_the_connector_and_the_first_cursor_fixes_it() -> None:
+    """The connector's DELIMITER splitting (which corrupted values: db._as_written) is switched
+    off by the host's first statement, not by an import: application code that imports
+    workerhost keeps its connector as it was until it calls workerhost.enqueue."""
+    import subprocess
+    import sys
+
+    code = (
+        "import mysql.connector.cursor as c, mysql.connector.cursor_cext as x\n"
+        "before = c.split_multi_statement, x.split_multi_statement\n"
+        "import workerhost, workerhost.store.db as db, workerhost.store.ledger\n"
+        "assert (c.split_multi_statement, x.split_multi_statement) == before, 'by an import'\n"
+        "class Conn:\n"
+        "    def cursor(self, buffered=False):\n"
+        "        return object()\n"
+        "db.cursor(Conn())\n"
+        "assert c.split_multi_statement is x.split_multi_statement is db._as_written\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout == "ok\n", done.stderr

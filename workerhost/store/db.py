@@ -69,8 +69,18 @@ def _as_written(sql_code: bytes, map_results: bool = False) -> Iterator[MySQLScr
     yield MySQLScriptPartition(single_stmts=deque(), mappable_stmt=sql_code)
 
 
-for _module in (mysql.connector.cursor, mysql.connector.cursor_cext):
-    _module.split_multi_statement = _as_written  # type: ignore[attr-defined]
+def send_statements_as_written() -> None:
+    """Switch the connector's splitting off (_as_written), for the whole process.
+
+    Called by cursor(), through which every statement of the host's goes (those of
+    workerhost.enqueue on the application's connection too), so that importing this module
+    changes nothing: only a process that runs the host's statements gets it. The connector
+    reads the function from its cursor modules on every execute, so the switch is
+    process-wide: a Python handler's own connections in a worker process get it too, which
+    only stops the same corruption of their statements.
+    """
+    for module in (mysql.connector.cursor, mysql.connector.cursor_cext):
+        module.split_multi_statement = _as_written  # type: ignore[attr-defined]
 
 Connection = Any  # mysql.connector's connection classes carry no usable type information
 Connector = Callable[[], Connection]
@@ -87,6 +97,7 @@ def cursor(conn: Connection) -> Any:
     """
     found = _cursors.get(conn)
     if found is None:
+        send_statements_as_written()
         found = _cursors[conn] = conn.cursor(buffered=True)
     return found
 
