@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +57,8 @@ def applied(sandbox: Sandbox, db: Any, tmp_path: Path) -> Path:
                             timeout=60, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["created workerhost_items_insert",
-                                          "created procedure workerhost_enqueue"]
+                                          "created procedure workerhost_enqueue",
+                                          "created procedure workerhost_enqueue_with"]
     return path
 
 
@@ -154,7 +158,8 @@ def test_an_account_without_create_routine_is_told_what_to_grant(
         f"do not need it): as an administrator run GRANT CREATE ROUTINE ON `{db.database}`.* "
         f"TO '{user}'@'%' and apply again, or apply as an account that has it"]
     conn.close()
-    assert install(db).report() == ["created procedure workerhost_enqueue"]
+    assert install(db).report() == ["created procedure workerhost_enqueue",
+                                    "created procedure workerhost_enqueue_with"]
     assert install(db).report() == [], "in place: left alone, with its grants"
 
 
@@ -172,3 +177,135 @@ def test_import_workerhost_stays_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60).stdout
     assert out.startswith("False <function enqueue")
+
+
+def pending(db: Any) -> list[tuple[Any, ...]]:
+    """The ledger as the view shows it: (unique_key, priority, state, payload), by id."""
+    cursor = db.cursor()
+    cursor.execute("SELECT j.unique_key, j.priority, j.state, o.payload FROM workerhost_jobs "
+                   "AS j JOIN workerhost_outbox AS o USING (id) ORDER BY id")
+    found = [(u, p, s, bytes(b).decode()) for u, p, s, b in cursor.fetchall()]
+    cursor.close()
+    return found
+
+
+def test_options_and_merging_are_the_same_from_python_and_from_sql(
+    sandbox: Sandbox, db: Any, applied: Path, account: Callable[..., Any],
+) -> None:
+    """No host runs: the rows stay for the test to read. A unique merges a pending job (the
+    newest payload, the earlier due time, the first priority); delay, run_at and priority
+    land in the row; a bad option fails the call and enqueues nothing."""
+    app = sandbox.connect(database=db.database, autocommit=False)
+    first = workerhost.enqueue(app, "capture", "v1", unique="item-1", delay=3600)
+    again = workerhost.enqueue(app, "capture", "v2", unique="item-1", priority="high")
+    app.commit()
+    assert again == first, "merged: the pending job's id"
+    later = workerhost.enqueue(app, "capture", "at", run_at=datetime(2099, 1, 1, 12, 0))
+    app.commit()
+    caller = account("EXECUTE ON PROCEDURE `{db}`.workerhost_enqueue_with")
+    cursor = caller.cursor()
+    cursor.callproc("workerhost_enqueue_with",
+                    ("capture", "s1", '{"unique": "item-2", "delay": 3600, "priority": "low"}'))
+    cursor.callproc("workerhost_enqueue_with", ("capture", "s2", '{"unique": "item-2"}'))
+    cursor.callproc("workerhost_enqueue_with", ("capture", "item-1 by sql",
+                                                '{"unique": "item-1", "delay": 7200}'))
+    cursor.callproc("workerhost_enqueue_with",
+                    ("capture", "sql at", '{"run_at": "2099-01-01 12:00:00.5"}'))
+    caller.commit()
+    assert pending(db) == [("item-1", "normal", "due", "item-1 by sql"),
+                           (None, "normal", "delayed", "at"),
+                           ("item-2", "low", "due", "s2"),
+                           (None, "normal", "delayed", "sql at")]
+    assert scalar(db, "SELECT not_before FROM workerhost_outbox WHERE id = %s", later) \
+        == datetime(2099, 1, 1, 12, 0)
+    for options, message in (
+            ('{"delay": -1}', "delay must be a number of seconds, 0 or more"),
+            ('{"delay": "soon"}', "delay must be a number of seconds, 0 or more"),
+            ('{"delay": 1, "run_at": "2099-01-01"}', "give delay or run_at, not both"),
+            ('{"run_at": "tomorrow"}', "run_at must be a time like"),
+            ('{"unique": 7}', "unique must be a string of 1 to 255 characters"),
+            ('{"priority": "urgent"}', "priority must be one of normal, high, low"),
+            ('{"dealy": 1}', "unknown option (known: delay, run_at, unique, priority)"),
+            ("[1]", "options must be a JSON object"),
+            ("not json", "options must be a JSON object")):
+        with pytest.raises(mysql.connector.Error) as refused:
+            cursor.callproc("workerhost_enqueue_with", ("capture", "bad", options))
+        assert refused.value.sqlstate == "45000", options
+        assert f"workerhost_enqueue_with: {message}" in refused.value.msg, options
+    caller.rollback()
+    assert len(pending(db)) == 4
+    with pytest.raises(ValueError, match="give delay or run_at, not both"):
+        workerhost.enqueue(app, "capture", {}, delay=1, run_at=datetime(2099, 1, 1))
+    app.close()
+    caller.close()
+
+
+def test_a_unique_enqueued_again_while_its_job_runs_is_a_new_job(
+    sandbox: Sandbox, db: Any, applied: Path, host_factory: Callable[..., Any],
+) -> None:
+    """Merging is for pending jobs: one running (its row locked) may have read the data
+    already, so a second enqueue, from Python or SQL, queues a job of its own at once (no
+    waiting, which would deadlock with the job's DELETE); all run."""
+    config = yaml.safe_load(applied.read_text())
+    config["handlers"]["capture"]["python"] = "trigger_handlers:capture_slowly"
+    host_factory(config)
+    pidfile = Path(tempfile.mkdtemp()) / "running"
+    app = sandbox.connect(database=db.database, autocommit=False)
+    workerhost.enqueue(app, "capture", {"id": 1, "event_id": "first", "pidfile": str(pidfile),
+                                        "seconds": 2}, unique="same")
+    app.commit()
+    wait_until(pidfile.exists, timeout=30, what="the first job to start")
+    started = time.monotonic()
+    second = workerhost.enqueue(app, "capture", {"id": 1, "event_id": "second",
+                                                 "pidfile": None}, unique="same")
+    app.cursor().callproc("workerhost_enqueue_with", (
+        "capture", '{"id": 1, "event_id": "third", "pidfile": null}', '{"unique": "same"}'))
+    assert time.monotonic() - started < 1, "no waiting for the running job"
+    assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox WHERE id >= %s", second) == 0
+    app.commit()
+    wait_until(lambda: len(runs(db)) == 3, timeout=60, what="the three jobs")
+    assert runs(db) == {"first": 1, "second": 1, "third": 1}
+    app.close()
+
+
+def test_the_jobs_view_shows_each_state_and_no_token_to_an_account_without_the_ledger(
+    db: Any, account: Callable[..., Any],
+) -> None:
+    from workerhost.model.ledger_state import PARKED, LedgerState
+
+    schema.create(db)
+    cursor = db.cursor()
+    cursor.execute(
+        "INSERT INTO workerhost_outbox (`function`, payload, unique_key, not_before, ships) "
+        f"VALUES ('f', 'due', 'a', NOW(6) - INTERVAL 1 SECOND, 0), "
+        f"('f', 'leased', NULL, NOW(6) + INTERVAL 1 HOUR, 2), "
+        f"('g', 'delayed', NULL, NOW(6) + INTERVAL 1 HOUR, 0), "
+        f"('g', 'paused', NULL, '{PARKED}', 1)")
+    reader = account("SELECT ON `{db}`.workerhost_jobs")
+    view = reader.cursor()
+    view.execute("SELECT * FROM workerhost_jobs ORDER BY id")
+    columns = [d[0] for d in view.description]
+    assert columns == ["id", "function", "state", "priority", "unique_key", "not_before",
+                       "created_at", "ships", "snoozes", "payload_bytes"]
+    rows = view.fetchall()
+    assert [(r[1], r[2], r[9]) for r in rows] == [
+        ("f", "due", 3), ("f", "leased", 6), ("g", "delayed", 7), ("g", "paused", 6)]
+    # The same states as every other reader of the ledger's (model/ledger_state.py).
+    for state in LedgerState:
+        cursor.execute(f"SELECT id FROM workerhost_outbox WHERE {state.condition} AND NOT "
+                       "(not_before = %s AND %s <> 'paused') ORDER BY id", (PARKED, state.value))
+        expected = [int(i) for (i,) in cursor.fetchall()]
+        view.execute("SELECT id FROM workerhost_jobs WHERE state = %s ORDER BY id",
+                     (state.value,))
+        assert [int(i) for (i,) in view.fetchall()] == expected, state
+    view.execute("SELECT COUNT(*) FROM workerhost_jobs WHERE state = 'due'")
+    assert view.fetchone() == (1,)
+    for statement in ("SELECT token FROM workerhost_outbox",
+                      "UPDATE workerhost_jobs SET `function` = 'h'"):
+        with pytest.raises(mysql.connector.Error) as denied:
+            view.execute(statement)
+        assert denied.value.errno in (1142, 1143), statement
+    with pytest.raises(mysql.connector.Error) as unknown:
+        view.execute("SELECT token FROM workerhost_jobs")
+    assert unknown.value.errno == 1054  # unknown column
+    reader.close()

@@ -79,3 +79,48 @@ def test_an_sql_signal_and_a_programs_exit_status_75_ask_for_a_snooze() -> None:
     with pytest.raises(Snooze) as asked:
         command.run(handler["g"], job)
     assert asked.value.seconds == command.SNOOZE_DEFAULT
+
+
+def test_two_hosts_keep_a_global_rate_over_a_backlog(
+    udf: Sandbox, events: Any, host_factory: Callable[..., Any],
+) -> None:
+    """rate: 20/s on two hosts, four worker processes, over a backlog of 11 s: the handler's
+    own timestamps show 20 jobs a second (within 10%), each job once, none dead-lettered."""
+    events.cursor().execute("CREATE TABLE stamps (id BIGINT PRIMARY KEY, at DATETIME(6))")
+    config = work_on_events(udf, events.database, "outbox", {
+        "sql": "INSERT INTO stamps (id, at) VALUES (%(id)s, NOW(6))", "processes": 2,
+        "batch": 8, "limits": {"rate": "20/s"}})
+    # Jobs past the rate wait in their workers, which give a job back to the relay once it has
+    # waited a lease: the default lease (30 s), not the tests' short one, covers this backlog.
+    config["host"]["relay"]["lease"] = "30s"
+    host_factory(config)
+    host_factory(config)
+    events.cursor().execute(f"INSERT INTO events (id) SELECT seq FROM {sequence(1, 224)}")
+    wait_until(lambda: scalar(events, "SELECT COUNT(*) FROM stamps") == 224, timeout=60,
+               what="224 jobs at 20/s")
+    cursor = events.cursor()
+    cursor.execute("SELECT TIMESTAMPDIFF(MICROSECOND, MIN(at) OVER (), at) / 1e6 FROM stamps "
+                   "ORDER BY at")
+    times = [float(t) for (t,) in cursor.fetchall()]
+    cursor.close()
+    rate = (len(times) - 1) / times[-1]
+    seconds = [sum(1 for t in times if second <= t < second + 1) for second in range(10)]
+    print(f"rate {rate:.2f}/s over {times[-1]:.2f}s; per second: {seconds}")
+    assert 18 <= rate <= 22, f"{rate:.2f} jobs a second: {seconds}"
+    assert max(seconds[1:]) <= 22, seconds  # the first second has the bucket's burst (4)
+    assert scalar(events, "SELECT COUNT(*) FROM workerhost_outbox") == 0
+    assert scalar(events, "SELECT COUNT(*) FROM workerhost_dead_letters") == 0
+
+
+def test_a_rate_is_a_number_per_unit_of_time() -> None:
+    import pytest
+
+    from workerhost.config import converters
+
+    assert converters.rate("20/s") == 20
+    assert converters.rate("600/m") == 10
+    assert converters.rate("36 / 1h") == 0.01
+    for bad in ("20", "0/s", "20/week", 20, "-1/s", None):
+        with pytest.raises(ValueError, match="expected a rate greater than zero like 20/s or "
+                                             "600/m"):
+            converters.rate(bad)

@@ -249,7 +249,8 @@ def test_triggers_send_the_documented_payload(
     assert applied.stdout.splitlines() == ["created workerhost_items_insert",
                                            "created workerhost_items_update",
                                            "created workerhost_items_delete",
-                                           "created procedure workerhost_enqueue"]
+                                           "created procedure workerhost_enqueue",
+                                           "created procedure workerhost_enqueue_with"]
     host_factory(config)
     cursor = shop.cursor()
     cursor.execute("INSERT INTO items VALUES (1, 'pen', 1.50, 'x'), (2, 'it''s \"ü\"', NULL, 'y')")
@@ -465,7 +466,8 @@ def test_a_trigger_that_names_no_owner_is_replaced_when_listed_and_kept_otherwis
         "created workerhost_items_insert",
         f"kept workerhost_orders_insert: not in {path}, and its body names no triggers_owner "
         "(an older workerhost made it, or a client that drops comments); apply the file that "
-        "lists it, or drop it with --prune", "created procedure workerhost_enqueue"]
+        "lists it, or drop it with --prune", "created procedure workerhost_enqueue",
+        "created procedure workerhost_enqueue_with"]
     assert owners(shop) == {"workerhost_items_insert": "fleetB",
                             "workerhost_orders_insert": None}
     dropped = run_cli(sandbox, "triggers", "-c", str(path), "--drop", "--prune")

@@ -23,6 +23,8 @@ from workerhost.config import sqlcheck
 # Duration units in seconds; a bare number means seconds.
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?")
+# A rate: jobs per unit of time, "20/s", "600/m", "1000/h", "100/d" (also "20/1s").
+_RATE = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*/\s*(1\s*)?(s|m|h|d)")
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_$]{1,64}")
 _ENV_REFERENCE = re.compile(r"\$(\$?)\{([^}]*)(\}?)")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -106,6 +108,16 @@ def positive_duration(value: object) -> float:
     if seconds == 0:
         raise ValueError(f"expected a duration greater than zero like 30s, got {show(value)}")
     return seconds
+
+
+def rate(value: object) -> float:
+    """``"20/s"`` -> 20.0 jobs per second; units s, m, h, d (``"600/m"`` is 10.0)."""
+    match = _RATE.fullmatch(value.strip()) if isinstance(value, str) else None
+    per_second = float(match.group(1)) / _DURATION_UNITS[match.group(3)] if match else 0.0
+    if not per_second > 0:
+        raise ValueError(f"expected a rate greater than zero like 20/s or 600/m (jobs per "
+                         f"second, minute, hour or day), got {show(value)}")
+    return per_second
 
 
 def positive_int(value: object) -> int:

@@ -184,7 +184,7 @@ _HANDLER_KEYS = ("python", "sql", "processes", "batch", "timeout", "retries", "m
                  "max_lifetime", "on_no_rows", "accept", "command", "max_memory",
                  "env", "limits")  # fmt: skip
 _RETRY_KEYS = ("attempts", "backoff", "max_backoff")
-_LIMIT_KEYS = ("concurrency",)
+_LIMIT_KEYS = ("concurrency", "rate")
 _TRIGGER_KEYS = ("table", "events", "function", "columns", "delivery", "when", "on_change")
 
 
@@ -327,6 +327,7 @@ def _handler(section: Section, name: str, host_env: Mapping[str, str],
     sql = (section.values("sql", conv.sql_statement, single=True)
            if "sql" in section.data else ())
     params = dict.fromkeys(name for statement in sql for name in sqlcheck.placeholders(statement))
+    limits = section.section("limits", _LIMIT_KEYS)
     return HandlerConfig(
         name=name,
         python=python,
@@ -346,8 +347,8 @@ def _handler(section: Section, name: str, host_env: Mapping[str, str],
         command=command,
         max_memory=section.optional("max_memory", conv.size),
         env=_program_env(section, host_env) if "env" in section.data else MappingProxyType({}),
-        concurrency=section.section("limits", _LIMIT_KEYS).optional("concurrency",
-                                                                    conv.positive_int),
+        concurrency=limits.optional("concurrency", conv.positive_int),
+        rate=limits.optional("rate", conv.rate),
     )  # fmt: skip
 
 

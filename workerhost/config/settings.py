@@ -226,6 +226,9 @@ class HandlerConfig:
     # Jobs of the function running at once on every host together, at most (limits:
     # concurrency, held through the database: store/ledger.take_slot); None: no such limit.
     concurrency: int | None = None
+    # Jobs of the function started per second on every host together, at most (limits: rate,
+    # a token bucket in the database: store/ledger.take_rate); None: no such limit.
+    rate: float | None = None
 
     @property
     def kind(self) -> Literal["python", "sql", "command"]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workerhost.config.settings import Config, HandlerConfig
-from workerhost.errors import JobError, Snooze
+from workerhost.errors import ConnectError, JobError, Snooze
 from workerhost.host import command, failures, handlers
 from workerhost.model.job import Job, Outcome, row_unique
 from workerhost.observe import events, logs
@@ -104,6 +104,9 @@ class Runner:
         self.guarded = handler.python is not None
         self.jobs_done = 0
         self._slots_set = False  # the function's concurrency slots written (limits:)
+        # limits: a connection of its own, autocommitted: a rate's token bucket is locked for
+        # one statement, and slots are written outside the claim's transaction.
+        self._limits_db: Database | None = None
     def run_batch(self, jobs: list[Job]) -> list[Answer | object]:
         """Run jobs in one transaction when they all succeed; else one at a time. A job whose
         ledger row another transaction holds gets LATER instead of an answer.
@@ -163,6 +166,11 @@ class Runner:
             # Every concurrency slot of the function is held: they wait, like a held row.
             results = [LATER if isinstance(r, Job) else r for r in results]
             runnable = []
+        if runnable:
+            # Past the rate: the jobs without a token wait, like a held row.
+            waiting = runnable[self._take_rate(len(runnable)):]
+            results = [LATER if any(r is job for job in waiting) else r for r in results]
+            runnable = runnable[:len(runnable) - len(waiting)]
         # The ledger rows go in the transaction that commits the effects.
         done = [job.ledger for job in runnable if job.ledger is not None]
         try:
@@ -239,9 +247,32 @@ class Runner:
             return True
         if not self._slots_set:
             # In a transaction of its own: writing slot rows waits on those held.
-            self.db.run(lambda other: ledger.set_slots(other, self.handler.name, limit))
+            self._limits().run(lambda other: ledger.set_slots(other, self.handler.name, limit))
             self._slots_set = True
         return ledger.take_slot(conn, self.handler.name)
+
+    def _take_rate(self, wanted: int) -> int:
+        """How many of `wanted` jobs may start now (limits: rate), all when there is no such
+        limit. A token taken is spent though the transaction rolls back: the rate counts jobs
+        started. A lost connection gives none: the jobs wait and ask again."""
+        if self.handler.rate is None:
+            return wanted
+        limits = self._limits()
+        try:
+            with db.translating():
+                return ledger.take_rate(limits.conn, self.handler.name, self.handler.rate, wanted)
+        except db.RUN_ERRORS as exc:
+            cause = exc.__cause__ if isinstance(exc, ConnectError) else db.translate(exc)
+            if cause is None or not is_transient(cause):
+                raise
+            limits.reset()
+            return 0
+
+    def _limits(self) -> Database:
+        if self._limits_db is None:
+            self._limits_db = Database(self.config.database.connect_kwargs(),
+                                       session=("SET SESSION autocommit = 1",))
+        return self._limits_db
 
     def _snooze(self, conn: Connection, job: Job, seconds: float) -> tuple[object, object]:
         """The handler asked to run the job again after `seconds`: its row waits, no attempt
@@ -314,7 +345,7 @@ class Runner:
                 last = failures.last_failure(conn, job.key) or failure
                 failures.dead_letter(conn, job, done, last)
                 return Outcome.DEAD, failure
-            if not self._take_slot(conn):
+            if not self._take_slot(conn) or not self._take_rate(1):
                 return LATER, LATER
             try:
                 result = self._run_one(conn, job)

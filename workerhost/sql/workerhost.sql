@@ -14,6 +14,9 @@
 -- this table) can make a row's job run, or count its failures, by forging its unique.
 -- One secondary index, on the due time: a relay's poll reads the due rows, not the whole
 -- leased backlog before them. Every trigger pays for each index on every row it writes here.
+-- merge_key is a job's unique when it was enqueued with one (workerhost.enqueue(unique=...),
+-- workerhost_enqueue_with): an enqueue of a unique whose job is pending merges into its row;
+-- triggers leave it NULL, which the unique index never compares.
 CREATE TABLE IF NOT EXISTS workerhost_outbox (
     id          BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
     `function`  VARCHAR(255) NOT NULL,
@@ -25,8 +28,28 @@ CREATE TABLE IF NOT EXISTS workerhost_outbox (
     ships       INT UNSIGNED NOT NULL DEFAULT 0,
     token       CHAR(32) CHARACTER SET ascii NOT NULL DEFAULT (HEX(RANDOM_BYTES(16))),
     snoozes     INT UNSIGNED NOT NULL DEFAULT 0,
-    KEY due (not_before)
+    merge_key   VARCHAR(255) NULL,
+    KEY due (not_before),
+    UNIQUE KEY merge_key (`function`, merge_key)
 ) ENGINE=InnoDB;
+
+-- The ledger as an operator reads it: each job's state (model/ledger_state.py: due, leased,
+-- delayed, paused), its payload's size, never its token nor its payload.
+--   SELECT * FROM workerhost_jobs WHERE state = 'due';
+-- SQL SECURITY DEFINER: it reads the ledger with the rights of the account that created it (the
+-- host's), so that SELECT on this view is all an operator's account needs, with no privilege on
+-- the ledger and no way to read a token (which would let it forge a job's unique). Grant it
+-- SELECT only: the view is over one table, so UPDATE or DELETE on it would reach the ledger.
+-- A state is computed from NOW(6) for each row: a WHERE on it reads the whole ledger.
+CREATE OR REPLACE SQL SECURITY DEFINER VIEW workerhost_jobs AS
+SELECT id, `function`,
+       CASE WHEN not_before = '9999-12-31 00:00:00' THEN 'paused'
+            WHEN not_before <= NOW(6) THEN 'due'
+            WHEN ships > 0 THEN 'leased'
+            ELSE 'delayed' END AS state,
+       priority, unique_key, not_before, created_at, ships, snoozes,
+       LENGTH(payload) AS payload_bytes
+FROM workerhost_outbox;
 
 -- Failed attempts of jobs still in play, keyed by function and unique: a handler exception,
 -- a timeout or a worker process that died. Cleared when the job succeeds or is dead-lettered.
@@ -81,6 +104,16 @@ CREATE TABLE IF NOT EXISTS workerhost_slots (
     `function`  VARCHAR(255) NOT NULL,
     slot        INT UNSIGNED NOT NULL,
     PRIMARY KEY (`function`, slot)
+) ENGINE=InnoDB;
+
+-- A function's rate (handlers.NAME.limits.rate): a token bucket that refills at the rate, up
+-- to a fifth of a second's worth. A transaction about to run jobs takes tokens from it in one
+-- autocommitted UPDATE on a connection of its own, so that no host holds the row locked for
+-- longer than that statement; jobs that get none wait in their worker, no attempt spent.
+CREATE TABLE IF NOT EXISTS workerhost_rates (
+    `function`   VARCHAR(255) NOT NULL PRIMARY KEY,
+    tokens       DOUBLE NOT NULL,
+    refilled_at  DATETIME(6) NOT NULL
 ) ENGINE=InnoDB;
 
 -- How far each schedule (schedules: in the YAML) has got, in UTC. A slot fires by writing its

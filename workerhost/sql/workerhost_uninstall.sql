@@ -1,6 +1,9 @@
 -- Mirror of workerhost.sql and enqueue.sql: drops the worker host's tables and everything in
 -- them, and the procedure that writes to them.
 DROP PROCEDURE IF EXISTS workerhost_enqueue;
+DROP PROCEDURE IF EXISTS workerhost_enqueue_with;
+DROP VIEW IF EXISTS workerhost_jobs;
+DROP TABLE IF EXISTS workerhost_rates;
 DROP TABLE IF EXISTS workerhost_workers;
 DROP TABLE IF EXISTS workerhost_schedules;
 DROP TABLE IF EXISTS workerhost_refused;

@@ -24,6 +24,7 @@ from workerhost.store.schema import (
     DEAD_LETTERS,
     OUTBOX,
     PAUSED,
+    RATES,
     SLOTS,
     marks,
 )
@@ -32,16 +33,61 @@ from workerhost.store.schema import (
 # -- outbox ------------------------------------------------------------------------------------
 def enqueue(
     conn: Connection, function: str, payload: bytes, unique: str | None, *, delay: float = 0.0,
-    priority: str = "normal",
+    priority: str = "normal", merge: bool = False, run_at: datetime | None = None,
 ) -> int:
-    """Put a job in the outbox, due `delay` seconds from now; its ledger row's id."""
+    """Put a job in the outbox, due `delay` seconds from now (or at `run_at`, the database
+    server's time); its ledger row's id.
+
+    `merge`: a job of the function with this unique that is pending (its row not being run)
+    takes this one's payload and the earlier of the two due times, keeping its priority, and
+    no row is added: its id is returned. When that job is running (its row locked), a row is
+    added that merges nothing: the running job may have read its data already, and waiting
+    for it would deadlock with its DELETE (this would hold the unique index's entry it must
+    remove). The pending row is locked by its id, never through the unique index, for that
+    reason; the unique index only settles two enqueues racing to add the first row."""
+    due = "%s" if run_at is not None else "NOW(6) + INTERVAL %s MICROSECOND"
+    when = run_at if run_at is not None else int(delay * 1_000_000)
     cursor = db.cursor(conn)
+    if merge and unique:
+        cursor.execute(f"SELECT id FROM {OUTBOX} WHERE `function` = %s AND merge_key = %s",
+                       (function, unique))
+        found = cursor.fetchone()
+        pending = _lock_pending(conn, int(found[0])) if found else None
+        if pending is True and found:
+            cursor.execute(
+                f"UPDATE {OUTBOX} SET not_before = IF(ships = 0 AND not_before < '{PARKED}', "
+                f"LEAST(not_before, {due}), not_before), payload = %s WHERE id = %s",
+                (when, payload, int(found[0])))
+            return int(found[0])
+        merge = pending is None  # gone since: add the first row; running: add one apart
+    values = [function, payload, unique or None, (unique or None) if merge else None, when,
+              priority]
+    merging = ""
+    if merge and unique:
+        # A leased row (shipped, in gearmand) keeps its lease: made due, it would ship twice.
+        merging = (f" ON DUPLICATE KEY UPDATE not_before = IF(ships = 0 AND not_before < "
+                   f"'{PARKED}', LEAST(not_before, {due}), not_before), payload = %s, "
+                   "id = LAST_INSERT_ID(id)")
+        values += [when, payload]
     cursor.execute(
-        f"INSERT INTO {OUTBOX} (`function`, payload, unique_key, not_before, priority) "
-        "VALUES (%s, %s, %s, NOW(6) + INTERVAL %s MICROSECOND, %s)",
-        (function, payload, unique or None, int(delay * 1_000_000), priority),
+        f"INSERT INTO {OUTBOX} (`function`, payload, unique_key, merge_key, not_before, "
+        f"priority) VALUES (%s, %s, %s, %s, {due}, %s){merging}", values,
     )
     return int(cursor.lastrowid)
+
+
+def _lock_pending(conn: Connection, ident: int) -> bool | None:
+    """Lock a ledger row by its id without waiting: True when locked, False when another
+    transaction holds it (a worker running its job), None when it is gone."""
+    try:
+        with db.translating():
+            db.cursor(conn).execute(f"SELECT id FROM {OUTBOX} WHERE id = %s FOR UPDATE NOWAIT",
+                                    (ident,))
+            return True if db.cursor(conn).fetchall() else None
+    except db.ERRORS as exc:
+        if getattr(db.translate(exc), "errno", None) in _LOCKED_ERRNOS:
+            return False
+        raise
 
 
 def lock_due(conn: Connection, limit: int) -> list[tuple[Any, ...]]:
@@ -219,6 +265,41 @@ def take_slot(conn: Connection, function: str) -> bool:
     cursor.execute(f"SELECT slot FROM {SLOTS} WHERE `function` = %s LIMIT 1 FOR UPDATE "
                    "SKIP LOCKED", (function,))  # fmt: skip
     return cursor.fetchone() is not None
+
+
+# How many of a rate's jobs may start at once after a lull: a fifth of a second's worth (at
+# least one), twice the longest a worker holds a refused job before it asks again, so that the
+# bucket seldom overflows while jobs wait (the rate is kept) and a burst stays small.
+RATE_BURST_SECONDS = 0.2
+
+
+def rate_burst(per_second: float) -> float:
+    return max(1.0, per_second * RATE_BURST_SECONDS)
+
+
+def take_rate(conn: Connection, function: str, per_second: float, wanted: int) -> int:
+    """Take up to `wanted` tokens from the function's bucket (limits: rate); how many it
+    gave. One UPDATE, which the caller's connection must commit at once (autocommit), so
+    that the row is locked for that statement only: hosts take turns on it, one statement
+    each, not one job each. The count comes back as LAST_INSERT_ID(count), in the statement's
+    own answer. tokens is assigned first, so it reads the row's old refilled_at on both
+    servers (assigned left to right, or all at once under MariaDB's SIMULTANEOUS_ASSIGNMENT)."""
+    burst = rate_burst(per_second)
+    refilled = ("LEAST(%s, tokens + %s * GREATEST(0, TIMESTAMPDIFF(MICROSECOND, refilled_at, "
+                "NOW(6))) / 1000000)")
+    cursor = db.cursor(conn)
+    for _ in range(2):
+        cursor.execute(
+            f"UPDATE {RATES} SET tokens = {refilled} - LAST_INSERT_ID(LEAST(%s, "
+            f"FLOOR({refilled}))), refilled_at = NOW(6) WHERE `function` = %s",
+            (burst, per_second, wanted, burst, per_second, function),
+        )
+        if cursor.rowcount:
+            return int(cursor.lastrowid or 0)
+        # The function's first take: its bucket starts full.
+        cursor.execute(f"INSERT IGNORE INTO {RATES} (`function`, tokens, refilled_at) "
+                       "VALUES (%s, %s, NOW(6))", (function, burst))
+    return 0
 
 
 def reschedule(conn: Connection, ident: int, delay: float) -> None:

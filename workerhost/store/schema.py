@@ -16,6 +16,7 @@ shared cursor (db.cursor) and never commit.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -23,12 +24,15 @@ from typing import Any
 from workerhost.store import db
 from workerhost.store.db import Connection
 
+log = logging.getLogger("workerhost.store")
 OUTBOX = "workerhost_outbox"
 ATTEMPTS = "workerhost_attempts"
 DEAD_LETTERS = "workerhost_dead_letters"
 REFUSED = "workerhost_refused"
 PAUSED = "workerhost_paused"
 SLOTS = "workerhost_slots"
+RATES = "workerhost_rates"  # a function's rate limit: its token bucket
+JOBS_VIEW = "workerhost_jobs"  # the ledger as an operator reads it: states, never tokens
 SCHEDULES = "workerhost_schedules"
 WORKERS = "workerhost_workers"  # heartbeats: each worker process of each host
 # Refused deliveries kept, the newest ones: forged jobs must not fill the disk.
@@ -62,7 +66,10 @@ def schema_statements() -> list[str]:
 
 
 def created_table(statement: str) -> str:
-    """The table a CREATE TABLE IF NOT EXISTS statement of the schema creates."""
+    """The table a CREATE TABLE IF NOT EXISTS statement of the schema creates (or the view a
+    CREATE ... VIEW statement does)."""
+    if statement.startswith("CREATE OR REPLACE"):
+        return statement.split(" VIEW ", 1)[1].split()[0].strip("`")
     return statement.split("EXISTS", 1)[1].split("(", 1)[0].strip().strip("`")
 
 
@@ -80,9 +87,14 @@ MIGRATIONS = (
     )),
     (OUTBOX, "snoozes", (f"ALTER TABLE {OUTBOX} ADD COLUMN snoozes INT UNSIGNED NOT NULL "
                          "DEFAULT 0",)),
+    (OUTBOX, "merge_key", (f"ALTER TABLE {OUTBOX} ADD COLUMN merge_key VARCHAR(255) NULL",)),
 )
 # Indexes added since the first layout: create() adds what is missing.
-INDEX_MIGRATIONS = ((OUTBOX, "due", "(not_before)"),)
+INDEX_MIGRATIONS = ((OUTBOX, "due", "INDEX due (not_before)"),
+                    (OUTBOX, "merge_key", "UNIQUE INDEX merge_key (`function`, merge_key)"))
+# The view is the operator's, not the host's: an account that may create tables but not views
+# runs the host all the same, and is told what to grant.
+_VIEW_DENIED_ERRNOS = frozenset({1142, 1044})  # CREATE VIEW denied on the table / database
 
 
 def create(conn: Connection) -> None:
@@ -95,8 +107,13 @@ def create(conn: Connection) -> None:
     cursor.execute("SELECT TABLE_NAME FROM information_schema.TABLES "
                    "WHERE TABLE_SCHEMA = DATABASE()")
     existing = {str(name) for (name,) in cursor.fetchall()}
+    views: list[str] = []
     for statement in schema_statements():
-        if created_table(statement) not in existing:
+        if created_table(statement) in existing:
+            continue
+        if created_table(statement) == JOBS_VIEW:
+            views.append(statement)  # after the migrations: it reads their columns
+        else:
             cursor.execute(statement)
     cursor.execute(
         "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS "
@@ -114,6 +131,16 @@ def create(conn: Connection) -> None:
         [table for table, _, _ in INDEX_MIGRATIONS],
     )
     indexed = {(str(table), str(index)) for table, index in cursor.fetchall()}
-    for table, index, columns in INDEX_MIGRATIONS:
+    for table, index, definition in INDEX_MIGRATIONS:
         if (table, index) not in indexed:
-            cursor.execute(f"ALTER TABLE {table} ADD INDEX {index} {columns}")
+            cursor.execute(f"ALTER TABLE {table} ADD {definition}")
+    for statement in views:
+        try:
+            with db.translating():
+                cursor.execute(statement)
+        except db.ERRORS as exc:
+            if getattr(db.translate(exc), "errno", None) not in _VIEW_DENIED_ERRNOS:
+                raise
+            log.warning("view %s not created (%s): as an administrator grant CREATE VIEW on "
+                        "the database to the host's account, or run sql/workerhost.sql",
+                        JOBS_VIEW, exc)
