@@ -51,7 +51,6 @@ START_BACKOFF = 0.5  # first delay before restarting a failed start; doubles eac
 CRASH_BACKOFF = 0.5
 MAX_CRASH_BACKOFF = 30.0
 STABLE_SECS = 10.0
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 TICK = 0.1  # seconds between two looks at the children
 KEY_SIZE = 520  # bytes of a job key shared with the supervisor (see Job.key)
 RELAY = "(outbox relay)"  # the name under which the relay child is supervised
@@ -129,15 +128,6 @@ class Child:
         self.state = state
 
 
-def resident_bytes(pid: int) -> int | None:
-    """The resident memory of process `pid` (None once it is gone)."""
-    try:
-        pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-    return pages * PAGE_SIZE
-
-
 def new_slot() -> worker.Slot:
     return worker.Slot(
         started=_ctx.Value("d", 0.0, lock=False),
@@ -179,7 +169,7 @@ class Supervisor:
                  database: Callable[[Config], Database] | None = None,
                  load: Callable[[str | Path, Config], Config] = reloading.load_fresh,
                  signals: Signals | None = None,
-                 memory: Callable[[int], int | None] = resident_bytes) -> None:
+                 memory: Callable[[int], int | None] = command.resident_bytes) -> None:
         self.config = config
         self.config_path = config_path
         # Seams: unit tests replace the clocks, signals, processes, loading and the database.
