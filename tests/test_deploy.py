@@ -42,6 +42,8 @@ from packaging.tags import sys_tags
 from packaging.utils import canonicalize_name
 from test_packaging import clean_env, ok, run
 
+from workerhost.udf import UDF_VERSION
+
 pytestmark = pytest.mark.slow
 
 GUIDE = ROOT / "docs" / "deploy.md"
@@ -509,7 +511,7 @@ def test_the_guide_from_an_empty_server_to_rows_written_back_and_upgrades(
     # 2. The package: the wheel into a fresh virtualenv, nothing of the checkout on its path.
     [wheel] = machine.work.glob("workerhost-*.whl")
     version = wheel.name.split("-")[1]
-    assert f"workerhost {version}\n" in shell.run("install").stdout
+    assert f"workerhost {version} (UDF {UDF_VERSION})\n" in shell.run("install").stdout
     venv = machine.path("/opt/workerhost/.venv")
     where = ok(run([venv / "bin" / "python", "-c", "import workerhost; print(workerhost.__file__)"],
                    machine.work, shell.env))

@@ -121,7 +121,7 @@ def _grant(privileges: str, on: str, account: str) -> str:
 
 # -- run -------------------------------------------------------------------------------------
 def _run_privileges(conn: Any, config: Config, file: str, account: str) -> Iterator[Check]:
-    names = [schema.created_table(s) for s in schema.schema_statements()]
+    names = schema.table_names()
     database = config.database.database
     cursor = conn.cursor()
     cursor.execute("SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS WHERE "

@@ -65,6 +65,13 @@ def schema_statements() -> list[str]:
     return [statement.strip() for statement in body.split(";") if statement.strip()]
 
 
+def table_names() -> list[str]:
+    """The host's tables, in the schema's order (its view, workerhost_jobs, left out: the host
+    never writes through it)."""
+    return [created_table(statement) for statement in schema_statements()
+            if not statement.startswith("CREATE OR REPLACE")]
+
+
 def created_table(statement: str) -> str:
     """The table a CREATE TABLE IF NOT EXISTS statement of the schema creates (or the view a
     CREATE ... VIEW statement does)."""
