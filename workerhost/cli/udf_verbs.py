@@ -62,9 +62,11 @@ def udf_install(args: argparse.Namespace) -> int:
 def udf_uninstall(args: argparse.Namespace) -> int:
     from workerhost.udf import install as udf_install
 
-    conn = _udf_connection(args, load(args))
+    config = load(args)
+    conn = _udf_connection(args, config)
     try:
-        udf_install.uninstall(conn, force=args.force, say=print)
+        udf_install.uninstall(conn, database=config.database.database, force=args.force,
+                              say=print)
     finally:
         conn.close()
     return RET_OK

@@ -11,6 +11,7 @@ from the YAML file's gearman.servers. Each step is printed as it is taken.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -42,6 +43,15 @@ CFLAGS = ("-std=gnu11", "-O2", "-Wall", "-Wextra", "-fPIC", "-fvisibility=hidden
 # libanl holds getaddrinfo_a before glibc 2.34 and is an empty stub since.
 LIBS = ("-lanl", "-pthread")
 CONFIG_MODE = 0o644  # mysqld, whatever user it runs as, must read it
+# CREATE FUNCTION ... SONAME needs INSERT on the mysql database and DROP FUNCTION needs
+# DELETE there: a grant on the database (or global), never one on mysql.func, which both
+# MariaDB and MySQL ignore for these statements.
+INSTALLER_GRANT = "INSERT, DELETE ON mysql.*"
+# A library no plugin_dir holds: creating a function from it fails after the privilege check,
+# so its error says whether the account may create functions, and nothing is created.
+PROBE_FUNCTION = "workerhost_privilege_probe"
+PROBE_LIBRARY = "workerhost-privilege-probe-none.so"
+ER_ACCESS_DENIED = {1044, 1045, 1142, 1143, 1227, 1370}  # database, user, table, column, ...
 
 
 class UdfInstallError(WorkerHostError):
@@ -115,8 +125,14 @@ def build(output: Path, say: Say, server: str | None = None) -> Path:
 
 
 def connect(params: Mapping[str, Any]) -> Any:
-    """A connection (autocommit) for the installer; its errors name the server."""
-    kwargs = dict(params, autocommit=True)
+    """A connection (autocommit) for the installer, with no default database; its errors name
+    the server.
+
+    With a default database, `DROP FUNCTION IF EXISTS gman_x` of a UDF not loaded falls
+    through to a stored function of that database, which needs ALTER ROUTINE there; with
+    none, it can only mean the UDF."""
+    kwargs = {key: value for key, value in params.items() if key != "database"}
+    kwargs["autocommit"] = True
     try:
         return mysql.connector.connect(**kwargs)
     except mysql.connector.Error as exc:
@@ -137,6 +153,45 @@ def server_flavor(conn: Any) -> str:
     return "mariadb" if "mariadb" in str(_scalar(conn, "SELECT VERSION()")).lower() else "mysql"
 
 
+def account(conn: Any) -> str:
+    """CURRENT_USER() as a GRANT names it: 'user'@'host'."""
+    user, _, host = str(_scalar(conn, "SELECT CURRENT_USER()")).rpartition("@")
+    return f"'{user}'@'{host}'"
+
+
+def _denied(conn: Any, statement: str) -> bool:
+    """Whether `statement` is refused for want of a privilege (any other error: it is not)."""
+    cursor = conn.cursor()
+    try:
+        cursor.execute(statement)
+    except mysql.connector.Error as exc:
+        return exc.errno in ER_ACCESS_DENIED
+    finally:
+        cursor.close()
+    return False
+
+
+# The statements that try each privilege the installer needs, changing nothing.
+PRIVILEGE_PROBES = {
+    "INSERT": f"CREATE FUNCTION {PROBE_FUNCTION} RETURNS STRING SONAME '{PROBE_LIBRARY}'",
+    "DELETE": "DELETE FROM mysql.func WHERE 1 = 0",
+}
+
+
+def check_privileges(conn: Any, needed: Sequence[str] = ("INSERT", "DELETE")) -> None:
+    """Refuse, before anything is written, an account that may not create (INSERT) or drop
+    (DELETE) the functions; the message names the grant. Tried with statements that change
+    nothing, so that grants through roles count as the server counts them."""
+    missing = [privilege for privilege in needed if _denied(conn, PRIVILEGE_PROBES[privilege])]
+    if missing:
+        who = account(conn)
+        raise UdfInstallError(
+            f"{who} may not create and drop the UDF's functions: it lacks "
+            f"{' and '.join(missing)} on the mysql database (CREATE FUNCTION ... SONAME needs "
+            f"INSERT there, DROP FUNCTION DELETE; a grant on mysql.func is not enough). As an "
+            f"administrator: GRANT {INSTALLER_GRANT} TO {who}; or give --user root")
+
+
 def _run_script(conn: Any, parts: tuple[str, ...], say: Say, what: str) -> None:
     statements = udf.sql_statements(parts)
     cursor = conn.cursor()
@@ -144,9 +199,10 @@ def _run_script(conn: Any, parts: tuple[str, ...], say: Say, what: str) -> None:
         for statement in statements:
             cursor.execute(statement)
     except mysql.connector.Error as exc:
-        raise UdfInstallError(f"{'/'.join(parts)} failed at `{statement}`: {exc.msg}; the "
-                              "account needs INSERT and DELETE on mysql.* (an administrator "
-                              "such as root)") from exc
+        hint = (f"; the account needs GRANT {INSTALLER_GRANT} (or give --user root)"
+                if exc.errno in ER_ACCESS_DENIED else "")
+        raise UdfInstallError(f"{'/'.join(parts)} failed at `{statement}`: {exc.msg}"
+                              f"{hint}") from exc
     finally:
         cursor.close()
     count = sum(not s.upper().startswith("DROP") for s in statements) or len(statements)
@@ -206,6 +262,7 @@ def install(conn: Any, library: Path, *, servers: list[str], source: str,
             f"{plugin_dir} is not a directory this user may write on this machine: run "
             "`workerhost udf install` on the database server's machine, as a user who may "
             "write there (root)")
+    check_privileges(conn)
     callers = udf.calling_triggers(conn)
     if before is not None and callers:
         # install.sql drops and creates each function; a trigger firing in between fails.
@@ -234,15 +291,55 @@ def install(conn: Any, library: Path, *, servers: list[str], source: str,
     return found
 
 
-def uninstall(conn: Any, *, force: bool, say: Say) -> None:
-    """Drop the functions (sql/uninstall.sql); refused while triggers call gman_ship."""
+def _like(pattern: str, name: str) -> bool:
+    """A GRANT's database pattern (`shop\\_%`, `shop%`) against a database name."""
+    regex = "".join(".*" if part == "%" else "." if part == "_" else re.escape(part[-1])
+                    for part in re.findall(r"\\.|%|_|[^\\%_]", pattern))
+    return re.fullmatch(regex, name) is not None
+
+
+def trigger_blind_spot(conn: Any, database: str) -> str | None:
+    """What this account cannot see of the triggers in `database`, or None when it sees them
+    all. information_schema.TRIGGERS shows an account only the triggers of tables it holds
+    TRIGGER on; information_schema's privilege tables show direct grants (not a role's)."""
+    who = account(conn)
+    cursor = conn.cursor()
+    try:
+        cursor.execute("SELECT COUNT(*) FROM information_schema.USER_PRIVILEGES "
+                       "WHERE GRANTEE = %s AND PRIVILEGE_TYPE = 'TRIGGER'", (who,))
+        (globally,) = cursor.fetchone()
+        cursor.execute("SELECT TABLE_SCHEMA FROM information_schema.SCHEMA_PRIVILEGES "
+                       "WHERE GRANTEE = %s AND PRIVILEGE_TYPE = 'TRIGGER'", (who,))
+        schemas = [str(s) for (s,) in cursor.fetchall()]
+    finally:
+        cursor.close()
+    if globally or any(_like(s, database) for s in schemas):
+        return None
+    return (f"{who} cannot see the triggers of database {database} (information_schema shows "
+            f"an account only the triggers of tables it holds TRIGGER on, and shows no "
+            f"TRIGGER on `{database}`.* or *.* granted to {who})")
+
+
+def uninstall(conn: Any, *, database: str, force: bool, say: Say) -> None:
+    """Drop the functions (sql/uninstall.sql); refused while triggers call gman_ship, and
+    while this account cannot see the triggers of `database` (the YAML file's), where
+    `workerhost triggers --apply` puts them: unseen is not absent."""
     callers = udf.calling_triggers(conn)
+    blind = None if callers else trigger_blind_spot(conn, database)
     if callers and not force:
         raise UdfInstallError(
             f"{len(callers)} triggers call {udf.SHIP} ({', '.join(callers)}): without it every "
             "INSERT that fires them fails. Drop them first (`workerhost triggers -c FILE "
             "--drop`), or give --force")
+    if blind and not force:
+        raise UdfInstallError(
+            f"{blind}, so it cannot tell whether triggers there call {udf.SHIP} (their "
+            f"INSERTs would fail without it). As an administrator: GRANT TRIGGER ON "
+            f"`{database}`.* TO {account(conn)}; or give --user root, or --force")
     if callers:
         say(f"warning: {len(callers)} triggers call {udf.SHIP}; their INSERTs fail from now on")
+    if blind:
+        say(f"warning: {blind}; dropping the functions anyway (--force)")
+    check_privileges(conn, ("DELETE",))
     _run_script(conn, udf.UNINSTALL_RESOURCE, say, "functions dropped")
     say(f"{udf.LIBRARY} stays in the plugin_dir; mysqld unloaded it with its last function")

@@ -46,7 +46,10 @@ def is_missing(exc: BaseException, function: str) -> bool:
     """True when a call of `function` failed because no UDF of that name is loaded."""
     errno = getattr(exc, "errno", None)
     text = str(getattr(exc, "msg", "") or exc).lower()
-    named = f".{function.lower()}" in text or f"'{function.lower()}'" in text
+    # db.gman_ship or 'gman_ship'; with no default database (the installer's connection),
+    # "FUNCTION gman_ship does not exist"
+    named = (f".{function.lower()}" in text or f"'{function.lower()}'" in text
+             or f"function {function.lower()} does not exist" in text)
     return errno in (ER_SP_DOES_NOT_EXIST, ER_PROCACCESS_DENIED_ERROR) and named
 
 
