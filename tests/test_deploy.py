@@ -6,17 +6,14 @@ outside the checkout.
 
 The guide marks the blocks this test runs; its comment after the title states the convention
 (which paths move into the temporary directory, how sh, sql and file blocks are run). The
-test never reaches a package index: the wheel's build takes setuptools from pip's configured
-local sources only (any other address goes to a closed port on loopback), and the wheel's
-dependencies are installed from wheels made from the checkout's virtualenv, the versions the
-rest of the suite runs with.
+test never reaches a package index (tests/wheels.py): the wheel's build takes setuptools from
+pip's configured local sources only (any other address goes to a closed port on loopback),
+and the wheel's dependencies are installed from wheels made from the checkout's virtualenv,
+the versions the rest of the suite runs with.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import importlib.metadata
 import json
 import os
 import pwd
@@ -28,7 +25,6 @@ import subprocess
 import sys
 import threading
 import time
-import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,10 +33,7 @@ from typing import Any
 import mysql.connector
 import pytest
 from conftest import ROOT, wait_until
-from packaging.requirements import Requirement
-from packaging.tags import sys_tags
-from packaging.utils import canonicalize_name
-from test_packaging import clean_env, ok, run
+from wheels import build, free_port, install_env, ok, repack_dependencies, run
 
 from workerhost.udf import UDF_VERSION
 
@@ -117,12 +110,6 @@ def test_the_guide_marks_what_the_test_runs() -> None:
 
 
 # -- a machine in a directory -------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def system_binary(name: str) -> str:
     for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}"):
         if candidate and os.access(candidate, os.X_OK):
@@ -258,82 +245,18 @@ class Shell:
         return target
 
 
-# -- the wheel and its dependencies, without a package index -------------------------------
-def offline_env(**extra: str) -> dict[str, str]:
-    """test_packaging's clean environment, with pip kept off the network: an index or a proxy
-    it would reach is a closed port on loopback; file:// sources still answer."""
-    closed = f"http://127.0.0.1:{free_port()}"
-    return clean_env(PIP_PROXY=closed, HTTP_PROXY=closed, HTTPS_PROXY=closed, PIP_RETRIES="0",
-                     PIP_TIMEOUT="5", PIP_DISABLE_PIP_VERSION_CHECK="1", **extra)
-
-
-def repack(dist: importlib.metadata.Distribution, out: Path) -> Path:
-    """An installed distribution packed back into a wheel: its files in site-packages, with a
-    RECORD of their hashes (scripts are left out: pip writes them from entry_points.txt)."""
-    tags = [line.split(":", 1)[1].strip() for line in (dist.read_text("WHEEL") or "").splitlines()
-            if line.startswith("Tag:")]
-    supported = {str(tag) for tag in sys_tags()}
-    tag = next((tag for tag in tags if tag in supported), None)  # py2-none-any comes first
-    assert tag, f"{dist.metadata['Name']}: no tag of {tags} fits this interpreter"
-    name = re.sub(r"[-_.]+", "_", dist.metadata["Name"])
-    wheel = out / f"{name}-{dist.version}-{tag}.whl"
-    records = []
-    skipped = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}
-    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
-        record_name = ""
-        for item in dist.files or []:
-            parts = item.parts
-            if ".." in parts or "__pycache__" in parts:
-                continue
-            if parts[0].endswith(".dist-info") and len(parts) == 2:
-                if parts[1] == "RECORD":
-                    record_name = str(item)
-                if parts[1] in skipped:
-                    continue
-            data = Path(str(dist.locate_file(item))).read_bytes()
-            archive.writestr(str(item), data)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
-            records.append(f"{item},sha256={digest.decode()},{len(data)}")
-        assert record_name, f"{dist.metadata['Name']} has no RECORD"
-        archive.writestr(record_name, "\n".join([*records, f"{record_name},,", ""]))
-    return wheel
-
-
-def dependencies(wheel: Path) -> list[importlib.metadata.Distribution]:
-    """The distributions that the wheel's requirements need, as installed here."""
-    with zipfile.ZipFile(wheel) as archive:
-        [metadata] = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
-        wanted = [line.split(":", 1)[1].strip()
-                  for line in archive.read(metadata).decode().splitlines()
-                  if line.startswith("Requires-Dist:")]
-    found: dict[str, importlib.metadata.Distribution] = {}
-    while wanted:
-        requirement = Requirement(wanted.pop())
-        if requirement.marker and not requirement.marker.evaluate({"extra": ""}):
-            continue
-        key = canonicalize_name(requirement.name)
-        if key not in found:
-            found[key] = importlib.metadata.distribution(requirement.name)
-            wanted += found[key].requires or []
-    return list(found.values())
-
-
+# -- the wheel and its dependencies, without a package index (tests/wheels.py) -----------
 @pytest.fixture(scope="module")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The checkout's wheel, built by `python -m build` (the sdist first, then the wheel from
     it, so nothing is built into the checkout's own build/ directory), beside wheels of its
     dependencies."""
     house = tmp_path_factory.mktemp("wheelhouse")
-    built = run([sys.executable, "-m", "build", "--outdir", house, ROOT], cwd=house,
-                env=offline_env())
-    assert built.returncode == 0, (
-        "python -m build failed; without network it needs setuptools>=77 from a local source "
-        f"of pip's configuration:\n{built.stdout[-3000:]}{built.stderr[-3000:]}")
+    build(house)
     for sdist in house.glob("*.tar.gz"):
         sdist.unlink()
     [wheel] = house.glob("workerhost-*.whl")
-    for dist in dependencies(wheel):
-        repack(dist, house)
+    repack_dependencies(wheel, house)
     return house
 
 
@@ -460,7 +383,7 @@ def shell(machine: Machine, servers: Servers, wheelhouse: Path) -> Shell:
         shutil.copy(wheel, machine.work)
     shutil.copy(UNIT, machine.work)
     (machine.root / "bin" / "python3").symlink_to(Path(sys.executable).resolve())
-    env = offline_env(PIP_NO_INDEX="1", PIP_FIND_LINKS=str(wheelhouse))
+    env = install_env(wheelhouse)
     env["PATH"] = f"{machine.root / 'bin'}{os.pathsep}{env['PATH']}"
     return Shell(machine, env, servers.defaults_file)
 

@@ -2,8 +2,9 @@
 installed with pip into a fresh virtualenv outside the checkout, and that installation run
 against the sandbox from a directory of its own, with nothing of the checkout on its path.
 
-Slow: the build sets up its own build environments, and pip fetches the dependencies from
-PyPI the first time (through pip's own cache afterwards).
+Slow: the build sets up its own build environments. Nothing reaches a package index
+(tests/wheels.py): the build takes setuptools from pip's configured local sources, and pip
+installs the dependencies from wheels repacked from the checkout's virtualenv.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import subprocess
 import sys
 import tarfile
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from conftest import ROOT, host_config, scalar, sequence, wait_until
+from wheels import build, clean_env, install_env, offline_env, ok, repack_dependencies, run
 
 from workerhost import __version__
 from workerhost.sandbox.stack import Sandbox
@@ -32,30 +34,7 @@ pytestmark = pytest.mark.slow
 ROWS = 2000
 SDIST_HOLDS = ["README.md", "udf/gearman_udf.c", "udf/Makefile", "sql/install.sql",
                "sql/workerhost.sql", "examples/workerhost.service", "tests/conftest.py",
-               "workerhost/sql/workerhost.sql"]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """An environment with nothing of the checkout in it: no PYTHONPATH, no virtualenv of the
-    checkout on PATH. HOME stays, so that pip finds its cache."""
-    path = [p for p in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep)
-            if p and not Path(p).resolve().is_relative_to(ROOT)]
-    env = {"PATH": os.pathsep.join(path), "LANG": "C.UTF-8"}
-    for name in ("HOME", "TMPDIR", "XDG_CACHE_HOME", "PIP_CACHE_DIR", "PIP_INDEX_URL"):
-        if name in os.environ:
-            env[name] = os.environ[name]
-    return {**env, **extra}
-
-
-def run(argv: Sequence[str | Path], cwd: Path, env: dict[str, str],
-        timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in argv], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout, check=False)
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"{result.args}:\n{result.stdout[-4000:]}{result.stderr[-4000:]}"
-    return result.stdout
+               "workerhost/sql/workerhost.sql", "docs/deploy.md"]
 
 
 @pytest.fixture(scope="session")
@@ -66,8 +45,7 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.fail("python -m build is missing: `pip install -e '.[test]'` (make setup) "
                     "installs it")
     out = tmp_path_factory.mktemp("dist")
-    built = run([sys.executable, "-m", "build", "--outdir", out, ROOT], cwd=out, env=clean_env())
-    ok(built)
+    built = build(out)
     (out / "build.log").write_text(built.stdout + built.stderr)
     return out
 
@@ -84,21 +62,23 @@ def test_python_m_build_runs_beside_a_build_directory(tmp_path: Path) -> None:
     """A checkout has a build/ directory of its own (the Docker engine's data, MySQL images);
     with PyPA's build installed, `python -m build` still runs that, not the directory."""
     (tmp_path / "build" / "docker").mkdir(parents=True)
-    shown = run([sys.executable, "-m", "build", "--version"], cwd=tmp_path, env=clean_env())
+    shown = run([sys.executable, "-m", "build", "--version"], cwd=tmp_path, env=offline_env())
     assert shown.returncode == 0 and shown.stdout.startswith("build "), shown.stderr
 
 
 @pytest.fixture(scope="session")
 def installed(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtualenv, outside the checkout, with the wheel installed by pip."""
+    """A fresh virtualenv, outside the checkout, with the wheel installed by pip from the
+    wheel and its dependencies' wheels alone."""
     venv = tmp_path_factory.mktemp("venv")
     assert not venv.resolve().is_relative_to(ROOT)
     # The interpreter itself, not the checkout's virtualenv that points at it.
     python = Path(sys.executable).resolve()
     ok(run([python, "-m", "venv", venv], cwd=venv, env=clean_env()))
     [wheel] = dist.glob("workerhost-*.whl")
-    ok(run([venv / "bin" / "python", "-m", "pip", "install", "--disable-pip-version-check",
-            wheel], cwd=venv, env=clean_env()))
+    house = repack_dependencies(wheel, tmp_path_factory.mktemp("wheelhouse"))
+    ok(run([venv / "bin" / "python", "-m", "pip", "install", wheel], cwd=venv,
+           env=install_env(house)))
     return venv
 
 
