@@ -36,7 +36,7 @@ import mysql.connector
 from workerhost.config.settings import Config
 from workerhost.gearman import admin as gearadmin
 from workerhost.gearman import conn as gearconn
-from workerhost.store import schema, triggers
+from workerhost.store import grants, schema, triggers
 from workerhost.udf import installed as udf
 
 Outcome = Literal["ok", "FAIL", "warn"]
@@ -169,13 +169,6 @@ def _run_privileges(conn: Any, config: Config, file: str, account: str) -> Itera
 
 
 # -- triggers --apply ------------------------------------------------------------------------
-def _like(pattern: str, name: str) -> bool:
-    """A GRANT's database pattern (`shop\\_%`, `shop%`) against a database name."""
-    regex = "".join(".*" if part == "%" else "." if part == "_" else re.escape(part[-1])
-                    for part in re.findall(r"\\.|%|_|[^\\%_]", pattern))
-    return re.fullmatch(regex, name) is not None
-
-
 def _granted(conn: Any, account: str, privilege: str, tables_: Sequence[str] = ()) -> bool:
     """Whether information_schema shows `privilege` granted to `account` directly: globally,
     on the database, or on every one of `tables_`."""
@@ -192,7 +185,7 @@ def _granted(conn: Any, account: str, privilege: str, tables_: Sequence[str] = (
                    (account, privilege))
     on_tables = {str(t) for (t,) in cursor.fetchall()}
     cursor.close()
-    if globally or any(_like(s, database) for s in schemas):
+    if globally or any(grants.pattern_matches(s, database) for s in schemas):
         return True
     return bool(tables_) and set(tables_) <= on_tables
 

@@ -11,7 +11,6 @@ from the YAML file's gearman.servers. Each step is printed as it is taken.
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -23,6 +22,7 @@ from typing import Any
 import mysql.connector
 
 from workerhost.errors import WorkerHostError
+from workerhost.store import grants
 from workerhost.udf import installed as udf
 
 Say = Callable[[str], None]
@@ -291,13 +291,6 @@ def install(conn: Any, library: Path, *, servers: list[str], source: str,
     return found
 
 
-def _like(pattern: str, name: str) -> bool:
-    """A GRANT's database pattern (`shop\\_%`, `shop%`) against a database name."""
-    regex = "".join(".*" if part == "%" else "." if part == "_" else re.escape(part[-1])
-                    for part in re.findall(r"\\.|%|_|[^\\%_]", pattern))
-    return re.fullmatch(regex, name) is not None
-
-
 def trigger_blind_spot(conn: Any, database: str) -> str | None:
     """What this account cannot see of the triggers in `database`, or None when it sees them
     all. information_schema.TRIGGERS shows an account only the triggers of tables it holds
@@ -313,7 +306,7 @@ def trigger_blind_spot(conn: Any, database: str) -> str | None:
         schemas = [str(s) for (s,) in cursor.fetchall()]
     finally:
         cursor.close()
-    if globally or any(_like(s, database) for s in schemas):
+    if globally or any(grants.pattern_matches(s, database) for s in schemas):
         return None
     return (f"{who} cannot see the triggers of database {database} (information_schema shows "
             f"an account only the triggers of tables it holds TRIGGER on, and shows no "
