@@ -281,3 +281,30 @@ def test_udf_uninstall_refuses_when_its_account_cannot_see_the_triggers(
     assert done.returncode == RET_ERROR, done.stdout + done.stderr
     assert f"triggers call gman_ship ({db.database}.workerhost_orders_insert)" in done.stderr
     assert udf_functions(udf) == 11
+
+
+@pytest.mark.slow
+def test_make_install_udf_installs_the_udf_and_nothing_else(tmp_path_factory: Any) -> None:
+    """`make install-udf` on a checkout without the developer setup: it builds and installs
+    the library and creates the functions, and creates no virtualenv, installs no package
+    (scripts/setup.sh never runs). Its own server: replacing a loaded library is no business
+    of the shared sandbox."""
+    box = Sandbox(tmp_path_factory.mktemp("make-udf") / "box")
+    checkout = tmp_path_factory.mktemp("checkout")
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD", "Makefile", "scripts",
+                              "udf", "sql", "workerhost/sql"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(checkout)], input=archive.stdout, check=True)
+    box.up()
+    try:
+        client = f"mariadb --no-defaults --socket={box.unix_socket} -uroot"
+        done = subprocess.run(["make", "-C", str(checkout), "install-udf", f"MYSQL={client}"],
+                              capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"install-udf: installed into {box.plugin_dir}" in done.stdout
+        assert (box.plugin_dir / "gearman_udf.so").is_file()
+        status = json.loads(scalar(box.connect(), "SELECT gman_udf_status()"))
+        assert status["version"] == udf_module.UDF_VERSION
+        assert not (checkout / ".venv").exists()
+        assert "setup" not in done.stdout + done.stderr
+    finally:
+        box.down()
