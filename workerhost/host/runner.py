@@ -89,6 +89,7 @@ Answer = bytes | None
 _DEFERRED = object()  # in a batch: a job with earlier failures, run on its own afterwards
 _DONE_BEFORE = object()  # a job whose ledger row is gone, or not due: nothing to run now
 LATER = object()  # a job whose ledger row another transaction holds: held, tried again
+_RATE_WAIT = object()  # in a batch: a job past its rate, its row due again when its token is
 
 
 class Runner:
@@ -137,11 +138,14 @@ class Runner:
         except _BatchAborted:
             return [self.execute(job) for job in jobs]
         gone = sum(1 for r in results if r is _DONE_BEFORE)
-        completed = len(results) - results.count(_DEFERRED) - results.count(LATER) - gone
-        self.jobs_done += completed + gone
+        waiting = sum(1 for r in results if r is _RATE_WAIT)
+        completed = (len(results) - results.count(_DEFERRED) - results.count(LATER) - gone
+                     - waiting)
+        self.jobs_done += completed + gone + waiting
         events.emit(events.JobsFinished(self.handler.name, Outcome.COMPLETE, completed))
         events.emit(events.JobsFinished(self.handler.name, Outcome.DONE_BEFORE, gone))
-        return [self.execute(job) if r is _DEFERRED else b"" if r is _DONE_BEFORE
+        events.emit(events.JobsFinished(self.handler.name, Outcome.SNOOZED, waiting))
+        return [self.execute(job) if r is _DEFERRED else b"" if r in (_DONE_BEFORE, _RATE_WAIT)
                 else r for job, r in zip(jobs, results, strict=True)]
 
     def _batch_attempt(self, conn: Connection, jobs: list[Job]) -> list[object]:
@@ -167,10 +171,13 @@ class Runner:
             results = [LATER if isinstance(r, Job) else r for r in results]
             runnable = []
         if runnable:
-            # Past the rate: the jobs without a token wait, like a held row.
-            waiting = runnable[self._take_rate(len(runnable)):]
-            results = [LATER if any(r is job for job in waiting) else r for r in results]
-            runnable = runnable[:len(runnable) - len(waiting)]
+            # Past the rate: the jobs without a token wait in the ledger until their token is
+            # due (held in the worker only when that cannot be written).
+            granted = self._take_rate(len(runnable))
+            over = runnable[granted:]
+            waits = _RATE_WAIT if over and self._wait_for_rate(conn, over) else LATER
+            results = [waits if any(r is job for job in over) else r for r in results]
+            runnable = runnable[:granted]
         # The ledger rows go in the transaction that commits the effects.
         done = [job.ledger for job in runnable if job.ledger is not None]
         try:
@@ -268,6 +275,31 @@ class Runner:
             limits.reset()
             return 0
 
+    def _wait_for_rate(self, conn: Connection, jobs: list[Job]) -> bool:
+        """Jobs that got no token (limits: rate) wait in the ledger, in this transaction,
+        until their token is due (ledger.book_rate), and their gearmand jobs are answered, so
+        that a backlog waits in the ledger, not in workers, whatever the lease. False when
+        that cannot be done: jobs from outside the ledger, or the limits connection lost; such
+        jobs are held by their worker, which asks again soon."""
+        rate = self.handler.rate
+        ids = [job.ledger for job in jobs if job.ledger is not None]
+        if rate is None or len(ids) < len(jobs):
+            return False
+        limits = self._limits()
+        try:
+            with db.translating():
+                first = ledger.book_rate(limits.conn, self.handler.name, rate, len(ids))
+        except db.RUN_ERRORS as exc:
+            cause = exc.__cause__ if isinstance(exc, ConnectError) else db.translate(exc)
+            if cause is None or not is_transient(cause):
+                raise
+            limits.reset()
+            return False
+        ledger.wait_for_rate(conn, ids, first, 1 / rate)
+        log.debug("%d jobs of %s past the rate, due again in %.3gs and on", len(ids),
+                  self.handler.name, first)
+        return True
+
     def _limits(self) -> Database:
         if self._limits_db is None:
             self._limits_db = Database(self.config.database.connect_kwargs(),
@@ -345,8 +377,11 @@ class Runner:
                 last = failures.last_failure(conn, job.key) or failure
                 failures.dead_letter(conn, job, done, last)
                 return Outcome.DEAD, failure
-            if not self._take_slot(conn) or not self._take_rate(1):
+            if not self._take_slot(conn):
                 return LATER, LATER
+            if not self._take_rate(1):
+                waits = self._wait_for_rate(conn, [job])
+                return (Outcome.SNOOZED, b"") if waits else (LATER, LATER)
             try:
                 result = self._run_one(conn, job)
             except Exception as exc:  # a handler's failure, whatever it is
