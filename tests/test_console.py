@@ -1373,3 +1373,124 @@ def test_the_api_answers_what_the_pages_show_with_secrets_masked(
                    data={"csrf_token": token(console, "ada", jar)})
     assert sent.status == 405
     assert letters(db, "vault") == [vault]
+
+
+# -- the charts' history in the database -------------------------------------------------------
+
+
+def chart_jobs(body: str, chart: str) -> dict[str, float]:
+    """A chart's jobs per minute by function, summed over its points (their titles)."""
+    figure = re.search(rf'<figure class="chart" data-chart="{chart}".*?</figure>', body,
+                       re.DOTALL)
+    assert figure, body
+    summed: dict[str, float] = {}
+    for name, value in re.findall(r"<title>([^<,]+), \d\d:\d\d UTC: ([\d.]+) jobs/min</title>",
+                                  figure.group(0)):
+        summed[name] = summed.get(name, 0) + float(value)
+    return summed
+
+
+def test_the_charts_history_outlives_a_restart_of_the_console(
+        sandbox: Sandbox, db: Any, host_factory: Any, console_factory: Any) -> None:
+    from workerhost.console import samples
+
+    db.cursor().execute("CREATE TABLE results (id BIGINT PRIMARY KEY, attempt INT, "
+                        "unique_key VARCHAR(255), runs INT NOT NULL DEFAULT 1)")
+    config = host_config(sandbox, db.database, {"record": {"python": "sample_handlers:record"}},
+                         host={"metrics": f"127.0.0.1:{free_port()}",
+                               "console": {"users": USERS}})
+    host_factory(config)
+    first = console_factory(config)
+
+    def overview(console: Console) -> str:
+        answer = request(console.url + "/", user="vic")
+        assert answer.status == 200, answer.body
+        return answer.body
+
+    wait_until(lambda: "rates show after the next" in overview(first), timeout=30,
+               what="the console's first reading of the host's metrics")
+    submit(sandbox.gearman_server, "record", [{"id": i} for i in range(12)])
+    wait_until(lambda: scalar(db, "SELECT COUNT(*) FROM results") == 12, what="12 jobs")
+    wait_until(lambda: chart_jobs(overview(first), "completed") == {"record": 12}, timeout=30,
+               what="the chart to count the 12 jobs")
+    # The sampler writes at most once a minute: the jobs are in the table within one more
+    # (while someone looks, as here: idle, it reads, and writes, once a minute).
+    def kept() -> bool:
+        time.sleep(1)  # a viewer's pace, not 20 pages a second
+        return bool(overview(first)) and scalar(db, "SELECT SUM(completed) FROM "
+                                                "workerhost_samples WHERE `function` = "
+                                                "'record'") == 12
+
+    wait_until(kept, timeout=samples.KEEP_EVERY + 30, what="the sampler to keep the 12 jobs")
+    assert scalar(db, "SELECT COUNT(*) FROM workerhost_samples WHERE `function` = '' AND "
+                  "backlog IS NOT NULL") >= 1, "the ledger's counts are kept too"
+    # Killed (nothing written on the way out), and started again: the charts come back. No
+    # job runs meanwhile, so the new console's own readings count none.
+    first.process.kill()
+    first.process.wait(10)
+    second = console_factory(config)
+    wait_until(lambda: chart_jobs(overview(second), "completed") == {"record": 12},
+               timeout=15, what="the restarted console's chart to show the 12 jobs")
+    day = request(second.url + "/?span=day", user="vic").body
+    assert re.search(r'data-chart="completed".*?data-series="record">\s*<polyline', day,
+                     re.DOTALL), "the day's chart draws them too"
+
+
+def test_the_charts_samples_in_the_database_stay_a_day_and_come_back_whole(
+        sandbox: Sandbox, db: Any) -> None:
+    """Two days of a busy console, written as the sampler writes them: the table holds a day
+    (and at most PRUNE_EVERY minutes more) of rows, one per minute and function, and a new
+    History read from it draws what the old one drew."""
+    from workerhost.console import charts, samples
+    from workerhost.store import schema
+    from workerhost.store.db import Database
+
+    for statement in schema.schema_statements():
+        db.cursor().execute(statement)
+    database = Database({}, connect=lambda: db)
+    start = 1_800_000_000.0  # a whole minute (30,000,000 since the epoch)
+    now, mono = [start], [0.0]
+    history = charts.History(wall=lambda: now[0])
+    keeper = samples.Keeper(history, clock=lambda: mono[0])
+    functions = ("resize", "mail", "report")
+
+    def rows() -> tuple[int, int, int]:
+        cursor = db.cursor()
+        cursor.execute("SELECT COUNT(*), MIN(epoch_minute), MAX(epoch_minute) FROM "
+                       "workerhost_samples")
+        count, low, high = cursor.fetchone()
+        db.commit()
+        return int(count), int(low or 0), int(high or 0)
+
+    for step in range(2 * charts.MINUTES_KEPT + 90):
+        now[0] = start + 60 * step + 30
+        history.add_jobs(now[0], {name: step % 7 + 1 + i for i, name in enumerate(functions)},
+                         {"mail": step % 3})
+        history.add_ledger(now[0], 1000 + step, 12.5)
+        if step % 5 == 4:  # five minutes a write, to keep the test short
+            mono[0] += 5 * samples.KEEP_EVERY
+            keeper.keep(database)
+    count, low, high = rows()
+    last = int(now[0] // 60)
+    assert high == last
+    assert last - low + 1 <= charts.MINUTES_KEPT + samples.PRUNE_EVERY
+    assert count == (last - low + 1) * (len(functions) + 1), "a row per minute and function"
+    # At most once every KEEP_EVERY: a change a moment later waits for the next write.
+    history.add_jobs(now[0], {"resize": 1000}, {})
+    keeper.keep(database)
+    cursor = db.cursor()
+    cursor.execute("SELECT completed FROM workerhost_samples WHERE epoch_minute = %s AND "
+                   "`function` = 'resize'", (last,))
+    assert cursor.fetchone()[0] < 1000
+    db.commit()
+    mono[0] += samples.KEEP_EVERY
+    keeper.keep(database)
+    cursor.execute("SELECT completed FROM workerhost_samples WHERE epoch_minute = %s AND "
+                   "`function` = 'resize'", (last,))
+    assert cursor.fetchone()[0] >= 1000
+    db.commit()
+
+    again = charts.History(wall=history.wall)
+    samples.Keeper(again).restore(database)
+    for span in charts.SPANS:
+        assert again.charts(span) == history.charts(span), span

@@ -1,10 +1,11 @@
-"""The overview's charts: a day of per-minute samples in memory, drawn as inline SVG.
+"""The overview's charts: a day of per-minute samples, drawn as inline SVG.
 
 The console's Sampler (figures.py) feeds a History with what it reads anyway: the jobs each
 function completed and failed between two readings of the host's metrics, and each count of
 the ledger's backlog. The History keeps one slot per minute, a day of them, in a ring: its
 size is bounded by MINUTES_KEPT slots of at most MAX_FUNCTIONS functions each, whatever runs.
-It lives in the console process and is lost when the console stops.
+It lives in the console process, which keeps it in the database too (samples.py): the slots
+it changed are written at most once a minute, and read back when the console starts.
 
 Charts are drawn here as geometry (points in a fixed view box) and written out by a template
 (_chart.html), so that every name in them is escaped like the rest of the page; no script and
@@ -17,8 +18,10 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+from workerhost.store.sample_table import LEDGER_ROW, SampleRow
 
 MINUTES_KEPT = 24 * 60  # slots of the ring: a day of minutes
 MAX_FUNCTIONS = 40  # functions a slot counts by name; the rest count as OTHERS
@@ -46,8 +49,9 @@ class History:
 
     def __init__(self, wall: Callable[[], float] = time.time) -> None:
         self.wall = wall
-        self.lock = threading.Lock()  # guards `slots` and every Minute in it
+        self.lock = threading.Lock()  # guards `slots`, every Minute in it, and `changed`
         self.slots: deque[Minute] = deque(maxlen=MINUTES_KEPT)
+        self.changed: set[int] = set()  # minutes changed since the last take_changed()
 
     def _slot(self, at: float) -> Minute:
         minute = int(at // 60)
@@ -55,6 +59,7 @@ class History:
             self.slots.append(Minute(minute))
         # A reading never lands in an older minute than the last one (the clock went back):
         # it counts in the newest slot instead.
+        self.changed.add(self.slots[-1].minute)
         return self.slots[-1]
 
     def add_jobs(self, at: float, completed: Mapping[str, int],
@@ -64,15 +69,54 @@ class History:
             slot = self._slot(at)
             for counts, into in ((completed, slot.completed), (failed, slot.failed)):
                 for function, jobs in counts.items():
-                    if not jobs:
-                        continue
-                    name = function if function in into or len(into) < MAX_FUNCTIONS else OTHERS
-                    into[name] = into.get(name, 0) + jobs
+                    if jobs:
+                        _count(into, function, jobs)
 
     def add_ledger(self, at: float, rows: int, oldest: float | None) -> None:
         with self.lock:
             slot = self._slot(at)
             slot.backlog, slot.oldest = rows, oldest
+
+    def take_changed(self) -> list[SampleRow]:
+        """The rows of every slot changed since the last call (still in the ring), whole."""
+        with self.lock:
+            changed, self.changed = self.changed, set()
+            rows: list[SampleRow] = []
+            for slot in self.slots:
+                if slot.minute not in changed:
+                    continue
+                for name in sorted({*slot.completed, *slot.failed}):
+                    rows.append(SampleRow(slot.minute, name, slot.completed.get(name, 0),
+                                          slot.failed.get(name, 0)))
+                if slot.backlog is not None:
+                    rows.append(SampleRow(slot.minute, LEDGER_ROW, backlog=slot.backlog,
+                                          oldest=slot.oldest))
+            return rows
+
+    def mark_changed(self, minutes: Iterable[int]) -> None:
+        """Minutes whose rows were taken, but not kept: taken again next time."""
+        with self.lock:
+            self.changed.update(minutes)
+
+    def load(self, rows: Iterable[SampleRow]) -> None:
+        """Slots read back from the database, for the minutes of the last day the ring does
+        not hold yet (the console's start); their rows count as kept already."""
+        first = int(self.wall() // 60) - MINUTES_KEPT + 1
+        with self.lock:
+            slots = {slot.minute: slot for slot in self.slots}
+            loaded: dict[int, Minute] = {}
+            for row in rows:
+                if row.minute < first or row.minute in slots:
+                    continue
+                slot = loaded.setdefault(row.minute, Minute(row.minute))
+                if row.function == LEDGER_ROW:
+                    slot.backlog, slot.oldest = row.backlog, row.oldest
+                    continue
+                for jobs, into in ((row.completed, slot.completed), (row.failed, slot.failed)):
+                    if jobs:
+                        _count(into, row.function, jobs)
+            self.slots = deque(sorted({**slots, **loaded}.values(),
+                                      key=lambda slot: slot.minute), maxlen=MINUTES_KEPT)
 
     def charts(self, span: str) -> list[Chart]:
         """The four charts of the last hour or day (SPANS): completed and failed jobs per
@@ -110,6 +154,12 @@ class History:
                 draw("failed", "jobs failed per minute", starts, failed, "jobs/min"),
                 draw("backlog", "ledger rows", starts, {"rows": backlog}, "rows"),
                 draw("oldest", "oldest ledger row's age", starts, {"age": oldest}, "s")]
+
+
+def _count(into: dict[str, int], function: str, jobs: int) -> None:
+    """Add `jobs` to `function`'s count of a slot, or to OTHERS' past MAX_FUNCTIONS names."""
+    name = function if function in into or len(into) < MAX_FUNCTIONS else OTHERS
+    into[name] = into.get(name, 0) + jobs
 
 
 @dataclass(frozen=True)

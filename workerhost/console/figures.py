@@ -7,7 +7,8 @@ Sampler thread instead, and pages show its latest reading with its age: the ledg
 (counted in id ranges, so no statement holds the table for long) and the host's job rates
 (its /metrics endpoint reads the ledger too on every scrape). The Sampler reads every
 SAMPLE_EVERY seconds while someone looks, and every HISTORY_EVERY seconds otherwise, so that
-the overview's charts (charts.py) have no gaps; each reading also goes into their History.
+the overview's charts (charts.py) have no gaps; each reading also goes into their History,
+which the Sampler keeps in the database (samples.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 from workerhost.config.converters import Server
 from workerhost.config.settings import Config
 from workerhost.console.charts import History
+from workerhost.console.samples import Keeper
 from workerhost.gearman import admin as gearadmin
 from workerhost.host import scheduler
 from workerhost.model.ledger_state import LedgerState
@@ -180,6 +182,7 @@ class Sampler:
         self.clock = clock
         self.scrape = scrape or _scrape
         self.history = history or History()
+        self.keeper = Keeper(self.history, clock)
         self.wake = threading.Event()  # set by a page after a quiet spell: read at once
         self.lock = threading.Lock()  # guards every attribute below
         self.ledger: LedgerCount | None = None
@@ -236,10 +239,12 @@ class Sampler:
     def _loop(self) -> None:
         db = Database(database_params(self.config))
         try:
+            self.keeper.restore(db)
             while True:
                 self.wake.clear()
                 self._count_ledger(db)
                 self._read_metrics()
+                self.keeper.keep(db)
                 with self.lock:
                     took = self.ledger.took if self.ledger is not None else 0.0
                     watched = self.clock() - self.last_wanted <= IDLE_AFTER

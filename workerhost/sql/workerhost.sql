@@ -148,3 +148,19 @@ CREATE TABLE IF NOT EXISTS workerhost_workers (
     seen_at         DATETIME(6) NOT NULL,
     PRIMARY KEY (host, pid)
 ) ENGINE=InnoDB;
+
+-- The console's charts (console/samples.py): per minute since the epoch (UTC), the jobs each
+-- function completed and failed, and in the row of function '' the ledger's rows and its
+-- oldest row's age, as a console's sampler read them. A console writes the minutes it saw at
+-- most once a minute, in one statement, deletes the rows older than a day once an hour, and
+-- reads the last day when it starts: its charts outlive a restart. A minute has at most 42 rows
+-- (40 functions by name, the others together, the ledger's).
+CREATE TABLE IF NOT EXISTS workerhost_samples (
+    epoch_minute  INT UNSIGNED NOT NULL,
+    `function`    VARCHAR(255) NOT NULL,
+    completed     INT UNSIGNED NOT NULL DEFAULT 0,
+    failed        INT UNSIGNED NOT NULL DEFAULT 0,
+    backlog       BIGINT UNSIGNED NULL,
+    oldest        DOUBLE NULL,
+    PRIMARY KEY (epoch_minute, `function`)
+) ENGINE=InnoDB;
