@@ -616,6 +616,42 @@ def test_a_logout_ends_the_session_everywhere_and_each_console_has_its_own_cooki
         "/login")
 
 
+def test_a_logout_outlives_a_restart_of_the_console_that_keeps_its_secret_key(
+        db: Any, stack: dict[str, Any], console_factory: Any, tmp_path: Path) -> None:
+    """With a kept key, a restart makes every old cookie good again: a logged-out one must
+    stay refused (the console keeps its logouts in the database)."""
+    (tmp_path / "console.key").write_text(secrets.token_hex(32) + "\n")
+    config = {**stack, "host": {**stack["host"], "console": {
+        **stack["host"]["console"], "secret_key_file": str(tmp_path / "console.key")}}}
+    browser = {"Accept": "text/html"}
+    first = console_factory(config)
+    ada, vic = http.cookiejar.CookieJar(), http.cookiejar.CookieJar()
+    assert form_login(first, "ada", str(USERS["ada"]["password"]), ada).status == 302
+    assert form_login(first, "vic", str(USERS["vic"]["password"]), vic).status == 302
+    copied = http.cookiejar.CookieJar()
+    for cookie in ada:
+        copied.set_cookie(cookie)
+    page = request(first.url + "/", jar=ada, headers=browser)
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page.body)
+    assert found
+    assert request(first.url + "/logout", jar=ada, data={"csrf_token": found.group(1)}
+                   ).status == 302
+    assert scalar(db, "SELECT COUNT(*) FROM workerhost_logouts") == 1
+
+    def landing(console: Console, jar: http.cookiejar.CookieJar) -> str:
+        answer = request(console.url + "/dead-letters", jar=jar, headers=browser)
+        return urllib.parse.urlparse(answer.headers.get("Location") or "").path or str(
+            answer.status)
+
+    assert landing(first, copied) == "/login"
+    first.process.terminate()
+    assert first.process.wait(10) == 0
+    second = console_factory(config, first.port)
+    # vic's session outlives the restart (the key is kept); ada's copied one does not.
+    assert landing(second, vic) == "200"
+    assert landing(second, copied) == "/login"
+
+
 def test_behind_a_trusted_tls_proxy_the_cookie_is_secure_and_hsts_is_sent(
         stack: dict[str, Any], console_factory: Any) -> None:
     proxied = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.7"}

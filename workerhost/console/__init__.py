@@ -15,7 +15,10 @@ the others together, the ledger) for a day and an hour, about 63,000 rows and 6 
 sampler writes them in one REPLACE a minute at most (the minutes changed since the last
 write: the one that ended and the one under way, each about (functions + 1) rows), adds a
 DELETE of the rows older than a day once an hour, and reads them back in one SELECT when the
-console starts.
+console starts. And the sessions logged out (`workerhost_logouts`, auth.Revoked): a row per
+logout for the 12 hours its session would have lasted, written by the logout (a DELETE of the
+rows run out and a REPLACE) and read once when the console starts; checking a session on a
+request reads nothing.
 """
 
 from __future__ import annotations

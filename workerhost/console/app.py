@@ -49,7 +49,7 @@ from workerhost.console.throttle import LoginThrottle
 from workerhost.model.ledger_state import STATES
 from workerhost.observe import logs
 from workerhost.store import ledger as ledger_store
-from workerhost.store import letters
+from workerhost.store import letters, logout_table
 from workerhost.store.db import RUN_ERRORS, Database
 
 log = logging.getLogger("workerhost.console")
@@ -107,6 +107,7 @@ def create_app(config: Config, listen: Server) -> Flask:
     users = config.host.console.users
     throttle = LoginThrottle()
     revoked = auth.Revoked()
+    _restore_logouts(config, revoked)
     # Without users, any page of any site whose DNS name is made to point at 127.0.0.1 (DNS
     # rebinding) would be same-origin with the console: answer only to its own names.
     hosts = {*(f"{name}:{listen.port}" for name in LOOPBACK_NAMES),
@@ -185,7 +186,18 @@ def create_app(config: Config, listen: Server) -> Flask:
 
     @app.post("/logout")
     def logout() -> Any:
-        auth.log_out(revoked)
+        ended = auth.log_out(revoked)
+        if ended is not None:
+            sid, until = ended
+            try:
+                database().run(lambda conn: logout_table.add_logout(conn, sid, until,
+                                                                    time.time()),
+                               deadline=time.monotonic() + figures.PAGE_DEADLINE)
+            except RUN_ERRORS as exc:
+                database().reset()
+                log.warning("console: a logout is kept by this console process alone (a "
+                            "restart forgets it): %s",
+                            logs.mask(str(exc), config.database.password))
         return redirect(url_for("login"))
 
     @app.get("/csrf-token")
@@ -432,6 +444,21 @@ def create_app(config: Config, listen: Server) -> Flask:
                                message=error.description), error.code or 500, headers
 
     return app
+
+
+def _restore_logouts(config: Config, revoked: auth.Revoked) -> None:
+    """The sessions logged out before this console started, read from the database; without
+    an answer, the console starts with none (and says so)."""
+    db = Database(figures.database_params(config))
+    try:
+        revoked.load(db.run(lambda conn: logout_table.logouts(conn, time.time()),
+                            deadline=time.monotonic() + figures.PAGE_DEADLINE))
+    except RUN_ERRORS as exc:
+        log.warning("console: the sessions logged out before this start are not known (a "
+                    "copy of such a session's cookie is taken again): %s",
+                    logs.mask(str(exc), config.database.password))
+    finally:
+        db.close()
 
 
 def _in_batches(db: Database, verb: str, function: str | None, search: str | None,

@@ -7,8 +7,8 @@ A session names its user and a mark of their password only: the role is read fro
 configuration on every request, so a user removed or demoted by a reload loses it at once
 (in `workerhost run`, whose console child is restarted with the new file), and a session
 of a password since changed is over. A session also carries an id of its own, which a logout
-puts on the console's list of ended sessions (Revoked), so that a copy of its cookie is
-refused from then on.
+puts on the console's list of ended sessions (Revoked, kept in the database too), so that a
+copy of its cookie is refused from then on, across a restart of the console too.
 
 Without users the console listens on loopback only (config/load.py refuses anything else), and
 whoever reaches it may look but not act.
@@ -81,20 +81,37 @@ def log_in_as(users: Mapping[str, ConsoleUser], throttle: LoginThrottle, name: s
 
 
 class Revoked:
-    """Ids of the sessions logged out, each kept until it would have run out anyway. Held
-    by one console process: consoles behind one balancer do not share it, and a restart
-    forgets it (docs/console.md says so)."""
+    """Ids of the sessions logged out, each kept until it would have run out anyway.
+
+    Held in the memory of the console process, behind one lock: a console is one process
+    (waitress serves it with a pool of threads; `workerhost run` forks it as one child), so
+    every request it answers sees every logout at once, and checking a session costs the
+    database nothing. Each logout is also written to the database (`workerhost_logouts`,
+    store/logout_table.py: a row until the session would have run out), and `load` reads them
+    when the console starts, so that a restart with a kept secret_key, which makes the old
+    cookies good again, does not make a logged-out one good. Other consoles on the same
+    database (behind one balancer) read them when they start, not meanwhile: until its
+    restart, another console still takes a copy of a cookie logged out here (docs/console.md
+    says so; a changed password ends a session on every console at once).
+    """
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.lock = threading.Lock()  # guards `until`: server threads log out at once
         self.until: dict[str, float] = {}
 
-    def add(self, sid: str, since: float) -> None:
+    def add(self, sid: str, since: float) -> float:
+        """Refuse session `sid` from now on; when it would have run out (to keep it till)."""
         now = self.clock()
         with self.lock:
             self.until = {key: end for key, end in self.until.items() if end > now}
             self.until[sid] = since + SESSION_LIFETIME
+            return self.until[sid]
+
+    def load(self, ended: Mapping[str, float]) -> None:
+        """Sessions logged out before this console started (read from the database)."""
+        with self.lock:
+            self.until.update(ended)
 
     def __contains__(self, sid: object) -> bool:
         with self.lock:
@@ -157,12 +174,14 @@ def log_in(user: ConsoleUser) -> None:
     session["sid"] = secrets.token_urlsafe(16)
 
 
-def log_out(revoked: Revoked) -> None:
-    """End this session here and now: its cookie, copied or not, is refused from now on."""
+def log_out(revoked: Revoked) -> tuple[str, float] | None:
+    """End this session here and now: its cookie, copied or not, is refused from now on.
+    The session's id and when it would have run out, for the database; None without one."""
     sid, since = session.get("sid"), session.get("since")
-    if isinstance(sid, str) and isinstance(since, (int, float)):
-        revoked.add(sid, since)
     session.clear()
+    if isinstance(sid, str) and isinstance(since, (int, float)):
+        return sid, revoked.add(sid, since)
+    return None
 
 
 # A path on this console, in printable ASCII without spaces: a browser drops tabs and line

@@ -164,3 +164,11 @@ CREATE TABLE IF NOT EXISTS workerhost_samples (
     oldest        DOUBLE NULL,
     PRIMARY KEY (epoch_minute, `function`)
 ) ENGINE=InnoDB;
+
+-- Console sessions ended by a logout (console/auth.py), each kept until it would have run out
+-- anyway (ends_at, seconds since the epoch): a copy of the session's cookie is refused after a
+-- restart of the console too, and by every console that starts on this database.
+CREATE TABLE IF NOT EXISTS workerhost_logouts (
+    sid      VARCHAR(64) CHARACTER SET ascii NOT NULL PRIMARY KEY,
+    ends_at  BIGINT UNSIGNED NOT NULL
+) ENGINE=InnoDB;

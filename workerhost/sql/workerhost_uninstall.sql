@@ -4,6 +4,7 @@ DROP PROCEDURE IF EXISTS workerhost_enqueue;
 DROP PROCEDURE IF EXISTS workerhost_enqueue_with;
 DROP VIEW IF EXISTS workerhost_jobs;
 DROP TABLE IF EXISTS workerhost_rates;
+DROP TABLE IF EXISTS workerhost_logouts;
 DROP TABLE IF EXISTS workerhost_samples;
 DROP TABLE IF EXISTS workerhost_workers;
 DROP TABLE IF EXISTS workerhost_schedules;

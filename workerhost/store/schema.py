@@ -4,12 +4,13 @@ The host's tables live in the application's database beside its data (`sql/worke
 package data): the ledger (`workerhost_outbox`) of jobs waiting or running, the failed
 attempts of jobs in play, the dead letters, the refused deliveries, the paused functions, the
 functions' concurrency slots, how far each schedule has got, the worker processes'
-heartbeats, and the console's charts' samples. Every statement against them lives in this
-package (store/): ledger.py, letters.py, schedule_table.py, worker_table.py and
-sample_table.py, so that the SQL that must run on MySQL and MariaDB alike is written once:
-``function`` is a column name and a reserved word in MySQL since 8.0.1, so it is always quoted;
-no statement uses ``VALUES(col)`` in ``ON DUPLICATE KEY UPDATE`` (deprecated by MySQL 8.0.20,
-while MariaDB lacks the row-alias form that replaces it).
+heartbeats, and the console's own: its charts' samples and the sessions logged out. Every
+statement against them lives in this package (store/): ledger.py, letters.py,
+schedule_table.py, worker_table.py, sample_table.py and logout_table.py, so that the SQL that
+must run on MySQL and MariaDB alike is written once: ``function`` is a column name and a
+reserved word in MySQL since 8.0.1, so it is always quoted; no statement uses ``VALUES(col)``
+in ``ON DUPLICATE KEY UPDATE`` (deprecated by MySQL 8.0.20, while MariaDB lacks the row-alias
+form that replaces it).
 
 Callers own the transaction: the store's functions run their statements on the connection's
 shared cursor (db.cursor) and never commit.
@@ -37,6 +38,7 @@ JOBS_VIEW = "workerhost_jobs"  # the ledger as an operator reads it: states, nev
 SCHEDULES = "workerhost_schedules"
 WORKERS = "workerhost_workers"  # heartbeats: each worker process of each host
 SAMPLES = "workerhost_samples"  # the console's charts: per minute and function, a day of them
+LOGOUTS = "workerhost_logouts"  # console sessions logged out, until they would have run out
 # Refused deliveries kept, the newest ones: forged jobs must not fill the disk.
 REFUSED_KEPT = 1000
 # Bytes of a refused delivery's payload kept to recognise it by (its digest covers the rest).
