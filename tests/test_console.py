@@ -1411,6 +1411,161 @@ def test_the_api_answers_what_the_pages_show_with_secrets_masked(
     assert letters(db, "vault") == [vault]
 
 
+# -- job control: a row a worker holds, pausing a function, cancelling a job -------------------
+
+
+def test_a_ledger_row_a_worker_holds_is_left_alone_by_every_action(
+        sandbox: Sandbox, db: Any, stack: dict[str, Any], console_factory: Any) -> None:
+    """A worker running a row's job holds the row locked until its transaction ends: every
+    action on the row finds it held at once (NOWAIT: MariaDB answers 1205, MySQL 3572), leaves
+    it as it is, and the row's page says so; once the worker's transaction ends, it acts."""
+    ident = delayed_row(db, "vault", '{"id": 1}', 1, "boom")
+    console = console_factory(stack)
+    worker = sandbox.connect(database=db.database, autocommit=False)
+    held = worker.cursor()
+    held.execute("SELECT id FROM workerhost_outbox WHERE id = %s FOR UPDATE", (ident,))
+    held.fetchall()
+    jar = http.cookiejar.CookieJar()
+    try:
+        for verb in ("run", "bury", "cancel"):
+            started = time.monotonic()
+            answer = request(f"{console.url}/ledger/{ident}/{verb}", user="ada", jar=jar,
+                             data={"csrf_token": token(console, "ada", jar)})
+            assert time.monotonic() - started < 5, "NOWAIT: no lock wait"
+            assert answer.status == 302, (verb, answer.body)
+            assert urllib.parse.urlparse(answer.headers["Location"]).path == f"/ledger/{ident}"
+            page = request(f"{console.url}/ledger/{ident}", user="ada", jar=jar)
+            assert (f"ledger row {ident} is held by a worker running its job: try again when "
+                    "it ends") in page.body, verb
+            assert f"ada (basic) ledger row {ident} " in console.log()
+        assert console.log().count(f"ledger row {ident} ") == 3
+        assert all(line.endswith(": held") for line in console.log().splitlines()
+                   if f"ledger row {ident} " in line)
+        assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox WHERE id = %s AND "
+                      "not_before > NOW(6) + INTERVAL 1 HOUR", ident) == 1, "left as it was"
+        assert scalar(db, "SELECT COUNT(*) FROM workerhost_dead_letters WHERE `function` = "
+                      "'vault'") == 0
+    finally:
+        worker.rollback()
+        worker.close()
+    done = request(f"{console.url}/ledger/{ident}/cancel", user="ada", jar=jar,
+                   data={"csrf_token": token(console, "ada", jar)})
+    assert done.status == 302 and urllib.parse.urlparse(done.headers["Location"]).path == (
+        "/ledger")
+    assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox WHERE id = %s", ident) == 0
+    assert scalar(db, "SELECT COUNT(*) FROM workerhost_attempts WHERE job_key LIKE 'vault%'") == 0
+
+
+def click(driver: Any, css: str) -> None:
+    """Click what `css` finds, found and clicked in one step: the overview swaps its figures
+    every few seconds, and an element found before a swap is stale after it."""
+    wait_until(lambda: driver.execute_script(
+        "const e = document.querySelector(arguments[0]); if (e) e.click(); return !!e;", css),
+        timeout=10, what=f"{css} to click")
+
+
+def test_in_a_browser_an_admin_pauses_a_function_cancels_a_job_and_resumes(
+        sandbox: Sandbox, db: Any, host_factory: Any, console_factory: Any,
+        browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    from workerhost.store import ledger
+
+    db.cursor().execute("CREATE TABLE results (id BIGINT PRIMARY KEY, attempt INT, "
+                        "unique_key VARCHAR(255), runs INT NOT NULL DEFAULT 1)")
+    config = host_config(sandbox, db.database, {"record": {"python": "sample_handlers:record"}},
+                         host={"console": {"users": USERS}})
+    host_factory(config)
+    console = console_factory(config)
+
+    def ran() -> list[int]:
+        cursor = db.cursor()
+        cursor.execute("SELECT id FROM results ORDER BY id")
+        return [int(row[0]) for row in cursor.fetchall()]
+
+    def parked() -> int:
+        return int(scalar(db, "SELECT COUNT(*) FROM workerhost_outbox WHERE `function` = "
+                          "'record' AND not_before >= '9999-01-01'"))
+
+    log_in(browser, console, "ada")
+    record = 'table.functions tr[data-function="record"]'
+    click(browser, f"{record} a.pause")
+    arrive(browser, "/functions/pause?function=record")
+    browser.find_element(By.ID, "confirm").click()
+    wait_until(lambda: urllib.parse.urlparse(browser.current_url).path == "/", timeout=10,
+               what="the overview again")
+    assert browser.find_element(By.CSS_SELECTOR, ".flash").text == (
+        "record paused on every host; 0 waiting jobs parked in the ledger until it is resumed")
+    assert text_of(browser, 'table.paused-functions tr[data-function="record"] td') == "record"
+    assert text_of(browser, f"{record} .paused") == "paused"
+    assert "ada (session): record paused on every host" in console.log()
+    paused = json.loads(request(console.url + "/api/overview", user="vic").body)["paused"]
+    assert [(p["function"], p["by"]) for p in paused] == [("record", "ada (console)")]
+
+    # Its new jobs are not run: the worker that gets each one parks it in the ledger.
+    kept = ledger.enqueue(db, "record", b'{"id": 1}', None)
+    doomed = ledger.enqueue(db, "record", b'{"id": 2}', None)
+    wait_until(lambda: parked() == 2, timeout=30, what="both jobs parked in the ledger")
+    assert ran() == []
+    # One of them cancelled from its row's page: it never runs.
+    browser.get(f"{console.url}/ledger/{doomed}")
+    assert browser.find_element(By.ID, "row-state").text == "paused"
+    browser.find_element(By.ID, "cancel-job").click()
+    arrive(browser, f"/ledger/{doomed}/cancel")
+    browser.find_element(By.ID, "confirm").click()
+    arrive(browser, "/ledger")
+    wait_until(lambda: "/cancel" not in browser.current_url, timeout=10, what="the ledger")
+    assert browser.find_element(By.CSS_SELECTOR, ".flash").text == (
+        f"ledger row {doomed} cancelled: its job never runs")
+    assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox WHERE id = %s", doomed) == 0
+    assert f"ada (session) ledger row {doomed} cancelled: its job never runs: done" in (
+        console.log())
+
+    # Resumed: the other one runs, once.
+    browser.get(console.url + "/")
+    click(browser, 'table.paused-functions tr[data-function="record"] a.resume')
+    arrive(browser, "/functions/resume?function=record")
+    browser.find_element(By.ID, "confirm").click()
+    wait_until(lambda: urllib.parse.urlparse(browser.current_url).path == "/", timeout=10,
+               what="the overview again")
+    assert browser.find_element(By.CSS_SELECTOR, ".flash").text == (
+        "record resumed; 1 parked job due again")
+    wait_until(lambda: ran() == [1], timeout=30, what="the job kept to run once resumed")
+    wait_until(lambda: scalar(db, "SELECT COUNT(*) FROM workerhost_outbox") == 0, timeout=30,
+               what="an empty ledger")
+    assert ran() == [1] and scalar(db, "SELECT runs FROM results WHERE id = 1") == 1
+    assert kept < doomed
+    browser.implicitly_wait(0)
+    wait_until(lambda: not browser.find_elements(By.CSS_SELECTOR, "table.paused-functions"),
+               timeout=10, what="the overview to list no paused function")
+    assert json.loads(request(console.url + "/api/overview", user="vic").body)["paused"] == []
+
+    # A viewer sees neither button, and is refused each action.
+    browser.implicitly_wait(5)
+    log_in(browser, console, "vic")
+    browser.implicitly_wait(0)
+    assert text_of(browser, f"{record} td") == "record"
+    assert not browser.find_elements(By.CSS_SELECTOR, "a.pause, a.resume")
+    row = ledger.enqueue(db, "waiting_for_nobody", b"{}", None, delay=3600)
+    browser.get(f"{console.url}/ledger/{row}")
+    assert browser.find_element(By.ID, "row-state").text == "delayed"
+    assert not browser.find_elements(By.ID, "cancel-job")
+    jar = http.cookiejar.CookieJar()
+    for path, form in (("/functions/pause", {"function": "record"}),
+                       ("/functions/resume", {"function": "record"}),
+                       (f"/ledger/{row}/cancel", {})):
+        assert request(f"{console.url}{path}?function=record", user="vic").status == 403, path
+        refused = request(console.url + path, user="vic", jar=jar,
+                          data={**form, "csrf_token": token(console, "vic", jar)})
+        assert refused.status == 403 and "only an admin" in refused.body, path
+    assert scalar(db, "SELECT COUNT(*) FROM workerhost_paused") == 0
+    assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox WHERE id = %s", row) == 1
+    # And an admin's POST without its token changes nothing either.
+    assert request(console.url + "/functions/pause", user="ada", data={
+        "function": "record"}).status == 400
+    assert scalar(db, "SELECT COUNT(*) FROM workerhost_paused") == 0
+
+
 # -- the charts' history in the database -------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
 """What the console's pages show, as JSON for scripts: GET only, behind the same logins.
+Actions (retry, purge, pause, cancel, ...) are the pages' own POSTs, each with its CSRF token.
 
 Each answer is read as its page reads it (figures.py), with the same secrets masked; app.py's
 checks run first (a login, the Host allow-list), and its error handler answers a path under
@@ -58,7 +59,8 @@ def blueprint(config: Config, reading: Callable[[], AbstractContextManager[Datab
             rates=None if o.rates is None else {"seconds": o.rates.seconds,
                                                 "completed": plain(o.rates.completed),
                                                 "failed": plain(o.rates.failed)},
-            rates_note=o.rates_note, functions=list(o.functions))
+            rates_note=o.rates_note, functions=list(o.functions),
+            paused=None if o.database_error else [plain(p) for _, p in sorted(o.paused.items())])
 
     @api.get("/ledger")
     def ledger() -> Response:

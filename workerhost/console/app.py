@@ -345,7 +345,7 @@ def create_app(config: Config, listen: Server) -> Flask:
         _report(verb, done, "dead letters " + ", ".join(map(str, ids)))
         return redirect(url_for("dead_letters"))
 
-    @app.get("/ledger/<int:ident>/<any(run, bury):verb>")
+    @app.get("/ledger/<int:ident>/<any(run, bury, cancel):verb>")
     def confirm_ledger(ident: int, verb: str) -> Any:
         auth.admin_only(g.visitor)
         with reading() as db:
@@ -355,7 +355,7 @@ def create_app(config: Config, listen: Server) -> Flask:
                   "went to the dead letters)")
         return render_template("confirm_ledger.html", verb=verb, row=row)
 
-    @app.post("/ledger/<int:ident>/<any(run, bury):verb>")
+    @app.post("/ledger/<int:ident>/<any(run, bury, cancel):verb>")
     def ledger_action(ident: int, verb: str) -> Any:
         auth.admin_only(g.visitor)
         reason = f"moved to the dead letters by {g.visitor.name} (console)"
@@ -364,14 +364,18 @@ def create_app(config: Config, listen: Server) -> Flask:
             found = ledger_store.lock_ledger_row(conn, ident)
             if found is None or found[1] == "held":
                 return "gone" if found is None else "held"
+            function, state = found
             if verb == "run":
-                return "done" if ledger_store.run_ledger_row_now(conn, ident) else found[1]
-            return "done" if ledger_store.ledger_row_to_dead_letters(conn, ident, found[0],
-                                                               reason) else "gone"
+                return "done" if ledger_store.run_ledger_row_now(conn, ident) else state
+            if verb == "cancel":
+                return "done" if ledger_store.cancel_ledger_row(conn, ident, function) else "gone"
+            return "done" if ledger_store.ledger_row_to_dead_letters(conn, ident, function,
+                                                                     reason) else "gone"
 
         with reading() as db:
             outcome = db.run(act, deadline=time.monotonic() + figures.PAGE_DEADLINE)
-        what = {"run": "made due now", "bury": "moved to the dead letters"}[verb]
+        what = {"run": "made due now", "bury": "moved to the dead letters",
+                "cancel": "cancelled: its job never runs"}[verb]
         log.info("console: %s (%s) ledger row %d %s: %s", g.visitor.name, g.visitor.via,
                  ident, what, outcome)
         flash({"done": f"ledger row {ident} {what}",
@@ -380,10 +384,51 @@ def create_app(config: Config, listen: Server) -> Flask:
                "held": f"ledger row {ident} is held by a worker running its job: try again "
                        "when it ends"}.get(outcome, f"ledger row {ident} is {outcome} now, "
                                                     "not delayed: left as it is"))
-        if outcome == "done" and verb == "bury":
+        if outcome == "done" and verb != "run":
             return redirect(url_for("ledger"))
         return redirect(url_for("ledger_row", ident=ident) if outcome != "gone"
                         else url_for("ledger"))
+
+    @app.get("/functions/<any(pause, resume):verb>")
+    def confirm_function(verb: str) -> Any:
+        auth.admin_only(g.visitor)
+        function = query.function_named(request.args)
+        with reading() as db:
+            paused = db.run(ledger_store.paused_functions, deadline=time.monotonic()
+                            + figures.PAGE_DEADLINE)  # fmt: skip
+        since = next((found for found in paused if found[0] == function), None)
+        return render_template("confirm_function.html", verb=verb, function=function,
+                               since=since)
+
+    @app.post("/functions/<any(pause, resume):verb>")
+    def function_action(verb: str) -> Any:
+        auth.admin_only(g.visitor)
+        function = query.function_named(request.form)
+        by = f"{g.visitor.name} (console)"
+        # On a connection of its own: pausing sets its session's isolation level, which must
+        # not stay on a connection that serves pages and other actions.
+        own = Database(figures.database_params(config))
+        try:
+            if verb == "pause":
+                moved = own.run(lambda conn: ledger_store.pause(conn, function, by),
+                                deadline=time.monotonic() + figures.PAGE_DEADLINE)
+                was = True
+            else:
+                was, moved = own.run(lambda conn: ledger_store.resume(conn, function),
+                                     deadline=time.monotonic() + figures.PAGE_DEADLINE)
+        except RUN_ERRORS as exc:
+            abort(503, description="the database did not answer: "
+                  + logs.mask(str(exc), config.database.password))
+        finally:
+            own.close()
+        jobs = "job" if moved == 1 else "jobs"
+        said = (f"{function} paused on every host; {moved} waiting {jobs} parked in the ledger "
+                "until it is resumed" if verb == "pause" else
+                f"{function} resumed; {moved} parked {jobs} due again" if was else
+                f"{function} was not paused: nothing to resume")
+        log.info("console: %s (%s): %s", g.visitor.name, g.visitor.via, _field(said))
+        flash(said)
+        return redirect(url_for("overview"))
 
     @app.get("/dead-letters/<any(retry, purge):verb>")
     def confirm_matching(verb: str) -> Any:

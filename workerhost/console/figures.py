@@ -20,7 +20,7 @@ import time
 import urllib.request
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -104,6 +104,17 @@ class Overview:
     rates_note: str | None  # why there are no rates (no host.metrics, no answer, too early)
     functions: tuple[str, ...]  # every function any of the above knows, sorted
     schedules: Schedules | None = None  # None: the file has no schedules
+    # The paused functions, by name (empty, and not known, with a database_error).
+    paused: Mapping[str, Paused] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Paused:
+    """A function paused on every host (`workerhost pause`, or the console)."""
+
+    function: str
+    since: datetime
+    by: str | None  # host:pid of a `workerhost pause`, or "NAME (console)"
 
 
 @dataclass(frozen=True)
@@ -336,22 +347,30 @@ def overview(config: Config, db: Database, sampler: Sampler) -> Overview:
         sampler.wait_first(0.15)
     servers = tuple(status.gearmand(server) for server in config.gearman.servers)
     letters: Mapping[str, int] = {}
+    paused: dict[str, Paused] = {}
     error = None
+
+    def read(conn: Any) -> tuple[Mapping[str, int], list[tuple[str, datetime, str | None]]]:
+        return (letters_store.dead_letters_by_function(conn),
+                ledger_store.paused_functions(conn))
+
     try:
-        letters = db.run(letters_store.dead_letters_by_function, deadline=_deadline())
+        letters, stopped = db.run(read, deadline=_deadline())
+        paused = {name: Paused(name, since, by) for name, since, by in stopped}
     except RUN_ERRORS as exc:
         db.reset()
         error = logs.mask(str(exc), config.database.password)
     rates, note = sampler.rates()
     with sampler.lock:
         ledger, ledger_error = sampler.ledger, sampler.ledger_error
-    names = {*config.handlers, *letters}
+    names = {*config.handlers, *letters, *paused}
     for server in servers:
         names.update(server.functions)
     if rates is not None:
         names.update(rates.completed, rates.failed)
     return Overview(servers, letters, error, ledger, ledger_error, rates, note,
-                    tuple(sorted(names)), schedules(config, db) if config.schedules else None)
+                    tuple(sorted(names)), schedules(config, db) if config.schedules else None,
+                    paused)
 
 
 def schedules(config: Config, db: Database) -> Schedules:

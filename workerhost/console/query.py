@@ -11,6 +11,7 @@ from workerhost.model.ledger_state import STATES
 
 ORDERS = ("oldest", "newest")  # the ledger's orders, by id
 SELECTED_MAX = 500  # dead letters one selection may name (a page shows 50)
+FUNCTION_MAX = 255  # characters of a function's name (the tables' VARCHAR(255))
 
 
 def filter_of(values: Any = None) -> tuple[str | None, str | None]:
@@ -43,3 +44,13 @@ def selected(values: Any) -> list[int]:
                for text in given):
         abort(400, description="id: dead letter ids are positive whole numbers")
     return sorted({int(text) for text in given})
+
+
+def function_named(values: Any) -> str:
+    """The function an action on one function names (`function`): required, as long as the
+    tables take at most."""
+    function = values.get("function") or ""
+    if not function or len(function) > FUNCTION_MAX:
+        abort(400, description=f"function: the name of a function, {FUNCTION_MAX} characters "
+              "at most")
+    return str(function)
