@@ -100,8 +100,9 @@ def pages(ledger: int, letters: int) -> list[str]:
         "/dead-letters?function=fn3&q=c976", "/dead-letters?q=no-such-text",
         f"/dead-letters/{letters // 2}", "/dead-letters/retry?function=fn3",
         "/dead-letters/retry?q=c976", "/ledger", "/ledger?state=due", "/ledger?state=leased",
-        "/ledger?state=delayed", f"/ledger?state=delayed&after={middle}", "/handlers",
-        "/workers",
+        "/ledger?state=delayed", f"/ledger?state=delayed&after={middle}",
+        f"/ledger/{middle}", f"/ledger/{middle}/cancel", "/functions/pause?function=fn3",
+        "/handlers", "/workers", "/workers/live",
     ]
 
 

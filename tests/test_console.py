@@ -1299,8 +1299,9 @@ def test_in_a_browser_every_page_fits_a_phone_and_follows_a_dark_scheme(
     assert background() == "rgb(246, 248, 250)"
     browser.set_window_size(400, 900)
     width = browser.execute_script("return window.innerWidth")
-    for page in ("/", "/dead-letters", "/ledger", f"/ledger/{row}",
-                 f"/dead-letters/{letters(db, 'flaky')[0]}", "/handlers"):
+    for page in ("/", "/dead-letters", "/ledger", f"/ledger/{row}", f"/ledger/{row}/cancel",
+                 f"/dead-letters/{letters(db, 'flaky')[0]}", "/handlers", "/workers",
+                 "/schedules", "/functions/pause?function=flaky"):
         browser.get(console.url + page)
         wide = browser.execute_script("return document.documentElement.scrollWidth")
         assert wide <= width, (page, wide, width)  # no sideways scrolling of the page
