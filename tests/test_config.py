@@ -382,6 +382,18 @@ def test_tls_keys_reach_the_connector() -> None:
         ("tls-disabled-and-ca.yaml",
          "tls-disabled-and-ca.yaml: database.ssl_ca: ssl_ca cannot be combined with"
          " ssl_disabled: true"),
+        ("rate-per-week.yaml",
+         "rate-per-week.yaml: handlers.mark_seen.limits.rate: expected a rate greater than zero"
+         " like 20/s or 600/m (jobs per second, minute, hour or day), got '20/week'"),
+        ("rate-zero.yaml",
+         "rate-zero.yaml: handlers.mark_seen.limits.rate: expected a rate greater than zero"
+         " like 20/s or 600/m (jobs per second, minute, hour or day), got '0/s'"),
+        ("rate-negative.yaml",
+         "rate-negative.yaml: handlers.mark_seen.limits.rate: expected a rate greater than zero"
+         " like 20/s or 600/m (jobs per second, minute, hour or day), got '-1/s'"),
+        ("rate-not-a-rate.yaml",
+         "rate-not-a-rate.yaml: handlers.mark_seen.limits.rate: expected a rate greater than zero"
+         " like 20/s or 600/m (jobs per second, minute, hour or day), got 'fast'"),
         ("console-exposed-without-users.yaml",
          "console-exposed-without-users.yaml: host.console.listen: 0.0.0.0:9465 is reachable"
          " from other machines, and no users are configured: add users, or listen on"
