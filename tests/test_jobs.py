@@ -132,3 +132,50 @@ def test_the_cli_pauses_lists_cancels_and_resumes(
     resumed = cli("resume", "work")
     assert resumed.returncode == 0 and "2 parked jobs due again" in resumed.stdout
     assert cli("resume", "work").returncode == 1, "resuming what is not paused says so"
+
+
+def test_jobs_list_older_than_keeps_the_jobs_written_that_long_ago(
+    udf: Sandbox, events: Any, tmp_path: Any,
+) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import ROOT, host_env
+
+    config, database = setup(udf, events.database, "outbox")
+    path = tmp_path / "host.yaml"
+    path.write_text(yaml.safe_dump(config))
+    try:
+        events.cursor().execute(f"INSERT INTO events (id) SELECT seq FROM {sequence(1, 4)}")
+        first = scalar(events, "SELECT MIN(id) FROM workerhost_outbox")
+        # Two jobs written two hours ago, one ten minutes ago, one now.
+        cursor = events.cursor()
+        cursor.execute("UPDATE workerhost_outbox SET created_at = NOW(6) - INTERVAL 2 HOUR "
+                       "WHERE id IN (%s, %s)", (first, first + 1))
+        cursor.execute("UPDATE workerhost_outbox SET created_at = NOW(6) - INTERVAL 10 MINUTE "
+                       "WHERE id = %s", (first + 2,))
+        cursor.close()
+        listed = jobs.list_jobs(database, None, None, None, 50, older_than=3600)
+        assert [job.id for job in listed] == [first + 1, first]
+        listed = jobs.list_jobs(database, "work", "due", None, 50, older_than=300)
+        assert [job.id for job in listed] == [first + 2, first + 1, first]
+        assert jobs.list_jobs(database, "other", None, None, 50, older_than=300) == []
+        assert len(jobs.list_jobs(database, None, None, None, 50)) == 4
+
+        def cli(*words: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "workerhost.cli", *words, "-c", str(path)],
+                env=host_env(udf), capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+        old = cli("jobs", "list", "--older-than", "1h")
+        assert old.returncode == 0, old.stderr
+        assert "2 jobs (newest first)" in old.stdout
+        shown = [int(line.split()[0]) for line in old.stdout.splitlines()[1:-1]]
+        assert shown == [first + 1, first]
+        assert "4 jobs (newest first)" in cli("jobs", "list", "--older-than", "0s").stdout
+        bad = cli("jobs", "list", "--older-than", "an hour")
+        assert bad.returncode == 2
+        assert "argument --older-than: expected a duration like 30s, got 'an hour'" in bad.stderr
+    finally:
+        database.close()

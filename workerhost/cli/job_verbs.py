@@ -92,7 +92,8 @@ def jobs(args: argparse.Namespace) -> int:
     db = Database(load(args).database.connect_kwargs())
     try:
         if args.jobs_verb == "list":
-            found = jobs.list_jobs(db, args.function, args.state, args.search, args.limit)
+            found = jobs.list_jobs(db, args.function, args.state, args.search, args.limit,
+                                   args.older_than)
             print(f"{'ID':>8}  {'FUNCTION':20} {'STATE':8} {'SHIPS':>5}  {'CREATED AT':26} "
                   "PAYLOAD")
             for job in found:

@@ -34,6 +34,15 @@ def _listen(text: str) -> Any:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _duration(text: str) -> float:
+    from workerhost.config.converters import duration
+
+    try:
+        return duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from workerhost.sandbox.options import (
         DEFAULT_DATABASE_SERVER,
@@ -189,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     job_list.add_argument("--function", help="only this function")
     job_list.add_argument("--state", choices=STATES)
     job_list.add_argument("--search", help="only jobs whose payload holds this text")
+    job_list.add_argument("--older-than", type=_duration, metavar="DURATION",
+                          help="only jobs written at least this long ago (30s, 10m, 2h, 1d)")
     job_list.add_argument("--limit", type=int, default=50)
     job_show = with_config(job_actions.add_parser("show", help="one job, with its failures"))
     job_show.add_argument("id", type=int)
@@ -198,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     job_now = with_config(job_actions.add_parser(
         "retry-now", help="run delayed retries now instead of after their back-off"))
     job_now.add_argument("ids", type=int, nargs="+")
-    job_verb.set_defaults(func=job_verbs.jobs, function=None, state=None, search=None, limit=50)
+    job_verb.set_defaults(func=job_verbs.jobs, function=None, state=None, search=None, limit=50,
+                          older_than=None)
 
     pause = with_config(verb_parsers.add_parser(
         "pause", help="pause a function on every host: its jobs wait in the ledger"))

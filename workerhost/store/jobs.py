@@ -60,13 +60,14 @@ def _password(db: Database) -> str:
 
 
 def list_jobs(db: Database, function: str | None, state: str | None, search: str | None,
-              limit: int) -> list[JobRow]:
-    """The newest jobs of the ledger, of one function, state or payload text, or all."""
+              limit: int, older_than: float | None = None) -> list[JobRow]:
+    """The newest jobs of the ledger, of one function, state or payload text, or all; with
+    `older_than`, only those written at least that many seconds ago."""
     password = _password(db)
     secrets = [password] if password else []
     rows, _ = db.run(lambda conn: ledger.ledger_page(
         conn, state, 0, limit, LIST_SCAN, PREVIEW, function,
-        search, secrets, newest=True))
+        search, secrets, newest=True, older_than=older_than))
     found = [_row(tuple(row), password) for row in rows]
     return found
 

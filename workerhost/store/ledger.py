@@ -465,13 +465,15 @@ def ledger_figures_between(conn: Connection, low: int, high: int) -> tuple[Any, 
 
 def ledger_page(conn: Connection, state: str | None, after: int, limit: int, scan: int,
                 preview: int, function: str | None = None, search: str | None = None,
-                secrets: Sequence[str] = (), newest: bool = False
+                secrets: Sequence[str] = (), newest: bool = False,
+                older_than: float | None = None,
                 ) -> tuple[list[tuple[Any, ...]], int | None]:  # fmt: skip
     """Ledger rows in id order past `after` (above it; with `newest`, newest first below it,
     0 for the newest row), of one state (LedgerState) or all, of one function or all,
-    whose payload (with `secrets` masked) holds `search` or any, reading at most `scan` rows
-    when one of these is given: (the rows as LEDGER_COLUMNS, the id the next page starts
-    past; None at the end of the table)."""
+    whose payload (with `secrets` masked) holds `search` or any, written at least
+    `older_than` seconds ago (created_at, the database server's clock) or any, reading at
+    most `scan` rows when one of these is given: (the rows as LEDGER_COLUMNS, the id the next
+    page starts past; None at the end of the table)."""
     cursor = db.cursor(conn)
     conditions: list[str] = [LedgerState(state).condition] if state else []
     args: list[Any] = []
@@ -482,6 +484,9 @@ def ledger_page(conn: Connection, state: str | None, after: int, limit: int, sca
         payload, payload_args = masked("payload", secrets)
         conditions.append(f"{payload} LIKE %s ESCAPE '!'")
         args += [*payload_args, like_pattern(search)]
+    if older_than is not None:
+        conditions.append("created_at <= NOW(6) - INTERVAL %s MICROSECOND")
+        args.append(int(older_than * 1_000_000))
     order = "DESC" if newest else "ASC"
     if newest and not after:
         past, past_args = "", []
@@ -491,7 +496,8 @@ def ledger_page(conn: Connection, state: str | None, after: int, limit: int, sca
         cursor.execute(f"SELECT id FROM {OUTBOX} {past} ORDER BY id {order} LIMIT %s",
                        (*past_args, limit))
     else:  # no index serves these: look through the next `scan` rows
-        columns = "id, `function`, not_before, ships" + (", payload" if search else "")
+        columns = "id, `function`, not_before, ships, created_at" + (", payload" if search
+                                                                      else "")
         cursor.execute(f"SELECT id FROM (SELECT {columns} FROM {OUTBOX} {past} ORDER BY id "
                        f"{order} LIMIT %s) AS scanned WHERE {' AND '.join(conditions)} "
                        f"ORDER BY id {order} LIMIT %s",
