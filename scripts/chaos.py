@@ -17,10 +17,20 @@ stalls: one worker, or every worker of one handler, stopped (SIGSTOP) for one to
 seconds, so that the relay ships the rows of the jobs they hold or leave queued again, to the
 other server too, while the first copies wait. Either gearmand is the one killed.
 
-Then the host runs until the ledger is empty, and the script counts, per delivery, the
-committed rows whose effect is missing (lost), those whose effect happened more than once
-(applied twice), and those shipped more than once (a trigger on the ledger records every row
-whose `ships` passed 1). It exits 0 only when lost and applied twice are 0 everywhere.
+`--mode enqueue` fires no generated trigger: the jobs come from the two doors an application
+uses. A table `orders` has a hand-written trigger with a condition of its own, which calls
+`CALL workerhost_enqueue('paid', ...)` only when an order's status becomes 'paid' (not when it
+is created, cancelled, or set to 'paid' again); and each transaction of the writer calls
+`workerhost.enqueue(conn, 'app', ...)` for each of its orders (one in ten with a short delay),
+then pays two orders in three and cancels the rest. One transaction in five (the second one
+always) is rolled back on purpose: the jobs of its orders, of both doors, must never run.
+
+Then the host runs until the ledger is empty, and the script counts, per delivery (per
+function in the enqueue mode), the committed rows whose effect is missing (lost), those whose
+effect happened more than once (applied twice), and those shipped more than once (a trigger on
+the ledger records every row whose `ships` passed 1); in the enqueue mode also the effects of
+jobs that should not exist (their transaction rolled back, or the trigger's condition false).
+It exits 0 only when lost, applied twice and those are 0 everywhere.
 """
 
 from __future__ import annotations
@@ -62,8 +72,16 @@ SHIPPED_AGAIN = (f"CREATE TRIGGER chaos_shipped_again AFTER UPDATE ON {OUTBOX} F
                  "INSERT INTO shipped_again (`function`, row_id, ships) "
                  "VALUES (NEW.`function`, NEW.id, NEW.ships) "
                  "ON DUPLICATE KEY UPDATE ships = GREATEST(ships, NEW.ships); END IF; END")
-MODES = ("one-gearmand", "two-gearmand")
-LEASES = {"one-gearmand": "2s", "two-gearmand": "300ms"}  # host.relay.lease by mode
+MODES = ("one-gearmand", "two-gearmand", "enqueue")
+LEASES = {"one-gearmand": "2s", "two-gearmand": "300ms", "enqueue": "2s"}  # host.relay.lease
+# The enqueue mode: a function per door into the ledger, the rows of `orders` that must have
+# its job (committed, and paid for 'paid').
+ENQUEUED = {"paid": "o.status = 'paid'", "app": "TRUE"}
+# A hand-written trigger, its own condition: only a status that becomes 'paid' enqueues.
+PAID_TRIGGER = ("CREATE TRIGGER orders_paid AFTER UPDATE ON orders FOR EACH ROW BEGIN "
+                "IF NEW.status = 'paid' AND NOT OLD.status <=> 'paid' THEN "
+                "CALL workerhost_enqueue('paid', JSON_OBJECT('id', NEW.id)); END IF; END")
+ROLLBACK_SHARE = 0.2  # of the enqueue mode's transactions, rolled back on purpose
 STALL_SECONDS = (1.0, 3.0)
 STARTED = re.compile(r"started (.+) \(pid (\d+)\)")  # the supervisor's line for each child
 
@@ -155,6 +173,70 @@ class Writer(threading.Thread):
             conn.close()
 
 
+class EnqueueWriter(Writer):
+    """The enqueue mode's application: orders 1..total in 50-order transactions, each
+    enqueueing an 'app' job per order through workerhost.enqueue, paying two orders in three
+    (the trigger enqueues 'paid') and cancelling the rest; one in five rolled back on purpose.
+    A transaction whose connection is lost is tried again unless it committed (its first order
+    is there): a second commit would enqueue its jobs twice, which is the application's
+    doing, not the host's."""
+
+    def __init__(self, box: Sandbox, total: int, seconds: float, rng: random.Random) -> None:
+        super().__init__(box, total, seconds)
+        self.rng = rng
+        self.rolled_back: list[int] = []  # orders whose transaction was rolled back on purpose
+        self.transactions = self.rollbacks = 0
+
+    def run(self) -> None:
+        from workerhost import enqueue
+
+        pause = self.seconds / max(1, self.total // 50)
+        conn: Any = None
+        for start in range(1, self.total + 1, 50):
+            rows = range(start, min(start + 50, self.total + 1))
+            roll_back = start == 51 or self.rng.random() < ROLLBACK_SHARE  # one at least
+            listed = ", ".join(str(i) for i in rows)
+            while True:
+                try:
+                    if conn is None:
+                        conn = self.box.connect(database=DATABASE, autocommit=False)
+                    cursor = conn.cursor()
+                    cursor.execute("SELECT COUNT(*) FROM orders WHERE id = %s", (start,))
+                    (committed,) = cursor.fetchone()
+                    if not committed:
+                        cursor.execute("INSERT INTO orders (id, status) VALUES "
+                                       + ", ".join(f"({i}, 'new')" for i in rows))
+                        for i in rows:
+                            enqueue(conn, "app", {"id": i}, delay=0.5 if i % 10 == 0 else None)
+                        cursor.execute("UPDATE orders SET status = IF(id % 3 = 0, 'cancelled', "
+                                       f"'paid') WHERE id IN ({listed})")
+                        # Paid again: the trigger fires, its condition is false.
+                        cursor.execute(f"UPDATE orders SET status = 'paid' WHERE id IN ({listed})"
+                                       " AND status = 'paid'")
+                        if roll_back:
+                            conn.rollback()
+                        else:
+                            conn.commit()
+                    cursor.close()
+                    break
+                except Exception:  # the server is being restarted: try again
+                    self.failures += 1
+                    try:
+                        if conn is not None:
+                            conn.close()
+                    except Exception:  # it is going away anyway
+                        pass
+                    conn = None
+                    time.sleep(0.2)
+            self.transactions += 1
+            if roll_back:
+                self.rollbacks += 1
+                self.rolled_back += rows
+            time.sleep(pause)
+        if conn is not None:
+            conn.close()
+
+
 class Backlog(threading.Thread):
     """The most jobs each gearmand held at once (queued or running), read every 100ms: both
     servers carry jobs in the two-gearmand mode."""
@@ -209,14 +291,15 @@ def restart_gearmand(box: Sandbox) -> None:
     box.start_gearmand()
 
 
-def prepare(box: Sandbox, workdir: Path, lease: str,
-            servers: list[str]) -> tuple[Path, dict[str, str]]:
+def prepare(box: Sandbox, workdir: Path, lease: str, servers: list[str],
+            mode: str) -> tuple[Path, dict[str, str]]:
     admin = box.connect()
     cursor = admin.cursor()
     cursor.execute(f"DROP DATABASE IF EXISTS `{DATABASE}`")
     cursor.execute(f"CREATE DATABASE `{DATABASE}`")
     cursor.execute(f"USE `{DATABASE}`")
     cursor.execute("CREATE TABLE events (id BIGINT PRIMARY KEY)")
+    cursor.execute("CREATE TABLE orders (id BIGINT PRIMARY KEY, status VARCHAR(16) NOT NULL)")
     cursor.execute("CREATE TABLE effects (`function` VARCHAR(32) NOT NULL, row_id BIGINT NOT "
                    "NULL, n INT NOT NULL, PRIMARY KEY (`function`, row_id))")
     cursor.execute("CREATE TABLE shipped_again (`function` VARCHAR(64) NOT NULL, row_id BIGINT "
@@ -230,12 +313,14 @@ def prepare(box: Sandbox, workdir: Path, lease: str,
         "host": {"shutdown_timeout": "10s",
                  "relay": {"interval": "100ms", "lease": lease}},
         "handlers": {
-            delivery: {"sql": EFFECT.replace("%s", f"'{delivery}'"), "processes": 2,
+            function: {"sql": EFFECT.replace("%s", f"'{function}'"), "processes": 2,
                        "timeout": "10s", "retries": {"attempts": 10, "backoff": "200ms"}}
-            for delivery in DELIVERIES
+            for function in functions(mode)
         },
-        "triggers": [{"table": "events", "events": ["insert"], "function": delivery,
-                      "columns": ["id"], "delivery": delivery} for delivery in DELIVERIES],
+        # The enqueue mode's jobs come from a hand-written trigger and the application.
+        "triggers": [] if mode == "enqueue" else [
+            {"table": "events", "events": ["insert"], "function": delivery, "columns": ["id"],
+             "delivery": delivery} for delivery in DELIVERIES],
     }
     path = workdir / "chaos.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -243,10 +328,12 @@ def prepare(box: Sandbox, workdir: Path, lease: str,
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     parsed = parse_config(config, file=str(path), env=env)
     database = Database(parsed.database.connect_kwargs())
-    triggers.apply(parsed, database)  # creates the ledger too
+    triggers.apply(parsed, database)  # creates the ledger and workerhost_enqueue too
     database.close()
     conn = box.connect(database=DATABASE)
     conn.cursor().execute(SHIPPED_AGAIN)
+    if mode == "enqueue":
+        conn.cursor().execute(PAID_TRIGGER)
     conn.close()
     return path, env
 
@@ -297,17 +384,23 @@ def chaos(box: Sandbox, gearmands: list[Sandbox], host: Host, writer: Writer,
     return done
 
 
-def count(box: Sandbox) -> dict[str, tuple[int, int, int, int]]:
-    """Per delivery: (committed rows, rows without their effect, rows with it twice or more,
-    rows shipped more than once)."""
+def functions(mode: str) -> tuple[str, ...]:
+    return tuple(ENQUEUED) if mode == "enqueue" else DELIVERIES
+
+
+def count(box: Sandbox, mode: str) -> dict[str, tuple[int, int, int, int]]:
+    """Per delivery (per function in the enqueue mode): (committed rows, rows without their
+    effect, rows with it twice or more, rows shipped more than once)."""
     conn = box.connect(database=DATABASE)
     cursor = conn.cursor()
-    cursor.execute("SELECT COUNT(*) FROM events")
-    (rows,) = cursor.fetchone()
     found = {}
-    for delivery in DELIVERIES:
-        cursor.execute("SELECT COUNT(*) FROM events e LEFT JOIN effects f ON f.row_id = e.id "
-                       "AND f.`function` = %s WHERE f.row_id IS NULL", (delivery,))
+    for delivery in functions(mode):
+        table = "events" if mode != "enqueue" else f"orders o WHERE {ENQUEUED[delivery]}"
+        expected = f"(SELECT id FROM {table})"
+        cursor.execute(f"SELECT COUNT(*) FROM {table}")
+        (rows,) = cursor.fetchone()
+        cursor.execute(f"SELECT COUNT(*) FROM {expected} e LEFT JOIN effects f ON f.row_id = "
+                       "e.id AND f.`function` = %s WHERE f.row_id IS NULL", (delivery,))
         (lost,) = cursor.fetchone()
         cursor.execute("SELECT COUNT(*) FROM effects WHERE `function` = %s AND n > 1",
                        (delivery,))
@@ -315,6 +408,24 @@ def count(box: Sandbox) -> dict[str, tuple[int, int, int, int]]:
         cursor.execute("SELECT COUNT(*) FROM shipped_again WHERE `function` = %s", (delivery,))
         (again,) = cursor.fetchone()
         found[delivery] = (int(rows), int(lost), int(twice), int(again))
+    conn.close()
+    return found
+
+
+def strays(box: Sandbox) -> dict[str, tuple[int, int]]:
+    """The enqueue mode, per function: the effects of jobs that must never run (their order's
+    transaction rolled back, or, for 'paid', an order never paid), and of those the orders of a
+    transaction rolled back on purpose."""
+    conn = box.connect(database=DATABASE)
+    cursor = conn.cursor()
+    found = {}
+    for function, condition in ENQUEUED.items():
+        cursor.execute("SELECT COUNT(*), COALESCE(SUM(o.id IS NULL), 0) FROM effects f "
+                       f"LEFT JOIN orders o ON o.id = f.row_id WHERE f.`function` = %s AND "
+                       f"NOT (o.id IS NOT NULL AND {condition})",
+                       (function,))
+        (stray, rolled_back) = cursor.fetchone()
+        found[function] = (int(stray), int(rolled_back))
     conn.close()
     return found
 
@@ -340,7 +451,9 @@ def ledger_rows(box: Sandbox) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--mode", choices=MODES, default=MODES[0],
-                        help="two-gearmand: a second gearmand, a 300ms lease, stalled workers")
+                        help="two-gearmand: a second gearmand, a 300ms lease, stalled workers; "
+                             "enqueue: jobs from a hand-written trigger (CALL "
+                             "workerhost_enqueue) and workerhost.enqueue, some rolled back")
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=20.0, help="how long rows go in")
     parser.add_argument("--server", choices=SERVER_CHOICES, default="mariadb",
@@ -369,17 +482,22 @@ def main() -> int:
             gearmands.append(second)
             second.up(servers=("gearmand",), gearman_queue=MEMORY_QUEUE)
         servers = [gearmand.gearman_server for gearmand in gearmands]
-        box.write_udf_config(servers=",".join(servers))
-        box.install_udf(ROOT / "udf" if box.server == "mysql" else
-                        ROOT / "udf" / "build" / "gearman_udf.so")
-        config, env = prepare(box, workdir, lease, servers)
+        if args.mode != "enqueue":  # its jobs all go through the ledger: no UDF
+            box.write_udf_config(servers=",".join(servers))
+            box.install_udf(ROOT / "udf" if box.server == "mysql" else
+                            ROOT / "udf" / "build" / "gearman_udf.so")
+        config, env = prepare(box, workdir, lease, servers, args.mode)
         host = Host(config, workdir / "host.log", env)
         host.start()
         time.sleep(1.5)
-        say(f"{args.rows} rows over {args.seconds:g}s, two non-idempotent jobs each, gearmand "
+        jobs = ("an 'app' job each (workerhost.enqueue), a 'paid' one (a hand-written trigger) "
+                "for two in three, a transaction in five rolled back" if args.mode == "enqueue"
+                else "two non-idempotent jobs each")
+        say(f"{args.rows} rows over {args.seconds:g}s, {jobs}; gearmand "
             f"at {', '.join(servers)}; {'killing or stalling' if stalls else 'killing'} "
             "something every 1-2s")
-        writer = Writer(box, args.rows, args.seconds)
+        writer = (EnqueueWriter(box, args.rows, args.seconds, random.Random(seed + 1))
+                  if args.mode == "enqueue" else Writer(box, args.rows, args.seconds))
         backlog = Backlog(gearmands)
         backlog.start()
         writer.start()
@@ -397,14 +515,21 @@ def main() -> int:
         backlog.done.set()
         if left:
             say(f"{left} ledger rows left after {SETTLE_TIMEOUT:.0f}s")
-        results = count(box)
-        print(f"{'delivery':10} {'rows':>8} {'lost':>6} {'applied twice':>14} "
-              f"{'shipped again':>14}")
+        results = count(box, args.mode)
+        print(f"{'delivery' if args.mode != 'enqueue' else 'function':10} {'rows':>8} "
+              f"{'lost':>6} {'applied twice':>14} {'shipped again':>14}")
         for delivery, (rows, lost, twice, again) in results.items():
             print(f"{delivery:10} {rows:>8} {lost:>6} {twice:>14} {again:>14}")
         say(f"most ships of one row: {most_ships(box)}; most jobs held at once: " + ", ".join(
             f"{server} {held}" for server, held in backlog.most.items()))
         ok = not left and all(lost == 0 and twice == 0 for _, lost, twice, _ in results.values())
+        if isinstance(writer, EnqueueWriter):
+            ran = strays(box)
+            say(f"rolled back on purpose: {writer.rollbacks} of {writer.transactions} "
+                f"transactions, {len(writer.rolled_back)} orders; effects of jobs that must not "
+                "run: " + ", ".join(f"{function} {stray} (rolled back {rolled})"
+                                    for function, (stray, rolled) in ran.items()))
+            ok = ok and all(stray == 0 for stray, _ in ran.values())
         say("OK: nothing lost, nothing applied twice" if ok else
             f"FAILED (seed {seed}); the host's log: {workdir / 'host.log'}")
         keep = keep or not ok
