@@ -31,7 +31,7 @@ class Outcome(str, enum.Enum):
     OVER_MEMORY = "over_memory"  # its worker passed the handler's max_memory and was killed
     DONE_BEFORE = "done_before"  # its ledger row was gone: done already, or rolled back
     REFUSED = "refused"  # nothing proved where it came from: recorded, never run
-    SNOOZED = "snoozed"  # the handler asked to run it again later: no attempt spent
+    SNOOZED = "snoozed"  # to run again later (the handler asked, or limits.rate): no attempt
 
     def __str__(self) -> str:  # the value, as a metric label or in a log line
         return self.value

@@ -54,7 +54,7 @@ def enqueue(connection: Any, function: str, payload: Any, *, delay: float | None
     make its effect once; by default the payload's ``event_id``, else
     ``workerhost-outbox-<row id>``. A job of the function with the same unique that is still
     pending is merged into: it gets this payload and the earlier due time, keeps its priority,
-    and its id is returned (when it is running, this waits for its end, then adds a row).
+    and its id is returned (when it is running, this adds a new row at once).
     Nothing is committed here: the caller commits or rolls back, and only a committed row is
     shipped.
     """
