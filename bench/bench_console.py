@@ -62,7 +62,7 @@ def fill(box: Sandbox, quick: bool) -> tuple[int, int]:
     for chunk in range(ledger // 100_000 or 1):
         # A third due, a third leased, a third delayed (waiting for a retry).
         cursor.execute(
-            f"INSERT INTO {schema.OUTBOX} (`function`, payload, unique_key, not_before, ships) "
+            f"INSERT INTO {schema.LEDGER} (`function`, payload, unique_key, not_before, ships) "
             "SELECT CONCAT('fn', n % %s), CONCAT('{\"id\": ', n + %s, ', \"table\": "
             "\"orders\", \"event\": \"insert\"}'), UUID(), NOW(6) + INTERVAL "
             "(CAST(n % 3 AS SIGNED) - 1) * 60 SECOND, n % 3 = 2 "

@@ -59,7 +59,7 @@ from workerhost.sandbox.options import MEMORY_QUEUE, SERVER_CHOICES  # noqa: E40
 from workerhost.sandbox.stack import Sandbox  # noqa: E402
 from workerhost.store import triggers  # noqa: E402
 from workerhost.store.db import Database  # noqa: E402
-from workerhost.store.schema import OUTBOX  # noqa: E402
+from workerhost.store.schema import LEDGER  # noqa: E402
 
 DATABASE = "chaos"
 DELIVERIES = ("immediate", "outbox")
@@ -67,7 +67,7 @@ SETTLE_TIMEOUT = 180.0  # seconds for the ledger to empty after the chaos
 EFFECT = ("INSERT INTO effects (`function`, row_id, n) VALUES (%s, %(id)s, 1) "
           "ON DUPLICATE KEY UPDATE n = n + 1")
 # The ledger deletes a row once its effect commits, so its `ships` is recorded as it rises.
-SHIPPED_AGAIN = (f"CREATE TRIGGER chaos_shipped_again AFTER UPDATE ON {OUTBOX} FOR EACH ROW "
+SHIPPED_AGAIN = (f"CREATE TRIGGER chaos_shipped_again AFTER UPDATE ON {LEDGER} FOR EACH ROW "
                  "BEGIN IF NEW.ships >= 2 AND NEW.ships > OLD.ships THEN "
                  "INSERT INTO shipped_again (`function`, row_id, ships) "
                  "VALUES (NEW.`function`, NEW.id, NEW.ships) "

@@ -1035,7 +1035,7 @@ def test_ledger_and_dead_letters_are_paged_by_key_through_every_row(db: Any) -> 
     # Rows 1..90: due, leased, delayed in turn.
     for i in range(1, 91):
         cursor.execute(
-            f"INSERT INTO {schema.OUTBOX} (`function`, payload, not_before, ships) VALUES "
+            f"INSERT INTO {schema.LEDGER} (`function`, payload, not_before, ships) VALUES "
             "(%s, %s, NOW(6) + INTERVAL %s SECOND, %s)",
             (f"fn{i % 2}", f'{{"id": {i}}}', (0, 60, 60)[i % 3] - (1 if i % 3 == 0 else 0),
              1 if i % 3 == 1 else 0))

@@ -136,7 +136,7 @@ def db(monkeypatch: pytest.MonkeyPatch) -> FakeDatabase:
         for ident in ids:
             store().ledger.pop(ident, None)
 
-    monkeypatch.setattr(ledger_store, "delete_outbox", delete)
+    monkeypatch.setattr(ledger_store, "delete_ledger_rows", delete)
     monkeypatch.setattr(ledger_store, "reschedule",
                         lambda conn, ident, delay: store().due_in.__setitem__(ident, delay))
     monkeypatch.setattr(ledger_store, "enqueue", lambda conn, function, payload, unique, delay:

@@ -60,7 +60,7 @@ def test_in_a_browser_the_workers_page_lists_every_worker_process_of_a_running_h
         what="the page to list the 3 worker processes, running")
     rows = shown(browser)
     assert sorted(row["function"] for row in rows) == sorted([slow, slow, mail])
-    children = set(host.worker_pids())  # the workers, and the outbox relay
+    children = set(host.worker_pids())  # the workers, and the relay
     assert {int(row["pid"]) for row in rows} < children, "the relay runs no jobs: left out"
     assert all(row["job"] == "idle" and row["memory"].endswith(" MB") for row in rows)
 

@@ -1,7 +1,7 @@
 """Every exit code of workerhost, in one place: the table in docs/operations.md is this module.
 
 `RET_*` are the codes of the `workerhost` command (every verb; `run` is the supervisor);
-`EXIT_*` those of the child processes the supervisor forks (workers, the outbox relay, the
+`EXIT_*` those of the child processes the supervisor forks (workers, the relay, the
 metrics server), which it reads to decide what a child's exit means.
 """
 

@@ -155,7 +155,7 @@ def _no_such_letters(ids: list[int]) -> int:
     return RET_ERROR
 
 
-RETRY_BATCH = 100  # dead letters moved back to the outbox per transaction by retry --all
+RETRY_BATCH = 100  # dead letters moved back to the ledger per transaction by retry --all
 
 
 def _retry_all(db: Database) -> int:

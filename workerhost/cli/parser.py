@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     trig.set_defaults(func=verbs.triggers)
 
     stat = with_config(verb_parsers.add_parser(
-        "status", help="queues per gearmand and function, dead letters, outbox backlog"))
+        "status", help="queues per gearmand and function, dead letters, the ledger's backlog"))
     stat.add_argument("--json", action="store_true", help="machine-readable output")
     stat.set_defaults(func=verbs.status)
 

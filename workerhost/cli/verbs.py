@@ -189,7 +189,7 @@ def outbox_drain(args: argparse.Namespace) -> int:
     # Database calls get a deadline: without one, a refused connection is retried for ever.
     wait = config.database.connect_timeout
     try:
-        due = relay.db.run(status.outbox_figures, deadline=time.monotonic() + wait).due
+        due = relay.db.run(status.ledger_figures, deadline=time.monotonic() + wait).due
         with progress.Progress("outbox rows shipped", due) as bar:
             while shipped < due:  # rows that fall due meanwhile are the running relays' job
                 count = relay.ship_once(min(config.host.relay.batch, due - shipped))
@@ -197,7 +197,7 @@ def outbox_drain(args: argparse.Namespace) -> int:
                     break  # the rest is locked by a running relay, which ships it
                 shipped += count
                 bar.advance(count)
-        left = relay.db.run(status.outbox_figures, deadline=time.monotonic() + wait)
+        left = relay.db.run(status.ledger_figures, deadline=time.monotonic() + wait)
     except (SubmitFailed, mysql.connector.Error) as exc:
         raise ConnectError(f"outbox drain stopped after {shipped} rows: {exc}") from exc
     finally:

@@ -26,11 +26,11 @@ DEFAULT_DB_HOST = "127.0.0.1"
 DEFAULT_DB_PORT = 3306
 DEFAULT_CONNECT_TIMEOUT = 5.0  # seconds; a dead database should fail a job, not hang it
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0  # seconds running jobs get to finish after SIGTERM
-# The relay ships delayed retries and trigger-written jobs; relays on many hosts share the outbox
+# The relay ships delayed retries and trigger-written jobs; relays on many hosts share the ledger
 # safely (SKIP LOCKED), so every host runs one unless told otherwise.
 DEFAULT_RELAY_ENABLED = True
-DEFAULT_RELAY_BATCH = 500  # outbox rows submitted per round trip
-DEFAULT_RELAY_INTERVAL = 0.2  # seconds between polls of an empty outbox
+DEFAULT_RELAY_BATCH = 500  # ledger rows shipped per round trip
+DEFAULT_RELAY_INTERVAL = 0.2  # seconds between polls of a ledger with nothing due
 # How long a shipped ledger row waits for its job's effect before it is shipped again (then
 # twice as long, up to 16 times): how soon a job gearmand lost runs after all.
 DEFAULT_RELAY_LEASE = 30.0
@@ -133,7 +133,7 @@ class DatabaseConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class RelayConfig:
-    """The outbox relay: moves rows from the outbox table to gearmand."""
+    """The relay: ships the ledger's due rows to gearmand."""
 
     enabled: bool = DEFAULT_RELAY_ENABLED
     batch: int = DEFAULT_RELAY_BATCH

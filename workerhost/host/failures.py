@@ -68,7 +68,7 @@ def handle_failure(conn: Connection, job: Job, policy: RetryPolicy, failure: Fai
     """Count the failure, then schedule a retry or write a dead letter. Caller commits.
 
     A job with a ledger row is retried through that row (due again after the delay); one
-    without is written to the outbox, where it gets a ledger row of its own.
+    without is written to the ledger, where it gets a ledger row of its own.
     """
     failures = count_failure(conn, job.key, failure)
     if failures >= policy.attempts or failure.final:
@@ -89,7 +89,7 @@ def dead_letter(conn: Connection, job: Job, attempts: int, failure: Failure) -> 
     letters.add_dead_letter(conn, job.key, job.function, job.payload, stable_unique(job),
                            attempts, failure.error, failure.traceback)
     if job.ledger is not None:
-        ledger.delete_outbox(conn, [job.ledger])
+        ledger.delete_ledger_rows(conn, [job.ledger])
 
 
 def dead_letter_short(conn: Connection, job: Job, failure: Failure, refusal: str) -> None:
@@ -106,7 +106,7 @@ def dead_letter_short(conn: Connection, job: Job, failure: Failure, refusal: str
                            None if failure.traceback is None
                            else _clip(failure.traceback, SHORT_ERROR))
     if job.ledger is not None:
-        ledger.delete_outbox(conn, [job.ledger])
+        ledger.delete_ledger_rows(conn, [job.ledger])
 
 
 def stable_unique(job: Job) -> str:

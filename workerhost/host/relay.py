@@ -88,9 +88,9 @@ class Relay:
                        if isinstance(answer, Refused)]
             for (ident, function, *_), answer in refused:
                 # Shipping it again would be refused again, and hold up every row after it.
-                letters.outbox_to_dead_letters(
+                letters.unshippable_to_dead_letters(
                     conn, ident, f"gearmand refused the job: {answer.reason}")
-                log.error("outbox row %s (%s) dead-lettered: gearmand refused it: %s",
+                log.error("ledger row %s (%s) dead-lettered: gearmand refused it: %s",
                           ident, function, answer.reason)
             shipped = [row for row, answer in zip(rows, answers, strict=True)
                        if not isinstance(answer, Refused)]
@@ -158,12 +158,12 @@ class Relay:
                 shipped = self.ship_once()
                 backoff = self.config.gearman.reconnect_backoff
             except (SubmitFailed, ConnectError, mysql.connector.Error) as exc:
-                log.warning("outbox relay: %s; trying again in %.1fs", exc, backoff)
+                log.warning("relay: %s; trying again in %.1fs", exc, backoff)
                 self._sleep(backoff)
                 backoff = min(backoff * 2, self.config.gearman.max_reconnect_backoff)
                 continue
             if shipped:
-                log.debug("outbox relay shipped %d jobs", shipped)
+                log.debug("relay shipped %d jobs", shipped)
             else:
                 self._sleep(interval)
         self.close()

@@ -187,7 +187,7 @@ class Runner:
             else:
                 answers = [self._run_one(conn, job) for job in runnable]
                 if done:
-                    ledger.delete_outbox(conn, done)
+                    ledger.delete_ledger_rows(conn, done)
         except Exception as exc:  # a handler's failure, whatever it is
             if is_transient(exc):
                 raise
@@ -213,7 +213,7 @@ class Runner:
         try:
             return handlers.run_sql_together(
                 self.handler, jobs, db.cursor(conn),
-                ledger.delete_outbox_statement(done) if done else None)
+                ledger.delete_ledger_rows_statement(done) if done else None)
         finally:
             self._end(len(jobs))
 
@@ -395,7 +395,7 @@ class Runner:
             if done:
                 letters.forget(conn, job.key)
             if job.ledger is not None:
-                ledger.delete_outbox(conn, [job.ledger])  # with the effects, or not at all
+                ledger.delete_ledger_rows(conn, [job.ledger])  # with the effects, or not at all
             return Outcome.COMPLETE, result
 
         outcome, value = self._in_transaction(attempt, deadline, job)

@@ -53,7 +53,7 @@ MAX_CRASH_BACKOFF = 30.0
 STABLE_SECS = 10.0
 TICK = 0.1  # seconds between two looks at the children
 KEY_SIZE = 520  # bytes of a job key shared with the supervisor (see Job.key)
-RELAY = "(outbox relay)"  # the name under which the relay child is supervised
+RELAY = "(relay)"  # the name under which the relay child is supervised
 SCHEDULER = "(scheduler)"  # and the scheduler child, when the file has schedules
 # Seconds the database gets to count a lost job; the supervisor's loop waits meanwhile.
 COUNT_PATIENCE = 5.0

@@ -1,6 +1,6 @@
 """What a handler receives: one Gearman job, its payload and its attempt number.
 
-A job fired through the ledger names its row (store/schema.OUTBOX) in its Gearman unique:
+A job fired through the ledger names its row (store/schema.LEDGER) in its Gearman unique:
 ``L<id>:<token>``, where <token> is the row's random token, which no SQL account can read. The
 worker runs a job only when the token is the row's, takes the payload and the job's own unique
 (the trigger's event id, the row's unique_key, or ``workerhost-outbox-<id>``) from that row,

@@ -4,10 +4,10 @@ Counters live where the work happens: worker processes count their jobs, the sup
 restarts. Those are separate processes, so prometheus_client runs in multiprocess mode: each
 process writes its values to files in a directory private to this run (made by `collecting()`
 before the first fork), and every scrape adds up the files of all processes, living and dead,
-so the counts of a recycled worker are not lost. Queue figures (gearmand, outbox, dead
+so the counts of a recycled worker are not lost. Queue figures (gearmand, the ledger, dead
 letters) are not counted anywhere: each scrape reads them from their source (status.py).
 
-The HTTP server runs in a child process of its own, supervised like the outbox relay, rather
+The HTTP server runs in a child process of its own, supervised like the relay, rather
 than in a thread of the supervisor: the supervisor forks workers all the time, and a fork taken
 while a server thread holds a lock (logging's, the database driver's) gives the new worker a
 lock that nobody will ever release.
@@ -257,7 +257,7 @@ def on_event(event: events.Event) -> None:
 
 
 class QueueCollector:
-    """Gauges read on each scrape: gearmand per server and function, outbox, dead letters."""
+    """Gauges read on each scrape: gearmand per server and function, the ledger, dead letters."""
 
     def __init__(self, config: Config, *, timeout: float = SCRAPE_TIMEOUT,
                  gearmand: Callable[..., status.ServerStatus] = status.gearmand,
@@ -321,7 +321,7 @@ class QueueCollector:
             yield GaugeMetricFamily("workerhost_outbox_delayed_rows", "Outbox rows of failed "
                                     "attempts waiting for their retry", value=outbox.delayed)
             yield GaugeMetricFamily("workerhost_outbox_oldest_age_seconds", "Age of the "
-                                    "oldest outbox row (0 when empty)",
+                                    "oldest ledger row (0 when empty)",
                                     value=outbox.oldest_age or 0.0)
             yield GaugeMetricFamily("workerhost_outbox_overdue_seconds", "How long the "
                                     "longest-waiting due row is past its due time (0 when "

@@ -1,4 +1,4 @@
-"""What the queues hold right now: gearmand's figures per function, the outbox, dead letters,
+"""What the queues hold right now: gearmand's figures per function, the ledger, dead letters,
 and how far each schedule has got.
 
 `workerhost status` prints this; the metrics endpoint reads the same figures on every scrape.
@@ -49,7 +49,7 @@ class ServerStatus:
 
 @dataclass(frozen=True)
 class Outbox:
-    """The ledger (outbox table): every job from its trigger until its effect commits."""
+    """The ledger (table workerhost_outbox): every job from its trigger until its effect commits."""
 
     rows: int
     due: int  # rows whose not_before has passed: the relay should be shipping them
@@ -156,8 +156,8 @@ def gearmand(server: Server, *, timeout: float = STATUS_TIMEOUT) -> ServerStatus
         return ServerStatus(str(server), error=f"unexpected answer: {exc}")
 
 
-def outbox_figures(conn: Connection) -> Outbox:
-    rows, due, leased, delayed, oldest, overdue = ledger.outbox_figures(conn)
+def ledger_figures(conn: Connection) -> Outbox:
+    rows, due, leased, delayed, oldest, overdue = ledger.ledger_figures(conn)
     return Outbox(rows, due, leased, delayed, _seconds(oldest), _seconds(overdue))
 
 
@@ -185,7 +185,7 @@ def database(db: Database, *, timeout: float = STATUS_TIMEOUT, schedules: bool =
             function: Unserved(function, count, int(oldest) / 1e6)
             for function, (count, oldest) in ledger.unserved_rows(conn, unserved_after).items()}
         paused = tuple(name for name, _, _ in ledger.paused_functions(conn))
-        return (letters_store.dead_letters_by_function(conn), outbox_figures(conn), rows, unserved,
+        return (letters_store.dead_letters_by_function(conn), ledger_figures(conn), rows, unserved,
                 paused)
 
     def failed(message: str, *, reachable: bool) -> DatabaseStatus:

@@ -77,7 +77,7 @@ def _password(db: Database) -> str:
 
 
 def retry(db: Database, ids: list[int] | None) -> int:
-    """Move dead letters (all when `ids` is None) back to the outbox, with fresh attempts."""
+    """Move dead letters (all when `ids` is None) back to the ledger, with fresh attempts."""
     moved: int = db.run(lambda conn: letters.requeue_dead_letters(conn, ids))
     return moved
 

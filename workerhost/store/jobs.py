@@ -1,6 +1,6 @@
 """Jobs as objects (`workerhost jobs ...`, `workerhost pause`, `workerhost resume`).
 
-A job waiting or running is its ledger row (schema.OUTBOX): listing, showing, cancelling or
+A job waiting or running is its ledger row (schema.LEDGER): listing, showing, cancelling or
 running one now acts on that row, on every host at once, since every host reads the same
 ledger. A cancelled job never runs, even when a copy of it already sits in gearmand: the copy
 finds no row. Pausing a function parks its rows (no relay ships them, no worker runs them)

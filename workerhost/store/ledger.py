@@ -22,7 +22,7 @@ from workerhost.store.schema import (
     _LOCKED_ERRNOS,
     ATTEMPTS,
     DEAD_LETTERS,
-    OUTBOX,
+    LEDGER,
     PAUSED,
     RATES,
     SLOTS,
@@ -30,12 +30,12 @@ from workerhost.store.schema import (
 )
 
 
-# -- outbox ------------------------------------------------------------------------------------
+# -- ledger ------------------------------------------------------------------------------------
 def enqueue(
     conn: Connection, function: str, payload: bytes, unique: str | None, *, delay: float = 0.0,
     priority: str = "normal", merge: bool = False, run_at: datetime | None = None,
 ) -> int:
-    """Put a job in the outbox, due `delay` seconds from now (or at `run_at`, the database
+    """Put a job in the ledger, due `delay` seconds from now (or at `run_at`, the database
     server's time); its ledger row's id.
 
     `merge`: a job of the function with this unique that is pending (its row not being run)
@@ -49,13 +49,13 @@ def enqueue(
     when = run_at if run_at is not None else int(delay * 1_000_000)
     cursor = db.cursor(conn)
     if merge and unique:
-        cursor.execute(f"SELECT id FROM {OUTBOX} WHERE `function` = %s AND merge_key = %s",
+        cursor.execute(f"SELECT id FROM {LEDGER} WHERE `function` = %s AND merge_key = %s",
                        (function, unique))
         found = cursor.fetchone()
         pending = _lock_pending(conn, int(found[0])) if found else None
         if pending is True and found:
             cursor.execute(
-                f"UPDATE {OUTBOX} SET not_before = IF(ships = 0 AND not_before < '{PARKED}', "
+                f"UPDATE {LEDGER} SET not_before = IF(ships = 0 AND not_before < '{PARKED}', "
                 f"LEAST(not_before, {due}), not_before), payload = %s WHERE id = %s",
                 (when, payload, int(found[0])))
             return int(found[0])
@@ -70,7 +70,7 @@ def enqueue(
                    "id = LAST_INSERT_ID(id)")
         values += [when, payload]
     cursor.execute(
-        f"INSERT INTO {OUTBOX} (`function`, payload, unique_key, merge_key, not_before, "
+        f"INSERT INTO {LEDGER} (`function`, payload, unique_key, merge_key, not_before, "
         f"priority) VALUES (%s, %s, %s, %s, {due}, %s){merging}", values,
     )
     return int(cursor.lastrowid)
@@ -81,7 +81,7 @@ def _lock_pending(conn: Connection, ident: int) -> bool | None:
     transaction holds it (a worker running its job), None when it is gone."""
     try:
         with db.translating():
-            db.cursor(conn).execute(f"SELECT id FROM {OUTBOX} WHERE id = %s FOR UPDATE NOWAIT",
+            db.cursor(conn).execute(f"SELECT id FROM {LEDGER} WHERE id = %s FOR UPDATE NOWAIT",
                                     (ident,))
             return True if db.cursor(conn).fetchall() else None
     except db.ERRORS as exc:
@@ -91,16 +91,16 @@ def _lock_pending(conn: Connection, ident: int) -> bool | None:
 
 
 def lock_due(conn: Connection, limit: int) -> list[tuple[Any, ...]]:
-    """Due outbox rows, the longest due first, locked for this transaction and skipped by
+    """Due ledger rows, the longest due first, locked for this transaction and skipped by
     other relays: (id, function, payload, unique_key, priority, token, ships, age in
     microseconds since the row was written). Read through the index on not_before, so a poll
     costs the due rows, not the leased backlog."""
     cursor = db.cursor(conn)
-    # No gap locks: under REPEATABLE READ they deadlock the triggers' outbox INSERTs.
+    # No gap locks: under REPEATABLE READ they deadlock the triggers' ledger INSERTs.
     cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
     cursor.execute(
         f"SELECT id, `function`, payload, unique_key, priority, token, ships, "
-        f"TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6)) FROM {OUTBOX} "
+        f"TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6)) FROM {LEDGER} "
         "FORCE INDEX (due) WHERE not_before <= NOW(6) ORDER BY not_before, id LIMIT %s "
         "FOR UPDATE SKIP LOCKED",
         (limit,),
@@ -114,8 +114,8 @@ def lock_due(conn: Connection, limit: int) -> list[tuple[Any, ...]]:
 _BY_IDS = "WHERE id IN ({}) ORDER BY id LIMIT {}"
 
 
-def delete_outbox(conn: Connection, ids: Sequence[int]) -> None:
-    db.cursor(conn).execute(f"DELETE FROM {OUTBOX} {_BY_IDS.format(marks(ids), len(ids))}",
+def delete_ledger_rows(conn: Connection, ids: Sequence[int]) -> None:
+    db.cursor(conn).execute(f"DELETE FROM {LEDGER} {_BY_IDS.format(marks(ids), len(ids))}",
                             list(ids))
 
 
@@ -124,7 +124,7 @@ def lease(conn: Connection, ids: Sequence[int], seconds: float) -> None:
     every ship after it up to 16 times, so that a long backlog in gearmand is not shipped
     over and over."""
     db.cursor(conn).execute(
-        f"UPDATE {OUTBOX} SET not_before = NOW(6) + INTERVAL (%s << LEAST(ships, 4)) "
+        f"UPDATE {LEDGER} SET not_before = NOW(6) + INTERVAL (%s << LEAST(ships, 4)) "
         f"MICROSECOND, ships = ships + 1 WHERE id IN ({marks(ids)})",
         [int(seconds * 1_000_000), *ids],
     )
@@ -156,7 +156,7 @@ class Claim:
 
 
 _CLAIM = ("SELECT id, `function`, payload, unique_key, token, "
-          f"(ships > 0 OR not_before <= NOW(6)), snoozes FROM {OUTBOX} FORCE INDEX (PRIMARY) "
+          f"(ships > 0 OR not_before <= NOW(6)), snoozes FROM {LEDGER} FORCE INDEX (PRIMARY) "
           "WHERE id IN ({}) FOR UPDATE SKIP LOCKED")
 
 
@@ -217,7 +217,7 @@ def _held(conn: Connection, ids: Sequence[int]) -> frozenset[int]:
         return frozenset()
     try:
         with db.translating():
-            db.cursor(conn).execute(f"SELECT id FROM {OUTBOX} FORCE INDEX (PRIMARY) WHERE id IN "
+            db.cursor(conn).execute(f"SELECT id FROM {LEDGER} FORCE INDEX (PRIMARY) WHERE id IN "
                                     f"({marks(ids)}) FOR UPDATE NOWAIT", list(ids))
             # Rows unlocked since the claim are locked now: held all the same, by this
             # transaction until it ends, and claimed next time.
@@ -229,11 +229,11 @@ def _held(conn: Connection, ids: Sequence[int]) -> frozenset[int]:
         raise
 
 
-def delete_outbox_statement(ids: Sequence[int]) -> tuple[str, dict[str, int]]:
-    """delete_outbox as a statement with named parameters, to send along with others."""
+def delete_ledger_rows_statement(ids: Sequence[int]) -> tuple[str, dict[str, int]]:
+    """delete_ledger_rows as a statement with named parameters, to send along with others."""
     names = [f"ledger_{index}" for index in range(len(ids))]
     marks = ", ".join(f"%({name})s" for name in names)
-    return (f"DELETE FROM {OUTBOX} {_BY_IDS.format(marks, len(ids))}",
+    return (f"DELETE FROM {LEDGER} {_BY_IDS.format(marks, len(ids))}",
             dict(zip(names, ids, strict=True)))
 
 
@@ -241,10 +241,10 @@ def snooze(conn: Connection, ident: int, delay: float) -> int:
     """A job asked to run again later: its row due after `delay`, with no attempt spent;
     how many times it has snoozed, this one included."""
     cursor = db.cursor(conn)
-    cursor.execute(f"UPDATE {OUTBOX} SET not_before = NOW(6) + INTERVAL %s MICROSECOND, "
+    cursor.execute(f"UPDATE {LEDGER} SET not_before = NOW(6) + INTERVAL %s MICROSECOND, "
                    "ships = 0, snoozes = snoozes + 1 WHERE id = %s",
                    (int(delay * 1_000_000), ident))  # fmt: skip
-    cursor.execute(f"SELECT snoozes FROM {OUTBOX} WHERE id = %s", (ident,))
+    cursor.execute(f"SELECT snoozes FROM {LEDGER} WHERE id = %s", (ident,))
     row = cursor.fetchone()
     return int(row[0]) if row else 0
 
@@ -336,7 +336,7 @@ def wait_for_rate(conn: Connection, ids: Sequence[int], first: float, step: floa
     spent and no snooze counted (MAX_SNOOZES is for handlers that ask), and unleased: the
     relay ships each when it is due."""
     db.cursor(conn).execute(
-        f"UPDATE {OUTBOX} SET not_before = NOW(6) + INTERVAL (%s + %s * (FIELD(id, "
+        f"UPDATE {LEDGER} SET not_before = NOW(6) + INTERVAL (%s + %s * (FIELD(id, "
         f"{marks(ids)}) - 1)) MICROSECOND, ships = 0 WHERE id IN ({marks(ids)})",
         [int(first * 1_000_000), int(step * 1_000_000), *ids, *ids])
 
@@ -344,12 +344,12 @@ def wait_for_rate(conn: Connection, ids: Sequence[int], first: float, step: floa
 def reschedule(conn: Connection, ident: int, delay: float) -> None:
     """A failed attempt: the job's ledger row is due again `delay` seconds from now."""
     db.cursor(conn).execute(
-        f"UPDATE {OUTBOX} SET not_before = NOW(6) + INTERVAL %s MICROSECOND, ships = 0 "
+        f"UPDATE {LEDGER} SET not_before = NOW(6) + INTERVAL %s MICROSECOND, ships = 0 "
         "WHERE id = %s", (int(delay * 1_000_000), ident),
     )
 
 
-def outbox_figures(conn: Connection) -> tuple[int, int, int, int, Any, Any]:
+def ledger_figures(conn: Connection) -> tuple[int, int, int, int, Any, Any]:
     """Rows; due rows, leased ones (shipped, lease running) and delayed ones (a retry not yet
     due); the age in microseconds of the oldest row and of the most overdue due row (None
     when there is none)."""
@@ -360,7 +360,7 @@ def outbox_figures(conn: Connection) -> tuple[int, int, int, int, Any, Any]:
         f"COALESCE(SUM({LedgerState.DELAYED.condition}), 0), "
         "TIMESTAMPDIFF(MICROSECOND, MIN(created_at), NOW(6)), "
         "TIMESTAMPDIFF(MICROSECOND, MIN(CASE WHEN not_before <= NOW(6) THEN not_before END), "
-        f"NOW(6)) FROM {OUTBOX}"
+        f"NOW(6)) FROM {LEDGER}"
     )
     rows, due, leased, delayed, oldest, overdue = cursor.fetchone()
     return int(rows), int(due), int(leased), int(delayed), oldest, overdue
@@ -368,11 +368,11 @@ def outbox_figures(conn: Connection) -> tuple[int, int, int, int, Any, Any]:
 
 def unserved_rows(conn: Connection, older_than: float) -> dict[str, tuple[int, int]]:
     """Rows written `older_than` seconds ago or earlier, per function: (rows, age in
-    microseconds of the oldest). One scan of the ledger, as outbox_figures makes."""
+    microseconds of the oldest). One scan of the ledger, as ledger_figures makes."""
     cursor = db.cursor(conn)
     cursor.execute(
         "SELECT `function`, COUNT(*), TIMESTAMPDIFF(MICROSECOND, MIN(created_at), NOW(6)) "
-        f"FROM {OUTBOX} WHERE created_at <= NOW(6) - INTERVAL %s MICROSECOND "
+        f"FROM {LEDGER} WHERE created_at <= NOW(6) - INTERVAL %s MICROSECOND "
         "GROUP BY `function` ORDER BY `function`", (int(older_than * 1_000_000),),
     )
     return {str(function): (int(rows), int(oldest))
@@ -396,14 +396,14 @@ def pause(conn: Connection, function: str, by: str) -> int:
     cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
     cursor.execute(f"INSERT INTO {PAUSED} (`function`, paused_by) VALUES (%s, %s) "
                    "ON DUPLICATE KEY UPDATE paused_by = paused_by", (function, by[:255]))
-    cursor.execute(f"UPDATE {OUTBOX} SET not_before = %s WHERE `function` = %s AND "
+    cursor.execute(f"UPDATE {LEDGER} SET not_before = %s WHERE `function` = %s AND "
                    "not_before < %s", (PARKED, function, PARKED))  # fmt: skip
     return int(cursor.rowcount)
 
 
 def park(conn: Connection, ids: Sequence[int]) -> None:
     """Park ledger rows this transaction holds (their function is paused)."""
-    db.cursor(conn).execute(f"UPDATE {OUTBOX} SET not_before = %s WHERE id IN ({marks(ids)})",
+    db.cursor(conn).execute(f"UPDATE {LEDGER} SET not_before = %s WHERE id IN ({marks(ids)})",
                             [PARKED, *ids])
 
 
@@ -412,7 +412,7 @@ def resume(conn: Connection, function: str) -> tuple[bool, int]:
     cursor = db.cursor(conn)
     cursor.execute(f"DELETE FROM {PAUSED} WHERE `function` = %s", (function,))
     was_paused = bool(cursor.rowcount)
-    cursor.execute(f"UPDATE {OUTBOX} SET not_before = NOW(6), ships = 0 WHERE not_before >= %s "
+    cursor.execute(f"UPDATE {LEDGER} SET not_before = NOW(6), ships = 0 WHERE not_before >= %s "
                    "AND `function` = %s", (PARKED, function))  # fmt: skip
     return was_paused, int(cursor.rowcount)
 
@@ -428,7 +428,7 @@ def cancel_ledger_row(conn: Connection, ident: int, function: str) -> int:
     """Delete a ledger row (locked by lock_ledger_row) and its failed attempts: its job never
     runs, though a copy may sit in gearmand (it finds no row). Rows deleted (0 or 1)."""
     cursor = db.cursor(conn)
-    cursor.execute(f"DELETE FROM {OUTBOX} WHERE id = %s", (ident,))
+    cursor.execute(f"DELETE FROM {LEDGER} WHERE id = %s", (ident,))
     deleted = int(cursor.rowcount)
     cursor.execute(f"DELETE FROM {ATTEMPTS} WHERE job_key = %s", (ledger_key(function, ident),))
     return deleted
@@ -444,7 +444,7 @@ LEDGER_COLUMNS = ("id, `function`, unique_key, priority, not_before, created_at,
 def ledger_ids(conn: Connection) -> tuple[int, int] | None:
     """The lowest and highest id in the ledger, None when it is empty."""
     cursor = db.cursor(conn)
-    cursor.execute(f"SELECT MIN(id), MAX(id) FROM {OUTBOX}")
+    cursor.execute(f"SELECT MIN(id), MAX(id) FROM {LEDGER}")
     low, high = cursor.fetchone()
     return None if low is None else (int(low), int(high))
 
@@ -458,7 +458,7 @@ def ledger_figures_between(conn: Connection, low: int, high: int) -> tuple[Any, 
         f"COALESCE(SUM({LedgerState.LEASED.condition}), 0), "
         f"COALESCE(SUM({LedgerState.DELAYED.condition}), 0), MIN(created_at), "
         "MIN(CASE WHEN not_before <= NOW(6) THEN not_before END), NOW(6) "
-        f"FROM {OUTBOX} WHERE id > %s AND id <= %s", (low, high),
+        f"FROM {LEDGER} WHERE id > %s AND id <= %s", (low, high),
     )
     return tuple(cursor.fetchone())
 
@@ -493,12 +493,12 @@ def ledger_page(conn: Connection, state: str | None, after: int, limit: int, sca
     else:
         past, past_args = ("WHERE id < %s" if newest else "WHERE id > %s"), [after]
     if not conditions:  # every row: the next `limit` ids are the page
-        cursor.execute(f"SELECT id FROM {OUTBOX} {past} ORDER BY id {order} LIMIT %s",
+        cursor.execute(f"SELECT id FROM {LEDGER} {past} ORDER BY id {order} LIMIT %s",
                        (*past_args, limit))
     else:  # no index serves these: look through the next `scan` rows
         columns = "id, `function`, not_before, ships, created_at" + (", payload" if search
                                                                       else "")
-        cursor.execute(f"SELECT id FROM (SELECT {columns} FROM {OUTBOX} {past} ORDER BY id "
+        cursor.execute(f"SELECT id FROM (SELECT {columns} FROM {LEDGER} {past} ORDER BY id "
                        f"{order} LIMIT %s) AS scanned WHERE {' AND '.join(conditions)} "
                        f"ORDER BY id {order} LIMIT %s",
                        (*past_args, scan, *args, limit))  # fmt: skip
@@ -507,13 +507,13 @@ def ledger_page(conn: Connection, state: str | None, after: int, limit: int, sca
         following: int | None = ids[-1]
     else:  # the window held fewer: go on past its last row, if the table goes on
         cursor.execute(f"SELECT {'MIN' if newest else 'MAX'}(id), COUNT(*) FROM (SELECT id "
-                       f"FROM {OUTBOX} {past} ORDER BY id {order} LIMIT %s) AS scanned",
+                       f"FROM {LEDGER} {past} ORDER BY id {order} LIMIT %s) AS scanned",
                        (*past_args, scan))  # fmt: skip
         last, read = cursor.fetchone()
         following = int(last) if last is not None and int(read) == scan else None
     if not ids:
         return [], following
-    cursor.execute(f"SELECT {LEDGER_COLUMNS} FROM {OUTBOX} WHERE id IN ({marks(ids)}) "
+    cursor.execute(f"SELECT {LEDGER_COLUMNS} FROM {LEDGER} WHERE id IN ({marks(ids)}) "
                    f"ORDER BY id {order}", [preview, *ids])  # fmt: skip
     return list(cursor.fetchall()), following
 
@@ -524,7 +524,7 @@ def ledger_row(conn: Connection, ident: int, head: int
     not_before, created_at, ships, LENGTH(payload), LEFT(payload, head), due) or None; and
     its job's failed attempts so far: (failures, first_at, last_error, traceback) or None."""
     cursor = db.cursor(conn)
-    cursor.execute(f"SELECT {LEDGER_COLUMNS} FROM {OUTBOX} WHERE id = %s", (head, ident))
+    cursor.execute(f"SELECT {LEDGER_COLUMNS} FROM {LEDGER} WHERE id = %s", (head, ident))
     row = cursor.fetchone()
     if row is None:
         return None, None
@@ -540,7 +540,7 @@ def functions_seen(conn: Connection, window: int) -> set[str]:
     cursor = db.cursor(conn)
     cursor.execute(f"SELECT DISTINCT `function` FROM {DEAD_LETTERS}")
     found = {str(row[0]) for row in cursor.fetchall()}
-    cursor.execute(f"SELECT DISTINCT `function` FROM (SELECT `function` FROM {OUTBOX} ORDER BY "
+    cursor.execute(f"SELECT DISTINCT `function` FROM (SELECT `function` FROM {LEDGER} ORDER BY "
                    "id DESC LIMIT %s) AS recent", (window,))  # fmt: skip
     return found | {str(row[0]) for row in cursor.fetchall()}
 
@@ -553,7 +553,7 @@ def lock_ledger_row(conn: Connection, ident: int) -> tuple[str, str] | None:
     states = " ".join(f"WHEN {state.condition} THEN '{state.value}'" for state in LedgerState)
     try:
         with db.translating():
-            cursor.execute(f"SELECT `function`, CASE {states} END FROM {OUTBOX} WHERE id = %s "
+            cursor.execute(f"SELECT `function`, CASE {states} END FROM {LEDGER} WHERE id = %s "
                            "FOR UPDATE NOWAIT", (ident,))  # fmt: skip
             row = cursor.fetchone()
     except db.ERRORS as exc:
@@ -565,14 +565,14 @@ def lock_ledger_row(conn: Connection, ident: int) -> tuple[str, str] | None:
 
 def _gone(conn: Connection, ident: int) -> bool:
     cursor = db.cursor(conn)
-    cursor.execute(f"SELECT COUNT(*) FROM {OUTBOX} WHERE id = %s", (ident,))
+    cursor.execute(f"SELECT COUNT(*) FROM {LEDGER} WHERE id = %s", (ident,))
     return not int(cursor.fetchone()[0])
 
 
 def run_ledger_row_now(conn: Connection, ident: int) -> int:
     """A delayed row (a retry waiting out its back-off) due now: rows changed (0 or 1)."""
     cursor = db.cursor(conn)
-    cursor.execute(f"UPDATE {OUTBOX} SET not_before = NOW(6) WHERE id = %s AND "
+    cursor.execute(f"UPDATE {LEDGER} SET not_before = NOW(6) WHERE id = %s AND "
                    f"{LedgerState.DELAYED.condition}", (ident,))  # fmt: skip
     return int(cursor.rowcount)
 
@@ -587,19 +587,19 @@ def ledger_row_to_dead_letters(conn: Connection, ident: int, function: str, erro
         f"INSERT INTO {DEAD_LETTERS} (`function`, payload, unique_key, attempts, error, "
         "traceback, first_failed_at) SELECT o.`function`, o.payload, o.unique_key, "
         "COALESCE(a.failures, 0), %s, a.traceback, COALESCE(a.first_at, NOW(6)) "
-        f"FROM {OUTBOX} AS o LEFT JOIN {ATTEMPTS} AS a ON a.job_key = %s WHERE o.id = %s",
+        f"FROM {LEDGER} AS o LEFT JOIN {ATTEMPTS} AS a ON a.job_key = %s WHERE o.id = %s",
         (error, key, ident))  # fmt: skip
     moved = int(cursor.rowcount)
-    cursor.execute(f"DELETE FROM {OUTBOX} WHERE id = %s", (ident,))
+    cursor.execute(f"DELETE FROM {LEDGER} WHERE id = %s", (ident,))
     cursor.execute(f"DELETE FROM {ATTEMPTS} WHERE job_key = %s", (key,))
     return moved
 
 
 def enqueue_many(conn: Connection, jobs: Sequence[tuple[str, bytes, str | None]]) -> None:
-    """Put (function, payload, unique) jobs in the outbox, due now, their ids in this order."""
+    """Put (function, payload, unique) jobs in the ledger, due now, their ids in this order."""
     if jobs:
         db.cursor(conn).execute(
-            f"INSERT INTO {OUTBOX} (`function`, payload, unique_key) VALUES "
+            f"INSERT INTO {LEDGER} (`function`, payload, unique_key) VALUES "
             + ", ".join(["(%s, %s, %s)"] * len(jobs)),
             [value for job in jobs for value in job],
         )

@@ -16,7 +16,7 @@ from workerhost.store.db import Connection
 from workerhost.store.schema import (
     ATTEMPTS,
     DEAD_LETTERS,
-    OUTBOX,
+    LEDGER,
     REFUSED,
     REFUSED_HEAD,
     REFUSED_KEPT,
@@ -89,15 +89,15 @@ def add_dead_letter(
     forget(conn, key)
 
 
-def outbox_to_dead_letters(conn: Connection, ident: int, error: str) -> None:
-    """Move one outbox row to the dead letters, with `error` as the reason."""
+def unshippable_to_dead_letters(conn: Connection, ident: int, error: str) -> None:
+    """Move one ledger row that gearmand refused to the dead letters, with `error` as the reason."""
     cursor = db.cursor(conn)
     cursor.execute(
         f"INSERT INTO {DEAD_LETTERS} (`function`, payload, unique_key, attempts, error, "
         f"first_failed_at) SELECT `function`, payload, unique_key, 0, %s, NOW(6) "
-        f"FROM {OUTBOX} WHERE id = %s", (error, ident),
+        f"FROM {LEDGER} WHERE id = %s", (error, ident),
     )
-    cursor.execute(f"DELETE FROM {OUTBOX} WHERE id = %s", (ident,))
+    cursor.execute(f"DELETE FROM {LEDGER} WHERE id = %s", (ident,))
 
 
 def dead_letters(conn: Connection, function: str | None, limit: int) -> list[tuple[Any, ...]]:
@@ -122,7 +122,7 @@ _NOT_REFUSED = "NOT (attempts = 0 AND error LIKE 'refused:%')"
 
 
 def requeue_dead_letters(conn: Connection, ids: Sequence[int] | None) -> int:
-    """Move dead letters (all when `ids` is None) back to the outbox; how many moved."""
+    """Move dead letters (all when `ids` is None) back to the ledger; how many moved."""
     cursor = db.cursor(conn)
     where = f"WHERE id IN ({marks(ids)}) AND {_NOT_REFUSED}" if ids else f"WHERE {_NOT_REFUSED}"
     cursor.execute(f"SELECT id FROM {DEAD_LETTERS} {where} ORDER BY id FOR UPDATE", ids or [])
@@ -130,7 +130,7 @@ def requeue_dead_letters(conn: Connection, ids: Sequence[int] | None) -> int:
     if not found:
         return 0
     cursor.execute(
-        f"INSERT INTO {OUTBOX} (`function`, payload, unique_key) SELECT `function`, payload, "
+        f"INSERT INTO {LEDGER} (`function`, payload, unique_key) SELECT `function`, payload, "
         f"unique_key FROM {DEAD_LETTERS} WHERE id IN ({marks(found)}) ORDER BY id", found,
     )
     cursor.execute(f"DELETE FROM {DEAD_LETTERS} WHERE id IN ({marks(found)})", found)

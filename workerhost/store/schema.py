@@ -27,7 +27,7 @@ from workerhost.store import db
 from workerhost.store.db import Connection
 
 log = logging.getLogger("workerhost.store")
-OUTBOX = "workerhost_outbox"
+LEDGER = "workerhost_outbox"
 ATTEMPTS = "workerhost_attempts"
 DEAD_LETTERS = "workerhost_dead_letters"
 REFUSED = "workerhost_refused"
@@ -46,12 +46,12 @@ REFUSED_HEAD = 256
 # Lock errors of a NOWAIT read: MariaDB answers a lock wait timeout, MySQL a NOWAIT error.
 _LOCKED_ERRNOS = frozenset({1205, 3572})
 SCHEMA_RESOURCE = "sql/workerhost.sql"
-# The columns a trigger's outbox INSERT names: a lone entry leaves unique_key NULL.
-OUTBOX_TRIGGER_COLUMNS = "(`function`, `payload`)"
-OUTBOX_TRIGGER_COLUMNS_UNIQUE = "(`function`, `payload`, `unique_key`)"
+# The columns a trigger's ledger INSERT names: a lone entry leaves unique_key NULL.
+LEDGER_TRIGGER_COLUMNS = "(`function`, `payload`)"
+LEDGER_TRIGGER_COLUMNS_UNIQUE = "(`function`, `payload`, `unique_key`)"
 # Immediate delivery's row: shipped by the trigger itself, so leased from the start, with the
 # token the trigger ships (every other writer leaves the token to the column's default).
-OUTBOX_TRIGGER_COLUMNS_LEASED = ("(`function`, `payload`, `unique_key`, `not_before`, `ships`, "
+LEDGER_TRIGGER_COLUMNS_LEASED = ("(`function`, `payload`, `unique_key`, `not_before`, `ships`, "
                                  "`token`)")
 # What a trigger makes a row's token of, as the column's default does (sql/workerhost.sql).
 TOKEN_EXPRESSION = "HEX(RANDOM_BYTES(16))"
@@ -89,20 +89,20 @@ def created_table(statement: str) -> str:
 # its default: MySQL refuses (with binary logging on) to fill existing rows from a default
 # that differs from call to call.
 MIGRATIONS = (
-    (OUTBOX, "ships", (f"ALTER TABLE {OUTBOX} ADD COLUMN ships INT UNSIGNED NOT NULL DEFAULT 0",)),
-    (OUTBOX, "token", (
-        f"ALTER TABLE {OUTBOX} ADD COLUMN token CHAR(32) CHARACTER SET ascii NULL",
-        f"UPDATE {OUTBOX} SET token = {TOKEN_EXPRESSION} WHERE token IS NULL",
-        f"ALTER TABLE {OUTBOX} MODIFY COLUMN token CHAR(32) CHARACTER SET ascii NOT NULL "
+    (LEDGER, "ships", (f"ALTER TABLE {LEDGER} ADD COLUMN ships INT UNSIGNED NOT NULL DEFAULT 0",)),
+    (LEDGER, "token", (
+        f"ALTER TABLE {LEDGER} ADD COLUMN token CHAR(32) CHARACTER SET ascii NULL",
+        f"UPDATE {LEDGER} SET token = {TOKEN_EXPRESSION} WHERE token IS NULL",
+        f"ALTER TABLE {LEDGER} MODIFY COLUMN token CHAR(32) CHARACTER SET ascii NOT NULL "
         f"DEFAULT ({TOKEN_EXPRESSION})",
     )),
-    (OUTBOX, "snoozes", (f"ALTER TABLE {OUTBOX} ADD COLUMN snoozes INT UNSIGNED NOT NULL "
+    (LEDGER, "snoozes", (f"ALTER TABLE {LEDGER} ADD COLUMN snoozes INT UNSIGNED NOT NULL "
                          "DEFAULT 0",)),
-    (OUTBOX, "merge_key", (f"ALTER TABLE {OUTBOX} ADD COLUMN merge_key VARCHAR(255) NULL",)),
+    (LEDGER, "merge_key", (f"ALTER TABLE {LEDGER} ADD COLUMN merge_key VARCHAR(255) NULL",)),
 )
 # Indexes added since the first layout: create() adds what is missing.
-INDEX_MIGRATIONS = ((OUTBOX, "due", "INDEX due (not_before)"),
-                    (OUTBOX, "merge_key", "UNIQUE INDEX merge_key (`function`, merge_key)"))
+INDEX_MIGRATIONS = ((LEDGER, "due", "INDEX due (not_before)"),
+                    (LEDGER, "merge_key", "UNIQUE INDEX merge_key (`function`, merge_key)"))
 # The view is the operator's, not the host's: an account that may create tables but not views
 # runs the host all the same, and is told what to grant.
 _VIEW_DENIED_ERRNOS = frozenset({1142, 1044})  # CREATE VIEW denied on the table / database
