@@ -1023,9 +1023,8 @@ def test_in_a_browser_the_schedules_page_shows_each_slot_that_fired(
 
 
 def test_ledger_and_dead_letters_are_paged_by_key_through_every_row(db: Any) -> None:
-    from workerhost.store import ledger as ledger_store
+    from workerhost.store import ledger_pages, schema
     from workerhost.store import letters as letters_store
-    from workerhost.store import schema
     from workerhost.store.db import cursor as shared_cursor
 
     shared_cursor(db)  # the statements below share the connection's cursor, as the host's do
@@ -1049,7 +1048,7 @@ def test_ledger_and_dead_letters_are_paged_by_key_through_every_row(db: Any) -> 
         seen: list[int] = []
         after: int | None = 0
         while after is not None:
-            rows, after = ledger_store.ledger_page(db, state, after, limit, scan, 10, function,
+            rows, after = ledger_pages.ledger_page(db, state, after, limit, scan, 10, function,
                                                    search)
             seen += [int(row[0]) for row in rows]
         return seen
@@ -1068,7 +1067,7 @@ def test_ledger_and_dead_letters_are_paged_by_key_through_every_row(db: Any) -> 
         seen: list[int] = []
         after: int | None = 0
         while after is not None:
-            rows, after = ledger_store.ledger_page(db, state, after, limit, scan, 10, function,
+            rows, after = ledger_pages.ledger_page(db, state, after, limit, scan, 10, function,
                                              newest=True)
             seen += [int(row[0]) for row in rows]
         return seen
@@ -1076,7 +1075,7 @@ def test_ledger_and_dead_letters_are_paged_by_key_through_every_row(db: Any) -> 
     assert newest(None, 7, 20) == list(range(90, 0, -1))
     assert newest("leased", 4, 11) == [i for i in range(90, 0, -1) if i % 3 == 1]
     assert newest("due", 5, 9, "fn0") == [i for i in range(90, 0, -1) if i % 6 == 0]
-    assert ledger_store.functions_seen(db, 1) == {"fn0", "fn1"}  # the dead letters hold both
+    assert ledger_pages.functions_seen(db, 1) == {"fn0", "fn1"}  # the dead letters hold both
 
     def letters_of(function: str | None, search: str | None) -> list[int]:
         seen: list[int] = []

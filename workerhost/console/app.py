@@ -48,8 +48,7 @@ from workerhost.console.proxies import TrustedProxies
 from workerhost.console.throttle import LoginThrottle
 from workerhost.model.ledger_state import STATES
 from workerhost.observe import logs
-from workerhost.store import ledger as ledger_store
-from workerhost.store import letters, logout_table
+from workerhost.store import job_control, letters, logout_table
 from workerhost.store.db import RUN_ERRORS, Database
 
 log = logging.getLogger("workerhost.console")
@@ -361,15 +360,15 @@ def create_app(config: Config, listen: Server) -> Flask:
         reason = f"moved to the dead letters by {g.visitor.name} (console)"
 
         def act(conn: Any) -> str:
-            found = ledger_store.lock_ledger_row(conn, ident)
+            found = job_control.lock_ledger_row(conn, ident)
             if found is None or found[1] == "held":
                 return "gone" if found is None else "held"
             function, state = found
             if verb == "run":
-                return "done" if ledger_store.run_ledger_row_now(conn, ident) else state
+                return "done" if job_control.run_ledger_row_now(conn, ident) else state
             if verb == "cancel":
-                return "done" if ledger_store.cancel_ledger_row(conn, ident, function) else "gone"
-            return "done" if ledger_store.ledger_row_to_dead_letters(conn, ident, function,
+                return "done" if job_control.cancel_ledger_row(conn, ident, function) else "gone"
+            return "done" if job_control.ledger_row_to_dead_letters(conn, ident, function,
                                                                      reason) else "gone"
 
         with reading() as db:
@@ -394,7 +393,7 @@ def create_app(config: Config, listen: Server) -> Flask:
         auth.admin_only(g.visitor)
         function = query.function_named(request.args)
         with reading() as db:
-            paused = db.run(ledger_store.paused_functions, deadline=time.monotonic()
+            paused = db.run(job_control.paused_functions, deadline=time.monotonic()
                             + figures.PAGE_DEADLINE)  # fmt: skip
         since = next((found for found in paused if found[0] == function), None)
         return render_template("confirm_function.html", verb=verb, function=function,
@@ -410,11 +409,11 @@ def create_app(config: Config, listen: Server) -> Flask:
         own = Database(figures.database_params(config))
         try:
             if verb == "pause":
-                moved = own.run(lambda conn: ledger_store.pause(conn, function, by),
+                moved = own.run(lambda conn: job_control.pause(conn, function, by),
                                 deadline=time.monotonic() + figures.PAGE_DEADLINE)
                 was = True
             else:
-                was, moved = own.run(lambda conn: ledger_store.resume(conn, function),
+                was, moved = own.run(lambda conn: job_control.resume(conn, function),
                                      deadline=time.monotonic() + figures.PAGE_DEADLINE)
         except RUN_ERRORS as exc:
             abort(503, description="the database did not answer: "

@@ -32,9 +32,8 @@ from workerhost.gearman import admin as gearadmin
 from workerhost.host import scheduler
 from workerhost.model.ledger_state import LedgerState
 from workerhost.observe import logs, status
-from workerhost.store import ledger as ledger_store
+from workerhost.store import job_control, ledger_pages, schedule_table
 from workerhost.store import letters as letters_store
-from workerhost.store import schedule_table
 from workerhost.store.db import RUN_ERRORS, Database
 from workerhost.store.deadletters import DeadLetter, letter_of_row
 
@@ -312,7 +311,7 @@ def _scrape(url: str) -> str:
 def _count(db: Database, started: float) -> LedgerCount:
     """The ledger's backlog, one LEDGER_CHUNK of ids per statement."""
     deadline = started + PAGE_DEADLINE
-    span = db.run(ledger_store.ledger_ids, deadline=deadline)
+    span = db.run(ledger_pages.ledger_ids, deadline=deadline)
     rows = due = leased = delayed = 0
     oldest: datetime | None = None
     earliest_due: datetime | None = None
@@ -322,7 +321,7 @@ def _count(db: Database, started: float) -> LedgerCount:
         while low < span[1]:
             high = min(low + LEDGER_CHUNK, span[1])
             def chunk(conn: Any, a: int = low, b: int = high) -> tuple[Any, ...]:
-                return ledger_store.ledger_figures_between(conn, a, b)
+                return ledger_pages.ledger_figures_between(conn, a, b)
 
             n, d, ls, dl, first, due_at, now = db.run(chunk, deadline=time.monotonic()
                                                       + PAGE_DEADLINE)
@@ -352,7 +351,7 @@ def overview(config: Config, db: Database, sampler: Sampler) -> Overview:
 
     def read(conn: Any) -> tuple[Mapping[str, int], list[tuple[str, datetime, str | None]]]:
         return (letters_store.dead_letters_by_function(conn),
-                ledger_store.paused_functions(conn))
+                job_control.paused_functions(conn))
 
     try:
         letters, stopped = db.run(read, deadline=_deadline())
@@ -529,7 +528,7 @@ def ledger_page(db: Database, state: str | None, after: int, function: str | Non
                 search: str | None, secrets: Sequence[str], newest: bool = False
                 ) -> tuple[list[LedgerLine], int | None]:  # fmt: skip
     rows, following = db.run(
-        lambda conn: ledger_store.ledger_page(conn, state, after, PAGE_SIZE, LEDGER_SCAN,
+        lambda conn: ledger_pages.ledger_page(conn, state, after, PAGE_SIZE, LEDGER_SCAN,
                                         _reach(PREVIEW, secrets), function, search, secrets,
                                         newest),
         deadline=_deadline())  # fmt: skip
@@ -567,7 +566,7 @@ class LedgerDetail:
 
 def ledger_row(db: Database, ident: int, secrets: Sequence[str]) -> LedgerDetail | None:
     row, attempts = db.run(
-        lambda conn: ledger_store.ledger_row(conn, ident, _reach(DETAIL_BYTES, secrets)),
+        lambda conn: ledger_pages.ledger_row(conn, ident, _reach(DETAIL_BYTES, secrets)),
         deadline=_deadline())  # fmt: skip
     if row is None:
         return None
@@ -582,7 +581,7 @@ def ledger_row(db: Database, ident: int, secrets: Sequence[str]) -> LedgerDetail
 def functions(config: Config, db: Database) -> list[str]:
     """Every function a filter offers: the file's handlers, every dead letter's, and those
     of the newest FUNCTION_WINDOW ledger rows."""
-    seen = db.run(lambda conn: ledger_store.functions_seen(conn, FUNCTION_WINDOW),
+    seen = db.run(lambda conn: ledger_pages.functions_seen(conn, FUNCTION_WINDOW),
                   deadline=_deadline())  # fmt: skip
     return sorted({*config.handlers, *seen})
 

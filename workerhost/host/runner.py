@@ -34,7 +34,7 @@ from workerhost.errors import ConnectError, JobError, Snooze
 from workerhost.host import command, failures, handlers
 from workerhost.model.job import Job, Outcome, row_unique
 from workerhost.observe import events, logs
-from workerhost.store import db, ledger, letters
+from workerhost.store import db, job_control, ledger, letters, limit_rows
 from workerhost.store.db import Connection, Database, is_transient
 
 log = logging.getLogger("workerhost.worker")
@@ -254,9 +254,9 @@ class Runner:
             return True
         if not self._slots_set:
             # In a transaction of its own: writing slot rows waits on those held.
-            self._limits().run(lambda other: ledger.set_slots(other, self.handler.name, limit))
+            self._limits().run(lambda other: limit_rows.set_slots(other, self.handler.name, limit))
             self._slots_set = True
-        return ledger.take_slot(conn, self.handler.name)
+        return limit_rows.take_slot(conn, self.handler.name)
 
     def _take_rate(self, wanted: int) -> int:
         """How many of `wanted` jobs may start now (limits: rate), all when there is no such
@@ -267,7 +267,8 @@ class Runner:
         limits = self._limits()
         try:
             with db.translating():
-                return ledger.take_rate(limits.conn, self.handler.name, self.handler.rate, wanted)
+                return limit_rows.take_rate(limits.conn, self.handler.name, self.handler.rate,
+                                            wanted)
         except db.RUN_ERRORS as exc:
             cause = exc.__cause__ if isinstance(exc, ConnectError) else db.translate(exc)
             if cause is None or not is_transient(cause):
@@ -277,7 +278,7 @@ class Runner:
 
     def _wait_for_rate(self, conn: Connection, jobs: list[Job]) -> bool:
         """Jobs that got no token (limits: rate) wait in the ledger, in this transaction,
-        until their token is due (ledger.book_rate), and their gearmand jobs are answered, so
+        until their token is due (limit_rows.book_rate), and their gearmand jobs are answered, so
         that a backlog waits in the ledger, not in workers, whatever the lease. False when
         that cannot be done: jobs from outside the ledger, or the limits connection lost; such
         jobs are held by their worker, which asks again soon."""
@@ -288,14 +289,14 @@ class Runner:
         limits = self._limits()
         try:
             with db.translating():
-                first = ledger.book_rate(limits.conn, self.handler.name, rate, len(ids))
+                first = limit_rows.book_rate(limits.conn, self.handler.name, rate, len(ids))
         except db.RUN_ERRORS as exc:
             cause = exc.__cause__ if isinstance(exc, ConnectError) else db.translate(exc)
             if cause is None or not is_transient(cause):
                 raise
             limits.reset()
             return False
-        ledger.wait_for_rate(conn, ids, first, 1 / rate)
+        limit_rows.wait_for_rate(conn, ids, first, 1 / rate)
         log.debug("%d jobs of %s past the rate, due again in %.3gs and on", len(ids),
                   self.handler.name, first)
         return True
@@ -327,7 +328,7 @@ class Runner:
         ident = job.ledger
         if ident is None:
             ident = ledger.enqueue(conn, job.function, job.payload, failures.stable_unique(job))
-        ledger.park(conn, [ident])
+        job_control.park(conn, [ident])
         log.info("job %s parked in the ledger: %s is paused", job.describe(), job.function,
                  extra=logs.job_fields(job))
 

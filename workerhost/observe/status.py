@@ -25,7 +25,7 @@ from workerhost.errors import ConnectError
 from workerhost.gearman import admin as gearadmin
 from workerhost.model.timetable import UTC, Timetable
 from workerhost.observe import logs
-from workerhost.store import ledger, schedule_table
+from workerhost.store import job_control, ledger, schedule_table
 from workerhost.store import letters as letters_store
 from workerhost.store.db import Connection, Database, is_transient
 from workerhost.store.schedule_table import ScheduleRow
@@ -184,7 +184,7 @@ def database(db: Database, *, timeout: float = STATUS_TIMEOUT, schedules: bool =
         unserved = {} if unserved_after is None else {
             function: Unserved(function, count, int(oldest) / 1e6)
             for function, (count, oldest) in ledger.unserved_rows(conn, unserved_after).items()}
-        paused = tuple(name for name, _, _ in ledger.paused_functions(conn))
+        paused = tuple(name for name, _, _ in job_control.paused_functions(conn))
         return (letters_store.dead_letters_by_function(conn), ledger_figures(conn), rows, unserved,
                 paused)
 

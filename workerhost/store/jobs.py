@@ -18,7 +18,7 @@ from typing import Any
 
 from workerhost.model.ledger_state import LedgerState
 from workerhost.observe import logs
-from workerhost.store import ledger
+from workerhost.store import job_control, ledger_pages
 from workerhost.store.db import Database
 
 # Bytes of a payload `jobs list` shows; `jobs show` shows it whole.
@@ -65,7 +65,7 @@ def list_jobs(db: Database, function: str | None, state: str | None, search: str
     `older_than`, only those written at least that many seconds ago."""
     password = _password(db)
     secrets = [password] if password else []
-    rows, _ = db.run(lambda conn: ledger.ledger_page(
+    rows, _ = db.run(lambda conn: ledger_pages.ledger_page(
         conn, state, 0, limit, LIST_SCAN, PREVIEW, function,
         search, secrets, newest=True, older_than=older_than))
     found = [_row(tuple(row), password) for row in rows]
@@ -74,7 +74,7 @@ def list_jobs(db: Database, function: str | None, state: str | None, search: str
 
 def show(db: Database, ident: int) -> JobRow | None:
     password = _password(db)
-    row, attempts = db.run(lambda conn: ledger.ledger_row(conn, ident, SHOW_BYTES))
+    row, attempts = db.run(lambda conn: ledger_pages.ledger_row(conn, ident, SHOW_BYTES))
     if row is None:
         return None
     job = _row(row, password)
@@ -91,7 +91,7 @@ def _on_row(db: Database, ident: int, act: Callable[[Any, str], str]) -> str:
     done, cancelled, or never there)."""
 
     def work(conn: Any) -> str:
-        found = ledger.lock_ledger_row(conn, ident)
+        found = job_control.lock_ledger_row(conn, ident)
         if found is None:
             return "missing"
         function, state = found
@@ -103,30 +103,30 @@ def _on_row(db: Database, ident: int, act: Callable[[Any, str], str]) -> str:
 
 def cancel(db: Database, ident: int) -> str:
     """Cancel one job: "cancelled", "running" or "missing" (_on_row)."""
-    return _on_row(db, ident, lambda conn, function: "cancelled" if ledger.cancel_ledger_row(
+    return _on_row(db, ident, lambda conn, function: "cancelled" if job_control.cancel_ledger_row(
         conn, ident, function) else "missing")
 
 
 def run_now(db: Database, ident: int) -> str:
     """Make a delayed job (a retry waiting out its back-off) due now: "due", "running",
     "missing" (_on_row), or "not delayed" (due or leased already: the relay has it)."""
-    return _on_row(db, ident, lambda conn, _function: "due" if ledger.run_ledger_row_now(
+    return _on_row(db, ident, lambda conn, _function: "due" if job_control.run_ledger_row_now(
         conn, ident) else "not delayed")
 
 
 def pause(db: Database, function: str) -> int:
     """Pause a function on every host; how many waiting jobs were parked."""
     by = f"{socket.gethostname()}:{os.getpid()}"
-    parked: int = db.run(lambda conn: ledger.pause(conn, function, by))
+    parked: int = db.run(lambda conn: job_control.pause(conn, function, by))
     return parked
 
 
 def resume(db: Database, function: str) -> tuple[bool, int]:
     """Resume a function: (whether it was paused, how many parked jobs are due again)."""
-    resumed: tuple[bool, int] = db.run(lambda conn: ledger.resume(conn, function))
+    resumed: tuple[bool, int] = db.run(lambda conn: job_control.resume(conn, function))
     return resumed
 
 
 def paused(db: Database) -> list[tuple[str, datetime, str | None]]:
-    found: list[tuple[str, datetime, str | None]] = db.run(ledger.paused_functions)
+    found: list[tuple[str, datetime, str | None]] = db.run(job_control.paused_functions)
     return found
