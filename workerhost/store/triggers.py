@@ -66,7 +66,7 @@ from typing import Literal, TypeVar
 
 import mysql.connector
 
-from workerhost.config.load import row_references
+from workerhost.config.conditions import row_references
 from workerhost.config.settings import DEFAULT_RELAY_LEASE, Config, TriggerConfig
 from workerhost.errors import ConfigError, WorkerHostError
 from workerhost.store import schema
