@@ -23,6 +23,7 @@ from workerhost.config.settings import Config
 from workerhost.gearman import admin as gearadmin
 from workerhost.model.job import Outcome
 from workerhost.observe import events, metrics, status
+from workerhost.observe import health as healthz
 from workerhost.sandbox.processes import free_port
 from workerhost.sandbox.stack import Sandbox
 
@@ -348,7 +349,7 @@ def test_health_needs_a_worker_of_ours_and_the_database(
         return [gearadmin.Connection("127.0.0.1", client_id, ("touch",)),
                 gearadmin.Connection("127.0.0.1", "-", ())]
 
-    ok, body = metrics.check_health(
+    ok, body = healthz.check_health(
         _config(["127.0.0.1:1", "127.0.0.1:2"]), ours=lambda pid: ours and pid == 123,
         workers=workers, database=lambda: db_problem)
     assert (ok, body["reasons"]) == (healthy, reasons)
@@ -363,9 +364,9 @@ def test_is_child_of_reads_the_parent_from_proc() -> None:
     child.start()
     try:
         assert child.pid is not None
-        assert metrics.is_child_of(os.getpid())(child.pid)
-        assert not metrics.is_child_of(os.getpid() + 100000)(child.pid)
-        assert not metrics.is_child_of(os.getpid())(os.getpid())
+        assert healthz.is_child_of(os.getpid())(child.pid)
+        assert not healthz.is_child_of(os.getpid() + 100000)(child.pid)
+        assert not healthz.is_child_of(os.getpid())(os.getpid())
     finally:
         child.kill()
         child.join()
