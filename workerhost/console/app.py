@@ -1,13 +1,12 @@
-"""The console's pages and actions, as a Flask application.
+"""The console's pages, as a Flask application (actions.py adds the actions' views).
 
 Every request passes `_before` first: static files and the login page aside, a visitor
 without a login is refused (a browser is sent to the login page, a script gets 401). The
 console takes four methods: GET, HEAD and OPTIONS, which change nothing (an action's GET is
 its confirmation page, a view of its own), and POST, the only one an action answers to, which
 must carry a CSRF token (Flask-WTF's, checked in `_before` before any view runs); any other
-method is refused with 405 before it reaches a view. Actions are admin-only, logged with the
-user, and answer with the page they came from and a line saying how many letters they moved
-or deleted. api.py serves what the pages show as JSON, behind the same logins.
+method is refused with 405 before it reaches a view. Actions are admin-only and logged with
+the user (actions.py). api.py serves what the pages show as JSON, behind the same logins.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -28,7 +27,6 @@ from flask import (
     Flask,
     Response,
     abort,
-    flash,
     g,
     jsonify,
     redirect,
@@ -43,18 +41,17 @@ from werkzeug.wrappers import Response as AnyResponse
 
 from workerhost.config.converters import Server
 from workerhost.config.settings import Config
-from workerhost.console import api, auth, charts, figures, processes, query
+from workerhost.console import actions, api, auth, charts, figures, processes, query
 from workerhost.console.proxies import TrustedProxies
 from workerhost.console.throttle import LoginThrottle
 from workerhost.model.ledger_state import STATES
 from workerhost.observe import logs
-from workerhost.store import job_control, letters, logout_table
+from workerhost.store import logout_table
 from workerhost.store.db import RUN_ERRORS, Database
 
 log = logging.getLogger("workerhost.console")
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # methods no view changes anything for
-ACTION_BATCH = 500  # dead letters moved or deleted per transaction by an action on a filter
 OPEN = frozenset({"login", "static"})  # endpoints that need no login
 REFRESH_SECONDS = 3  # how often the overview's figures are fetched again
 SECURITY_HEADERS = {
@@ -74,12 +71,6 @@ class _Sessions(SecureCookieSessionInterface):
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return request.is_secure
-
-
-def _field(text: str) -> str:
-    """`text` for a log line: control characters escaped, so that a newline in a form's
-    field cannot start a forged line of its own."""
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def create_app(config: Config, listen: Server) -> Flask:
@@ -299,173 +290,13 @@ def create_app(config: Config, listen: Server) -> Flask:
         with reading() as db:
             return render_template("_workers.html", p=processes.read(config, db, secrets))
 
-    # -- acting: a confirmation page (GET), then the action (POST) ------------------------
-    # Confirmations and actions are views of their own: HEAD, which Flask answers with the
-    # GET view, must never reach an action.
-    @app.get("/dead-letters/<int:ident>/<any(retry, purge):verb>")
-    def confirm_one(ident: int, verb: str) -> Any:
-        auth.admin_only(g.visitor)
-        with reading() as db:
-            letter = figures.dead_letter(db, ident)
-        if letter is None:
-            abort(404, description=f"no dead letter with id {ident} (retried or purged?)")
-        return render_template("confirm.html", verb=verb, count=1, letter=letter,
-                               function=None, search=None, upto=None, found=None)
-
-    @app.post("/dead-letters/<int:ident>/<any(retry, purge):verb>")
-    def one(ident: int, verb: str) -> Any:
-        auth.admin_only(g.visitor)
-        with reading() as db:
-            if verb == "retry":
-                done = db.run(lambda conn: letters.requeue_dead_letters(conn, [ident]))
-            else:
-                done = db.run(lambda conn: letters.purge_dead_letters(conn, [ident], None))
-        _report(verb, done, f"dead letter {ident}")
-        return redirect(url_for("dead_letters"))
-
-    @app.get("/dead-letters/selected/<any(retry, purge):verb>")
-    def confirm_selected(verb: str) -> Any:
-        auth.admin_only(g.visitor)
-        ids = query.selected(request.args)
-        with reading() as db:
-            found = db.run(lambda conn: letters.dead_letters_among(conn, ids))
-        return render_template("confirm.html", verb=verb, count=len(found), letter=None,
-                               ids=found, function=None, search=None, upto=None, found=None)
-
-    @app.post("/dead-letters/selected/<any(retry, purge):verb>")
-    def selected(verb: str) -> Any:
-        auth.admin_only(g.visitor)
-        ids = query.selected(request.form)
-        with reading() as db:
-            if verb == "retry":
-                done = db.run(lambda conn: letters.requeue_dead_letters(conn, ids))
-            else:
-                done = db.run(lambda conn: letters.purge_dead_letters(conn, ids, None))
-        _report(verb, done, "dead letters " + ", ".join(map(str, ids)))
-        return redirect(url_for("dead_letters"))
-
-    @app.get("/ledger/<int:ident>/<any(run, bury, cancel):verb>")
-    def confirm_ledger(ident: int, verb: str) -> Any:
-        auth.admin_only(g.visitor)
-        with reading() as db:
-            row = figures.ledger_row(db, ident, secrets)
-        if row is None:
-            abort(404, description=f"no ledger row with id {ident} (its job is done, or it "
-                  "went to the dead letters)")
-        return render_template("confirm_ledger.html", verb=verb, row=row)
-
-    @app.post("/ledger/<int:ident>/<any(run, bury, cancel):verb>")
-    def ledger_action(ident: int, verb: str) -> Any:
-        auth.admin_only(g.visitor)
-        reason = f"moved to the dead letters by {g.visitor.name} (console)"
-
-        def act(conn: Any) -> str:
-            found = job_control.lock_ledger_row(conn, ident)
-            if found is None or found[1] == "held":
-                return "gone" if found is None else "held"
-            function, state = found
-            if verb == "run":
-                return "done" if job_control.run_ledger_row_now(conn, ident) else state
-            if verb == "cancel":
-                return "done" if job_control.cancel_ledger_row(conn, ident, function) else "gone"
-            return "done" if job_control.ledger_row_to_dead_letters(conn, ident, function,
-                                                                     reason) else "gone"
-
-        with reading() as db:
-            outcome = db.run(act, deadline=time.monotonic() + figures.PAGE_DEADLINE)
-        what = {"run": "made due now", "bury": "moved to the dead letters",
-                "cancel": "cancelled: its job never runs"}[verb]
-        log.info("console: %s (%s) ledger row %d %s: %s", g.visitor.name, g.visitor.via,
-                 ident, what, outcome)
-        flash({"done": f"ledger row {ident} {what}",
-               "gone": f"ledger row {ident} is gone: its job is done, or it went to the dead "
-                       "letters",
-               "held": f"ledger row {ident} is held by a worker running its job: try again "
-                       "when it ends"}.get(outcome, f"ledger row {ident} is {outcome} now, "
-                                                    "not delayed: left as it is"))
-        if outcome == "done" and verb != "run":
-            return redirect(url_for("ledger"))
-        return redirect(url_for("ledger_row", ident=ident) if outcome != "gone"
-                        else url_for("ledger"))
-
-    @app.get("/functions/<any(pause, resume):verb>")
-    def confirm_function(verb: str) -> Any:
-        auth.admin_only(g.visitor)
-        function = query.function_named(request.args)
-        with reading() as db:
-            paused = db.run(job_control.paused_functions, deadline=time.monotonic()
-                            + figures.PAGE_DEADLINE)  # fmt: skip
-        since = next((found for found in paused if found[0] == function), None)
-        return render_template("confirm_function.html", verb=verb, function=function,
-                               since=since)
-
-    @app.post("/functions/<any(pause, resume):verb>")
-    def function_action(verb: str) -> Any:
-        auth.admin_only(g.visitor)
-        function = query.function_named(request.form)
-        by = f"{g.visitor.name} (console)"
-        # On a connection of its own: pausing sets its session's isolation level, which must
-        # not stay on a connection that serves pages and other actions.
-        own = Database(figures.database_params(config))
-        try:
-            if verb == "pause":
-                moved = own.run(lambda conn: job_control.pause(conn, function, by),
-                                deadline=time.monotonic() + figures.PAGE_DEADLINE)
-                was = True
-            else:
-                was, moved = own.run(lambda conn: job_control.resume(conn, function),
-                                     deadline=time.monotonic() + figures.PAGE_DEADLINE)
-        except RUN_ERRORS as exc:
-            abort(503, description="the database did not answer: "
-                  + logs.mask(str(exc), config.database.password))
-        finally:
-            own.close()
-        jobs = "job" if moved == 1 else "jobs"
-        said = (f"{function} paused on every host; {moved} waiting {jobs} parked in the ledger "
-                "until it is resumed" if verb == "pause" else
-                f"{function} resumed; {moved} parked {jobs} due again" if was else
-                f"{function} was not paused: nothing to resume")
-        log.info("console: %s (%s): %s", g.visitor.name, g.visitor.via, _field(said))
-        flash(said)
-        return redirect(url_for("overview"))
-
-    @app.get("/dead-letters/<any(retry, purge):verb>")
-    def confirm_matching(verb: str) -> Any:
-        auth.admin_only(g.visitor)
-        function, search = query.filter_of()
-        with reading() as db:
-            found = figures.matching(db, function, search, secrets)
-        return render_template("confirm.html", verb=verb, count=found.count, letter=None,
-                               function=function, search=search, upto=found.upto,
-                               found=found)
-
-    @app.post("/dead-letters/<any(retry, purge):verb>")
-    def matching(verb: str) -> Any:
-        auth.admin_only(g.visitor)
-        function, search = query.filter_of(request.form)
-        newest = request.form.get("upto", type=int)
-        if newest is None:
-            abort(400, description="upto: the newest id the confirmation page showed")
-        with reading() as db:
-            done = _in_batches(db, verb, function, search, newest, secrets)
-        what = ", ".join(part for part in (function and f"function {function}",
-                                           search and f"matching {search!r}") if part)
-        _report(verb, done, f"dead letters up to id {newest}" + (f" ({what})" if what else ""))
-        return redirect(url_for("dead_letters", function=function, q=search))
-
-    def _report(verb: str, done: int, what: str) -> None:
-        moved = "queued again" if verb == "retry" else "deleted"
-        log.info("console: %s (%s) %s %s: %d %s", g.visitor.name, g.visitor.via,
-                 "retried" if verb == "retry" else "purged", _field(what), done, moved)
-        flash(f"{done} dead letter{'s' if done != 1 else ''} {moved}"
-              + ("" if done else ": none matched any more (retried or purged meanwhile?)"))
-
+    actions.register(app, config, reading, secrets)
     app.register_blueprint(api.blueprint(config, reading, sampler, secrets))
 
     # -- errors --------------------------------------------------------------------------
     @app.errorhandler(CSRFError)
     def _csrf(error: CSRFError) -> Any:
-        log.warning("console: a %s to %s refused: %s", request.method, _field(request.path),
+        log.warning("console: a %s to %s refused: %s", request.method, actions.field(request.path),
                     error.description)
         if request.endpoint == "login":  # a login page left open across a restart
             return render_template("login.html", failed=False, stale=True), 400
@@ -475,7 +306,7 @@ def create_app(config: Config, listen: Server) -> Flask:
     def _http(error: HTTPException) -> Any:
         if error.code == 403:
             log.warning("console: %s refused: %s %s", getattr(g.get("visitor"), "name", "?"),
-                        request.method, _field(request.path))
+                        request.method, actions.field(request.path))
         elif error.code == 429:
             log.warning("console: a login from %s refused: %s", request.remote_addr,
                         error.description)
@@ -503,30 +334,6 @@ def _restore_logouts(config: Config, revoked: auth.Revoked) -> None:
                     logs.mask(str(exc), config.database.password))
     finally:
         db.close()
-
-
-def _in_batches(db: Database, verb: str, function: str | None, search: str | None,
-                upto: int, secrets: Sequence[str]) -> int:
-    """Retry or purge every dead letter of a filter up to id `upto`, ACTION_BATCH per
-    transaction, so that no lock is held for long and a failure keeps what was done."""
-    def batch(conn: Any, after: int) -> tuple[int, int]:
-        ids = letters.lock_dead_letters(conn, function, search, after, upto, ACTION_BATCH,
-                                       secrets)
-        if not ids:  # never an empty list below: requeue and purge take it as "all"
-            return 0, after
-        if verb == "retry":
-            return letters.requeue_dead_letters(conn, ids), ids[-1]
-        return letters.purge_dead_letters(conn, ids, None), ids[-1]
-
-    after = done = 0
-    while True:
-        def next_batch(conn: Any, last: int = after) -> tuple[int, int]:
-            return batch(conn, last)
-
-        count, after = db.run(next_batch)
-        if not count:
-            return done
-        done += count
 
 
 def _as_loaded(config: Config) -> str:
