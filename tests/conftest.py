@@ -50,10 +50,11 @@ ON_FIRST_SERVER = pytest.mark.parametrize("sandbox", SERVERS[:1], indirect=True,
 
 # In parallel (`make test` passes `-n auto --dist loadgroup` to pytest-xdist): all the tests
 # on one server form one group, which one worker runs against the one sandbox it starts for
-# that server; the other workers take the tests that need no server meanwhile. So a server's
-# sandbox is started once per run, as without xdist, and every worker has its own temporary
-# directory (tmp_path) and picks its own free loopback ports.
-@pytest.hookimpl(optionalhook=True)  # xdist's hook: the suite also runs with -p no:xdist
+# that server; the other workers take the tests that need no server meanwhile, a module at a
+# time (test_packaging's build is made once). So a server's sandbox is started once per run, as
+# without xdist, and every worker has its own temporary directory (tmp_path) and picks its own
+# free loopback ports.
+@pytest.hookimpl(optionalhook=True)  # xdist's hooks: the suite also runs with -p no:xdist
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """`-n auto`: a worker per server and one for the tests that need none."""
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
@@ -61,25 +62,32 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     return len(SERVERS) + 1
 
 
-def xdist_group(item: pytest.Item) -> str | None:
-    """The group whose tests must share a worker: a server's tests (by the sandbox they run
-    on), and a module's tests that share a session fixture of theirs (test_packaging's build,
-    made once)."""
-    callspec = getattr(item, "callspec", None)
-    if callspec is not None and "sandbox" in callspec.params:
-        return server_id(callspec.params["sandbox"])
-    for definitions in item._fixtureinfo.name2fixturedefs.values():
-        if definitions[-1].scope == "session" and definitions[-1].baseid:  # ours, not a plugin's
-            return item.nodeid.partition("::")[0]
-    return None
+def xdist_group(nodeid: str) -> str:
+    """The group a test belongs to, from its id alone (the only thing xdist's controller has):
+    the server its id starts with (the sandbox is every such test's first parameter), else
+    its module."""
+    module, _, rest = nodeid.partition("::")
+    if rest.endswith("]") and "[" in rest:
+        first = rest[rest.index("[") + 1:-1]
+        for server in map(server_id, SERVERS):
+            if first == server or first.startswith(server + "-"):
+                return server
+    return module
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        group = xdist_group(item)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """--dist loadgroup, with the groups above. (xdist's own loadgroup reads xdist_group marks
+    through a node id suffix that pytest 9.2 no longer lets a plugin set.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(nodeid)
+
+    return ByGroup(config, log)
 
 
 @pytest.fixture(scope="session", params=SERVERS, ids=server_id)
