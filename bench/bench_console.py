@@ -19,7 +19,7 @@ import yaml
 from common import Figure, processes, progress
 
 from workerhost.config.load import parse_config
-from workerhost.console import figures
+from workerhost.console import sampling
 from workerhost.sandbox.processes import free_port
 from workerhost.sandbox.stack import Sandbox
 from workerhost.store import schema
@@ -164,7 +164,7 @@ def _count_figure(box: Sandbox, quick: bool) -> Figure:
     loaded = parse_config(config(box), file="bench", env={})
     db = Database(loaded.database.connect_kwargs())
     try:
-        runs = [figures._count(db, time.monotonic()).took for _ in range(2 if quick else 3)]
+        runs = [sampling._count(db, time.monotonic()).took for _ in range(2 if quick else 3)]
     finally:
         db.close()
     return Figure("  ledger backlog counted by the console's sampler (not on a page)", "s",

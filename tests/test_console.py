@@ -1099,7 +1099,8 @@ def test_ledger_and_dead_letters_are_paged_by_key_through_every_row(db: Any) -> 
 
 
 def test_rates_per_minute_come_from_two_readings_of_the_hosts_metrics() -> None:
-    from workerhost.console import figures
+    from workerhost.config.converters import Server
+    from workerhost.console import sampling
 
     def exposition(complete: int, retry: int, dead: int) -> str:
         return ("# TYPE workerhost_jobs counter\n"
@@ -1108,16 +1109,16 @@ def test_rates_per_minute_come_from_two_readings_of_the_hosts_metrics() -> None:
                 f'workerhost_jobs_total{{function="mail",outcome="dead"}} {dead}\n'
                 f'workerhost_jobs_total{{function="mail",outcome="timeout"}} 7\n')
 
-    first = (100.0, figures.job_counts(exposition(10, 1, 0)))
-    second = (130.0, figures.job_counts(exposition(70, 4, 2)))
-    rates = figures.rates_between(first, second)
+    first = (100.0, sampling.job_counts(exposition(10, 1, 0)))
+    second = (130.0, sampling.job_counts(exposition(70, 4, 2)))
+    rates = sampling.rates_between(first, second)
     assert rates.completed == {"resize": 120.0}  # 60 jobs in 30 s
     assert rates.failed == {"resize": 6.0, "mail": 4.0}  # a timeout is counted once, later
     assert rates.seconds == 30.0
     # A restarted host's counters start again from zero: counted from there, never negative.
-    again = figures.rates_between(second, (160.0, figures.job_counts(exposition(5, 0, 0))))
+    again = sampling.rates_between(second, (160.0, sampling.job_counts(exposition(5, 0, 0))))
     assert again.completed == {"resize": 10.0}
-    assert figures.metrics_url(figures.Server("0.0.0.0", 9464)) == "http://127.0.0.1:9464/metrics"
+    assert sampling.metrics_url(Server("0.0.0.0", 9464)) == "http://127.0.0.1:9464/metrics"
 
 
 def test_sigterm_leaves_waitress_loop_even_inside_a_connections_handler() -> None:

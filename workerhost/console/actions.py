@@ -17,7 +17,7 @@ from typing import Any
 from flask import Flask, abort, flash, g, redirect, render_template, request, url_for
 
 from workerhost.config.settings import Config
-from workerhost.console import auth, figures, query
+from workerhost.console import auth, deadlines, figures, query
 from workerhost.observe import logs
 from workerhost.store import job_control, letters
 from workerhost.store.db import RUN_ERRORS, Database
@@ -107,7 +107,7 @@ def register(app: Flask, config: Config,
                                                                      reason) else "gone"
 
         with reading() as db:
-            outcome = db.run(act, deadline=time.monotonic() + figures.PAGE_DEADLINE)
+            outcome = db.run(act, deadline=time.monotonic() + deadlines.PAGE_DEADLINE)
         what = {"run": "made due now", "bury": "moved to the dead letters",
                 "cancel": "cancelled: its job never runs"}[verb]
         log.info("console: %s (%s) ledger row %d %s: %s", g.visitor.name, g.visitor.via,
@@ -129,7 +129,7 @@ def register(app: Flask, config: Config,
         function = query.function_named(request.args)
         with reading() as db:
             paused = db.run(job_control.paused_functions, deadline=time.monotonic()
-                            + figures.PAGE_DEADLINE)  # fmt: skip
+                            + deadlines.PAGE_DEADLINE)  # fmt: skip
         since = next((found for found in paused if found[0] == function), None)
         return render_template("confirm_function.html", verb=verb, function=function,
                                since=since)
@@ -141,15 +141,15 @@ def register(app: Flask, config: Config,
         by = f"{g.visitor.name} (console)"
         # On a connection of its own: pausing sets its session's isolation level, which must
         # not stay on a connection that serves pages and other actions.
-        own = Database(figures.database_params(config))
+        own = Database(deadlines.database_params(config))
         try:
             if verb == "pause":
                 moved = own.run(lambda conn: job_control.pause(conn, function, by),
-                                deadline=time.monotonic() + figures.PAGE_DEADLINE)
+                                deadline=time.monotonic() + deadlines.PAGE_DEADLINE)
                 was = True
             else:
                 was, moved = own.run(lambda conn: job_control.resume(conn, function),
-                                     deadline=time.monotonic() + figures.PAGE_DEADLINE)
+                                     deadline=time.monotonic() + deadlines.PAGE_DEADLINE)
         except RUN_ERRORS as exc:
             abort(503, description="the database did not answer: "
                   + logs.mask(str(exc), config.database.password))

@@ -17,7 +17,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, jsonify, request
 
 from workerhost.config.settings import Config
-from workerhost.console import figures, processes, query
+from workerhost.console import figures, processes, query, sampling
 from workerhost.store.db import Database
 
 PREFIX = "/api"
@@ -40,7 +40,7 @@ def plain(value: Any) -> Any:
 
 
 def blueprint(config: Config, reading: Callable[[], AbstractContextManager[Database]],
-              sampler: figures.Sampler, secrets: Sequence[str]) -> Blueprint:  # fmt: skip
+              sampler: sampling.Sampler, secrets: Sequence[str]) -> Blueprint:  # fmt: skip
     api = Blueprint("api", __name__, url_prefix=PREFIX)
 
     @api.get("/overview")

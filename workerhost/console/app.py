@@ -41,7 +41,17 @@ from werkzeug.wrappers import Response as AnyResponse
 
 from workerhost.config.converters import Server
 from workerhost.config.settings import Config
-from workerhost.console import actions, api, auth, charts, figures, processes, query
+from workerhost.console import (
+    actions,
+    api,
+    auth,
+    charts,
+    deadlines,
+    figures,
+    processes,
+    query,
+    sampling,
+)
 from workerhost.console.proxies import TrustedProxies
 from workerhost.console.throttle import LoginThrottle
 from workerhost.model.ledger_state import STATES
@@ -102,7 +112,7 @@ def create_app(config: Config, listen: Server) -> Flask:
     # rebinding) would be same-origin with the console: answer only to its own names.
     hosts = {*(f"{name}:{listen.port}" for name in LOOPBACK_NAMES),
              *config.host.console.allowed_hosts}
-    sampler = figures.Sampler(config)
+    sampler = sampling.Sampler(config)
     sampler.start()  # the charts' history is read from the start, whoever looks
     secrets = figures.secret_spellings(config)  # what pages mask, and searches never see
     local = threading.local()  # a database connection per server thread
@@ -110,7 +120,7 @@ def create_app(config: Config, listen: Server) -> Flask:
     def database() -> Database:
         db: Database | None = getattr(local, "db", None)
         if db is None:
-            db = local.db = Database(figures.database_params(config))
+            db = local.db = Database(deadlines.database_params(config))
         return db
 
     @contextmanager
@@ -182,7 +192,7 @@ def create_app(config: Config, listen: Server) -> Flask:
             try:
                 database().run(lambda conn: logout_table.add_logout(conn, sid, until,
                                                                     time.time()),
-                               deadline=time.monotonic() + figures.PAGE_DEADLINE)
+                               deadline=time.monotonic() + deadlines.PAGE_DEADLINE)
             except RUN_ERRORS as exc:
                 database().reset()
                 log.warning("console: a logout is kept by this console process alone (a "
@@ -324,10 +334,10 @@ def create_app(config: Config, listen: Server) -> Flask:
 def _restore_logouts(config: Config, revoked: auth.Revoked) -> None:
     """The sessions logged out before this console started, read from the database; without
     an answer, the console starts with none (and says so)."""
-    db = Database(figures.database_params(config))
+    db = Database(deadlines.database_params(config))
     try:
         revoked.load(db.run(lambda conn: logout_table.logouts(conn, time.time()),
-                            deadline=time.monotonic() + figures.PAGE_DEADLINE))
+                            deadline=time.monotonic() + deadlines.PAGE_DEADLINE))
     except RUN_ERRORS as exc:
         log.warning("console: the sessions logged out before this start are not known (a "
                     "copy of such a session's cookie is taken again): %s",

@@ -1,6 +1,6 @@
 """The overview's charts: a day of per-minute samples, drawn as inline SVG.
 
-The console's Sampler (figures.py) feeds a History with what it reads anyway: the jobs each
+The console's Sampler (sampling.py) feeds a History with what it reads anyway: the jobs each
 function completed and failed between two readings of the host's metrics, and each count of
 the ledger's backlog. The History keeps one slot per minute, a day of them, in a ring: its
 size is bounded by MINUTES_KEPT slots of at most MAX_FUNCTIONS functions each, whatever runs.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workerhost.config.settings import Config
-from workerhost.console import figures
+from workerhost.console import deadlines, figures
 from workerhost.observe import heartbeat, logs
 from workerhost.store import worker_table
 from workerhost.store.db import RUN_ERRORS, Database
@@ -62,7 +62,7 @@ def read(config: Config, db: Database, secrets: Sequence[str]) -> Processes:
     """The worker processes of every host seen within heartbeat.GONE_AFTER."""
     try:
         rows = db.run(lambda conn: worker_table.worker_rows(conn, heartbeat.GONE_AFTER),
-                      deadline=time.monotonic() + figures.PAGE_DEADLINE)  # fmt: skip
+                      deadline=time.monotonic() + deadlines.PAGE_DEADLINE)  # fmt: skip
     except RUN_ERRORS as exc:
         db.reset()
         return Processes((), logs.mask(str(exc), config.database.password))
