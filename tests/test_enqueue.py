@@ -58,7 +58,9 @@ def applied(sandbox: Sandbox, db: Any, tmp_path: Path) -> Path:
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["created workerhost_items_insert",
                                           "created procedure workerhost_enqueue",
-                                          "created procedure workerhost_enqueue_with"]
+                                          "created procedure workerhost_enqueue_with",
+                                          "created procedure workerhost_pause",
+                                          "created procedure workerhost_resume"]
     return path
 
 
@@ -145,6 +147,41 @@ def test_the_right_to_enqueue_from_sql_is_execute_on_the_procedure(
     outsider.close()
 
 
+def test_a_function_paused_and_resumed_from_sql_runs_nothing_then_everything_once(
+    sandbox: Sandbox, db: Any, applied: Path, account: Callable[..., Any],
+    host_factory: Callable[..., Any],
+) -> None:
+    """CALL workerhost_pause and workerhost_resume do what `workerhost pause` and `resume` do,
+    for an account with EXECUTE on them and nothing on the host's tables."""
+    host_factory(yaml.safe_load(applied.read_text()))
+    operator = account("EXECUTE ON PROCEDURE `{db}`.workerhost_pause",
+                       "EXECUTE ON PROCEDURE `{db}`.workerhost_resume",
+                       "EXECUTE ON PROCEDURE `{db}`.workerhost_enqueue")
+    cursor = operator.cursor()
+    cursor.callproc("workerhost_pause", ("capture",))
+    operator.commit()
+    assert scalar(db, "SELECT paused_by FROM workerhost_paused WHERE `function` = 'capture'"
+                  ).endswith(" (SQL)")
+    for number in range(1, 11):
+        cursor.callproc("workerhost_enqueue",
+                        ("capture", f'{{"id": {number}, "event_id": "e{number}"}}'))
+    operator.commit()
+    wait_until(lambda: scalar(db, "SELECT COUNT(*) FROM workerhost_jobs WHERE state = "
+                              "'paused'") == 10, timeout=30, what="ten parked jobs")
+    assert runs(db) == {}, "nothing runs while paused"
+    cursor.callproc("workerhost_resume", ("capture",))
+    operator.commit()
+    wait_until(lambda: len(runs(db)) == 10, timeout=30, what="every job once resumed")
+    assert set(runs(db).values()) == {1}
+    assert scalar(db, "SELECT COUNT(*) FROM workerhost_paused") == 0
+    operator.close()
+    outsider = account("EXECUTE ON PROCEDURE `{db}`.workerhost_enqueue")
+    with pytest.raises(mysql.connector.Error) as caught:
+        outsider.cursor().callproc("workerhost_pause", ("capture",))
+    assert caught.value.errno == 1370, caught.value  # execute command denied
+    outsider.close()
+
+
 def test_an_account_without_create_routine_is_told_what_to_grant(
     db: Any, account: Callable[..., Any]
 ) -> None:
@@ -159,7 +196,9 @@ def test_an_account_without_create_routine_is_told_what_to_grant(
         f"TO '{user}'@'%' and apply again, or apply as an account that has it"]
     conn.close()
     assert install(db).report() == ["created procedure workerhost_enqueue",
-                                    "created procedure workerhost_enqueue_with"]
+                                    "created procedure workerhost_enqueue_with",
+                                    "created procedure workerhost_pause",
+                                    "created procedure workerhost_resume"]
     assert install(db).report() == [], "in place: left alone, with its grants"
 
 

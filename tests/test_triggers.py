@@ -250,7 +250,9 @@ def test_triggers_send_the_documented_payload(
                                            "created workerhost_items_update",
                                            "created workerhost_items_delete",
                                            "created procedure workerhost_enqueue",
-                                           "created procedure workerhost_enqueue_with"]
+                                           "created procedure workerhost_enqueue_with",
+                                           "created procedure workerhost_pause",
+                                           "created procedure workerhost_resume"]
     host_factory(config)
     cursor = shop.cursor()
     cursor.execute("INSERT INTO items VALUES (1, 'pen', 1.50, 'x'), (2, 'it''s \"ü\"', NULL, 'y')")
@@ -467,7 +469,9 @@ def test_a_trigger_that_names_no_owner_is_replaced_when_listed_and_kept_otherwis
         f"kept workerhost_orders_insert: not in {path}, and its body names no triggers_owner "
         "(an older workerhost made it, or a client that drops comments); apply the file that "
         "lists it, or drop it with --prune", "created procedure workerhost_enqueue",
-        "created procedure workerhost_enqueue_with"]
+        "created procedure workerhost_enqueue_with",
+        "created procedure workerhost_pause",
+        "created procedure workerhost_resume"]
     assert owners(shop) == {"workerhost_items_insert": "fleetB",
                             "workerhost_orders_insert": None}
     dropped = run_cli(sandbox, "triggers", "-c", str(path), "--drop", "--prune")

@@ -2,6 +2,8 @@
 -- them, and the procedure that writes to them.
 DROP PROCEDURE IF EXISTS workerhost_enqueue;
 DROP PROCEDURE IF EXISTS workerhost_enqueue_with;
+DROP PROCEDURE IF EXISTS workerhost_pause;
+DROP PROCEDURE IF EXISTS workerhost_resume;
 DROP VIEW IF EXISTS workerhost_jobs;
 DROP TABLE IF EXISTS workerhost_rates;
 DROP TABLE IF EXISTS workerhost_logouts;

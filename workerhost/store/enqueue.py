@@ -36,7 +36,8 @@ Priority = Literal["normal", "high", "low"]
 ROUTINE = "workerhost_enqueue"  # the procedure sql/enqueue.sql creates
 ROUTINE_RESOURCE = "sql/enqueue.sql"
 # Every procedure install() creates, in order, and the file that holds it.
-ROUTINES = ((ROUTINE, ROUTINE_RESOURCE), ("workerhost_enqueue_with", "sql/enqueue_with.sql"))
+ROUTINES = ((ROUTINE, ROUTINE_RESOURCE), ("workerhost_enqueue_with", "sql/enqueue_with.sql"),
+            ("workerhost_pause", "sql/pause.sql"), ("workerhost_resume", "sql/resume.sql"))
 MAX_UNIQUE = 255  # the ledger's unique_key and merge_key columns
 ER_DBACCESS_DENIED_ERROR = 1044  # no CREATE ROUTINE on the database
 ER_TABLEACCESS_DENIED_ERROR = 1142
@@ -108,8 +109,9 @@ def routine_sql(resource: str = ROUTINE_RESOURCE) -> str:
 
 
 def install(conn: Any) -> Installed:
-    """Create the procedures workerhost_enqueue and workerhost_enqueue_with in the
-    connection's database, those that are missing.
+    """Create the procedures of ROUTINES in the connection's database, those that are
+    missing: workerhost_enqueue and workerhost_enqueue_with, workerhost_pause and
+    workerhost_resume.
 
     An account without CREATE ROUTINE gets the triggers all the same: the procedures are only
     for those who call them, so their absence is reported, with the grant that would allow it.
@@ -120,7 +122,7 @@ def install(conn: Any) -> Installed:
     try:
         cursor.execute("SELECT ROUTINE_NAME FROM information_schema.ROUTINES WHERE "
                        "ROUTINE_SCHEMA = DATABASE() AND ROUTINE_TYPE = 'PROCEDURE' AND "
-                       "ROUTINE_NAME LIKE 'workerhost\\_enqueue%'")
+                       "ROUTINE_NAME LIKE 'workerhost\\_%'")
         found = {str(name) for (name,) in cursor.fetchall()}
         created: list[str] = []
         for name, resource in ROUTINES:
