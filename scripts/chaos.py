@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -149,28 +150,37 @@ class Writer(threading.Thread):
         conn: Any = None
         for start in range(1, self.total + 1, 50):
             rows = range(start, min(start + 50, self.total + 1))
-            while True:
-                try:
-                    if conn is None:
-                        conn = self.box.connect(database=DATABASE, autocommit=False)
-                    cursor = conn.cursor()
-                    cursor.execute("INSERT IGNORE INTO events (id) VALUES "
-                                   + ", ".join(f"({i})" for i in rows))
-                    conn.commit()
-                    cursor.close()
-                    break
-                except Exception:  # the server is being restarted: try again
-                    self.failures += 1
-                    try:
-                        if conn is not None:
-                            conn.close()
-                    except Exception:  # it is going away anyway
-                        pass
-                    conn = None
-                    time.sleep(0.2)
+
+            def insert(conn: Any, rows: range = rows) -> None:
+                cursor = conn.cursor()
+                cursor.execute("INSERT IGNORE INTO events (id) VALUES "
+                               + ", ".join(f"({i})" for i in rows))
+                conn.commit()
+                cursor.close()
+
+            conn = self.until_done(conn, insert)
             time.sleep(pause)
         if conn is not None:
             conn.close()
+
+    def until_done(self, conn: Any, work: Callable[[Any], None]) -> Any:
+        """Run `work` on `conn` (opened when None) until it goes through, counting the
+        failures; the connection it went through on."""
+        while True:
+            try:
+                if conn is None:
+                    conn = self.box.connect(database=DATABASE, autocommit=False)
+                work(conn)
+                return conn
+            except Exception:  # the server is being restarted: try again
+                self.failures += 1
+                try:
+                    if conn is not None:
+                        conn.close()
+                except Exception:  # it is going away anyway
+                    pass
+                conn = None
+                time.sleep(0.2)
 
 
 class EnqueueWriter(Writer):
@@ -196,38 +206,29 @@ class EnqueueWriter(Writer):
             rows = range(start, min(start + 50, self.total + 1))
             roll_back = start == 51 or self.rng.random() < ROLLBACK_SHARE  # one at least
             listed = ", ".join(str(i) for i in rows)
-            while True:
-                try:
-                    if conn is None:
-                        conn = self.box.connect(database=DATABASE, autocommit=False)
-                    cursor = conn.cursor()
-                    cursor.execute("SELECT COUNT(*) FROM orders WHERE id = %s", (start,))
-                    (committed,) = cursor.fetchone()
-                    if not committed:
-                        cursor.execute("INSERT INTO orders (id, status) VALUES "
-                                       + ", ".join(f"({i}, 'new')" for i in rows))
-                        for i in rows:
-                            enqueue(conn, "app", {"id": i}, delay=0.5 if i % 10 == 0 else None)
-                        cursor.execute("UPDATE orders SET status = IF(id % 3 = 0, 'cancelled', "
-                                       f"'paid') WHERE id IN ({listed})")
-                        # Paid again: the trigger fires, its condition is false.
-                        cursor.execute(f"UPDATE orders SET status = 'paid' WHERE id IN ({listed})"
-                                       " AND status = 'paid'")
-                        if roll_back:
-                            conn.rollback()
-                        else:
-                            conn.commit()
-                    cursor.close()
-                    break
-                except Exception:  # the server is being restarted: try again
-                    self.failures += 1
-                    try:
-                        if conn is not None:
-                            conn.close()
-                    except Exception:  # it is going away anyway
-                        pass
-                    conn = None
-                    time.sleep(0.2)
+
+            def transaction(conn: Any, start: int = start, rows: range = rows,
+                            roll_back: bool = roll_back, listed: str = listed) -> None:
+                cursor = conn.cursor()
+                cursor.execute("SELECT COUNT(*) FROM orders WHERE id = %s", (start,))
+                (committed,) = cursor.fetchone()
+                if not committed:
+                    cursor.execute("INSERT INTO orders (id, status) VALUES "
+                                   + ", ".join(f"({i}, 'new')" for i in rows))
+                    for i in rows:
+                        enqueue(conn, "app", {"id": i}, delay=0.5 if i % 10 == 0 else None)
+                    cursor.execute("UPDATE orders SET status = IF(id % 3 = 0, 'cancelled', "
+                                   f"'paid') WHERE id IN ({listed})")
+                    # Paid again: the trigger fires, its condition is false.
+                    cursor.execute(f"UPDATE orders SET status = 'paid' WHERE id IN ({listed})"
+                                   " AND status = 'paid'")
+                    if roll_back:
+                        conn.rollback()
+                    else:
+                        conn.commit()
+                cursor.close()
+
+            conn = self.until_done(conn, transaction)
             self.transactions += 1
             if roll_back:
                 self.rollbacks += 1
