@@ -34,6 +34,7 @@ UNINSTALL_RESOURCE = ("sql", "uninstall.sql")
 
 ER_SP_DOES_NOT_EXIST = 1305  # "FUNCTION db.gman_ship does not exist"
 ER_PROCACCESS_DENIED_ERROR = 1370  # "execute command denied to user ... for routine db.x"
+ER_NO_DB_ERROR = 1046  # "No database selected"
 
 
 def missing_message(function: str = SHIP) -> str:
@@ -50,7 +51,10 @@ def is_missing(exc: BaseException, function: str) -> bool:
     # "FUNCTION gman_ship does not exist"
     named = (f".{function.lower()}" in text or f"'{function.lower()}'" in text
              or f"function {function.lower()} does not exist" in text)
-    return errno in (ER_SP_DOES_NOT_EXIST, ER_PROCACCESS_DENIED_ERROR) and named
+    # MySQL, on a connection without a default database: a name that is no loaded UDF is
+    # looked up as a stored function, and there is no database to look in.
+    return errno == ER_NO_DB_ERROR or (
+        errno in (ER_SP_DOES_NOT_EXIST, ER_PROCACCESS_DENIED_ERROR) and named)
 
 
 def registered(conn: Connection) -> set[str] | None:
