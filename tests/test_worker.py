@@ -17,8 +17,8 @@ import pytest
 from workerhost.config.load import parse_config
 from workerhost.host.worker import LATER, Worker
 from workerhost.model.job import Job, Outcome
+from workerhost.store import job_control, letters
 from workerhost.store import ledger as ledger_store
-from workerhost.store import letters
 
 
 @dataclass
@@ -116,7 +116,7 @@ def db(monkeypatch: pytest.MonkeyPatch) -> FakeDatabase:
                             function in store().paused)
 
     monkeypatch.setattr(ledger_store, "claim", claim)
-    monkeypatch.setattr(ledger_store, "park", lambda conn, ids: store().parked.update(ids))
+    monkeypatch.setattr(job_control, "park", lambda conn, ids: store().parked.update(ids))
     monkeypatch.setattr(letters, "add_refused", lambda conn, function, unique, payload, reason:
                         store().refused.append((function, unique, payload, reason)))
     monkeypatch.setattr(letters, "failures_so_far",
