@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from workerhost.model.job import ledger_key  # the console and its tests name it here
+from workerhost.model.job import ledger_key
 from workerhost.model.ledger_state import PARKED, LedgerState
 from workerhost.store import db
 from workerhost.store.db import Connection
