@@ -232,3 +232,24 @@ def test_a_thread_whose_id_was_a_servers_pid_is_not_taken_for_the_server() -> No
     finally:
         release.set()
         thread.join()
+
+
+def test_a_server_still_starting_in_its_container_is_not_taken_for_one_that_ended(
+    tmp_path: Path,
+) -> None:
+    """Docker names a container's pid while the runtime's process there has not yet become
+    the server, so its command line does not name the sandbox yet: during start that is a
+    server starting, not one that exited (as CI once saw under load); afterwards it is not
+    the server any more."""
+    import signal
+    import subprocess
+
+    box = Sandbox(tmp_path / "box")
+    other = subprocess.Popen(["sleep", "30"])  # alive, its command line without the box's dir
+    try:
+        assert box._ended(other.pid, starting=True) == ""
+        assert box._ended(other.pid) == "exited"
+    finally:
+        other.send_signal(signal.SIGKILL)
+        other.wait()
+    assert box._ended(other.pid, starting=True) == "exited"

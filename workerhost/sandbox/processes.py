@@ -44,6 +44,15 @@ def tail(path: Path, lines: int = LOG_LINES_QUOTED) -> str:
     return "\n".join("    " + line for line in picked) or f"    ({path} is empty)"
 
 
+def process_exists(pid: int) -> bool:
+    """True while `pid` is a process that has not ended (a zombie has)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
 def process_alive(pid: int, marker: str) -> bool:
     """True when `pid` is a running process whose command line mentions `marker`.
 

@@ -412,7 +412,7 @@ class Sandbox:
         pid = self._need_info().pids[name]
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            ended = self._ended(pid)
+            ended = self._ended(pid, starting=True)
             if ended:
                 raise SandboxError(f"{name} {ended} during start; the end of {log}:\n"
                                    f"{processes.tail(log)}")
@@ -425,11 +425,17 @@ class Sandbox:
             f"{processes.tail(log)}"
         )
 
-    def _ended(self, pid: int) -> str:
-        """How a server ended ("" while it runs); its exit status when this object started it."""
+    def _ended(self, pid: int, starting: bool = False) -> str:
+        """How a server ended ("" while it runs); its exit status when this object started it.
+
+        `starting`: a server in a container may not show its own command line yet (the
+        container runtime's process becomes the server a moment after Docker names its pid),
+        so while it starts, a process that has not ended counts as running."""
         proc = self._started.get(pid)
         if proc is None:
-            return "" if processes.process_alive(pid, str(self.dir)) else "exited"
+            running = processes.process_alive(pid, str(self.dir)) or (
+                starting and processes.process_exists(pid))
+            return "" if running else "exited"
         code = proc.poll()
         if code is None:
             return ""
