@@ -44,8 +44,9 @@ engine=$!
 stop_engine() {
     kill -TERM "$engine" 2>/dev/null || true
     wait "$engine" 2>/dev/null || true
-    # dockerd leaves its default network namespace mounted under its exec root.
-    for mounted in $(awk -v root="$state/exec/" 'index($2, root) == 1 {print $2}' /proc/self/mounts); do
+    # dockerd leaves its default network namespace mounted under its exec root, and a dockerd
+    # that failed during start may leave its data root mounted on itself: nothing stays.
+    for mounted in $(awk -v root="$state/" 'index($2, root) == 1 {print $2}' /proc/self/mounts | sort -r); do
         umount "$mounted" 2>/dev/null || true
     done
 }
