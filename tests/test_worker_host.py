@@ -717,9 +717,11 @@ def test_a_handlers_forked_child_lets_go_of_the_workers_gearmand_connections(
     assert request.result, host.log()
     child = int(request.result)
     try:
-        gearmand = gearmand_sockets(sandbox.gearman_port)
-        assert gearmand, "the worker's connection to gearmand"
-        assert not socket_inodes(child) & gearmand, "the child holds the worker's connections"
+        assert gearmand_sockets(sandbox.gearman_port), "the worker's connection to gearmand"
+        # The parent answers as soon as fork() returns; the child lets go in its at-fork hook,
+        # which a loaded machine may not have run yet: wait for it, with a deadline.
+        wait_until(lambda: not socket_inodes(child) & gearmand_sockets(sandbox.gearman_port),
+                   timeout=10, what="the child to let go of the worker's gearmand connections")
         os.kill(child, signal.SIGTERM)  # the worker's own SIGTERM handler would ignore it
         wait_until(lambda: not Path(f"/proc/{child}").exists()
                    or " Z" in Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[-1][:2],
