@@ -20,7 +20,7 @@ import ipaddress
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType
@@ -407,14 +407,21 @@ def _env_value(value: object) -> str:
     return text
 
 
+def _items(top: Section, key: str, keys: Sequence[str],
+           required: Sequence[str]) -> Iterator[Section]:
+    """Each mapping of the list under `key` (triggers, schedules), as a Section named
+    `key[index]`."""
+    items = top.data[key]
+    if not isinstance(items, list):
+        raise top.error(f"expected a list, got {show(items)}", key)
+    for index, item in enumerate(items):
+        yield Section(item, f"{key}[{index}]", top.file, keys, required=tuple(required))
+
+
 def _triggers(top: Section) -> tuple[TriggerConfig, ...]:
     triggers: list[TriggerConfig] = []
-    items = top.data["triggers"]
-    if not isinstance(items, list):
-        raise top.error(f"expected a list, got {show(items)}", "triggers")
-    for index, item in enumerate(items):
-        section = Section(item, f"triggers[{index}]", top.file, _TRIGGER_KEYS,
-                           required=("table", "events", "function", "columns"))  # fmt: skip
+    for section in _items(top, "triggers", _TRIGGER_KEYS,
+                          ("table", "events", "function", "columns")):
         trigger = TriggerConfig(
             table=section.get("table", conv.identifier, ""),
             events=section.values("events", conv.one_of(*TRIGGER_EVENTS)),
@@ -438,12 +445,7 @@ def _triggers(top: Section) -> tuple[TriggerConfig, ...]:
 
 def _schedules(top: Section) -> tuple[ScheduleConfig, ...]:
     schedules: list[ScheduleConfig] = []
-    items = top.data["schedules"]
-    if not isinstance(items, list):
-        raise top.error(f"expected a list, got {show(items)}", "schedules")
-    for index, item in enumerate(items):
-        section = Section(item, f"schedules[{index}]", top.file, _SCHEDULE_KEYS,
-                           required=("name", "function"))  # fmt: skip
+    for section in _items(top, "schedules", _SCHEDULE_KEYS, ("name", "function")):
         if ("every" in section.data) == ("cron" in section.data):
             raise section.error("has both every: and cron:; keep one" if "every" in section.data
                                 else "needs every: (a duration) or cron: (an expression)")
