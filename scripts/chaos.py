@@ -368,8 +368,13 @@ def chaos(box: Sandbox, gearmands: list[Sandbox], host: Host, writer: Writer,
                 # gearmand (an idle worker stopped holds no job; its sibling takes them all).
                 handler = rng.choice(sorted({name.partition("[")[0] for _, name in children}))
                 pids = [pid for pid, name in children if name.partition("[")[0] == handler]
-                stalls.stall(pids if rng.random() < 0.5 else [rng.choice(pids)],
-                             rng.uniform(*STALL_SECONDS))
+                # The first stall stops them all, for long enough that the relay ships their
+                # rows again: a run that never ships a row twice tests nothing of this mode.
+                if not stalls.timers:
+                    stalls.stall(pids, STALL_SECONDS[1])
+                else:
+                    stalls.stall(pids if rng.random() < 0.5 else [rng.choice(pids)],
+                                 rng.uniform(*STALL_SECONDS))
             else:
                 os.kill(rng.choice(children)[0], signal.SIGKILL)
         elif what == "host":

@@ -33,8 +33,9 @@ from typing import Any
 import mysql.connector
 import pytest
 from conftest import ROOT, wait_until
-from wheels import build, free_port, install_env, ok, repack_dependencies, run
+from wheels import build, install_env, ok, repack_dependencies, run
 
+from workerhost.sandbox.processes import free_port
 from workerhost.udf import UDF_VERSION
 
 pytestmark = pytest.mark.slow

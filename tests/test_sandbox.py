@@ -9,14 +9,17 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import gearman
 import pytest
 from conftest import ON_FIRST_SERVER
 
 from workerhost.gearman import admin as gearadmin
+from workerhost.sandbox import processes
 from workerhost.sandbox.options import MEMORY_QUEUE, PERSISTENT_QUEUE
 from workerhost.sandbox.stack import Sandbox
 
@@ -102,6 +105,37 @@ def test_two_sandboxes_run_side_by_side(sandbox: Sandbox, tmp_path: Path) -> Non
         other.down()
     assert processes_of(other.dir) == []
     assert sandbox.status() == {"gearmand": True, sandbox.database_process: True}
+
+
+def test_sandboxes_created_at_once_all_start(tmp_path: Path) -> None:
+    # mariadb-install-db runs started together clashed on their temporary tables' names in
+    # the shared /tmp (CI saw "Unknown table 'mysql.tmp_user_sys'"); each has its own now.
+    boxes = [Sandbox(tmp_path / f"box{n}") for n in range(4)]
+    try:
+        with ThreadPoolExecutor(len(boxes)) as pool:
+            list(pool.map(lambda box: box.up(), boxes))
+        for box in boxes:
+            conn = box.connect()
+            cursor = conn.cursor()
+            cursor.execute("SELECT @@tmpdir")
+            assert cursor.fetchone()[0] == str(box.tmpdir)
+            conn.close()
+    finally:
+        for box in boxes:
+            box.down()
+    assert all(processes_of(box.dir) == [] for box in boxes)
+
+
+def test_a_picked_port_is_free_and_below_the_ephemeral_range() -> None:
+    # Outgoing connections draw their local ports from the ephemeral range: a port picked
+    # there could be taken by any client before the server binds it.
+    first, _ = processes.ephemeral_ports()
+    assert all(processes.LISTEN_PORTS_FROM <= processes.free_port() < first for _ in range(20))
+    with socket.create_server(("127.0.0.1", processes.free_port())) as taken:
+        free = processes.free_port()
+        picks = iter([taken.getsockname()[1], free])
+        rng = mock.Mock(randrange=lambda low, high: next(picks))
+        assert processes.free_port(rng) == free
 
 
 @pytest.mark.parametrize("queue", [PERSISTENT_QUEUE, MEMORY_QUEUE])

@@ -15,7 +15,6 @@ import hashlib
 import importlib.metadata
 import os
 import re
-import socket
 import subprocess
 import sys
 import zipfile
@@ -27,13 +26,9 @@ from packaging.requirements import Requirement
 from packaging.tags import sys_tags
 from packaging.utils import canonicalize_name
 
+from workerhost.sandbox.processes import free_port
+
 BUILD_TIMEOUT = 600.0  # seconds: the sdist, then the wheel in a build environment of its own
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -6,6 +6,7 @@ error message.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 from pathlib import Path
@@ -17,11 +18,38 @@ PORT_WAIT = 5.0  # seconds a port held by a killed server's closing connections 
 LOG_LINES_QUOTED = 15
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+# Where free_port() looks first: below the kernel's ephemeral range, which every outgoing
+# connection draws its local port from. A port picked there can be taken by any client
+# between the pick and the server's bind (CI saw mariadbd fail with "Address already in use"
+# under parallel tests); one below it only by another listener.
+LISTEN_PORTS_FROM = 20000
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+PORT_TRIES = 200
+
+
+def free_port(rng: random.Random | None = None) -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now, outside the ephemeral range
+    when the kernel leaves room below it."""
+    rng = rng or random.SystemRandom()
+    first = ephemeral_ports()[0]
+    if first - LISTEN_PORTS_FROM >= PORT_TRIES:
+        for _ in range(PORT_TRIES):
+            port = rng.randrange(LISTEN_PORTS_FROM, first)
+            if port_is_free(port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range of local ports for outgoing connections (Linux's default when it
+    cannot be read)."""
+    try:
+        low, high = EPHEMERAL_RANGE.read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def port_is_free(port: int) -> bool:

@@ -8,11 +8,12 @@ from workerhost.sandbox.processes import HOST
 
 
 def common(*, datadir: Path, socket: str, port: int, pid_file: Path, log: Path,
-           plugin_dir: Path) -> list[str]:
+           plugin_dir: Path, tmpdir: Path) -> list[str]:
     """Options of mariadbd and mysqld alike: everything under the sandbox, loopback only."""
     return [
         "--no-defaults",
         f"--datadir={datadir}",
+        f"--tmpdir={tmpdir}",
         f"--socket={socket}",
         f"--port={port}",
         f"--bind-address={HOST}",

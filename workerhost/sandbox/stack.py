@@ -108,6 +108,12 @@ class Sandbox:
         return self.dir / "mysql" / "plugin"
 
     @property
+    def tmpdir(self) -> Path:
+        """The database server's temporary files: /tmp is shared, and mariadb-install-db runs
+        started at once clash on its temporary tables' names there."""
+        return self.dir / "mysql" / "tmp"
+
+    @property
     def unix_socket(self) -> str:
         return str(self.dir / "mysql" / "mysqld.sock")
 
@@ -241,7 +247,7 @@ class Sandbox:
         common = server_options.common(
             datadir=self.datadir, socket=self.unix_socket, port=self.mysql_port,
             pid_file=self.dir / "mysql" / "mysqld.pid", log=self.mysql_log,
-            plugin_dir=self.plugin_dir)
+            plugin_dir=self.plugin_dir, tmpdir=self.tmpdir)
         env = {"GEARMAN_UDF_CONFIG": str(self.udf_config_path)}
         if self.server == "mysql":
             from workerhost.sandbox import container
@@ -366,7 +372,7 @@ class Sandbox:
 
     def _make_dirs(self) -> None:
         try:
-            for sub in ("mysql/data", "mysql/plugin", "gearmand"):
+            for sub in ("mysql/data", "mysql/plugin", "mysql/tmp", "gearmand"):
                 (self.dir / sub).mkdir(parents=True, exist_ok=True)
             probe = self.dir / ".write-test"
             probe.write_text("")
@@ -460,7 +466,8 @@ class Sandbox:
     def _install_db(self) -> None:
         argv = [
             processes.binary("mariadb-install-db", "mariadb-server"), "--no-defaults",
-            f"--datadir={self.datadir}", f"--user={processes.current_user()}",
+            f"--datadir={self.datadir}", f"--tmpdir={self.tmpdir}",
+            f"--user={processes.current_user()}",
             "--auth-root-authentication-method=normal", "--skip-test-db",
         ]
         log = self.dir / "mysql" / "install-db.log"
