@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from workerhost.host.pace import FIRST_HOLD, HOLD_TIME, Pace
+from workerhost.host.pace import FIRST_CLAIM_MAX, FIRST_HOLD, HOLD_TIME, FirstClaim, Pace
 from workerhost.store.db import Database
 
 
@@ -96,3 +96,47 @@ def test_the_database_times_its_commits() -> None:
     assert database.last_commit_seconds == 0
     assert database.run(lambda conn: "done") == "done"
     assert 0.02 <= database.last_commit_seconds < 0.5
+
+
+def test_new_jobs_are_claimed_after_the_gathering_of_a_batch_while_their_rows_are_free() -> None:
+    first = FirstClaim(0.002)
+    for _ in range(20):
+        first.record(10, 0)
+    assert first.wait == 0.002 and not first.waiting
+
+
+def test_the_first_claim_waits_longer_while_rows_are_found_held_up_to_a_ceiling() -> None:
+    first = FirstClaim(0.002)
+    first.record(10, 1)  # one in ten: still fine
+    assert first.wait == 0.002
+    first.record(10, 5)
+    assert first.waiting and first.wait == pytest.approx(0.004)
+    waits = []
+    for _ in range(6):
+        first.record(10, 10)
+        waits.append(first.wait)
+    assert waits == sorted(waits) and waits[-1] == FIRST_CLAIM_MAX
+
+
+def test_the_first_claim_wait_comes_back_down_once_rows_are_free_again() -> None:
+    first = FirstClaim(0.002)
+    for _ in range(6):
+        first.record(10, 10)
+    shrinking = []
+    for _ in range(30):
+        first.record(10, 0)
+        shrinking.append(first.wait)
+    assert shrinking == sorted(shrinking, reverse=True)
+    assert shrinking[0] < FIRST_CLAIM_MAX and shrinking[-1] == 0.002 and not first.waiting
+
+
+def test_a_batch_of_retries_alone_teaches_the_first_claim_nothing() -> None:
+    first = FirstClaim(0.002)
+    first.record(0, 0)
+    assert first.wait == 0.002
+
+
+def test_a_first_claim_with_no_gathering_still_learns_to_wait() -> None:
+    first = FirstClaim(0.0)
+    first.record(4, 4)
+    assert first.wait > 0 and first.waiting

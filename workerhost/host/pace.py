@@ -52,3 +52,42 @@ class Pace:
     def per_connection(self, connections: int) -> int:
         """What each of `connections` gearmand servers' connections may hold, at least one."""
         return max(1, self.hold() // max(1, connections))
+
+
+# How long new jobs wait before their first claim: at least the worker's gathering of a batch
+# (BATCH_WAIT in worker.py), at most this long. A trigger ships its job before its transaction
+# commits, so a job claimed at once finds its row still held, comes back, and costs another
+# claim; waiting about as long as those commits take gathers bigger batches as well.
+FIRST_CLAIM_MAX = 0.02
+# Share of new jobs whose rows may be held at their first claim before the wait grows.
+HELD_SHARE = 0.1
+# The wait grows by GROW (by GROW_FROM_FLOOR at least) when too many rows were held, and
+# shrinks by SHRINK otherwise: it climbs to the commits' pace within a few batches, and comes
+# back down over a dozen.
+GROW = 2.0
+GROW_FROM_FLOOR = 0.001
+SHRINK = 0.8
+
+
+class FirstClaim:
+    """The wait before new jobs are first claimed, learned from how many of their rows were
+    still held by the transactions that wrote them."""
+
+    def __init__(self, floor: float, ceiling: float = FIRST_CLAIM_MAX) -> None:
+        self.floor = floor
+        self.ceiling = max(floor, ceiling)
+        self.wait = floor
+
+    def record(self, new: int, held: int) -> None:
+        """`new` jobs were claimed for the first time, `held` of them found their row held."""
+        if new <= 0:
+            return
+        if held > HELD_SHARE * new:
+            self.wait = min(self.ceiling, max(self.wait * GROW, self.floor + GROW_FROM_FLOOR))
+        else:
+            self.wait = max(self.floor, self.wait * SHRINK)
+
+    @property
+    def waiting(self) -> bool:
+        """True while new jobs wait longer than the gathering of a batch."""
+        return self.wait > self.floor

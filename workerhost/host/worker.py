@@ -14,8 +14,10 @@ queue. A batch never waits to fill up.
 A job whose ledger row another transaction holds (a trigger's, not yet committed) comes back
 from the runner as LATER: the worker holds it and tries it again a moment later, in a later
 batch, while its other jobs run on, and leaves it to the relay (its row's lease) if the row
-stays held past the lease. If the database does not answer in time, the process exits without
-an answer, so that gearmand gives the job to another worker.
+stays held past the lease. While many new jobs come back so, new jobs wait longer before their
+first claim, about as long as those transactions take to commit (pace.FirstClaim): one claim
+a job instead of several, and bigger batches. If the database does not answer in time, the
+process exits without an answer, so that gearmand gives the job to another worker.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from workerhost.config.settings import Config, HandlerConfig
 from workerhost.exitcodes import EXIT_DATABASE, EXIT_OK
 from workerhost.gearman import conn as gearconn
 from workerhost.gearman.conn import Assigned, GearmanLost, WorkerConnection
-from workerhost.host.pace import Pace
+from workerhost.host.pace import FirstClaim, Pace
 from workerhost.host.runner import LATER, SESSION, Answer, DatabaseLost, Runner, Slot
 from workerhost.model.job import Job, parse_unique
 from workerhost.store.db import Database
@@ -122,6 +124,7 @@ class Worker:
         function = self.handler.name.encode()
         servers = self.config.gearman.servers
         pace = Pace(self.handler.batch * PREFETCH * len(servers))
+        first = FirstClaim(BATCH_WAIT)
         conns = [WorkerConnection(server, function, client_id, pace.per_connection(len(servers)))
                  for server in servers]
         self._conns = conns
@@ -132,9 +135,10 @@ class Worker:
         try:
             while self.keep_going():
                 self._connect(conns)
-                # Held jobs run once BATCH_WAIT has passed since the first of them came in.
+                # Held jobs run once the first claim's wait (BATCH_WAIT, or longer while
+                # their rows were found held) has passed since the first of them came in.
                 now = time.monotonic()
-                timeout = max(0.0, held_since + BATCH_WAIT - now) if held else POLL_INTERVAL
+                timeout = max(0.0, held_since + first.wait - now) if held else POLL_INTERVAL
                 if waiting:
                     timeout = min(timeout, max(0.0, min(w.next_try for w in waiting) - now))
                 if not any(c.connected for c in conns):
@@ -151,8 +155,8 @@ class Worker:
                     held.extend(fresh)
                 asking = any(c.asking and c.connected for c in conns)
                 now = time.monotonic()
-                ready = bool(held) and (len(held) >= limit or not asking
-                                        or now - held_since >= BATCH_WAIT)
+                ready = bool(held) and (now - held_since >= first.wait or (
+                    (len(held) >= limit or not asking) and not first.waiting))
                 # A connection lost since (even while answering) took its jobs back.
                 waiting = [w for w in waiting if w.assigned.answerable]
                 again = [w for w in waiting if w.next_try <= now][:limit]
@@ -165,6 +169,7 @@ class Worker:
                     if batch:
                         started = time.monotonic()
                         answers = self.run_batch([_job(a) for a in batch])
+                        first.record(len(fresh), answers[len(again):].count(LATER))
                         # One commit is the batch's own; the commits of jobs that had to run
                         # alone (after a failure) are theirs, and count in the pace.
                         pace.record(len(batch), time.monotonic() - started,
