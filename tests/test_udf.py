@@ -415,7 +415,7 @@ def test_status_reports_config_and_counters(udf: Sandbox, db: Any) -> None:
     assert status["config"] == str(udf.udf_config_path)
     assert set(status["counters"]) == {
         "submitted", "failed", "timed_out", "resubmitted", "connections_opened", "reconnects",
-        "skipped_backoff", "ship_refused", "ship_unacknowledged",
+        "skipped_backoff", "ship_refused", "ship_unacknowledged", "ship_sends",
     }
     assert status["version"]
 
@@ -514,6 +514,22 @@ def test_gman_ship_sends_every_row_without_waiting_and_other_calls_stay_in_step(
     assert after["failed"] == before["failed"] and after["ship_refused"] == 0
     wait_until(lambda: gearadmin.status("127.0.0.1", memory_gearmand)[fn].queued == 5001,
                what="every shipped job queued in gearmand")
+    # The ships were gathered and sent a buffer at a time by the flusher, not one send() a
+    # row: a statement's rows come out in far fewer system calls than rows.
+    sends = counters(db)["ship_sends"] - before["ship_sends"]
+    assert 0 < sends <= 5000 // 10, f"{sends} send() calls for 5,000 ships"
+
+
+@pytest.mark.slow
+def test_a_lone_ship_goes_out_within_milliseconds_without_another_call(
+        udf: Sandbox, db: Any, fn: str, udf_config: Callable[..., None],
+        memory_gearmand: int) -> None:
+    # The flusher sends what a session gathered even when that session calls nothing more.
+    udf_config(servers=f"127.0.0.1:{memory_gearmand}")
+    assert scalar(db, "SELECT gman_ship(%s, 'w', 'lone-ship')", fn)
+    wait_until(lambda: fn in gearadmin.status("127.0.0.1", memory_gearmand)
+               and gearadmin.status("127.0.0.1", memory_gearmand)[fn].queued == 1,
+               what="the lone ship queued in gearmand")
 
 
 @pytest.mark.slow

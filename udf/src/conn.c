@@ -6,6 +6,7 @@
  * afterwards must not call back into unmapped code.
  */
 #include "conn.h"
+#include "ship.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -41,14 +42,46 @@ void conn_close(struct conn *c)
   c->in = NULL;
   c->in_start = c->in_end = c->in_cap = 0;
   c->owed = 0;
+  ship_forget(c);
+  free(c->out);
+  c->out = NULL;
+  c->out_len = c->out_cap = 0;
 }
 
+bool out_reserve(struct conn *c, size_t more)
+{
+  if (c->out_cap - c->out_len >= more)
+    return true;
+  size_t cap = c->out_cap ? c->out_cap : 4096;
+  while (cap - c->out_len < more)
+    cap *= 2;
+  char *p = realloc(c->out, cap);
+  if (p == NULL)
+    return false;
+  c->out = p;
+  c->out_cap = cap;
+  return true;
+}
+
+/* Close every connection of st; what its ships had not sent yet goes out first, as far as
+ * the sockets take it without waiting. */
 static void thread_state_close(struct thread_state *st)
 {
+  pthread_mutex_lock(&st->ship_lock);
   for (unsigned i = 0; i < MAX_SLOTS; i++) {
     conn_close(&st->conns[i]);
+    if (st->ships[i].fd >= 0 && st->ships[i].out_len > 0)
+      ship_send(&st->ships[i], now_ms());
     conn_close(&st->ships[i]);
   }
+  pthread_mutex_unlock(&st->ship_lock);
+}
+
+static void thread_state_destroy(struct thread_state *st)
+{
+  thread_state_close(st);
+  pthread_mutex_destroy(&st->ship_lock);
+  free(st);
 }
 
 static void thread_state_free(void *p)
@@ -67,8 +100,7 @@ static void thread_state_free(void *p)
   if (st->next)
     st->next->prev = st->prev;
   pthread_mutex_unlock(&g_registry_lock);
-  thread_state_close(st);
-  free(st);
+  thread_state_destroy(st);
 }
 
 /* Called when the library loads, before any UDF can run. */
@@ -91,10 +123,17 @@ void threads_stop(void)
   pthread_mutex_unlock(&g_registry_lock);
   while (st != NULL) {
     struct thread_state *next = st->next;
-    thread_state_close(st);
-    free(st);
+    thread_state_destroy(st);
     st = next;
   }
+}
+
+void threads_each(void (*fn)(struct thread_state *st, void *arg), void *arg)
+{
+  pthread_mutex_lock(&g_registry_lock);
+  for (struct thread_state *st = g_registry; st != NULL; st = st->next)
+    fn(st, arg);
+  pthread_mutex_unlock(&g_registry_lock);
 }
 
 /* This thread's state, its config snapshot current; NULL only if out of memory. */
@@ -103,7 +142,12 @@ struct thread_state *thread_state_get(void)
   struct thread_state *st = g_key_ready ? pthread_getspecific(g_state_key) : NULL;
   if (st == NULL) {
     st = calloc(1, sizeof *st);
-    if (st == NULL || !g_key_ready || pthread_setspecific(g_state_key, st) != 0) {
+    if (st == NULL || pthread_mutex_init(&st->ship_lock, NULL) != 0) {
+      free(st);
+      return NULL;
+    }
+    if (!g_key_ready || pthread_setspecific(g_state_key, st) != 0) {
+      pthread_mutex_destroy(&st->ship_lock);
       free(st);
       return NULL;
     }

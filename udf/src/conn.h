@@ -8,6 +8,7 @@
 
 #include "config_state.h"
 
+#include <pthread.h>
 #include <sys/uio.h>
 
 #define IN_BUFFER_MIN 65536        /* a connection's first receive buffer */
@@ -16,12 +17,16 @@
 /* What one socket operation came to. */
 enum io { IO_OK, IO_TIMEOUT, IO_LOST, IO_PROTOCOL, IO_NO_MEMORY };
 
-/* One connection to one server; received bytes wait in in[in_start, in_end). */
+/* One connection to one server; received bytes wait in in[in_start, in_end), and gman_ship's
+ * requests not sent yet in out[0, out_len) (ship.c). */
 struct conn {
   int fd; /* -1 when closed */
   char *in;
   size_t in_start, in_end, in_cap;
   unsigned owed; /* acknowledgements of gman_ship jobs gearmand has still to send */
+  char *out;
+  size_t out_len, out_cap;
+  int64_t out_since; /* now_ms() when out last became non-empty */
 };
 
 struct thread_state {
@@ -29,6 +34,9 @@ struct thread_state {
   uint64_t generation;              /* of the config snapshot below */
   struct config config;
   struct conn conns[MAX_SLOTS];  /* one per slot of config */
+  /* ship_lock guards ships[]: this thread's gman_ship calls and the flusher (ship.c) both
+   * use them. Nothing else of the state is the flusher's. */
+  pthread_mutex_t ship_lock;
   struct conn ships[MAX_SLOTS];  /* gman_ship's, one per slot too */
   bool ever_open[MAX_SLOTS]; /* slot i had a connection before: a new one reconnects */
   bool ever_shipped[MAX_SLOTS]; /* the same for ships[i] */
@@ -40,9 +48,15 @@ void threads_stop(void);
 
 /* This thread's state, its config snapshot current; NULL only if out of memory. */
 struct thread_state *thread_state_get(void);
+/* fn(st, arg) for every thread's state, with the registry locked: no state is freed
+ * meanwhile, and no thread starts or ends its first call. */
+void threads_each(void (*fn)(struct thread_state *st, void *arg), void *arg);
 
-/* Close c and free its buffer (whatever was received is of no use to a new connection). */
+/* Close c and free its buffers (whatever was received is of no use to a new connection,
+ * and what was not sent is its ledger rows' to ship again). */
 void conn_close(struct conn *c);
+/* Room in c->out for `more` bytes; false if out of memory. */
+bool out_reserve(struct conn *c, size_t more);
 
 /* Milliseconds until deadline, 0 when it has passed. */
 int ms_left(int64_t deadline);

@@ -8,6 +8,7 @@
  *   config.c/.h     the config file parsed, as pure functions (../test_config.c tests them)
  *   config_state.c  the configuration all threads share; its generation; back-offs
  *   conn.c          per-thread connections and socket I/O within a deadline
+ *   ship.c          gman_ship's requests gathered per connection; the flusher thread
  *   protocol.c      Gearman's packets: one table of every type, parsed and encoded from it
  *   submit.c        submit_route(): the one path of fail-over, back-off and resend
  *   args.c          per-statement state and xxx_init's argument checks
@@ -17,14 +18,14 @@
  *   servers_set.c   gman_servers_set
  *   status.c        gman_udf_status
  */
-#include "conn.h"
+#include "ship.h"
 
 #include <stdio.h>
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
-#define GMU_VERSION "1.1.0"
+#define GMU_VERSION "1.2.0"
 
 const char gmu_version[] = GMU_VERSION;
 
@@ -64,5 +65,6 @@ static void library_load(void)
 __attribute__((destructor))
 static void library_unload(void)
 {
+  ship_stop(); /* the flusher ends before the states it reads are freed */
   threads_stop();
 }

@@ -116,6 +116,7 @@ enum counter {
   C_SKIPPED_BACKOFF,
   C_SHIP_REFUSED,
   C_SHIP_UNACKNOWLEDGED,
+  C_SHIP_SENDS, /* send() calls that carried gman_ship requests (ship.c): batching shows */
   C_COUNT
 };
 

@@ -62,7 +62,10 @@ static enum outcome submit_once(void *self, unsigned i, struct conn *c, char *wh
       return r == IO_TIMEOUT ? O_SERVER_TIMEOUT : O_UNREACHABLE;
   }
 
-  enum io r = send_submit(c, call->spec, job, deadline);
+  enum io r = call->spec->unacknowledged ? queue_submit(c, call->spec, job, deadline)
+                                          : send_submit(c, call->spec, job, deadline);
+  if (r == IO_NO_MEMORY)
+    return O_NO_MEMORY;
   if (r != IO_OK)
     return r == IO_TIMEOUT ? O_SERVER_TIMEOUT : O_LOST_BEFORE_ACK;
 
@@ -133,10 +136,23 @@ static struct conn *job_take(void *self, unsigned i)
   struct thread_state *st = js->st;
   struct conn *c = js->call->spec->unacknowledged ? &st->ships[i] : &st->conns[i];
   if (c->fd >= 0 && c->owed > 0) {
-    /* Read what has come; wait (for one) only when SHIP_WINDOW are owed. */
+    /* Read what has come; wait only when SHIP_WINDOW are owed, after sending
+     * what the buffer holds (as when it holds SHIP_BUFFER_BYTES, or has gathered for
+     * SHIP_GATHER_US). */
     bool full = c->owed >= SHIP_WINDOW;
-    enum io r = conn_settle(c, full ? SHIP_WINDOW - 1 : 0, full ? js->deadline : now_ms());
-    if (r != IO_OK && !(r == IO_TIMEOUT && !full)) {
+    enum io r = IO_OK;
+    if (c->out_len > 0 && (full || c->out_len >= SHIP_BUFFER_BYTES))
+      r = ship_send(c, js->deadline);
+    else if (c->out_len > 0 && now_ms() - c->out_since >= SHIP_GATHER_US / 1000)
+      r = ship_send(c, now_ms()); /* a busy session sends its own: the flusher skips it */
+    if (r == IO_OK) {
+      /* Down to half the window when it was full: the calls that follow go on without
+       * waiting, and their requests are still sent a buffer at a time. */
+      r = conn_settle(c, full ? SHIP_WINDOW / 2 : 0, full ? js->deadline : now_ms());
+      if (r == IO_TIMEOUT && !full)
+        r = IO_OK; /* the rest come later */
+    }
+    if (r != IO_OK) {
       /* What it owed is the ledger's to ship again. A gearmand that acknowledges
        * nothing for timeout_ms is stalled: skipped, so that rows are made due at once. */
       const struct server *s = &st->config.slots[i];
@@ -197,6 +213,9 @@ static bool submit(struct call *call, const struct job *job)
     .take = job_take, .attempt = submit_once, .failed = job_failed,
   };
   unsigned i = 0;
+  bool ships = call->spec->unacknowledged;
+  if (ships)
+    pthread_mutex_lock(&st->ship_lock); /* the flusher sends from the same buffers */
   enum outcome o = submit_route(&sender, job, &i);
   if (o == O_OK || o == O_JOB_FAILED) { /* the connection is in step: keep it */
     struct conn *c = call->spec->unacknowledged ? &st->ships[i] : &st->conns[i];
@@ -206,6 +225,8 @@ static bool submit(struct call *call, const struct job *job)
       c->in_cap = c->in_start = c->in_end = 0;
     }
   }
+  if (ships)
+    pthread_mutex_unlock(&st->ship_lock);
   if (o == O_OK) {
     count(C_SUBMITTED);
     return true;

@@ -80,7 +80,7 @@ const char *shown(const char *s, size_t n, char *out)
 
 static const char *const counter_names[C_COUNT] = {
   "submitted", "failed", "timed_out", "resubmitted", "connections_opened", "reconnects",
-  "skipped_backoff", "ship_refused", "ship_unacknowledged",
+  "skipped_backoff", "ship_refused", "ship_unacknowledged", "ship_sends",
 };
 
 /* Process-wide statistics; only ever touched with atomic adds and loads. */

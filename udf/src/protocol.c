@@ -105,31 +105,61 @@ enum io conn_read(struct conn *c, struct packet *p, int64_t deadline)
   return IO_OK;
 }
 
-enum io packet_send(struct conn *c, uint32_t type, const struct packet_args *args,
-                    int64_t deadline)
+/* The request's header (in head) and arguments as iov[0, return value); 0 if it cannot be
+ * encoded (an unknown type, the wrong argument count, or over MAX_PACKET). */
+static int packet_iov(uint32_t type, const struct packet_args *args, char *head,
+                      struct iovec *iov)
 {
+  static const char nul[1] = { '\0' };
   const struct packet_kind *k = packet_kind(type);
-  char head[HEADER_SIZE];
-  char nul[1] = { '\0' };
-  struct iovec iov[1 + 2 * MAX_ARGS];
   int n = 1;
   size_t size = 0;
   if (k == NULL || args->n != k->nargs)
-    return IO_PROTOCOL;
+    return 0;
   for (unsigned a = 0; a < args->n; a++) {
     if (args->len[a] > 0)
       iov[n++] = (struct iovec){ (void *)args->arg[a], args->len[a] };
     size += args->len[a];
     if (a + 1 < args->n) {
-      iov[n++] = (struct iovec){ nul, 1 };
+      iov[n++] = (struct iovec){ (void *)nul, 1 };
       size++;
     }
   }
   if (size > MAX_PACKET)
-    return IO_PROTOCOL;
+    return 0;
   memcpy(head, "\0REQ", 4);
   put_be32(head + 4, type);
   put_be32(head + 8, (uint32_t)size);
   iov[0] = (struct iovec){ head, HEADER_SIZE };
+  return n;
+}
+
+enum io packet_send(struct conn *c, uint32_t type, const struct packet_args *args,
+                    int64_t deadline)
+{
+  char head[HEADER_SIZE];
+  struct iovec iov[1 + 2 * MAX_ARGS];
+  int n = packet_iov(type, args, head, iov);
+  if (n == 0)
+    return IO_PROTOCOL;
   return conn_send(c, iov, n, deadline);
+}
+
+enum io packet_append(struct conn *c, uint32_t type, const struct packet_args *args)
+{
+  char head[HEADER_SIZE];
+  struct iovec iov[1 + 2 * MAX_ARGS];
+  int n = packet_iov(type, args, head, iov);
+  if (n == 0)
+    return IO_PROTOCOL;
+  size_t size = 0;
+  for (int k = 0; k < n; k++)
+    size += iov[k].iov_len;
+  if (!out_reserve(c, size))
+    return IO_NO_MEMORY;
+  for (int k = 0; k < n; k++) {
+    memcpy(c->out + c->out_len, iov[k].iov_base, iov[k].iov_len);
+    c->out_len += iov[k].iov_len;
+  }
+  return IO_OK;
 }

@@ -74,5 +74,7 @@ enum io conn_read(struct conn *c, struct packet *p, int64_t deadline);
  */
 enum io packet_send(struct conn *c, uint32_t type, const struct packet_args *args,
                     int64_t deadline);
+/* The same request appended to c's output buffer, to be sent later (ship.c). */
+enum io packet_append(struct conn *c, uint32_t type, const struct packet_args *args);
 
 #endif

@@ -20,23 +20,38 @@ static uint32_t submit_type(const struct udf_spec *spec)
   return types[spec->kind][spec->priority];
 }
 
+/* The arguments of job's submit request; epoch holds the text of its time (24 bytes). */
+static struct packet_args submit_args(const struct udf_spec *spec, const struct job *job,
+                                      char *epoch)
+{
+  if (spec->kind != JOB_EPOCH)
+    return (struct packet_args){
+      3, { job->function, job->unique, job->workload },
+      { job->function_len, job->unique_len, job->workload_len },
+    };
+  return (struct packet_args){
+    4, { job->function, job->unique, epoch, job->workload },
+    { job->function_len, job->unique_len,
+      (size_t)snprintf(epoch, 24, "%lld", job->epoch), job->workload_len },
+  };
+}
+
 /* Send job's submit request (of the kind and priority spec says) on c. */
 enum io send_submit(struct conn *c, const struct udf_spec *spec, const struct job *job,
                     int64_t deadline)
 {
   char epoch[24];
-  struct packet_args args = {
-    3, { job->function, job->unique, job->workload },
-    { job->function_len, job->unique_len, job->workload_len },
-  };
-  if (spec->kind == JOB_EPOCH) {
-    args = (struct packet_args){
-      4, { job->function, job->unique, epoch, job->workload },
-      { job->function_len, job->unique_len,
-        (size_t)snprintf(epoch, sizeof epoch, "%lld", job->epoch), job->workload_len },
-    };
-  }
+  struct packet_args args = submit_args(spec, job, epoch);
   return packet_send(c, submit_type(spec), &args, deadline);
+}
+
+/* The same request into c's buffer, for the flusher to send (ship.c). */
+enum io queue_submit(struct conn *c, const struct udf_spec *spec, const struct job *job,
+                     int64_t deadline)
+{
+  char epoch[24];
+  struct packet_args args = submit_args(spec, job, epoch);
+  return ship_append(c, submit_type(spec), &args, deadline);
 }
 
 /* The log line's text for an outcome that is not O_OK. */

@@ -8,6 +8,7 @@
 
 #include "args.h"
 #include "protocol.h"
+#include "ship.h"
 
 /* Log lines about a server, one rate limit per slot (atomic fields: no lock). */
 extern struct rate_limit g_server_log[MAX_SLOTS];
@@ -15,6 +16,9 @@ extern struct rate_limit g_server_log[MAX_SLOTS];
 /* Send job's submit request (of the kind and priority spec says) on c. */
 enum io send_submit(struct conn *c, const struct udf_spec *spec, const struct job *job,
                     int64_t deadline);
+/* The same request into c's buffer, for the flusher to send (ship.c). */
+enum io queue_submit(struct conn *c, const struct udf_spec *spec, const struct job *job,
+                     int64_t deadline);
 
 /* How one attempt on one server ended; submit_route() decides from it what comes next. */
 enum outcome {
