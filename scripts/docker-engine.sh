@@ -36,34 +36,59 @@ fi
 state=$PWD/build/docker
 mkdir -p "$state"
 export DOCKER_HOST=unix://$state/docker.sock
-dockerd --bridge=none --iptables=false --ip6tables=false \
-        --data-root="$state/data" --exec-root="$state/exec" --pidfile="$state/dockerd.pid" \
-        --host="$DOCKER_HOST" >"$state/dockerd.log" 2>&1 &
-engine=$!
+# Several runs from one checkout share our dockerd (one data root takes one engine): each run
+# holds users.lock shared while it uses the engine, and the last one to let go stops it.
+# start.lock makes the look-then-start of one run whole.
+exec 8>"$state/users.lock" 9>"$state/start.lock"
 
 stop_engine() {
-    kill -TERM "$engine" 2>/dev/null || true
-    wait "$engine" 2>/dev/null || true
+    local pid
+    pid=$(cat "$state/dockerd.pid" 2>/dev/null || true)
+    if [[ -n "$pid" ]] && kill -TERM "$pid" 2>/dev/null; then
+        for _ in $(seq 1 300); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+    fi
     # dockerd leaves its default network namespace mounted under its exec root, and a dockerd
     # that failed during start may leave its data root mounted on itself: nothing stays.
     for mounted in $(awk -v root="$state/" 'index($2, root) == 1 {print $2}' /proc/self/mounts | sort -r); do
         umount "$mounted" 2>/dev/null || true
     done
 }
-trap stop_engine EXIT
+
+leave() {
+    flock -u 8
+    if flock -xn 8; then  # no other run uses the engine
+        stop_engine
+        flock -u 8
+    fi
+}
+
+flock -x 9
+flock -s 8
+trap leave EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+if ! docker info >/dev/null 2>&1; then
+    stop_engine  # what a dockerd that died left mounted
+    # A session of its own: the engine outlives this run while other runs use it.
+    setsid dockerd --bridge=none --iptables=false --ip6tables=false \
+            --data-root="$state/data" --exec-root="$state/exec" --pidfile="$state/dockerd.pid" \
+            --host="$DOCKER_HOST" >"$state/dockerd.log" 2>&1 </dev/null 8>&- 9>&- &
+    engine=$!
+    for _ in $(seq 1 300); do
+        docker info >/dev/null 2>&1 && break
+        if ! kill -0 "$engine" 2>/dev/null; then
+            say "dockerd exited during start; the end of $state/dockerd.log:"
+            tail -n 15 "$state/dockerd.log" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    docker info >/dev/null 2>&1 || { say "dockerd did not answer within 30s ($state/dockerd.log)"; exit 1; }
+fi
+flock -u 9
 
-for _ in $(seq 1 300); do
-    docker info >/dev/null 2>&1 && break
-    if ! kill -0 "$engine" 2>/dev/null; then
-        say "dockerd exited during start; the end of $state/dockerd.log:"
-        tail -n 15 "$state/dockerd.log" >&2
-        exit 1
-    fi
-    sleep 0.1
-done
-docker info >/dev/null 2>&1 || { say "dockerd did not answer within 30s ($state/dockerd.log)"; exit 1; }
-
-# Not exec: the trap above stops our dockerd once the command is done.
-"$@"
+# Not exec: the trap above stops the engine once the last run using it is done.
+"$@" 8>&- 9>&-
