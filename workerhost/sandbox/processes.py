@@ -9,6 +9,7 @@ import os
 import random
 import shutil
 import socket
+import time
 from pathlib import Path
 
 from workerhost.errors import SandboxError
@@ -50,6 +51,21 @@ def ephemeral_ports() -> tuple[int, int]:
         return int(low), int(high)
     except (OSError, ValueError):
         return 32768, 60999
+
+
+def check_port(port: int, server: str) -> None:
+    """Raise unless `server` could listen on `port` (waiting PORT_WAIT for a killed server's
+    closing connections to let go of it first)."""
+    # Right after a server was killed, its connections may hold the port for a moment
+    # (closing, their peers not yet gone): wait for that before calling it taken.
+    deadline = time.monotonic() + PORT_WAIT
+    while not port_is_free(port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not port_is_free(port):
+        raise SandboxError(
+            f"port {port} on {HOST} is taken, so {server} cannot listen there; stop what "
+            f"uses it (ss -ltnp 'sport = :{port}') or give the sandbox another directory"
+        )
 
 
 def port_is_free(port: int) -> bool:

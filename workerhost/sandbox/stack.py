@@ -215,7 +215,7 @@ class Sandbox:
 
     def start_gearmand(self) -> None:
         info = self._need_info()
-        self._check_port(self.gearman_port, "gearmand")
+        processes.check_port(self.gearman_port, "gearmand")
         argv = [
             processes.binary("gearmand", "gearman-job-server"),
             f"--listen={HOST}",
@@ -242,7 +242,7 @@ class Sandbox:
         """Start the database server (mariadbd, or mysqld in a container); create it first."""
         info = self._need_info()
         name = self.database_process
-        self._check_port(self.mysql_port, name)
+        processes.check_port(self.mysql_port, name)
         fresh = not (self.datadir / "mysql").is_dir()
         common = server_options.common(
             datadir=self.datadir, socket=self.unix_socket, port=self.mysql_port,
@@ -386,20 +386,8 @@ class Sandbox:
     def _pick_port(self, wanted: int | None, server: str) -> int:
         if wanted is None:
             return processes.free_port()
-        self._check_port(wanted, server)
+        processes.check_port(wanted, server)
         return wanted
-
-    def _check_port(self, port: int, server: str) -> None:
-        # Right after a server was killed, its connections may hold the port for a moment
-        # (closing, their peers not yet gone): wait for that before calling it taken.
-        deadline = time.monotonic() + processes.PORT_WAIT
-        while not processes.port_is_free(port) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not processes.port_is_free(port):
-            raise SandboxError(
-                f"port {port} on {HOST} is taken, so {server} cannot listen there; stop what "
-                f"uses it (ss -ltnp 'sport = :{port}') or give the sandbox another directory"
-            )
 
     def _spawn(
         self, argv: Sequence[str], log: Path, name: str, env: dict[str, str] | None = None
