@@ -428,6 +428,7 @@ enum fake_mode {
   FAKE_GARBAGE,        /* bytes that are no Gearman packet */
   FAKE_ACK_ONLY,       /* JOB_CREATED for every request, and nothing more */
   FAKE_SILENT,         /* reads every request and answers none: a stalled gearmand */
+  FAKE_DEAF,           /* takes the connection and reads nothing: a hung gearmand */
 };
 
 struct fake {
@@ -488,6 +489,11 @@ static bool fake_read_request(struct fake *f, int fd)
 
 static void fake_serve(struct fake *f, int fd)
 {
+  if (f->mode == FAKE_DEAF) {
+    while (!__atomic_load_n(&f->stop, __ATOMIC_RELAXED))
+      usleep(20000);
+    return;
+  }
   static const char handle[] = "H:fake:1";
   char body[4096 + sizeof handle];
   memcpy(body, handle, sizeof handle); /* with its NUL: "handle\0data" */
@@ -503,6 +509,7 @@ static void fake_serve(struct fake *f, int fd)
       send(fd, "HTTP/1.0 400 Bad Request\r\n\r\n", 28, MSG_NOSIGNAL);
       continue;
     case FAKE_SILENT:
+    case FAKE_DEAF:
       continue;
     case FAKE_ACK_ONLY: {
       char numbered[32];
@@ -1297,6 +1304,36 @@ static void test_ship(void)
   r = call3("gman_ship", STR("driver_none"), STR("w"), STR("ship-skipped"));
   check(r.is_null && now_ms() - t0 < 100, "then it is skipped: NULL at once");
   fake_stop(&silent);
+
+  /* A gearmand that reads nothing: the ship is buffered and the call returns; the flusher
+   * sends what the socket takes, and once timeout_ms passes with nothing more taken it
+   * drops the connection, counts the job, and backs the server off. */
+  struct fake deaf;
+  fake_start(&deaf, FAKE_DEAF);
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d\ntimeout_ms=300\nbackoff_ms=60000\n",
+           deaf.port);
+  write_config(text);
+  unacknowledged = counter("ship_unacknowledged");
+  unsigned long long timed_out = counter("timed_out");
+  size_t big_len = 16u << 20; /* more than loopback's socket buffers hold */
+  char *big = malloc(big_len);
+  memset(big, 'b', big_len);
+  t0 = now_ms();
+  r = call3("gman_ship", STR("driver_none"), BYTES(big, big_len), STR("ship-deaf"));
+  check(!r.is_null, "a big ship to a gearmand that reads nothing goes into the buffer");
+  printf("# a 16 MB ship to a gearmand that reads nothing: %s after %.0f ms\n",
+         r.is_null ? "NULL" : "sent", now_ms() - t0);
+  while (counter("ship_unacknowledged") == unacknowledged && now_ms() - t0 < 10000)
+    usleep(10000);
+  printf("# given up after %.0f ms: %llu unacknowledged, %llu timed out\n", now_ms() - t0,
+         counter("ship_unacknowledged") - unacknowledged, counter("timed_out") - timed_out);
+  check(counter("ship_unacknowledged") == unacknowledged + 1 &&
+            counter("timed_out") == timed_out + 1,
+        "the flusher gives it up after timeout_ms without progress, counted");
+  r = call3("gman_ship", STR("driver_none"), STR("w"), STR("ship-after-deaf"));
+  check(r.is_null, "and the server is backed off: the next ship gives NULL at once");
+  free(big);
+  fake_stop(&deaf);
 
   snprintf(text, sizeof text, "servers=127.0.0.1:%d\ntimeout_ms=300\n", closed_port());
   write_config(text);

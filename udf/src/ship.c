@@ -52,6 +52,11 @@ static enum io out_write(struct conn *c)
   if (sent == c->out_len) {
     c->out_len = 0;
     ship_forget(c);
+    if (c->out_cap > SHIP_BUFFER_KEEP) { /* grown for a big workload: not kept */
+      free(c->out);
+      c->out = NULL;
+      c->out_cap = 0;
+    }
     return IO_OK;
   }
   if (sent > 0) { /* the server reads: its timeout_ms starts again */

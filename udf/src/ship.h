@@ -12,6 +12,8 @@
 #define SHIP_GATHER_US 1000
 /* A buffer this full is sent by its own thread before the next request goes in. */
 #define SHIP_BUFFER_BYTES 65536
+/* A buffer grown past this (for a big workload) is freed once it is sent. */
+#define SHIP_BUFFER_KEEP (1 << 20)
 
 /* Append a request to c's buffer (c->owed is the caller's), for the flusher to send. The
  * caller holds its thread's ship_lock. IO_NO_MEMORY, IO_PROTOCOL (not a request), or, when
