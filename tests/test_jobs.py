@@ -27,7 +27,10 @@ def test_a_cancelled_job_never_runs_though_its_copy_sits_in_gearmand(
     config, database = setup(udf, events.database, "immediate")
     try:
         events.cursor().execute(f"INSERT INTO events (id) SELECT seq FROM {sequence(1, 5)}")
-        assert udf.gearman_status()["work"].queued == 5, "the copies wait in gearmand"
+        # The ships go out within about a millisecond of the statement (the UDF's flusher).
+        wait_until(lambda: "work" in udf.gearman_status()
+                   and udf.gearman_status()["work"].queued == 5,
+                   what="the copies waiting in gearmand")
         doomed = scalar(events, "SELECT MIN(id) FROM workerhost_outbox")
         listed = jobs.list_jobs(database, "work", None, None, 10)
         assert [job.id for job in listed] == list(range(doomed + 4, doomed - 1, -1))
