@@ -25,16 +25,19 @@ def test_two_runs_at_once_share_one_engine_and_the_one_still_running_keeps_it(
     if os.geteuid() != 0 and not engine_answers(dict(os.environ)):
         pytest.skip("starting the project's dockerd needs root")
     started = tmp_path / "first-started"
+    # Without an engine of its own in the environment, a run takes the project's path even
+    # under make test (whose engine is the project's dockerd, shared through the same lock).
+    env = {name: value for name, value in os.environ.items() if name != "DOCKER_HOST"}
     # The first run ends while the second still uses the engine: the second must reach it to
     # the end (with one data root, a second dockerd would not start at all).
     first = subprocess.Popen(
         [str(SCRIPT), "sh", "-c", f"docker info >/dev/null && touch {started} && sleep 2"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         wait_until(started.exists, timeout=120, what="the first run's engine")
         second = subprocess.run(
             [str(SCRIPT), "sh", "-c", "sleep 4; docker info >/dev/null && echo still-there"],
-            capture_output=True, text=True, timeout=180, check=False)
+            capture_output=True, text=True, timeout=180, check=False, env=env)
         assert first.wait(timeout=60) == 0, first.stdout.read() if first.stdout else ""
     finally:
         if first.poll() is None:
