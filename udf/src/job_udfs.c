@@ -143,8 +143,14 @@ static struct conn *job_take(void *self, unsigned i)
     enum io r = IO_OK;
     if (c->out_len > 0 && (full || c->out_len >= SHIP_BUFFER_BYTES))
       r = ship_send(c, js->deadline);
-    else if (c->out_len > 0 && now_ms() - c->out_since >= SHIP_GATHER_US / 1000)
-      r = ship_send(c, now_ms()); /* a busy session sends its own: the flusher skips it */
+    else if (c->out_len > 0 && now_ms() - c->out_since >= SHIP_GATHER_US / 1000) {
+      /* A busy session sends its own (the flusher skips it): what the socket takes now.
+       * The rest waits in the buffer; a server that takes nothing for timeout_ms is the
+       * flusher's to give up. */
+      r = ship_send(c, now_ms());
+      if (r == IO_TIMEOUT)
+        r = IO_OK;
+    }
     if (r == IO_OK) {
       /* Down to half the window when it was full: the calls that follow go on without
        * waiting, and their requests are still sent a buffer at a time. */
