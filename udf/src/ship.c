@@ -6,7 +6,7 @@
  * ships, as before (job_udfs.c).
  *
  * Nothing waits on the flusher: a buffer the socket will not take (gearmand stalled) stays
- * until the connection's timeout_ms has passed since it filled, then the connection is
+ * until timeout_ms has passed since the server last took any of it, then the connection is
  * dropped and the server backed off, and the ledger rows of its jobs ship again when their
  * lease ends, as for any job sent and never acknowledged.
  *
@@ -62,7 +62,7 @@ static enum io out_write(struct conn *c)
   if (sent > 0) { /* the server reads: its timeout_ms starts again */
     memmove(c->out, c->out + sent, c->out_len - sent);
     c->out_len -= sent;
-    c->out_since = now_ms();
+    c->out_since = now_ms() | 1;
   }
   return r;
 }
