@@ -147,11 +147,11 @@ static void *flusher(void *unused)
  * no flusher and none can be started. */
 static bool flusher_wake(void)
 {
-  bool ok = true;
   pthread_mutex_lock(&g_flush_lock);
   if (!g_flusher_running && !g_flusher_stop)
-    g_flusher_running = pthread_create(&g_flusher, NULL, flusher, NULL) == 0;
-  ok = g_flusher_running && !g_flusher_stop;
+    __atomic_store_n(&g_flusher_running,
+                     pthread_create(&g_flusher, NULL, flusher, NULL) == 0, __ATOMIC_RELEASE);
+  bool ok = g_flusher_running && !g_flusher_stop;
   pthread_cond_signal(&g_flush_cond);
   pthread_mutex_unlock(&g_flush_lock);
   return ok;
@@ -164,8 +164,11 @@ enum io ship_append(struct conn *c, uint32_t type, const struct packet_args *arg
   if (r != IO_OK || c->out_since != 0)
     return r;
   c->out_since = now_ms() | 1; /* 0 means empty */
-  if (__atomic_fetch_add(&g_pending, 1, __ATOMIC_ACQ_REL) == 0 && !flusher_wake())
-    return ship_send(c, deadline); /* no flusher thread: sent by the call, as it can */
+  bool first = __atomic_fetch_add(&g_pending, 1, __ATOMIC_ACQ_REL) == 0;
+  /* The flusher sleeps only while nothing is pending: the first buffer of an idle moment
+   * wakes it. With no flusher thread (none could be started) every call sends its own. */
+  if ((first || !__atomic_load_n(&g_flusher_running, __ATOMIC_ACQUIRE)) && !flusher_wake())
+    return ship_send(c, deadline);
   return IO_OK;
 }
 
