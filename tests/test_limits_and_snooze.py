@@ -85,8 +85,9 @@ def test_two_hosts_keep_a_global_rate_over_a_backlog_longer_than_the_lease(
     udf: Sandbox, events: Any, host_factory: Callable[..., Any],
 ) -> None:
     """rate: 20/s on two hosts, four worker processes, over a backlog of 11 s with the tests'
-    2 s lease: the handler's own timestamps show 20 jobs a second (never 10% more) in every
-    second, each job once, none dead-lettered. Jobs past the rate wait in the ledger, not in
+    2 s lease: the handler's own timestamps keep the token bucket's promise (in any stretch of
+    T seconds, at most its burst plus 20 T jobs), each job runs once, none is dead-lettered,
+    and the work never stops for a lease's time. Jobs past the rate wait in the ledger, not in
     their workers, so no lease runs out on them and they do not come back in bursts."""
     events.cursor().execute("CREATE TABLE stamps (id BIGINT PRIMARY KEY, at DATETIME(6))")
     config = work_on_events(udf, events.database, "outbox", {
@@ -109,14 +110,21 @@ def test_two_hosts_keep_a_global_rate_over_a_backlog_longer_than_the_lease(
     cursor.close()
     rate = (len(times) - 1) / times[-1]
     seconds = [sum(1 for t in times if second <= t < second + 1) for second in range(10)]
-    print(f"rate {rate:.2f}/s over {times[-1]:.2f}s; per second: {seconds}")
+    # The most jobs any stretch of the run held beyond 20 a second (the bucket allows its burst,
+    # 4), and the longest the work stood still.
+    over = max(j - i + 1 - 20 * (times[j] - times[i])
+               for i in range(len(times)) for j in range(i, len(times)))
+    still = max(later - earlier for earlier, later in zip(times, times[1:]))
+    print(f"rate {rate:.2f}/s over {times[-1]:.2f}s; per second: {seconds}; "
+          f"most beyond the rate {over:.1f}; longest still {still:.2f}s")
     assert times[-1] >= 10, f"{times[-1]:.2f}s"
-    assert 17 <= rate <= 22, f"{rate:.2f} jobs a second: {seconds}"
-    # The first second has the bucket's burst (4) on top; no other one goes over the rate by
-    # more than 10%. A loaded machine may run a second slow (CI saw 17), but a burst of jobs
-    # come back from a lease, or a stall while one runs out, shows as a second far off.
-    assert all(12 <= n <= 22 for n in seconds[1:]), seconds
-    assert seconds[0] <= 22 + 4, seconds
+    assert 17 <= rate <= 21, f"{rate:.2f} jobs a second: {seconds}"
+    # A job starts a little after its token was taken, later on a loaded machine: a quarter of a
+    # second's worth (5 jobs) is allowed for that. A lease's jobs come back all at once, or a
+    # host that ignores the others' tokens, goes far beyond.
+    assert over <= 4 + 5, f"{over:.1f} jobs beyond 20 a second: {seconds}"
+    # A job held in a worker until its lease (2 s) ran out would stop the work that long.
+    assert still < 1.5, f"no job started for {still:.2f}s: {seconds}"
     assert scalar(events, "SELECT COUNT(*) FROM workerhost_outbox") == 0
     assert scalar(events, "SELECT COUNT(*) FROM workerhost_attempts") == 0
     assert scalar(events, "SELECT COUNT(*) FROM workerhost_dead_letters") == 0
