@@ -102,13 +102,24 @@ endif
 
 # Every figure beside its baseline, measured in the same run (never part of `make test`).
 # BENCH_ARGS=--quick for a sanity check in under a minute. BENCH_ARGS=--peers: this project's
-# deliveries beside a polling outbox and a binlog CDC reader (the extra `bench` installs the
-# reader's library; without it that peer is skipped with the reason).
+# deliveries beside a polling outbox, a binlog CDC reader and Celery with Redis (the extra
+# `bench` installs their libraries, and Debian's redis-server comes as root; a peer that
+# cannot run is skipped with the reason); add "--stack mysql:8.4" for the second stack,
+# MySQL 8.4 with client shapes of its own.
+BENCH_STACK := $(filter mysql:%,$(BENCH_ARGS))
 bench: udf
-	$(if $(filter --peers,$(BENCH_ARGS)),@$(PY) -c 'import pymysqlreplication' 2>/dev/null \
-	  || $(PY) -m pip install -q -e '.[bench]' \
-	  || echo "bench: could not install the extra bench; the CDC peer will be skipped")
+	$(if $(filter --peers,$(BENCH_ARGS)),@$(PY) -c 'import pymysqlreplication, celery, redis' \
+	  2>/dev/null || $(PY) -m pip install -q -e '.[bench]' \
+	  || echo "bench: could not install the extra bench; its peers will be skipped")
+	$(if $(filter --peers,$(BENCH_ARGS)),@command -v redis-server >/dev/null \
+	  || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	       --no-install-recommends redis-server >/dev/null; } \
+	  || echo "bench: redis-server is missing (as root: apt-get install redis-server)")
+ifneq ($(BENCH_STACK),)
+	$(WITH_DOCKER) sh -c 'scripts/mysql-image.sh $(patsubst mysql:%,%,$(BENCH_STACK)) >/dev/null && $(PY) bench/run.py $(BENCH_ARGS)'
+else
 	$(PY) bench/run.py $(BENCH_ARGS)
+endif
 
 clean:
 	rm -rf build udf/build .pytest_cache .mypy_cache .ruff_cache

@@ -6,7 +6,7 @@ rows), runs each one's write-back (the same UPDATE as the project's bench handle
 statement per row) and commits (the whole batch again after a deadlock): batches grow with
 the backlog, as the project's workers' do, instead of one commit per binlog event.
 
-Run as: python peer_cdc.py DB-JSON SERVER-ID
+Run as: python peer_cdc.py DB-JSON SERVER-ID mariadb|mysql
 """
 
 from __future__ import annotations
@@ -27,18 +27,28 @@ _STOP = -1  # queued when the stream ends
 RETRIED = (errorcode.ER_LOCK_DEADLOCK, errorcode.ER_LOCK_WAIT_TIMEOUT)
 
 
-def follow(db: dict[str, object], server_id: int, ids: queue.SimpleQueue[int]) -> None:
+def follow(db: dict[str, object], server_id: int, server: str,
+           ids: queue.SimpleQueue[int]) -> None:
     conn = mysql.connector.connect(**db)
     cursor = conn.cursor()
-    cursor.execute("SELECT @@GLOBAL.gtid_binlog_pos")
-    (position,) = cursor.fetchone()
+    # From the log's current end, as a replica resumes. Without a position the library would
+    # start at the first binlog and replay every earlier write.
+    start: dict[str, object]
+    if server == "mariadb":  # by GTID
+        cursor.execute("SELECT @@GLOBAL.gtid_binlog_pos")
+        start = {"is_mariadb": True, "auto_position": cursor.fetchone()[0]}
+    else:  # by file and offset (MySQL 8.0 names the statement differently)
+        try:
+            cursor.execute("SHOW BINARY LOG STATUS")
+        except mysql.connector.Error:
+            cursor.execute("SHOW MASTER STATUS")
+        log_file, log_pos, *_ = cursor.fetchone()
+        start = {"log_file": log_file, "log_pos": int(log_pos), "resume_stream": True}
     conn.close()
-    # From the log's current end, as a MariaDB replica resumes: by GTID. Without a position
-    # the library would start at the first binlog and replay every earlier write.
     stream = BinLogStreamReader(
         connection_settings={"host": db["host"], "port": db["port"], "user": db["user"],
                              "passwd": db["password"]},
-        server_id=server_id, blocking=True, is_mariadb=True, auto_position=position,
+        server_id=server_id, blocking=True, **start,
         only_events=[WriteRowsEvent], only_schemas=[db["database"]], only_tables=["bench_rows"],
     )
     try:
@@ -55,7 +65,8 @@ def follow(db: dict[str, object], server_id: int, ids: queue.SimpleQueue[int]) -
 def main() -> None:
     db = json.loads(sys.argv[1])
     ids: queue.SimpleQueue[int] = queue.SimpleQueue()
-    threading.Thread(target=follow, args=(db, int(sys.argv[2]), ids), daemon=True).start()
+    threading.Thread(target=follow, args=(db, int(sys.argv[2]), sys.argv[3], ids),
+                     daemon=True).start()
     conn = mysql.connector.connect(**db, autocommit=False)
     cursor = conn.cursor()
     while True:

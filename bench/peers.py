@@ -7,19 +7,25 @@ Systems:
   outbox     the same with `delivery: outbox`: the relay ships the ledger rows
   poller     a textbook polling outbox (peer_poller.py, 2 processes)
   cdc        a binlog CDC reader (peer_cdc.py, python-mysql-replication), when it is installed
+  celery     Celery with a Redis broker, a task enqueued after each commit (peer_celery.py),
+             when celery, redis and redis-server are installed
 
-The server is MariaDB with durable commits (innodb_flush_log_at_trx_commit=1) and its binary
-log on in ROW format with sync_binlog=1, for every system: CDC needs the binary log, and a
-server that has one pays for it on every commit. Every job's write-back is
-`UPDATE bench_rows SET done_at = NOW(6) WHERE id = ...`.
+Two stacks, each a server with client shapes of its own (STACKS; `--stack`):
+  mariadb    MariaDB 10.11; one 20,000-row INSERT, 4 client threads of autocommit INSERTs
+  mysql:8.4  MySQL 8.4 in the sandbox's container; one 10,000-row INSERT, 8 client threads
+             committing 5 single-row INSERTs a transaction (the small OLTP transactions)
+Both with durable commits (innodb_flush_log_at_trx_commit=1) and the binary log on in ROW
+format with sync_binlog=1, for every system: CDC needs the binary log, and a server that has
+one pays for it on every commit (checked before the runs: MySQL has these by default). Every
+job's write-back is `UPDATE bench_rows SET done_at = NOW(6) WHERE id = ...`.
 
 Per round, the systems take turns (a slow moment of this shared machine falls on all alike),
 and each is measured by:
   - one N-row INSERT ... SELECT: rows/s from the statement's start until every row is
     written back, and how long the statement itself took;
-  - 4 client threads doing autocommit single-row INSERTs of N rows in all: the same rows/s;
-  - latency at a fixed 500 rows/s offered by 4 paced clients: created_at (the INSERT's
-    NOW(6)) to done_at (the write-back's NOW(6), before its commit), p50 and p99;
+  - the stack's client threads doing INSERTs of N rows in all: the same rows/s;
+  - latency at a fixed 500 rows/s offered by 4 paced autocommit clients: created_at (the
+    INSERT's NOW(6)) to done_at (the write-back's NOW(6), before its commit), p50 and p99;
   - CPU per 1,000 rows in both throughput runs: utime + stime from /proc/PID/stat of the
     database server, gearmand and the system's own processes (the benchmark client excluded).
 The round also times the same N-row INSERT with no trigger and with each system's trigger
@@ -30,12 +36,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,38 +53,113 @@ from bench_outbox import _discard
 from common import BENCH, children, host_command, processes, progress
 
 from workerhost.config.load import parse_config
+from workerhost.sandbox.processes import free_port
 from workerhost.sandbox.stack import Sandbox
 from workerhost.store import schema, triggers
 from workerhost.store.db import Database
 
-SYSTEMS = ("immediate", "outbox", "poller", "cdc")
+SYSTEMS = ("immediate", "outbox", "poller", "cdc", "celery")
 LABELS = {
     "immediate": "workerhost, immediate (default)",
     "outbox": "workerhost, outbox delivery",
     "poller": "polling outbox (SKIP LOCKED, RC, batch 100, 2 procs)",
     "cdc": "binlog CDC reader (python-mysql-replication)",
+    "celery": "Celery + Redis (after commit, acks_late, 2 procs)",
 }
+TRIGGERLESS = ("cdc", "celery")  # systems that put nothing into the application's statement
 UPDATE = "UPDATE bench_rows SET done_at = NOW(6) WHERE id = %(id)s"
 PROCESSES = 2  # worker processes of the host, and of the poller
-CLIENT_THREADS = 4
+LATENCY_CLIENTS = 4
 RATE = 500  # rows/s of the latency runs
 CDC_SERVER_ID = 4242  # the CDC reader's replica id; the server's own is 1
 WAIT_POLL = 0.02  # seconds between two looks for rows not yet written back
 WAIT_TIMEOUT = 300.0
 WARM_UP_EVERY = 0.5  # seconds between two warm-up rows
-# The server settings of every system's runs (the binary log as CDC needs it, durable).
+# The server settings of every system's runs (the binary log as CDC needs it, durable):
+# mariadbd's options, and what every server must show before the runs.
 BINLOG_OPTIONS = ("--log-bin=binlog", "--server-id=1", "--binlog-format=ROW",
                   "--sync-binlog=1", "--innodb-flush-log-at-trx-commit=1")
+DURABLE = {"log_bin": "1", "binlog_format": "ROW", "sync_binlog": "1",
+           "innodb_flush_log_at_trx_commit": "1"}
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A server and the client shapes measured on it."""
+
+    server: str  # what Sandbox() takes
+    bulk: int  # rows of the one INSERT ... SELECT
+    threads: int  # client threads of the concurrent run
+    per_commit: int  # single-row INSERTs a transaction, in the concurrent run
+    threaded: int  # rows of the concurrent run, in all
+    latency_s: float
+
+    def quick(self) -> Stack:
+        return Stack(self.server, 4000, self.threads, self.per_commit, 2000, 3.0)
+
+    @property
+    def shape(self) -> str:
+        commits = "autocommit" if self.per_commit == 1 else f"{self.per_commit} rows a commit"
+        return f"{self.threads} threads, {commits}"
+
+
+STACKS = {
+    "mariadb": Stack("mariadb", bulk=20000, threads=4, per_commit=1, threaded=20000,
+                     latency_s=10.0),
+    "mysql:8.4": Stack("mysql:8.4", bulk=10000, threads=8, per_commit=5, threaded=20000,
+                       latency_s=10.0),
+}
 
 
 class BinlogSandbox(Sandbox):
-    """The bench's sandbox with the binary log on: mariadbd gets BINLOG_OPTIONS."""
+    """The bench's sandbox with the binary log on: mariadbd gets BINLOG_OPTIONS (mysqld has
+    them by default; check_durable() says so before the runs)."""
 
     def _spawn(self, argv: Sequence[str], log: Path, name: str,
                env: dict[str, str] | None = None) -> int:
         if name == self.database_process:
             argv = [*argv, *BINLOG_OPTIONS]
         return super()._spawn(argv, log, name, env)
+
+
+def check_durable(box: Sandbox) -> None:
+    """Stop unless the server runs with DURABLE's settings."""
+    conn = box.connect()
+    cursor = conn.cursor()
+    cursor.execute("SELECT " + ", ".join(f"@@GLOBAL.{name}" for name in DURABLE))
+    found = dict(zip(DURABLE, (str(v) for v in cursor.fetchone()), strict=True))
+    conn.close()
+    wrong = {name: value for name, value in found.items() if value != DURABLE[name]}
+    if wrong:
+        raise SystemExit(f"{box.server} runs with {wrong}; the peers bench needs {DURABLE}")
+
+
+def rows_select(box: Sandbox, n: int) -> str:
+    """A SELECT of n rows (seq, 'x') for an INSERT ... SELECT: MariaDB's sequence engine,
+    a recursive CTE on MySQL (the sandbox allows a million levels)."""
+    if box.server == "mariadb":
+        return f"SELECT seq, 'x' FROM seq_1_to_{n}"
+    return (f"WITH RECURSIVE numbers (seq) AS (SELECT 1 UNION ALL SELECT seq + 1 FROM numbers "
+            f"WHERE seq < {n}) SELECT seq, 'x' FROM numbers")
+
+
+def celery_unavailable() -> str | None:
+    """Why the Celery peer cannot run here, or None."""
+    try:
+        import celery  # noqa: F401
+        import redis  # noqa: F401
+    except ImportError:
+        return ("celery and redis are not installed (pip install -e '.[bench]', which "
+                "`make bench BENCH_ARGS=--peers` runs)")
+    if not shutil.which("redis-server"):
+        return "redis-server is not installed (as root: apt-get install redis-server)"
+    return None
+
+
+def unavailable() -> dict[str, str]:
+    """The peers that cannot run here, each with the reason."""
+    found = {"cdc": cdc_unavailable(), "celery": celery_unavailable()}
+    return {system: reason for system, reason in found.items() if reason}
 
 
 def cdc_unavailable() -> str | None:
@@ -88,17 +170,6 @@ def cdc_unavailable() -> str | None:
         return ("python-mysql-replication is not installed "
                 "(pip install -e '.[bench]', which `make bench BENCH_ARGS=--peers` runs)")
     return None
-
-
-@dataclass
-class Sizes:
-    bulk: int
-    threaded: int
-    latency_s: float
-
-    @classmethod
-    def pick(cls, quick: bool) -> Sizes:
-        return cls(4000, 2000, 3.0) if quick else cls(20000, 20000, 10.0)
 
 
 @dataclass
@@ -161,10 +232,16 @@ def _install_trigger(system: str, box: Sandbox, database: str, function: str) ->
 
 @dataclass
 class Consumers:
-    """A system's running processes, and the servers', whose CPU counts."""
+    """A system's running processes, and the servers', whose CPU counts; and for a system the
+    application hands its jobs to (Celery), what enqueues the rows of a commit."""
 
     procs: list[Any]
     servers: list[int]
+    enqueue: Callable[[Iterable[int]], None] | None = None
+
+    def committed(self, ids: Iterable[int]) -> None:
+        if self.enqueue is not None:
+            self.enqueue(ids)
 
     @property
     def pids(self) -> list[int]:
@@ -184,18 +261,48 @@ def _running(system: str, box: Sandbox, work: Path, database: str) -> Iterator[C
     function = f"bench_peers_{system}_{uuid.uuid4().hex[:8]}"
     handler = _install_trigger(system, box, database, function)
     db = json.dumps(_db(box, database))
+    servers = list(box.info.pids.values()) if box.info else []
+    if system == "celery":
+        with _celery(work, db) as (procs, client):
+            consumers = Consumers(procs, servers, client.enqueue)
+            _warm_up(box, database, consumers)
+            yield consumers
+            consumers.check()
+        return
     if handler:
         argv, env = host_command(box, work, database, {function: handler}, relay=True)
         started = processes(argv, env=env)
     elif system == "poller":
         started = processes(*[[sys.executable, str(BENCH / "peer_poller.py"), db]] * PROCESSES)
     else:
-        started = processes([sys.executable, str(BENCH / "peer_cdc.py"), db, str(CDC_SERVER_ID)])
+        started = processes([sys.executable, str(BENCH / "peer_cdc.py"), db, str(CDC_SERVER_ID),
+                             box.server])
     with started as procs:
-        consumers = Consumers(procs, list(box.info.pids.values()) if box.info else [])
+        consumers = Consumers(procs, servers)
         _warm_up(box, database, consumers)
         yield consumers
         consumers.check()
+
+
+@contextmanager
+def _celery(work: Path, db: str) -> Iterator[tuple[list[Any], Any]]:
+    """A Redis of its own and a Celery worker of PROCESSES processes; the application's
+    client. Redis counts among the consumers (it is the system's broker)."""
+    import peer_celery  # only with the extra installed (celery_unavailable)
+
+    port = free_port()
+    data = work / f"redis-{port}"
+    data.mkdir()
+    broker = f"redis://127.0.0.1:{port}/0"
+    env = dict(os.environ, PEER_CELERY_BROKER=broker, PEER_CELERY_DB=db,
+               PYTHONPATH=os.pathsep.join([str(BENCH), os.environ.get("PYTHONPATH", "")]))
+    worker = [sys.executable, "-m", "celery", "-A", "peer_celery", "worker", "--pool=prefork",
+              f"--concurrency={PROCESSES}", "--loglevel=WARNING", "--without-gossip",
+              "--without-mingle", "--without-heartbeat"]
+    with processes(peer_celery.redis_argv(port, data), env=env) as redis:
+        peer_celery.wait_for_redis(port)
+        with processes(worker, env=env) as procs:
+            yield [*redis, *procs], peer_celery.Client(broker)
 
 
 def _warm_up(box: Sandbox, database: str, consumers: Consumers) -> None:
@@ -210,6 +317,7 @@ def _warm_up(box: Sandbox, database: str, consumers: Consumers) -> None:
         if time.monotonic() - last > WARM_UP_EVERY:
             sent, last = sent + 1, time.monotonic()
             cursor.execute("INSERT INTO bench_rows (id, body) VALUES (%s, 'warm-up')", (-sent,))
+            consumers.committed([-sent])
         cursor.execute("SELECT 1 FROM bench_rows WHERE done_at IS NOT NULL LIMIT 1")
         if cursor.fetchone():
             break
@@ -271,8 +379,9 @@ def _bulk(box: Sandbox, database: str, consumers: Consumers, n: int
     cursor = conn.cursor()
     before = _ticks(consumers.pids)
     started = time.monotonic()
-    cursor.execute(f"INSERT INTO bench_rows (id, body) SELECT seq, 'x' FROM seq_1_to_{n}")
+    cursor.execute(f"INSERT INTO bench_rows (id, body) {rows_select(box, n)}")
     statement = time.monotonic() - started
+    consumers.committed(range(1, n + 1))
     _wait_written(cursor, consumers)
     elapsed = time.monotonic() - started
     cpu = _cpu_ms(before, _ticks(consumers.pids))
@@ -281,12 +390,14 @@ def _bulk(box: Sandbox, database: str, consumers: Consumers, n: int
     return n / elapsed, statement, cpu / n * 1000
 
 
-def _threaded(box: Sandbox, database: str, consumers: Consumers, n: int) -> tuple[float, float]:
-    """(rows/s, CPU ms per 1,000 rows) of n autocommit single-row INSERTs from 4 threads."""
-    conns = [box.connect(database=database) for _ in range(CLIENT_THREADS)]
+def _threaded(box: Sandbox, database: str, consumers: Consumers, stack: Stack
+              ) -> tuple[float, float]:
+    """(rows/s, CPU ms per 1,000 rows) of the stack's concurrent INSERTs."""
+    n = stack.threaded
+    conns = [box.connect(database=database) for _ in range(stack.threads)]
     before = _ticks(consumers.pids)
     started = time.monotonic()
-    _insert_threads(conns, n)
+    _insert_threads(conns, n, stack.per_commit, consumers.committed)
     cursor = conns[0].cursor()
     _wait_written(cursor, consumers)
     elapsed = time.monotonic() - started
@@ -299,17 +410,29 @@ def _threaded(box: Sandbox, database: str, consumers: Consumers, n: int) -> tupl
     return n / elapsed, cpu / n * 1000
 
 
-def _insert_threads(conns: Sequence[Any], n: int) -> None:
-    """n autocommit single-row INSERTs, from one thread per connection, started together."""
+def _insert_threads(conns: Sequence[Any], n: int, per_commit: int,
+                    committed: Callable[[Iterable[int]], None] | None = None) -> None:
+    """n single-row INSERTs, per_commit of them a transaction (1: autocommit), from one
+    thread per connection, started together; `committed` gets each commit's ids."""
     gate = threading.Barrier(len(conns) + 1)
     failures: list[BaseException] = []
 
     def client(k: int) -> None:
-        cursor = conns[k].cursor()
+        conn = conns[k]
+        cursor = conn.cursor()
+        mine = range(k + 1, n + 1, len(conns))
         gate.wait()
         try:
-            for i in range(k + 1, n + 1, len(conns)):
-                cursor.execute("INSERT INTO bench_rows (id, body) VALUES (%s, 'x')", (i,))
+            for first in range(0, len(mine), per_commit):
+                ids = mine[first:first + per_commit]
+                if per_commit > 1:
+                    conn.start_transaction()
+                for i in ids:
+                    cursor.execute("INSERT INTO bench_rows (id, body) VALUES (%s, 'x')", (i,))
+                if per_commit > 1:
+                    conn.commit()
+                if committed is not None:
+                    committed(ids)
         except BaseException as exc:  # reported below, in the caller's thread
             failures.append(exc)
 
@@ -323,29 +446,29 @@ def _insert_threads(conns: Sequence[Any], n: int) -> None:
         raise failures[0]
 
 
-def _ceiling(box: Sandbox, database: str, n: int) -> float:
-    """rows/s of the 4 threads' INSERTs with no trigger and nothing consuming: what the server
-    commits at most in that shape, with every system's work left out."""
+def _ceiling(box: Sandbox, database: str, stack: Stack) -> float:
+    """rows/s of the stack's concurrent INSERTs with no trigger and nothing consuming: what
+    the server commits at most in that shape, with every system's work left out."""
     _install_trigger("plain", box, database, "")
-    conns = [box.connect(database=database) for _ in range(CLIENT_THREADS)]
+    conns = [box.connect(database=database) for _ in range(stack.threads)]
     started = time.monotonic()
-    _insert_threads(conns, n)
+    _insert_threads(conns, stack.threaded, stack.per_commit)
     elapsed = time.monotonic() - started
     conns[0].cursor().execute("TRUNCATE TABLE bench_rows")
     for conn in conns:
         conn.close()
-    return n / elapsed
+    return stack.threaded / elapsed
 
 
 def _latency(box: Sandbox, database: str, consumers: Consumers, seconds: float
              ) -> tuple[float, float]:
     """(p50, p99) in ms from each row's INSERT to its write-back, rows inserted at RATE.
 
-    The rate is the offered load: CLIENT_THREADS clients each insert at their share of it,
+    The rate is the offered load: LATENCY_CLIENTS clients each insert at their share of it,
     so that a slow commit delays its own client's next row, not the whole schedule.
     """
     total = int(RATE * seconds)
-    conns = [box.connect(database=database) for _ in range(CLIENT_THREADS)]
+    conns = [box.connect(database=database) for _ in range(LATENCY_CLIENTS)]
     failures: list[BaseException] = []
     behind: list[float] = []
     started = time.monotonic() + 0.1
@@ -353,17 +476,18 @@ def _latency(box: Sandbox, database: str, consumers: Consumers, seconds: float
     def client(k: int) -> None:
         cursor = conns[k].cursor()
         try:
-            for i in range(k + 1, total + 1, CLIENT_THREADS):
+            for i in range(k + 1, total + 1, LATENCY_CLIENTS):
                 pause = started + i / RATE - time.monotonic()
                 if pause > 0:
                     time.sleep(pause)
                 else:
                     behind.append(-pause)
                 cursor.execute("INSERT INTO bench_rows (id, body) VALUES (%s, 'x')", (i,))
+                consumers.committed([i])
         except BaseException as exc:  # reported below, in the caller's thread
             failures.append(exc)
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(CLIENT_THREADS)]
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(LATENCY_CLIENTS)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -389,13 +513,13 @@ def _triggers_alone(box: Sandbox, database: str, n: int, systems: Sequence[str]
                     ) -> dict[str, float]:
     """Seconds of the n-row INSERT with each system's trigger (plain: none), no consumer."""
     found: dict[str, float] = {}
-    for system in ("plain", *[s for s in systems if s != "cdc"]):
+    for system in ("plain", *[s for s in systems if s not in TRIGGERLESS]):
         function = f"bench_peers_alone_{uuid.uuid4().hex[:8]}"
         _install_trigger(system, box, database, function)
         conn = box.connect(database=database)
         cursor = conn.cursor()
         started = time.monotonic()
-        cursor.execute(f"INSERT INTO bench_rows (id, body) SELECT seq, 'x' FROM seq_1_to_{n}")
+        cursor.execute(f"INSERT INTO bench_rows (id, body) {rows_select(box, n)}")
         found[system] = time.monotonic() - started
         cursor.execute("DROP TABLE bench_rows")
         conn.close()
@@ -404,14 +528,11 @@ def _triggers_alone(box: Sandbox, database: str, n: int, systems: Sequence[str]
     return found
 
 
-def run(box: Sandbox, work: Path, database: str, quick: bool, rounds: int
+def run(box: Sandbox, work: Path, database: str, stack: Stack, rounds: int
         ) -> tuple[dict[str, Runs], dict[str, str]]:
     """Every system's runs, and the systems skipped with the reason."""
-    sizes = Sizes.pick(quick)
-    skipped: dict[str, str] = {}
-    reason = cdc_unavailable()
-    if reason:
-        skipped["cdc"] = reason
+    check_durable(box)
+    skipped = unavailable()
     systems = [s for s in SYSTEMS if s not in skipped]
     db = Database(_db(box, database))
     db.run(schema.create)
@@ -419,27 +540,27 @@ def run(box: Sandbox, work: Path, database: str, quick: bool, rounds: int
     results = {s: Runs() for s in systems}
     for round_ in range(1, rounds + 1):
         progress(f"peers, round {round_} of {rounds}: each system's trigger alone, "
-                 f"{sizes.bulk}-row INSERT")
-        alone = _triggers_alone(box, database, sizes.bulk, systems)
+                 f"{stack.bulk}-row INSERT")
+        alone = _triggers_alone(box, database, stack.bulk, systems)
         for system in systems:
             results[system].trigger_alone_s.append(alone.get(system, alone["plain"]))
         results.setdefault("plain", Runs()).trigger_alone_s.append(alone["plain"])
-        progress(f"peers, round {round_} of {rounds}: {CLIENT_THREADS} threads' INSERTs alone")
-        results["plain"].threaded_rows_s.append(_ceiling(box, database, sizes.threaded))
+        progress(f"peers, round {round_} of {rounds}: {stack.shape}: the INSERTs alone")
+        results["plain"].threaded_rows_s.append(_ceiling(box, database, stack))
         for system in systems:
-            progress(f"peers, round {round_} of {rounds}: {system}: {sizes.bulk}-row INSERT, "
-                     f"{CLIENT_THREADS} threads x {sizes.threaded // CLIENT_THREADS} rows, "
-                     f"{RATE} rows/s for {sizes.latency_s:g}s")
+            progress(f"peers, round {round_} of {rounds}: {system}: {stack.bulk}-row INSERT, "
+                     f"{stack.shape}, {stack.threaded} rows, "
+                     f"{RATE} rows/s for {stack.latency_s:g}s")
             with _running(system, box, work, database) as consumers:
                 r = results[system]
-                rate, statement, cpu = _bulk(box, database, consumers, sizes.bulk)
+                rate, statement, cpu = _bulk(box, database, consumers, stack.bulk)
                 r.bulk_rows_s.append(rate)
                 r.bulk_statement_s.append(statement)
                 r.bulk_cpu_ms.append(cpu)
-                rate, cpu = _threaded(box, database, consumers, sizes.threaded)
+                rate, cpu = _threaded(box, database, consumers, stack)
                 r.threaded_rows_s.append(rate)
                 r.threaded_cpu_ms.append(cpu)
-                p50, p99 = _latency(box, database, consumers, sizes.latency_s)
+                p50, p99 = _latency(box, database, consumers, stack.latency_s)
                 r.p50_ms.append(p50)
                 r.p99_ms.append(p99)
     return results, skipped
@@ -451,10 +572,10 @@ def _median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def table(results: dict[str, Runs], sizes: Sizes) -> str:
+def table(results: dict[str, Runs], stack: Stack) -> str:
     base = results["immediate"]
-    header = ("system", f"{sizes.bulk:,}-row INSERT, rows/s",
-              f"{CLIENT_THREADS} threads autocommit, rows/s", f"p50 / p99 at {RATE}/s, ms",
+    header = ("system", f"{stack.bulk:,}-row INSERT, rows/s", f"{stack.shape}, rows/s",
+              f"p50 / p99 at {RATE}/s, ms",
               "CPU ms/1k rows (INSERT; threads)", "INSERT, no consumer, s (x no trigger)")
     rows = [header]
     plain = _median(results["plain"].trigger_alone_s)
@@ -474,14 +595,14 @@ def table(results: dict[str, Runs], sizes: Sizes) -> str:
             f"{_median(r.p50_ms):.1f} / {_median(r.p99_ms):.1f}",
             f"{cell(r.bulk_cpu_ms, base.bulk_cpu_ms)}; "
             f"{cell(r.threaded_cpu_ms, base.threaded_cpu_ms)}",
-            "-" if system == "cdc" else f"{alone:.3f} ({alone / plain:.1f}x)",
+            "-" if system in TRIGGERLESS else f"{alone:.3f} ({alone / plain:.1f}x)",
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     ceiling = _median(results["plain"].threaded_rows_s)
     lines.append(f"(ratios to {LABELS['immediate']}; the INSERT with no trigger: {plain:.3f} s; "
-                 f"the {CLIENT_THREADS} threads' INSERTs with no trigger and nothing consuming: "
+                 f"the {stack.shape} INSERTs with no trigger and nothing consuming: "
                  f"{ceiling:,.0f} rows/s)")
     return "\n".join(lines)
 

@@ -119,6 +119,8 @@ def main() -> int:
     parser.add_argument("--peers", action="store_true",
                         help="only this project's deliveries beside a polling outbox and a "
                              "binlog CDC reader, on a server with its binary log on")
+    parser.add_argument("--stack", choices=sorted(peers.STACKS), default="mariadb",
+                        help="with --peers: the server and client shapes (see bench/peers.py)")
     parser.add_argument("--rounds", type=int, default=3, metavar="N",
                         help="--peers: rounds, the systems taking turns in each (default 3)")
     args = parser.parse_args()
@@ -170,11 +172,13 @@ def main() -> int:
 
 
 def _peers(args: argparse.Namespace) -> int:
-    reason = peers.cdc_unavailable()
-    if reason:
-        print(f"binlog CDC peer skipped: {reason}", flush=True)
+    for system, reason in peers.unavailable().items():
+        print(f"{system} peer skipped: {reason}", flush=True)
+    stack = peers.STACKS[args.stack]
+    if args.quick:
+        stack = stack.quick()
     with tempfile.TemporaryDirectory(prefix="workerhost-bench-peers-") as tmp:
-        box = peers.BinlogSandbox(Path(tmp) / "sandbox")
+        box = peers.BinlogSandbox(Path(tmp) / "sandbox", server=stack.server)
         progress(f"starting a sandbox with the binary log on in {box.dir}")
         box.up(gearman_queue=args.gearman_queue, gearman_threads=args.gearman_threads)
         try:
@@ -187,23 +191,24 @@ def _peers(args: argparse.Namespace) -> int:
             admin.cursor().execute(f"CREATE DATABASE IF NOT EXISTS {database}")
             admin.close()
             started = time.monotonic()
-            results, skipped = peers.run(box, Path(tmp), database, args.quick, args.rounds)
+            results, skipped = peers.run(box, Path(tmp), database, stack, args.rounds)
             progress(f"peers done in {time.monotonic() - started:.0f}s")
         finally:
             box.down()
-    sizes = peers.Sizes.pick(args.quick)
-    print(f"medians of {args.rounds} rounds; MariaDB with {' '.join(peers.BINLOG_OPTIONS)}")
-    print(peers.table(results, sizes))
+    settings = ", ".join(f"{name}={value}" for name, value in peers.DURABLE.items())
+    print(f"medians of {args.rounds} rounds; {stack.server} with {settings}")
+    print(peers.table(results, stack))
     for system, why in skipped.items():
         print(f"{system} skipped: {why}")
     print()
     print("\n".join(peers.verdict(results)))
-    out = ROOT / "build" / "bench-peers.json"
+    name = "" if args.stack == "mariadb" else "-" + args.stack.replace(":", "-")
+    out = ROOT / "build" / f"bench-peers{name}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": _machine(),
-        "quick": args.quick, "rounds": args.rounds, "server_options": peers.BINLOG_OPTIONS,
-        "sizes": vars(sizes), "skipped": skipped, "runs": peers.as_dict(results),
+        "quick": args.quick, "rounds": args.rounds, "stack": vars(stack),
+        "server_options": peers.DURABLE, "skipped": skipped, "runs": peers.as_dict(results),
     }, indent=2) + "\n")
     print(f"\nwritten to {out.relative_to(ROOT)}")
     return 0
