@@ -108,13 +108,15 @@ endif
 # MySQL 8.4 with client shapes of its own.
 BENCH_STACK := $(filter mysql:%,$(BENCH_ARGS))
 bench: udf
-	$(if $(filter --peers,$(BENCH_ARGS)),@$(PY) -c 'import pymysqlreplication, celery, redis' \
-	  2>/dev/null || $(PY) -m pip install -q -e '.[bench]' \
-	  || echo "bench: could not install the extra bench; its peers will be skipped")
-	$(if $(filter --peers,$(BENCH_ARGS)),@command -v redis-server >/dev/null \
+ifneq ($(filter --peers,$(BENCH_ARGS)),)
+	@$(PY) -c 'import pymysqlreplication, celery, redis' 2>/dev/null \
+	  || $(PY) -m pip install -q -e '.[bench]' \
+	  || echo "bench: could not install the extra bench; its peers will be skipped"
+	@command -v redis-server >/dev/null \
 	  || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
 	       --no-install-recommends redis-server >/dev/null; } \
-	  || echo "bench: redis-server is missing (as root: apt-get install redis-server)")
+	  || echo "bench: redis-server is missing (as root: apt-get install redis-server)"
+endif
 ifneq ($(BENCH_STACK),)
 	$(WITH_DOCKER) sh -c 'scripts/mysql-image.sh $(patsubst mysql:%,%,$(BENCH_STACK)) >/dev/null && $(PY) bench/run.py $(BENCH_ARGS)'
 else
