@@ -4,6 +4,7 @@ through selenium) that logs in, reads the queues and replays dead letters."""
 
 from __future__ import annotations
 
+import copy
 import http.cookiejar
 import json
 import os
@@ -650,6 +651,86 @@ def test_a_logout_outlives_a_restart_of_the_console_that_keeps_its_secret_key(
     # vic's session outlives the restart (the key is kept); ada's copied one does not.
     assert landing(second, vic) == "200"
     assert landing(second, copied) == "/login"
+
+
+def test_a_logout_on_one_console_ends_the_session_on_another_behind_the_same_balancer(
+        db: Any, stack: dict[str, Any], console_factory: Any, tmp_path: Path) -> None:
+    """Two consoles with one database and one key take each other's cookies (as behind a
+    balancer): a logout on one is refused by the other within seconds, with no restart, while
+    a session that did not log out stays good on both."""
+    (tmp_path / "console.key").write_text(secrets.token_hex(32) + "\n")
+    config = {**stack, "host": {**stack["host"], "console": {
+        **stack["host"]["console"], "secret_key_file": str(tmp_path / "console.key")}}}
+    browser = {"Accept": "text/html"}
+    one, other = console_factory(config), console_factory(config)
+    ada, vic = http.cookiejar.CookieJar(), http.cookiejar.CookieJar()
+    assert form_login(one, "ada", str(USERS["ada"]["password"]), ada).status == 302
+    assert form_login(one, "vic", str(USERS["vic"]["password"]), vic).status == 302
+
+    def on_other(jar: http.cookiejar.CookieJar) -> http.cookiejar.CookieJar:
+        """The jar's session cookie as the balancer would hand it to the other console (the
+        cookie is named after the console's port, and these two listen on two ports)."""
+        copied = http.cookiejar.CookieJar()
+        for cookie in jar:
+            cookie = copy.copy(cookie)
+            cookie.name = f"workerhost_console_{other.port}"
+            copied.set_cookie(cookie)
+        return copied
+
+    def landing(console: Console, jar: http.cookiejar.CookieJar) -> str:
+        answer = request(console.url + "/dead-letters", jar=jar, headers=browser)
+        return urllib.parse.urlparse(answer.headers.get("Location") or "").path or str(
+            answer.status)
+
+    ada_there, vic_there = on_other(ada), on_other(vic)
+    assert landing(other, ada_there) == "200"
+    page = request(one.url + "/", jar=ada, headers=browser)
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page.body)
+    assert found
+    assert request(one.url + "/logout", jar=ada, data={"csrf_token": found.group(1)}
+                   ).status == 302
+    logged_out = time.monotonic()
+    wait_until(lambda: landing(other, ada_there) == "/login", timeout=15,
+               what="the other console to refuse the session logged out on the first")
+    assert time.monotonic() - logged_out < 10
+    assert landing(other, vic_there) == "200"
+    assert landing(one, vic) == "200"
+    assert other.process.poll() is None
+
+
+def test_the_logout_follower_says_once_that_the_database_is_silent_and_reads_again_after(
+        sandbox: Sandbox, stack: dict[str, Any], db: Any, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from workerhost.config.load import parse_config
+    from workerhost.console import auth, logouts
+    from workerhost.store import logout_table
+
+    for name, value in host_env(sandbox).items():
+        monkeypatch.setenv(name, value)
+    silent = {**stack, "database": {**stack["database"], "port": free_port()}}
+    revoked = auth.Revoked()
+    follower = logouts.LogoutFollower(parse_config(silent, file="silent.yaml"), revoked)
+    try:
+        with caplog.at_level("INFO", logger="workerhost.console"):
+            assert not follower.restore()
+            assert not follower.restore()
+        said = [r.getMessage() for r in caplog.records]
+        assert len(said) == 1 and "sessions logged out" in said[0], said
+        assert sandbox.password not in said[0]
+    finally:
+        follower.close()
+    logout_table.add_logout(db, "sid-from-another-console", time.time() + 60, time.time())
+    follower = logouts.LogoutFollower(parse_config(stack, file="stack.yaml"), revoked)
+    follower.failing = True  # as after the silent spell above
+    try:
+        caplog.clear()
+        with caplog.at_level("INFO", logger="workerhost.console"):
+            assert follower.restore()
+        assert "sid-from-another-console" in revoked
+        assert [r.getMessage() for r in caplog.records] == [
+            "console: the sessions logged out are read again"]
+    finally:
+        follower.close()
 
 
 def test_behind_a_trusted_tls_proxy_the_cookie_is_secure_and_hsts_is_sent(

@@ -17,8 +17,9 @@ write: the one that ended and the one under way, each about (functions + 1) rows
 DELETE of the rows older than a day once an hour, and reads them back in one SELECT when the
 console starts. And the sessions logged out (`workerhost_logouts`, auth.Revoked): a row per
 logout for the 12 hours its session would have lasted, written by the logout (a DELETE of the
-rows run out and a REPLACE) and read once when the console starts; checking a session on a
-request reads nothing.
+rows run out and a REPLACE), read when the console starts and every two seconds after, from a
+thread of its own, so that a logout on one console of the database ends the session on all
+(logouts.py); checking a session on a request reads nothing.
 """
 
 from __future__ import annotations

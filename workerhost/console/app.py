@@ -48,6 +48,7 @@ from workerhost.console import (
     charts,
     deadlines,
     figures,
+    logouts,
     processes,
     query,
     sampling,
@@ -107,7 +108,9 @@ def create_app(config: Config, listen: Server) -> Flask:
     users = config.host.console.users
     throttle = LoginThrottle()
     revoked = auth.Revoked()
-    _restore_logouts(config, revoked)
+    # Logouts of every console on the database (another behind the same balancer takes the
+    # same cookies): read now, then followed from a thread of their own.
+    logouts.LogoutFollower(config, revoked).start()
     # Without users, any page of any site whose DNS name is made to point at 127.0.0.1 (DNS
     # rebinding) would be same-origin with the console: answer only to its own names.
     hosts = {*(f"{name}:{listen.port}" for name in LOOPBACK_NAMES),
@@ -329,21 +332,6 @@ def create_app(config: Config, listen: Server) -> Flask:
                                message=error.description), error.code or 500, headers
 
     return app
-
-
-def _restore_logouts(config: Config, revoked: auth.Revoked) -> None:
-    """The sessions logged out before this console started, read from the database; without
-    an answer, the console starts with none (and says so)."""
-    db = Database(deadlines.database_params(config))
-    try:
-        revoked.load(db.run(lambda conn: logout_table.logouts(conn, time.time()),
-                            deadline=time.monotonic() + deadlines.PAGE_DEADLINE))
-    except RUN_ERRORS as exc:
-        log.warning("console: the sessions logged out before this start are not known (a "
-                    "copy of such a session's cookie is taken again): %s",
-                    logs.mask(str(exc), config.database.password))
-    finally:
-        db.close()
 
 
 def _as_loaded(config: Config) -> str:

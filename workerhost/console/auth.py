@@ -87,12 +87,11 @@ class Revoked:
     (waitress serves it with a pool of threads; `workerhost run` forks it as one child), so
     every request it answers sees every logout at once, and checking a session costs the
     database nothing. Each logout is also written to the database (`workerhost_logouts`,
-    store/logout_table.py: a row until the session would have run out), and `load` reads them
-    when the console starts, so that a restart with a kept secret_key, which makes the old
-    cookies good again, does not make a logged-out one good. Other consoles on the same
-    database (behind one balancer) read them when they start, not meanwhile: until its
-    restart, another console still takes a copy of a cookie logged out here (docs/console.md
-    says so; a changed password ends a session on every console at once).
+    store/logout_table.py: a row until the session would have run out), and `load` takes
+    them in (logouts.py): when the console starts, so that a restart with a kept secret_key,
+    which makes the old cookies good again, does not make a logged-out one good, and every
+    few seconds after, so that a cookie logged out on another console of the same database
+    (behind one balancer) is refused here too.
     """
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
