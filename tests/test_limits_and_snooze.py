@@ -3,6 +3,7 @@ handler that asks to run again later without spending an attempt."""
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -114,7 +115,7 @@ def test_two_hosts_keep_a_global_rate_over_a_backlog_longer_than_the_lease(
     # 4), and the longest the work stood still.
     over = max(j - i + 1 - 20 * (times[j] - times[i])
                for i in range(len(times)) for j in range(i, len(times)))
-    still = max(later - earlier for earlier, later in zip(times, times[1:]))
+    still = max(later - earlier for earlier, later in itertools.pairwise(times))
     print(f"rate {rate:.2f}/s over {times[-1]:.2f}s; per second: {seconds}; "
           f"most beyond the rate {over:.1f}; longest still {still:.2f}s")
     assert times[-1] >= 10, f"{times[-1]:.2f}s"

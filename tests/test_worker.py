@@ -9,8 +9,9 @@ servers in test_worker_host.py and test_ledger.py.
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -344,3 +345,24 @@ def test_a_paused_functions_jobs_are_parked_and_run_nothing(db: FakeDatabase) ->
     assert db.store.attempts == {}
     db.store.paused.clear()  # resumed: the relay ships the rows again, and they run
     assert worker(db).run_batch(jobs) == [b"done 11", b"done 12"]
+
+
+def test_a_held_job_found_free_wakes_the_jobs_held_as_long_or_longer() -> None:
+    """A bulk INSERT's transaction commits: the first of its jobs tried again finds its row,
+    and the others held with it (or before it) are tried at once, not at the end of their
+    back-off; jobs held since later, by other transactions, keep theirs."""
+    from workerhost.host import worker as worker_module
+
+    def held(since: float, next_try: float) -> Any:
+        return worker_module._Held(cast(Any, None), since, next_try=next_try)
+
+    now = time.monotonic()
+    earlier, same, later = held(now - 3, now + 60), held(now - 2, now + 60), held(now - 1, now + 60)
+    tried = held(now - 2, now)
+    worker_module._wake([earlier, same, later], [tried], [b"done"])
+    assert earlier.next_try <= time.monotonic() and same.next_try <= time.monotonic()
+    assert later.next_try == now + 60
+    # Still held when tried again: nothing is woken.
+    still = held(now - 1, now + 60)
+    worker_module._wake([still], [held(now - 1, now)], [LATER])
+    assert still.next_try == now + 60
