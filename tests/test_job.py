@@ -23,6 +23,23 @@ def test_numbers_and_strings_that_look_alike_still_decode() -> None:
     assert job.json() == {"a": 1e308, "b": "NaN", "c": -0.5}
 
 
+@pytest.mark.parametrize("payload", [
+    '{"name": "Zoë", "n": [1, 2.5, null]}'.encode(),
+    '{"name": "Zoë"}'.encode("utf-16"), '{"name": "Zoë"}'.encode("utf-8-sig"),
+    b'"\\ud800"', b"  [ ]  "])
+def test_a_payload_decodes_as_json_loads_decodes_it(payload: bytes) -> None:
+    import json
+
+    assert Job(function="f", payload=payload, unique="u", handle="H:1").json() == \
+        json.loads(payload)
+
+
+@pytest.mark.parametrize("payload", [b"", b"{", b'{"a": 1} x', b"\xff\xfe\x00"])
+def test_a_payload_that_is_not_json_is_a_job_error(payload: bytes) -> None:
+    with pytest.raises(JobError, match="payload is not JSON"):
+        Job(function="f", payload=payload, unique="u", handle="H:1").json()
+
+
 def test_a_ledger_jobs_key_is_its_row_whatever_its_unique_says() -> None:
     one = Job(function="f", payload=b"", unique="anything", handle="H:1", ledger=7)
     other = Job(function="f", payload=b"", unique="else", handle="H:2", ledger=7)

@@ -161,7 +161,8 @@ class Worker:
                 waiting = [w for w in waiting if w.assigned.answerable]
                 again = [w for w in waiting if w.next_try <= now][:limit]
                 if ready or again:
-                    waiting = [w for w in waiting if w not in again]
+                    retried = {id(w) for w in again}
+                    waiting = [w for w in waiting if id(w) not in retried]
                     held = [a for a in held if a.answerable]
                     room = limit - len(again)
                     fresh, held = (held[:room], held[room:]) if ready else ([], held)

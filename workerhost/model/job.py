@@ -87,10 +87,17 @@ def _not_json(constant: str) -> Any:
                      "send null or a string instead")
 
 
+# One decoder for every job: json.loads with any option builds a new one per call.
+_STRICT = json.JSONDecoder(parse_constant=_not_json)
+
+
 def strict_json(text: bytes | str) -> Any:
     """JSON as RFC 8259 has it: Python's decoder also takes NaN, Infinity and -Infinity,
-    which would reach an sql: handler's statement as the bare words nan and inf."""
-    return json.loads(text, parse_constant=_not_json)
+    which would reach an sql: handler's statement as the bare words nan and inf. Bytes are
+    decoded as json.loads decodes them (UTF-8, -16 or -32, told from the first bytes)."""
+    if isinstance(text, (bytes, bytearray)):
+        text = text.decode(json.detect_encoding(text), "surrogatepass")
+    return _STRICT.decode(text)
 
 
 @dataclass
