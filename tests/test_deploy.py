@@ -42,9 +42,10 @@ pytestmark = pytest.mark.slow
 
 GUIDE = ROOT / "docs" / "deploy.md"
 UNIT = ROOT / "examples" / "workerhost.service"
-MISSING = "the UDF gman_ship is not installed in this server: run `workerhost udf install`"
+MISSING = ("the UDF gman_ship_ledger is not installed in this server: run `workerhost udf "
+           "install`")
 FUNCTION = "confirm_order"  # the guide's handler and trigger
-UDF_FUNCTIONS = 11  # sql/install.sql creates this many
+UDF_FUNCTIONS = 13  # sql/install.sql creates this many
 EXPOSURE_LIMIT = 4.0  # systemd-analyze security: under this, the unit is rated OK
 WRITER_PAUSE = 0.02  # seconds between the application's INSERTs during the upgrades
 WRITER_ROWS = 3000  # at most, whatever the upgrades take
@@ -563,14 +564,14 @@ def test_the_guide_from_an_empty_server_to_rows_written_back_and_upgrades(
                what=f"all {writer.rows} orders written back")
     assert servers.scalar("SELECT COUNT(*) FROM shop.workerhost_outbox") == 0
 
-    # udf uninstall, by the installer's account, refuses while triggers call gman_ship.
+    # udf uninstall, by the installer's account, refuses while triggers call the UDF.
     refusal = shell.command(
         machine.localize(guide["shell"].text + "read -rs UDF_PASSWORD; export UDF_PASSWORD\n"
                          "workerhost udf uninstall -c /etc/workerhost/workerhost.yaml "
                          "--user workerhost_udf --password-env UDF_PASSWORD "
                          "--socket /run/mysqld/mysqld.sock\n"),
         stdin=guide.passwords["workerhost_udf"] + "\n", expect=1)
-    assert "triggers call gman_ship (shop.workerhost_orders_insert)" in refusal.stderr
+    assert "triggers call the UDF (shop.workerhost_orders_insert)" in refusal.stderr
 
     assert end_group(host, signal.SIGINT) == 0, log.read_text()
     assert "Traceback" not in log.read_text()

@@ -18,7 +18,8 @@ from conftest import ExtraGearmand, host_config, host_env
 from workerhost.exitcodes import RET_DOCTOR, RET_ERROR, RET_OK
 from workerhost.sandbox.stack import Sandbox
 
-MISSING = "the UDF gman_ship is not installed in this server: run `workerhost udf install`"
+MISSING = ("the UDF gman_ship_ledger is not installed in this server: run `workerhost udf "
+           "install`")
 SQL_DIR = Path(__file__).resolve().parent.parent / "workerhost" / "sql"
 
 

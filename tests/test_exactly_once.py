@@ -7,6 +7,7 @@ Every case ends with each effect applied once (trigger_handlers.capture counts s
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -26,6 +27,8 @@ from conftest import (
     work_on_events,
 )
 
+from workerhost.gearman import admin as gearadmin
+from workerhost.sandbox.processes import free_port
 from workerhost.sandbox.stack import Sandbox
 
 
@@ -112,6 +115,70 @@ def test_copies_forged_by_an_account_with_no_privileges_change_nothing(
     assert retry.returncode in (0, 1), retry.stderr
     time.sleep(0.5)  # what a retry would have run: give it the time to show
     assert captured_runs(events) == {i: 1 for i in range(1, 21)}
+
+
+def test_the_udf_that_makes_a_rows_token_gives_no_account_a_way_to_it(
+    udf: Sandbox, events: Any, nobody: Any, host_factory: Callable[..., Any],
+    udf_config: Callable[..., None],
+) -> None:
+    """gman_token() and gman_ship_ledger() are any account's to call, as every UDF is: the
+    tokens they make are no row's, the ship never returns one, and what they send is refused
+    like any forgery, while the trigger's own jobs run once each."""
+    # One process, which takes the jobs in gearmand's order.
+    config = work_on_events(udf, events.database, "immediate",
+                            {"python": "trigger_handlers:capture", "processes": 1})
+    # The trigger's ships fail (no gearmand there): its rows wait for the relay, so that the
+    # account's jobs are queued first and handed out while the rows they name are there.
+    udf_config(servers=f"127.0.0.1:{free_port()}")
+    events.cursor().execute(f"INSERT INTO events (id) SELECT seq FROM {sequence(1, 20)}")
+    udf_config()
+    cursor = events.cursor()
+    cursor.execute("SELECT id, token FROM workerhost_outbox WHERE ships = 0 ORDER BY id")
+    tokens = {int(ident): str(token) for ident, token in cursor.fetchall()}
+    assert len(tokens) == 20 and len(set(tokens.values())) == 20, "made due at once"
+    assert all(re.fullmatch("[0-9A-F]{32}", token) for token in tokens.values())
+    forged = nobody.cursor()
+    # A token of its own, then ships naming every row: the first takes the token (and
+    # returns the row's name only), the others find none and send nothing.
+    forged.execute("SELECT gman_token()")
+    (made,) = forged.fetchone()
+    made = made.decode() if isinstance(made, bytes) else made
+    assert re.fullmatch("[0-9A-F]{32}", made) and made not in tokens.values()
+    sent = []
+    for ident in tokens:
+        forged.execute("SELECT gman_ship_ledger('work', %s)", (ident,))
+        (shipped,) = forged.fetchone()
+        sent.append(shipped.decode() if isinstance(shipped, bytes) else shipped)
+    first = min(tokens)
+    assert sent == [f"L{first}"] + [None] * 19
+    # A fresh token beside each ship, in one statement: 20 more jobs, each with a token that
+    # is no row's.
+    forged.execute("SELECT gman_token(), gman_ship_ledger('work', id) FROM "
+                   f"(SELECT {first} + seq - 1 AS id FROM {sequence(1, 20)}) AS ids")
+    rows = forged.fetchall()
+    assert all(ship is not None for _, ship in rows)
+    assert not {(t.decode() if isinstance(t, bytes) else t) for t, _ in rows} & set(
+        tokens.values())
+    forged.close()
+    host_factory(config)
+    wait_until(lambda: len(captured_runs(events)) == 20 and ledger_empty(events),
+               what="the 20 real jobs")
+
+    def queued() -> int:
+        found = gearadmin.status("127.0.0.1", udf.gearman_port).get("work")
+        return found.queued if found else 0
+
+    wait_until(lambda: queued() == 0, what="the account's 21 jobs handed out")
+    # Each was refused, or answered without running when the real job of its row ran in the
+    # same batch (a refused job is settled alone, after the batch; its row is gone by then).
+    # The first ran alone (a worker holds one job until it has timed one): refused.
+    cursor.execute("SELECT unique_key FROM workerhost_refused")
+    refused = [unique.decode() if isinstance(unique, bytes) else str(unique)
+               for (unique,) in cursor.fetchall()]
+    assert f"L{first}:{made}" in refused and len(refused) <= 21, refused
+    assert not any(unique.split(":")[-1] in tokens.values() for unique in refused)
+    assert captured_runs(events) == {i: 1 for i in range(1, 21)}, "each effect once"
+    assert scalar(events, "SELECT COUNT(*) FROM workerhost_attempts") == 0
 
 
 @pytest.mark.parametrize("end", [

@@ -49,7 +49,8 @@ FOREGROUND = ("gman_do", "gman_do_high", "gman_do_low")
 EPOCH = "gman_do_epoch_background"
 JOB_FUNCTIONS = (*BACKGROUND, EPOCH, *FOREGROUND)
 SHIP = "gman_ship"
-ALL_FUNCTIONS = (*JOB_FUNCTIONS, SHIP, "gman_sum", "gman_servers_set", "gman_udf_status")
+ALL_FUNCTIONS = (*JOB_FUNCTIONS, SHIP, "gman_token", "gman_ship_ledger", "gman_sum",
+                 "gman_servers_set", "gman_udf_status")
 
 
 # -- a worker over a raw socket ---------------------------------------------------------

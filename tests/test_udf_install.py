@@ -125,7 +125,7 @@ def test_udf_build_then_install_puts_a_working_udf_into_the_server(
     assert done.returncode == RET_OK, done.stdout + done.stderr
     assert f"plugin_dir: {udf.plugin_dir}" in done.stdout
     assert f"names the same servers already ({udf.gearman_server})" in done.stdout
-    assert "functions created: 11" in done.stdout
+    assert "functions created: 13" in done.stdout
     conn = udf.connect()
     try:
         status = json.loads(scalar(conn, "SELECT gman_udf_status()"))
@@ -150,7 +150,7 @@ def test_udf_install_refuses_a_config_file_naming_other_servers(
     assert other.read_text() == "servers=10.0.0.9:4730\ntimeout_ms=500\n"
 
 
-def test_udf_uninstall_refuses_while_triggers_call_gman_ship(
+def test_udf_uninstall_refuses_while_triggers_call_the_udf(
     udf: Sandbox, db: Any, tmp_path: Path
 ) -> None:
     db.cursor().execute("CREATE TABLE orders (id BIGINT PRIMARY KEY)")
@@ -163,10 +163,10 @@ def test_udf_uninstall_refuses_while_triggers_call_gman_ship(
     done = workerhost(udf, "udf", "uninstall", "-c", path)
     assert done.returncode == RET_ERROR
     assert f"{db.database}.workerhost_orders_insert" in done.stderr
-    assert "triggers call gman_ship" in done.stderr and "--force" in done.stderr
+    assert "triggers call the UDF" in done.stderr and "--force" in done.stderr
     conn = udf.connect()
     try:
-        assert scalar(conn, "SELECT COUNT(*) FROM mysql.func WHERE name = 'gman_ship'") == 1
+        assert scalar(conn, "SELECT COUNT(*) FROM mysql.func WHERE name = 'gman_ship_ledger'") == 1
     finally:
         conn.close()
 
@@ -185,7 +185,7 @@ def no_udf(udf: Sandbox) -> Iterator[Sandbox]:
     try:
         yield udf
     finally:
-        if udf_functions(udf) != 11:
+        if udf_functions(udf) != 13:
             udf.install_udf(UDF_SO if udf.server == "mariadb" else UDF_DIR)
 
 
@@ -208,15 +208,15 @@ def test_a_least_privilege_installer_installs_on_a_server_without_the_udf(
                       "--so", installed_library(no_udf), "--config-file", no_udf.udf_config_path,
                       **installer.env)
     assert done.returncode == RET_OK, done.stdout + done.stderr
-    assert "functions created: 11" in done.stdout
+    assert "functions created: 13" in done.stdout
     assert f"check: {udf_module.STATUS}() answers: version {udf_module.UDF_VERSION}" \
         in done.stdout
-    assert udf_functions(no_udf) == 11
-    # and drops them again: no trigger calls gman_ship, and it sees every trigger there
+    assert udf_functions(no_udf) == 13
+    # and drops them again: no trigger calls the UDF, and it sees every trigger there
     gone = workerhost(no_udf, "udf", "uninstall", "-c", config_file, *installer.args,
                       **installer.env)
     assert gone.returncode == RET_OK, gone.stdout + gone.stderr
-    assert "functions dropped: 11" in gone.stdout
+    assert "functions dropped: 13" in gone.stdout
     assert udf_functions(no_udf) == 0
 
 
@@ -248,7 +248,7 @@ def test_udf_install_checks_the_installers_grants_before_it_writes_anything(
 
 
 def shop_with_immediate_trigger(sandbox: Sandbox, db: Any, tmp_path: Path) -> Path:
-    """A file whose trigger on orders calls gman_ship, applied."""
+    """A file whose trigger on orders calls the UDF, applied."""
     db.cursor().execute("CREATE TABLE orders (id BIGINT PRIMARY KEY)")
     config = host_config(sandbox, db.database, {"f": {"sql": ["DO 1"]}},
                          triggers=[{"table": "orders", "events": ["insert"], "function": "f",
@@ -273,14 +273,14 @@ def test_udf_uninstall_refuses_when_its_account_cannot_see_the_triggers(
     assert f"{blind.grantee} cannot see the triggers of database {db.database}" in done.stderr
     assert f"GRANT TRIGGER ON `{db.database}`.* TO {blind.grantee}" in done.stderr
     assert "--force" in done.stderr
-    assert udf_functions(udf) == 11
+    assert udf_functions(udf) == 13
 
     # With TRIGGER there, the same account sees the trigger and names it.
     seeing = account(INSTALLER_GRANT, "TRIGGER ON `{db}`.*", database=db.database)
     done = workerhost(udf, "udf", "uninstall", "-c", path, *seeing.args, **seeing.env)
     assert done.returncode == RET_ERROR, done.stdout + done.stderr
-    assert f"triggers call gman_ship ({db.database}.workerhost_orders_insert)" in done.stderr
-    assert udf_functions(udf) == 11
+    assert f"triggers call the UDF ({db.database}.workerhost_orders_insert)" in done.stderr
+    assert udf_functions(udf) == 13
 
 
 @pytest.mark.slow

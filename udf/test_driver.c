@@ -310,19 +310,30 @@ static void *fail_fn(gearman_job_st *job, void *ctx, size_t *size, gearman_retur
   return NULL;
 }
 
-static void *record_fn(gearman_job_st *job, void *ctx, size_t *size, gearman_return_t *ret)
+/* What a recording job saw, kept for the test to compare. */
+static void *seen_now(const void *p, size_t n, size_t *size, gearman_return_t *ret)
 {
-  (void)ctx;
   pthread_mutex_lock(&seen_lock);
-  seen_len = gearman_job_workload_size(job);
-  if (seen_len > sizeof seen)
-    seen_len = sizeof seen;
-  memcpy(seen, gearman_job_workload(job), seen_len);
+  seen_len = n < sizeof seen ? n : sizeof seen;
+  memcpy(seen, p, seen_len);
   seen_count++;
   pthread_mutex_unlock(&seen_lock);
   *size = 0;
   *ret = GEARMAN_SUCCESS;
   return NULL;
+}
+
+static void *record_fn(gearman_job_st *job, void *ctx, size_t *size, gearman_return_t *ret)
+{
+  (void)ctx;
+  return seen_now(gearman_job_workload(job), gearman_job_workload_size(job), size, ret);
+}
+
+/* Records the job's unique instead of its workload (gman_ship_ledger's names the row). */
+static void *unique_fn(gearman_job_st *job, void *ctx, size_t *size, gearman_return_t *ret)
+{
+  (void)ctx;
+  return seen_now(gearman_job_unique(job), strlen(gearman_job_unique(job)), size, ret);
 }
 
 /* "n" -> "2n\n", as a program printing its answer would. */
@@ -363,6 +374,7 @@ static void *worker_main(void *unused)
   gearman_worker_add_function(w, "driver_echo", 0, echo_fn, NULL);
   gearman_worker_add_function(w, "driver_fail", 0, fail_fn, NULL);
   gearman_worker_add_function(w, "driver_record", 0, record_fn, NULL);
+  gearman_worker_add_function(w, "driver_unique", 0, unique_fn, NULL);
   gearman_worker_add_function(w, "driver_double", 0, double_fn, NULL);
   gearman_worker_add_function(w, "driver_nap", 0, nap_fn, NULL);
   while (!__atomic_load_n(&worker_stop, __ATOMIC_RELAXED))
@@ -1365,6 +1377,83 @@ static void test_unload_with_live_threads(void)
   check(!r.is_null, "reloaded library submits again");
 }
 
+static void *token_in_thread(void *out)
+{
+  *(struct result *)out = call("gman_token", 0, NULL);
+  return NULL;
+}
+
+static bool is_token(const struct result *r)
+{
+  if (r->is_null || r->length != 32)
+    return false;
+  for (unsigned long i = 0; i < r->length; i++)
+    if (!strchr("0123456789ABCDEF", r->bytes[i]))
+      return false;
+  return true;
+}
+
+/* gman_token and gman_ship_ledger: the token reaches gearmand in the job's unique, and SQL
+ * never gets it back from either. */
+static void test_token_ship(void)
+{
+  char text[256];
+  snprintf(text, sizeof text, "servers=127.0.0.1:%d\ntimeout_ms=20000\n", gearman_port);
+  write_config(text);
+  struct arg one = STR("x");
+  struct result r = call("gman_token", 1, &one);
+  check(r.init_failed && strstr(r.message, "expected no arguments") != NULL,
+        "gman_token takes no argument");
+  struct result first = call("gman_token", 0, NULL);
+  struct result t = call("gman_token", 0, NULL);
+  check(is_token(&first) && is_token(&t) && memcmp(first.bytes, t.bytes, 32) != 0,
+        "gman_token: 32 hex digits, fresh each time");
+  pthread_mutex_lock(&seen_lock);
+  int base = seen_count;
+  pthread_mutex_unlock(&seen_lock);
+  struct arg ident = { INT_RESULT, "17", 2, NULL };
+  r = call2("gman_ship_ledger", STR("driver_unique"), ident);
+  check(!r.is_null && r.length == 3 && memcmp(r.bytes, "L17", 3) == 0,
+        "gman_ship_ledger returns the row it named, not the token");
+  char expected[64];
+  snprintf(expected, sizeof expected, "L17:%.32s", t.bytes);
+  check(wait_seen(base + 1) && seen_equals(expected, 36),
+        "its job's unique is L<id>:<the token gman_token made last>");
+  r = call2("gman_ship_ledger", STR("driver_unique"), ident);
+  check(r.is_null, "the token is taken by the ship: a second ship sends nothing");
+
+  (void)call("gman_token", 0, NULL);
+  struct arg zero = { INT_RESULT, "0", 1, NULL };
+  check(call2("gman_ship_ledger", STR("driver_unique"), zero).is_null &&
+        call2("gman_ship_ledger", STR("driver_unique"), ident).is_null,
+        "an id that names no row sends nothing, and uses the token up");
+
+  struct result other;
+  pthread_t thread;
+  pthread_create(&thread, NULL, token_in_thread, &other);
+  pthread_join(thread, NULL);
+  check(is_token(&other) && call2("gman_ship_ledger", STR("driver_unique"), ident).is_null,
+        "a token made in another thread is not this thread's to ship");
+
+  r = call2("gman_ship_ledger", STR("driver_unique"), STR("17"));
+  check(r.is_null, "no token pending: NULL");
+  r = call("gman_ship_ledger", 1, &one);
+  check(r.init_failed && strstr(r.message, "expected 2 arguments") != NULL,
+        "gman_ship_ledger takes a function and a row id");
+
+  enum { N = 200 };
+  static char tokens[N][32];
+  bool distinct = true;
+  for (int i = 0; i < N; i++) { /* past TOKEN_POOL: the pool is read again */
+    r = call("gman_token", 0, NULL);
+    distinct = distinct && is_token(&r);
+    memcpy(tokens[i], r.bytes, 32);
+    for (int j = 0; j < i; j++)
+      distinct = distinct && memcmp(tokens[i], tokens[j], 32) != 0;
+  }
+  check(distinct, "200 tokens in a row, all distinct");
+}
+
 int main(int argc, char **argv)
 {
   if (argc != 4) {
@@ -1394,6 +1483,7 @@ int main(int argc, char **argv)
   test_config();
   test_sum();
   test_ship();
+  test_token_ship();
   /* Back to a reachable server for the unload test. */
   snprintf(text, sizeof text, "servers=127.0.0.1:%d\n", gearman_port);
   write_config(text);

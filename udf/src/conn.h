@@ -13,6 +13,9 @@
 
 #define IN_BUFFER_MIN 65536        /* a connection's first receive buffer */
 #define IN_BUFFER_KEEP (1 << 20)   /* a larger one, grown for a big result, is freed after */
+#define TOKEN_BYTES 16             /* a ledger token's randomness: 128 bits (token.c) */
+#define TOKEN_HEX (2 * TOKEN_BYTES)
+#define TOKEN_POOL (32 * TOKEN_BYTES) /* random bytes read at once: one getrandom() a 32 */
 
 /* What one socket operation came to. */
 enum io { IO_OK, IO_TIMEOUT, IO_LOST, IO_PROTOCOL, IO_NO_MEMORY };
@@ -40,6 +43,12 @@ struct thread_state {
   struct conn ships[MAX_SLOTS];  /* gman_ship's, one per slot too */
   bool ever_open[MAX_SLOTS]; /* slot i had a connection before: a new one reconnects */
   bool ever_shipped[MAX_SLOTS]; /* the same for ships[i] */
+  /* token.c: random bytes not handed out yet, and the token gman_token() made last until
+   * gman_ship_ledger() takes it. */
+  unsigned char random[TOKEN_POOL];
+  size_t random_left;
+  char pending[TOKEN_HEX + 1];
+  bool has_pending;
 };
 
 /* The library's constructor and destructor call these. */

@@ -12,7 +12,8 @@
  *   protocol.c      Gearman's packets: one table of every type, parsed and encoded from it
  *   submit.c        submit_route(): the one path of fail-over, back-off and resend
  *   args.c          per-statement state and xxx_init's argument checks
- *   job_udfs.c      gman_do*, gman_ship
+ *   job_udfs.c      gman_do*, gman_ship, gman_ship_ledger
+ *   token.c         gman_token: the random tokens of the host's ledger rows
  *   sum.c           gman_sum: the group and its jobs' submission
  *   sum_answers.c   gman_sum: the answers read and summed
  *   servers_set.c   gman_servers_set
@@ -25,7 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define GMU_VERSION "1.2.0"
+#define GMU_VERSION "1.3.0"
 
 const char gmu_version[] = GMU_VERSION;
 

@@ -37,6 +37,8 @@ typedef unsigned char udf_flag;
   STRING(gman_do_low_background)                                                            \
   STRING(gman_do_epoch_background)                                                          \
   STRING(gman_ship)                                                                         \
+  STRING(gman_token)                                                                        \
+  STRING(gman_ship_ledger)                                                                  \
   STRING(gman_do)                                                                           \
   STRING(gman_do_high)                                                                      \
   STRING(gman_do_low)                                                                       \

@@ -4,6 +4,7 @@
  * row, each through the same init, row function and submit().
  */
 #include "submit.h"
+#include "token.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -244,6 +245,24 @@ static bool submit(struct call *call, const struct job *job)
 }
 
 
+/* The end of a job function's init: its per-statement state, a result that may be NULL. */
+static udf_bool call_start(const struct udf_spec *spec, UDF_INIT *initid, char *message,
+                           unsigned long max_length)
+{
+  struct call *call = calloc(1, sizeof *call);
+  if (call == NULL) {
+    init_error(message, spec->usage, "out of memory");
+    return 1;
+  }
+  call->spec = spec;
+  initid->ptr = (char *)call;
+  initid->maybe_null = 1;
+  initid->const_item = 0;
+  initid->max_length = max_length;
+  config_refresh();
+  return 0;
+}
+
 static udf_bool job_init(const struct udf_spec *spec, UDF_INIT *initid, UDF_ARGS *args,
                          char *message)
 {
@@ -282,18 +301,8 @@ static udf_bool job_init(const struct udf_spec *spec, UDF_INIT *initid, UDF_ARGS
     args->arg_type[fixed] = STRING_RESULT;
   }
 
-  struct call *call = calloc(1, sizeof *call);
-  if (call == NULL) {
-    init_error(message, spec->usage, "out of memory");
-    return 1;
-  }
-  call->spec = spec;
-  initid->ptr = (char *)call;
-  initid->maybe_null = 1;
-  initid->const_item = 0;
-  initid->max_length = spec->kind == JOB_FOREGROUND ? FOREGROUND_MAX_LENGTH : MAX_HANDLE;
-  config_refresh();
-  return 0;
+  return call_start(spec, initid, message,
+                    spec->kind == JOB_FOREGROUND ? FOREGROUND_MAX_LENGTH : MAX_HANDLE);
 }
 
 /* A row-time check of a name that was not a constant; false (and a log line) if unusable. */
@@ -390,3 +399,66 @@ JOB_UDF(gman_do_high, "gman_do_high(function, workload [, unique])",
 JOB_UDF(gman_do_low, "gman_do_low(function, workload [, unique])",
         JOB_FOREGROUND, PRIORITY_LOW)
 
+
+/*
+ * gman_ship_ledger(function, ledger_id): gman_ship of the host's ledger row ledger_id, whose
+ * unique is L<ledger_id>:<token>, the token being the one gman_token() made last in this
+ * thread (token.c), taken so that it is sent once. It returns L<ledger_id>, never the token,
+ * or NULL when nothing was sent: no token pending, or no server took the job.
+ */
+static const struct udf_spec gman_ship_ledger_spec = {
+  "gman_ship_ledger(function, ledger_id)", JOB_BACKGROUND, PRIORITY_NORMAL, true
+};
+
+UDF_EXPORT udf_bool gman_ship_ledger_init(UDF_INIT *initid, UDF_ARGS *args, char *message)
+{
+  const struct udf_spec *spec = &gman_ship_ledger_spec;
+  if (args->arg_count != 2) {
+    init_error(message, spec->usage, "expected 2 arguments, got %u", args->arg_count);
+    return 1;
+  }
+  if (!function_arg_ok(spec->usage, args, 0, message))
+    return 1;
+  args->arg_type[1] = INT_RESULT;
+  return call_start(spec, initid, message, 21); /* L and a BIGINT's digits */
+}
+
+CALL_DEINIT(gman_ship_ledger)
+
+UDF_EXPORT char *gman_ship_ledger(UDF_INIT *initid, UDF_ARGS *args, char *result,
+                                  unsigned long *length, udf_flag *is_null, udf_flag *error)
+{
+  struct call *call = (struct call *)initid->ptr;
+  const struct udf_spec *spec = call->spec;
+  (void)result;
+  (void)error; /* a failed ship is NULL, never an error: the row is then made due */
+  *is_null = 1;
+  struct thread_state *st = thread_state_get();
+  char token[TOKEN_HEX + 1];
+  if (st == NULL || !token_take(st, token)) {
+    if (st != NULL && args->args[0] != NULL) /* a NULL function: a probe, not a ship */
+      UDF_LOG(&g_job_log, "%s: no token pending (gman_token() did not run before it in "
+              "this statement); job not submitted", spec->usage);
+    return NULL;
+  }
+  struct job job = { .function = args->args[0], .function_len = args->lengths[0] };
+  long long ident = args->args[1] != NULL ? *(long long *)args->args[1] : 0;
+  char unique[MAX_UNIQUE + 1];
+  int named = snprintf(unique, sizeof unique, "L%lld", ident);
+  int len = snprintf(unique + named, sizeof unique - (size_t)named, ":%s", token);
+  memset(token, 0, sizeof token);
+  bool sent = false;
+  if (job.function != NULL && job.function_len > 0 && ident > 0 &&
+      row_name_ok(job.function, job.function_len, MAX_FUNCTION, "function", spec)) {
+    job.unique = unique;
+    job.unique_len = (size_t)(named + len);
+    sent = submit(call, &job);
+  }
+  memset(unique + named, 0, sizeof unique - (size_t)named);
+  call->len = 0; /* what submit() left there names the token: only L<id> is returned */
+  if (!sent || !call_append(call, unique, (size_t)named))
+    return NULL;
+  *is_null = 0;
+  *length = call->len;
+  return call->buf;
+}

@@ -226,8 +226,9 @@ def _udf(conn: Any, config: Config, file: str, immediate: Sequence[str]) -> Iter
         return
     install = f"workerhost udf install -c {file} (on the database server's machine)"
     found = udf.status(conn)
-    if found is None or not _callable(conn, udf.SHIP):
-        yield Check("FAIL", "UDF", udf.missing_detail(conn, udf.SHIP), fix=install)
+    missing = udf.SHIP if found is None else udf.missing_trigger_udf(conn)
+    if found is None or missing is not None:
+        yield Check("FAIL", "UDF", udf.missing_detail(conn, missing or udf.SHIP), fix=install)
         return
     if found.version != udf.UDF_VERSION:
         yield Check("FAIL", "UDF version",
@@ -262,20 +263,6 @@ def _udf(conn: Any, config: Config, file: str, immediate: Sequence[str]) -> Iter
 
 def _norm(server: str) -> str:
     return server.lower().replace("localhost:", "127.0.0.1:")
-
-
-def _callable(conn: Any, function: str) -> bool:
-    cursor = conn.cursor()
-    try:
-        cursor.execute(f"SELECT {function}(NULL, NULL)")  # a NULL function submits nothing
-        cursor.fetchall()
-        return True
-    except mysql.connector.Error as exc:
-        if udf.is_missing(exc, function):
-            return False
-        raise
-    finally:
-        cursor.close()
 
 
 # -- triggers --------------------------------------------------------------------------------

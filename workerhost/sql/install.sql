@@ -19,6 +19,14 @@ CREATE FUNCTION gman_do_epoch_background RETURNS STRING SONAME 'gearman_udf.so';
 DROP FUNCTION IF EXISTS gman_ship;
 CREATE FUNCTION gman_ship RETURNS STRING SONAME 'gearman_udf.so';
 
+-- The same for the host's ledger rows: gman_token() makes the row's random token, and
+-- gman_ship_ledger() sends the row's job with it, the token never passing through SQL.
+DROP FUNCTION IF EXISTS gman_token;
+CREATE FUNCTION gman_token RETURNS STRING SONAME 'gearman_udf.so';
+
+DROP FUNCTION IF EXISTS gman_ship_ledger;
+CREATE FUNCTION gman_ship_ledger RETURNS STRING SONAME 'gearman_udf.so';
+
 DROP FUNCTION IF EXISTS gman_do;
 CREATE FUNCTION gman_do RETURNS STRING SONAME 'gearman_udf.so';
 

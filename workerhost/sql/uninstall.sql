@@ -6,6 +6,8 @@ DROP FUNCTION IF EXISTS gman_do_high_background;
 DROP FUNCTION IF EXISTS gman_do_low_background;
 DROP FUNCTION IF EXISTS gman_do_epoch_background;
 DROP FUNCTION IF EXISTS gman_ship;
+DROP FUNCTION IF EXISTS gman_token;
+DROP FUNCTION IF EXISTS gman_ship_ledger;
 DROP FUNCTION IF EXISTS gman_do;
 DROP FUNCTION IF EXISTS gman_do_high;
 DROP FUNCTION IF EXISTS gman_do_low;

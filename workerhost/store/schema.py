@@ -53,6 +53,8 @@ LEDGER_TRIGGER_COLUMNS_UNIQUE = "(`function`, `payload`, `unique_key`)"
 # token the trigger ships (every other writer leaves the token to the column's default).
 LEDGER_TRIGGER_COLUMNS_LEASED = ("(`function`, `payload`, `unique_key`, `not_before`, `ships`, "
                                  "`token`)")
+# The same for a lone entry, whose payload holds the event id: unique_key left NULL.
+LEDGER_TRIGGER_COLUMNS_LEASED_LONE = "(`function`, `payload`, `not_before`, `ships`, `token`)"
 # What a trigger makes a row's token of, as the column's default does (sql/workerhost.sql).
 TOKEN_EXPRESSION = "HEX(RANDOM_BYTES(16))"
 

@@ -274,7 +274,7 @@ def install(conn: Any, library: Path, *, servers: list[str], source: str,
     callers = udf.calling_triggers(conn)
     if before is not None and callers:
         # install.sql drops and creates each function; a trigger firing in between fails.
-        say(f"warning: {len(callers)} triggers call {udf.SHIP} ({', '.join(callers[:5])}); "
+        say(f"warning: {len(callers)} triggers call the UDF ({', '.join(callers[:5])}); "
             "an INSERT that fires one while its function is re-created fails")
     target = plugin_dir / udf.LIBRARY
     # A new inode via rename: overwriting a library that mysqld has mapped would crash it.
@@ -322,23 +322,23 @@ def trigger_blind_spot(conn: Any, database: str) -> str | None:
 
 
 def uninstall(conn: Any, *, database: str, force: bool, say: Say) -> None:
-    """Drop the functions (sql/uninstall.sql); refused while triggers call gman_ship, and
+    """Drop the functions (sql/uninstall.sql); refused while triggers call them, and
     while this account cannot see the triggers of `database` (the YAML file's), where
     `workerhost triggers --apply` puts them: unseen is not absent."""
     callers = udf.calling_triggers(conn)
     blind = None if callers else trigger_blind_spot(conn, database)
     if callers and not force:
         raise UdfInstallError(
-            f"{len(callers)} triggers call {udf.SHIP} ({', '.join(callers)}): without it every "
+            f"{len(callers)} triggers call the UDF ({', '.join(callers)}): without it every "
             "INSERT that fires them fails. Drop them first (`workerhost triggers -c FILE "
             "--drop`), or give --force")
     if blind and not force:
         raise UdfInstallError(
-            f"{blind}, so it cannot tell whether triggers there call {udf.SHIP} (their "
+            f"{blind}, so it cannot tell whether triggers there call the UDF (their "
             f"INSERTs would fail without it). As an administrator: GRANT TRIGGER ON "
             f"`{database}`.* TO {account(conn)}; or give --user root, or --force")
     if callers:
-        say(f"warning: {len(callers)} triggers call {udf.SHIP}; their INSERTs fail from now on")
+        say(f"warning: {len(callers)} triggers call the UDF; their INSERTs fail from now on")
     if blind:
         say(f"warning: {blind}; dropping the functions anyway (--force)")
     check_privileges(conn, ("DELETE",))

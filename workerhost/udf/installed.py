@@ -20,7 +20,17 @@ import mysql.connector
 from workerhost.store.db import Connection
 from workerhost.udf import UDF_VERSION as UDF_VERSION
 
-SHIP = "gman_ship"  # what immediate delivery's triggers call (sql/install.sql)
+# What immediate delivery's triggers call (sql/install.sql): the ledger row's token is made by
+# gman_token() and its job shipped by gman_ship_ledger(), the token never passing through SQL.
+SHIP = "gman_ship_ledger"
+TOKEN = "gman_token"
+# A call of each that does nothing, the ship first: how the host tells that they are loaded.
+# A NULL function ships nothing, and takes the token made beside it, so that none is left
+# pending in the server's thread.
+TRIGGER_PROBES = ((SHIP, f"SELECT {SHIP}(NULL, NULL)"),
+                  (TOKEN, f"SELECT {TOKEN}(), {SHIP}(NULL, NULL)"))
+# Every UDF a trigger calls, those that triggers made before UDF 1.3.0 call included.
+TRIGGER_CALLS = (TOKEN, SHIP, "gman_ship")
 STATUS = "gman_udf_status"
 LIBRARY = "gearman_udf.so"
 # Where the UDF reads its config unless mysqld's environment says GEARMAN_UDF_CONFIG.
@@ -64,6 +74,24 @@ def registered(conn: Connection) -> set[str] | None:
         cursor.execute("SELECT name FROM mysql.func")
         return {str(name) for (name,) in cursor.fetchall()}
     except mysql.connector.Error:
+        return None
+    finally:
+        cursor.close()
+
+
+def missing_trigger_udf(conn: Connection) -> str | None:
+    """The first UDF that immediate delivery's triggers call and the server lacks, or None
+    when both are loaded."""
+    cursor = conn.cursor()
+    try:
+        for function, probe in TRIGGER_PROBES:
+            try:
+                cursor.execute(probe)
+                cursor.fetchall()
+            except mysql.connector.Error as exc:
+                if is_missing(exc, function):
+                    return function
+                raise
         return None
     finally:
         cursor.close()
@@ -155,13 +183,16 @@ def sql_statements(parts: tuple[str, ...]) -> list[str]:
     return [statement.strip() for statement in body.split(";") if statement.strip()]
 
 
-def calling_triggers(conn: Connection, function: str = SHIP) -> list[str]:
-    """`schema.trigger` of every trigger this account can see whose body calls `function`."""
+def calling_triggers(conn: Connection, functions: tuple[str, ...] = TRIGGER_CALLS
+                     ) -> list[str]:
+    """`schema.trigger` of every trigger this account can see whose body calls one of
+    `functions`."""
     cursor = conn.cursor()
+    calls = " OR ".join(["ACTION_STATEMENT LIKE %s"] * len(functions))
     cursor.execute(
         "SELECT TRIGGER_SCHEMA, TRIGGER_NAME FROM information_schema.TRIGGERS "
-        "WHERE ACTION_STATEMENT LIKE %s ORDER BY TRIGGER_SCHEMA, TRIGGER_NAME",
-        (f"%{function}(%",),
+        f"WHERE {calls} ORDER BY TRIGGER_SCHEMA, TRIGGER_NAME",
+        [f"%{function}(%" for function in functions],
     )
     found = [f"{schema}.{name}" for schema, name in cursor.fetchall()]
     cursor.close()
