@@ -18,9 +18,14 @@ from conftest import ExtraGearmand, host_config, host_env
 from workerhost.exitcodes import RET_DOCTOR, RET_ERROR, RET_OK
 from workerhost.sandbox.stack import Sandbox
 
-MISSING = ("the UDF gman_ship_ledger is not installed in this server: run `workerhost udf "
-           "install`")
 SQL_DIR = Path(__file__).resolve().parent.parent / "workerhost" / "sql"
+
+
+def missing(box: Sandbox) -> str:
+    """How doctor and triggers --apply name the UDF a server lacks: the one its triggers ship
+    with (gman_ship_ledger on MariaDB, gman_ship on MySQL)."""
+    ship = "gman_ship" if box.server == "mysql" else "gman_ship_ledger"
+    return f"the UDF {ship} is not installed in this server: run `workerhost udf install`"
 
 
 def workerhost(sandbox: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
@@ -126,10 +131,10 @@ def test_a_missing_udf_is_named_by_doctor_and_triggers_apply_for_any_account(
         done = workerhost(udf, "doctor", "-c", str(path))
         assert done.returncode == RET_DOCTOR, done.stdout + done.stderr
         [failed] = [line for line in lines(done.stdout, "FAIL") if "UDF" in line]
-        assert MISSING in failed, done.stdout
+        assert missing(udf) in failed, done.stdout
         assert f"fix: workerhost udf install -c {path}" in done.stdout
 
         applied = workerhost(udf, "triggers", "-c", str(path), "--apply")
         assert applied.returncode == RET_ERROR
-        assert MISSING in applied.stderr, applied.stderr
+        assert missing(udf) in applied.stderr, applied.stderr
         assert "denied" not in applied.stderr

@@ -66,6 +66,25 @@ def test_entries_on_one_table_and_event_become_one_trigger() -> None:
     assert "OLD.`id`" in plan[1].create_sql() and "NEW." not in plan[1].create_sql()
 
 
+def test_on_mysql_the_token_is_a_variable_and_gman_ship_sends_the_job() -> None:
+    """MySQL runs a UDF's init and deinit for every row of a trigger: there one variable and
+    one UDF call cost less than the two calls MariaDB's triggers make."""
+    (trigger,) = triggers.plan(config_with([
+        {"table": "orders", "events": ["insert"], "function": "a", "columns": ["id"]},
+    ]))  # fmt: skip
+    sql = trigger.create_sql("mysql")
+    assert sql.startswith("CREATE TRIGGER `workerhost_orders_insert`\n")
+    assert sql.count("DECLARE") == 1
+    assert "  DECLARE wh_token CHAR(32) DEFAULT HEX(RANDOM_BYTES(16));" in sql
+    assert ("'event_id', UUID()), NOW(6) + INTERVAL 30000000 MICROSECOND, 1, wh_token);"
+            in sql)
+    assert ("IF gman_ship('a', '', CONCAT('L', LAST_INSERT_ID(), ':', wh_token)) IS NULL THEN"
+            in sql)
+    assert "gman_token" not in sql and "gman_ship_ledger" not in sql
+    mariadb = trigger.create_sql("mariadb")
+    assert "DECLARE" not in mariadb and "IF gman_ship_ledger('a', LAST_INSERT_ID())" in mariadb
+
+
 def test_a_lone_outbox_entry_declares_nothing() -> None:
     (trigger,) = triggers.plan(config_with([
         {"table": "orders", "events": ["insert"], "function": "b", "columns": ["id"],

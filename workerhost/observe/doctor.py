@@ -226,7 +226,9 @@ def _udf(conn: Any, config: Config, file: str, immediate: Sequence[str]) -> Iter
         return
     install = f"workerhost udf install -c {file} (on the database server's machine)"
     found = udf.status(conn)
-    missing = udf.SHIP if found is None else udf.missing_trigger_udf(conn)
+    dialect = triggers.server_dialect(conn)
+    missing = (udf.trigger_ship(dialect) if found is None
+               else udf.missing_trigger_udf(conn, dialect))
     if found is None or missing is not None:
         yield Check("FAIL", "UDF", udf.missing_detail(conn, missing or udf.SHIP), fix=install)
         return
@@ -279,9 +281,10 @@ def _triggers(conn: Any, config: Config, file: str, can_see: bool) -> Iterator[C
                    "WHERE TRIGGER_SCHEMA = DATABASE()")
     present = {str(name): str(body) for name, body in cursor.fetchall()}
     cursor.close()
+    dialect = triggers.server_dialect(conn)
     for trigger in triggers.plan(config):
         what = f"trigger {trigger.name}"
-        body = trigger.create_sql().split("FOR EACH ROW", 1)[1]
+        body = trigger.create_sql(dialect).split("FOR EACH ROW", 1)[1]
         if trigger.name not in present:
             if can_see:
                 yield Check("FAIL", what, f"missing: {trigger.event} on {trigger.table} sends "

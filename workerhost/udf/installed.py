@@ -20,17 +20,23 @@ import mysql.connector
 from workerhost.store.db import Connection
 from workerhost.udf import UDF_VERSION as UDF_VERSION
 
-# What immediate delivery's triggers call (sql/install.sql): the ledger row's token is made by
-# gman_token() and its job shipped by gman_ship_ledger(), the token never passing through SQL.
-SHIP = "gman_ship_ledger"
+# What immediate delivery's triggers call (sql/install.sql). On MariaDB the ledger row's token
+# is made by gman_token() and its job shipped by gman_ship_ledger(), the token never passing
+# through SQL; on MySQL, where each UDF call of a trigger costs the row more, the token is
+# the trigger's local variable and gman_ship() ships the job (store/triggers.py).
+SHIP = "gman_ship"
+SHIP_LEDGER = "gman_ship_ledger"
 TOKEN = "gman_token"
-# A call of each that does nothing, the ship first: how the host tells that they are loaded.
-# A NULL function ships nothing, and takes the token made beside it, so that none is left
-# pending in the server's thread.
-TRIGGER_PROBES = ((SHIP, f"SELECT {SHIP}(NULL, NULL)"),
-                  (TOKEN, f"SELECT {TOKEN}(), {SHIP}(NULL, NULL)"))
-# Every UDF a trigger calls, those that triggers made before UDF 1.3.0 call included.
-TRIGGER_CALLS = (TOKEN, SHIP, "gman_ship")
+# Per server, a call of each function its triggers call that does nothing, the ship first:
+# how the host tells that they are loaded. A NULL function ships nothing, and takes the token
+# made beside it, so that none is left pending in the server's thread.
+TRIGGER_PROBES = {
+    "mariadb": ((SHIP_LEDGER, f"SELECT {SHIP_LEDGER}(NULL, NULL)"),
+                (TOKEN, f"SELECT {TOKEN}(), {SHIP_LEDGER}(NULL, NULL)")),
+    "mysql": ((SHIP, f"SELECT {SHIP}(NULL, NULL)"),),
+}
+# Every UDF a trigger calls, on either server and in triggers of earlier versions.
+TRIGGER_CALLS = (TOKEN, SHIP_LEDGER, SHIP)
 STATUS = "gman_udf_status"
 LIBRARY = "gearman_udf.so"
 # Where the UDF reads its config unless mysqld's environment says GEARMAN_UDF_CONFIG.
@@ -47,7 +53,7 @@ ER_PROCACCESS_DENIED_ERROR = 1370  # "execute command denied to user ... for rou
 ER_NO_DB_ERROR = 1046  # "No database selected"
 
 
-def missing_message(function: str = SHIP) -> str:
+def missing_message(function: str) -> str:
     """What every verb says when the UDF is not there."""
     return (f"the UDF {function} is not installed in this server: run `workerhost udf "
             "install`")
@@ -79,12 +85,17 @@ def registered(conn: Connection) -> set[str] | None:
         cursor.close()
 
 
-def missing_trigger_udf(conn: Connection) -> str | None:
-    """The first UDF that immediate delivery's triggers call and the server lacks, or None
-    when both are loaded."""
+def trigger_ship(dialect: str) -> str:
+    """The UDF that ships an immediate trigger's job on this server ("mariadb", "mysql")."""
+    return TRIGGER_PROBES[dialect][0][0]
+
+
+def missing_trigger_udf(conn: Connection, dialect: str) -> str | None:
+    """The first UDF that immediate delivery's triggers call on this server ("mariadb",
+    "mysql") and that it lacks, or None when all are loaded."""
     cursor = conn.cursor()
     try:
-        for function, probe in TRIGGER_PROBES:
+        for function, probe in TRIGGER_PROBES[dialect]:
             try:
                 cursor.execute(probe)
                 cursor.fetchall()
@@ -97,7 +108,7 @@ def missing_trigger_udf(conn: Connection) -> str | None:
         cursor.close()
 
 
-def missing_detail(conn: Connection, function: str = SHIP) -> str:
+def missing_detail(conn: Connection, function: str) -> str:
     """`missing_message`, and what mysql.func adds to it when this account can read it."""
     listed = registered(conn)
     if listed is not None and function in listed:
