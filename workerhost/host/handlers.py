@@ -3,6 +3,7 @@ program (any language) with the payload on its stdin, contained as command.py sa
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -150,7 +151,7 @@ def run_sql_together(handler: HandlerConfig, jobs: Sequence[Job], cursor: Any,
         prefix = f"j{index}_"  # each job's parameters get names of their own
         params.update((prefix + name, value)
                       for name, value in sql_params(handler, job).items())
-        texts += [_PLACEHOLDER.sub(rf"%({prefix}\1)s", statement) for statement in handler.sql]
+        texts += [_renamed(statement, prefix) for statement in handler.sql]
     if then is not None:
         texts.append(then[0])
         params.update(then[1])
@@ -173,6 +174,13 @@ def run_sql_together(handler: HandlerConfig, jobs: Sequence[Job], cursor: Any,
                 "existed", retryable=handler.on_no_rows == "retry")
         answers.append(rows_answer(matched))
     return answers
+
+
+@functools.lru_cache(maxsize=1024)
+def _renamed(statement: str, prefix: str) -> str:
+    """`statement` with each placeholder's name prefixed: made once per statement and place
+    in a batch, not once per job (the substitution was 2% of a worker's time)."""
+    return _PLACEHOLDER.sub(rf"%({prefix}\1)s", statement)
 
 
 def rows_answer(matched: int) -> bytes:
