@@ -169,13 +169,14 @@ def test_the_udf_that_makes_a_rows_token_gives_no_account_a_way_to_it(
         return found.queued if found else 0
 
     wait_until(lambda: queued() == 0, what="the account's 21 jobs handed out")
-    # Each was refused, or answered without running when the real job of its row ran in the
-    # same batch (a refused job is settled alone, after the batch; its row is gone by then).
-    # The first ran alone (a worker holds one job until it has timed one): refused.
+    # Each was refused, or answered without running: when the real job of its row ran first
+    # (the relay locks a row while it ships it, so a forgery that came first may have found
+    # its row held, and come back after the real job), or in the same batch (a refused job
+    # is settled alone, after the batch; its row is gone by then). None carries a row's token.
     cursor.execute("SELECT unique_key FROM workerhost_refused")
     refused = [unique.decode() if isinstance(unique, bytes) else str(unique)
                for (unique,) in cursor.fetchall()]
-    assert f"L{first}:{made}" in refused and len(refused) <= 21, refused
+    assert len(refused) <= 21, refused
     assert not any(unique.split(":")[-1] in tokens.values() for unique in refused)
     assert captured_runs(events) == {i: 1 for i in range(1, 21)}, "each effect once"
     assert scalar(events, "SELECT COUNT(*) FROM workerhost_attempts") == 0
