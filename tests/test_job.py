@@ -53,3 +53,14 @@ def test_the_unique_of_a_ledger_delivery_names_its_row_and_token() -> None:
     assert parse_unique("plain") == (None, "plain")
     assert row_unique(b'{"id": 1, "event_id": "0123"}', 9) == "0123"
     assert row_unique(b"not json", 9) == "workerhost-outbox-9"
+
+
+def test_a_jobs_unique_from_reordered_keys_reuses_its_decoded_payload() -> None:
+    """MySQL puts event_id before id: the job's own decode serves both its unique and its
+    handler, once."""
+    job = Job(function="f", payload=b'{"event": "insert", "event_id": "e-1", "id": 7}',
+              unique="", handle="H:1")
+    assert row_unique(job.payload, 9, job.json) == "e-1"
+    assert job._is_decoded
+    broken = Job(function="f", payload=b'{"event_id": "e-1", ', unique="", handle="H:2")
+    assert row_unique(broken.payload, 9, broken.json) == "workerhost-outbox-9"

@@ -242,7 +242,7 @@ class Runner:
         if not row.runnable:
             return _DONE_BEFORE  # a copy from before a failure: the relay ships the retry
         job.use_payload(row.payload)
-        job.unique = row.unique or row_unique(row.payload, row.ident)
+        job.unique = row.unique or row_unique(row.payload, row.ident, job.json)
         job.snoozes = row.snoozes
         return None
 
