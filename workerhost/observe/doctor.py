@@ -227,6 +227,7 @@ def _udf(conn: Any, config: Config, file: str, immediate: Sequence[str]) -> Iter
     install = f"workerhost udf install -c {file} (on the database server's machine)"
     found = udf.status(conn)
     dialect = triggers.server_dialect(conn)
+    # With no library at all, the function its triggers ship with is the one named.
     missing = (udf.trigger_ship(dialect) if found is None
                else udf.missing_trigger_udf(conn, dialect))
     if found is None or missing is not None:

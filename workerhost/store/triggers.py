@@ -366,7 +366,7 @@ def apply(config: Config, db: Database, *, prune: bool = False) -> Applied:
         dialect = server_dialect(conn)
         _check_tables(conn, config, triggers)
         if any(job.delivery == "immediate" for trigger in triggers for job in trigger.jobs):
-            _check_udf(conn, db)
+            _check_udf(conn, db, dialect)
         found = installed(conn)
         if not prune:
             _check_owners(config, triggers, found)
@@ -494,11 +494,11 @@ def _check_tables(conn: Connection, config: Config, triggers: Sequence[Trigger])
                     )
 
 
-def _check_udf(conn: Connection, db: Database) -> None:
+def _check_udf(conn: Connection, db: Database, dialect: Dialect) -> None:
     """A trigger calling a missing function would make every INSERT on its table fail."""
     # Without EXECUTE the server says "execute command denied ... for routine": it looked
     # for a stored function, so no UDF of that name is loaded (udf/installed.py).
-    missing = udf.missing_trigger_udf(conn, server_dialect(conn))
+    missing = udf.missing_trigger_udf(conn, dialect)
     if missing is not None:
         raise WorkerHostError(
             f"{udf.missing_detail(conn, missing)}; delivery: immediate calls it "
