@@ -116,8 +116,48 @@ def test_an_idle_connection_sleeps_and_noop_wakes_it(
     submit(sandbox, function, 1)
     jobs = pump(conn, 1)
     assert [job.data for job in jobs] == [b"job 0"]
-    # Woken, it asked for one job, and for one more when that came: the queue was empty.
+    # Woken, it asked for two jobs at once: the queue had one, so it sleeps again.
     assert conn.sleeping and conn.holding == 1
+
+
+@ON_FIRST_SERVER  # only gearmand takes part
+def test_jobs_queued_meanwhile_come_in_rounds_that_double_not_one_grab_each(
+    sandbox: Sandbox, function: str
+) -> None:
+    """Jobs that queued up while the worker was busy cost a few round trips, not one each."""
+    conn = WorkerConnection(
+        Server("127.0.0.1", sandbox.gearman_port), function.encode(), b"test-gearconn", 16)
+    rounds: list[int] = []
+    grab = conn.grab
+
+    def counted(count: int = 1) -> None:
+        asking = conn.asking
+        grab(count)
+        if conn.asking > asking:
+            rounds.append(conn.asking - asking)
+
+    try:
+        conn.connect()
+        assert pump(conn, 0) == [] and conn.sleeping
+        conn.grab = counted  # type: ignore[method-assign]
+        submit(sandbox, function, 7)  # all queued (JOB_CREATED) before the NOOP is read
+        jobs = pump(conn, 7)
+        assert len(jobs) == 7 and conn.holding == 7
+        # Two at the wake, four when both found a job, eight more: one found the last job.
+        assert rounds == [2, 4, 8]
+        assert conn.sleeping
+
+        # After a batch, it asks for as many as came in for it, asleep or not: jobs that
+        # queued up while the batch ran come in without a NOOP first.
+        submit(sandbox, function, 3)
+        for job in jobs:
+            conn.complete(job.handle, b"done")
+        rounds.clear()
+        conn.top_up()
+        more = pump(conn, 3)
+        assert len(more) == 3 and rounds == [7]
+    finally:
+        conn.close()
 
 
 @ON_FIRST_SERVER  # only gearmand takes part

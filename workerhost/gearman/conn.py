@@ -23,6 +23,9 @@ from workerhost.config.converters import Server
 # How long a connect may take before the server counts as unreachable for this round.
 CONNECT_TIMEOUT = 3.0
 RECV_SIZE = 262144
+# GRAB_JOBs a connection woken by NOOP sends at once: one job, and one more in case a second
+# is queued already, for a NO_JOB at most.
+WAKE_GRAB = 2
 
 
 class GearmanLost(Exception):
@@ -76,9 +79,13 @@ class WorkerConnection:
     """One connection to one gearmand for one function; it holds up to `capacity` jobs.
 
     `asking` counts GRAB_JOBs not answered yet, `holding` the jobs assigned and not answered.
-    After a NO_JOB has answered the last GRAB_JOB, the connection sleeps (PRE_SLEEP) until
-    gearmand wakes it with NOOP; a woken connection asks for one job, and every job assigned
-    asks for one more, so a queue that fills up fills the pipeline again.
+    GRAB_JOBs go out in rounds: a woken connection asks for WAKE_GRAB jobs, a round answered
+    with a job for every GRAB_JOB asks for twice as many (the queue has more), and after each
+    batch the worker asks for as many as came in for it. A round that meets an empty queue ends the
+    asking: after a NO_JOB has answered the last GRAB_JOB, the connection sleeps (PRE_SLEEP)
+    until gearmand wakes it with NOOP. So jobs that trickle in while a batch runs wait in
+    gearmand's queue and come in together with the next round, one read for the lot, instead
+    of a wake-up, a GRAB_JOB and a read each.
     """
 
     def __init__(self, server: Server, function: bytes, client_id: bytes,
@@ -93,6 +100,9 @@ class WorkerConnection:
         self.holding = 0
         self.sleeping = False
         self.grabbing = True  # False once the worker stops taking jobs
+        self._round = 0  # GRAB_JOBs of the current round
+        self._dry = False  # a NO_JOB answered one of them
+        self._got = 0  # jobs assigned since the last top_up
         self._in = bytearray()
         self._out = bytearray()
 
@@ -117,11 +127,12 @@ class WorkerConnection:
         sock.setblocking(False)
         self.sock, self._in, self._out = sock, bytearray(), bytearray()
         self.generation += 1
-        self.asking = self.holding = 0
-        self.sleeping = False
+        self.asking = self.holding = self._round = 0
+        self.sleeping = self._dry = False
+        self._got = 0
         self.send(p.GEARMAN_COMMAND_SET_CLIENT_ID, self.client_id)
         self.send(p.GEARMAN_COMMAND_CAN_DO, self.function)
-        self.top_up()
+        self.grab(self.capacity)
 
     def close(self) -> None:
         if self.sock is not None:
@@ -138,14 +149,18 @@ class WorkerConnection:
         count = min(count, self.capacity - self.holding - self.asking)
         if count <= 0 or not self.grabbing:
             return
+        if self.asking == 0:  # a new round
+            self._round, self._dry = 0, False
         self._out += _GRAB * count
         self.asking += count
+        self._round += count
         self.sleeping = False
 
     def top_up(self) -> None:
-        """Ask for as many jobs as there is room for, unless asleep (NOOP will wake it)."""
-        if not self.sleeping:
-            self.grab(self.capacity)
+        """After a batch: ask for as many jobs as came in for it (WAKE_GRAB at least), asleep
+        or not; those that queued up while it ran come in this round, with no NOOP first."""
+        self.grab(max(WAKE_GRAB, self._got))
+        self._got = 0
 
     def complete(self, handle: bytes, result: bytes) -> None:
         self.send(p.GEARMAN_COMMAND_WORK_COMPLETE, handle, result)
@@ -210,17 +225,20 @@ class WorkerConnection:
             handle, function, unique, data = body.split(b"\0", 3)
             self.asking -= 1
             self.holding += 1
-            self.grab(1)
+            self._got += 1
+            if self.asking == 0 and not self._dry:
+                self.grab(2 * self._round)  # every GRAB_JOB found a job: more are queued
             return Assigned(self, self.generation, handle, function, unique, data)
         if command == p.GEARMAN_COMMAND_NO_JOB:
             self.asking -= 1
+            self._dry = True
             if self.asking == 0:
                 self.send(p.GEARMAN_COMMAND_PRE_SLEEP)
                 self.sleeping = True
         elif command == p.GEARMAN_COMMAND_NOOP:
             if self.sleeping:
                 self.sleeping = False
-                self.grab(1)
+                self.grab(WAKE_GRAB)
         elif command == p.GEARMAN_COMMAND_ERROR:
             code, _, text = body.partition(b"\0")
             self.close()
