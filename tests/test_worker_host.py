@@ -512,9 +512,11 @@ def test_a_database_error_is_a_message_not_a_traceback(
     assert "Traceback" not in result.stderr
 
 
-def touch_worker(sandbox: Sandbox, tables: Any, jobs: int) -> Any:
-    """A worker of an `sql:` handler (batch 16), and `jobs` jobs queued for it; it stops
-    once it has done them all."""
+def touch_worker(sandbox: Sandbox, tables: Any, jobs: int, *, queued: bool = True,
+                 commit_delay: float = 0.0) -> Any:
+    """A worker of an `sql:` handler (batch 16), and `jobs` jobs queued for it (unless not
+    `queued`: the caller submits them); it stops once it has done them all. Its commits
+    take `commit_delay` seconds longer."""
     from workerhost.config.load import parse_config
     from workerhost.host.worker import Worker
 
@@ -523,7 +525,8 @@ def touch_worker(sandbox: Sandbox, tables: Any, jobs: int) -> Any:
     }), file="test.yaml", env=host_env(sandbox))
     worker = Worker(config, config.handlers["touch"])
     worker.db.run(schema.create)
-    submit(sandbox, "touch", [{"id": i} for i in range(1, jobs + 1)])
+    if queued:
+        submit(sandbox, "touch", [{"id": i} for i in range(1, jobs + 1)])
     answered = worker.run_batch
 
     def run_batch(batch: list[Any]) -> list[Any]:
@@ -532,6 +535,15 @@ def touch_worker(sandbox: Sandbox, tables: Any, jobs: int) -> Any:
         return answers
 
     worker.run_batch = run_batch  # type: ignore[method-assign]
+    if commit_delay:
+        conn = worker.db.conn
+        commit = conn.commit
+
+        def slow_commit() -> None:
+            time.sleep(commit_delay)
+            commit()
+
+        conn.commit = slow_commit
     return worker
 
 
@@ -605,21 +617,54 @@ def test_a_slow_commit_still_lets_jobs_be_held_and_batched(
     sandbox: Sandbox, tables: Any
 ) -> None:
     """A commit of 70 ms (a remote database) costs the same for a batch as for one job."""
-    worker = touch_worker(sandbox, tables, 200)
+    worker = touch_worker(sandbox, tables, 200, commit_delay=0.07)
     conn = worker.db.conn
-    commit = conn.commit
-
-    def slow_commit() -> None:
-        time.sleep(0.07)
-        commit()
-
-    conn.commit = slow_commit
     before = session_counters(conn)
     assert worker.serve() == 0
     commits = session_counters(conn)["Com_commit"] - before["Com_commit"]
     worker.db.close()
     assert scalar(tables, "SELECT COUNT(*) FROM items WHERE note = 'seen'") == 200
     assert commits <= 30  # one job a commit would be 200 of them, and 14 s
+
+
+def test_jobs_that_trickle_in_one_at_a_time_are_committed_in_growing_batches(
+    sandbox: Sandbox, tables: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream of small transactions (a job every half millisecond, each shipped alone)
+    and a commit that takes 2 ms (a durable one, on a disk): batches grow with the stream,
+    so that far fewer commits serve it than without the spacing between batches
+    (BATCH_SPACING), measured here in the same run."""
+    import threading
+
+    from workerhost.config.converters import Server
+    from workerhost.gearman.conn import Submitter
+    from workerhost.host import worker as worker_module
+
+    def commits_for_a_trickle(jobs: int) -> int:
+        worker = touch_worker(sandbox, tables, jobs, queued=False, commit_delay=0.002)
+        submitter = Submitter(Server("127.0.0.1", sandbox.gearman_port), 5.0)
+
+        def trickle() -> None:
+            for i in range(1, jobs + 1):
+                submitter.submit([("touch", b"", json.dumps({"id": i}).encode(), "normal")])
+                time.sleep(0.0005)
+            submitter.close()
+
+        before = session_counters(worker.db.conn)
+        client = threading.Thread(target=trickle)
+        client.start()
+        assert worker.serve() == 0
+        client.join()
+        commits = session_counters(worker.db.conn)["Com_commit"] - before["Com_commit"]
+        worker.db.close()
+        return commits
+
+    with monkeypatch.context() as unspaced:
+        unspaced.setattr(worker_module, "BATCH_SPACING_MAX", 0.0)
+        without = commits_for_a_trickle(300)
+    spaced = commits_for_a_trickle(300)
+    assert scalar(tables, "SELECT COUNT(*) FROM items WHERE note = 'seen'") == 300
+    assert spaced * 3 <= without * 2, (spaced, without)
 
 
 def test_a_handler_that_closes_its_connection_is_dead_lettered_without_a_crash_loop(

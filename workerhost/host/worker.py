@@ -9,7 +9,9 @@ transaction, commits once, then answers each. It holds up to twice that many (on
 per server, see gearman/conn.py), so that the next batch is already there when one commits and the
 process never waits for gearmand while jobs are queued; slow jobs are held fewer at a time, down
 to one (pace.py). When it stops, the jobs it holds but has not started go back to gearmand's
-queue. A batch never waits to fill up.
+queue. A job that comes alone runs at once; after a batch of several, the next one waits a
+few milliseconds for more (BATCH_SPACING), so that a stream of small transactions is served
+in batches that grow with it.
 
 A job whose ledger row another transaction holds (a trigger's, not yet committed) comes back
 from the runner as LATER: the worker holds it and tries it again a moment later, in a later
@@ -46,6 +48,12 @@ log = logging.getLogger("workerhost.worker")
 POLL_INTERVAL = 0.5
 # How long held jobs wait for answers from servers still being asked for more, at most.
 BATCH_WAIT = 0.002
+# After a batch of n jobs, the next one waits until (n - 1) * BATCH_SPACING (BATCH_SPACING_MAX
+# at most) has passed since it started, unless a full batch is there: under a stream of small
+# transactions, jobs gather into batches that grow with the stream, and a commit, a claim and
+# a wake-up serve many jobs instead of a few. A job that comes alone runs at once.
+BATCH_SPACING = 0.001
+BATCH_SPACING_MAX = 0.01
 # Jobs held per server, at most, in batches: one runs while the next one comes in.
 PREFETCH = 2
 # How long a stopping worker waits for gearmand to take its last answers.
@@ -132,13 +140,15 @@ class Worker:
         held: list[Assigned] = []
         held_since = 0.0
         waiting: list[_Held] = []  # jobs whose rows other transactions held
+        spaced_until = 0.0  # when the next batch may start if it is not full
         try:
             while self.keep_going():
                 self._connect(conns)
                 # Held jobs run once the first claim's wait (BATCH_WAIT, or longer while
                 # their rows were found held) has passed since the first of them came in.
                 now = time.monotonic()
-                timeout = max(0.0, held_since + first.wait - now) if held else POLL_INTERVAL
+                timeout = (max(0.0, max(held_since + first.wait, spaced_until) - now) if held
+                           else POLL_INTERVAL)
                 if waiting:
                     timeout = min(timeout, max(0.0, min(w.next_try for w in waiting) - now))
                 if not any(c.connected for c in conns):
@@ -155,8 +165,9 @@ class Worker:
                     held.extend(fresh)
                 asking = any(c.asking and c.connected for c in conns)
                 now = time.monotonic()
-                ready = bool(held) and (now - held_since >= first.wait or (
-                    (len(held) >= limit or not asking) and not first.waiting))
+                full = len(held) >= limit
+                ready = bool(held) and (full or now >= spaced_until) and (
+                    now - held_since >= first.wait or ((full or not asking) and not first.waiting))
                 # A connection lost since (even while answering) took its jobs back.
                 waiting = [w for w in waiting if w.assigned.answerable]
                 again = [w for w in waiting if w.next_try <= now][:limit]
@@ -169,6 +180,7 @@ class Worker:
                     batch = [w.assigned for w in again] + fresh
                     if batch:
                         started = time.monotonic()
+                        spaced_until = started + _spacing(len(fresh))
                         answers = self.run_batch([_job(a) for a in batch])
                         first.record(len(fresh), answers[len(again):].count(LATER))
                         # One commit is the batch's own; the commits of jobs that had to run
@@ -289,6 +301,11 @@ def _wake(waiting: list[_Held], again: list[_Held], answers: list[Answer | objec
     for held in waiting:
         if held.since <= max(freed):
             held.next_try = min(held.next_try, now)
+
+
+def _spacing(jobs: int) -> float:
+    """How long after a batch of `jobs` new jobs starts the next one may start, unless full."""
+    return min(BATCH_SPACING_MAX, max(0, jobs - 1) * BATCH_SPACING)
 
 
 def _job(assigned: Assigned) -> Job:
