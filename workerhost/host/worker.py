@@ -180,7 +180,8 @@ class Worker:
                     batch = [w.assigned for w in again] + fresh
                     if batch:
                         started = time.monotonic()
-                        spaced_until = started + _spacing(len(fresh))
+                        if fresh:  # jobs tried again alone leave the spacing as it was
+                            spaced_until = started + _spacing(len(fresh))
                         answers = self.run_batch([_job(a) for a in batch])
                         first.record(len(fresh), answers[len(again):].count(LATER))
                         # One commit is the batch's own; the commits of jobs that had to run
