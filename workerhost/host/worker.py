@@ -146,8 +146,10 @@ class Worker:
                 self._connect(conns)
                 # Held jobs run once the first claim's wait (BATCH_WAIT, or longer while
                 # their rows were found held) has passed since the first of them came in.
+                # A batch that is not full waits for the spacing after the last one as well.
                 now = time.monotonic()
-                timeout = (max(0.0, max(held_since + first.wait, spaced_until) - now) if held
+                spacing = spaced_until if len(held) < limit else 0.0
+                timeout = (max(0.0, max(held_since + first.wait, spacing) - now) if held
                            else POLL_INTERVAL)
                 if waiting:
                     timeout = min(timeout, max(0.0, min(w.next_try for w in waiting) - now))
