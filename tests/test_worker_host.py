@@ -627,44 +627,57 @@ def test_a_slow_commit_still_lets_jobs_be_held_and_batched(
     assert commits <= 30  # one job a commit would be 200 of them, and 14 s
 
 
-def test_jobs_that_trickle_in_one_at_a_time_are_committed_in_growing_batches(
+def test_after_a_batch_of_several_jobs_the_next_partial_batch_waits_for_more(
     sandbox: Sandbox, tables: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A stream of small transactions (a job every half millisecond, each shipped alone)
-    and a commit that takes 2 ms (a durable one, on a disk): batches grow with the stream,
-    so that far fewer commits serve it than without the spacing between batches
-    (BATCH_SPACING), measured here in the same run."""
+    """A stream of small transactions (a job due every half millisecond, each shipped alone)
+    and a commit that takes 2 ms (a durable one, on a disk): after a batch of n jobs, the
+    next batch that is not full starts (n - 1) ms later at the earliest (BATCH_SPACING,
+    10 ms at most), so that batches grow with the stream instead of staying at what one
+    commit's time gathers; a lone job does not wait, nor does a full batch."""
     import threading
+    from itertools import pairwise
 
     from workerhost.config.converters import Server
     from workerhost.gearman.conn import Submitter
     from workerhost.host import worker as worker_module
 
-    def commits_for_a_trickle(jobs: int) -> int:
-        worker = touch_worker(sandbox, tables, jobs, queued=False, commit_delay=0.002)
-        submitter = Submitter(Server("127.0.0.1", sandbox.gearman_port), 5.0)
+    jobs = 300
+    worker = touch_worker(sandbox, tables, jobs, queued=False, commit_delay=0.002)
+    limit = worker.handler.batch  # one gearmand server
+    # Each batch of new jobs, as the worker starts it: when, and how many jobs.
+    starts: list[tuple[float, int]] = []
+    spacing = worker_module._spacing
 
-        def trickle() -> None:
-            for i in range(1, jobs + 1):
-                submitter.submit([("touch", b"", json.dumps({"id": i}).encode(), "normal")])
-                time.sleep(0.0005)
-            submitter.close()
+    def timed(size: int) -> float:
+        starts.append((time.monotonic(), size))
+        return spacing(size)
 
-        before = session_counters(worker.db.conn)
-        client = threading.Thread(target=trickle)
-        client.start()
-        assert worker.serve() == 0
-        client.join()
-        commits = session_counters(worker.db.conn)["Com_commit"] - before["Com_commit"]
-        worker.db.close()
-        return commits
+    monkeypatch.setattr(worker_module, "_spacing", timed)
+    submitter = Submitter(Server("127.0.0.1", sandbox.gearman_port), 5.0)
 
-    with monkeypatch.context() as unspaced:
-        unspaced.setattr(worker_module, "BATCH_SPACING_MAX", 0.0)
-        without = commits_for_a_trickle(300)
-    spaced = commits_for_a_trickle(300)
-    assert scalar(tables, "SELECT COUNT(*) FROM items WHERE note = 'seen'") == 300
-    assert spaced * 3 <= without * 2, (spaced, without)
+    def trickle() -> None:
+        due = time.monotonic()
+        for i in range(1, jobs + 1):
+            submitter.submit([("touch", b"", json.dumps({"id": i}).encode(), "normal")])
+            due += 0.0005
+            time.sleep(max(0.0, due - time.monotonic()))  # behind the schedule: at once
+        submitter.close()
+
+    client = threading.Thread(target=trickle)
+    client.start()
+    assert worker.serve() == 0
+    client.join()
+    worker.db.close()
+    assert scalar(tables, "SELECT COUNT(*) FROM items WHERE note = 'seen'") == jobs
+    assert sum(size for _, size in starts) == jobs
+    # Each partial batch after one of several jobs, with the gap between their starts and
+    # the spacing it had to keep.
+    spaced = [(round(later - earlier, 4), min(0.01, (size - 1) * 0.001))
+              for (earlier, size), (later, next_size) in pairwise(starts)
+              if size > 1 and next_size < limit]
+    assert spaced, f"the stream never made a batch of several jobs: {starts}"
+    assert all(gap >= spacing - 0.0005 for gap, spacing in spaced), spaced
 
 
 def test_a_handler_that_closes_its_connection_is_dead_lettered_without_a_crash_loop(
