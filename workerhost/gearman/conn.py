@@ -81,11 +81,11 @@ class WorkerConnection:
     `asking` counts GRAB_JOBs not answered yet, `holding` the jobs assigned and not answered.
     GRAB_JOBs go out in rounds: a woken connection asks for WAKE_GRAB jobs, a round answered
     with a job for every GRAB_JOB asks for twice as many (the queue has more), and after each
-    batch the worker asks for as many as came in for it. A round that meets an empty queue ends the
-    asking: after a NO_JOB has answered the last GRAB_JOB, the connection sleeps (PRE_SLEEP)
-    until gearmand wakes it with NOOP. So jobs that trickle in while a batch runs wait in
-    gearmand's queue and come in together with the next round, one read for the lot, instead
-    of a wake-up, a GRAB_JOB and a read each.
+    batch the worker asks for as many as came in for it. A round that meets an empty queue
+    ends the asking: after a NO_JOB has answered the last GRAB_JOB, the connection sleeps
+    (PRE_SLEEP) until gearmand wakes it with NOOP. So jobs that trickle in while a batch runs
+    wait in gearmand's queue and come in together with the next round, one read for the lot,
+    instead of a wake-up, a GRAB_JOB and a read each.
     """
 
     def __init__(self, server: Server, function: bytes, client_id: bytes,
