@@ -496,8 +496,6 @@ def _check_tables(conn: Connection, config: Config, triggers: Sequence[Trigger])
 
 def _check_udf(conn: Connection, db: Database, dialect: Dialect) -> None:
     """A trigger calling a missing function would make every INSERT on its table fail."""
-    # Without EXECUTE the server says "execute command denied ... for routine": it looked
-    # for a stored function, so no UDF of that name is loaded (udf/installed.py).
     missing = udf.missing_trigger_udf(conn, dialect)
     if missing is not None:
         raise WorkerHostError(

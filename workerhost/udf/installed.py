@@ -68,7 +68,9 @@ def is_missing(exc: BaseException, function: str) -> bool:
     named = (f".{function.lower()}" in text or f"'{function.lower()}'" in text
              or f"function {function.lower()} does not exist" in text)
     # MySQL, on a connection without a default database: a name that is no loaded UDF is
-    # looked up as a stored function, and there is no database to look in.
+    # looked up as a stored function, and there is no database to look in. Without EXECUTE
+    # the server says "execute command denied ... for routine": it too looked for a stored
+    # function, so no UDF of that name is loaded.
     return errno == ER_NO_DB_ERROR or (
         errno in (ER_SP_DOES_NOT_EXIST, ER_PROCACCESS_DENIED_ERROR) and named)
 
