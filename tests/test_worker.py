@@ -213,6 +213,25 @@ def test_one_failing_job_rolls_the_batch_back_and_the_others_run_alone(
     assert db.store.outbox == [], "a ledger job is retried through its own row"
 
 
+def test_a_failed_batch_of_a_python_handler_is_not_halved_but_run_job_by_job(
+    db: FakeDatabase,
+) -> None:
+    """A Python handler may act outside the transaction (a request, a file), which every run
+    of a job repeats: after a failed batch each of its jobs runs once more, alone, however
+    large the batch (the halving of sql: batches would run some of them several times)."""
+    from workerhost.host.runner import ALONE_FROM
+
+    bad = ledger_job(db, 99, b'{"id": 99, "fail": true}')
+    worker(db).run_batch([bad])
+    bad_alone, db.commits = db.commits, 0
+    jobs = [ledger_job(db, i, b'{"id": %d}' % i) for i in range(1, 4 * ALONE_FROM)]
+    jobs.insert(5, ledger_job(db, 100, b'{"id": 100, "fail": true}'))
+    answers = worker(db).run_batch(jobs)
+    assert answers.count(None) == 1
+    assert db.commits == len(jobs) - 1 + bad_alone, "one transaction per job, after the batch"
+    assert db.store.writes == [f"INSERT {i}" for i in range(1, 4 * ALONE_FROM)]
+
+
 def test_a_job_with_earlier_failures_is_deferred_and_dead_lettered_on_its_last(
     db: FakeDatabase,
 ) -> None:
