@@ -614,46 +614,59 @@ def test_in_a_batch_sent_as_one_query_a_write_that_matches_no_row_fails_only_its
     assert all("matched no row" in row[3] for row in dead_letters(tables))
 
 
+def appending_worker(sandbox: Sandbox, tables: Any, **handler: Any) -> Any:
+    """A Worker whose `sql:` job appends an x to its item's note (a write that shows how often
+    it committed), dead-letters a job whose write matches no row at its first failure, and
+    counts what a batch costs the server: run_batch gives (answers, session counters)."""
+    from workerhost.config.load import parse_config
+    from workerhost.host.worker import Worker
+
+    config = parse_config(host_config(sandbox, tables.database, {
+        "append": {"sql": "UPDATE items SET note = CONCAT(IFNULL(note, ''), 'x') "
+                          "WHERE id = %(id)s",
+                   "on_no_rows": "dead_letter", "retries": {"attempts": 1}, **handler},
+    }), file="test.yaml", env=host_env(sandbox))
+    worker = Worker(config, config.handlers["append"])
+    worker.db.run(schema.create)
+    answered = worker.run_batch
+
+    def counting(ids: list[int]) -> tuple[list[Any], dict[str, int]]:
+        from workerhost.model.job import Job
+
+        jobs = [Job(function="append", payload=json.dumps({"id": i}).encode(), unique=f"u{i}",
+                    handle=f"H:{i}", unique_sent=f"u{i}") for i in ids]
+        before = session_counters(worker.db.conn)
+        answers = answered(jobs)
+        return answers, {k: v - before[k] for k, v in session_counters(worker.db.conn).items()}
+
+    worker.run_batch = counting
+    return worker
+
+
+def notes(tables: Any) -> dict[int, str]:
+    cursor = tables.cursor()
+    cursor.execute("SELECT id, note FROM items WHERE note IS NOT NULL")
+    return dict(cursor.fetchall())
+
+
 def test_one_bad_job_in_a_full_batch_of_sql_jobs_costs_a_dozen_commits_not_one_a_job(
     sandbox: Sandbox, tables: Any
 ) -> None:
     """A batch of `sql:` jobs that fails is halved, down to 8 jobs that run alone: one job
-    whose write matches no row, among 128, costs 5 rolled-back batches and 12 commits, and
-    every other job's write is committed exactly once."""
-    from workerhost.config.load import parse_config
+    whose write matches no row, among 128, costs 5 rolled-back batches and 11 commits besides
+    its own, and every other job's write is committed exactly once."""
     from workerhost.host.runner import ALONE_FROM
-    from workerhost.host.worker import Worker
-    from workerhost.model.job import Job
 
-    config = parse_config(host_config(sandbox, tables.database, {
-        "touch": {"sql": "UPDATE items SET note = CONCAT(IFNULL(note, ''), 'x') "
-                         "WHERE id = %(id)s",
-                  "batch": 128, "on_no_rows": "dead_letter", "retries": {"attempts": 1}},
-    }), file="test.yaml", env=host_env(sandbox))
-    worker = Worker(config, config.handlers["touch"])
-    worker.db.run(schema.create)
-
-    def job(ident: int) -> Job:
-        return Job(function="touch", payload=json.dumps({"id": ident}).encode(),
-                   unique=f"u{ident}", handle=f"H:{ident}", unique_sent=f"u{ident}")
-
-    def counting(batch: list[Job]) -> tuple[list[Any], dict[str, int]]:
-        before = session_counters(worker.db.conn)
-        answers = worker.run_batch(batch)
-        return answers, {k: v - before[k] for k, v in session_counters(worker.db.conn).items()}
-
+    worker = appending_worker(sandbox, tables, batch=128)
     # What a bad job costs on its own: its attempt rolled back, its dead letter committed.
-    (alone,), bad_alone = counting([job(9078)])
+    (alone,), bad_alone = worker.run_batch([9078])
     assert alone is None
-    ids = [*range(1, 77), 9077, *range(77, 128)]  # no item 9077: its write matches no row
-    answers, counted = counting([job(i) for i in ids])
+    # No item 9077: its write matches no row.
+    answers, counted = worker.run_batch([*range(1, 77), 9077, *range(77, 128)])
     worker.db.close()
     assert answers[76] is None and all(a == b'{"rows": 1}' for i, a in enumerate(answers)
                                        if i != 76)
-    cursor = tables.cursor()
-    cursor.execute("SELECT id, note FROM items WHERE note IS NOT NULL")
-    notes = dict(cursor.fetchall())
-    assert notes == {i: "x" for i in range(1, 128)}, "every good write committed once"
+    assert notes(tables) == {i: "x" for i in range(1, 128)}, "every good write committed once"
     assert [row[5] for row in dead_letters(tables)] == [b'{"id": 9078}', b'{"id": 9077}']
     # 128 -> 64 + 64 -> ... -> 8 + 8: the good halves commit together (4 commits), and the
     # 8 jobs of the last bad half run alone (7 commits, and what the bad job costs alone);
@@ -669,28 +682,11 @@ def test_a_failed_batch_of_a_rated_handler_runs_its_jobs_alone(
     """Every run takes tokens of a rate (limits: rate), rolled back or not: a failed batch of
     a rated handler is not halved, whose good jobs would each run and spend tokens several
     times, but run one by one, each good job twice at most."""
-    from workerhost.config.load import parse_config
-    from workerhost.host.worker import Worker
-    from workerhost.model.job import Job
-
-    config = parse_config(host_config(sandbox, tables.database, {
-        "touch": {"sql": "UPDATE items SET note = CONCAT(IFNULL(note, ''), 'x') "
-                         "WHERE id = %(id)s", "limits": {"rate": "100000/s"},
-                  "batch": 32, "on_no_rows": "dead_letter", "retries": {"attempts": 1}},
-    }), file="test.yaml", env=host_env(sandbox))
-    worker = Worker(config, config.handlers["touch"])
-    worker.db.run(schema.create)
-    ids = [*range(1, 21), 9077, *range(21, 32)]
-    jobs = [Job(function="touch", payload=json.dumps({"id": i}).encode(), unique=f"u{i}",
-                handle=f"H:{i}", unique_sent=f"u{i}") for i in ids]
-    before = session_counters(worker.db.conn)
-    answers = worker.run_batch(jobs)
-    counted = {k: v - before[k] for k, v in session_counters(worker.db.conn).items()}
+    worker = appending_worker(sandbox, tables, batch=32, limits={"rate": "100000/s"})
+    answers, counted = worker.run_batch([*range(1, 21), 9077, *range(21, 32)])
     worker.db.close()
     assert answers.count(None) == 1
-    cursor = tables.cursor()
-    cursor.execute("SELECT id, note FROM items WHERE note IS NOT NULL")
-    assert dict(cursor.fetchall()) == {i: "x" for i in range(1, 32)}
+    assert notes(tables) == {i: "x" for i in range(1, 32)}
     assert counted["Com_rollback"] == 2, counted  # the batch, then the bad job alone
 
 
