@@ -630,11 +630,13 @@ def appending_worker(sandbox: Sandbox, tables: Any, **handler: Any) -> Any:
     worker.db.run(schema.create)
     answered = worker.run_batch
 
-    def counting(ids: list[int]) -> tuple[list[Any], dict[str, int]]:
+    def counting(batch: list[Any]) -> tuple[list[Any], dict[str, int]]:
+        """Each of `batch` an item's id (a job straight from a client) or a Job."""
         from workerhost.model.job import Job
 
         jobs = [Job(function="append", payload=json.dumps({"id": i}).encode(), unique=f"u{i}",
-                    handle=f"H:{i}", unique_sent=f"u{i}") for i in ids]
+                    handle=f"H:{i}", unique_sent=f"u{i}") if isinstance(i, int) else i
+                for i in batch]
         before = session_counters(worker.db.conn)
         answers = answered(jobs)
         return answers, {k: v - before[k] for k, v in session_counters(worker.db.conn).items()}
@@ -674,6 +676,48 @@ def test_one_bad_job_in_a_full_batch_of_sql_jobs_costs_a_dozen_commits_not_one_a
     assert ALONE_FROM == 8
     assert counted["Com_commit"] == 4 + 7 + bad_alone["Com_commit"], counted
     assert counted["Com_rollback"] == 5 + bad_alone["Com_rollback"], counted
+
+
+def test_a_halved_batch_still_runs_each_ledger_row_once_and_refuses_a_forged_copy(
+    sandbox: Sandbox, tables: Any
+) -> None:
+    """The adversary's batch, halved: ledger jobs with a bad one among them, a second delivery
+    of one row (another gearmand) and a copy whose token is forged. Each row's write commits
+    once, the copy is answered without running, the forgery refused, the bad job
+    dead-lettered."""
+    from workerhost.model.job import Job, ledger_unique
+    from workerhost.store import ledger
+
+    worker = appending_worker(sandbox, tables, batch=64)
+    rows: dict[int, tuple[int, str]] = {}  # item -> (ledger row, token)
+    cursor = tables.cursor()
+    for item in [*range(1, 40), 9077]:
+        ident = ledger.enqueue(tables, "append", json.dumps({"id": item}).encode(), None)
+        cursor.execute("SELECT token FROM workerhost_outbox WHERE id = %s", (ident,))
+        rows[item] = (ident, cursor.fetchone()[0])
+    tables.commit()
+
+    def delivery(item: int, token: str | None = None) -> Job:
+        ident, real = rows[item]
+        proof = real if token is None else token
+        unique = ledger_unique(ident, proof)
+        return Job(function="append", payload=b"", unique=proof, handle=f"H:{ident}",
+                   ledger=ident, proof=proof, unique_sent=unique)
+
+    # Row 39's own delivery has not come yet: only a copy with a forged token.
+    batch = [delivery(i) for i in range(1, 20)] + [delivery(9077)]
+    batch += [delivery(i) for i in range(20, 39)] + [delivery(7), delivery(39, "f" * 32)]
+    answers, counted = worker.run_batch(batch)
+    worker.db.close()
+    assert answers[19] is None, "the bad job"
+    assert answers[-2] == b"", "the second delivery of row 7: done by the first"
+    assert answers[-1] is None, "the forged copy of row 39"
+    assert notes(tables) == {i: "x" for i in range(1, 39)}, "each row's write committed once"
+    assert [row[5] for row in dead_letters(tables)] == [b'{"id": 9077}']
+    assert scalar(tables, "SELECT COUNT(*) FROM workerhost_refused") == 1
+    assert scalar(tables, "SELECT id FROM workerhost_outbox") == rows[39][0], (
+        "row 39 waits for its own delivery")
+    assert counted["Com_rollback"] >= 3, "halved: 40 jobs, then 20, then 10"
 
 
 def test_a_failed_batch_of_a_rated_handler_runs_its_jobs_alone(
