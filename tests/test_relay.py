@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from conftest import host_config, scalar
+from conftest import host_config, scalar, sequence, wait_until
 
 from workerhost.config.load import parse_config
 from workerhost.host.relay import Relay
@@ -105,3 +105,51 @@ def test_a_poll_reads_the_due_rows_not_the_leased_backlog(sandbox: Sandbox, db: 
         assert reads < 50, f"the poll read {reads} rows or index entries"
     finally:
         relay.close()
+
+
+def test_rows_that_commit_one_by_one_are_shipped_a_poll_an_interval_not_a_few_a_poll(
+    sandbox: Sandbox, db: Any
+) -> None:
+    """A stream of rows, each committed on its own: the relay polls once an interval and
+    ships what came in meanwhile, instead of polling again at once after every few rows (a
+    durable commit each). A full batch is a backlog, polled again at once."""
+    import threading
+    import time
+
+    function = "stream_" + uuid.uuid4().hex[:8]
+    config = parse_config(host_config(sandbox, db.database, {function: {"sql": "DO 1"}},
+                                      host={"relay": {"interval": "200ms", "batch": 50}}),
+                          file="test.yaml", env={"SANDBOX_DB_PASSWORD": sandbox.password})
+    relay = Relay(config)
+    relay.db.run(schema.create)
+    polls: list[int] = []
+    ship_once = relay.ship_once
+
+    def counted(limit: int | None = None) -> int:
+        shipped = ship_once(limit)
+        polls.append(shipped)
+        return shipped
+
+    relay.ship_once = counted  # type: ignore[method-assign]
+    serving = threading.Thread(target=relay.serve)
+    serving.start()
+    try:
+        cursor = db.cursor()
+        started = time.monotonic()
+        for _ in range(2000):  # each its own transaction, as fast as they commit
+            cursor.execute("INSERT INTO workerhost_outbox (`function`, payload) "
+                           "VALUES (%s, '{}')", (function,))
+        elapsed = time.monotonic() - started
+        cursor.execute("INSERT INTO workerhost_outbox (`function`, payload) SELECT %s, '{}' "
+                       f"FROM {sequence(1, 120)}", (function,))  # a backlog of 2.4 batches
+        wait_until(lambda: sum(polls) == 2120, what="every row shipped")
+    finally:
+        relay.request_stop()
+        serving.join()
+    partial = [n for n in polls if 0 < n < 50]
+    # One poll an interval while the stream lasts (and one after its end), where polling at
+    # once after every non-empty poll made one every few rows.
+    assert len(partial) <= elapsed / 0.2 + 3, polls
+    # The backlog went in full batches, one right after the other.
+    assert polls.count(50) >= 2, polls
+    assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox WHERE ships = 1") == 2120

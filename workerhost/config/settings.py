@@ -30,7 +30,7 @@ DEFAULT_SHUTDOWN_TIMEOUT = 30.0  # seconds running jobs get to finish after SIGT
 # safely (SKIP LOCKED), so every host runs one unless told otherwise.
 DEFAULT_RELAY_ENABLED = True
 DEFAULT_RELAY_BATCH = 500  # ledger rows shipped per round trip
-DEFAULT_RELAY_INTERVAL = 0.2  # seconds between polls of a ledger with nothing due
+DEFAULT_RELAY_INTERVAL = 0.2  # seconds between polls, unless the last shipped a full batch
 # How long a shipped ledger row waits for its job's effect before it is shipped again (then
 # twice as long, up to 16 times): how soon a job gearmand lost runs after all.
 DEFAULT_RELAY_LEASE = 30.0

@@ -4,11 +4,13 @@ A row stays in the ledger until the transaction that commits its job's effect de
 (worker.py). The relay ships the rows that are due (new rows of outbox delivery, retries whose
 delay is over, and rows whose lease ran out because gearmand lost their job or a worker died
 with it) and moves each one's due time on by its lease, in the transaction that locked it,
-committed once gearmand has answered every job of the batch. Each job carries its row's id and
-token in its unique (job.ledger_unique): one gearmand queues a row shipped twice once, and a
-worker that gets a job whose row is gone already, or a second copy from another gearmand,
-answers it without running it. Relays on several hosts share
-the table: `FOR UPDATE SKIP LOCKED` gives each batch to one of them.
+committed once gearmand has answered every job of the batch. It polls again after
+`host.relay.interval`, and at once only after a full batch (a backlog): rows that commit one by
+one go out many to a transaction, and a poll with its durable commit serves many rows, not a
+few. Each job carries its row's id and token in its unique (job.ledger_unique): one gearmand
+queues a row shipped twice once, and a worker that gets a job whose row is gone already, or a
+second copy from another gearmand, answers it without running it. Relays on several hosts
+share the table: `FOR UPDATE SKIP LOCKED` gives each batch to one of them.
 
 A row shipped again (its lease ran out) at `host.relay.unserved_after` or older has waited
 that long for a worker to complete it: most often no host serves its function, and its rows
@@ -164,7 +166,9 @@ class Relay:
                 continue
             if shipped:
                 log.debug("relay shipped %d jobs", shipped)
-            else:
+            # Only a full batch means a backlog, polled again at once. Rows that commit one
+            # by one would otherwise be shipped a few per poll, each poll a durable commit.
+            if shipped < self.config.host.relay.batch:
                 self._sleep(interval)
         self.close()
         self.db.close()
