@@ -46,6 +46,33 @@ def test_a_payload_without_an_event_id_gets_a_unique_made_of_its_row() -> None:
         assert row_unique(payload, 42) != row_unique(payload, 41)
 
 
+def test_the_relay_sleeps_an_interval_after_any_poll_but_a_full_batch() -> None:
+    """A full batch is a backlog: the next poll comes at once. After a partial batch, or none,
+    the relay sleeps host.relay.interval, so that what commits meanwhile goes out together."""
+    config = parse_config(
+        {"gearman": {"servers": ["127.0.0.1:4999"]}, "database": {"user": "u", "database": "d"},
+         "handlers": {"f": {"sql": "DO 1"}},
+         "host": {"relay": {"interval": "150ms", "batch": 50}}}, file="test.yaml")
+    relay = Relay(config)
+    shipped = iter([50, 50, 7, 0, 50, 1])
+    happened: list[str] = []
+
+    def ship_once(limit: int | None = None) -> int:
+        count = next(shipped, None)
+        if count is None:
+            relay.request_stop()
+            return 0
+        happened.append(f"shipped {count}")
+        return count
+
+    relay.ship_once = ship_once  # type: ignore[method-assign]
+    relay._sleep = lambda seconds: happened.append(f"slept {seconds}")  # type: ignore[method-assign]
+    assert relay.serve() == 0
+    assert happened == ["shipped 50", "shipped 50", "shipped 7", "slept 0.15", "shipped 0",
+                        "slept 0.15", "shipped 50", "shipped 1", "slept 0.15",
+                        "slept 0.15"]  # the last: after the poll that found it stopping
+
+
 def test_every_row_ships_under_its_id_and_token_whatever_its_unique_key(
     sandbox: Sandbox, db: Any
 ) -> None:
@@ -150,6 +177,6 @@ def test_rows_that_commit_one_by_one_are_shipped_a_poll_an_interval_not_a_few_a_
     # One poll an interval while the stream lasts (and one after its end), where polling at
     # once after every non-empty poll made one every few rows.
     assert len(partial) <= elapsed / 0.2 + 3, polls
-    # The backlog went in full batches, one right after the other.
+    # What piled up between two polls went in full batches.
     assert polls.count(50) >= 2, polls
     assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox WHERE ships = 1") == 2120
