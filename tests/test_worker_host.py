@@ -751,11 +751,12 @@ def test_a_slow_commit_still_lets_jobs_be_held_and_batched(
 def test_after_a_batch_of_several_jobs_the_next_partial_batch_waits_for_more(
     sandbox: Sandbox, tables: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A stream of small transactions (a job due every half millisecond, each shipped alone)
-    and a commit that takes 2 ms (a durable one, on a disk): after a batch of n jobs, the
-    next batch that is not full starts (n - 1) ms later at the earliest (BATCH_SPACING,
-    10 ms at most), so that batches grow with the stream instead of staying at what one
-    commit's time gathers; a lone job does not wait, nor does a full batch."""
+    """After a batch of n new jobs, the next batch that is not full starts (n - 1) ms later at
+    the earliest (BATCH_SPACING, 10 ms at most), so that under a stream of small transactions
+    batches grow with the stream instead of staying at what one commit's time gathers.
+
+    Bursts of several jobs, each followed by a lone job as soon as the burst's batch starts:
+    that lone job must wait out the spacing, however fast or slow the machine is."""
     import threading
     from itertools import pairwise
 
@@ -763,33 +764,50 @@ def test_after_a_batch_of_several_jobs_the_next_partial_batch_waits_for_more(
     from workerhost.gearman.conn import Submitter
     from workerhost.host import worker as worker_module
 
-    jobs = 300
-    worker = touch_worker(sandbox, tables, jobs, queued=False, commit_delay=0.002)
+    bursts = (8, 12, 4, 14)
+    jobs = sum(bursts) + len(bursts)
+    worker = touch_worker(sandbox, tables, jobs, queued=False)
     limit = worker.handler.batch  # one gearmand server
+    assert max(bursts) + 1 < limit, "a burst and its lone job make a partial batch"
     # Each batch of new jobs, as the worker starts it: when, and how many jobs.
     starts: list[tuple[float, int]] = []
     spacing = worker_module._spacing
+    several = threading.Event()
 
     def timed(size: int) -> float:
         starts.append((time.monotonic(), size))
+        if size > 1:
+            several.set()
         return spacing(size)
 
     monkeypatch.setattr(worker_module, "_spacing", timed)
     submitter = Submitter(Server("127.0.0.1", sandbox.gearman_port), 5.0)
+    problems: list[str] = []
 
-    def trickle() -> None:
-        due = time.monotonic()
-        for i in range(1, jobs + 1):
-            submitter.submit([("touch", b"", json.dumps({"id": i}).encode(), "normal")])
-            due += 0.0005
-            time.sleep(max(0.0, due - time.monotonic()))  # behind the schedule: at once
+    def touch(ids: range) -> None:
+        submitter.submit([("touch", b"", json.dumps({"id": i}).encode(), "normal")
+                          for i in ids])
+
+    def client() -> None:
+        sent = 0
+        for burst in bursts:
+            several.clear()
+            touch(range(sent + 1, sent + burst + 1))
+            if not several.wait(10):
+                problems.append(f"a burst of {burst} jobs never started as a batch of several")
+            touch(range(sent + burst + 1, sent + burst + 2))  # the lone job, at once
+            sent += burst + 1
+            deadline = time.monotonic() + 10
+            while worker.jobs_done < sent and time.monotonic() < deadline:
+                time.sleep(0.005)  # the next burst finds the worker idle
         submitter.close()
 
-    client = threading.Thread(target=trickle)
-    client.start()
+    thread = threading.Thread(target=client)
+    thread.start()
     assert worker.serve() == 0
-    client.join()
+    thread.join()
     worker.db.close()
+    assert not problems, (problems, starts)
     assert scalar(tables, "SELECT COUNT(*) FROM items WHERE note = 'seen'") == jobs
     assert sum(size for _, size in starts) == jobs
     # Each partial batch after one of several jobs, with the gap between their starts and
@@ -797,7 +815,7 @@ def test_after_a_batch_of_several_jobs_the_next_partial_batch_waits_for_more(
     spaced = [(round(later - earlier, 4), min(0.01, (size - 1) * 0.001))
               for (earlier, size), (later, next_size) in pairwise(starts)
               if size > 1 and next_size < limit]
-    assert spaced, f"the stream never made a batch of several jobs: {starts}"
+    assert len(spaced) >= len(bursts), starts
     assert all(gap >= spacing - 0.0005 for gap, spacing in spaced), spaced
 
 
