@@ -7,8 +7,10 @@ import atexit
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -222,6 +224,55 @@ def gearmand_factory(
     yield start
     for server in started:
         server.box.down()
+
+
+class StallingProxy:
+    """A TCP proxy in front of gearmand that stalls each connection for `stall` seconds after
+    every `passes` request packets: a gearmand busy for a while in the middle of a batch
+    (writing its persistent queue, serving another relay)."""
+
+    def __init__(self, port: int, passes: int, stall: float) -> None:
+        self.target, self.passes, self.stall = port, passes, stall
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            server = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._requests, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._answers, args=(server, client), daemon=True).start()
+
+    def _requests(self, client: Any, server: Any) -> None:
+        from workerhost.gearman.conn import request, take_packets
+
+        buffer, passed = bytearray(), 0
+        try:
+            while chunk := client.recv(65536):
+                buffer += chunk
+                for command, body in take_packets(buffer):
+                    if passed and passed % self.passes == 0:
+                        time.sleep(self.stall)
+                    passed += 1
+                    server.sendall(request(command, *body.split(b"\0")))
+        except OSError:
+            pass
+        server.close()
+
+    def _answers(self, server: Any, client: Any) -> None:
+        try:
+            while chunk := server.recv(65536):
+                client.sendall(chunk)
+        except OSError:
+            pass
+        client.close()
+
+    def close(self) -> None:
+        self.listener.close()
 
 
 class RunningHost:

@@ -9,8 +9,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
-from conftest import host_config, host_env, scalar, sequence
+from conftest import StallingProxy, host_config, host_env, scalar, sequence
 
 from workerhost.observe.progress import BAR_WIDTH, Progress
 from workerhost.sandbox.stack import Sandbox
@@ -113,6 +114,47 @@ def test_outbox_drain_without_gearmand_exits_4_and_keeps_the_rows(
     assert "outbox drain stopped after 0 rows" in drained.stderr
     assert "Traceback" not in drained.stderr
     assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox") == 1
+
+
+def test_outbox_drain_through_a_gearmand_that_stalls_ships_every_row_once(
+    sandbox: Sandbox, db: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A gearmand that stalls after every 50 jobs for longer than the relay waits: the drain
+    ships what it answered, halves its batches, says so, tries a batch it answered none of
+    again, smaller, and goes on until every row is shipped, each leased once."""
+    from workerhost.cli import main
+    from workerhost.host import relay
+
+    monkeypatch.setattr(relay, "ACCEPT_TIMEOUT", 0.5)
+    monkeypatch.setenv("SANDBOX_DB_PASSWORD", sandbox.password)
+    proxy = StallingProxy(sandbox.gearman_port, passes=50, stall=1.0)
+    function = f"stalled_{uuid.uuid4().hex[:8]}"
+    config = tmp_path / "workerhost.yaml"
+    config.write_text(yaml.safe_dump(host_config(
+        sandbox, db.database, {"touch": {"sql": "UPDATE t SET a = 1 WHERE id = %(id)s"}},
+        gearman={"servers": [f"127.0.0.1:{proxy.port}"]}, host={"relay": {"batch": 100}})))
+    host_db = Database({"host": "127.0.0.1", "port": sandbox.mysql_port, "user": sandbox.user,
+                        "password": sandbox.password, "database": db.database})
+    host_db.run(schema.create)
+    host_db.close()
+    db.cursor().execute("INSERT INTO workerhost_outbox (`function`, payload) SELECT %s, '{}' "
+                        f"FROM {sequence(1, 200)}", (function,))
+    try:
+        assert main(["outbox", "drain", "-c", str(config)]) == 0
+    finally:
+        proxy.close()
+    out, err = capsys.readouterr()
+    assert out.startswith("200 outbox rows shipped; 0 due"), (out, err)
+    said = caplog.text  # the relay's warnings (on stderr, outside pytest)
+    assert "did not take the jobs: timed out (it answered 50 of 100); the 50 rows it " \
+           "answered are shipped, the rest stay due; the next batch has 50 rows at most " \
+           "(host.relay.batch: 100)" in said, said
+    # The second connection answers a batch of 50, then stalls on the next one's first job.
+    assert "did not take the jobs: timed out; the next batch has 25 rows at most " \
+           "(host.relay.batch: 100); trying again" in err, err
+    assert err.splitlines()[-1] == "outbox rows shipped: 200/200", err
+    assert scalar(db, "SELECT COUNT(*) FROM workerhost_outbox WHERE ships = 1") == 200
 
 
 def test_retry_all_moves_every_dead_letter_back_in_batches(

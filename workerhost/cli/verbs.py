@@ -192,7 +192,14 @@ def outbox_drain(args: argparse.Namespace) -> int:
         due = relay.db.run(status.ledger_figures, deadline=time.monotonic() + wait).due
         with progress.Progress("outbox rows shipped", due) as bar:
             while shipped < due:  # rows that fall due meanwhile are the running relays' job
-                count = relay.ship_once(min(config.host.relay.batch, due - shipped))
+                batch = relay.batch
+                try:
+                    count = relay.ship_once(due - shipped)
+                except SubmitFailed as exc:
+                    if relay.batch == batch:
+                        raise  # no gearmand reachable, or one too slow for a single row
+                    print(f"{exc}; trying again", file=sys.stderr)
+                    continue
                 if not count:
                     break  # the rest is locked by a running relay, which ships it
                 shipped += count

@@ -29,7 +29,17 @@ WAKE_GRAB = 2
 
 
 class GearmanLost(Exception):
-    """A connection to gearmand broke; the jobs it held go back to gearmand's queue."""
+    """A connection to gearmand broke; the jobs it held go back to gearmand's queue.
+
+    `timed_out`: gearmand was reachable but did not answer in time (busy, or stalled);
+    `answers`: what it answered before (Submitter.submit), to the first jobs sent.
+    """
+
+    def __init__(self, message: str, *, timed_out: bool = False,
+                 answers: list[bytes | Refused] | None = None) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+        self.answers = answers or []
 
 
 @dataclass
@@ -290,8 +300,10 @@ class Submitter:
         """Submit (function, unique, payload, priority) jobs; gearmand's answer to each, in
         order: its handle, or why it refused that job (it answers the others all the same).
 
-        Raises GearmanLost unless gearmand answered every one of them within the timeout.
+        Raises GearmanLost unless gearmand answered every one of them, each within the
+        timeout of the one before; it holds the answers given before.
         """
+        answers: list[bytes | Refused] = []
         try:
             if self.sock is None:
                 self.sock = socket.create_connection(
@@ -303,14 +315,17 @@ class Submitter:
                         function.encode(), unique, data)
                 for function, unique, data, priority in jobs
             ))
-            return self._created(len(jobs))
+            self._created(len(jobs), answers)
+            return answers
         except OSError as exc:
             self.close()
-            raise GearmanLost(f"gearmand {self.server} did not take the jobs: {exc}") from exc
+            taken = f" (it answered {len(answers)} of {len(jobs)})" if answers else ""
+            raise GearmanLost(f"gearmand {self.server} did not take the jobs: {exc}{taken}",
+                              timed_out=isinstance(exc, TimeoutError), answers=answers) from exc
 
-    def _created(self, count: int) -> list[bytes | Refused]:
+    def _created(self, count: int, handles: list[bytes | Refused]) -> None:
+        """Read gearmand's answers into `handles` until it holds `count`."""
         assert self.sock is not None
-        handles: list[bytes | Refused] = []
         buffer = bytearray()
         while len(handles) < count:
             chunk = self.sock.recv(RECV_SIZE)
@@ -324,4 +339,3 @@ class Submitter:
                     code, _, text = body.partition(b"\0")
                     handles.append(Refused(": ".join(
                         part.decode("utf-8", "replace") for part in (code, text) if part)))
-        return handles

@@ -4,13 +4,22 @@ A row stays in the ledger until the transaction that commits its job's effect de
 (worker.py). The relay ships the rows that are due (new rows of outbox delivery, retries whose
 delay is over, and rows whose lease ran out because gearmand lost their job or a worker died
 with it) and moves each one's due time on by its lease, in the transaction that locked it,
-committed once gearmand has answered every job of the batch. It polls again after
-`host.relay.interval`, and at once only after a full batch (a backlog): rows that commit one by
-one go out many to a transaction, and a poll with its durable commit serves many rows, not a
-few. Each job carries its row's id and token in its unique (job.ledger_unique): one gearmand
-queues a row shipped twice once, and a worker that gets a job whose row is gone already, or a
-second copy from another gearmand, answers it without running it. Relays on several hosts
-share the table: `FOR UPDATE SKIP LOCKED` gives each batch to one of them.
+committed once gearmand has answered every job of the batch. When a gearmand takes too long
+to answer (ACCEPT_TIMEOUT without an answer: one slow to write its persistent queue, say),
+the rows it answered before are shipped and the rest stay due (or, if it answered none and
+no other server took the batch, the batch is rolled back), and the next batch is half as
+big, down to one row. Batches keep to that size for SHRUNK_FOR, then each full batch shipped
+doubles it again, up to `host.relay.batch`: a slow gearmand gets batches it can take, instead
+of the same batch failing for ever while its rows stay locked, and a batch fails once in
+SHRUNK_FOR at most while the relay tries bigger ones.
+
+It polls again after `host.relay.interval`, and at once only after a full batch (a backlog):
+rows that commit one by one go out many to a transaction, and a poll with its durable commit
+serves many rows, not a few. Each job carries its row's id and token in its unique
+(job.ledger_unique): one gearmand queues a row shipped twice once, and a worker that gets a
+job whose row is gone already, or a second copy from another gearmand, answers it without
+running it. Relays on several hosts share the table: `FOR UPDATE SKIP LOCKED` gives each
+batch to one of them.
 
 A row shipped again (its lease ran out) at `host.relay.unserved_after` or older has waited
 that long for a worker to complete it: most often no host serves its function, and its rows
@@ -43,13 +52,22 @@ log = logging.getLogger("workerhost.relay")
 
 # How long gearmand may take to accept a batch before the relay gives up on it (and retries).
 ACCEPT_TIMEOUT = 10.0
+# After a batch no gearmand took in time, the batches keep to half its size this long.
+SHRUNK_FOR = 60.0
 # Seconds between two warnings about one function's unserved rows: the rows come back at
 # every lease, and one line a minute is enough to act on.
 UNSERVED_WARNING_INTERVAL = 60.0
 
 
 class SubmitFailed(Exception):
-    """gearmand did not accept every job of a batch; the batch stays in the outbox."""
+    """gearmand did not accept every job of a batch; the batch stays in the outbox.
+
+    `timed_out`: a gearmand was reachable but did not take the batch in time.
+    """
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 @dataclass
@@ -71,6 +89,10 @@ class Relay:
         self.servers = [str(server) for server in config.gearman.servers]
         self.submitters = [Submitter(server, ACCEPT_TIMEOUT) for server in config.gearman.servers]
         self.turn = 0  # batches go round the servers; a server that fails passes its turn on
+        # Rows a poll takes: host.relay.batch, halved after each batch no gearmand took.
+        self.batch = config.host.relay.batch
+        self.shrunk_at = -SHRUNK_FOR  # clock() of the last batch no gearmand took
+        self.cut_short = ""  # why gearmand answered only the first rows of the last batch
         self.stopping = False
         self.shipped = 0
 
@@ -78,14 +100,24 @@ class Relay:
         self.stopping = True
 
     def ship_once(self, limit: int | None = None) -> int:
-        """Ship one batch of due rows; returns how many were shipped."""
-        batch = limit or self.config.host.relay.batch
+        """Ship one batch of due rows (`limit` at most); returns how many were shipped.
+
+        Raises SubmitFailed when no gearmand took any job of the batch. When a gearmand
+        took too long to answer, the rows it answered before are leased and shipped, the rest
+        stay due, and the next batch is half as big.
+        """
+        batch = min(limit or self.batch, self.batch)
+        tried = answered = 0
 
         def ship(conn: Connection) -> list[tuple[Any, ...]]:
+            nonlocal tried, answered
             rows = ledger.lock_due(conn, batch)
+            tried = answered = len(rows)
             if not rows:
                 return []
             answers = self.submit(rows)
+            answered = len(answers)  # fewer than the rows when gearmand timed out
+            rows = rows[:answered]
             refused = [(row, answer) for row, answer in zip(rows, answers, strict=True)
                        if isinstance(answer, Refused)]
             for (ident, function, *_), answer in refused:
@@ -100,8 +132,23 @@ class Relay:
                 ledger.lease(conn, [row[0] for row in shipped], self.config.host.relay.lease)
             return shipped
 
-        shipped: list[tuple[Any, ...]] = self.db.run(
-            ship, deadline=time.monotonic() + ACCEPT_TIMEOUT)
+        try:
+            shipped: list[tuple[Any, ...]] = self.db.run(
+                ship, deadline=time.monotonic() + ACCEPT_TIMEOUT)
+        except SubmitFailed as exc:
+            if not exc.timed_out:  # no gearmand reachable: the batch's size is not the cause
+                raise
+            self._shrink(tried)
+            raise SubmitFailed(f"{exc}; the next batch has {self.batch} rows at most "
+                               f"(host.relay.batch: {self.config.host.relay.batch})",
+                               timed_out=True) from None
+        if answered < tried:
+            self._shrink(tried)
+            log.warning("relay: %s; the %d rows it answered are shipped, the rest stay due; "
+                        "the next batch has %d rows at most (host.relay.batch: %d)",
+                        self.cut_short, answered, self.batch, self.config.host.relay.batch)
+        elif tried == batch and self.clock() - self.shrunk_at >= SHRUNK_FOR:
+            self.batch = min(self.config.host.relay.batch, 2 * self.batch)  # a full batch went
         self.shipped += len(shipped)
         self.note_unserved(shipped)
         return len(shipped)
@@ -133,9 +180,16 @@ class Relay:
             seen.ids.clear()
             seen.oldest, seen.warned = 0.0, now
 
+    def _shrink(self, tried: int) -> None:
+        """A batch of `tried` rows was too big for gearmand to answer in time."""
+        self.batch = max(1, min(self.batch, tried) // 2)
+        self.shrunk_at = self.clock()
+
     def submit(self, rows: list[tuple[Any, ...]]) -> list[bytes | Refused]:
         """Hand every row's job to one gearmand; its answer to each (a handle, or why it
-        refused that one). SubmitFailed when no server answered them all."""
+        refused that one), in order. A gearmand that answered the first rows and then took
+        too long gives the answers to those only (and `cut_short` says why). SubmitFailed when
+        no server answered any."""
         jobs = [(function, ledger_unique(ident, token).encode(), bytes(payload), priority)
                 for ident, function, payload, _unique, priority, token, *_ in rows]
         errors = []
@@ -145,8 +199,12 @@ class Relay:
             try:
                 return submitter.submit(jobs)
             except GearmanLost as exc:
-                errors.append(str(exc))
-        raise SubmitFailed("; ".join(errors))
+                if exc.answers:  # it took those: they are shipped, whatever became of the rest
+                    self.cut_short = str(exc)
+                    return exc.answers
+                errors.append(exc)
+        raise SubmitFailed("; ".join(map(str, errors)),
+                           timed_out=any(exc.timed_out for exc in errors))
 
     def close(self) -> None:
         for submitter in self.submitters:
@@ -156,6 +214,7 @@ class Relay:
         interval = self.config.host.relay.interval
         backoff = self.config.gearman.reconnect_backoff
         while not self.stopping:
+            batch = self.batch
             try:
                 shipped = self.ship_once()
                 backoff = self.config.gearman.reconnect_backoff
@@ -168,7 +227,7 @@ class Relay:
                 log.debug("relay shipped %d jobs", shipped)
             # Only a full batch means a backlog, polled again at once. Rows that commit one
             # by one would otherwise be shipped a few per poll, each poll a durable commit.
-            if shipped < self.config.host.relay.batch:
+            if shipped < batch:
                 self._sleep(interval)
         self.close()
         self.db.close()
