@@ -230,10 +230,12 @@ def test_two_gearmands_share_the_work_and_losing_one_loses_nothing(
     wait_until(lambda: distinct_rows(events) >= 200, what="work under way")
     first.stop()  # its remaining jobs wait in its persistent queue
     insert(events, 1001, 2000)  # the relays ship these to the second server alone
+    # A persistent queue writes each job to disk: on a busy machine, gearmand takes tens of
+    # jobs a second. The wait bounds a hang, not the speed.
     wait_until(lambda: scalar(events, "SELECT COUNT(*) FROM captured WHERE row_id > 1000")
-               == 1000, what="new rows through the remaining server")
+               == 1000, timeout=120, what="new rows through the remaining server")
     first.start()
-    wait_until(lambda: distinct_rows(events) == 2000, timeout=60, what="all 2000")
+    wait_until(lambda: distinct_rows(events) == 2000, timeout=120, what="all 2000")
     assert_each_row_once(events, 2000)
     cursor = events.cursor()
     cursor.execute("SELECT host_pid, COUNT(*) FROM captured GROUP BY host_pid")
