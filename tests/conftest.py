@@ -4,6 +4,7 @@ test session."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import signal
@@ -235,6 +236,7 @@ class StallingProxy:
         self.target, self.passes, self.stall = port, passes, stall
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
+        self.threads: list[threading.Thread] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -244,8 +246,16 @@ class StallingProxy:
             except OSError:
                 return  # closed
             server = socket.create_connection(("127.0.0.1", self.target))
-            threading.Thread(target=self._requests, args=(client, server), daemon=True).start()
-            threading.Thread(target=self._answers, args=(server, client), daemon=True).start()
+            for work, args in ((self._requests, (client, server)),
+                               (self._answers, (server, client))):
+                thread = threading.Thread(target=work, args=args, daemon=True)
+                self.threads.append(thread)
+                thread.start()
+
+    def idle(self) -> bool:
+        """Every connection closed, and gearmand has answered all that went through it (it
+        closes its side after the last answer)."""
+        return not any(thread.is_alive() for thread in self.threads)
 
     def _requests(self, client: Any, server: Any) -> None:
         from workerhost.gearman.conn import request, take_packets
@@ -261,15 +271,20 @@ class StallingProxy:
                     server.sendall(request(command, *body.split(b"\0")))
         except OSError:
             pass
-        server.close()
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_WR)  # gearmand answers the rest, then closes
 
     def _answers(self, server: Any, client: Any) -> None:
         try:
             while chunk := server.recv(65536):
-                client.sendall(chunk)
+                try:
+                    client.sendall(chunk)
+                except OSError:
+                    pass  # the client gave up: gearmand's answers go nowhere
         except OSError:
             pass
         client.close()
+        server.close()
 
     def close(self) -> None:
         self.listener.close()
