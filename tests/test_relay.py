@@ -98,12 +98,13 @@ class _Ledger:
 
 
 class _SlowGearmand:
-    """A gearmand that answers `takes` jobs of a batch in time and then none (timed out),
-    or refuses the connection (`down`)."""
+    """A gearmand that answers `takes` jobs of a batch in time and then none (timed out), or
+    goes away after them (`crashes`), or refuses the connection (`down`)."""
 
     def __init__(self, takes: int) -> None:
         self.takes = takes
         self.down = False
+        self.crashes = False  # after `takes` answers, it goes away instead of stalling
         self.batches: list[int] = []
 
     def submit(self, jobs: list[Any]) -> list[bytes]:
@@ -112,8 +113,9 @@ class _SlowGearmand:
             raise GearmanLost("gearmand 127.0.0.1:4999 did not take the jobs: refused")
         answers = [b"H:%d" % i for i in range(min(len(jobs), self.takes))]
         if len(jobs) > self.takes:
-            raise GearmanLost("gearmand 127.0.0.1:4999 did not take the jobs: timed out",
-                              timed_out=True, answers=answers)
+            why = "connection closed" if self.crashes else "timed out"
+            raise GearmanLost(f"gearmand 127.0.0.1:4999 did not take the jobs: {why}",
+                              timed_out=not self.crashes, answers=answers)
         return answers
 
     def close(self) -> None:
@@ -171,6 +173,20 @@ def test_a_batch_gearmand_answered_none_of_in_time_is_rolled_back_and_halved(
     assert table.shipped == [] and gearmand.batches == [100, 50, 25]
     gearmand.takes = 12
     assert relay.ship_once() == 12
+
+
+def test_the_rows_a_gearmand_answered_before_it_went_away_are_shipped_and_the_size_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A gearmand that answers 30 jobs and then closes the connection: those 30 are its jobs
+    (kept in its persistent queue, or shipped again when their lease runs out); the rest
+    stay due. Its going away says nothing about the batch's size."""
+    relay, table, gearmand, _ = slow_relay(monkeypatch, rows=500, takes=30, batch=100)
+    gearmand.crashes = True
+    assert relay.ship_once() == 30
+    assert table.shipped == list(range(1, 31)) and relay.batch == 100
+    gearmand.takes = 1000
+    assert relay.ship_once() == 100 and table.shipped == list(range(1, 131))
 
 
 def test_a_gearmand_that_refuses_connections_does_not_shrink_the_batches(

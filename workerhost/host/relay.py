@@ -92,7 +92,8 @@ class Relay:
         # Rows a poll takes: host.relay.batch, halved after each batch no gearmand took.
         self.batch = config.host.relay.batch
         self.shrunk_at = -SHRUNK_FOR  # clock() of the last batch no gearmand took
-        self.cut_short = ""  # why gearmand answered only the first rows of the last batch
+        # Why gearmand answered only the first rows of the last batch, if it did.
+        self.cut_short: GearmanLost | None = None
         self.stopping = False
         self.shipped = 0
 
@@ -143,7 +144,9 @@ class Relay:
                                f"(host.relay.batch: {self.config.host.relay.batch})",
                                timed_out=True) from None
         if answered < tried:
-            self._shrink(tried)
+            assert self.cut_short is not None
+            if self.cut_short.timed_out:  # not when it went away: its size was not the cause
+                self._shrink(tried)
             log.warning("relay: %s; the %d rows it answered are shipped, the rest stay due; "
                         "the next batch has %d rows at most (host.relay.batch: %d)",
                         self.cut_short, answered, self.batch, self.config.host.relay.batch)
@@ -200,7 +203,7 @@ class Relay:
                 return submitter.submit(jobs)
             except GearmanLost as exc:
                 if exc.answers:  # it took those: they are shipped, whatever became of the rest
-                    self.cut_short = str(exc)
+                    self.cut_short = exc
                     return exc.answers
                 errors.append(exc)
         raise SubmitFailed("; ".join(map(str, errors)),
