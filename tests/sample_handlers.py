@@ -77,6 +77,12 @@ def raises_huge(job: Job, db: Any) -> None:
     raise ValueError("x" * 200_000)
 
 
+def record_pid(job: Job, db: Any) -> None:
+    """Notes which worker process ran the job."""
+    db.cursor().execute("INSERT INTO ran_by (id, pid) VALUES (%s, %s)",
+                        (job.json()["id"], os.getpid()))
+
+
 def slow_record_pid(job: Job, db: Any) -> None:
     """Sleeps, then notes which worker process ran the job."""
     time.sleep(float(job.json()["seconds"]))

@@ -121,6 +121,55 @@ def test_an_idle_connection_sleeps_and_noop_wakes_it(
 
 
 @ON_FIRST_SERVER  # only gearmand takes part
+def test_a_connection_that_leaves_its_jobs_to_another_asks_for_none_until_it_looks_again(
+    sandbox: Sandbox, function: str, conn: WorkerConnection
+) -> None:
+    """Woken while another process takes the jobs, it neither asks nor sleeps, so gearmand
+    wakes it no more; looking again, it asks for jobs: the other took them (it sleeps, and is
+    woken by the next job), or they are still queued and its own."""
+    other = WorkerConnection(Server("127.0.0.1", sandbox.gearman_port), function.encode(),
+                             b"test-gearconn-other", 4)
+    sibling = {"takes": True}
+    conn.defer = lambda: sibling["takes"]
+
+    def left_to_the_other() -> None:
+        deadline = time.monotonic() + 5
+        while not conn.deferred_until:  # its NOOP: read, and left to the other
+            assert time.monotonic() < deadline, conn
+            for ready in gearconn.wait([conn], 0.05):
+                assert ready.read() == []
+        assert conn.asking == 0 and not conn.sleeping and not conn.wants_write()
+        assert conn.deferred_until - time.monotonic() <= gearconn.DEFER_RECHECK
+
+    conn.connect()
+    other.connect()
+    try:
+        assert pump(conn, 0) == [] and pump(other, 0) == []
+        submit(sandbox, function, 1)
+        taken = pump(other, 1)
+        left_to_the_other()
+        submit(sandbox, function, 1)  # no NOOP for it: gearmand counts it awake
+        taken += pump(other, 1)
+        assert len(taken) == 2 and status(sandbox, function) == (2, 2, 2)
+        assert pump(conn, 0, timeout=0.3) == [] and conn.holding == 0
+
+        conn.recheck()  # the other took them: nothing for it, and it sleeps
+        assert pump(conn, 0) == [] and conn.sleeping and not conn.deferred_until
+
+        other.grabbing = False  # the other takes no more: jobs that come now wait for it
+        for job in taken:
+            other.complete(job.handle, b"done")
+        other.flush()
+        submit(sandbox, function, 1)  # woken again (its GRAB_JOB let gearmand), it leaves it
+        left_to_the_other()
+        assert status(sandbox, function) == (1, 0, 2)
+        conn.recheck()  # still queued: its own
+        assert [job.data for job in pump(conn, 1)] == [b"job 0"]
+    finally:
+        other.close()
+
+
+@ON_FIRST_SERVER  # only gearmand takes part
 def test_jobs_queued_meanwhile_come_in_rounds_that_double_not_one_grab_each(
     sandbox: Sandbox, function: str
 ) -> None:

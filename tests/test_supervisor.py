@@ -183,6 +183,25 @@ def test_starts_the_configured_number_of_processes() -> None:
     assert h.child().state == State.RUNNING
 
 
+def test_each_process_knows_its_lower_numbered_siblings_and_a_dead_one_takes_no_jobs() -> None:
+    """A worker leaves new jobs to a lower-numbered process of its handler that takes them
+    (worker.py): each is started with their slots, and the slot of a process that died or
+    starts again says it takes nothing until the process itself says so."""
+    h = Harness({**CONFIG, "handlers": {"resize": {**CONFIG["handlers"]["resize"],
+                                                   "processes": 3}}})
+    h.supervisor.tick()
+    assert h.child(0).siblings == ()
+    assert h.child(1).siblings == (h.child(0).slot,)
+    assert h.child(2).siblings == (h.child(0).slot, h.child(1).slot)
+    h.advance(STARTSECS + 5)
+    h.child(0).slot.intake.value = h.now + 60  # as its process would
+    h.child(0).process.exitcode = -signal.SIGKILL
+    h.advance(0.1)
+    assert h.child(0).slot.intake.value == 0.0
+    assert h.child(0).process is not None, "restarted, with the slot its siblings read"
+    assert h.child(2).siblings[0] is h.child(0).slot
+
+
 def test_the_relay_is_supervised_when_enabled() -> None:
     config = {**CONFIG, "host": {"relay": {"enabled": True}}}
     h = Harness(config)

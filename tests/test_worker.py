@@ -385,3 +385,56 @@ def test_a_held_job_found_free_wakes_the_jobs_held_as_long_or_longer() -> None:
     still = held(now - 1, now + 60)
     worker_module._wake([still], [held(now - 1, now)], [LATER])
     assert still.next_try == now + 60
+
+
+def test_a_process_leaves_new_jobs_to_a_sibling_only_while_it_takes_them_as_they_come(
+    db: FakeDatabase,
+) -> None:
+    """What a handler's processes tell each other through their slots: a lower-numbered one
+    takes new jobs while its intake is ahead; a batch it begins caps that at TAKEN_WITHIN;
+    a full batch, a stop or a lost server ends it; `busy` passes over an idle one."""
+    import multiprocessing
+
+    from workerhost.gearman.conn import WorkerConnection
+    from workerhost.host import worker as worker_module
+    from workerhost.host.supervisor import new_slot
+
+    leader, follower = new_slot(), new_slot()
+    config = worker(db).config
+    handler = config.handlers["f"]
+    first = Worker(config, handler, leader, database=cast(Any, db))
+    second = Worker(config, handler, follower, database=cast(Any, db), siblings=[leader])
+    assert Worker(config, handler, follower, database=cast(Any, db),
+                  siblings=[worker_module.Slot(multiprocessing.Value("d", 0.0),
+                                               multiprocessing.Array("c", 8),
+                                               multiprocessing.Value("Q", 0))]).siblings == []
+    assert not second.sibling_takes(), "a sibling that never said so"
+
+    conn = WorkerConnection(config.gearman.servers[0], b"f", b"t")
+    conn.sock = cast(Any, object())  # connected, asleep: as after a NO_JOB
+    conn.sleeping = True
+    first._publish_intake([conn], held=0, waiting=0, limit=8)
+    assert second.sibling_takes() and not second.sibling_takes(busy=True), "idle"
+    first._publish_intake([conn], held=3, waiting=0, limit=8)
+    assert second.sibling_takes(busy=True), "gathering a batch"
+
+    first._batch_begins(time.monotonic() - worker_module.TAKEN_WITHIN / 2)
+    assert second.sibling_takes(busy=True), "a batch begun a moment ago"
+    first._batch_begins(time.monotonic() - worker_module.TAKEN_WITHIN)
+    assert not second.sibling_takes(), "a batch running past TAKEN_WITHIN"
+
+    first._publish_intake([conn], held=8, waiting=0, limit=8)
+    assert not second.sibling_takes(), "a full batch in hand"
+    first._publish_intake([conn], held=0, waiting=0, limit=8)
+    first.stopping = True
+    first._publish_intake([conn], held=0, waiting=0, limit=8)
+    assert not second.sibling_takes(), "stopping"
+    first.stopping = False
+    conn.sock = None
+    first._publish_intake([conn], held=0, waiting=0, limit=8)
+    assert not second.sibling_takes(), "cut off from a server"
+    conn.sock = cast(Any, object())
+    first._publish_intake([conn], held=0, waiting=0, limit=8)
+    leader.intake.value = time.monotonic() - 0.001
+    assert not second.sibling_takes(), "an intake not renewed: a process hung or gone"
+    conn.sock = None

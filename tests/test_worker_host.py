@@ -423,6 +423,88 @@ def test_slow_jobs_queued_before_the_host_starts_go_to_every_process(
     assert len(per_process) == 2 and per_process[0] >= 2, per_process
 
 
+def _pids_of(host: RunningHost, handler: str, processes: int) -> list[int]:
+    """The worker processes of a handler, by index, as the supervisor started them."""
+    import re
+
+    for index in range(processes):
+        host.wait_for_log(f"started {handler}[{index}] (pid")
+    return [int(re.findall(rf"started {re.escape(handler)}\[{index}\] \(pid (\d+)\)",
+                           host.log())[-1]) for index in range(processes)]
+
+
+def _ran_by(db: Any, ids: range) -> dict[int, int]:
+    cursor = db.cursor()
+    cursor.execute("SELECT pid, COUNT(*) FROM ran_by WHERE id BETWEEN %s AND %s GROUP BY pid",
+                   (ids.start, ids.stop - 1))
+    return {int(pid): int(count) for pid, count in cursor.fetchall()}
+
+
+def test_a_thin_stream_runs_in_one_process_and_a_backlog_in_every_one(
+    sandbox: Sandbox, tables: Any, host_factory: Any
+) -> None:
+    """Jobs that one process takes as they come are left to it by the others: one claim and
+    one commit serve the jobs that come together, not one each in every process. A backlog
+    of jobs it cannot keep up with goes to every process."""
+    tables.cursor().execute("CREATE TABLE ran_by (id BIGINT PRIMARY KEY, pid INT)")
+    host = host_factory(host_config(sandbox, tables.database, {
+        "pid": {"python": "sample_handlers:slow_record_pid", "processes": 3}}))
+    first = _pids_of(host, "pid", 3)[0]
+    submit(sandbox, "pid", [{"id": 0, "seconds": 0}])
+    wait_until(lambda: scalar(tables, "SELECT COUNT(*) FROM ran_by") == 1, what="job 0")
+
+    client = gearman.GearmanClient([sandbox.gearman_server])
+    try:
+        for i in range(1, 41):
+            client.submit_job("pid", json.dumps({"id": i, "seconds": 0}), background=True,
+                              wait_until_complete=False)
+            wait_until(lambda i=i: scalar(tables, "SELECT COUNT(*) FROM ran_by WHERE id = %s",
+                                          i) == 1, timeout=30, what=f"job {i}")
+    finally:
+        client.shutdown()
+    thin = _ran_by(tables, range(1, 41))
+    # Every job is woken for in all three; spread, each takes about a third.
+    assert thin.get(first, 0) >= 30, thin
+
+    # 5 ms a job, 300 at once: one process would take 1.5 s, and its batches run past the
+    # time its siblings wait for it.
+    submit(sandbox, "pid", [{"id": i, "seconds": 0.005} for i in range(100, 400)])
+    wait_until(lambda: scalar(tables, "SELECT COUNT(*) FROM ran_by") == 341, timeout=60,
+               what="the backlog")
+    backlog = _ran_by(tables, range(100, 400))
+    assert len(backlog) == 3 and min(backlog.values()) >= 10, backlog
+
+
+def test_a_hung_process_that_the_others_leave_jobs_to_stalls_none(
+    sandbox: Sandbox, tables: Any, host_factory: Any
+) -> None:
+    """The process the others leave new jobs to stops (SIGSTOP: alive, silent, holding no
+    job): the next jobs run in the others, each within seconds, each once."""
+    tables.cursor().execute("CREATE TABLE ran_by (id BIGINT PRIMARY KEY, pid INT)")
+    host = host_factory(host_config(sandbox, tables.database, {
+        "pid": {"python": "sample_handlers:slow_record_pid", "processes": 3}}))
+    pids = _pids_of(host, "pid", 3)
+    submit(sandbox, "pid", [{"id": 0, "seconds": 0}])
+    wait_until(lambda: scalar(tables, "SELECT COUNT(*) FROM ran_by") == 1, what="job 0")
+    time.sleep(0.2)  # every process idle again
+    os.kill(pids[0], signal.SIGSTOP)
+    try:
+        client = gearman.GearmanClient([sandbox.gearman_server])
+        try:
+            for i in range(1, 11):
+                client.submit_job("pid", json.dumps({"id": i, "seconds": 0}),
+                                  background=True, wait_until_complete=False)
+                wait_until(lambda i=i: scalar(tables, "SELECT COUNT(*) FROM ran_by WHERE "
+                                              "id = %s", i) == 1, timeout=10, what=f"job {i}")
+        finally:
+            client.shutdown()
+        ran = _ran_by(tables, range(1, 11))
+        assert pids[0] not in ran and sum(ran.values()) == 10, (ran, pids)
+    finally:
+        os.kill(pids[0], signal.SIGCONT)
+    assert scalar(tables, "SELECT COUNT(*) FROM ran_by") == 11
+
+
 def test_one_bad_job_in_a_batch_costs_the_others_nothing(
     sandbox: Sandbox, tables: Any, host_factory: Any
 ) -> None:

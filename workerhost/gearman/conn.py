@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import select
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gearman import protocol as p
@@ -26,6 +28,9 @@ RECV_SIZE = 262144
 # GRAB_JOBs a connection woken by NOOP sends at once: one job, and one more in case a second
 # is queued already, for a NO_JOB at most.
 WAKE_GRAB = 2
+# How long a connection that left the jobs it was woken for to another process waits before it
+# looks again (WorkerConnection.recheck; the worker's sibling_takes says who takes them).
+DEFER_RECHECK = 0.01
 
 
 class GearmanLost(Exception):
@@ -110,6 +115,10 @@ class WorkerConnection:
         self.holding = 0
         self.sleeping = False
         self.grabbing = True  # False once the worker stops taking jobs
+        # Asked when gearmand wakes the connection: True leaves the new jobs to another
+        # process (the worker's sibling_takes); the connection looks again at deferred_until.
+        self.defer: Callable[[], bool] | None = None
+        self.deferred_until = 0.0
         self._round = 0  # GRAB_JOBs of the current round
         self._dry = False  # a NO_JOB answered one of them
         self._got = 0  # jobs assigned since the last top_up
@@ -139,6 +148,7 @@ class WorkerConnection:
         self.generation += 1
         self.asking = self.holding = self._round = 0
         self.sleeping = self._dry = False
+        self.deferred_until = 0.0
         self._got = 0
         self.send(p.GEARMAN_COMMAND_SET_CLIENT_ID, self.client_id)
         self.send(p.GEARMAN_COMMAND_CAN_DO, self.function)
@@ -150,6 +160,7 @@ class WorkerConnection:
         self.sock = None
         self.asking = self.holding = 0
         self.sleeping = False
+        self.deferred_until = 0.0
 
     def send(self, command: int, *args: bytes) -> None:
         self._out += request(command, *args)
@@ -165,6 +176,15 @@ class WorkerConnection:
         self.asking += count
         self._round += count
         self.sleeping = False
+        self.deferred_until = 0.0
+
+    def recheck(self) -> None:
+        """A connection that left its jobs to another process, DEFER_RECHECK later: it asks
+        for jobs again. Those the other process took are gone (NO_JOB, and it sleeps); those
+        still queued are its own. Only a GRAB_JOB lets gearmand wake it again: a PRE_SLEEP
+        alone would leave it unwoken by the jobs that come next."""
+        self.deferred_until = 0.0
+        self.grab(WAKE_GRAB)
 
     def top_up(self) -> None:
         """After a batch: ask for as many jobs as came in for it (WAKE_GRAB at least), asleep
@@ -248,7 +268,11 @@ class WorkerConnection:
         elif command == p.GEARMAN_COMMAND_NOOP:
             if self.sleeping:
                 self.sleeping = False
-                self.grab(WAKE_GRAB)
+                if self.defer is not None and self.defer():
+                    # Neither asking nor asleep: gearmand wakes it no more until it asks.
+                    self.deferred_until = time.monotonic() + DEFER_RECHECK
+                else:
+                    self.grab(WAKE_GRAB)
         elif command == p.GEARMAN_COMMAND_ERROR:
             code, _, text = body.partition(b"\0")
             self.close()

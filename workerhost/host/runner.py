@@ -66,11 +66,17 @@ class Slot:
 
     `started` is the time.monotonic() the current job began (0.0 when idle), `key` its key;
     the supervisor reads them to enforce the timeout and to count a job whose process died.
+    `intake` is until when the worker takes new jobs as they come (0.0: it does not, being
+    full, stopping or cut off from a server), `idle` whether it holds no job and waits for
+    gearmand to wake it; its handler's other processes read them and `started` to leave new
+    jobs to it (worker.py, Worker.sibling_takes).
     """
 
     started: Any  # multiprocessing Value('d')
     key: Any  # multiprocessing Array('c')
     jobs: Any  # multiprocessing Value('Q')
+    intake: Any = None  # multiprocessing Value('d'); None: no sibling reads it
+    idle: Any = None  # multiprocessing Value('b')
 
     def begin(self, key: bytes) -> None:
         self.key.raw = key[: len(self.key)].ljust(len(self.key), b"\0")

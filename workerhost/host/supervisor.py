@@ -99,6 +99,9 @@ class Child:
     index: int
     slot: worker.Slot
     state: State = State.STOPPED
+    # The slots of its handler's lower-numbered processes when it started: it leaves new
+    # jobs to them while they take them as they come (worker.py, Worker.sibling_takes).
+    siblings: tuple[worker.Slot, ...] = ()
     process: Any = None
     config: Config | None = None  # what it was started with; a reload retires the others
     started_at: float = 0.0
@@ -133,10 +136,13 @@ def new_slot() -> worker.Slot:
         started=_ctx.Value("d", 0.0, lock=False),
         key=_ctx.Array("c", KEY_SIZE, lock=False),
         jobs=_ctx.Value("Q", 0, lock=False),
+        intake=_ctx.Value("d", 0.0, lock=False),
+        idle=_ctx.Value("b", 0, lock=False),
     )
 
 
-def _child_main(config: Config, handler: str, slot: worker.Slot) -> None:
+def _child_main(config: Config, handler: str, slot: worker.Slot,
+                siblings: tuple[worker.Slot, ...] = ()) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if handler == RELAY:
         sys.exit(relay.main(config))
@@ -148,12 +154,12 @@ def _child_main(config: Config, handler: str, slot: worker.Slot) -> None:
         from workerhost import console  # here: a host without a console never imports Flask
 
         sys.exit(console.main(config))
-    sys.exit(worker.main(config, handler, slot))
+    sys.exit(worker.main(config, handler, slot, siblings))
 
 
 def fork_child(config: Config, child: Child) -> Any:
     process = _ctx.Process(
-        target=_child_main, args=(config, child.handler, child.slot),
+        target=_child_main, args=(config, child.handler, child.slot, child.siblings),
         name=f"workerhost {child.name}", daemon=False,
     )
     process.start()
@@ -276,6 +282,10 @@ class Supervisor:
 
     def start(self, child: Child, now: float) -> None:
         child.slot.started.value = 0.0
+        child.slot.intake.value = 0.0
+        child.siblings = tuple(
+            self.children[(child.handler, index)].slot for index in range(child.index)
+            if (child.handler, index) in self.children)
         child.process = self.spawn(self.config, child)
         child.config = self.config
         child.started_at = now
@@ -304,6 +314,7 @@ class Supervisor:
         events.emit(events.ProcessGone(process.pid))
         code = process.exitcode
         child.process = None
+        child.slot.intake.value = 0.0  # its siblings take its share of new jobs from now on
         child.exit_codes = [*child.exit_codes[-9:], code]
         self.count_lost_job(child, code)
         if child.state is State.STOPPING:

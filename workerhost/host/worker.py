@@ -29,6 +29,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from workerhost.config.settings import Config, HandlerConfig
@@ -56,6 +57,17 @@ BATCH_SPACING = 0.001
 BATCH_SPACING_MAX = 0.01
 # Jobs held per server, at most, in batches: one runs while the next one comes in.
 PREFETCH = 2
+# A handler's processes on one host share a stream of small jobs out as little as its pace
+# needs: a process leaves the new jobs gearmand wakes it for to a lower-numbered process of its
+# handler that takes them as they come (Worker.sibling_takes), one whose batch has not run for
+# TAKEN_WITHIN yet. Split over every process, a stream of single-row transactions makes a claim
+# and a commit per job or two in each; gathered, one of each serves many. A process that left
+# its jobs looks again every gearman/conn.py DEFER_RECHECK and asks for them once that sibling
+# is idle or no longer takes them: gone, or still queued and its own. A sibling says until when
+# it takes jobs (Slot.intake), INTAKE_FRESH ahead at each turn of its loop, so that one stopped
+# or hung is passed over within that.
+TAKEN_WITHIN = 0.02
+INTAKE_FRESH = 2 * POLL_INTERVAL
 # How long a stopping worker waits for gearmand to take its last answers.
 ANSWER_TIMEOUT = 5.0
 # A job whose ledger row another transaction holds is tried again after this long, doubled
@@ -78,10 +90,11 @@ class Worker:
     """Runs one handler's jobs until told to stop or due for recycling."""
 
     def __init__(self, config: Config, handler: HandlerConfig, slot: Slot | None = None,
-                 *, database: Database | None = None) -> None:
+                 *, database: Database | None = None, siblings: Sequence[Slot] = ()) -> None:
         self.config = config
         self.handler = handler
         self.slot = slot
+        self.siblings = [s for s in siblings if s.intake is not None and s.idle is not None]
         self.db = database or Database(config.database.connect_kwargs(), session=SESSION)
         self.runner = Runner(config, handler, slot, self.db)
         self.stopping = False
@@ -118,6 +131,33 @@ class Worker:
     def request_stop(self, *_: object) -> None:
         self.stopping = True
 
+    def sibling_takes(self, *, busy: bool = False) -> bool:
+        """Whether a lower-numbered process of the handler takes new jobs as they come: its
+        intake is ahead (it runs no batch, or one begun less than TAKEN_WITHIN ago: a longer
+        one means a slow handler, whose jobs need every process). `busy`: one that is not
+        idle as well, so that jobs may still wait for it."""
+        now = time.monotonic()
+        return any(sibling.intake.value > now and not (busy and sibling.idle.value)
+                   for sibling in self.siblings)
+
+    def _publish_intake(self, conns: list[WorkerConnection], held: int, waiting: int,
+                        limit: int) -> None:
+        """Until when this process takes new jobs as they come: not while it holds a full
+        batch (jobs queue up behind it), stops, or is cut off from a server (the jobs there
+        would wait for it). And whether it is idle: nothing held, every connection asleep."""
+        if self.slot is None or self.slot.intake is None:
+            return
+        takes = held < limit and self.keep_going() and all(c.connected for c in conns)
+        self.slot.intake.value = time.monotonic() + INTAKE_FRESH if takes else 0.0
+        self.slot.idle.value = not held and not waiting and all(c.sleeping for c in conns)
+
+    def _batch_begins(self, started: float) -> None:
+        """Jobs that come while a batch runs wait for its end: past TAKEN_WITHIN, they are
+        the siblings' (their intake has lapsed)."""
+        if self.slot is not None and self.slot.intake is not None:
+            self.slot.intake.value = min(self.slot.intake.value, started + TAKEN_WITHIN)
+            self.slot.idle.value = False
+
     def keep_going(self) -> bool:
         if self.handler.max_jobs and self.jobs_done >= self.handler.max_jobs:
             return False
@@ -135,6 +175,9 @@ class Worker:
         first = FirstClaim(BATCH_WAIT)
         conns = [WorkerConnection(server, function, client_id, pace.per_connection(len(servers)))
                  for server in servers]
+        if self.siblings:
+            for conn in conns:
+                conn.defer = self.sibling_takes
         self._conns = conns
         limit = self.handler.batch * len(conns)  # jobs run in one transaction, at most
         held: list[Assigned] = []
@@ -144,6 +187,7 @@ class Worker:
         try:
             while self.keep_going():
                 self._connect(conns)
+                self._publish_intake(conns, len(held), len(waiting), limit)
                 # Held jobs run once the first claim's wait (BATCH_WAIT, or longer while
                 # their rows were found held) has passed since the first of them came in.
                 # A batch that is not full waits for the spacing after the last one as well.
@@ -153,6 +197,9 @@ class Worker:
                            else POLL_INTERVAL)
                 if waiting:
                     timeout = min(timeout, max(0.0, min(w.next_try for w in waiting) - now))
+                deferred = [c.deferred_until for c in conns if c.deferred_until]
+                if deferred:
+                    timeout = min(timeout, max(0.0, min(deferred) - now))
                 if not any(c.connected for c in conns):
                     time.sleep(min(timeout, 0.1))
                 for conn in gearconn.wait(conns, timeout):
@@ -165,6 +212,15 @@ class Worker:
                     if fresh and not held:
                         held_since = time.monotonic()
                     held.extend(fresh)
+                now = time.monotonic()
+                for conn in conns:
+                    if conn.deferred_until and now >= conn.deferred_until:
+                        # Asking resets gearmand's wake-up; while a sibling that takes the
+                        # jobs is still at them, the answer would be one of its jobs.
+                        if self.sibling_takes(busy=True):
+                            conn.deferred_until = now + gearconn.DEFER_RECHECK
+                        else:
+                            conn.recheck()  # sent by the next wait
                 asking = any(c.asking and c.connected for c in conns)
                 now = time.monotonic()
                 full = len(held) >= limit
@@ -184,6 +240,7 @@ class Worker:
                         started = time.monotonic()
                         if fresh:  # jobs tried again alone leave the spacing as it was
                             spaced_until = started + _spacing(len(fresh))
+                        self._batch_begins(started)
                         answers = self.run_batch([_job(a) for a in batch])
                         first.record(len(fresh), answers[len(again):].count(LATER))
                         # One commit is the batch's own; the commits of jobs that had to run
@@ -328,12 +385,13 @@ def _answered(batch: list[Assigned], answers: list[Answer | object]
     return [a for a, _ in pairs], [answer for _, answer in pairs]  # type: ignore[misc]
 
 
-def main(config: Config, handler_name: str, slot: Slot | None) -> int:
+def main(config: Config, handler_name: str, slot: Slot | None,
+         siblings: Sequence[Slot] = ()) -> int:
     """Entry point of a worker process (forked by the supervisor)."""
     # The terminal's ^C reaches the whole process group; the supervisor decides what it means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     handler = config.handlers[handler_name]
-    worker = Worker(config, handler, slot)
+    worker = Worker(config, handler, slot, siblings=siblings)
     signal.signal(signal.SIGTERM, worker.request_stop)
     os.register_at_fork(after_in_child=worker.forked)
     log.info("worker for %s started (pid %d)", handler_name, os.getpid())
