@@ -422,6 +422,9 @@ def test_a_process_leaves_new_jobs_to_a_sibling_only_while_it_takes_them_as_they
     assert second.sibling_takes(busy=True), "a batch begun a moment ago"
     first._batch_begins(time.monotonic() - worker_module.TAKEN_WITHIN)
     assert not second.sibling_takes(), "a batch running past TAKEN_WITHIN"
+    first._publish_intake([conn], held=1, waiting=0, limit=8)
+    first._batch_begins(time.monotonic(), expected=worker_module.TAKEN_WITHIN)
+    assert not second.sibling_takes(), "a batch of slow jobs, just begun"
 
     first._publish_intake([conn], held=8, waiting=0, limit=8)
     assert not second.sibling_takes(), "a full batch in hand"

@@ -15,6 +15,7 @@ import gearman
 import pytest
 from conftest import RunningHost, host_config, host_env, scalar, sequence, wait_until
 
+from workerhost.gearman import admin as gearadmin
 from workerhost.sandbox.stack import Sandbox
 from workerhost.store import schema
 
@@ -473,6 +474,26 @@ def test_a_thin_stream_runs_in_one_process_and_a_backlog_in_every_one(
                what="the backlog")
     backlog = _ran_by(tables, range(100, 400))
     assert len(backlog) == 3 and min(backlog.values()) >= 10, backlog
+
+
+def test_a_job_that_comes_while_a_slow_one_runs_does_not_wait_for_it(
+    sandbox: Sandbox, tables: Any, host_factory: Any
+) -> None:
+    """New jobs are left to the process that takes them as they come, never to one busy with
+    a slow job: a job that comes meanwhile runs in another process, before the slow one ends."""
+    tables.cursor().execute("CREATE TABLE ran_by (id BIGINT PRIMARY KEY, pid INT)")
+    host = host_factory(host_config(sandbox, tables.database, {
+        "pid": {"python": "sample_handlers:slow_record_pid", "processes": 2}}))
+    _pids_of(host, "pid", 2)
+    submit(sandbox, "pid", [{"id": 0, "seconds": 0}])
+    wait_until(lambda: scalar(tables, "SELECT COUNT(*) FROM ran_by") == 1, what="job 0")
+    submit(sandbox, "pid", [{"id": 1, "seconds": 5}])
+    wait_until(lambda: gearadmin.status("127.0.0.1", sandbox.gearman_port)["pid"].running == 1,
+               what="the slow job to start")
+    submit(sandbox, "pid", [{"id": 2, "seconds": 0}])
+    wait_until(lambda: scalar(tables, "SELECT COUNT(*) FROM ran_by WHERE id = 2") == 1,
+               timeout=30, what="the job that came while the slow one ran")
+    assert scalar(tables, "SELECT COUNT(*) FROM ran_by WHERE id = 1") == 0, "it waited"
 
 
 def test_a_hung_process_that_the_others_leave_jobs_to_stalls_none(

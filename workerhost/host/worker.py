@@ -151,11 +151,13 @@ class Worker:
         self.slot.intake.value = time.monotonic() + INTAKE_FRESH if takes else 0.0
         self.slot.idle.value = not held and not waiting and all(c.sleeping for c in conns)
 
-    def _batch_begins(self, started: float) -> None:
+    def _batch_begins(self, started: float, expected: float = 0.0) -> None:
         """Jobs that come while a batch runs wait for its end: past TAKEN_WITHIN, they are
-        the siblings' (their intake has lapsed)."""
+        the siblings' (its intake lapses then), and at once when the batch is `expected` to
+        take that long at the pace of the jobs before it (slow jobs: no job waits for one)."""
         if self.slot is not None and self.slot.intake is not None:
-            self.slot.intake.value = min(self.slot.intake.value, started + TAKEN_WITHIN)
+            until = started if expected >= TAKEN_WITHIN else started + TAKEN_WITHIN
+            self.slot.intake.value = min(self.slot.intake.value, until)
             self.slot.idle.value = False
 
     def keep_going(self) -> bool:
@@ -240,7 +242,7 @@ class Worker:
                         started = time.monotonic()
                         if fresh:  # jobs tried again alone leave the spacing as it was
                             spaced_until = started + _spacing(len(fresh))
-                        self._batch_begins(started)
+                        self._batch_begins(started, (pace.per_job or 0.0) * len(batch))
                         answers = self.run_batch([_job(a) for a in batch])
                         first.record(len(fresh), answers[len(again):].count(LATER))
                         # One commit is the batch's own; the commits of jobs that had to run
