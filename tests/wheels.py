@@ -11,6 +11,7 @@ still answer.
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import importlib.metadata
 import os
@@ -67,12 +68,21 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout
 
 
+# setuptools writes the sdist's tree into the checkout itself (workerhost-<version>/, then
+# removed) and its egg-info beside it: two builds at once (test_packaging.py and
+# test_deploy.py on two xdist workers) remove each other's files. They take turns.
+BUILD_LOCK = ROOT / "build" / "python-build.lock"
+
+
 def build(out: Path) -> subprocess.CompletedProcess[str]:
     """`python -m build` of the checkout into `out`: the sdist, then the wheel built from the
     sdist (so a file the sdist lacks fails the wheel, and nothing is built into the
-    checkout's own build/ directory)."""
-    built = run([sys.executable, "-m", "build", "--outdir", out, ROOT], cwd=out,
-                env=offline_env(), timeout=BUILD_TIMEOUT)
+    checkout's own build/ directory). One build at a time (BUILD_LOCK)."""
+    BUILD_LOCK.parent.mkdir(exist_ok=True)
+    with BUILD_LOCK.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        built = run([sys.executable, "-m", "build", "--outdir", out, ROOT], cwd=out,
+                    env=offline_env(), timeout=BUILD_TIMEOUT)
     assert built.returncode == 0, (
         "python -m build failed; without network it needs setuptools>=77 from a local source "
         f"of pip's configuration:\n{built.stdout[-3000:]}{built.stderr[-3000:]}")
