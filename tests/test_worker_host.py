@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -434,6 +435,12 @@ def _pids_of(host: RunningHost, handler: str, processes: int) -> list[int]:
                            host.log())[-1]) for index in range(processes)]
 
 
+def _fresh_function() -> str:
+    """A function of this test alone: a job a test leaves in gearmand (a slow one still running
+    when its host stops goes back to the queue) must not run in the next test's host."""
+    return f"pid_{uuid.uuid4().hex[:8]}"
+
+
 def _ran_by(db: Any, ids: range) -> dict[int, int]:
     cursor = db.cursor()
     cursor.execute("SELECT pid, COUNT(*) FROM ran_by WHERE id BETWEEN %s AND %s GROUP BY pid",
@@ -448,16 +455,17 @@ def test_a_thin_stream_runs_in_one_process_and_a_backlog_in_every_one(
     one commit serve the jobs that come together, not one each in every process. A backlog
     of jobs it cannot keep up with goes to every process."""
     tables.cursor().execute("CREATE TABLE ran_by (id BIGINT PRIMARY KEY, pid INT)")
+    fn = _fresh_function()
     host = host_factory(host_config(sandbox, tables.database, {
-        "pid": {"python": "sample_handlers:slow_record_pid", "processes": 3}}))
-    first = _pids_of(host, "pid", 3)[0]
-    submit(sandbox, "pid", [{"id": 0, "seconds": 0}])
+        fn: {"python": "sample_handlers:slow_record_pid", "processes": 3}}))
+    first = _pids_of(host, fn, 3)[0]
+    submit(sandbox, fn, [{"id": 0, "seconds": 0}])
     wait_until(lambda: scalar(tables, "SELECT COUNT(*) FROM ran_by") == 1, what="job 0")
 
     client = gearman.GearmanClient([sandbox.gearman_server])
     try:
         for i in range(1, 41):
-            client.submit_job("pid", json.dumps({"id": i, "seconds": 0}), background=True,
+            client.submit_job(fn, json.dumps({"id": i, "seconds": 0}), background=True,
                               wait_until_complete=False)
             wait_until(lambda i=i: scalar(tables, "SELECT COUNT(*) FROM ran_by WHERE id = %s",
                                           i) == 1, timeout=30, what=f"job {i}")
@@ -469,7 +477,7 @@ def test_a_thin_stream_runs_in_one_process_and_a_backlog_in_every_one(
 
     # 5 ms a job, 300 at once: one process would take 1.5 s, and its batches run past the
     # time its siblings wait for it.
-    submit(sandbox, "pid", [{"id": i, "seconds": 0.005} for i in range(100, 400)])
+    submit(sandbox, fn, [{"id": i, "seconds": 0.005} for i in range(100, 400)])
     wait_until(lambda: scalar(tables, "SELECT COUNT(*) FROM ran_by") == 341, timeout=60,
                what="the backlog")
     backlog = _ran_by(tables, range(100, 400))
@@ -482,15 +490,16 @@ def test_a_job_that_comes_while_a_slow_one_runs_does_not_wait_for_it(
     """New jobs are left to the process that takes them as they come, never to one busy with
     a slow job: a job that comes meanwhile runs in another process, before the slow one ends."""
     tables.cursor().execute("CREATE TABLE ran_by (id BIGINT PRIMARY KEY, pid INT)")
+    fn = _fresh_function()
     host = host_factory(host_config(sandbox, tables.database, {
-        "pid": {"python": "sample_handlers:slow_record_pid", "processes": 2}}))
-    _pids_of(host, "pid", 2)
-    submit(sandbox, "pid", [{"id": 0, "seconds": 0}])
+        fn: {"python": "sample_handlers:slow_record_pid", "processes": 2}}))
+    _pids_of(host, fn, 2)
+    submit(sandbox, fn, [{"id": 0, "seconds": 0}])
     wait_until(lambda: scalar(tables, "SELECT COUNT(*) FROM ran_by") == 1, what="job 0")
-    submit(sandbox, "pid", [{"id": 1, "seconds": 5}])
-    wait_until(lambda: gearadmin.status("127.0.0.1", sandbox.gearman_port)["pid"].running == 1,
+    submit(sandbox, fn, [{"id": 1, "seconds": 5}])
+    wait_until(lambda: gearadmin.status("127.0.0.1", sandbox.gearman_port)[fn].running == 1,
                what="the slow job to start")
-    submit(sandbox, "pid", [{"id": 2, "seconds": 0}])
+    submit(sandbox, fn, [{"id": 2, "seconds": 0}])
     wait_until(lambda: scalar(tables, "SELECT COUNT(*) FROM ran_by WHERE id = 2") == 1,
                timeout=30, what="the job that came while the slow one ran")
     assert scalar(tables, "SELECT COUNT(*) FROM ran_by WHERE id = 1") == 0, "it waited"
@@ -502,18 +511,22 @@ def test_a_hung_process_that_the_others_leave_jobs_to_stalls_none(
     """The process the others leave new jobs to stops (SIGSTOP: alive, silent, holding no
     job): the next jobs run in the others, each within seconds, each once."""
     tables.cursor().execute("CREATE TABLE ran_by (id BIGINT PRIMARY KEY, pid INT)")
+    fn = _fresh_function()
     host = host_factory(host_config(sandbox, tables.database, {
-        "pid": {"python": "sample_handlers:slow_record_pid", "processes": 3}}))
-    pids = _pids_of(host, "pid", 3)
-    submit(sandbox, "pid", [{"id": 0, "seconds": 0}])
+        fn: {"python": "sample_handlers:slow_record_pid", "processes": 3}}))
+    pids = _pids_of(host, fn, 3)
+    submit(sandbox, fn, [{"id": 0, "seconds": 0}])
     wait_until(lambda: scalar(tables, "SELECT COUNT(*) FROM ran_by") == 1, what="job 0")
-    time.sleep(0.2)  # every process idle again
+    # Answered: gearmand has taken the answer and the request for more that went with it, so
+    # the lowest process asks for no job while it is stopped.
+    wait_until(lambda: gearadmin.status("127.0.0.1", sandbox.gearman_port)[fn].running == 0,
+               what="job 0 answered")
     os.kill(pids[0], signal.SIGSTOP)
     try:
         client = gearman.GearmanClient([sandbox.gearman_server])
         try:
             for i in range(1, 11):
-                client.submit_job("pid", json.dumps({"id": i, "seconds": 0}),
+                client.submit_job(fn, json.dumps({"id": i, "seconds": 0}),
                                   background=True, wait_until_complete=False)
                 wait_until(lambda i=i: scalar(tables, "SELECT COUNT(*) FROM ran_by WHERE "
                                               "id = %s", i) == 1, timeout=10, what=f"job {i}")
