@@ -68,8 +68,8 @@ class Slot:
     the supervisor reads them to enforce the timeout and to count a job whose process died.
     `intake` is until when the worker takes new jobs as they come (0.0: it does not, being
     full, stopping or cut off from a server), `idle` whether it holds no job and waits for
-    gearmand to wake it; its handler's other processes read them and `started` to leave new
-    jobs to it (worker.py, Worker.sibling_takes).
+    gearmand to wake it; its handler's higher-numbered processes read them to leave new jobs
+    to it (worker.py, Worker.sibling_takes).
     """
 
     started: Any  # multiprocessing Value('d')
